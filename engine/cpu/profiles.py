@@ -1,0 +1,97 @@
+"""Modeled CPU profiles: CPUID leaves and MSRs the guest sees, declared as data.
+
+The base leaves are what Unicorn 2.1.4's own Haswell model answers, so every feature a guest is told
+about is one the emulator really executes. bhyve's additions follow x86_emulate_cpuid: the hypervisor
+bit (CPUID.1:ECX[31]), VMX hidden, the vCPU's APIC ID in CPUID.1:EBX[31:24] and leaf 0x40000000 with
+the "bhyve bhyve " signature.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+
+ANY = 0xFFFFFFFF          # subleaf wildcard
+
+# MSR kinds for the in-kernel RDMSR/WRMSR handlers.
+MSR_NATIVE = 0        # Unicorn keeps the register (EFER, FS/GS base, STAR...): the instruction runs natively
+MSR_VALUE = 1         # a modeled value; writes store it
+MSR_READONLY = 2      # reads give the value; writes raise #GP
+MSR_WRITEONLY = 3     # command MSRs (IA32_FLUSH_CMD, IA32_PRED_CMD): writes accepted, reads raise #GP
+
+MSR_NAMES = {
+    0x10: "IA32_TIME_STAMP_COUNTER", 0x17: "IA32_PLATFORM_ID", 0x1B: "IA32_APIC_BASE",
+    0x3A: "IA32_FEATURE_CONTROL", 0x48: "IA32_SPEC_CTRL", 0x49: "IA32_PRED_CMD", 0x8B: "IA32_BIOS_SIGN_ID",
+    0xFE: "IA32_MTRRCAP", 0x10A: "IA32_ARCH_CAPABILITIES", 0x10B: "IA32_FLUSH_CMD",
+    0x174: "IA32_SYSENTER_CS", 0x175: "IA32_SYSENTER_ESP", 0x176: "IA32_SYSENTER_EIP",
+    0x1A0: "IA32_MISC_ENABLE", 0x277: "IA32_PAT", 0x2FF: "IA32_MTRR_DEF_TYPE",
+    0xC0000080: "IA32_EFER", 0xC0000081: "IA32_STAR", 0xC0000082: "IA32_LSTAR", 0xC0000083: "IA32_CSTAR",
+    0xC0000084: "IA32_FMASK", 0xC0000100: "IA32_FS_BASE", 0xC0000101: "IA32_GS_BASE",
+    0xC0000102: "IA32_KERNEL_GS_BASE", 0xC0000103: "IA32_TSC_AUX",
+}
+
+_HASWELL_CPUID = {
+    (0x0, ANY): (0xD, 0x756E6547, 0x6C65746E, 0x49656E69),               # "GenuineIntel"
+    (0x1, ANY): (0x306C4, 0x800, 0xCED82203 | 1 << 31, 0x78BFBFD),       # + hypervisor present
+    (0x2, ANY): (0x1, 0x0, 0x0, 0x2C307D),
+    (0x4, 0): (0x121, 0x1C0003F, 0x3F, 0x1),
+    (0x6, ANY): (0x4, 0, 0, 0),
+    (0x7, 0): (0x0, 0x389, 0x0, 0x0),
+    (0xD, 0): (0x7, 0x240, 0x340, 0x0),
+    (0x40000000, ANY): (0x40000000, 0x76796862, 0x68622065, 0x20657679),   # "bhyve bhyve "
+    (0x80000000, ANY): (0x80000008, 0, 0, 0),
+    (0x80000001, ANY): (0x306C4, 0x0, 0x21, 0x28100800),
+    (0x80000008, ANY): (0x3028, 0, 0, 0),
+}
+
+_COMMON_MSRS = {
+    0x10: (MSR_NATIVE, 0), 0x174: (MSR_NATIVE, 0), 0x175: (MSR_NATIVE, 0), 0x176: (MSR_NATIVE, 0),
+    0x277: (MSR_NATIVE, 0), 0xC0000080: (MSR_NATIVE, 0), 0xC0000081: (MSR_NATIVE, 0),
+    0xC0000082: (MSR_NATIVE, 0), 0xC0000083: (MSR_NATIVE, 0), 0xC0000084: (MSR_NATIVE, 0),
+    0xC0000100: (MSR_NATIVE, 0), 0xC0000101: (MSR_NATIVE, 0), 0xC0000102: (MSR_NATIVE, 0),
+    0xC0000103: (MSR_NATIVE, 0),
+    0x17: (MSR_READONLY, 0), 0x1B: (MSR_VALUE, 0xFEE00900), 0x3A: (MSR_READONLY, 0x1),   # FEATURE_CONTROL locked, VMX off
+    0x8B: (MSR_VALUE, 0), 0xFE: (MSR_READONLY, 0x508), 0x1A0: (MSR_VALUE, 0x1), 0x2FF: (MSR_VALUE, 0x6),
+}
+
+
+def _brand(text):
+    """CPUID leaves 0x80000002-4 for a brand string."""
+    raw = text.encode("ascii").ljust(48, b"\0")[:48]
+    words = np.frombuffer(raw, "<u4")
+    return {(0x80000002 + i, ANY): tuple(int(w) for w in words[4 * i:4 * i + 4]) for i in range(3)}
+
+
+@dataclass
+class CpuProfile:
+    name: str
+    description: str
+    cpuid: dict
+    msrs: dict
+    facts: dict = field(default_factory=dict)      # what the modeled host CPU has (EPT/VPID caps later)
+
+    def cpuid_table(self):
+        """Rows [leaf, subleaf, eax, ebx, ecx, edx] for the in-kernel CPUID handler."""
+        rows = [(leaf, sub) + regs for (leaf, sub), regs in sorted(self.cpuid.items())]
+        return np.array(rows, np.uint64).reshape(-1, 6)
+
+    def msr_table(self):
+        """Rows [index, kind, value] for the in-kernel RDMSR/WRMSR handlers (a vCPU's own copy)."""
+        rows = [(index, kind, value) for index, (kind, value) in sorted(self.msrs.items())]
+        return np.array(rows, np.uint64).reshape(-1, 3)
+
+
+PROFILES = {
+    "haswell": CpuProfile(
+        "haswell", "Intel Haswell (Unicorn's own model), no L1D_FLUSH, no ARCH_CAPABILITIES",
+        {**_HASWELL_CPUID, **_brand("webhyve modeled Intel(R) Core(TM) i7-4770 (Haswell)")},
+        dict(_COMMON_MSRS)),
+}
+DEFAULT = "haswell"
+
+
+def get(name):
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError("unknown CPU profile %r (known: %s)" % (name, ", ".join(sorted(PROFILES)))) from None

@@ -1,0 +1,21 @@
+"""The engine's exception family: every refusal names the problem and, where there is one, the way out."""
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class ImageError(EngineError):
+    """A guest image that cannot be loaded: wrong magic, truncated, segments outside memory..."""
+
+
+class ConfigError(EngineError):
+    """A VM configuration the modeled host cannot give (memory, vCPUs, unknown profile...)."""
+
+
+class TunableError(EngineError):
+    """An unknown tunable or a value outside what it accepts."""
+
+
+class StateError(EngineError):
+    """A request that is not allowed in the VM's or vCPU's current state."""

@@ -1,0 +1,88 @@
+"""The modeled host: host CPUs, host-physical memory and its page allocator, tunables, and the VMs.
+
+Host-physical memory is one numpy array that every vCPU's Unicorn instance maps with mem_map_ptr, so
+kernels and the emulator see the same bytes. The array is allocated lazily by the OS, so a large modeled
+host costs only what guests touch.
+"""
+import threading
+
+import numpy as np
+
+from .errors import ConfigError
+from .tunables import Tunables
+from .vm import VM
+
+PAGE = 0x1000
+MiB = 1 << 20
+
+
+class PageAllocator:
+    """First-fit allocation of contiguous host-physical runs, in pages. Page 0 stays reserved."""
+
+    def __init__(self, size):
+        self.size = size
+        self.free_runs = [(PAGE, size - PAGE)]            # (start, length), sorted, coalesced
+        self.used = {}
+        self.lock = threading.Lock()
+
+    @property
+    def free_bytes(self):
+        return sum(length for _, length in self.free_runs)
+
+    def allocate(self, size, owner):
+        size = (size + PAGE - 1) & ~(PAGE - 1)
+        with self.lock:
+            for i, (start, length) in enumerate(self.free_runs):
+                if length >= size:
+                    self.free_runs[i:i + 1] = [(start + size, length - size)] if length > size else []
+                    self.used[start] = (size, owner)
+                    return start
+        raise ConfigError("%s: the modeled host cannot give %d MiB: %d MiB of its %d MiB are free in one piece at most "
+                          "%d MiB (start the server with more host memory, or ask for less)"
+                          % (owner, size // MiB, self.free_bytes // MiB, self.size // MiB,
+                             max((length for _, length in self.free_runs), default=0) // MiB))
+
+    def free(self, start):
+        with self.lock:
+            size, _ = self.used.pop(start)
+            runs = sorted(self.free_runs + [(start, size)])
+            merged = [runs[0]]
+            for s, n in runs[1:]:
+                last_s, last_n = merged[-1]
+                merged[-1:] = [(last_s, last_n + n)] if last_s + last_n == s else [merged[-1], (s, n)]
+            self.free_runs = merged
+
+
+class Hypervisor:
+    """Legend: `vms` is guarded by `lock`; memory, allocator and tunables are shared by every VM."""
+
+    def __init__(self, host_mem_mb=2048, ncpu=2, tunables=None):
+        if host_mem_mb < 2:
+            raise ConfigError("the modeled host needs at least 2 MiB of memory")
+        self.memory = np.zeros(host_mem_mb * MiB, np.uint8)
+        self.allocator = PageAllocator(self.memory.size)
+        self.ncpu = ncpu
+        self.tunables = Tunables(tunables)
+        self.vms = {}
+        self.lock = threading.Lock()
+
+    def create_vm(self, name, mem_mb=64, cpus=1, profile="haswell"):
+        with self.lock:
+            if name in self.vms:
+                raise ConfigError("a VM named %r already exists" % name)
+            if not name or not name.replace("-", "").replace("_", "").isalnum():
+                raise ConfigError("VM name %r: use letters, digits, '-' and '_'" % name)
+            vm = VM(self, name, mem_mb=mem_mb, cpus=cpus, profile=profile)
+            self.vms[name] = vm
+            return vm
+
+    def destroy_vm(self, name):
+        with self.lock:
+            vm = self.vms.pop(name)
+        vm.destroy()
+
+    def vm(self, name):
+        try:
+            return self.vms[name]
+        except KeyError:
+            raise ConfigError("no VM named %r" % name) from None

@@ -1,0 +1,44 @@
+"""Guest image loaders: Multiboot v1 kernels, boot sectors / raw disks, flat 64-bit images.
+
+`load_image` turns image bytes into a `BootImage` (segments to copy, registers at entry); the engine
+does the copying and the vCPU setup. Detection looks for a multiboot header in the first 8 KiB, then for
+a boot signature; a flat 64-bit image has no magic and must be asked for with kind="flat64".
+"""
+from engine.errors import ImageError
+from engine.loaders.bootsector import has_boot_signature, load_bootsector
+from engine.loaders.flat import load_flat64
+from engine.loaders.image import BootImage, Segment
+from engine.loaders.multiboot import find_magic, load_multiboot
+
+KINDS = ("multiboot", "bootsector", "flat64")
+
+__all__ = ["KINDS", "BootImage", "ImageError", "Segment", "detect_kind", "load_image"]
+
+
+def detect_kind(data, filename):
+    """"multiboot" or "bootsector", from the image's magic numbers; ImageError if it has neither."""
+    if find_magic(data):
+        return "multiboot"
+    if has_boot_signature(data):
+        return "bootsector"
+    raise ImageError(f"{filename}: neither a multiboot header in the first 8 KiB nor a boot signature 0x55AA "
+                     "at offset 510 was found; --kind flat64 loads a flat 64-bit image")
+
+
+def load_image(data, filename, mem_size, kind=None, cmdline="", load_addr=None):
+    """Describe `data` as a BootImage for a guest of `mem_size` bytes; `kind` None means detect it."""
+    kind = detect_kind(data, filename) if kind is None else kind
+    if kind not in KINDS:
+        raise ImageError(f"{filename}: unknown image kind {kind!r}; use one of {', '.join(KINDS)}")
+    if load_addr is not None and kind != "flat64":
+        raise ImageError(f"{filename}: a load address applies only to --kind flat64; a {kind} image "
+                         "says where it loads")
+    if kind == "multiboot":
+        return load_multiboot(data, filename, mem_size, cmdline)
+    if kind == "flat64":
+        image = load_flat64(data, filename, mem_size, load_addr)
+    else:
+        image = load_bootsector(data, filename, mem_size)
+    if cmdline:
+        image.notes.append(f"{kind}: command line {cmdline!r} ignored: only multiboot kernels receive one")
+    return image

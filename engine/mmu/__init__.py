@@ -1,0 +1,1 @@
+"""Memory virtualization: the guest walk and guest-physical to host-physical translation."""

@@ -1,0 +1,127 @@
+"""The two-stage walk: guest paging (none, 32-bit, PAE, 4-level) then guest-physical to host-physical.
+
+Every guest paging-structure read is itself translated to host-physical first, as the hardware does
+under EPT (SDM §28.3.3). Until the EPT model lands, guest-physical memory is the VM's segment table:
+a guest-physical address outside every segment is an EPT violation. The walk sets the guest's
+accessed/dirty bits and reports a guest #PF with the architectural error code (SDM §4.7).
+"""
+import numpy as np
+from numba import njit
+
+from ..native import NUMBA
+
+PG_P, PG_RW, PG_US, PG_A, PG_D, PG_PS = 1, 2, 4, 0x20, 0x40, 0x80
+PG_NX = 1 << 63
+ADDR_MASK = 0x000FFFFFFFFFF000
+CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
+CR4_PSE, CR4_PAE = 1 << 4, 1 << 5
+EFER_LMA, EFER_NXE = 1 << 10, 1 << 11
+PF_P, PF_W, PF_U, PF_I = 1, 2, 4, 16
+ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = 0, 1, 2
+PROT_R, PROT_W, PROT_X = 1, 2, 4
+
+# walk() result codes
+OK, GUEST_PF, EPT_FAULT = 0, 1, 2
+
+
+@njit(inline="always")
+def gpa_to_hpa(segs, nsegs, gpa):
+    """Host-physical address of a guest-physical one, or -1 outside every segment."""
+    gpa = np.uint64(gpa)
+    for i in range(np.int64(nsegs)):
+        base = segs[3 * i]
+        if base <= gpa < base + segs[3 * i + 1]:
+            return np.int64(segs[3 * i + 2] + (gpa - base))
+    return np.int64(-1)
+
+
+@njit(inline="always")
+def _entry(mem64, mem32, segs, nsegs, gpa, wide):
+    """(host address, value) of a paging-structure entry, or (-1, 0) if its page is not guest memory."""
+    hpa = gpa_to_hpa(segs, nsegs, gpa)
+    if hpa < 0:
+        return np.int64(-1), np.uint64(0)
+    if wide:
+        return hpa, mem64[hpa >> 3]
+    return hpa, np.uint64(mem32[hpa >> 2])
+
+
+@njit(**NUMBA)
+def walk(mem64, mem32, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad):
+    """Guest-linear → guest-physical. Returns (code, gpa, perms, error code, faulting entry gpa).
+
+    Everything is uint64: numba turns mixed signed/unsigned 64-bit arithmetic into floats.
+    """
+    u = np.uint64
+    va, cr0, cr3, cr4, efer = u(va), u(cr0), u(cr3), u(cr4), u(efer)
+    if not cr0 & CR0_PG:
+        return OK, va, PROT_R | PROT_W | PROT_X, 0, u(0)
+    write, fetch, user = access == ACCESS_WRITE, access == ACCESS_FETCH, cpl == 3
+    nxe = (efer & EFER_NXE) != 0
+    if efer & EFER_LMA:
+        levels, wide, table = 4, True, cr3 & u(ADDR_MASK)
+    elif cr4 & CR4_PAE:
+        levels, wide, table = 3, True, cr3 & u(0xFFFFFFE0)
+        va &= u(0xFFFFFFFF)
+    else:
+        levels, wide, table = 2, False, cr3 & u(0xFFFFF000)
+        va &= u(0xFFFFFFFF)
+    pse = (cr4 & CR4_PSE) != 0
+    rw, us, nx = True, True, False
+    hpas = np.zeros(4, np.int64)
+    n = 0
+    shift = u(12)
+    e = u(0)
+    for level in range(levels, 0, -1):
+        pdpt = levels == 3 and level == 3             # PAE PDPTEs: 4 of them, no R/W, U/S or NX
+        if wide:
+            shift = u(12 + 9 * (level - 1))
+            gpa = table + ((va >> shift) & u(0x3 if pdpt else 0x1FF)) * u(8)
+        else:
+            shift = u(12 + 10 * (level - 1))
+            gpa = table + ((va >> shift) & u(0x3FF)) * u(4)
+        hpa, e = _entry(mem64, mem32, segs, nsegs, gpa, wide)
+        if hpa < 0:
+            return EPT_FAULT, u(0), 0, 0, gpa
+        if not e & u(PG_P):
+            code = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
+            return GUEST_PF, u(0), 0, code, u(0)
+        hpas[n] = hpa
+        n += 1
+        if not pdpt:
+            rw = rw and (e & u(PG_RW)) != 0
+            us = us and (e & u(PG_US)) != 0
+            nx = nx or (nxe and (e & u(PG_NX)) != 0)
+        large = level > 1 and not pdpt and (e & u(PG_PS)) != 0 and (wide or pse)
+        if level == 1 or large:
+            break
+        table = e & u(ADDR_MASK if wide else 0xFFFFF000)
+    writable = rw if (user or (cr0 & CR0_WP) != 0) else True
+    if (write and not writable) or (user and not us) or (fetch and nx):
+        code = PF_P | (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
+        return GUEST_PF, u(0), 0, code, u(0)
+    offset_mask = (u(1) << shift) - u(1)
+    if shift == 22:                                   # 4 MiB page: PSE-36 puts bits 39:32 in 20:13
+        frame = (e & u(0xFFC00000)) | (((e >> u(13)) & u(0xFF)) << u(32))
+    else:
+        frame = e & u(ADDR_MASK) & ~offset_mask
+    gpa = frame | (va & offset_mask)
+    dirty = (e & u(PG_D)) != 0
+    if set_ad:
+        for i in range(n):
+            if wide:
+                mem64[hpas[i] >> 3] |= u(PG_A)
+            else:
+                mem32[hpas[i] >> 2] |= np.uint32(PG_A)
+        if write:
+            if wide:
+                mem64[hpas[n - 1] >> 3] |= u(PG_D)
+            else:
+                mem32[hpas[n - 1] >> 2] |= np.uint32(PG_D)
+            dirty = True
+    perms = PROT_R
+    if writable and dirty:                            # a clean page stays read-only until its first write sets D
+        perms |= PROT_W
+    if not nx:
+        perms |= PROT_X
+    return OK, gpa, perms, 0, u(0)

@@ -1,0 +1,96 @@
+"""The hw.vmm.* tunables: name, type, default, description, and whether bhyve reads them at boot only.
+
+Values live in one int64 array that kernels receive as an argument (numba freezes globals, so a kernel
+never reads a tunable any other way). A "boot" tunable (bhyve's RDTUN) is read when a VM is created;
+a "runtime" one is read at every VM entry, so a change applies from the next entry.
+"""
+import numpy as np
+
+from .errors import TunableError
+
+
+class Tunable:
+    __slots__ = ("name", "type", "default", "description", "boot_only", "minimum", "maximum", "aliases", "owner", "slot")
+
+    def __init__(self, name, type, default, description, boot_only, minimum=0, maximum=1, aliases=(), owner=""):
+        self.name, self.type, self.default, self.description = name, type, default, description
+        self.boot_only, self.minimum, self.maximum, self.aliases, self.owner = boot_only, minimum, maximum, aliases, owner
+        self.slot = None
+
+    def parse(self, text):
+        """A value from user text ('1', '0x10', 'true'...), or TunableError naming the accepted range."""
+        if isinstance(text, bool):
+            value = int(text)
+        elif isinstance(text, int):
+            value = text
+        else:
+            word = str(text).strip().lower()
+            if self.type == "bool" and word in ("true", "yes", "on", "false", "no", "off"):
+                value = int(word in ("true", "yes", "on"))
+            else:
+                try:
+                    value = int(word, 0)
+                except ValueError:
+                    raise TunableError("%s: %r is not a%s" % (self.name, text, "n integer" if self.type == "int" else " boolean (0 or 1)")) from None
+        if not self.minimum <= value <= self.maximum:
+            raise TunableError("%s: %d is outside %d..%d" % (self.name, value, self.minimum, self.maximum))
+        return value
+
+
+def _bool(name, default, description, boot_only, owner, aliases=()):
+    return Tunable(name, "bool", default, description, boot_only, 0, 1, aliases, owner)
+
+
+TABLE = (
+    _bool("hw.vmm.halt_detection", 1, "Halt VM if all vcpus execute HLT with interrupts disabled", True, "vm.py"),
+    _bool("hw.vmm.trace_guest_exceptions", 0, "Map all guest exceptions into the exception bitmap", True, "vmx/vmx.py"),
+    _bool("hw.vmm.topology.cpuid_leaf_b", 1, "Provide topology information via CPUID leaf 0xB", True, "cpu/cpuid.py"),
+    Tunable("hw.vmm.maxcpu", "int", 16, "Maximum number of vCPUs", True, 1, 64, owner="vm.py"),
+)
+BY_NAME = {}
+for _slot, _t in enumerate(TABLE):
+    _t.slot = _slot
+    BY_NAME[_t.name] = _t
+    for _alias in _t.aliases:
+        BY_NAME[_alias] = _t
+COUNT = len(TABLE)
+SLOT = {t.name: t.slot for t in TABLE}
+HALT_DETECTION = SLOT["hw.vmm.halt_detection"]
+TRACE_GUEST_EXCEPTIONS = SLOT["hw.vmm.trace_guest_exceptions"]
+CPUID_LEAF_B = SLOT["hw.vmm.topology.cpuid_leaf_b"]
+MAXCPU = SLOT["hw.vmm.maxcpu"]
+
+
+def lookup(name):
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise TunableError("unknown tunable %r (known: %s)" % (name, ", ".join(t.name for t in TABLE))) from None
+
+
+class Tunables:
+    """The live values, shared by every VM of a hypervisor; `changes` keeps who changed what, in order."""
+
+    def __init__(self, overrides=None):
+        self.values = np.array([t.default for t in TABLE], np.int64)
+        self.listeners = []
+        for name, value in (overrides or {}).items():
+            self.set(name, value)
+
+    def get(self, name):
+        return int(self.values[lookup(name).slot])
+
+    def set(self, name, text):
+        """Validate and store; returns (tunable, old, new). Listeners hear of every change."""
+        t = lookup(name)
+        value = t.parse(text)
+        old = int(self.values[t.slot])
+        self.values[t.slot] = value
+        for listener in self.listeners:
+            listener(t, old, value)
+        return t, old, value
+
+    def describe(self):
+        return [{"name": t.name, "type": t.type, "value": int(self.values[t.slot]), "default": t.default,
+                 "description": t.description, "boot_only": t.boot_only, "aliases": list(t.aliases)}
+                for t in TABLE]

@@ -1,0 +1,412 @@
+"""A vCPU: one Unicorn instance, one thread, an explicit run state, controlled from other threads by messages.
+
+The thread's driver loop is short: wait while parked, else call the vmx_run kernel and dispatch the
+VM_EXITCODE it returns to a handler (bhyve's vm_run userspace dispatch table). Other threads never touch
+the Unicorn instance while it runs: they post a message and kick the vCPU (an external-interrupt exit).
+"""
+import ctypes
+import queue
+import struct
+import threading
+import time
+
+import numpy as np
+from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UC_MODE_64,
+                     UC_PROT_ALL, UC_TLB_VIRTUAL, Uc)
+from unicorn import x86_const as X
+
+from . import firmware
+from . import stats as S
+from .errors import StateError
+from .mmu import walk as W
+from .native import address, function_table, hook_add, load_real_mode_segment
+from .vmx import ctx as C
+from .vmx import exits as E
+from .vmx import hooks, inject
+from .vmx import vmcs as V
+from .vmx import vmx
+
+IDLE, RUNNING, HALTED, PAUSED, SUSPENDED = "idle", "running", "halted", "paused", "suspended"
+XTAB_PAIRS = 4096
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+        "r14", "r15", "rip", "rflags", "cr0", "cr2", "cr3", "cr4", "dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
+SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
+REG_IDS = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in GPRS + SEGMENTS}
+REG_IDS["rflags"] = X.UC_X86_REG_EFLAGS
+
+
+class UnsupportedByModel(Exception):
+    """The guest did something the model does not implement yet: the VM suspends, naming it."""
+
+
+class Vcpu:
+    """Legend: `state`, `suspend_reason` change only on the vCPU's own thread; `mailbox` is any thread's."""
+
+    def __init__(self, vm, index):
+        self.vm, self.index = vm, index
+        self.state, self.suspend_reason = IDLE, None
+        self.mailbox = queue.Queue()
+        self.thread = None
+        self.parked = threading.Event()          # set while the thread is not inside vmx_run
+        self.parked.set()
+        self.vmcs = V.Vmcs()
+        self.counters = S.new_counters()
+        self.msrs = vm.profile.msr_table()
+        self.xtab = np.zeros(2 * XTAB_PAIRS, np.uint64)
+        self.scratch = np.zeros(8, np.uint64)
+        self.hooked = set()                      # linear addresses with a code hook (HLT/RDMSR/WRMSR candidates)
+        self.boot = None                         # (stub end, BootImage) until the reset stub has run
+        self.pending_event = None
+        self._make_uc()
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def _make_uc(self):
+        vm, hv = self.vm, self.vm.hypervisor
+        uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])                     # `until` never translates through our fill (unicorn.md §1)
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        uc.mem_map_ptr(0, hv.memory.size, UC_PROT_ALL, hv.memory.ctypes.data)
+        c = self.ctx = C.new()
+        self._fns = function_table()
+        for slot, value in ((C.UC, uc._uch.value), (C.FN, self._fns.ctypes.data), (C.MEM, hv.memory.ctypes.data),
+                            (C.MEMSIZE, hv.memory.size), (C.SEGS, vm.segtab.ctypes.data), (C.NSEGS, len(vm.segtab) // 3),
+                            (C.VMCS, self.vmcs.store.ctypes.data), (C.STATS, self.counters.ctypes.data),
+                            (C.PARAMS, hv.tunables.values.ctypes.data), (C.CPUID, vm.cpuid.ctypes.data),
+                            (C.NCPUID, len(vm.cpuid)), (C.MSR, self.msrs.ctypes.data), (C.NMSR, len(self.msrs)),
+                            (C.PORTS, vm.portmap.ctypes.data), (C.HOSTCB, address(vm.port_callback)),
+                            (C.VCPUID, self.index), (C.XTAB, self.xtab.ctypes.data), (C.XMASK, XTAB_PAIRS - 1),
+                            (C.CODE, vm.code_state.ctypes.data), (C.NPAGES, len(vm.code_state)),
+                            (C.SCRATCH, self.scratch.ctypes.data)):
+            c[slot] = value
+        ud = c.ctypes.data
+        hook_add(uc, UC_HOOK_TLB_FILL, hooks.tlb_fill_hook.address, ud)
+        hook_add(uc, UC_HOOK_INSN, hooks.in_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_IN))
+        hook_add(uc, UC_HOOK_INSN, hooks.out_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))
+        hook_add(uc, UC_HOOK_INSN, hooks.cpuid_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_CPUID))
+        hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
+        self._init_vmcs()
+
+    def _init_vmcs(self):
+        """Controls as bhyve's vmx_vcpu_init sets them."""
+        v = self.vmcs
+        v["VPID"] = self.index + 1
+        v["LINK_POINTER"] = (1 << 64) - 1
+        v["EXCEPTION_BITMAP"] = 0xFFFFFFFF if self.vm.hypervisor.tunables.get("hw.vmm.trace_guest_exceptions") else 1 << 18
+        v["CR0_SHADOW"] = 0x60000010
+        v["APIC_ACCESS"] = 0xFFFFF000
+        v["HOST_RIP"] = 0xFFFFFFFF80000000 + 0x1000 * self.index      # vmx_exit_guest in the modeled host
+        v["HOST_CR3"] = 0x1000
+
+    def prepare(self, image):
+        """Set up the boot: the reset stub for real/protected32, registers directly for long64."""
+        uc = self.uc
+        if image.mode == "long64":
+            uc.reg_write(X.UC_X86_REG_GDTR, (0, image.gdt.gpa, image.gdt.size - 1, 0))
+            uc.reg_write(X.UC_X86_REG_CR3, image.regs["cr3"])
+            uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | W.CR4_PAE)
+            uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | W.CR0_PG | W.CR0_PE)
+            self._apply_regs(image.regs, segments=False)
+            return
+        if image.mode == "real":
+            uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))     # the IVT, as at reset
+        target, done = firmware.TARGETS[image.mode]
+        uc.reg_write(X.UC_X86_REG_RBX, target)
+        uc.reg_write(X.UC_X86_REG_RSP, firmware.STUB_BASE)
+        uc.reg_write(X.UC_X86_REG_RIP, firmware.STUB_BASE)
+        self.boot = (done, image)
+
+    def _apply_regs(self, regs, segments):
+        for name, value in regs.items():
+            if name in SEGMENTS:
+                if segments:
+                    load_real_mode_segment(self.uc, REG_IDS[name], value)
+            elif name in REG_IDS:
+                self.uc.reg_write(REG_IDS[name], value)
+
+    # -- control from other threads ----------------------------------------------------------------
+    def start(self):
+        self.state = RUNNING
+        self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
+        self.thread.start()
+
+    def post(self, message):
+        """Queue a message and kick the vCPU out of the guest until its thread has seen it."""
+        self.mailbox.put(message)
+        self.ctx[C.REQ] = C.REQ_STOP
+        while self.thread is not None and self.thread.is_alive() and not self.parked.wait(0.001):
+            self.uc.emu_stop()                   # an IPI to the host CPU: retried until it lands
+
+    def wait_parked(self, timeout=None):
+        return self.parked.wait(timeout)
+
+    # -- the driver loop (the vCPU's own thread) ----------------------------------------------------
+    def _main(self):
+        try:
+            self._drive()
+        except Exception as problem:             # an engine bug stops this VM, never the process
+            self.state, self.suspend_reason = SUSPENDED, "error"
+            self.parked.set()
+            self.vm.vcpu_suspended(self, "error", "internal error: %r" % problem)
+            raise
+
+    def _drive(self):
+        while True:
+            if self.state != RUNNING:
+                message = self.mailbox.get()
+                if self._handle(message) == "exit":
+                    return
+                continue
+            if not self.mailbox.empty():
+                if self._handle(self.mailbox.get()) == "exit":
+                    return
+                continue
+            self._run_once()
+
+    def _handle(self, message):
+        kind = message[0]
+        if kind == "pause" and self.state == RUNNING:
+            self.state = PAUSED
+        elif kind == "resume" and self.state == PAUSED:
+            self.state = RUNNING
+        elif kind == "wake" and self.state == HALTED:
+            self.state = RUNNING
+        elif kind == "exit":
+            self.state = IDLE
+            return "exit"
+        self.vm.notify()
+        return None
+
+    def _run_once(self):
+        if self.pending_event is not None:
+            event, self.pending_event = self.pending_event, None
+            if not self._deliver(event):
+                return
+        self.ctx[C.REQ] = 0
+        self.parked.clear()
+        if not self.mailbox.empty():             # a message raced the clear: leave it for the driver loop
+            self.parked.set()
+            return
+        start = time.perf_counter_ns()
+        code = vmx.vmx_run(self.ctx)
+        self.counters[S.VCPU_TOTAL_RUNTIME] += time.perf_counter_ns() - start
+        self.parked.set()
+        try:
+            EXIT_HANDLERS.get(code, Vcpu._exit_unknown)(self)
+        except UnsupportedByModel as problem:
+            self.suspend("unsupported", "the model cannot do this yet: %s" % problem)
+
+    def suspend(self, reason, message):
+        self.state, self.suspend_reason = SUSPENDED, reason
+        self.sync_vmcs()
+        self.vm.vcpu_suspended(self, reason, message)
+
+    # -- userspace exit handlers --------------------------------------------------------------------
+    def _exit_bogus(self):
+        """AST: a message is waiting; the driver loop takes it next."""
+
+    def _exit_hlt(self):
+        if self.boot is not None and self.linear_pc() == self.boot[0]:
+            image, self.boot = self.boot[1], None        # the reset stub reached the boot mode
+            self._apply_regs(image.regs, segments=True)
+            return
+        self.sync_vmcs()
+        interrupts_on = bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & inject.RFLAGS_IF)
+        self.state = HALTED
+        self.vm.vcpu_halted(self, interrupts_on)
+
+    def _exit_paging(self):
+        why = int(self.ctx[C.EXIT])
+        gla, gpa = int(self.ctx[C.FAULT_GLA]), int(self.ctx[C.FAULT_GPA])
+        if why == C.X_EXEC:
+            self.scan_page(gla & ~0xFFF, gpa & ~0xFFF)
+            return
+        self.counters[S.VMEXIT_USERSPACE] += 1
+        access = E.decode_ept_violation(int(self.ctx[C.FAULT_QUAL]))["access"]
+        self.suspend("ept_violation", "guest %s access outside guest memory: guest-physical %#x, guest-linear %#x, "
+                     "rip %#x" % (access, gpa, gla, int(self.ctx[C.RIP])))
+
+    def _exit_exception(self):
+        why, vector = int(self.ctx[C.EXIT]), int(self.ctx[C.VECTOR])
+        if why == C.X_GUEST_PF:
+            event = inject.Event(14, error_code=int(self.ctx[C.ERRCODE]), cr2=int(self.ctx[C.FAULT_GLA]))
+        elif why == C.X_GP:
+            event = inject.Event(13, error_code=int(self.ctx[C.ERRCODE]))
+        else:
+            event = inject.Event(vector, software=self._is_software_interrupt(vector))
+        if not event.software and int(self.vmcs["EXCEPTION_BITMAP"]) >> event.vector & 1:
+            self._record(E.EXCEPTION_NMI, 0, S.VMEXIT_EXCEPTION,
+                         intr_info=E.interruption_info(event.vector, E.TYPE_HWEXC, event.error_code is not None))
+        self._deliver(event)
+
+    def _exit_vminsn(self):
+        bios = self.vm.bios
+        vector = bios.vector_at(self.linear_pc()) if bios else None
+        if vector is None:
+            self._deliver(inject.Event(6))
+            return
+        self.counters[S.VMEXIT_USERSPACE] += 1
+        if bios.call(vector, RealModeRegs(self.uc), self.vm.memory_access) == "wait_input":
+            self.state = HALTED                  # parked until the console has a key ("wake")
+            self.vm.wait_for_input(self)
+            return
+        self.uc.reg_write(X.UC_X86_REG_RIP, self.uc.reg_read(X.UC_X86_REG_RIP) + 3)
+
+    def _exit_user(self):
+        """A device stopped the vCPU; the VM has already been told why."""
+
+    def _exit_unknown(self):
+        err = int(self.vmcs["INSTRUCTION_ERROR"])
+        self.suspend("error", "the emulator stopped with error %d at rip %#x" % (err, self.uc.reg_read(X.UC_X86_REG_RIP)))
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _record(self, reason, qualification, stat, intr_info=0):
+        v = self.vmcs
+        v["EXIT_REASON"], v["EXIT_QUALIFICATION"], v["EXIT_INTR_INFO"] = reason, qualification, intr_info
+        v["GUEST_RIP"] = self.uc.reg_read(X.UC_X86_REG_RIP)
+        self.counters[S.VMEXIT_COUNT] += 1
+        self.counters[stat] += 1
+
+    def _deliver(self, event):
+        try:
+            inject.deliver(self, event)
+            return True
+        except inject.TripleFault as why:
+            self._record(E.TRIPLE_FAULT, 0, S.VMEXIT_UNKNOWN)
+            self.suspend("triplefault", "triple fault (%s) at rip %#x" % (why, self.uc.reg_read(X.UC_X86_REG_RIP)))
+            return False
+
+    def _is_software_interrupt(self, vector):
+        if vector >= 32:
+            return True
+        hpa = hooks.linear_to_hpa(self.ctx, self.linear_pc() - 2)
+        mem = self.vm.hypervisor.memory
+        return hpa >= 0 and ((mem[hpa] == 0xCD and mem[hpa + 1] == vector) or
+                             (vector == 3 and mem[hpa + 1] == 0xCC) or (vector == 4 and mem[hpa + 1] == 0xCE))
+
+    def scan_page(self, linear_page, gpa_page):
+        """EPT execute violation: hook every HLT/RDMSR/WRMSR candidate on the page, then grant execute."""
+        hpa = self.vm.gpa_to_hpa(gpa_page)
+        code = self.vm.hypervisor.memory[hpa:hpa + 0x1000 + 1]
+        hits = np.flatnonzero(code[:0x1000] == 0xF4).tolist()
+        twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32)))
+        for offset in hits + twos.tolist():
+            where = linear_page + offset
+            if where not in self.hooked:
+                hook_add(self.uc, UC_HOOK_CODE, hooks.code_hook.address, self.ctx.ctypes.data, where, where)
+                self.hooked.add(where)
+        page = gpa_page >> 12
+        self.vm.code_state[page] |= 1
+        slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)
+        if slot < 0:                             # the table is full: start over, pages rescan on demand
+            self.xtab[:] = 0
+            slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)
+        self.xtab[2 * slot] = linear_page | 1
+        self.xtab[2 * slot + 1] = gpa_page | ((int(self.vm.code_state[page]) >> 1) & 0xFFF)
+        self.uc.ctl_remove_cache(linear_page, linear_page + 0x1000)
+
+    def efer(self):
+        return self.uc.reg_read(X.UC_X86_REG_MSR, 0xC0000080)
+
+    def cpl(self):
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3 if self.uc.reg_read(X.UC_X86_REG_CR0) & W.CR0_PE else 0
+
+    def linear_pc(self):
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        if self.uc.reg_read(X.UC_X86_REG_CR0) & W.CR0_PE:
+            return rip
+        return (self.uc.reg_read(X.UC_X86_REG_CS) << 4) + (rip & 0xFFFF)
+
+    def unsupported(self, what):
+        return UnsupportedByModel(what)
+
+    def _linear_pages(self, linear, size):
+        while size > 0:
+            chunk = min(size, 0x1000 - (linear & 0xFFF))
+            hpa = hooks.linear_to_hpa(self.ctx, linear)
+            if hpa < 0:
+                raise inject.DeliveryFault(inject.PF, 0, cr2=linear)
+            yield hpa, chunk
+            linear, size = linear + chunk, size - chunk
+
+    def read_linear(self, linear, size):
+        mem = self.vm.hypervisor.memory
+        return b"".join(mem[hpa:hpa + n].tobytes() for hpa, n in self._linear_pages(linear, size))
+
+    def write_linear(self, linear, data):
+        mem, done = self.vm.hypervisor.memory, 0
+        for hpa, n in self._linear_pages(linear, len(data)):
+            mem[hpa:hpa + n] = np.frombuffer(data[done:done + n], np.uint8)
+            done += n
+
+    # -- state for readers --------------------------------------------------------------------------
+    def registers(self):
+        """{name: value}; live when the vCPU is parked, else as of its last exit to userspace."""
+        if not self.parked.is_set():
+            snap = self.vmcs.snapshot()
+            return {"rip": snap["GUEST_RIP"], "rsp": snap["GUEST_RSP"], "rflags": snap["GUEST_RFLAGS"]}
+        regs = {name: self.uc.reg_read(rid) for name, rid in REG_IDS.items()}
+        regs["efer"] = self.efer()
+        return regs
+
+    def set_register(self, name, value):
+        if not self.parked.is_set() or self.state == RUNNING:
+            raise StateError("vcpu%d of %s is running: pause it before setting %s" % (self.index, self.vm.name, name))
+        if name == "efer":
+            self.uc.reg_write(X.UC_X86_REG_MSR, (0xC0000080, value))
+        else:
+            self.uc.reg_write(REG_IDS[name], value)
+
+    def sync_vmcs(self):
+        """Copy the live guest state into the VMCS guest-state area (what VM exit saves)."""
+        uc, v = self.uc, self.vmcs
+        for field, rid in (("GUEST_RIP", X.UC_X86_REG_RIP), ("GUEST_RSP", X.UC_X86_REG_RSP),
+                           ("GUEST_RFLAGS", X.UC_X86_REG_EFLAGS), ("GUEST_CR0", X.UC_X86_REG_CR0),
+                           ("GUEST_CR3", X.UC_X86_REG_CR3), ("GUEST_CR4", X.UC_X86_REG_CR4),
+                           ("GUEST_DR7", X.UC_X86_REG_DR7), ("GUEST_FS_BASE", X.UC_X86_REG_FS_BASE),
+                           ("GUEST_GS_BASE", X.UC_X86_REG_GS_BASE)):
+            v[field] = uc.reg_read(rid)
+        for seg in ("ES", "CS", "SS", "DS", "FS", "GS"):
+            v["GUEST_%s_SELECTOR" % seg] = uc.reg_read(REG_IDS[seg.lower()])
+        for table in ("GDTR", "IDTR", "LDTR", "TR"):
+            sel, base, limit, flags = uc.reg_read(getattr(X, "UC_X86_REG_" + table))
+            v["GUEST_%s_BASE" % table], v["GUEST_%s_LIMIT" % table] = base, limit
+            if table in ("LDTR", "TR"):
+                v["GUEST_%s_SELECTOR" % table], v["GUEST_%s_ACCESS_RIGHTS" % table] = sel, flags
+        v["GUEST_IA32_EFER"] = self.efer()
+        v["GUEST_ACTIVITY"] = 1 if self.state == HALTED else 0
+
+
+class RealModeRegs:
+    """The BIOS's view of the registers: 16-bit and 8-bit names over a UC_MODE_64 instance."""
+    _WIDE = {"ax": X.UC_X86_REG_AX, "bx": X.UC_X86_REG_BX, "cx": X.UC_X86_REG_CX, "dx": X.UC_X86_REG_DX,
+             "si": X.UC_X86_REG_SI, "di": X.UC_X86_REG_DI, "bp": X.UC_X86_REG_BP, "sp": X.UC_X86_REG_SP,
+             "es": X.UC_X86_REG_ES, "ds": X.UC_X86_REG_DS, "ss": X.UC_X86_REG_SS, "cs": X.UC_X86_REG_CS,
+             "flags": X.UC_X86_REG_FLAGS}
+    _SEGS = {"es", "ds", "ss", "cs"}
+
+    def __init__(self, uc):
+        self.uc = uc
+
+    def __getitem__(self, name):
+        if name in self._WIDE:
+            return self.uc.reg_read(self._WIDE[name]) & 0xFFFF
+        value = self[name[0] + "x"]
+        return value >> 8 if name[1] == "h" else value & 0xFF
+
+    def __setitem__(self, name, value):
+        if name in self._SEGS:
+            load_real_mode_segment(self.uc, self._WIDE[name], value)
+        elif name in self._WIDE:
+            self.uc.reg_write(self._WIDE[name], value & 0xFFFF)
+        else:
+            wide = self[name[0] + "x"]
+            wide = (wide & 0x00FF) | (value & 0xFF) << 8 if name[1] == "h" else (wide & 0xFF00) | (value & 0xFF)
+            self.uc.reg_write(self._WIDE[name[0] + "x"], wide)
+
+
+EXIT_HANDLERS = {
+    vmx.EXITCODE_BOGUS: Vcpu._exit_bogus, vmx.EXITCODE_HLT: Vcpu._exit_hlt, vmx.EXITCODE_PAGING: Vcpu._exit_paging,
+    vmx.EXITCODE_EXCEPTION: Vcpu._exit_exception, vmx.EXITCODE_VMINSN: Vcpu._exit_vminsn,
+    vmx.EXITCODE_USER: Vcpu._exit_user,
+}

@@ -1,0 +1,277 @@
+"""A virtual machine: memory segments, devices on the I/O bus, vCPUs, and its lifecycle.
+
+The composition root for one guest (Firecracker's builder): it decides where each device sits; the
+devices know only their registers. Lifecycle requests that are not valid in the current state get an
+explicit StateError.
+"""
+import threading
+
+import numpy as np
+from unicorn import x86_const as X
+
+from . import firmware, loaders
+from .cpu import profiles
+from .devices import bios as bios_mod
+from .devices.console import Console
+from .devices.debugcon import DebugCon
+from .devices.uart_ns16550 import Uart16550
+from .devices.vga_text import VgaText
+from .errors import ConfigError, ImageError, StateError
+from .native import HOST_CALLBACK
+from .vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
+from .vmx import ctx as C
+
+MiB = 1 << 20
+COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
+SUSPEND_REASONS = ("reset", "poweroff", "halt", "triplefault", "ept_violation", "unsupported", "error")
+
+
+class MemorySegment:
+    """A guest-physical range backed by host-physical memory (bhyve's vm_mem_seg + its mapping)."""
+    __slots__ = ("name", "gpa", "size", "hpa")
+
+    def __init__(self, name, gpa, size, hpa):
+        self.name, self.gpa, self.size, self.hpa = name, gpa, size, hpa
+
+
+class GuestMemory:
+    """Guest-physical byte access for devices and loaders (the vm_gpa_hold/release pair, held briefly)."""
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    def __len__(self):
+        return self.vm.mem_size
+
+    def read(self, gpa, size):
+        hpa = self.vm.gpa_range_to_hpa(gpa, size)
+        return self.vm.hypervisor.memory[hpa:hpa + size].tobytes()
+
+    def write(self, gpa, data):
+        hpa = self.vm.gpa_range_to_hpa(gpa, len(data))
+        self.vm.hypervisor.memory[hpa:hpa + len(data)] = np.frombuffer(bytes(data), np.uint8)
+        self.vm.code_written(gpa, len(data))
+
+
+class VM:
+    """Legend: set at creation and read-only after: name, mem_size, profile, segments, devices.
+    `events` (the console-visible log) and `suspend_*` are written under `lock`."""
+
+    def __init__(self, hypervisor, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT):
+        self.hypervisor, self.name = hypervisor, name
+        self.profile = profiles.get(profile)
+        maxcpu = hypervisor.tunables.get("hw.vmm.maxcpu")
+        if not 1 <= cpus <= maxcpu:
+            raise ConfigError("VM %r: %d vCPUs requested; hw.vmm.maxcpu allows 1 to %d" % (name, cpus, maxcpu))
+        if mem_mb < 1:
+            raise ConfigError("VM %r: memory must be at least 1 MiB, not %s MiB" % (name, mem_mb))
+        self.mem_size = mem_mb * MiB
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.suspend_reason = self.suspend_message = None
+        self.events = []
+        self.image = None
+        hpa = hypervisor.allocator.allocate(self.mem_size, "VM %r" % name)
+        self.segments = [MemorySegment("lowmem", 0, self.mem_size, hpa)]
+        self.segtab = np.array([[s.gpa, s.size, s.hpa] for s in self.segments], np.uint64).reshape(-1)
+        self.code_state = np.zeros(self.mem_size >> 12, np.uint64)
+        self.cpuid = self.profile.cpuid_table().reshape(-1)
+        self.memory_access = GuestMemory(self)
+        self._attach_devices()
+        self.vcpus = [Vcpu(self, i) for i in range(cpus)]
+
+    # -- devices on the I/O bus -------------------------------------------------------------------
+    def _attach_devices(self):
+        self.console = Console()
+        self.com1 = Uart16550(self.console, "com1")
+        self.com2 = Uart16550(Console(), "com2")
+        self.debug_console = Console()
+        self.debugcon = DebugCon(self.debug_console)
+        self.vga = VgaText(self.memory_access)
+        self.bios = None
+        self.portmap = np.zeros(65536, np.uint8)
+        self.ports = {}
+        for base, device in ((COM1, self.com1), (COM2, self.com2)):
+            for offset in range(8):
+                self.ports[base + offset] = (device.read, device.write, offset)
+        self.ports[DEBUGCON] = (self.debugcon.read, self.debugcon.write, 0)
+        for port in (0x3D4, 0x3D5):
+            self.ports[port] = (lambda offset, p=port: self.vga.port_read(p),
+                                lambda offset, value, p=port: self.vga.port_write(p, value), 0)
+        for port in self.ports:
+            self.portmap[port] = C.PORT_USER
+        self.portmap[POST] = C.PORT_POST
+        self.port_callback = HOST_CALLBACK(self._port_exit)
+
+    def _port_exit(self, vcpu_id, how, value, _):
+        """VM_EXITCODE_INOUT handled in userspace: byte-wide devices see each byte of a wider access."""
+        port, size, is_in = how & 0xFFFF, (how >> 16) & 0xFF, bool(how >> 24 & 1)
+        try:
+            result = 0
+            for i in range(size):
+                read, write, offset = self.ports[(port + i) & 0xFFFF]
+                if is_in:
+                    result |= read(offset) << (8 * i)
+                else:
+                    write(offset, (value >> (8 * i)) & 0xFF)
+            return result
+        except Exception as problem:           # a device bug must not take the process down
+            self._device_failed(vcpu_id, port, problem)
+            return 0
+
+    def _device_failed(self, vcpu_id, port, problem):
+        vcpu = self.vcpus[vcpu_id]
+        vcpu.ctx[C.EXIT] = C.X_USER_STOP
+        vcpu.uc.emu_stop()
+        self._set_suspended("error", "device at port %#x failed: %s" % (port, problem))
+
+    # -- memory -------------------------------------------------------------------------------------
+    def gpa_to_hpa(self, gpa):
+        for s in self.segments:
+            if s.gpa <= gpa < s.gpa + s.size:
+                return s.hpa + gpa - s.gpa
+        raise ConfigError("guest-physical %#x is outside VM %r's memory" % (gpa, self.name))
+
+    def gpa_range_to_hpa(self, gpa, size):
+        hpa = self.gpa_to_hpa(gpa)
+        if size and self.gpa_to_hpa(gpa + size - 1) != hpa + size - 1:
+            raise ConfigError("guest-physical range %#x+%#x crosses a memory segment" % (gpa, size))
+        return hpa
+
+    def code_written(self, gpa, size):
+        """The host wrote guest memory: withdraw execute from scanned pages and drop translated code."""
+        first, last = gpa >> 12, (gpa + max(size, 1) - 1) >> 12
+        scanned = self.code_state[first:last + 1] & 1
+        self.code_state[first:last + 1] += scanned     # odd → even: a new generation, not executable
+        for vcpu in self.vcpus:
+            if vcpu.parked.is_set():
+                vcpu.uc.ctl_flush_tb()
+
+    # -- loading ------------------------------------------------------------------------------------
+    def load(self, data, filename, kind=None, cmdline="", load_addr=None):
+        """Load a guest image (bytes) into memory and prepare vCPU 0 to boot it; ImageError if it is bad."""
+        if self.state != IDLE:
+            raise StateError("VM %r is %s: load an image before starting it" % (self.name, self.state))
+        image = loaders.load_image(bytes(data), filename, self.mem_size, kind=kind, cmdline=cmdline, load_addr=load_addr)
+        if image.mode == "real":
+            if self.mem_size < MiB:
+                raise ImageError("%s: a boot sector needs at least 1 MiB of guest memory" % filename)
+            self.bios = bios_mod.Bios(self.vga, self.console, image.disk, drive=image.regs.get("rdx", 0x80) & 0xFF)
+            self.bios.install(self.memory_access)
+            self.console.on_input(self._input_arrived)
+        if image.mode != "long64":
+            self.memory_access.write(firmware.GDT_BASE, firmware.GDT)
+            self.memory_access.write(firmware.STUB_BASE, firmware.STUB)
+        for seg in image.segments:
+            self.memory_access.write(seg.gpa, seg.data + bytes(seg.size - len(seg.data)))
+        self.vcpus[0].prepare(image)
+        self.image = image
+        self.log("loaded %s (%s): %s" % (filename, image.kind, "; ".join(image.notes) or "entry %#x" % image.entry))
+        return image
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    @property
+    def state(self):
+        """running, paused, halted, suspended or idle (not started / powered off)."""
+        with self.lock:
+            if self.suspend_reason is not None:
+                return SUSPENDED
+        states = {v.state for v in self.vcpus}
+        for state in (RUNNING, PAUSED, HALTED, SUSPENDED):
+            if state in states:
+                return state
+        return IDLE
+
+    def start(self):
+        if self.image is None:
+            raise StateError("VM %r has no image loaded" % self.name)
+        if any(v.thread is not None for v in self.vcpus):
+            raise StateError("VM %r was already started" % self.name)
+        self.log("started")
+        self.vcpus[0].start()            # application processors wait for INIT-SIPI (a later issue)
+
+    def pause(self):
+        self._require(RUNNING, HALTED, action="pause")
+        for vcpu in self._started():
+            vcpu.post(("pause",))
+        self.log("paused")
+
+    def resume(self):
+        self._require(PAUSED, action="resume")
+        for vcpu in self._started():
+            vcpu.post(("resume",))
+        self.log("resumed")
+
+    def poweroff(self):
+        """Stop every vCPU; the VM keeps its memory until destroyed."""
+        for vcpu in self._started():
+            vcpu.post(("exit",))
+            vcpu.thread.join(5)
+        with self.lock:
+            if self.suspend_reason is None:
+                self.suspend_reason, self.suspend_message = "poweroff", "powered off"
+            self.changed.notify_all()
+        self.log("powered off")
+
+    def destroy(self):
+        self.poweroff()
+        self.hypervisor.allocator.free(self.segments[0].hpa)
+        self.segments = []
+
+    def _started(self):
+        return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]
+
+    def _require(self, *states, action):
+        if self.state not in states:
+            raise StateError("cannot %s VM %r: it is %s" % (action, self.name, self.state))
+
+    # -- what vCPUs report --------------------------------------------------------------------------
+    def vcpu_suspended(self, vcpu, reason, message):
+        self._set_suspended(reason, "vcpu%d: %s" % (vcpu.index, message))
+        for other in self.vcpus:
+            if other is not vcpu and other.thread is not None:
+                other.mailbox.put(("pause",))
+
+    def vcpu_halted(self, vcpu, interrupts_on):
+        """bhyve's halt detection: every vCPU halted with interrupts off suspends the VM."""
+        if self.hypervisor.tunables.get("hw.vmm.halt_detection") and not interrupts_on and \
+                all(v.state in (HALTED, IDLE) for v in self.vcpus):
+            self._set_suspended("halt", "all vCPUs halted with interrupts disabled")
+        self.notify()
+
+    def wait_for_input(self, vcpu):
+        if self.console.has_input():
+            vcpu.state = RUNNING
+
+    def _input_arrived(self):
+        for vcpu in self.vcpus:
+            if vcpu.state == HALTED and vcpu.thread is not None:
+                vcpu.mailbox.put(("wake",))
+
+    def _set_suspended(self, reason, message):
+        with self.lock:
+            if self.suspend_reason is None:
+                self.suspend_reason, self.suspend_message = reason, message
+                self.events.append("suspended (%s): %s" % (reason, message))
+            self.changed.notify_all()
+
+    def notify(self):
+        with self.lock:
+            self.changed.notify_all()
+
+    def log(self, text):
+        with self.lock:
+            self.events.append(text)
+            self.changed.notify_all()
+
+    def wait(self, states=(SUSPENDED, HALTED, IDLE), timeout=None):
+        """Block until the VM is in one of `states`; returns the state (or the current one on timeout)."""
+        with self.lock:
+            self.changed.wait_for(lambda: self.state in states, timeout)
+            return self.state
+
+    def registers(self, vcpu=0):
+        return self.vcpus[vcpu].registers()
+
+    def stats(self, vcpu=0):
+        return self.vcpus[vcpu].counters

@@ -1,0 +1,56 @@
+"""The per-vCPU context block shared by the kernels and the Python side (bhyve's struct vmxctx, widened).
+
+One uint64 array per vCPU. Hooks receive its address as user data; every other array a kernel needs is
+reached through an address stored here (engine/native.py), so one compiled kernel serves every VM.
+Legend: [py] written once by the Python side at setup, [k] written by kernels, [any] by other threads.
+"""
+import numpy as np
+
+# -- setup [py] -------------------------------------------------------------------------------------
+UC = 0              # uc_engine*
+FN = 1              # libunicorn function table (native.function_table)
+MEM = 2             # host-physical memory base address and size
+MEMSIZE = 3
+SEGS = 4            # memory segments: rows [gpa, length, hpa]
+NSEGS = 5
+VMCS = 6            # Vmcs.store
+STATS = 7           # stats counters
+PARAMS = 8          # tunable values
+CPUID = 9           # cpuid rows [leaf, subleaf, eax, ebx, ecx, edx]
+NCPUID = 10
+MSR = 11            # msr rows [index, kind, value] (this vCPU's copy)
+NMSR = 12
+PORTS = 13          # uint8[65536]: which side handles a port (PORT_*)
+HOSTCB = 14         # address of the userspace exit callback
+VCPUID = 15
+XTAB = 16           # exec-scan table: pairs [linear page | 1, gpa page | generation]
+XMASK = 17          # number of pairs - 1 (a power of two minus one)
+CODE = 18           # per guest page: bit 0 scanned-for-exec, bits 1.. write generation
+NPAGES = 19
+SCRATCH = 20        # 8 uint64 of scratch for register reads/writes
+# -- exit record [k] -------------------------------------------------------------------------------
+EXIT = 32           # what a hook asks the loop to do (X_*)
+FAULT_GLA = 33
+FAULT_GPA = 34
+FAULT_QUAL = 35
+ERRCODE = 36        # guest #PF error code
+HLT_AT = 37         # address of a HLT about to execute (+1; 0 = none)
+VECTOR = 38         # vector reported by the interrupt hook
+REQ = 39            # [any] requests from other threads (REQ_*); the vcpu clears them when handled
+IO_RIP = 40         # the last I/O exit's RIP and RCX: one exit per REP string instruction
+IO_RCX = 41
+RIP = 42            # RIP at the last exit / where to enter
+POST = 43           # last value written to port 0x80
+ENTRIES = 44        # number of VM entries
+SIZE = 64
+
+# EXIT values
+X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP = range(7)
+# REQ bits
+REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
+# PORTS values
+PORT_NONE, PORT_USER, PORT_POST = 0, 1, 2
+
+
+def new():
+    return np.zeros(SIZE, np.uint64)

@@ -1,0 +1,306 @@
+"""The exits Unicorn reports from inside emulation, as numba cfuncs: TLB fill, CPUID, IN/OUT, MSR/HLT, traps.
+
+These are the exits VT-x takes that vmm.ko handles without leaving the kernel. IN/OUT and CPUID are
+handled synchronously inside the hook (an emu_stop there is not precise: the rest of the translation
+block would still run). RDMSR/WRMSR/HLT are found by scanning a page the first time it is executed and
+hooking each candidate address; the TLB fill withholds execute permission until that scan is done.
+Each hook reaches its vCPU through the context block whose address is the hook's user data.
+"""
+import numpy as np
+from numba import carray, cfunc, njit, types
+from unicorn import x86_const as X
+
+from .. import stats as S
+from .. import tunables as T
+from ..cpu.profiles import ANY, MSR_NATIVE, MSR_READONLY, MSR_VALUE, MSR_WRITEONLY
+from ..mmu import walk as W
+from ..native import (FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, NUMBA, call_host, call_reg, call_uc,
+                      u64_ptr, u8_ptr)
+from . import ctx as C
+from . import exits as E
+from . import vmcs as V
+
+U64P = types.CPointer(types.uint64)
+MSR_EFER = 0xC0000080
+INLINE = dict(inline="always")
+
+
+@njit(**INLINE)
+def rd(c, reg):
+    scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
+    call_reg(carray(u64_ptr(c[C.FN]), 4)[FN_REG_READ], c[C.UC], reg, c[C.SCRATCH])
+    return scratch[0]
+
+
+@njit(**INLINE)
+def wr(c, reg, value):
+    scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
+    scratch[0] = value
+    call_reg(carray(u64_ptr(c[C.FN]), 4)[FN_REG_WRITE], c[C.UC], reg, c[C.SCRATCH])
+
+
+@njit(**INLINE)
+def rd_efer(c):
+    scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
+    scratch[0] = MSR_EFER                  # struct uc_x86_msr {u32 rid; u64 value;}
+    call_reg(carray(u64_ptr(c[C.FN]), 4)[FN_REG_READ], c[C.UC], X.UC_X86_REG_MSR, c[C.SCRATCH])
+    return scratch[1]
+
+
+@njit(**INLINE)
+def stop(c):
+    call_uc(carray(u64_ptr(c[C.FN]), 4)[FN_EMU_STOP], c[C.UC])
+
+
+@njit(**INLINE)
+def views(c):
+    mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+    segs = carray(u64_ptr(c[C.SEGS]), 3 * np.int64(c[C.NSEGS]))
+    return mem8, mem8.view(np.uint64), mem8.view(np.uint32), segs
+
+
+@njit(**INLINE)
+def record_exit(c, reason, qualification, length, rip, stat):
+    """Write the exit into the VMCS and count it, as vmx_exit_process does first."""
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    vmcs[V.EXIT_REASON] = reason
+    vmcs[V.EXIT_QUALIFICATION] = qualification
+    vmcs[V.EXIT_INSTRUCTION_LENGTH] = length
+    vmcs[V.GUEST_RIP] = rip
+    counters[S.VMEXIT_COUNT] += 1
+    counters[stat] += 1
+
+
+@njit(**NUMBA)
+def xtab_find(xtab, mask, linear_page):
+    """Slot of a linear page in the exec-scan table (open addressing), or the empty slot it would use."""
+    mask = np.int64(mask)
+    i = np.int64(((np.uint64(linear_page) >> np.uint64(12)) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40))
+    want = np.uint64(linear_page) | np.uint64(1)
+    for _ in range(mask + 1):
+        i &= mask
+        key = xtab[2 * i]
+        if key == 0 or key == want:
+            return i
+        i += 1
+    return np.int64(-1)
+
+
+@njit(**NUMBA)
+def linear_to_hpa(c, linear):
+    """Host address of a guest-linear byte for the host's own reads (no A/D side effects), or -1."""
+    mem8, mem64, mem32, segs = views(c)
+    cs = rd(c, X.UC_X86_REG_CS)
+    code, gpa, perms, err, fgpa = W.walk(mem64, mem32, segs, c[C.NSEGS], rd(c, X.UC_X86_REG_CR0),
+                                         rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4), rd_efer(c),
+                                         cs & 3, linear, W.ACCESS_READ, False)
+    if code != W.OK:
+        return np.int64(-1)
+    return W.gpa_to_hpa(segs, c[C.NSEGS], gpa)
+
+
+@njit(**INLINE)
+def pc_linear(c):
+    """The linear address of the current instruction: CS.base + RIP (CS.base = selector*16 in real mode)."""
+    rip = rd(c, X.UC_X86_REG_RIP)
+    if rd(c, X.UC_X86_REG_CR0) & W.CR0_PE:
+        return rip, rip
+    return rip, ((rd(c, X.UC_X86_REG_CS) & np.uint64(0xFFFF)) << np.uint64(4)) + (rip & np.uint64(0xFFFF))
+
+
+# -- TLB fill: guest walk, then guest-physical → host-physical, then execute permission ---------------
+@njit(**NUMBA)
+def tlb_fill(c, vaddr, access):
+    """Returns (ok, hpa, perms); on failure the exit record in the context says why."""
+    mem8, mem64, mem32, segs = views(c)
+    kind = W.ACCESS_WRITE if access == 17 else W.ACCESS_FETCH if access == 18 else W.ACCESS_READ
+    cr0 = rd(c, X.UC_X86_REG_CR0)
+    cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
+    code, gpa, perms, err, fault_gpa = W.walk(mem64, mem32, segs, c[C.NSEGS], cr0, rd(c, X.UC_X86_REG_CR3),
+                                              rd(c, X.UC_X86_REG_CR4), rd_efer(c), cpl, vaddr, kind, True)
+    c[C.FAULT_GLA] = vaddr
+    if code == W.GUEST_PF:
+        c[C.EXIT], c[C.ERRCODE] = C.X_GUEST_PF, err
+        return False, 0, 0
+    access_bit = E.EPT_FETCH if kind == W.ACCESS_FETCH else E.EPT_WRITE if kind == W.ACCESS_WRITE else E.EPT_READ
+    if code == W.EPT_FAULT:                    # a guest paging structure outside guest memory
+        c[C.EXIT], c[C.FAULT_GPA], c[C.FAULT_QUAL] = C.X_EPT, fault_gpa, E.EPT_READ | E.EPT_GLA_VALID
+        return False, 0, 0
+    hpa = W.gpa_to_hpa(segs, c[C.NSEGS], gpa)
+    if hpa < 0:
+        c[C.EXIT], c[C.FAULT_GPA] = C.X_EPT, gpa
+        c[C.FAULT_QUAL] = access_bit | E.EPT_GLA_VALID | E.EPT_TRANSLATION
+        return False, 0, 0
+    page = gpa >> 12
+    code_state = carray(u64_ptr(c[C.CODE]), c[C.NPAGES])
+    if page < c[C.NPAGES]:
+        state = code_state[page]
+        if kind == W.ACCESS_WRITE and state & 1:
+            code_state[page] = (state | np.uint64(1)) + np.uint64(1)   # written: generation moves on, X withdrawn
+        if code_state[page] & 1:
+            perms &= ~W.PROT_W                          # scanned code stays read-only until written
+        else:
+            perms &= ~W.PROT_X
+        if kind == W.ACCESS_FETCH:
+            xtab = carray(u64_ptr(c[C.XTAB]), 2 * (np.int64(c[C.XMASK]) + 1))
+            slot = xtab_find(xtab, c[C.XMASK], np.uint64(vaddr) & ~np.uint64(0xFFF))
+            scanned = (state & 1) != 0 and slot >= 0 and xtab[2 * slot] != 0 and \
+                xtab[2 * slot + 1] == ((gpa & ~np.uint64(0xFFF)) | ((state >> np.uint64(1)) & np.uint64(0xFFF)))
+            if not scanned:                             # EPT execute violation: scan this page first
+                c[C.EXIT], c[C.FAULT_GPA] = C.X_EXEC, gpa
+                c[C.FAULT_QUAL] = E.EPT_FETCH | E.EPT_READABLE | E.EPT_WRITABLE | E.EPT_GLA_VALID | E.EPT_TRANSLATION
+                return False, 0, 0
+            perms |= W.PROT_X
+    return True, hpa & ~np.uint64(0xFFF), perms
+
+
+@cfunc(types.boolean(types.voidptr, types.uint64, types.int32, U64P, U64P), **NUMBA)
+def tlb_fill_hook(uc, vaddr, access, entry, ud):
+    c = carray(ud, C.SIZE)
+    ok, hpa, perms = tlb_fill(c, vaddr, access)
+    if ok:
+        entry[0] = hpa
+        entry[1] = perms
+    return ok
+
+
+# -- CPUID (exit 10), handled in the kernel as x86_emulate_cpuid ------------------------------------
+@njit(**NUMBA)
+def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b):
+    a = b = cc = d = np.uint64(0)
+    for i in range(np.int64(n)):
+        if table[6 * i] == leaf and (table[6 * i + 1] == ANY or table[6 * i + 1] == subleaf):
+            a, b, cc, d = table[6 * i + 2], table[6 * i + 3], table[6 * i + 4], table[6 * i + 5]
+            break
+    if leaf == 1:
+        b = (b & np.uint64(0x00FFFFFF)) | (np.uint64(vcpu_id) << np.uint64(24))   # initial APIC ID
+    elif leaf == 0xB and params_leaf_b:
+        a, b = np.uint64(0), np.uint64(1)
+        cc = (np.uint64(subleaf) & np.uint64(0xFF)) | np.uint64(0x100 if subleaf == 0 else 0)
+        d = np.uint64(vcpu_id)
+    return a, b, cc, d
+
+
+@cfunc(types.int32(types.voidptr, U64P), **NUMBA)
+def cpuid_hook(uc, ud):
+    c = carray(ud, C.SIZE)
+    rip = rd(c, X.UC_X86_REG_RIP)
+    record_exit(c, E.CPUID, 0, 2, rip, S.VMEXIT_CPUID)
+    table = carray(u64_ptr(c[C.CPUID]), 6 * np.int64(c[C.NCPUID]))
+    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    a, b, cc, d = emulate_cpuid(table, c[C.NCPUID], rd(c, X.UC_X86_REG_RAX) & 0xFFFFFFFF,
+                                rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF, c[C.VCPUID], params[T.CPUID_LEAF_B])
+    wr(c, X.UC_X86_REG_RAX, a)
+    wr(c, X.UC_X86_REG_RBX, b)
+    wr(c, X.UC_X86_REG_RCX, cc)
+    wr(c, X.UC_X86_REG_RDX, d)
+    return 1
+
+
+# -- IN/OUT (exit 30) ---------------------------------------------------------------------------------
+@njit(**NUMBA)
+def io_exit(c, port, size, is_in, value):
+    """Record the exit with its qualification and dispatch it; returns the value an IN reads."""
+    rip, linear = pc_linear(c)
+    hpa = linear_to_hpa(c, linear)
+    string = rep = imm = False
+    length = 1
+    if hpa >= 0:
+        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+        i = 0
+        while i < 4 and hpa + i < np.int64(c[C.MEMSIZE]):
+            op = mem8[hpa + i]
+            if op == 0xF3 or op == 0xF2:
+                rep = True
+            elif op != 0x66 and op != 0x67:
+                string = 0x6C <= op <= 0x6F
+                imm = 0xE4 <= op <= 0xE7
+                break
+            i += 1
+        length = i + (2 if imm else 1)
+    rcx = rd(c, X.UC_X86_REG_RCX)
+    one = np.uint64(1)
+    continuing = rep and c[C.IO_RIP] == rip + one and c[C.IO_RCX] == rcx + one   # the next round of one REP
+    c[C.IO_RIP], c[C.IO_RCX] = rip + one, rcx
+    if not continuing:
+        record_exit(c, E.INOUT, E.io_qualification(port, size, is_in, string, rep, imm), length, rip,
+                    S.VMEXIT_INOUT)
+    ports = carray(u8_ptr(c[C.PORTS]), 65536)
+    kind = ports[port & 0xFFFF]
+    if kind == C.PORT_POST:
+        if not is_in:
+            c[C.POST] = value
+        return c[C.POST] if is_in else np.uint64(0)
+    if kind == C.PORT_USER:
+        counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+        counters[S.VMEXIT_USERSPACE] += 1
+        how = port | (size << np.uint64(16)) | (np.uint64(1 if is_in else 0) << np.uint64(24))
+        return call_host(c[C.HOSTCB], c[C.VCPUID], how, value, np.uint64(0))
+    return np.uint64(0xFFFFFFFF) >> (np.uint64(32) - np.uint64(8) * size) if is_in else np.uint64(0)
+
+
+@cfunc(types.uint32(types.voidptr, types.uint32, types.int32, U64P), **NUMBA)
+def in_hook(uc, port, size, ud):
+    return np.uint32(io_exit(carray(ud, C.SIZE), np.uint64(port), np.uint64(size), True, np.uint64(0)))
+
+
+@cfunc(types.void(types.voidptr, types.uint32, types.int32, types.uint32, U64P), **NUMBA)
+def out_hook(uc, port, size, value, ud):
+    io_exit(carray(ud, C.SIZE), np.uint64(port), np.uint64(size), False, np.uint64(value))
+
+
+# -- RDMSR/WRMSR (exits 31/32) and HLT, at the candidate addresses a page scan found ----------------
+@njit(**NUMBA)
+def msr_find(table, n, index):
+    for i in range(np.int64(n)):
+        if table[3 * i] == index:
+            return i
+    return np.int64(-1)
+
+
+@njit(**NUMBA)
+def msr_exit(c, address, is_write):
+    rip = rd(c, X.UC_X86_REG_RIP)
+    record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, 2, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
+    table = carray(u64_ptr(c[C.MSR]), 3 * np.int64(c[C.NMSR]))
+    index = rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF
+    row = msr_find(table, c[C.NMSR], index)
+    kind = table[3 * row + 1] if row >= 0 else np.uint64(99)
+    if kind == MSR_NATIVE:
+        return                                      # Unicorn keeps this register: let the instruction run
+    if is_write and (kind == MSR_VALUE or kind == MSR_WRITEONLY):
+        value = (rd(c, X.UC_X86_REG_RDX) << np.uint64(32)) | (rd(c, X.UC_X86_REG_RAX) & np.uint64(0xFFFFFFFF))
+        if kind == MSR_VALUE:
+            table[3 * row + 2] = value
+    elif not is_write and (kind == MSR_VALUE or kind == MSR_READONLY):
+        value = table[3 * row + 2]
+        wr(c, X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        wr(c, X.UC_X86_REG_RDX, value >> np.uint64(32))
+    else:                                           # unknown MSR, or the wrong direction: #GP(0)
+        c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
+        stop(c)                                     # precise from a code hook: RIP stays on the instruction
+        return
+    wr(c, X.UC_X86_REG_RIP, rip + np.uint64(2))
+
+
+@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+def code_hook(uc, address, size, ud):
+    c = carray(ud, C.SIZE)
+    hpa = linear_to_hpa(c, address)
+    if hpa < 0 or hpa + 1 >= np.int64(c[C.MEMSIZE]):
+        return
+    mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+    op0, op1 = mem8[hpa], mem8[hpa + 1]
+    if op0 == 0xF4:
+        c[C.HLT_AT] = np.uint64(address) + np.uint64(1)   # the HLT runs natively and ends emu_start
+    elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30):
+        msr_exit(c, address, op1 == 0x30)
+
+
+# -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -
+@cfunc(types.void(types.voidptr, types.uint32, U64P), **NUMBA)
+def intr_hook(uc, intno, ud):
+    c = carray(ud, C.SIZE)
+    c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, intno
+    stop(c)

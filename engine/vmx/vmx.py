@@ -1,0 +1,119 @@
+"""The vcpu loop as bhyve's vmx_run: inject, checks, pmap activate, L1D flush, enter, exit processing.
+
+`vmx_run` is a numba kernel on the vCPU's thread: it enters the guest with uc_emu_start and decodes
+each exit into the VMCS. Exits that vmm.ko handles in the kernel loop here; those that need the
+userspace side (devices, the page scan that installs MSR hooks, event delivery) return a VM_EXITCODE
+to Python, which handles it and calls back in.
+"""
+import numpy as np
+from numba import carray, njit
+from unicorn import x86_const as X
+
+from .. import stats as S
+from ..native import FN_EMU_START, NUMBA, call_emu_start, u64_ptr, u8_ptr
+from . import ctx as C
+from . import exits as E
+from . import vmcs as V
+from .hooks import linear_to_hpa, rd
+
+# What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
+EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn error): details in ctx
+EXITCODE_BOGUS = 2          # AST: a request from another thread (pause, kick) is pending
+EXITCODE_HLT = 5
+EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
+EXITCODE_VMINSN = 22        # VMCALL (the BIOS stubs' way into the userspace firmware)
+EXITCODE_EXCEPTION = 27     # webhyve: an exception or interrupt for the userspace side to deliver
+EXITCODE_USER = 28          # webhyve: a userspace device asked the vcpu to stop (power off, error)
+NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAGING: "PAGING",
+         EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER"}
+
+UC_ERR_OK, UC_ERR_INSN_INVALID, UC_ERR_EXCEPTION = 0, 10, 21
+
+
+@njit(**NUMBA)
+def current_linear(c):
+    """Linear address of RIP: CS.selector*16 + IP in real mode, RIP with flat segments otherwise."""
+    rip = rd(c, X.UC_X86_REG_RIP)
+    if rd(c, X.UC_X86_REG_CR0) & 1:
+        return rip
+    return ((rd(c, X.UC_X86_REG_CS) & np.uint64(0xFFFF)) << np.uint64(4)) + (rip & np.uint64(0xFFFF))
+
+
+@njit(**NUMBA)
+def enter(c):
+    """Step 5: one VM entry; returns Unicorn's status."""
+    c[C.EXIT] = C.X_NONE
+    c[C.HLT_AT] = 0
+    c[C.ENTRIES] += 1
+    fns = carray(u64_ptr(c[C.FN]), 4)
+    # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode
+    return call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, 0)
+
+
+@njit(**NUMBA)
+def record(c, reason, qualification, length, stat):
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    vmcs[V.EXIT_REASON] = reason
+    vmcs[V.EXIT_QUALIFICATION] = qualification
+    vmcs[V.EXIT_INSTRUCTION_LENGTH] = length
+    vmcs[V.GUEST_RIP] = c[C.RIP]
+    counters[S.VMEXIT_COUNT] += 1
+    counters[stat] += 1
+
+
+@njit(**NUMBA)
+def exit_process(c, err):
+    """vmx_exit_process: decode why emu_start returned; 0 if handled here, else a VM_EXITCODE."""
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    c[C.RIP] = rd(c, X.UC_X86_REG_RIP)
+    why = c[C.EXIT]
+    if why == C.X_EPT or why == C.X_EXEC:
+        record(c, E.EPT_VIOLATION, c[C.FAULT_QUAL], 0, S.VMEXIT_NESTED_FAULT)
+        vmcs[V.GUEST_PHYSICAL_ADDRESS] = c[C.FAULT_GPA]
+        vmcs[V.GUEST_LINEAR_ADDRESS] = c[C.FAULT_GLA]
+        return EXITCODE_PAGING
+    if why == C.X_GUEST_PF or why == C.X_EXCEPTION or why == C.X_GP:
+        return EXITCODE_EXCEPTION
+    if why == C.X_USER_STOP:
+        return EXITCODE_USER
+    if err == UC_ERR_OK:
+        linear = current_linear(c)
+        if c[C.HLT_AT] != 0 and c[C.HLT_AT] == linear:
+            c[C.RIP] -= np.uint64(1)
+            record(c, E.HLT, 0, 1, S.VMEXIT_HLT)
+            c[C.RIP] += np.uint64(1)                   # Unicorn already stands after the HLT
+            return EXITCODE_HLT
+        if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
+            record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
+            return 0
+        return 0                                       # emu_start ran out for no reason we know: re-enter
+    if err == UC_ERR_INSN_INVALID:
+        hpa = linear_to_hpa(c, current_linear(c))
+        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+        if 0 <= hpa < np.int64(c[C.MEMSIZE]) - 3 and mem8[hpa] == 0x0F and mem8[hpa + 1] == 0x01 and mem8[hpa + 2] == 0xC1:
+            record(c, E.VMCALL, 0, 3, S.VMEXIT_INST_EMUL)
+            return EXITCODE_VMINSN
+        c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, 6   # #UD, delivered to the guest
+        return EXITCODE_EXCEPTION
+    vmcs[V.INSTRUCTION_ERROR] = err
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    counters[S.VMEXIT_UNKNOWN] += 1
+    return EXITCODE_VMX
+
+
+@njit(**NUMBA)
+def vmx_run(c):
+    """Run until an exit needs userspace; returns its VM_EXITCODE."""
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    while True:
+        # 1. inject: pending events are delivered by the userspace side before it calls in (vmx/inject.py)
+        # 2. checks that leave the loop: suspend, pause or kick (the AST)
+        if c[C.REQ] != 0:
+            counters[S.VMEXIT_ASTPENDING] += 1
+            return EXITCODE_BOGUS
+        # 3. pmap activate (eptgen/invept) and 4. the L1D flush join here with the EPT and L1D models
+        # 5. enter, then exit processing
+        code = exit_process(c, enter(c))
+        if code != 0:
+            return code

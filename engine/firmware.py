@@ -16,6 +16,8 @@ GDT = struct.pack("<5Q", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00009A0000
 #   .code64  lgdt [rip+gdtr]; push 0x08; lea rax,[rip+pm32]; push rax; retfq
 #            gdtr: .word 39; .quad 0x1000
 #   .code32  pm32: mov ax,0x10; mov ds/es/fs/gs/ss,ax
+#                  mov cr3,0x2000; CR4.PAE on; CR0.PG on; CR0.PG off; CR4.PAE off; cr3 = 0
+#                       (Unicorn starts with EFER.LMA set and paging off; only a PG 1->0 change clears LMA)
 #                  mov ecx,0xC0000080; rdmsr; and eax,0xFFFFFEFF; wrmsr      (EFER.LME off)
 #                  ljmp 0x08:pm32b
 #            pm32b: test ebx,ebx; jnz to16; hlt                              (PROTECTED32_DONE)
@@ -24,9 +26,12 @@ GDT = struct.pack("<5Q", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00009A0000
 #                  mov eax,cr0; and eax,0xFFFFFFFE; mov cr0,eax; ljmp 0:rm    (CR0.PE off)
 #            rm:   xor ax,ax; mov ds/es/fs/gs/ss,ax; hlt                      (REAL_DONE)
 STUB = bytes.fromhex(
-    "0f01150c0000006a08488d050d0000005048cb2700001000000000000066b810008ed88ec08ee08ee88ed0b9800000"
-    "c00f3225fffeffff0f30ea40110000080085db7501f4ea4c1100001800b820008ed88ec08ee08ee88ed00f20c06683"
-    "e0fe0f22c0ea6811000031c08ed88ec08ee08ee88ed0f4")
-PROTECTED32_DONE = 0x1145          # linear address after the HLT that ends each path
-REAL_DONE = 0x1175
+    "0f01150c0000006a08488d050d0000005048cb2700001000000000000066b810008ed88ec08ee08ee88ed0b8002000"
+    "000f22d80f20e083c8200f22e00f20c00d000000800f22c025ffffff7f0f22c00f20e083e0df0f22e031c00f22d8b9"
+    "800000c00f3225fffeffff0f30ea72110000080085db7501f4ea7e1100001800b820008ed88ec08ee08ee88ed00f20"
+    "c06683e0fe0f22c0ea9a11000031c08ed88ec08ee08ee88ed0f4")
+PROTECTED32_DONE = 0x1177          # linear address after the HLT that ends each path
+REAL_DONE = 0x11A7
+# Identity page tables for the stub's paging toggle: PML4 0x2000 -> PDPT 0x3000 -> PD 0x4000, one 2 MiB page.
+PAGE_TABLES = {0x2000: struct.pack("<Q", 0x3003), 0x3000: struct.pack("<Q", 0x4003), 0x4000: struct.pack("<Q", 0x83)}
 TARGETS = {"protected32": (0, PROTECTED32_DONE), "real": (1, REAL_DONE)}

@@ -162,6 +162,8 @@ class VM:
         if image.mode != "long64":
             self.memory_access.write(firmware.GDT_BASE, firmware.GDT)
             self.memory_access.write(firmware.STUB_BASE, firmware.STUB)
+            for gpa, entry in firmware.PAGE_TABLES.items():
+                self.memory_access.write(gpa, entry)
         for seg in image.segments:
             self.memory_access.write(seg.gpa, seg.data + bytes(seg.size - len(seg.data)))
         self.vcpus[0].prepare(image)

@@ -99,7 +99,8 @@ class Uart16550:
         """The guest reads register `offset` (0-7); returns 0-255. Reads of IIR, LSR, MSR, RBR have side effects."""
         self._check_offset(offset)
         with self._lock:
-            self._claim()
+            if offset in (REG_DATA, REG_LSR) and not self.lcr & LCR_DLAB:
+                self._claim()                # the guest looks for input: from now on it flows in
             if self.lcr & LCR_DLAB and offset in (REG_DLL, REG_DLM):
                 value = self.dll if offset == REG_DLL else self.dlm
             else:
@@ -114,7 +115,6 @@ class Uart16550:
             raise ValueError(f"{self.name}: value {value:#x} does not fit an 8-bit register; "
                              "split wider port accesses into bytes")
         with self._lock:
-            self._claim()
             if self.lcr & LCR_DLAB and offset in (REG_DLL, REG_DLM):
                 setattr(self, "dll" if offset == REG_DLL else "dlm", value)
             else:
@@ -238,7 +238,7 @@ class Uart16550:
     def _pull_input(self):
         """Top the FIFO up from the console; input never overruns, it waits in the console.
 
-        Until the guest first touches this UART the console's input is left alone: a boot sector reads
+        Until the guest first looks for input (reads RBR or LSR) the console's input is left alone: a boot sector reads
         the same console through the BIOS keyboard, and an untouched UART must not swallow its keys.
         """
         if not self._claimed:

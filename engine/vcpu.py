@@ -54,6 +54,7 @@ class Vcpu:
         self.msrs = vm.profile.msr_table()
         self.xtab = np.zeros(2 * XTAB_PAIRS, np.uint64)
         self.scratch = np.zeros(8, np.uint64)
+        self.ring = C.new_ring()
         self.hooked = set()                      # linear addresses with a code hook (HLT/RDMSR/WRMSR candidates)
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
@@ -77,7 +78,7 @@ class Vcpu:
                             (C.PORTS, vm.portmap.ctypes.data), (C.HOSTCB, address(vm.port_callback)),
                             (C.VCPUID, self.index), (C.XTAB, self.xtab.ctypes.data), (C.XMASK, XTAB_PAIRS - 1),
                             (C.CODE, vm.code_state.ctypes.data), (C.NPAGES, len(vm.code_state)),
-                            (C.SCRATCH, self.scratch.ctypes.data)):
+                            (C.SCRATCH, self.scratch.ctypes.data), (C.RING, self.ring.ctypes.data)):
             c[slot] = value
         ud = c.ctypes.data
         hook_add(uc, UC_HOOK_TLB_FILL, hooks.tlb_fill_hook.address, ud)
@@ -263,9 +264,10 @@ class Vcpu:
     def _record(self, reason, qualification, stat, intr_info=0):
         v = self.vmcs
         v["EXIT_REASON"], v["EXIT_QUALIFICATION"], v["EXIT_INTR_INFO"] = reason, qualification, intr_info
-        v["GUEST_RIP"] = self.uc.reg_read(X.UC_X86_REG_RIP)
+        v["GUEST_RIP"] = rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         self.counters[S.VMEXIT_COUNT] += 1
         self.counters[stat] += 1
+        hooks.log_exit(self.ctx, reason, qualification, 0, rip)
 
     def _deliver(self, event):
         try:
@@ -340,6 +342,14 @@ class Vcpu:
             done += n
 
     # -- state for readers --------------------------------------------------------------------------
+    def exit_log(self):
+        """The last exits, oldest first: dicts of reason (number and name), qualification, length, rip."""
+        head = int(self.ctx[C.RING_HEAD])
+        rows = self.ring.reshape(-1, 4)
+        order = [i % C.RING_ROWS for i in range(max(0, head - C.RING_ROWS), head)]
+        return [{"reason": int(rows[i][0]), "name": E.reason_name(int(rows[i][0])), "qualification": int(rows[i][1]),
+                 "length": int(rows[i][2]), "rip": int(rows[i][3])} for i in order]
+
     def registers(self):
         """{name: value}; live when the vCPU is parked, else as of its last exit to userspace."""
         if not self.parked.is_set():

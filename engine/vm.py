@@ -196,12 +196,14 @@ class VM:
         self._require(RUNNING, HALTED, action="pause")
         for vcpu in self._started():
             vcpu.post(("pause",))
+        self.wait(states=(PAUSED, SUSPENDED), timeout=10)
         self.log("paused")
 
     def resume(self):
         self._require(PAUSED, action="resume")
         for vcpu in self._started():
             vcpu.post(("resume",))
+        self.wait(states=(RUNNING, HALTED, SUSPENDED), timeout=10)
         self.log("resumed")
 
     def poweroff(self):

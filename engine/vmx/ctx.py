@@ -42,7 +42,10 @@ IO_RCX = 41
 RIP = 42            # RIP at the last exit / where to enter
 POST = 43           # last value written to port 0x80
 ENTRIES = 44        # number of VM entries
+RING = 45           # [py] exit log: rows [reason, qualification, length, rip] (RING_ROWS of them)
+RING_HEAD = 46      # [k] number of exits logged so far (row = head % RING_ROWS)
 SIZE = 64
+RING_ROWS = 256
 
 # EXIT values
 X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP = range(7)
@@ -54,3 +57,7 @@ PORT_NONE, PORT_USER, PORT_POST = 0, 1, 2
 
 def new():
     return np.zeros(SIZE, np.uint64)
+
+
+def new_ring():
+    return np.zeros(4 * RING_ROWS, np.uint64)

@@ -70,6 +70,16 @@ def record_exit(c, reason, qualification, length, rip, stat):
     vmcs[V.GUEST_RIP] = rip
     counters[S.VMEXIT_COUNT] += 1
     counters[stat] += 1
+    log_exit(c, reason, qualification, length, rip)
+
+
+@njit(**NUMBA)
+def log_exit(c, reason, qualification, length, rip):
+    """Append to the vCPU's exit log (a ring of the last RING_ROWS exits)."""
+    ring = carray(u64_ptr(c[C.RING]), 4 * C.RING_ROWS)
+    row = 4 * np.int64(c[C.RING_HEAD] % np.uint64(C.RING_ROWS))
+    ring[row], ring[row + 1], ring[row + 2], ring[row + 3] = reason, qualification, length, rip
+    c[C.RING_HEAD] += np.uint64(1)
 
 
 @njit(**NUMBA)

@@ -14,7 +14,7 @@ from ..native import FN_EMU_START, NUMBA, call_emu_start, u64_ptr, u8_ptr
 from . import ctx as C
 from . import exits as E
 from . import vmcs as V
-from .hooks import linear_to_hpa, rd
+from .hooks import linear_to_hpa, log_exit, rd
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
 EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn error): details in ctx
@@ -60,6 +60,7 @@ def record(c, reason, qualification, length, stat):
     vmcs[V.GUEST_RIP] = c[C.RIP]
     counters[S.VMEXIT_COUNT] += 1
     counters[stat] += 1
+    log_exit(c, reason, qualification, length, c[C.RIP])
 
 
 @njit(**NUMBA)

@@ -20,7 +20,6 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)    # run as `python bench/run.py`, sys.path[0] is bench/; the venv may not install engine
 
 from engine import Hypervisor, stats  # noqa: E402
 from engine.native import FN_REG_WRITE, call_reg, function_table  # noqa: E402

@@ -110,6 +110,20 @@ def linear_to_hpa(c, linear):
     return W.gpa_to_hpa(segs, c[C.NSEGS], gpa)
 
 
+@njit(**NUMBA)
+def code_to_hpa(c, linear):
+    """Host address of an instruction byte: the exec-scan table knows every page the guest executes."""
+    xtab = carray(u64_ptr(c[C.XTAB]), 2 * (np.int64(c[C.XMASK]) + 1))
+    page = np.uint64(linear) & ~np.uint64(0xFFF)
+    slot = xtab_find(xtab, c[C.XMASK], page)
+    if slot >= 0 and xtab[2 * slot] != 0:
+        segs = carray(u64_ptr(c[C.SEGS]), 3 * np.int64(c[C.NSEGS]))
+        hpa = W.gpa_to_hpa(segs, c[C.NSEGS], xtab[2 * slot + 1] & ~np.uint64(0xFFF))
+        if hpa >= 0:
+            return hpa + np.int64(np.uint64(linear) & np.uint64(0xFFF))
+    return linear_to_hpa(c, linear)
+
+
 @njit(**INLINE)
 def pc_linear(c):
     """The linear address of the current instruction: CS.base + RIP (CS.base = selector*16 in real mode)."""
@@ -213,7 +227,7 @@ def cpuid_hook(uc, ud):
 def io_exit(c, port, size, is_in, value):
     """Record the exit with its qualification and dispatch it; returns the value an IN reads."""
     rip, linear = pc_linear(c)
-    hpa = linear_to_hpa(c, linear)
+    hpa = code_to_hpa(c, linear)
     string = rep = imm = False
     length = 1
     if hpa >= 0:
@@ -229,7 +243,7 @@ def io_exit(c, port, size, is_in, value):
                 break
             i += 1
         length = i + (2 if imm else 1)
-    rcx = rd(c, X.UC_X86_REG_RCX)
+    rcx = rd(c, X.UC_X86_REG_RCX) if rep else np.uint64(0)
     one = np.uint64(1)
     continuing = rep and c[C.IO_RIP] == rip + one and c[C.IO_RCX] == rcx + one   # the next round of one REP
     c[C.IO_RIP], c[C.IO_RCX] = rip + one, rcx
@@ -297,7 +311,7 @@ def msr_exit(c, address, is_write):
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
 def code_hook(uc, address, size, ud):
     c = carray(ud, C.SIZE)
-    hpa = linear_to_hpa(c, address)
+    hpa = code_to_hpa(c, address)
     if hpa < 0 or hpa + 1 >= np.int64(c[C.MEMSIZE]):
         return
     mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])

@@ -1,0 +1,31 @@
+"""vmmctl run: a script drives the shell guest through piped stdin and reads its console and stats."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHELL = os.path.join(ROOT, "guests", "build", "shell.elf")
+
+
+def vmmctl(*args, stdin=b""):
+    return subprocess.run([sys.executable, "-m", "webhyve.cli", *args], input=stdin, capture_output=True,
+                          cwd=ROOT, timeout=120)
+
+
+def test_piped_session_with_stats():
+    """Typed lines reach the guest, its answers reach stdout, the stop reason and bhyve stats follow."""
+    done = vmmctl("run", SHELL, "--stats", "--timeout", "60", stdin=b"echo piped ok\nhalt\n")
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert "piped ok" in out and "halting" in out
+    assert "vcpu0 stats:" in out and "number of times in/out was intercepted" in out
+    assert "all vCPUs halted with interrupts disabled" in err
+    assert done.returncode == 0
+
+
+def test_bad_image_is_one_clear_line(tmp_path):
+    """A file that is no guest image: the loader's message naming the file, non-zero status."""
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\x01" * 2048)
+    done = vmmctl("run", str(junk))
+    assert done.returncode != 0
+    assert "junk.img" in done.stderr.decode() and "Traceback" not in done.stderr.decode()

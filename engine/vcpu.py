@@ -6,7 +6,6 @@ the Unicorn instance while it runs: they post a message and kick the vCPU (an ex
 """
 import ctypes
 import queue
-import struct
 import threading
 import time
 
@@ -262,12 +261,8 @@ class Vcpu:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _record(self, reason, qualification, stat, intr_info=0):
-        v = self.vmcs
-        v["EXIT_REASON"], v["EXIT_QUALIFICATION"], v["EXIT_INTR_INFO"] = reason, qualification, intr_info
-        v["GUEST_RIP"] = rip = self.uc.reg_read(X.UC_X86_REG_RIP)
-        self.counters[S.VMEXIT_COUNT] += 1
-        self.counters[stat] += 1
-        hooks.log_exit(self.ctx, reason, qualification, 0, rip)
+        self.vmcs["EXIT_INTR_INFO"] = intr_info
+        hooks.record_exit(self.ctx, reason, qualification, 0, self.uc.reg_read(X.UC_X86_REG_RIP), stat)
 
     def _deliver(self, event):
         try:

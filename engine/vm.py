@@ -7,7 +7,6 @@ explicit StateError.
 import threading
 
 import numpy as np
-from unicorn import x86_const as X
 
 from . import firmware, loaders
 from .cpu import profiles

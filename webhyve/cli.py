@@ -53,7 +53,7 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
     done = threading.Event()
     threading.Thread(target=_pump_output, args=(reader, done), daemon=True).start()
     vm.start()
-    state = _attach_terminal(vm, timeout) if interactive else _feed_pipe(vm, timeout)
+    state = _attach_terminal(vm, timeout) if interactive else _type_until_stopped(vm, sys.stdin.fileno(), timeout)
     vm.poweroff()
     done.set()
     sys.stdout.buffer.write(reader.read(0))
@@ -79,16 +79,12 @@ def _attach_terminal(vm, timeout):
     saved = termios.tcgetattr(fd)
     tty.setraw(fd)
     try:
-        return _type_until_stopped(vm, fd, timeout, stop_on_eof=False)
+        return _type_until_stopped(vm, fd, timeout)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _feed_pipe(vm, timeout):
-    return _type_until_stopped(vm, sys.stdin.fileno(), timeout, stop_on_eof=False)
-
-
-def _type_until_stopped(vm, fd, timeout, stop_on_eof):
+def _type_until_stopped(vm, fd, timeout):
     """Copy stdin to the guest until the VM stops, the escape key, or the timeout; returns the VM state."""
     deadline = None if timeout is None else time.monotonic() + timeout
     open_input = True
@@ -101,9 +97,7 @@ def _type_until_stopped(vm, fd, timeout, stop_on_eof):
         if open_input and select.select([fd], [], [], 0)[0]:
             data = os.read(fd, 1024)
             if not data:
-                open_input = False
-                if stop_on_eof:
-                    return "end of input"
+                open_input = False             # end of piped input: the guest runs on until it stops
             elif ESCAPE in data:
                 vm.console.send_input(data.split(ESCAPE)[0])
                 return "left with %s" % ESCAPE_NAME

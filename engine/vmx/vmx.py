@@ -14,7 +14,7 @@ from ..native import FN_EMU_START, NUMBA, call_emu_start, u64_ptr, u8_ptr
 from . import ctx as C
 from . import exits as E
 from . import vmcs as V
-from .hooks import linear_to_hpa, log_exit, rd
+from .hooks import INLINE, linear_to_hpa, rd, record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
 EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn error): details in ctx
@@ -50,17 +50,9 @@ def enter(c):
     return call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, 0)
 
 
-@njit(**NUMBA)
+@njit(**INLINE)
 def record(c, reason, qualification, length, stat):
-    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
-    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
-    vmcs[V.EXIT_REASON] = reason
-    vmcs[V.EXIT_QUALIFICATION] = qualification
-    vmcs[V.EXIT_INSTRUCTION_LENGTH] = length
-    vmcs[V.GUEST_RIP] = c[C.RIP]
-    counters[S.VMEXIT_COUNT] += 1
-    counters[stat] += 1
-    log_exit(c, reason, qualification, length, c[C.RIP])
+    record_exit(c, reason, qualification, length, c[C.RIP], stat)
 
 
 @njit(**NUMBA)

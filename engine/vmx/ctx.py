@@ -44,7 +44,10 @@ POST = 43           # last value written to port 0x80
 ENTRIES = 44        # number of VM entries
 RING = 45           # [py] exit log: rows [reason, qualification, length, rip] (RING_ROWS of them)
 RING_HEAD = 46      # [k] number of exits logged so far (row = head % RING_ROWS)
-SIZE = 64
+# -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
+# 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
+# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)
+SIZE = 128
 RING_ROWS = 256
 
 # EXIT values

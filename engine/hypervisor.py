@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from .errors import ConfigError
+from .hostcpu import HostCpu
 from .tunables import Tunables
 from .vm import VM
 
@@ -29,14 +30,19 @@ class PageAllocator:
     def free_bytes(self):
         return sum(length for _, length in self.free_runs)
 
-    def allocate(self, size, owner):
+    def allocate(self, size, owner, align=PAGE):
+        """The start of `size` bytes (rounded up to pages) on an `align` boundary; ConfigError if none."""
         size = (size + PAGE - 1) & ~(PAGE - 1)
         with self.lock:
             for i, (start, length) in enumerate(self.free_runs):
-                if length >= size:
-                    self.free_runs[i:i + 1] = [(start + size, length - size)] if length > size else []
-                    self.used[start] = (size, owner)
-                    return start
+                first = (start + align - 1) & ~(align - 1)
+                if first + size <= start + length:
+                    pieces = [(start, first - start)] if first > start else []
+                    if first + size < start + length:
+                        pieces.append((first + size, start + length - first - size))
+                    self.free_runs[i:i + 1] = pieces
+                    self.used[first] = (size, owner)
+                    return first
         raise ConfigError("%s: the modeled host cannot give %d MiB: %d MiB of its %d MiB are free in one piece at most "
                           "%d MiB (start the server with more host memory, or ask for less)"
                           % (owner, size // MiB, self.free_bytes // MiB, self.size // MiB,
@@ -61,18 +67,21 @@ class Hypervisor:
             raise ConfigError("the modeled host needs at least 2 MiB of memory")
         self.memory = np.zeros(host_mem_mb * MiB, np.uint8)
         self.allocator = PageAllocator(self.memory.size)
+        if not 1 <= ncpu <= 64:
+            raise ConfigError("the modeled host has 1 to 64 CPUs, not %s" % ncpu)
         self.ncpu = ncpu
+        self.hostcpus = [HostCpu(i) for i in range(ncpu)]
         self.tunables = Tunables(tunables)
         self.vms = {}
         self.lock = threading.Lock()
 
-    def create_vm(self, name, mem_mb=64, cpus=1, profile="haswell"):
+    def create_vm(self, name, mem_mb=64, cpus=1, profile="haswell", mem_cap_mb=None):
         with self.lock:
             if name in self.vms:
                 raise ConfigError("a VM named %r already exists" % name)
             if not name or not name.replace("-", "").replace("_", "").isalnum():
                 raise ConfigError("VM name %r: use letters, digits, '-' and '_'" % name)
-            vm = VM(self, name, mem_mb=mem_mb, cpus=cpus, profile=profile)
+            vm = VM(self, name, mem_mb=mem_mb, cpus=cpus, profile=profile, mem_cap_mb=mem_cap_mb)
             self.vms[name] = vm
             return vm
 

@@ -10,7 +10,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core.extending import intrinsic
-from unicorn import UcError
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UcError
 from unicorn.unicorn_py3.unicorn import uclib
 
 NUMBA = dict(cache=True, nogil=True)        # the one place compiler options come from
@@ -69,6 +69,16 @@ def call_uc(typingctx, fn, uc):
 
 
 @intrinsic
+def call_ctl(typingctx, fn, uc, control):
+    """uc_ctl(uc, control) with no further arguments (a variadic call), through its address."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(_I32, [_P8, _I32], var_arg=True)
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(f, [builder.inttoptr(args[1], _P8), builder.trunc(args[2], _I32)])
+    return types.int32(types.uint64, types.uint64, types.uint64), codegen
+
+
+@intrinsic
 def call_host(typingctx, fn, a, b, c, d):
     """A Python ctypes callback `uint64 f(uint64, uint64, uint64, uint64)`: the exit to userspace."""
     def codegen(context, builder, signature, args):
@@ -88,12 +98,14 @@ def address(obj):
 
 
 # Slots of the function table every kernel receives (a uint64 array).
-FN_EMU_START, FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE = range(4)
+FN_EMU_START, FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, FN_CTL = range(5)
+NFN = 5
+CTL_TLB_FLUSH = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH     # uc_ctl's encoding: op, no arguments, control
 
 
 def function_table():
     return np.array([address(uclib.uc_emu_start), address(uclib.uc_emu_stop),
-                     address(uclib.uc_reg_read), address(uclib.uc_reg_write)], np.uint64)
+                     address(uclib.uc_reg_read), address(uclib.uc_reg_write), address(uclib.uc_ctl)], np.uint64)
 
 
 def hook_add(uc, htype, cfunc_address, user_data, begin=1, end=0, *extra):

@@ -47,6 +47,15 @@ TABLE = (
     ("VLAPIC_IPI_SEND", "ipis sent from vcpu", 1),
     ("VLAPIC_IPI_RECV", "ipis received by vcpu", 1),
     ("VLAPIC_GRATUITOUS_EOI", "EOI without any in-service interrupt", 1),
+    # webhyve: the EPT and TLB models (mmu/), named the way bhyve names its own
+    ("VCPU_INVEPT", "Number of single-context invept done", 1),
+    ("VCPU_INVEPT_SAVED", "invept not needed: done on this host cpu already", 1),
+    ("EPT_FIRST_TOUCH", "guest pages backed on first touch", 1),
+    ("EPT_AD_EMUL", "accessed/dirty bits set by emulation", 1),
+    ("TLB_HITS", "tlb fills served from the modeled tlb", 1),
+    ("TLB_MISSES", "tlb fills that missed the modeled tlb", 1),
+    ("TLB_WALKS", "two-stage page walks", 1),
+    ("TLB_GUEST_FLUSHES", "guest invlpg and cr3 loads", 1),
 )
 
 

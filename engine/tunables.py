@@ -46,6 +46,11 @@ TABLE = (
     _bool("hw.vmm.trace_guest_exceptions", 0, "Map all guest exceptions into the exception bitmap", True, "vmx/vmx.py"),
     _bool("hw.vmm.topology.cpuid_leaf_b", 1, "Provide topology information via CPUID leaf 0xB", True, "cpu/cpuid.py"),
     Tunable("hw.vmm.maxcpu", "int", 16, "Maximum number of vCPUs", True, 1, 64, owner="vm.py"),
+    _bool("hw.vmm.ept.use_superpages", 1, "Use superpages with EPT", True, "mmu/ept.py"),
+    _bool("hw.vmm.ept.use_hw_ad_bits", 1, "Use hardware access/dirty bits with EPT", True, "mmu/ept.py"),
+    _bool("hw.vmm.ept.use_exec_only", 1, "Use execute-only mappings with EPT", True, "mmu/ept.py"),
+    _bool("hw.vmm.ept.skip_invalidation", 0, "webhyve debug: mapping changes skip pmap_invalidate_ept, "
+          "so vCPUs keep stale translations", False, "vm.py"),
 )
 BY_NAME = {}
 for _slot, _t in enumerate(TABLE):

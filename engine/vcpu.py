@@ -17,6 +17,9 @@ from unicorn import x86_const as X
 from . import firmware
 from . import stats as S
 from .errors import StateError
+from .mmu import ept as EPT
+from .mmu import explain
+from .mmu import tlb as TLB
 from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
 from .vmx import ctx as C
@@ -57,7 +60,11 @@ class Vcpu:
         self.hooked = set()                      # linear addresses with a code hook (HLT/RDMSR/WRMSR candidates)
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
+        self.hostcpu = vm.hypervisor.hostcpus[index % len(vm.hypervisor.hostcpus)]
+        self.lastcpu = None                      # the host CPU of the last entry (vmx lastcpu; None = NOCPU)
+        self.pool = vm.pmap.new_pool()
         self._make_uc()
+        self.hostcpu.assign(self)
 
     # -- setup ---------------------------------------------------------------------------------------
     def _make_uc(self):
@@ -77,8 +84,12 @@ class Vcpu:
                             (C.PORTS, vm.portmap.ctypes.data), (C.HOSTCB, address(vm.port_callback)),
                             (C.VCPUID, self.index), (C.XTAB, self.xtab.ctypes.data), (C.XMASK, XTAB_PAIRS - 1),
                             (C.CODE, vm.code_state.ctypes.data), (C.NPAGES, len(vm.code_state)),
-                            (C.SCRATCH, self.scratch.ctypes.data), (C.RING, self.ring.ctypes.data)):
+                            (C.SCRATCH, self.scratch.ctypes.data), (C.RING, self.ring.ctypes.data),
+                            (C.EPT, vm.pmap.st.ctypes.data), (C.POOL, self.pool.ctypes.data),
+                            (C.POOL_SIZE, len(self.pool)), (C.VPID, self.index + 1), (C.EPTP, vm.pmap.eptp),
+                            (C.EPTGEN, vm.eptgen.ctypes.data)):
             c[slot] = value
+        self._on_hostcpu(self.hostcpu)
         ud = c.ctypes.data
         hook_add(uc, UC_HOOK_TLB_FILL, hooks.tlb_fill_hook.address, ud)
         hook_add(uc, UC_HOOK_INSN, hooks.in_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_IN))
@@ -90,7 +101,8 @@ class Vcpu:
     def _init_vmcs(self):
         """Controls as bhyve's vmx_vcpu_init sets them."""
         v = self.vmcs
-        v["VPID"] = self.index + 1
+        v["VPID"] = self.index + 1                                     # vpid_alloc: vcpuid + 1
+        v["EPTP"] = self.vm.pmap.eptp
         v["LINK_POINTER"] = (1 << 64) - 1
         v["EXCEPTION_BITMAP"] = 0xFFFFFFFF if self.vm.hypervisor.tunables.get("hw.vmm.trace_guest_exceptions") else 1 << 18
         v["CR0_SHADOW"] = 0x60000010
@@ -137,6 +149,28 @@ class Vcpu:
         while self.thread is not None and self.thread.is_alive() and not self.parked.wait(0.001):
             self.uc.emu_stop()                   # an IPI to the host CPU: retried until it lands
 
+    def kick(self):
+        """The host IPI: leave the guest at once and come back through the loop's checks."""
+        if self.thread is not None and not self.parked.is_set():
+            self.ctx[C.REQ] |= C.REQ_STOP
+            self.uc.emu_stop()
+
+    def pin(self, hostcpu):
+        """Run on host CPU `hostcpu` from the next entry (a migration: vmx_invvpid, VCPU_MIGRATIONS)."""
+        cpus = self.vm.hypervisor.hostcpus
+        if not 0 <= hostcpu < len(cpus):
+            raise StateError("host CPU %d does not exist: the modeled host has %d" % (hostcpu, len(cpus)))
+        self.want_hostcpu = cpus[hostcpu]
+        self.kick()
+
+    def set_timeslice(self, microseconds):
+        self.ctx[C.TIMESLICE] = microseconds
+
+    def _on_hostcpu(self, hostcpu):
+        c = self.ctx
+        c[C.TLB], c[C.TLB_LEN], c[C.HOSTCPU] = hostcpu.tlb.ctypes.data, len(hostcpu.tlb), hostcpu.index
+        c[C.TLB_SEEN] = (1 << 64) - 1            # Unicorn's TLB is flushed at the first entry there
+
     def wait_parked(self, timeout=None):
         return self.parked.wait(timeout)
 
@@ -182,19 +216,52 @@ class Vcpu:
             event, self.pending_event = self.pending_event, None
             if not self._deliver(event):
                 return
-        self.ctx[C.REQ] = 0
-        self.parked.clear()
-        if not self.mailbox.empty():             # a message raced the clear: leave it for the driver loop
+        self._migrate()
+        self.hostcpu.acquire()
+        try:
+            self.ctx[C.REQ] = 0
+            self.parked.clear()
+            if not self.mailbox.empty():         # a message raced the clear: leave it for the driver loop
+                self.parked.set()
+                return
+            self._set_pcpu_defaults()
+            start = time.perf_counter_ns()
+            code = vmx.vmx_run(self.ctx)
+            self.counters[S.VCPU_TOTAL_RUNTIME] += time.perf_counter_ns() - start
             self.parked.set()
-            return
-        start = time.perf_counter_ns()
-        code = vmx.vmx_run(self.ctx)
-        self.counters[S.VCPU_TOTAL_RUNTIME] += time.perf_counter_ns() - start
-        self.parked.set()
+        finally:
+            self.hostcpu.release()
         try:
             EXIT_HANDLERS.get(code, Vcpu._exit_unknown)(self)
         except UnsupportedByModel as problem:
             self.suspend("unsupported", "the model cannot do this yet: %s" % problem)
+
+    def _migrate(self):
+        want = getattr(self, "want_hostcpu", None)
+        if want is not None and want is not self.hostcpu:
+            self.hostcpu.unassign(self)
+            self.hostcpu = want
+            want.assign(self)
+            self._on_hostcpu(want)
+        self.want_hostcpu = None
+
+    def _set_pcpu_defaults(self):
+        """vmx_set_pcpu_defaults: on a host CPU other than the last one, count a migration and INVVPID."""
+        if self.lastcpu is self.hostcpu:
+            return
+        self.lastcpu = self.hostcpu
+        self.counters[S.VCPU_MIGRATIONS] += 1
+        self._invvpid()
+
+    def _invvpid(self):
+        """vmx_invvpid while running: skipped when an INVEPT is due anyway (it flushes every VPID's
+        combined mappings of this EPTP), else a single-context INVVPID."""
+        host = self.hostcpu.index
+        if int(self.vm.pmap.st[EPT.S_GEN]) == int(self.vm.eptgen[host]):
+            TLB.invalidate(self.hostcpu.tlb, TLB.INV_SINGLE, self.index + 1, 0, 0, False)
+            self.counters[S.VCPU_INVVPID_DONE] += 1
+        else:
+            self.counters[S.VCPU_INVVPID_SAVED] += 1
 
     def suspend(self, reason, message):
         self.state, self.suspend_reason = SUSPENDED, reason
@@ -221,10 +288,23 @@ class Vcpu:
         if why == C.X_EXEC:
             self.scan_page(gla & ~0xFFF, gpa & ~0xFFF)
             return
+        if why == C.X_POOL:                      # vm_fault needed page-table pages: give the kernel more
+            self.vm.pmap.refill(self.pool)
+            return
         self.counters[S.VMEXIT_USERSPACE] += 1
-        access = E.decode_ept_violation(int(self.ctx[C.FAULT_QUAL]))["access"]
-        self.suspend("ept_violation", "guest %s access outside guest memory: guest-physical %#x, guest-linear %#x, "
-                     "rip %#x" % (access, gpa, gla, int(self.ctx[C.RIP])))
+        q = E.decode_ept_violation(int(self.ctx[C.FAULT_QUAL]))
+        where = "guest-physical %#x, guest-linear %#x, rip %#x" % (gpa, gla, int(self.ctx[C.RIP]))
+        status = int(self.ctx[C.FAULT_STATUS])
+        if status == EPT.OVER_CAP:
+            cap = int(self.vm.pmap.st[EPT.S_CAP]) * EPT.PAGE >> 20
+            self.suspend("ept_violation", "guest memory cap of %d MiB reached backing a new page: %s" % (cap, where))
+        elif status == EPT.DENIED:
+            allowed = "".join(c for c, k in (("r", "readable"), ("w", "writable"), ("x", "executable")) if q[k])
+            self.suspend("ept_violation", "guest %s access denied by EPT (entry allows %r): %s"
+                         % (q["access"], allowed or "nothing", where))
+        else:
+            self.suspend("ept_violation", "guest %s access outside guest memory%s: %s"
+                         % (q["access"], "" if q["translation"] else " (a paging-structure access)", where))
 
     def _exit_exception(self):
         why, vector = int(self.ctx[C.EXIT]), int(self.ctx[C.VECTOR])
@@ -286,8 +366,10 @@ class Vcpu:
         hpa = self.vm.gpa_to_hpa(gpa_page)
         code = self.vm.hypervisor.memory[hpa:hpa + 0x1000 + 1]
         hits = np.flatnonzero(code[:0x1000] == 0xF4).tolist()
-        twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32)))
-        for offset in hits + twos.tolist():
+        twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32) |
+                                                     (code[1:] == 0x01) | (code[1:] == 0x22))).tolist()
+        prefixed = [o - 1 for o in twos if o > 0 and (0x40 <= code[o - 1] <= 0x4F or code[o - 1] == 0x67)]
+        for offset in hits + twos + prefixed:
             where = linear_page + offset
             if where not in self.hooked:
                 hook_add(self.uc, UC_HOOK_CODE, hooks.code_hook.address, self.ctx.ctypes.data, where, where)
@@ -354,6 +436,25 @@ class Vcpu:
         regs["efer"] = self.efer()
         return regs
 
+    def translate(self, linear, access=W.ACCESS_READ):
+        """guest-linear → guest-physical → host-physical with each entry on the way (a view: no side effects)."""
+        uc = self.uc
+        return explain.translate(self.vm.hypervisor.memory.view(np.uint64), int(self.vm.pmap.st[EPT.S_ROOT]),
+                                 uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3),
+                                 uc.reg_read(X.UC_X86_REG_CR4), self.efer(), self.cpl(), linear, access)
+
+    def tlb_info(self):
+        """The TLB model of this vCPU's host CPU: counters, and the entries tagged with this vCPU's VPID."""
+        c = self.counters
+        mine = [e for e in self.hostcpu.tlb_entries() if e["vpid"] == self.index + 1]
+        return {"hostcpu": self.hostcpu.index, "vpid": self.index + 1, "eptp": self.vm.pmap.eptp,
+                "hits": int(c[S.TLB_HITS]), "misses": int(c[S.TLB_MISSES]), "walks": int(c[S.TLB_WALKS]),
+                "guest_flushes": int(c[S.TLB_GUEST_FLUSHES]), "invept": int(c[S.VCPU_INVEPT]),
+                "invept_saved": int(c[S.VCPU_INVEPT_SAVED]),
+                "invvpid_done": int(c[S.VCPU_INVVPID_DONE]), "invvpid_saved": int(c[S.VCPU_INVVPID_SAVED]),
+                "entries": len(mine), "capacity": int(self.hostcpu.tlb[TLB.H_SETS] * self.hostcpu.tlb[TLB.H_WAYS]),
+                "flush_generation": int(self.hostcpu.tlb[TLB.H_GEN]), "contents": mine}
+
     def set_register(self, name, value):
         if not self.parked.is_set() or self.state == RUNNING:
             raise StateError("vcpu%d of %s is running: pause it before setting %s" % (self.index, self.vm.name, name))
@@ -361,6 +462,8 @@ class Vcpu:
             self.uc.reg_write(X.UC_X86_REG_MSR, (0xC0000080, value))
         else:
             self.uc.reg_write(REG_IDS[name], value)
+        if name == "cr3":
+            self.lastcpu = None                  # vmx_invvpid on a vCPU not running: INVVPID at next entry
 
     def sync_vmcs(self):
         """Copy the live guest state into the VMCS guest-state area (what VM exit saves)."""

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from . import firmware, loaders
+from . import stats as S
 from .cpu import profiles
 from .devices import bios as bios_mod
 from .devices.console import Console
@@ -16,6 +17,8 @@ from .devices.debugcon import DebugCon
 from .devices.uart_ns16550 import Uart16550
 from .devices.vga_text import VgaText
 from .errors import ConfigError, ImageError, StateError
+from .mmu import ept as EPT
+from .mmu.pmap import GuestPmap
 from .native import HOST_CALLBACK
 from .vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
 from .vmx import ctx as C
@@ -34,7 +37,8 @@ class MemorySegment:
 
 
 class GuestMemory:
-    """Guest-physical byte access for devices and loaders (the vm_gpa_hold/release pair, held briefly)."""
+    """Guest-physical byte access for devices and loaders (the vm_gpa_hold/release pair, held briefly):
+    page by page through the EPT, backing pages on first touch."""
 
     def __init__(self, vm):
         self.vm = vm
@@ -42,13 +46,24 @@ class GuestMemory:
     def __len__(self):
         return self.vm.mem_size
 
+    def _pages(self, gpa, size):
+        if gpa < 0 or size < 0 or gpa + size > self.vm.mem_size:
+            raise ConfigError("guest-physical range %#x+%#x is outside VM %r's memory" % (gpa, size, self.vm.name))
+        while size > 0:
+            chunk = min(size, 0x1000 - (gpa & 0xFFF))
+            yield self.vm.pmap.hold(gpa), chunk
+            gpa, size = gpa + chunk, size - chunk
+
     def read(self, gpa, size):
-        hpa = self.vm.gpa_range_to_hpa(gpa, size)
-        return self.vm.hypervisor.memory[hpa:hpa + size].tobytes()
+        mem = self.vm.hypervisor.memory
+        return b"".join(mem[hpa:hpa + n].tobytes() for hpa, n in self._pages(gpa, size))
 
     def write(self, gpa, data):
-        hpa = self.vm.gpa_range_to_hpa(gpa, len(data))
-        self.vm.hypervisor.memory[hpa:hpa + len(data)] = np.frombuffer(bytes(data), np.uint8)
+        data = bytes(data)
+        mem, done = self.vm.hypervisor.memory, 0
+        for hpa, n in self._pages(gpa, len(data)):
+            mem[hpa:hpa + n] = np.frombuffer(data, np.uint8, n, done)
+            done += n
         self.vm.code_written(gpa, len(data))
 
 
@@ -56,7 +71,7 @@ class VM:
     """Legend: set at creation and read-only after: name, mem_size, profile, segments, devices.
     `events` (the console-visible log) and `suspend_*` are written under `lock`."""
 
-    def __init__(self, hypervisor, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT):
+    def __init__(self, hypervisor, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT, mem_cap_mb=None):
         self.hypervisor, self.name = hypervisor, name
         self.profile = profiles.get(profile)
         maxcpu = hypervisor.tunables.get("hw.vmm.maxcpu")
@@ -70,14 +85,35 @@ class VM:
         self.suspend_reason = self.suspend_message = None
         self.events = []
         self.image = None
-        hpa = hypervisor.allocator.allocate(self.mem_size, "VM %r" % name)
+        if mem_cap_mb is not None and not 1 <= mem_cap_mb <= mem_mb:
+            raise ConfigError("VM %r: a memory cap must be 1 to %d MiB, not %s" % (name, mem_mb, mem_cap_mb))
+        hpa = hypervisor.allocator.allocate(self.mem_size, "VM %r" % name, align=EPT.SUPERPAGE)
         self.segments = [MemorySegment("lowmem", 0, self.mem_size, hpa)]
-        self.segtab = np.array([[s.gpa, s.size, s.hpa] for s in self.segments], np.uint64).reshape(-1)
+        try:
+            self.pmap = GuestPmap(hypervisor, "VM %r" % name, self.segments, self._ept_flags(),
+                                  (mem_cap_mb or mem_mb) * MiB // EPT.PAGE)
+        except Exception:
+            hypervisor.allocator.free(hpa)
+            raise
+        self.segtab = self.pmap.segtab
+        self.eptgen = np.zeros(len(hypervisor.hostcpus), np.uint64)     # struct vmx eptgen[MAXCPU]
         self.code_state = np.zeros(self.mem_size >> 12, np.uint64)
         self.cpuid = self.profile.cpuid_table().reshape(-1)
         self.memory_access = GuestMemory(self)
         self._attach_devices()
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
+
+    def _ept_flags(self):
+        """ept_init: what the CPU offers, as far as the hw.vmm.ept.* tunables allow."""
+        cap, get = self.profile.facts.get("ept_vpid_cap", 0), self.hypervisor.tunables.get
+        flags = 0
+        if cap & EPT.CAP_AD and get("hw.vmm.ept.use_hw_ad_bits"):
+            flags |= EPT.F_HW_AD
+        if cap & EPT.CAP_PDE_2M and get("hw.vmm.ept.use_superpages"):
+            flags |= EPT.F_SUPERPAGES
+        if cap & EPT.CAP_EXEC_ONLY and get("hw.vmm.ept.use_exec_only"):
+            flags |= EPT.F_EXEC_ONLY
+        return flags
 
     # -- devices on the I/O bus -------------------------------------------------------------------
     def _attach_devices(self):
@@ -124,18 +160,55 @@ class VM:
         vcpu.uc.emu_stop()
         self._set_suspended("error", "device at port %#x failed: %s" % (port, problem))
 
-    # -- memory -------------------------------------------------------------------------------------
+    # -- memory ---------------------------------------------------------------------------------------
     def gpa_to_hpa(self, gpa):
-        for s in self.segments:
-            if s.gpa <= gpa < s.gpa + s.size:
-                return s.hpa + gpa - s.gpa
-        raise ConfigError("guest-physical %#x is outside VM %r's memory" % (gpa, self.name))
+        """The host-physical address behind a guest-physical one, backing the page if needed."""
+        return self.pmap.hold(gpa)
 
-    def gpa_range_to_hpa(self, gpa, size):
-        hpa = self.gpa_to_hpa(gpa)
-        if size and self.gpa_to_hpa(gpa + size - 1) != hpa + size - 1:
-            raise ConfigError("guest-physical range %#x+%#x crosses a memory segment" % (gpa, size))
-        return hpa
+    def pmap_invalidate_ept(self, why):
+        """A mapping changed: bump pm_eptgen and kick every running vCPU, so each host CPU does one
+        single-context INVEPT before its next entry. The debug tunable forgets to, on purpose."""
+        if self.hypervisor.tunables.get("hw.vmm.ept.skip_invalidation"):
+            self.log("EPT changed (%s) and the invalidation was skipped (hw.vmm.ept.skip_invalidation=1)" % why)
+            return
+        self.pmap.st[EPT.S_GEN] += 1
+        for vcpu in self.vcpus:
+            vcpu.kick()
+
+    def protect(self, gpa, size, prot):
+        """Change EPT permissions ('r', 'rw', 'rx', 'x', 'rwx', '' or bits) of resident pages in a range."""
+        rwx = prot if isinstance(prot, int) else sum(b for c, b in (("r", 1), ("w", 2), ("x", 4)) if c in prot)
+        done = self.pmap.protect(gpa, size, rwx)
+        self.pmap_invalidate_ept("protect %#x+%#x" % (gpa, size))
+        return done
+
+    def unmap(self, gpa, size):
+        done = self.pmap.unmap(gpa, size)
+        self.pmap_invalidate_ept("unmap %#x+%#x" % (gpa, size))
+        return done
+
+    def replace_page(self, gpa, data):
+        """Move one guest page to a new host page holding `data`; returns the new host-physical address."""
+        page = self.pmap.replace_page(gpa, data)
+        self.pmap_invalidate_ept("page %#x moved" % (gpa & ~0xFFF))
+        return page
+
+    def dirty_log(self, clear=True):
+        """Guest-physical page numbers dirtied since the last call; clearing invalidates the EPT."""
+        pages = self.pmap.dirty_log(clear)
+        if clear and pages:
+            self.pmap_invalidate_ept("dirty log harvested")
+        return pages
+
+    def memmap(self):
+        """bhyvectl --get-memmap: the segments, with what is resident."""
+        return self.pmap.memmap()
+
+    def gpa_pmap(self, gpa):
+        """bhyvectl --get-gpa-pmap: the EPT entries from PML4 down for one guest-physical address."""
+        if not 0 <= gpa < (1 << 48):
+            raise ConfigError("guest-physical address %#x is beyond the 48-bit EPT" % gpa)
+        return self.pmap.chain(gpa)
 
     def code_written(self, gpa, size):
         """The host wrote guest memory: withdraw execute from scanned pages and drop translated code."""
@@ -218,6 +291,9 @@ class VM:
 
     def destroy(self):
         self.poweroff()
+        for vcpu in self.vcpus:
+            vcpu.hostcpu.unassign(vcpu)
+        self.pmap.destroy()
         self.hypervisor.allocator.free(self.segments[0].hpa)
         self.segments = []
 
@@ -277,4 +353,8 @@ class VM:
         return self.vcpus[vcpu].registers()
 
     def stats(self, vcpu=0):
-        return self.vcpus[vcpu].counters
+        counters = self.vcpus[vcpu].counters
+        if vcpu == 0:                                   # vmm.c computes these when they are read
+            counters[S.VMM_MEM_RESIDENT] = int(self.pmap.st[EPT.S_RESIDENT]) * EPT.PAGE
+            counters[S.VMM_MEM_WIRED] = 0
+        return counters

@@ -55,6 +55,11 @@ _COMMON_MSRS = {
 }
 
 
+# MSR_VMX_EPT_VPID_CAP of a Haswell: execute-only, 4-level walk, WB, 2 MiB and 1 GiB pages, INVEPT (all
+# types), EPT A/D, INVVPID (all types)
+_HASWELL_EPT_VPID_CAP = 0xF0106334141
+
+
 def _brand(text):
     """CPUID leaves 0x80000002-4 for a brand string."""
     raw = text.encode("ascii").ljust(48, b"\0")[:48]
@@ -68,7 +73,7 @@ class CpuProfile:
     description: str
     cpuid: dict
     msrs: dict
-    facts: dict = field(default_factory=dict)      # what the modeled host CPU has (EPT/VPID caps later)
+    facts: dict = field(default_factory=dict)      # what the modeled CPU has beyond CPUID (EPT/VPID caps)
 
     def cpuid_table(self):
         """Rows [leaf, subleaf, eax, ebx, ecx, edx] for the in-kernel CPUID handler."""
@@ -85,7 +90,8 @@ PROFILES = {
     "haswell": CpuProfile(
         "haswell", "Intel Haswell (Unicorn's own model), no L1D_FLUSH, no ARCH_CAPABILITIES",
         {**_HASWELL_CPUID, **_brand("webhyve modeled Intel(R) Core(TM) i7-4770 (Haswell)")},
-        dict(_COMMON_MSRS)),
+        dict(_COMMON_MSRS),
+        {"ept_vpid_cap": _HASWELL_EPT_VPID_CAP}),
 }
 DEFAULT = "haswell"
 

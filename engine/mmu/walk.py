@@ -1,61 +1,59 @@
 """The two-stage walk: guest paging (none, 32-bit, PAE, 4-level) then guest-physical to host-physical.
 
-Every guest paging-structure read is itself translated to host-physical first, as the hardware does
-under EPT (SDM §28.3.3). Until the EPT model lands, guest-physical memory is the VM's segment table:
-a guest-physical address outside every segment is an EPT violation. The walk sets the guest's
-accessed/dirty bits and reports a guest #PF with the architectural error code (SDM §4.7).
+Every guest paging-structure read is itself translated to host-physical through EPT first, as the
+hardware does (SDM §28.3.3); with `guest` set, a page-structure page not yet backed is backed on first
+touch like any guest page (a nested page fault, counted), and the access is an EPT write as with EPT A/D.
+The walk sets the guest's accessed/dirty bits and reports a guest #PF with the architectural error code
+(SDM §4.7). Without `guest` (the host's views) nothing in memory changes.
 """
 import numpy as np
 from numba import njit
 
 from ..native import NUMBA
+from . import ept as EPT
 
-PG_P, PG_RW, PG_US, PG_A, PG_D, PG_PS = 1, 2, 4, 0x20, 0x40, 0x80
+PG_P, PG_RW, PG_US, PG_A, PG_D, PG_PS, PG_G = 1, 2, 4, 0x20, 0x40, 0x80, 0x100
 PG_NX = 1 << 63
 ADDR_MASK = 0x000FFFFFFFFFF000
 CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
-CR4_PSE, CR4_PAE = 1 << 4, 1 << 5
+CR4_PSE, CR4_PAE, CR4_PGE = 1 << 4, 1 << 5, 1 << 7
 EFER_LMA, EFER_NXE = 1 << 10, 1 << 11
 PF_P, PF_W, PF_U, PF_I = 1, 2, 4, 16
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = 0, 1, 2
 PROT_R, PROT_W, PROT_X = 1, 2, 4
+PROT_GLOBAL = 8             # not a Unicorn permission: the translation came from a global (G=1) entry
 
 # walk() result codes
 OK, GUEST_PF, EPT_FAULT = 0, 1, 2
 
 
-@njit(inline="always")
-def gpa_to_hpa(segs, nsegs, gpa):
-    """Host-physical address of a guest-physical one, or -1 outside every segment."""
-    gpa = np.uint64(gpa)
-    for i in range(np.int64(nsegs)):
-        base = segs[3 * i]
-        if base <= gpa < base + segs[3 * i + 1]:
-            return np.int64(segs[3 * i + 2] + (gpa - base))
-    return np.int64(-1)
-
-
-@njit(inline="always")
-def _entry(mem64, mem32, segs, nsegs, gpa, wide):
-    """(host address, value) of a paging-structure entry, or (-1, 0) if its page is not guest memory."""
-    hpa = gpa_to_hpa(segs, nsegs, gpa)
-    if hpa < 0:
-        return np.int64(-1), np.uint64(0)
+@njit(**NUMBA)
+def _entry(mem64, mem32, st, pool, segs, nsegs, gpa, wide, guest):
+    """(host address, value, EPT status, nested faults) of a paging-structure entry."""
+    if guest:
+        status, hpa, rwx, faults, q = EPT.translate(mem64, st, pool, segs, nsegs, gpa, EPT.WRITE, 4)
+    else:
+        level, ea, e, rwx = EPT.walk(mem64, st[EPT.S_ROOT], gpa, False)
+        status, faults = (EPT.HANDLED if level > 0 and rwx & np.uint64(EPT.EPT_R) else EPT.DENIED), 0
+        hpa = EPT.leaf_hpa(level, e, gpa) if status == EPT.HANDLED else np.uint64(0)
+    if status != EPT.HANDLED or hpa + np.uint64(8) > np.uint64(mem64.size * 8):
+        return np.int64(-1), np.uint64(0), status, faults
     if wide:
-        return hpa, mem64[hpa >> 3]
-    return hpa, np.uint64(mem32[hpa >> 2])
+        return np.int64(hpa), mem64[hpa >> np.uint64(3)], status, faults
+    return np.int64(hpa), np.uint64(mem32[hpa >> np.uint64(2)]), status, faults
 
 
 @njit(**NUMBA)
-def walk(mem64, mem32, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad):
-    """Guest-linear → guest-physical. Returns (code, gpa, perms, error code, faulting entry gpa).
+def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad):
+    """Guest-linear → guest-physical. Returns (code, gpa, perms, error code, faulting entry gpa, nested
+    faults taken, EPT status of the faulting entry). set_ad: a guest access (A/D set, pages backed).
 
     Everything is uint64: numba turns mixed signed/unsigned 64-bit arithmetic into floats.
     """
     u = np.uint64
     va, cr0, cr3, cr4, efer = u(va), u(cr0), u(cr3), u(cr4), u(efer)
     if not cr0 & CR0_PG:
-        return OK, va, PROT_R | PROT_W | PROT_X, 0, u(0)
+        return OK, va, PROT_R | PROT_W | PROT_X, 0, u(0), 0, 0
     write, fetch, user = access == ACCESS_WRITE, access == ACCESS_FETCH, cpl == 3
     nxe = (efer & EFER_NXE) != 0
     if efer & EFER_LMA:
@@ -72,6 +70,7 @@ def walk(mem64, mem32, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad
     n = 0
     shift = u(12)
     e = u(0)
+    faults = 0
     for level in range(levels, 0, -1):
         pdpt = levels == 3 and level == 3             # PAE PDPTEs: 4 of them, no R/W, U/S or NX
         if wide:
@@ -80,12 +79,13 @@ def walk(mem64, mem32, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad
         else:
             shift = u(12 + 10 * (level - 1))
             gpa = table + ((va >> shift) & u(0x3FF)) * u(4)
-        hpa, e = _entry(mem64, mem32, segs, nsegs, gpa, wide)
+        hpa, e, status, taken = _entry(mem64, mem32, st, pool, segs, nsegs, gpa, wide, set_ad)
+        faults += taken
         if hpa < 0:
-            return EPT_FAULT, u(0), 0, 0, gpa
+            return EPT_FAULT, u(0), 0, 0, gpa, faults, status
         if not e & u(PG_P):
             code = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
-            return GUEST_PF, u(0), 0, code, u(0)
+            return GUEST_PF, u(0), 0, code, u(0), faults, 0
         hpas[n] = hpa
         n += 1
         if not pdpt:
@@ -99,7 +99,7 @@ def walk(mem64, mem32, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad
     writable = rw if (user or (cr0 & CR0_WP) != 0) else True
     if (write and not writable) or (user and not us) or (fetch and nx):
         code = PF_P | (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
-        return GUEST_PF, u(0), 0, code, u(0)
+        return GUEST_PF, u(0), 0, code, u(0), faults, 0
     offset_mask = (u(1) << shift) - u(1)
     if shift == 22:                                   # 4 MiB page: PSE-36 puts bits 39:32 in 20:13
         frame = (e & u(0xFFC00000)) | (((e >> u(13)) & u(0xFF)) << u(32))
@@ -124,4 +124,6 @@ def walk(mem64, mem32, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad
         perms |= PROT_W
     if not nx:
         perms |= PROT_X
-    return OK, gpa, perms, 0, u(0)
+    if e & u(PG_G) and cr4 & u(CR4_PGE):
+        perms |= PROT_GLOBAL
+    return OK, gpa, perms, 0, u(0), faults, 0

@@ -44,6 +44,23 @@ POST = 43           # last value written to port 0x80
 ENTRIES = 44        # number of VM entries
 RING = 45           # [py] exit log: rows [reason, qualification, length, rip] (RING_ROWS of them)
 RING_HEAD = 46      # [k] number of exits logged so far (row = head % RING_ROWS)
+# -- EPT and the TLB model [py] unless marked -------------------------------------------------------
+EPT = 47            # the VM's EPT state (mmu/ept.py S_*)
+POOL = 48           # this vCPU's pool of page-table pages [count, pages...]
+POOL_SIZE = 49
+TLB = 50            # the TLB model of the host CPU this vCPU runs on (mmu/tlb.py)
+TLB_SEEN = 51       # [k] that TLB's flush generation when Unicorn's TLB was last flushed
+VPID = 52
+EPTP = 53
+EPTGEN = 54         # the VM's per-host-CPU eptgen array (struct vmx eptgen[MAXCPU])
+HOSTCPU = 55        # the host CPU this vCPU runs on
+FAULT_STATUS = 56   # [k] why an EPT violation was not handled (mmu/ept.py results)
+TLB_LEN = 57        # length of the TLB model's array
+VCPU_EPTGEN = 59    # [k] the EPT generation this vCPU last entered with (to count INVEPTs saved)
+TIMESLICE = 58      # [any] microseconds per entry when the host CPU is shared (0: run until an exit)
+# -- interrupts [py] ---------------------------------------------------------------------------------
+APIC_PAGE = 64      # host-physical address of this vCPU's virtual-APIC page (0: none); the TLB fill maps
+                    # guest-physical 0xFEE00000 to it
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)
@@ -51,7 +68,7 @@ SIZE = 128
 RING_ROWS = 256
 
 # EXIT values
-X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP = range(7)
+X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL = range(8)
 # REQ bits
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
 # PORTS values

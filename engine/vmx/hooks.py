@@ -13,14 +13,17 @@ from unicorn import x86_const as X
 from .. import stats as S
 from .. import tunables as T
 from ..cpu.profiles import ANY, MSR_NATIVE, MSR_READONLY, MSR_VALUE, MSR_WRITEONLY
+from ..mmu import ept as EPT
+from ..mmu import tlb as TLB
 from ..mmu import walk as W
-from ..native import (FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, NUMBA, call_host, call_reg, call_uc,
+from ..native import (FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, NFN, NUMBA, call_host, call_reg, call_uc,
                       u64_ptr, u8_ptr)
 from . import ctx as C
 from . import exits as E
 from . import vmcs as V
 
 U64P = types.CPointer(types.uint64)
+APIC_GPA = 0xFEE00000               # the local APIC page, mapped per vCPU to its virtual-APIC page
 MSR_EFER = 0xC0000080
 INLINE = dict(inline="always")
 
@@ -28,7 +31,7 @@ INLINE = dict(inline="always")
 @njit(**INLINE)
 def rd(c, reg):
     scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
-    call_reg(carray(u64_ptr(c[C.FN]), 4)[FN_REG_READ], c[C.UC], reg, c[C.SCRATCH])
+    call_reg(carray(u64_ptr(c[C.FN]), NFN)[FN_REG_READ], c[C.UC], reg, c[C.SCRATCH])
     return scratch[0]
 
 
@@ -36,20 +39,20 @@ def rd(c, reg):
 def wr(c, reg, value):
     scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
     scratch[0] = value
-    call_reg(carray(u64_ptr(c[C.FN]), 4)[FN_REG_WRITE], c[C.UC], reg, c[C.SCRATCH])
+    call_reg(carray(u64_ptr(c[C.FN]), NFN)[FN_REG_WRITE], c[C.UC], reg, c[C.SCRATCH])
 
 
 @njit(**INLINE)
 def rd_efer(c):
     scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
     scratch[0] = MSR_EFER                  # struct uc_x86_msr {u32 rid; u64 value;}
-    call_reg(carray(u64_ptr(c[C.FN]), 4)[FN_REG_READ], c[C.UC], X.UC_X86_REG_MSR, c[C.SCRATCH])
+    call_reg(carray(u64_ptr(c[C.FN]), NFN)[FN_REG_READ], c[C.UC], X.UC_X86_REG_MSR, c[C.SCRATCH])
     return scratch[1]
 
 
 @njit(**INLINE)
 def stop(c):
-    call_uc(carray(u64_ptr(c[C.FN]), 4)[FN_EMU_STOP], c[C.UC])
+    call_uc(carray(u64_ptr(c[C.FN]), NFN)[FN_EMU_STOP], c[C.UC])
 
 
 @njit(**INLINE)
@@ -57,6 +60,25 @@ def views(c):
     mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
     segs = carray(u64_ptr(c[C.SEGS]), 3 * np.int64(c[C.NSEGS]))
     return mem8, mem8.view(np.uint64), mem8.view(np.uint32), segs
+
+
+@njit(**INLINE)
+def ept_views(c):
+    """The VM's EPT state and this vCPU's page-table page pool."""
+    return carray(u64_ptr(c[C.EPT]), EPT.S_SIZE), carray(u64_ptr(c[C.POOL]), np.int64(c[C.POOL_SIZE]))
+
+
+@njit(**NUMBA)
+def gpa_to_hpa(c, gpa):
+    """The host address behind a guest-physical byte as the host sees it (no side effects), or -1."""
+    mem8, mem64, mem32, segs = views(c)
+    st, pool = ept_views(c)
+    level, ea, e, rwx = EPT.walk(mem64, st[EPT.S_ROOT], gpa, False)
+    if level > 0:
+        return np.int64(EPT.leaf_hpa(level, e, gpa))
+    if c[C.APIC_PAGE] != 0 and np.uint64(gpa) & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):
+        return np.int64(c[C.APIC_PAGE] + (np.uint64(gpa) & np.uint64(0xFFF)))
+    return np.int64(-1)
 
 
 @njit(**INLINE)
@@ -101,13 +123,15 @@ def xtab_find(xtab, mask, linear_page):
 def linear_to_hpa(c, linear):
     """Host address of a guest-linear byte for the host's own reads (no A/D side effects), or -1."""
     mem8, mem64, mem32, segs = views(c)
+    st, pool = ept_views(c)
     cs = rd(c, X.UC_X86_REG_CS)
-    code, gpa, perms, err, fgpa = W.walk(mem64, mem32, segs, c[C.NSEGS], rd(c, X.UC_X86_REG_CR0),
-                                         rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4), rd_efer(c),
-                                         cs & 3, linear, W.ACCESS_READ, False)
+    code, gpa, perms, err, fgpa, faults, status = W.walk(mem64, mem32, st, pool, segs, c[C.NSEGS],
+                                                         rd(c, X.UC_X86_REG_CR0), rd(c, X.UC_X86_REG_CR3),
+                                                         rd(c, X.UC_X86_REG_CR4), rd_efer(c), cs & 3, linear,
+                                                         W.ACCESS_READ, False)
     if code != W.OK:
         return np.int64(-1)
-    return W.gpa_to_hpa(segs, c[C.NSEGS], gpa)
+    return gpa_to_hpa(c, gpa)
 
 
 @njit(**NUMBA)
@@ -117,8 +141,7 @@ def code_to_hpa(c, linear):
     page = np.uint64(linear) & ~np.uint64(0xFFF)
     slot = xtab_find(xtab, c[C.XMASK], page)
     if slot >= 0 and xtab[2 * slot] != 0:
-        segs = carray(u64_ptr(c[C.SEGS]), 3 * np.int64(c[C.NSEGS]))
-        hpa = W.gpa_to_hpa(segs, c[C.NSEGS], xtab[2 * slot + 1] & ~np.uint64(0xFFF))
+        hpa = gpa_to_hpa(c, xtab[2 * slot + 1] & ~np.uint64(0xFFF))
         if hpa >= 0:
             return hpa + np.int64(np.uint64(linear) & np.uint64(0xFFF))
     return linear_to_hpa(c, linear)
@@ -133,29 +156,79 @@ def pc_linear(c):
     return rip, ((rd(c, X.UC_X86_REG_CS) & np.uint64(0xFFFF)) << np.uint64(4)) + (rip & np.uint64(0xFFFF))
 
 
-# -- TLB fill: guest walk, then guest-physical → host-physical, then execute permission ---------------
+# -- TLB fill: the TLB model, else the two-stage walk; then execute permission -----------------------
+@njit(**NUMBA)
+def nested_fault(c, gpa, gla, qualification, counted):
+    """An EPT violation: into the VMCS and the exit log; `counted` of them were handled in the kernel."""
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    for _ in range(counted):
+        record_exit(c, E.EPT_VIOLATION, qualification, 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_NESTED_FAULT)
+    vmcs[V.GUEST_PHYSICAL_ADDRESS] = gpa
+    vmcs[V.GUEST_LINEAR_ADDRESS] = gla
+
+
+@njit(**NUMBA)
+def ept_qualification(kind, rwx, translation):
+    q = E.EPT_FETCH if kind == W.ACCESS_FETCH else E.EPT_WRITE if kind == W.ACCESS_WRITE else E.EPT_READ
+    q |= np.int64(rwx & np.uint64(7)) << 3                     # the entry's R/W/X into bits 3-5
+    q |= E.EPT_GLA_VALID
+    if translation:
+        q |= E.EPT_TRANSLATION
+    return np.uint64(q)
+
+
+@njit(**NUMBA)
+def ept_unhandled(c, status, gpa, qualification):
+    """A violation the kernel cannot resolve: refill the pool, or hand it to userspace (device or suspend)."""
+    c[C.EXIT] = C.X_POOL if status == EPT.NO_POOL else C.X_EPT
+    c[C.FAULT_GPA], c[C.FAULT_QUAL], c[C.FAULT_STATUS] = gpa, qualification, status
+
+
 @njit(**NUMBA)
 def tlb_fill(c, vaddr, access):
     """Returns (ok, hpa, perms); on failure the exit record in the context says why."""
     mem8, mem64, mem32, segs = views(c)
+    st, pool = ept_views(c)
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    tlb = carray(u64_ptr(c[C.TLB]), np.int64(c[C.TLB_LEN]))
     kind = W.ACCESS_WRITE if access == 17 else W.ACCESS_FETCH if access == 18 else W.ACCESS_READ
-    cr0 = rd(c, X.UC_X86_REG_CR0)
-    cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
-    code, gpa, perms, err, fault_gpa = W.walk(mem64, mem32, segs, c[C.NSEGS], cr0, rd(c, X.UC_X86_REG_CR3),
-                                              rd(c, X.UC_X86_REG_CR4), rd_efer(c), cpl, vaddr, kind, True)
+    need = W.PROT_X if kind == W.ACCESS_FETCH else W.PROT_W if kind == W.ACCESS_WRITE else W.PROT_R
     c[C.FAULT_GLA] = vaddr
-    if code == W.GUEST_PF:
-        c[C.EXIT], c[C.ERRCODE] = C.X_GUEST_PF, err
-        return False, 0, 0
-    access_bit = E.EPT_FETCH if kind == W.ACCESS_FETCH else E.EPT_WRITE if kind == W.ACCESS_WRITE else E.EPT_READ
-    if code == W.EPT_FAULT:                    # a guest paging structure outside guest memory
-        c[C.EXIT], c[C.FAULT_GPA], c[C.FAULT_QUAL] = C.X_EPT, fault_gpa, E.EPT_READ | E.EPT_GLA_VALID
-        return False, 0, 0
-    hpa = W.gpa_to_hpa(segs, c[C.NSEGS], gpa)
-    if hpa < 0:
-        c[C.EXIT], c[C.FAULT_GPA] = C.X_EPT, gpa
-        c[C.FAULT_QUAL] = access_bit | E.EPT_GLA_VALID | E.EPT_TRANSLATION
-        return False, 0, 0
+    i = TLB.lookup(tlb, c[C.VPID], c[C.EPTP], vaddr)
+    if i >= 0 and tlb[i + 5] & np.uint64(need):
+        counters[S.TLB_HITS] += 1
+        gpa = tlb[i + 3] | (np.uint64(vaddr) & np.uint64(0xFFF))
+        hpa = tlb[i + 4]
+        perms = np.int64(tlb[i + 5] & np.uint64(7))
+    else:
+        counters[S.TLB_MISSES] += 1
+        counters[S.TLB_WALKS] += 1
+        cr0 = rd(c, X.UC_X86_REG_CR0)
+        cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
+        code, gpa, gperms, err, fault_gpa, faults, status = W.walk(
+            mem64, mem32, st, pool, segs, c[C.NSEGS], cr0, rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4),
+            rd_efer(c), cpl, vaddr, kind, True)
+        if faults:
+            nested_fault(c, fault_gpa, vaddr, ept_qualification(W.ACCESS_WRITE, 7, False), faults)
+        if code == W.GUEST_PF:
+            c[C.EXIT], c[C.ERRCODE] = C.X_GUEST_PF, err
+            return False, 0, 0
+        if code == W.EPT_FAULT:                # a guest paging structure the EPT does not let it reach
+            ept_unhandled(c, status, fault_gpa, ept_qualification(W.ACCESS_WRITE, 0, False))
+            return False, 0, 0
+        status, hpa, rwx, faults, q_rwx = EPT.translate(mem64, st, pool, segs, c[C.NSEGS], gpa,
+                                                        EPT.FETCH if kind == W.ACCESS_FETCH else
+                                                        EPT.WRITE if kind == W.ACCESS_WRITE else EPT.READ, 4)
+        if faults:
+            nested_fault(c, gpa, vaddr, ept_qualification(kind, q_rwx, True), faults)
+        if status == EPT.NOT_MEMORY and c[C.APIC_PAGE] != 0 and gpa & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):
+            status, hpa, rwx = EPT.HANDLED, c[C.APIC_PAGE] + (gpa & np.uint64(0xFFF)), np.uint64(3)
+        if status != EPT.HANDLED:
+            ept_unhandled(c, status, gpa, ept_qualification(kind, q_rwx, True))
+            return False, 0, 0
+        hpa &= ~np.uint64(0xFFF)
+        perms = np.int64(gperms) & np.int64(rwx) & 7
+        TLB.insert(tlb, c[C.VPID], c[C.EPTP], vaddr, gpa, hpa, perms, (gperms & W.PROT_GLOBAL) != 0)
     page = gpa >> 12
     code_state = carray(u64_ptr(c[C.CODE]), c[C.NPAGES])
     if page < c[C.NPAGES]:
@@ -308,18 +381,79 @@ def msr_exit(c, address, is_write):
     wr(c, X.UC_X86_REG_RIP, rip + np.uint64(2))
 
 
+# -- guest TLB maintenance: INVLPG and MOV to CR0/CR3/CR4, found by the same page scan ---------------
+REG64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+         X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
+         X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+         X.UC_X86_REG_R15)
+
+
+@njit(**NUMBA)
+def guest_tlb_flush(c, kind, linear):
+    """The guest's own invalidation, on this host CPU's TLB model (Unicorn's TLB follows natively)."""
+    tlb = carray(u64_ptr(c[C.TLB]), np.int64(c[C.TLB_LEN]))
+    TLB.invalidate(tlb, kind, c[C.VPID], 0, linear, False)
+    c[C.TLB_SEEN] = tlb[TLB.H_GEN]
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    counters[S.TLB_GUEST_FLUSHES] += 1
+
+
+@njit(**NUMBA)
+def tlb_insn(c, mem8, hpa, address, rex, long_mode):
+    """INVLPG m (0F 01 /7) drops that page; MOV CR3 drops non-global entries; MOV CR0/CR4 drop all of
+    this VPID's. An INVLPG operand this decoder does not follow (SIB) drops all: allowed by the SDM."""
+    op1, modrm = mem8[hpa + 1], mem8[hpa + 2]
+    mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
+    if op1 == 0x22 and mod == 3:
+        if reg == 3:
+            guest_tlb_flush(c, TLB.INV_SINGLE_KEEP_GLOBAL, 0)
+        elif reg == 0 or reg == 4:
+            guest_tlb_flush(c, TLB.INV_SINGLE, 0)
+        return
+    if op1 != 0x01 or reg != 7 or mod == 3:
+        return
+    if rm == 4:
+        guest_tlb_flush(c, TLB.INV_SINGLE, 0)
+        return
+    length = np.uint64(3)
+    if mod == 0 and rm == 5:                                   # disp32: RIP-relative in long mode
+        disp = np.int64(np.int32(mem8[hpa + 3] | (np.int64(mem8[hpa + 4]) << 8) | (np.int64(mem8[hpa + 5]) << 16) |
+                                 (np.int64(mem8[hpa + 6]) << 24)))
+        base = np.uint64(address) + np.uint64(7 + (1 if rex else 0)) if long_mode else np.uint64(0)
+        ea = base + np.uint64(disp)
+    else:
+        ea = rd(c, REG64[rm + (8 if rex & 1 else 0)])
+        if mod == 1:
+            ea += np.uint64(np.int64(np.int8(mem8[hpa + 3])))
+        elif mod == 2:
+            ea += np.uint64(np.int64(np.int32(mem8[hpa + 3] | (np.int64(mem8[hpa + 4]) << 8) |
+                                              (np.int64(mem8[hpa + 5]) << 16) | (np.int64(mem8[hpa + 6]) << 24))))
+    if not long_mode:
+        ea &= np.uint64(0xFFFFFFFF)
+    guest_tlb_flush(c, TLB.INV_ADDRESS, ea)
+
+
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
 def code_hook(uc, address, size, ud):
     c = carray(ud, C.SIZE)
     hpa = code_to_hpa(c, address)
-    if hpa < 0 or hpa + 1 >= np.int64(c[C.MEMSIZE]):
+    if hpa < 0 or hpa + 8 >= np.int64(c[C.MEMSIZE]):
         return
     mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+    rex = np.uint64(0)
+    long_mode = (rd_efer(c) & np.uint64(W.EFER_LMA)) != 0
+    if long_mode and 0x40 <= mem8[hpa] <= 0x4F:
+        rex = np.uint64(mem8[hpa])
+        hpa += 1
+    elif mem8[hpa] == 0x67:
+        hpa += 1
     op0, op1 = mem8[hpa], mem8[hpa + 1]
     if op0 == 0xF4:
         c[C.HLT_AT] = np.uint64(address) + np.uint64(1)   # the HLT runs natively and ends emu_start
     elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30):
         msr_exit(c, address, op1 == 0x30)
+    elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
+        tlb_insn(c, mem8, hpa, address, rex, long_mode)
 
 
 # -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -

@@ -10,10 +10,12 @@ from numba import carray, njit
 from unicorn import x86_const as X
 
 from .. import stats as S
-from ..native import FN_EMU_START, NUMBA, call_emu_start, u64_ptr, u8_ptr
+from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr, u8_ptr
 from . import ctx as C
 from . import exits as E
 from . import vmcs as V
+from ..mmu import ept as EPT
+from ..mmu import tlb as TLB
 from .hooks import INLINE, linear_to_hpa, rd, record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
@@ -45,9 +47,31 @@ def enter(c):
     c[C.EXIT] = C.X_NONE
     c[C.HLT_AT] = 0
     c[C.ENTRIES] += 1
-    fns = carray(u64_ptr(c[C.FN]), 4)
+    fns = carray(u64_ptr(c[C.FN]), NFN)
     # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode
-    return call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, 0)
+    return call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, c[C.TIMESLICE], 0)
+
+
+@njit(**NUMBA)
+def pmap_activate(c):
+    """Step 3: a generation this host CPU has not seen means one single-context INVEPT, for every vCPU of
+    the VM that runs here after it. Then Unicorn's own TLB follows the model's."""
+    st = carray(u64_ptr(c[C.EPT]), EPT.S_SIZE)
+    eptgen = carray(u64_ptr(c[C.EPTGEN]), np.int64(c[C.HOSTCPU]) + 1)
+    tlb = carray(u64_ptr(c[C.TLB]), np.int64(c[C.TLB_LEN]))
+    host = np.int64(c[C.HOSTCPU])
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    if eptgen[host] != st[EPT.S_GEN]:
+        eptgen[host] = st[EPT.S_GEN]
+        TLB.invalidate(tlb, TLB.INV_SINGLE, 0, c[C.EPTP], 0, True)
+        counters[S.VCPU_INVEPT] += 1
+    elif c[C.VCPU_EPTGEN] != st[EPT.S_GEN] and c[C.ENTRIES] != 0:
+        counters[S.VCPU_INVEPT_SAVED] += 1               # per-vCPU bookkeeping would have done one more
+    c[C.VCPU_EPTGEN] = st[EPT.S_GEN]
+    if tlb[TLB.H_GEN] != c[C.TLB_SEEN]:
+        c[C.TLB_SEEN] = tlb[TLB.H_GEN]
+        fns = carray(u64_ptr(c[C.FN]), NFN)
+        call_ctl(fns[FN_CTL], c[C.UC], CTL_TLB_FLUSH)
 
 
 @njit(**INLINE)
@@ -61,7 +85,7 @@ def exit_process(c, err):
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     c[C.RIP] = rd(c, X.UC_X86_REG_RIP)
     why = c[C.EXIT]
-    if why == C.X_EPT or why == C.X_EXEC:
+    if why == C.X_EPT or why == C.X_EXEC or why == C.X_POOL:
         record(c, E.EPT_VIOLATION, c[C.FAULT_QUAL], 0, S.VMEXIT_NESTED_FAULT)
         vmcs[V.GUEST_PHYSICAL_ADDRESS] = c[C.FAULT_GPA]
         vmcs[V.GUEST_LINEAR_ADDRESS] = c[C.FAULT_GLA]
@@ -80,6 +104,10 @@ def exit_process(c, err):
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
+        if c[C.TIMESLICE] != 0:                        # the timeslice ran out: the host scheduler's turn
+            counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+            counters[S.VMEXIT_ASTPENDING] += 1
+            return EXITCODE_BOGUS
         return 0                                       # emu_start ran out for no reason we know: re-enter
     if err == UC_ERR_INSN_INVALID:
         hpa = linear_to_hpa(c, current_linear(c))
@@ -105,7 +133,8 @@ def vmx_run(c):
         if c[C.REQ] != 0:
             counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
-        # 3. pmap activate (eptgen/invept) and 4. the L1D flush join here with the EPT and L1D models
+        # 3. pmap activate (eptgen/invept); 4. the L1D flush joins here with the L1D model
+        pmap_activate(c)
         # 5. enter, then exit processing
         code = exit_process(c, enter(c))
         if code != 0:

@@ -1,0 +1,52 @@
+"""A modeled host CPU: the vCPUs that run on it take turns, and it owns per-CPU state (the TLB model).
+
+vCPUs pinned to the same host CPU never run at once, as on hardware: each holds the CPU for one pass
+through the vcpu loop, and while others wait the loop runs in timeslices (the host scheduler's quantum),
+so a spinning guest cannot starve them. Turns are handed out in order of arrival.
+"""
+import threading
+
+from .mmu import tlb
+
+TLB_SETS, TLB_WAYS = 128, 8          # Haswell's second-level TLB: 1024 entries, 8-way
+TIMESLICE_US = 10_000                # the host scheduler's quantum while vCPUs share a CPU
+
+
+class HostCpu:
+    """Legend: `vcpus` (who is assigned here) and the turn counters are guarded by `_cond`."""
+
+    def __init__(self, index, sets=TLB_SETS, ways=TLB_WAYS):
+        self.index = index
+        self.tlb = tlb.new(sets, ways)
+        self.vcpus = set()
+        self._cond = threading.Condition()
+        self._next = self._serving = 0
+
+    def assign(self, vcpu):
+        with self._cond:
+            self.vcpus.add(vcpu)
+            self._retime()
+
+    def unassign(self, vcpu):
+        with self._cond:
+            self.vcpus.discard(vcpu)
+            self._retime()
+
+    def _retime(self):
+        shared = len(self.vcpus) > 1
+        for v in self.vcpus:
+            v.set_timeslice(TIMESLICE_US if shared else 0)
+
+    def acquire(self):
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def release(self):
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+    def tlb_entries(self):
+        return tlb.entries(self.tlb)

@@ -1,0 +1,215 @@
+"""A VM's guest-physical address space as the host manages it: segments, the EPT, page pools, and views.
+
+The host side of bhyve's vmspace: it builds the EPT root, holds guest pages for the host's own
+accesses (vm_gpa_hold: backing a page on first touch if needed), changes mappings (protect, unmap,
+replace a page) and reads the structures back for the views (`--get-memmap`, `--get-gpa-pmap`, the
+dirty log). Changing a mapping is only half of the job: the VM then calls pmap_invalidate_ept.
+The kernels doing the work are in ept.py; this class owns the arrays they run on.
+"""
+import threading
+
+import numpy as np
+
+from ..errors import ConfigError, EngineError
+from . import ept as E
+
+POOL_CAP = 256              # page-table pages a pool holds
+REFILL = 64                 # pages added per refill (one host allocation)
+MiB = 1 << 20
+
+
+class MemoryCapError(EngineError):
+    """The VM asked for more resident memory than its cap allows."""
+
+
+class GuestPmap:
+    """Legend: `st` and the tables are shared with the vCPU kernels; host-side changes take `lock`."""
+
+    def __init__(self, hypervisor, owner, segments, flags, cap_pages):
+        self.hv, self.owner = hypervisor, owner
+        self.mem64 = hypervisor.memory.view(np.uint64)
+        self.segments = segments
+        self.segtab = np.array([[s.gpa, s.size, s.hpa] for s in segments], np.uint64).reshape(-1)
+        self.lock = threading.RLock()
+        self.chunks = []
+        self.st = np.zeros(E.S_SIZE, np.uint64)
+        self.st[E.S_FLAGS] = flags
+        self.st[E.S_CAP] = cap_pages
+        self.host_pool = self.new_pool()
+        root = self._pop_host_page()
+        self.st[E.S_ROOT] = root
+        self.eptp = E.eptp(root, flags & E.F_HW_AD)
+
+    # -- pools of page-table pages ------------------------------------------------------------------
+    def new_pool(self):
+        pool = np.zeros(1 + POOL_CAP, np.uint64)
+        self.refill(pool)
+        return pool
+
+    def refill(self, pool):
+        """Top a pool up with REFILL fresh pages from the host allocator."""
+        start = self.hv.allocator.allocate(REFILL * E.PAGE, "EPT tables of %s" % self.owner)
+        with self.lock:
+            self.chunks.append(start)
+        n = int(pool[0])
+        take = min(REFILL, POOL_CAP - n)
+        pool[n + 1:n + 1 + take] = start + E.PAGE * np.arange(take, dtype=np.uint64)
+        pool[0] = n + take
+
+    def _pop_host_page(self):
+        page = E._pool_pop(self.mem64, self.host_pool)
+        if page == 0:
+            self.refill(self.host_pool)
+            page = E._pool_pop(self.mem64, self.host_pool)
+        return int(page)
+
+    def destroy(self):
+        with self.lock:
+            for start in self.chunks:
+                self.hv.allocator.free(start)
+            self.chunks = []
+
+    # -- the host's own accesses -------------------------------------------------------------------
+    def hold(self, gpa):
+        """vm_gpa_hold: the host-physical address of a guest-physical byte, backing its page if needed."""
+        with self.lock:
+            for _ in range(3):
+                level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
+                if level > 0 or (level == -1 and e & E.EMUL_V):
+                    if level < 0:
+                        level = 1
+                    return int(E.leaf_hpa(level, e, gpa))
+                result = E.populate(self.mem64, self.st, self.host_pool, self.segtab, len(self.segments), gpa, -1)
+                if result == E.NO_POOL:
+                    self.refill(self.host_pool)
+                elif result == E.NOT_MEMORY:
+                    raise ConfigError("guest-physical %#x is outside %s's memory" % (gpa, self.owner))
+                elif result == E.OVER_CAP:
+                    raise MemoryCapError("%s: guest-physical %#x needs a page beyond the memory cap of %d MiB"
+                                         % (self.owner, gpa, int(self.st[E.S_CAP]) * E.PAGE // MiB))
+        raise EngineError("%s: guest-physical %#x could not be backed" % (self.owner, gpa))
+
+    def lookup(self, gpa):
+        """The host-physical address mapped at `gpa` now, or None (nothing is backed by looking)."""
+        level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
+        if level > 0 or (level == -1 and e & E.EMUL_V):
+            return int(E.leaf_hpa(max(level, 1), e, gpa))
+        return None
+
+    # -- changing mappings (the caller invalidates) -------------------------------------------------
+    def _pooled(self, kernel, *args):
+        with self.lock:
+            while True:
+                done = kernel(self.mem64, self.st, self.host_pool, *args)
+                if done >= 0:
+                    return done
+                self.refill(self.host_pool)
+
+    def protect(self, gpa, size, rwx):
+        if rwx & (E.EPT_R | E.EPT_W | E.EPT_X) == E.EPT_X and not self.st[E.S_FLAGS] & E.F_EXEC_ONLY:
+            raise ConfigError("execute-only mappings need a CPU with EPT execute-only support and "
+                              "hw.vmm.ept.use_exec_only=1")
+        if rwx & E.EPT_W and not rwx & E.EPT_R:
+            raise ConfigError("write without read is an EPT misconfiguration (SDM 28.3.3.1)")
+        return self._pooled(E.change, gpa, size, rwx, False)
+
+    def unmap(self, gpa, size):
+        return self._pooled(E.change, gpa, size, 0, True)
+
+    def replace_page(self, gpa, data):
+        """Back one guest page with a fresh host page holding `data` (page migration, copy-on-write)."""
+        if len(data) > E.PAGE:
+            raise ConfigError("a page holds %d bytes, not %d" % (E.PAGE, len(data)))
+        with self.lock:
+            self.hold(gpa)
+            level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
+            if level == 2:                            # the superpage is no longer contiguous: demote it
+                while not E.demote(self.mem64, self.st, self.host_pool, ea):
+                    self.refill(self.host_pool)
+                level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
+            page = self.hv.allocator.allocate(E.PAGE, "page moved from %s gpa %#x" % (self.owner, gpa))
+            self.chunks.append(page)
+            mem = self.hv.memory
+            mem[page:page + E.PAGE] = 0
+            mem[page:page + len(data)] = np.frombuffer(bytes(data), np.uint8)
+            self.mem64[int(ea) >> 3] = np.uint64(page) | (e & ~np.uint64(E.ADDR))
+            return page
+
+    def dirty_log(self, clear):
+        """Guest-physical page numbers written since the last harvest (superpages count all 512)."""
+        out = np.zeros(1 << 16, np.uint64)
+        with self.lock:
+            n = 0
+            for s in self.segments:
+                n = E.harvest_dirty(self.mem64, self.st, self.host_pool, s.gpa, s.size, out, clear)
+                if n > out.size:
+                    out = np.zeros(n, np.uint64)
+                    n = E.harvest_dirty(self.mem64, self.st, self.host_pool, s.gpa, s.size, out, False)
+        return [int(p) for p in out[:n]]
+
+    # -- views ----------------------------------------------------------------------------------------
+    def chain(self, gpa):
+        """The EPT entries translating `gpa`, PML4 first (bhyvectl --get-gpa-pmap)."""
+        rows, table = [], int(self.st[E.S_ROOT])
+        for level in (4, 3, 2, 1):
+            ea = table + ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) * 8
+            e = int(self.mem64[ea >> 3])
+            rows.append({"level": level, "entry_hpa": ea, "entry": e, "flags": describe(e, level)})
+            if not e & E.EPT_RWX and not e & E.EMUL_V:
+                break
+            if level == 1 or e & E.EPT_PS:
+                break
+            table = e & E.ADDR
+        return rows
+
+    def memmap(self):
+        """Each segment with its backing, how much of it is resident, and its superpages."""
+        out = []
+        for s in self.segments:
+            pages = supers = 0
+            for region in range(s.gpa, s.gpa + s.size, E.SUPERPAGE):
+                level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], region, False)
+                if level == 2:
+                    supers += 1
+                    pages += 512
+                elif level < -2:
+                    continue
+                else:
+                    pages += self._resident_in_table(region)
+            out.append({"name": s.name, "gpa": s.gpa, "size": s.size, "hpa": s.hpa, "prot": "rwx",
+                        "populated": pages, "superpages": supers})
+        return out
+
+    def _resident_in_table(self, region):
+        level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], region, False)
+        if level != 1 and level != -1:
+            return 0
+        table = (int(ea) & ~0xFFF)
+        leaves = self.mem64[table >> 3:(table >> 3) + 512]
+        return int(np.count_nonzero((leaves & np.uint64(E.EPT_RWX)) | (leaves & np.uint64(E.EMUL_V))))
+
+    def stats(self):
+        st = self.st
+        return {"resident_pages": int(st[E.S_RESIDENT]), "cap_pages": int(st[E.S_CAP]),
+                "superpages": int(st[E.S_SUPER]), "promotions": int(st[E.S_PROMOTIONS]),
+                "demotions": int(st[E.S_DEMOTIONS]), "first_touch": int(st[E.S_FIRST_TOUCH]),
+                "ad_faults": int(st[E.S_AD_FAULTS]), "eptgen": int(st[E.S_GEN]), "eptp": self.eptp}
+
+
+def describe(e, level):
+    """An EPT entry's bits as text: 'RWX WB IPAT PS A D' and the software bits."""
+    if not e & (E.EPT_RWX | E.EMUL_V):
+        return "not present"
+    bits = "".join(c if e & b else "-" for c, b in (("R", E.EPT_R), ("W", E.EPT_W), ("X", E.EPT_X)))
+    leaf = level == 1 or e & E.EPT_PS
+    words = [bits]
+    if leaf:
+        words.append({6: "WB", 0: "UC", 1: "WC", 4: "WT", 5: "WP"}.get((e >> 3) & 7, "MT%d" % ((e >> 3) & 7)))
+        if e & E.EPT_IPAT:
+            words.append("IPAT")
+    if e & E.EPT_PS:
+        words.append("PS")
+    for name, bit in (("A", E.EPT_A), ("D", E.EPT_D), ("EMUL_V", E.EMUL_V), ("EMUL_RW", E.EMUL_RW)):
+        if e & bit:
+            words.append(name)
+    return " ".join(words)

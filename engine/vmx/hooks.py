@@ -205,6 +205,7 @@ def tlb_fill(c, vaddr, access):
         counters[S.TLB_WALKS] += 1
         cr0 = rd(c, X.UC_X86_REG_CR0)
         cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
+        touched, emulated = st[EPT.S_FIRST_TOUCH], st[EPT.S_AD_FAULTS]
         code, gpa, gperms, err, fault_gpa, faults, status = W.walk(
             mem64, mem32, st, pool, segs, c[C.NSEGS], cr0, rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4),
             rd_efer(c), cpl, vaddr, kind, True)
@@ -223,6 +224,8 @@ def tlb_fill(c, vaddr, access):
             nested_fault(c, gpa, vaddr, ept_qualification(kind, q_rwx, True), faults)
         if status == EPT.NOT_MEMORY and c[C.APIC_PAGE] != 0 and gpa & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):
             status, hpa, rwx = EPT.HANDLED, c[C.APIC_PAGE] + (gpa & np.uint64(0xFFF)), np.uint64(3)
+        counters[S.EPT_FIRST_TOUCH] += st[EPT.S_FIRST_TOUCH] - touched
+        counters[S.EPT_AD_EMUL] += st[EPT.S_AD_FAULTS] - emulated
         if status != EPT.HANDLED:
             ept_unhandled(c, status, gpa, ept_qualification(kind, q_rwx, True))
             return False, 0, 0

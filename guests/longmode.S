@@ -72,22 +72,12 @@ long_entry:
 	jmp 3b
 
 #include "serial64.inc"
+#include "gdt64.inc"
 
 	.section .rodata
 message:
 	.asciz "long mode ok\r\n"
 
-	.align 8
-	/* Accessed bits are preset so loading a selector never writes to this read-only page. */
-gdt:
-	.quad 0
-	.quad 0x00CF9B000000FFFF	/* 0x08: 32-bit code */
-	.quad 0x00CF93000000FFFF	/* 0x10: data */
-	.quad 0x00AF9B000000FFFF	/* 0x18: 64-bit code (L=1, D=0) */
-gdt_end:
-gdt_descriptor:
-	.word gdt_end - gdt - 1
-	.long gdt
 
 	.section .bss
 	.align 4096

@@ -121,6 +121,7 @@ print_hex64:
 	ret
 
 #include "serial64.inc"
+#include "gdt64.inc"
 
 	.section .rodata
 checksum_text:
@@ -129,16 +130,6 @@ newline:
 	.asciz "\r\n"
 hex_digits:
 	.ascii "0123456789abcdef"
-	.align 8
-gdt:
-	.quad 0
-	.quad 0x00CF9B000000FFFF	/* 0x08: 32-bit code */
-	.quad 0x00CF93000000FFFF	/* 0x10: data */
-	.quad 0x00AF9B000000FFFF	/* 0x18: 64-bit code (L=1, D=0) */
-gdt_end:
-gdt_descriptor:
-	.word gdt_end - gdt - 1
-	.long gdt
 
 	.section .data
 digit:

@@ -66,8 +66,7 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
         va &= u(0xFFFFFFFF)
     pse = (cr4 & CR4_PSE) != 0
     rw, us, nx = True, True, False
-    hpas = np.zeros(4, np.int64)
-    n = 0
+    last = np.int64(0)                                 # host address of the entry that maps the page
     shift = u(12)
     e = u(0)
     faults = 0
@@ -86,8 +85,12 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
         if not e & u(PG_P):
             code = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
             return GUEST_PF, u(0), 0, code, u(0), faults, 0
-        hpas[n] = hpa
-        n += 1
+        last = hpa
+        if set_ad and not pdpt and not e & u(PG_A):   # A in each entry used (SDM 4.8; PAE PDPTEs have none)
+            if wide:
+                mem64[hpa >> 3] |= u(PG_A)
+            else:
+                mem32[hpa >> 2] |= np.uint32(PG_A)
         if not pdpt:
             rw = rw and (e & u(PG_RW)) != 0
             us = us and (e & u(PG_US)) != 0
@@ -107,18 +110,12 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
         frame = e & u(ADDR_MASK) & ~offset_mask
     gpa = frame | (va & offset_mask)
     dirty = (e & u(PG_D)) != 0
-    if set_ad:
-        for i in range(n):
-            if wide:
-                mem64[hpas[i] >> 3] |= u(PG_A)
-            else:
-                mem32[hpas[i] >> 2] |= np.uint32(PG_A)
-        if write:
-            if wide:
-                mem64[hpas[n - 1] >> 3] |= u(PG_D)
-            else:
-                mem32[hpas[n - 1] >> 2] |= np.uint32(PG_D)
-            dirty = True
+    if set_ad and write and not dirty:
+        if wide:
+            mem64[last >> 3] |= u(PG_D)
+        else:
+            mem32[last >> 2] |= np.uint32(PG_D)
+        dirty = True
     perms = PROT_R
     if writable and dirty:                            # a clean page stays read-only until its first write sets D
         perms |= PROT_W

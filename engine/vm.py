@@ -100,6 +100,9 @@ class VM:
         self.code_state = np.zeros(self.mem_size >> 12, np.uint64)
         self.cpuid = self.profile.cpuid_table().reshape(-1)
         self.memory_access = GuestMemory(self)
+        self.console, self.debug_console = Console(), Console()    # outlive resets: history stays
+        self._load_args = None
+        self._input_listening = False
         self._attach_devices()
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
 
@@ -117,10 +120,8 @@ class VM:
 
     # -- devices on the I/O bus -------------------------------------------------------------------
     def _attach_devices(self):
-        self.console = Console()
         self.com1 = Uart16550(self.console, "com1")
         self.com2 = Uart16550(Console(), "com2")
-        self.debug_console = Console()
         self.debugcon = DebugCon(self.debug_console)
         self.vga = VgaText(self.memory_access)
         self.bios = None
@@ -230,7 +231,9 @@ class VM:
                 raise ImageError("%s: a boot sector needs at least 1 MiB of guest memory" % filename)
             self.bios = bios_mod.Bios(self.vga, self.console, image.disk, drive=image.regs.get("rdx", 0x80) & 0xFF)
             self.bios.install(self.memory_access)
-            self.console.on_input(self._input_arrived)
+            if not self._input_listening:
+                self.console.on_input(self._input_arrived)
+                self._input_listening = True
         if image.mode != "long64":
             self.memory_access.write(firmware.GDT_BASE, firmware.GDT)
             self.memory_access.write(firmware.STUB_BASE, firmware.STUB)
@@ -239,7 +242,7 @@ class VM:
         for seg in image.segments:
             self.memory_access.write(seg.gpa, seg.data + bytes(seg.size - len(seg.data)))
         self.vcpus[0].prepare(image)
-        self.image = image
+        self.image, self._load_args = image, (bytes(data), filename, kind, cmdline, load_addr)
         self.log("loaded %s (%s): %s" % (filename, image.kind, "; ".join(image.notes) or "entry %#x" % image.entry))
         return image
 
@@ -288,6 +291,35 @@ class VM:
                 self.suspend_reason, self.suspend_message = "poweroff", "powered off"
             self.changed.notify_all()
         self.log("powered off")
+
+    def reset(self):
+        """bhyvectl --force-reset, then boot again: the vCPUs stop and are created afresh (new Unicorn
+        instances), guest memory is released (zero-filled on next touch), the devices return to their
+        power-on state, the image is loaded again and the VM runs. The consoles keep their history."""
+        if self._load_args is None:
+            raise StateError("VM %r has no image loaded: nothing to reset to" % self.name)
+        if not self.segments:
+            raise StateError("VM %r was destroyed" % self.name)
+        for vcpu in self._started():
+            vcpu.post(("exit",))
+            vcpu.thread.join(5)
+            if vcpu.thread.is_alive():
+                raise StateError("VM %r: vcpu%d did not stop; try again" % (self.name, vcpu.index))
+        for vcpu in self.vcpus:
+            vcpu.hostcpu.unassign(vcpu)
+        self.pmap.unmap(0, self.mem_size)
+        self.pmap.st[EPT.S_GEN] += 1                   # vm_reinit: every host CPU invalidates this EPTP
+        self.code_state[:] = 0
+        with self.lock:
+            self.suspend_reason = self.suspend_message = None
+        for uart in (self.com1, self.com2):
+            uart.reset()                               # the same objects: they stay the consoles' listeners
+        self.vga = VgaText(self.memory_access)
+        self.bios = None
+        self.vcpus = [Vcpu(self, i) for i in range(len(self.vcpus))]
+        self.log("reset")
+        self.load(*self._load_args)
+        self.start()
 
     def destroy(self):
         self.poweroff()

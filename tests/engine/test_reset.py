@@ -1,0 +1,62 @@
+"""VM reset: fresh vCPUs, memory released, devices at power-on, the image booted again; history kept."""
+import time
+
+import pytest
+
+from engine import stats as S
+from engine.errors import StateError
+from tests.engine.conftest import assemble, guest, wait_for
+
+
+def read_until(reader, text, timeout=30):
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline, "timed out waiting for %r; console: %r" % (text, seen[-300:])
+        seen += reader.read(0.1)
+    return seen
+
+
+def test_reset_reboots_the_shell_and_keeps_the_console_history(hv):
+    vm = hv.create_vm("shell", mem_mb=32)
+    vm.load(guest("shell.elf"), "shell.elf")
+    vm.start()
+    wait_for(vm, b"webhyve> ")
+    vm.console.send_input(b"help\r")
+    wait_for(vm, b"cpuid")
+    old_vcpu = vm.vcpus[0]
+    resident_before = vm.pmap.stats()["resident_pages"]
+    after = vm.console.reader(from_start=False)
+    vm.reset()
+    assert vm.vcpus[0] is not old_vcpu and vm.vcpus[0].uc is not old_vcpu.uc
+    assert read_until(after, b"webhyve> ").count(b"webhyve shell ready") == 1
+    assert vm.console.contents().count(b"webhyve shell ready") == 2
+    assert vm.state in ("running", "halted") and vm.suspend_reason is None
+    assert vm.vcpus[0].counters[S.VMEXIT_COUNT] > 0 and "reset" in vm.events
+    assert vm.pmap.stats()["resident_pages"] <= resident_before
+    vm.console.send_input(b"help\r")
+    assert b"cpuid" in read_until(after, b"cpuid")
+    vm.poweroff()
+
+
+def test_reset_brings_back_a_triple_faulted_guest_with_clean_memory(hv, tmp_path):
+    vm = hv.create_vm("crash", mem_mb=16)
+    vm.load(assemble("""
+        mov rax, [0x500000]
+        inc rax
+        mov [0x500000], rax
+        mov r9, rax
+        ud2
+    """, tmp_path), "g.bin", kind="flat64")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=20) == "suspended" and vm.suspend_reason == "triplefault"
+    assert vm.registers()["r9"] == 1
+    vm.reset()
+    assert vm.wait(states=("suspended",), timeout=20) == "suspended" and vm.suspend_reason == "triplefault"
+    assert vm.registers()["r9"] == 1                 # memory came back zero: the counter starts over
+
+
+def test_reset_without_an_image_is_refused(hv):
+    vm = hv.create_vm("empty", mem_mb=4)
+    with pytest.raises(StateError, match="no image"):
+        vm.reset()

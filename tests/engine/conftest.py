@@ -58,11 +58,11 @@ def boot_guest(hv):
     return boot
 
 
-def wait_for(vm, text, timeout=30):
-    """Wait until the console shows `text`."""
-    reader = vm.console.reader()
-    seen = b""
+def wait_for(vm, text, timeout=30, reader=None):
+    """Wait until the console shows `text` (read through `reader` if given: only what it has not seen)."""
     import time
+    reader = reader or vm.console.reader()
+    seen = b""
     deadline = time.monotonic() + timeout
     while text not in seen:
         assert time.monotonic() < deadline, "timed out waiting for %r; console: %r" % (text, seen[-300:])

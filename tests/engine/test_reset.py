@@ -1,20 +1,9 @@
 """VM reset: fresh vCPUs, memory released, devices at power-on, the image booted again; history kept."""
-import time
-
 import pytest
 
 from engine import stats as S
 from engine.errors import StateError
 from tests.engine.conftest import assemble, guest, wait_for
-
-
-def read_until(reader, text, timeout=30):
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        assert time.monotonic() < deadline, "timed out waiting for %r; console: %r" % (text, seen[-300:])
-        seen += reader.read(0.1)
-    return seen
 
 
 def test_reset_reboots_the_shell_and_keeps_the_console_history(hv):
@@ -29,13 +18,13 @@ def test_reset_reboots_the_shell_and_keeps_the_console_history(hv):
     after = vm.console.reader(from_start=False)
     vm.reset()
     assert vm.vcpus[0] is not old_vcpu and vm.vcpus[0].uc is not old_vcpu.uc
-    assert read_until(after, b"webhyve> ").count(b"webhyve shell ready") == 1
+    assert wait_for(vm, b"webhyve> ", reader=after).count(b"webhyve shell ready") == 1
     assert vm.console.contents().count(b"webhyve shell ready") == 2
     assert vm.state in ("running", "halted") and vm.suspend_reason is None
     assert vm.vcpus[0].counters[S.VMEXIT_COUNT] > 0 and "reset" in vm.events
     assert vm.pmap.stats()["resident_pages"] <= resident_before
     vm.console.send_input(b"help\r")
-    assert b"cpuid" in read_until(after, b"cpuid")
+    assert b"cpuid" in wait_for(vm, b"cpuid", reader=after)
     vm.poweroff()
 
 

@@ -57,6 +57,7 @@ class Vcpu:
         self.hooked = set()                      # linear addresses with a code hook (HLT/RDMSR/WRMSR candidates)
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
+        self.debug = None                        # debug.vcpu_debug.VcpuDebug while the VM has a debugger
         self._make_uc()
 
     # -- setup ---------------------------------------------------------------------------------------
@@ -174,6 +175,8 @@ class Vcpu:
         elif kind == "exit":
             self.state = IDLE
             return "exit"
+        elif kind == "debug" and self.debug is not None:
+            self.debug.handle(message[1])
         self.vm.notify()
         return None
 
@@ -253,7 +256,9 @@ class Vcpu:
         self.uc.reg_write(X.UC_X86_REG_RIP, self.uc.reg_read(X.UC_X86_REG_RIP) + 3)
 
     def _exit_user(self):
-        """A device stopped the vCPU; the VM has already been told why."""
+        """A device stopped the vCPU (the VM has already been told why), or a debugger's hook did."""
+        if self.ctx[C.DBG_STOP] and self.debug is not None:
+            self.debug.trapped()
 
     def _exit_unknown(self):
         err = int(self.vmcs["INSTRUCTION_ERROR"])

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from . import firmware, loaders
+from . import debug, firmware, loaders
 from .cpu import profiles
 from .devices import bios as bios_mod
 from .devices.console import Console
@@ -78,6 +78,7 @@ class VM:
         self.memory_access = GuestMemory(self)
         self._attach_devices()
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
+        self.debugger = self.gdb = None          # debug.Debugger and its GdbStub, once asked for
 
     # -- devices on the I/O bus -------------------------------------------------------------------
     def _attach_devices(self):
@@ -217,9 +218,32 @@ class VM:
         self.log("powered off")
 
     def destroy(self):
+        self.gdb_close()
         self.poweroff()
         self.hypervisor.allocator.free(self.segments[0].hpa)
         self.segments = []
+
+    # -- the GDB stub (bhyve's -G [w]port) ----------------------------------------------------------
+    def gdb_listen(self, port, wait=False):
+        """Serve gdb's remote protocol on 127.0.0.1:port (0: any free port); returns the port.
+
+        With `wait`, vCPU 0 stops at the image's entry point and the guest waits there for gdb.
+        """
+        if self.gdb is not None:
+            raise StateError("VM %r already has a GDB stub on port %d" % (self.name, self.gdb.port))
+        if self.debugger is None:
+            self.debugger = debug.Debugger(self)
+        try:
+            self.gdb = debug.GdbStub(self, port, wait=wait)
+        except OSError as problem:
+            raise ConfigError("VM %r: cannot listen for gdb on 127.0.0.1:%d: %s" % (self.name, port, problem.strerror))
+        self.log("GDB stub listening on 127.0.0.1:%d" % self.gdb.port)
+        return self.gdb.port
+
+    def gdb_close(self):
+        if self.gdb is not None:
+            self.gdb.close()
+            self.gdb = None
 
     def _started(self):
         return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]

@@ -1,0 +1,154 @@
+"""The real gdb debugs bundled guests through the VM's GDB stub: break, step, read, change, watch, interrupt."""
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from engine import ConfigError, StateError
+from engine import stats
+from tests.engine.conftest import guest, wait_for
+from tests.engine.debug.conftest import DEBUGME, gdb_args, run_gdb
+
+MAGIC = 0xC0FFEE
+
+
+def values(out, name="\\$\\d+"):
+    """The numbers gdb printed as `$N = value`, in order."""
+    return [int(v, 0) for v in re.findall(r"^%s = (\S+)" % name, out, re.M)]
+
+
+def test_break_at_symbol_continue_and_read_a_variable(debugme):
+    """gdb breaks in tick() twice; `ticks` went up by one between the two stops; the frame is kmain's call."""
+    vm, port = debugme()
+    out = run_gdb(port, ["break tick", "continue", "print ticks", "continue", "print ticks", "bt"])
+    assert out.count("Breakpoint 1, tick (step=1) at debugme.c:13") == 2, out
+    first, second = values(out)
+    assert second == first + 1
+    assert re.search(r"#1 .* in kmain .* at debugme.c:\d+", out), out
+    log = vm.vcpus[0].exit_log()
+    bp_exits = [e for e in log if e["name"] == "EXCEPTION_NMI"]
+    assert bp_exits and bp_exits[-1]["rip"] == int(re.search(r"Breakpoint 1 at (0x[0-9a-f]+)", out).group(1), 16)
+
+
+def test_stepi_and_next_move_by_one_instruction_and_one_line(debugme):
+    """stepi lands on the instruction after the breakpoint's; next moves to the following source line."""
+    vm, port = debugme()
+    out = run_gdb(port, ["break tick", "continue", "x/2i $pc", "stepi", "print/x $pc", "next", "info line *$pc"])
+    listing = re.findall(r"^(?:=> )?\s*(0x[0-9a-f]+) <tick\+\d+>:", out, re.M)
+    assert len(listing) == 2, out
+    assert values(out) == [int(listing[1], 16)]
+    assert re.search(r"^14\s+return ticks;", out, re.M), out
+    assert vm.vcpus[0].counters[stats.VMEXIT_MTRAP] >= 2       # each step is a monitor-trap exit
+    assert any(e["reason"] == 37 for e in vm.vcpus[0].exit_log())
+
+
+def test_changed_register_changes_what_the_guest_does(debugme):
+    """tick() returns MAGIC once gdb sets EAX after `finish`; the guest then takes its magic branch."""
+    vm, port = debugme()
+    out = run_gdb(port, ["break tick", "continue", "finish", "set $eax = %#x" % MAGIC, "print/x $eax",
+                         "delete", "watch shadow", "continue", "print/x shadow"])
+    assert values(out) == [MAGIC, MAGIC], out
+    assert "New value = %d" % MAGIC in out
+    wait_for(vm, b"debugme: magic", timeout=30)         # gdb detached: the guest runs on to its print
+
+
+def test_write_watchpoint_stops_after_the_store_with_old_and_new_value(debugme):
+    """watch ticks: each stop is after the store (gdb shows Old/New), at the instruction following it."""
+    vm, port = debugme()
+    out = run_gdb(port, ["watch ticks", "continue", "continue", "print/x $pc", "info symbol $pc"])
+    olds = [int(v) for v in re.findall(r"Old value = (\d+)", out)]
+    news = [int(v) for v in re.findall(r"New value = (\d+)", out)]
+    assert len(olds) == 2 and news == [olds[0] + 1, olds[1] + 1] and olds[1] == news[0], out
+    assert "tick + 19 in section .text" in out                 # after `mov %eax,ticks` (tick+14, 5 bytes)
+    assert any(e["name"] == "EXCEPTION_NMI" and e["rip"] == values(out)[0] for e in vm.vcpus[0].exit_log())
+
+
+def test_read_and_access_watchpoints(debugme):
+    """rwatch stops at the read of ticks in tick(); awatch on shadow stops at the store the magic branch makes."""
+    vm, port = debugme()
+    out = run_gdb(port, ["rwatch ticks", "continue", "delete", "set var ticks = %#x" % (MAGIC - 1),
+                         "awatch shadow", "continue", "print/x shadow"])
+    assert "Hardware read watchpoint 1: ticks" in out and "Value = " in out, out
+    assert "Hardware access (read/write) watchpoint 2: shadow" in out
+    assert values(out) == [MAGIC], out
+
+
+def test_ctrl_c_stops_the_running_guest(debugme):
+    """gdb's Ctrl-C (SIGINT while `continue` waits) stops the guest with SIGINT; the counter is readable."""
+    vm, port = debugme()
+    gdb = subprocess.Popen(gdb_args(port, ["continue", "print ticks", "print/x $pc"]), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while vm.state != "running" or vm.debugger.read_memory(0, ticks_address(), 4) == bytes(4):
+            assert time.monotonic() < deadline, "the guest never ran after gdb's continue"
+            time.sleep(0.05)
+        gdb.send_signal(signal.SIGINT)
+        out = gdb.communicate(timeout=60)[0]
+    finally:
+        gdb.kill()
+    assert "Program received signal SIGINT, Interrupt." in out, out
+    ticks, pc = values(out)
+    assert ticks > 0 and 0x100000 <= pc < 0x101000
+
+
+def ticks_address():
+    """Where the linker put `ticks` (nm), so the test reads it without gdb."""
+    out = subprocess.run(["nm", DEBUGME], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"^([0-9a-f]+) B ticks$", out, re.M).group(1), 16)
+
+
+def test_vcpus_are_threads(debugme):
+    """A 2-vCPU VM shows two threads; the AP (never started: no INIT-SIPI yet) has its own registers."""
+    vm, port = debugme(cpus=2)
+    out = run_gdb(port, ["info threads", "thread 2", "print/x $eip", "thread 1", "print/x $eip"])
+    assert re.search(r"^\* 1\s+Thread 1 \(vcpu0 paused \(breakpoint\)\)", out, re.M), out
+    assert re.search(r"^  2\s+Thread 2 \(vcpu1 idle\)", out, re.M), out
+    ap_eip, bsp_eip = values(out)
+    assert bsp_eip == vm.image.entry and ap_eip != bsp_eip
+
+
+def test_long_mode_guest_gets_the_x86_64_description(hv):
+    """longmode.elf halted in 64-bit mode: gdb sees i386:x86-64, the 64-bit values it left, CR and EFER."""
+    vm = hv.create_vm("longmode", mem_mb=16)
+    vm.load(guest("longmode.elf"), "longmode.elf")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=30) == "suspended"
+    port = vm.gdb_listen(0)
+    out = run_gdb(port, ["show architecture", "print/x $rax", "print/x $r15", "print/x $efer", "print/x $cr3",
+                         "continue"], elf=None)
+    vm.destroy()
+    assert '(currently "i386:x86-64")' in out, out
+    rax, r15, efer, cr3 = values(out)
+    assert (rax, r15) == (0x1122334455667788, 0x0123456789ABCDEF)
+    assert efer & 0x500 == 0x500 and cr3 == vm.registers()["cr3"]
+    assert "exited normally" in out                              # the VM had halted for good: W00
+
+
+def test_detach_lets_the_guest_run_on_without_breakpoints(debugme):
+    """After gdb leaves, the guest runs: the counter keeps moving, no vCPU is held by the debugger."""
+    vm, port = debugme()
+    run_gdb(port, ["break tick", "watch ticks", "continue"])
+    assert vm.vcpus[0].debug.breakpoints == {} and vm.vcpus[0].debug.trace is None
+    before = int.from_bytes(vm.debugger.read_memory(0, ticks_address(), 4), "little")
+    deadline = time.monotonic() + 30
+    while int.from_bytes(vm.debugger.read_memory(0, ticks_address(), 4), "little") < before + 1000:
+        assert time.monotonic() < deadline, "the guest did not run on after gdb detached"
+        time.sleep(0.05)
+    assert vm.state == "running"
+
+
+def test_second_stub_and_busy_port_are_refused(debugme, hv):
+    """One stub per VM; a port already in use is a ConfigError naming it; the first stub keeps serving."""
+    vm, port = debugme()
+    with pytest.raises(StateError, match="already has a GDB stub on port %d" % port):
+        vm.gdb_listen(0)
+    other = hv.create_vm("other", mem_mb=16)
+    other.load(guest("debugme.elf"), "debugme.elf")
+    with pytest.raises(ConfigError, match="cannot listen for gdb on 127.0.0.1:%d" % port):
+        other.gdb_listen(port)
+    other.destroy()
+    assert "Breakpoint 1, tick" in run_gdb(port, ["break tick", "continue"])
+

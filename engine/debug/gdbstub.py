@@ -5,6 +5,7 @@ follow the target description of the selected vCPU's mode (target.py); memory is
 the vCPU's page tables; Z0/Z1 are code-hook breakpoints, Z2-Z4 watchpoints; Ctrl-C (\\x03) stops
 the guest. When gdb detaches or goes away, breakpoints are dropped and the guest runs on.
 """
+import collections
 import select
 import signal
 import socket
@@ -65,7 +66,7 @@ class GdbStub:
             self.vm.log("gdb connected from 127.0.0.1")
             try:
                 self._session()
-            except (Disconnected, OSError):
+            except (Disconnected, OSError, ValueError):      # ValueError: close() took the socket
                 pass
             finally:
                 self._let_go()
@@ -82,7 +83,7 @@ class GdbStub:
         self.vm.log("gdb disconnected; the guest runs on")
 
     def _session(self):
-        self.parser, self.last_sent = rsp.Parser(), b""
+        self.parser, self.pending, self.last_sent = rsp.Parser(), collections.deque(), b""
         self.g_thread = self.c_thread = 0
         self.arch = None
         if self.wait and self.debugger.entry is not None:
@@ -91,16 +92,16 @@ class GdbStub:
         self.last_stop = self._stop_reply(None)
         self.connected.set()
         while True:
-            for event in self._receive():
-                if event[0] == "packet":
-                    self._send_ack(b"+")
-                    reply = self._dispatch(event[1])
-                    if reply is not None:
-                        self._send(reply)
-                elif event[0] == "bad":
-                    self._send_ack(b"-")
-                elif event[0] == "nack" and self.last_sent:
-                    self.conn.sendall(self.last_sent)
+            event = self._next_event()
+            if event[0] == "packet":
+                self._send_ack(b"+")
+                reply = self._dispatch(event[1])
+                if reply is not None:
+                    self._send(reply)
+            elif event[0] == "bad":
+                self._send_ack(b"-")
+            elif event[0] == "nack" and self.last_sent:
+                self.conn.sendall(self.last_sent)
 
     def _wait_entry(self):
         while self.debugger.entry is not None and self.vm.suspend_reason is None:
@@ -108,15 +109,17 @@ class GdbStub:
             if event is not None and event.reason == "entry":
                 return
 
-    def _receive(self, timeout=None):
-        ready, _, _ = select.select([self.conn], [], [], timeout)
-        if not ready:
-            return []
-        data = self.conn.recv(65536)
-        if not data:
-            raise Disconnected()
-        self.parser.feed(data)
-        return list(self.parser.events())
+    def _next_event(self, timeout=None):
+        """The next protocol event, reading the socket only when none is pending; None after `timeout`."""
+        if not self.pending:
+            ready, _, _ = select.select([self.conn], [], [], timeout)
+            if ready:
+                data = self.conn.recv(65536)
+                if not data:
+                    raise Disconnected()
+                self.parser.feed(data)
+                self.pending.extend(self.parser.events())
+        return self.pending.popleft() if self.pending else None
 
     def _send(self, payload):
         self.last_sent = rsp.frame(payload)
@@ -193,10 +196,10 @@ class GdbStub:
     def _run(self, steps, others):
         self.debugger.resume(steps=steps, others=others)
         while True:
-            for event in self._receive(POLL):
-                if event[0] == "interrupt":
-                    self.debugger.stop_all()
-                    return self._stop_reply(None, signal.SIGINT)
+            packet = self._next_event(POLL)
+            if packet is not None and packet[0] == "interrupt":
+                self.debugger.stop_all()
+                return self._stop_reply(None, signal.SIGINT)
             event = self.debugger.next_event(0)
             if event is not None:
                 self.debugger.stop_all()

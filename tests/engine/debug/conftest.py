@@ -1,5 +1,6 @@
 """Fixtures for the debugger tests: the debugme guest waiting for gdb at its entry, and the real gdb in batch mode."""
 import os
+import re
 import subprocess
 
 import pytest
@@ -39,3 +40,9 @@ def run_gdb(port, commands, elf=DEBUGME, timeout=60):
     """Run gdb to the end of `commands`; returns everything it printed."""
     done = subprocess.run(gdb_args(port, commands, elf), capture_output=True, text=True, timeout=timeout)
     return done.stdout + done.stderr
+
+
+def symbol(name):
+    """Where the linker put a debugme symbol (nm), for checks made without gdb."""
+    out = subprocess.run(["nm", DEBUGME], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"^([0-9a-f]+) [TBD] %s$" % name, out, re.M).group(1), 16)

@@ -9,7 +9,7 @@ import pytest
 from engine import ConfigError, StateError
 from engine import stats
 from tests.engine.conftest import guest, wait_for
-from tests.engine.debug.conftest import DEBUGME, gdb_args, run_gdb
+from tests.engine.debug.conftest import gdb_args, run_gdb, symbol
 
 MAGIC = 0xC0FFEE
 
@@ -82,7 +82,7 @@ def test_ctrl_c_stops_the_running_guest(debugme):
                            stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
-        while vm.state != "running" or vm.debugger.read_memory(0, ticks_address(), 4) == bytes(4):
+        while vm.state != "running" or vm.debugger.read_memory(0, symbol("ticks"), 4) == bytes(4):
             assert time.monotonic() < deadline, "the guest never ran after gdb's continue"
             time.sleep(0.05)
         gdb.send_signal(signal.SIGINT)
@@ -92,12 +92,6 @@ def test_ctrl_c_stops_the_running_guest(debugme):
     assert "Program received signal SIGINT, Interrupt." in out, out
     ticks, pc = values(out)
     assert ticks > 0 and 0x100000 <= pc < 0x101000
-
-
-def ticks_address():
-    """Where the linker put `ticks` (nm), so the test reads it without gdb."""
-    out = subprocess.run(["nm", DEBUGME], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"^([0-9a-f]+) B ticks$", out, re.M).group(1), 16)
 
 
 def test_vcpus_are_threads(debugme):
@@ -132,9 +126,9 @@ def test_detach_lets_the_guest_run_on_without_breakpoints(debugme):
     vm, port = debugme()
     run_gdb(port, ["break tick", "watch ticks", "continue"])
     assert vm.vcpus[0].debug.breakpoints == {} and vm.vcpus[0].debug.trace is None
-    before = int.from_bytes(vm.debugger.read_memory(0, ticks_address(), 4), "little")
+    before = int.from_bytes(vm.debugger.read_memory(0, symbol("ticks"), 4), "little")
     deadline = time.monotonic() + 30
-    while int.from_bytes(vm.debugger.read_memory(0, ticks_address(), 4), "little") < before + 1000:
+    while int.from_bytes(vm.debugger.read_memory(0, symbol("ticks"), 4), "little") < before + 1000:
         assert time.monotonic() < deadline, "the guest did not run on after gdb detached"
         time.sleep(0.05)
     assert vm.state == "running"

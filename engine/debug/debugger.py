@@ -55,9 +55,7 @@ class Debugger:
             self.entry = None
             self.events.put(StopEvent(vcpu.index, "entry", detail))
         elif reason == "watchpoint":
-            piece, hpa = detail
-            index, first, _, linear = self.watch_pieces[piece]
-            watch = self.watchpoints[index]
+            watch = self.watchpoints[self.watch_pieces[detail[0]][0]]
             self.events.put(StopEvent(vcpu.index, reason, watch.address, watch.kind))
         elif reason != "interrupt":
             self.events.put(StopEvent(vcpu.index, reason, detail or 0))
@@ -137,6 +135,8 @@ class Debugger:
             raise StateError("at most %d watchpoints" % MAX_WATCHPOINTS)
         pieces = [(len(self.watchpoints), hpa, hpa + n, linear)
                   for hpa, n, linear in self._host_pieces(self.vm.vcpus[vcpu], address, length)]
+        if len(self.watch_pieces) + len(pieces) > len(self.watch_rows) // 3:
+            raise StateError("watchpoints cover too many pages: at most %d page pieces" % (len(self.watch_rows) // 3))
         self.watchpoints.append(Watchpoint(kind, address, length))
         self.watch_pieces += pieces
         self._apply_watches()

@@ -57,17 +57,25 @@ def trace_hook(uc, address, size, ud):
         debug_stop(c, STOP_STEP, address)
 
 
+@njit(**NUMBA)
+def watch_row(rows, n, kind, address, size):
+    """The first watchpoint row [first, end, kinds] that a `kind` access of `size` bytes overlaps, or -1."""
+    want = np.uint64(WATCH_WRITE if kind == UC_MEM_WRITE else WATCH_READ)
+    first, end = np.uint64(address), np.uint64(address) + np.uint64(size)
+    for i in range(np.int64(n)):
+        if rows[3 * i + 2] & want and first < rows[3 * i + 1] and end > rows[3 * i]:
+            return i
+    return np.int64(-1)
+
+
 @cfunc(types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, U64P), **NUMBA)
 def watch_hook(uc, kind, address, size, value, ud):
-    """A read or write near a watched range: note the first row it overlaps; trace_hook stops after it."""
+    """A read or write near a watched range: note the row it overlaps; trace_hook stops after the access."""
     c = carray(ud, C.SIZE)
     if c[C.DBG_WATCH_HIT] != 0:
         return
     rows = carray(u64_ptr(c[C.DBG_WATCHES]), 3 * np.int64(c[C.DBG_NWATCH]))
-    want = np.uint64(WATCH_WRITE if kind == UC_MEM_WRITE else WATCH_READ)
-    first, end = np.uint64(address), np.uint64(address) + np.uint64(size)
-    for i in range(np.int64(c[C.DBG_NWATCH])):
-        if rows[3 * i + 2] & want and first < rows[3 * i + 1] and end > rows[3 * i]:
-            c[C.DBG_WATCH_HIT] = np.uint64(i + 1)
-            c[C.DBG_ADDR] = first
-            return
+    row = watch_row(rows, c[C.DBG_NWATCH], kind, address, size)
+    if row >= 0:
+        c[C.DBG_WATCH_HIT] = np.uint64(row + 1)
+        c[C.DBG_ADDR] = address

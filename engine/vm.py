@@ -231,6 +231,8 @@ class VM:
         """
         if self.gdb is not None:
             raise StateError("VM %r already has a GDB stub on port %d" % (self.name, self.gdb.port))
+        if not 0 <= port <= 65535:
+            raise ConfigError("VM %r: gdb port %d is not a TCP port (0-65535; 0 picks a free one)" % (self.name, port))
         if self.debugger is None:
             self.debugger = debug.Debugger(self)
         try:

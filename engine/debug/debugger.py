@@ -72,6 +72,9 @@ class Debugger:
         """Stop vCPU 0 at the loaded image's entry point, before its first instruction (bhyve's -G w)."""
         if self.vm.image is None:
             raise StateError("VM %r has no image loaded: nothing to stop at" % self.vm.name)
+        if any(v.thread is not None for v in self.vm.vcpus):
+            raise StateError("VM %r has started: waiting for gdb at the entry point is asked for before "
+                             "the start" % self.vm.name)
         self.entry = self.vm.image.entry
         self.vm.vcpus[0].debug.add_breakpoint(self.entry)
 
@@ -90,9 +93,12 @@ class Debugger:
                    if v.thread is not None and v.thread.is_alive())
 
     def resume(self, steps=(), others=True):
-        """Step the vCPUs in `steps`; continue the others if `others`, else leave them stopped."""
+        """Step the vCPUs in `steps`; continue the others if `others`, else leave them stopped.
+
+        Returns how many vCPUs were told to go (vCPUs never started, or whose thread ended, are not)."""
         while self.next_event(0) is not None:    # stops not reported before this resume are moot now
             pass
+        told = 0
         for vcpu in self.vm.vcpus:
             if vcpu.thread is None or not vcpu.thread.is_alive():
                 continue
@@ -100,6 +106,10 @@ class Debugger:
                 vcpu.post(("debug", "step"))
             elif others:
                 vcpu.post(("debug", "continue"))
+            else:
+                continue
+            told += 1
+        return told
 
     def detach(self):
         """Drop every breakpoint and watchpoint and let the guest run on."""

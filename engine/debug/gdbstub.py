@@ -30,13 +30,17 @@ class GdbStub:
         self.vm = vm
         self.debugger = vm.debugger
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", port))
-        self.listener.listen(1)
+        try:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind(("127.0.0.1", port))
+            self.listener.listen(1)
+            self.wait = wait
+            if wait:
+                self.debugger.stop_at_entry()
+        except BaseException:
+            self.listener.close()
+            raise
         self.port = self.listener.getsockname()[1]
-        self.wait = wait
-        if wait:
-            self.debugger.stop_at_entry()
         self.closing = False
         self.conn = None
         self.connected = threading.Event()
@@ -194,7 +198,8 @@ class GdbStub:
 
     # -- running and stopping -----------------------------------------------------------------------
     def _run(self, steps, others):
-        self.debugger.resume(steps=steps, others=others)
+        if not self.debugger.resume(steps=steps, others=others):
+            return self._stop_reply(None)        # nothing to run (a vCPU never started): stopped as it was
         while True:
             packet = self._next_event(POLL)
             if packet is not None and packet[0] == "interrupt":

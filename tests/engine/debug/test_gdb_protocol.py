@@ -111,6 +111,15 @@ def test_register_write_through_g_and_p_packets(debugme):
     gdb.close()
 
 
+def test_stepping_a_vcpu_that_never_started_answers_at_once(debugme):
+    """vCont;s:2 on a 2-vCPU VM whose AP waits for INIT-SIPI: nothing can run, the stop reply comes back."""
+    vm, port = debugme(cpus=2)
+    gdb = Client(port)
+    assert gdb.ask(b"vCont;s:2") == b"T05thread:1;"
+    assert gdb.ask(b"Hg2") == b"OK" and gdb.ask(b"qC") == b"QC2"
+    gdb.close()
+
+
 def test_bad_input_gets_errors_and_the_stub_carries_on(debugme):
     """A bad checksum is NAKed, unknown packets get an empty reply, bad arguments and unmapped memory an error."""
     vm, port = debugme()

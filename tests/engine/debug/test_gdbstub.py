@@ -143,6 +143,19 @@ def test_second_stub_and_busy_port_are_refused(debugme, hv):
     other.load(guest("debugme.elf"), "debugme.elf")
     with pytest.raises(ConfigError, match="cannot listen for gdb on 127.0.0.1:%d" % port):
         other.gdb_listen(port)
+    with pytest.raises(ConfigError, match="gdb port 70000 is not a TCP port"):
+        other.gdb_listen(70000)
     other.destroy()
     assert "Breakpoint 1, tick" in run_gdb(port, ["break tick", "continue"])
+
+
+def test_waiting_at_the_entry_is_asked_before_the_start(hv):
+    """bhyve's -G w holds the first instruction: once the guest runs it is too late, and the error says so."""
+    vm = hv.create_vm("late", mem_mb=16)
+    vm.load(guest("debugme.elf"), "debugme.elf")
+    vm.start()
+    with pytest.raises(StateError, match="asked for before the start"):
+        vm.gdb_listen(0, wait=True)
+    assert vm.gdb is None and vm.state == "running"
+    vm.destroy()
 

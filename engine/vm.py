@@ -201,6 +201,8 @@ class VM:
 
     def resume(self):
         self._require(PAUSED, action="resume")
+        if any(v.debug is not None and v.debug.stop_reason is not None for v in self.vcpus):
+            raise StateError("VM %r is stopped by its debugger: continue it from gdb (or detach gdb)" % self.name)
         for vcpu in self._started():
             vcpu.post(("resume",))
         self.wait(states=(RUNNING, HALTED, SUSPENDED), timeout=10)

@@ -61,10 +61,10 @@ class VcpuDebug:
         vcpu, c = self.vcpu, self.vcpu.ctx
         if self.stop_reason is None:
             self.resume_state = HALTED if vcpu.state == HALTED else RUNNING
-        vcpu.state = PAUSED
-        self.stop_reason = (reason, detail)
         c[C.DBG_STOP] = c[C.DBG_STEP] = c[C.DBG_WATCH_HIT] = c[C.DBG_SKIP] = 0
         self._update_trace()
+        self.stop_reason = (reason, detail)
+        vcpu.state = PAUSED              # last: from here on the debugger's thread may use the Unicorn instance
         self.debugger.vcpu_stopped(vcpu, reason, detail)
 
     def _resume(self, step):

@@ -2,6 +2,9 @@
 import socket
 import time
 
+import pytest
+
+from engine import StateError
 from engine.debug import rsp, target
 from tests.engine.debug.conftest import symbol
 
@@ -81,6 +84,8 @@ def test_interrupt_byte_stops_the_guest(debugme):
     gdb.send_raw(rsp.INTERRUPT)
     assert gdb.reply() == b"T02thread:1;"
     assert vm.state == "paused" and vm.vcpus[0].debug.stop_reason == ("interrupt", None)
+    with pytest.raises(StateError, match="stopped by its debugger"):
+        vm.resume()                               # the console's resume must not run a guest gdb holds
     gdb.close()
 
 

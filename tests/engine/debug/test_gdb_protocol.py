@@ -8,7 +8,7 @@ from engine import StateError
 from engine.debug import rsp, target
 from tests.engine.debug.conftest import symbol
 
-TICK_ADD = 12               # tick+12: `add %edx,%eax` (01 d0), see objdump -d debugme.elf
+ADD_EDX_EAX = b"\x01\xd0"     # tick's `add %edx,%eax` (ticks += step), see objdump -d debugme.elf
 
 
 class Client:
@@ -96,7 +96,8 @@ def test_memory_write_to_code_takes_effect(debugme):
     assert gdb.ask(b"Z0,%x,1" % tick) == b"OK"
     assert gdb.ask(b"c").startswith(b"T05")                # tick() has run through the translator now
     assert gdb.ask(b"M%x,4:05000000" % ticks) == b"OK"
-    assert gdb.ask(b"M%x,2:9090" % (tick + TICK_ADD)) == b"OK"
+    add = tick + vm.debugger.read_memory(0, tick, 32).index(ADD_EDX_EAX)
+    assert gdb.ask(b"M%x,2:9090" % add) == b"OK"
     for _ in range(2):
         assert gdb.ask(b"c").startswith(b"T05")
     assert gdb.ask(b"m%x,4" % ticks) == b"01000000"

@@ -8,7 +8,7 @@ import pytest
 
 from engine import ConfigError, StateError
 from engine import stats
-from tests.engine.conftest import guest, wait_for
+from tests.engine.conftest import FLAT_BASE, assemble, guest, wait_for
 from tests.engine.debug.conftest import gdb_args, run_gdb, symbol
 
 MAGIC = 0xC0FFEE
@@ -161,3 +161,42 @@ def test_waiting_at_the_entry_is_asked_before_the_start(hv):
     assert vm.gdb is None and vm.state == "running"
     vm.destroy()
 
+
+
+def flat64_with_gdb(hv, tmp_path, source):
+    """A flat 64-bit guest from assembly, held at its entry for gdb; returns (vm, port)."""
+    vm = hv.create_vm("flat", mem_mb=16)
+    vm.load(assemble(source, tmp_path), "guest.bin", kind="flat64")
+    port = vm.gdb_listen(0, wait=True)
+    vm.start()
+    return vm, port
+
+
+def test_triple_fault_stops_with_sigsegv_and_state_to_inspect(hv, tmp_path):
+    """ud2 with no IDT: #UD, #DF, triple fault; gdb's continue ends in SIGSEGV with RIP on the ud2."""
+    vm, port = flat64_with_gdb(hv, tmp_path, "mov rax, 0x5a5a\nud2")
+    out = run_gdb(port, ["continue", "print/x $rax", "print/x $pc"], elf=None)
+    assert "Program received signal SIGSEGV" in out, out
+    rax, pc = values(out)
+    assert rax == 0x5A5A and pc == FLAT_BASE + 7                 # mov rax, imm32 is 7 bytes
+    assert vm.suspend_reason == "triplefault"
+    vm.destroy()
+
+
+def test_halted_vcpu_stops_and_goes_back_to_its_halt(hv, tmp_path):
+    """sti; hlt: the idle vCPU stops for gdb, `continue` puts it back to sleep, Ctrl-C stops it again."""
+    vm, port = flat64_with_gdb(hv, tmp_path, "sti\n1: hlt\njmp 1b")
+    gdb = subprocess.Popen(gdb_args(port, ["continue", "print/x $pc"], elf=None), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while vm.state != "halted":
+            assert time.monotonic() < deadline, "the vCPU never went back to its halt"
+            time.sleep(0.05)
+        gdb.send_signal(signal.SIGINT)
+        out = gdb.communicate(timeout=60)[0]
+    finally:
+        gdb.kill()
+    assert "Program received signal SIGINT" in out, out
+    assert values(out) == [FLAT_BASE + 2]                        # after the hlt, as VT-x leaves RIP
+    vm.destroy()

@@ -9,13 +9,12 @@ Run from the repo root after `make -C guests`: .venv/bin/python bench/debug_hook
 import os
 import re
 import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from engine import Hypervisor, stats
+from engine.debug import Debugger
 
-from engine import Hypervisor, stats  # noqa: E402
-from engine.debug import Debugger  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SPIN_ELF = os.path.join(ROOT, "guests", "build", "spin.elf")
 ITERS, RUNS, STEPS = 2_000_000, 3, 2000

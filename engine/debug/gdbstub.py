@@ -43,7 +43,6 @@ class GdbStub:
         self.port = self.listener.getsockname()[1]
         self.closing = False
         self.conn = None
-        self.connected = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="%s-gdb" % vm.name, daemon=True)
         self.thread.start()
 
@@ -76,7 +75,6 @@ class GdbStub:
                 self._let_go()
                 conn.close()
                 self.conn = None
-                self.connected.clear()
 
     def _let_go(self):
         try:
@@ -94,7 +92,6 @@ class GdbStub:
             self._wait_entry()
         self.debugger.stop_all()
         self.last_stop = self._stop_reply(None)
-        self.connected.set()
         while True:
             event = self._next_event()
             if event[0] == "packet":

@@ -6,7 +6,8 @@ and remembers whether it was running or halted; ("debug", "stop" | "continue" | 
 handled on the vCPU's own thread. Hooks are added and removed only while the vCPU's thread is parked
 and not running (it waits for a message), never under emu_start.
 """
-from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn import (UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_CODE, UC_HOOK_MEM_READ,
+                     UC_HOOK_MEM_WRITE)
 from unicorn import x86_const as X
 
 from .. import stats as S
@@ -86,7 +87,8 @@ class VcpuDebug:
     def require_parked(self):
         vcpu = self.vcpu
         if vcpu.state == RUNNING or not vcpu.parked.is_set():
-            raise StateError("vcpu%d of %s is running: stop it before changing breakpoints" % (vcpu.index, vcpu.vm.name))
+            raise StateError("vcpu%d of %s is running: stop it before changing breakpoints"
+                             % (vcpu.index, vcpu.vm.name))
 
     def add_breakpoint(self, address):
         if address not in self.breakpoints:

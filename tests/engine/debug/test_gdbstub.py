@@ -200,3 +200,34 @@ def test_halted_vcpu_stops_and_goes_back_to_its_halt(hv, tmp_path):
     assert "Program received signal SIGINT" in out, out
     assert values(out) == [FLAT_BASE + 2]                        # after the hlt, as VT-x leaves RIP
     vm.destroy()
+
+
+ALIAS_GUEST = """
+    mov rax, cr3
+    mov rbx, [rax]
+    and rbx, -4096
+    mov rcx, [rbx]
+    and rcx, -4096
+    mov rdx, 0x200083
+    mov [rcx + 100 * 8], rdx      # PD[100]: linear 0xC800000 -> guest-physical 0x200000 (2 MiB page)
+    mov cr3, rax
+    mov rax, 0x1122334455667788
+    mov rbx, 0xC801000
+    mov [rbx], rax                # the data page, written through the alias
+parked:
+    jmp parked
+    .org 0x1000
+    .quad 0
+"""
+
+
+def test_memory_is_guest_linear_through_the_guests_page_tables(hv, tmp_path):
+    """The guest maps 0xC800000 onto its own image: gdb reads and writes there, beyond guest-physical memory."""
+    vm, port = flat64_with_gdb(hv, tmp_path, ALIAS_GUEST)
+    parked = FLAT_BASE + assemble(ALIAS_GUEST, tmp_path).index(b"\xeb\xfe")     # jmp to itself
+    out = run_gdb(port, ["break *%#x" % parked, "continue", "x/gx 0xC801000", "set {long}0xC801000 = 5",
+                         "x/gx %#x" % (FLAT_BASE + 0x1000)], elf=None)
+    assert re.search(r"^0xc801000:\s+0x1122334455667788$", out, re.M), out
+    assert re.search(r"^0x201000:\s+0x0*5$", out, re.M), out
+    assert vm.mem_size < 0xC800000
+    vm.destroy()

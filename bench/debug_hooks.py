@@ -17,7 +17,7 @@ from engine.debug import Debugger
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SPIN_ELF = os.path.join(ROOT, "guests", "build", "spin.elf")
-ITERS, RUNS, STEPS = 2_000_000, 3, 2000
+ITERS, RUNS, STEPS = 10_000_000, 3, 2000
 
 
 def symbols():

@@ -124,7 +124,7 @@ def test_long_mode_guest_gets_the_x86_64_description(hv):
 
 
 def test_detach_lets_the_guest_run_on_without_breakpoints(debugme):
-    """After gdb leaves, the guest runs: the counter keeps moving, no vCPU is held by the debugger."""
+    """After gdb leaves, the guest runs: the counter keeps moving, no hooks are left; gdb can come back."""
     vm, port = debugme()
     run_gdb(port, ["break tick", "watch ticks", "continue"])
     assert vm.vcpus[0].debug.breakpoints == {} and vm.vcpus[0].debug.trace is None
@@ -134,6 +134,8 @@ def test_detach_lets_the_guest_run_on_without_breakpoints(debugme):
         assert time.monotonic() < deadline, "the guest did not run on after gdb detached"
         time.sleep(0.05)
     assert vm.state == "running"
+    again = run_gdb(port, ["break tick", "continue", "print ticks"])      # the stub takes the next gdb
+    assert "Breakpoint 1, tick (step=1)" in again and values(again)[0] >= before + 1000
 
 
 def test_second_stub_and_busy_port_are_refused(debugme, hv):

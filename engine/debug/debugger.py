@@ -42,7 +42,7 @@ class Debugger:
         self.events = queue.Queue()
         self.breakpoints = set()
         self.watchpoints = []                    # Watchpoint, with its host-physical pieces in watch_pieces
-        self.watch_pieces = []                   # (watchpoint index, hpa first, hpa end, linear first)
+        self.watch_pieces = []                   # (watchpoint index, hpa first, hpa end), one per page
         self.watch_rows = np.zeros(3 * 2 * MAX_WATCHPOINTS, np.uint64)
         self.entry = None                        # a breakpoint of our own at the image entry (bhyve -G w)
         for vcpu in vm.vcpus:
@@ -143,8 +143,8 @@ class Debugger:
         self._require_stopped()
         if len(self.watchpoints) >= MAX_WATCHPOINTS:
             raise StateError("at most %d watchpoints" % MAX_WATCHPOINTS)
-        pieces = [(len(self.watchpoints), hpa, hpa + n, linear)
-                  for hpa, n, linear in self._host_pieces(self.vm.vcpus[vcpu], address, length)]
+        pieces = [(len(self.watchpoints), hpa, hpa + n)
+                  for hpa, n in self._host_pieces(self.vm.vcpus[vcpu], address, length)]
         if len(self.watch_pieces) + len(pieces) > len(self.watch_rows) // 3:
             raise StateError("watchpoints cover too many pages: at most %d page pieces" % (len(self.watch_rows) // 3))
         self.watchpoints.append(Watchpoint(kind, address, length))
@@ -156,13 +156,12 @@ class Debugger:
         keep = [w for w in self.watchpoints if w != Watchpoint(kind, address, length)]
         old = self.watchpoints
         self.watchpoints = keep
-        self.watch_pieces = [(keep.index(old[i]), first, end, linear) for i, first, end, linear in self.watch_pieces
-                             if old[i] in keep]
+        self.watch_pieces = [(keep.index(old[i]), first, end) for i, first, end in self.watch_pieces if old[i] in keep]
         self._apply_watches()
 
     def _apply_watches(self):
         ranges = []
-        for row, (index, first, end, _) in enumerate(self.watch_pieces):
+        for row, (index, first, end) in enumerate(self.watch_pieces):
             kinds = WATCH_KINDS[self.watchpoints[index].kind]
             self.watch_rows[3 * row:3 * row + 3] = (first, end, kinds)
             ranges.append((first, end, kinds))
@@ -170,13 +169,13 @@ class Debugger:
             vcpu.debug.set_watches(ranges)
 
     def _host_pieces(self, vcpu, linear, size):
-        """(hpa, length, linear) per page of a guest-linear range; StateError if a page is not mapped."""
+        """(hpa, length) per page of a guest-linear range; StateError if a page is not mapped."""
         while size > 0:
             n = min(size, 0x1000 - (linear & 0xFFF))
             hpa = hooks.linear_to_hpa(vcpu.ctx, linear)
             if hpa < 0:
                 raise StateError("guest-linear %#x is not mapped by vcpu%d's page tables" % (linear, vcpu.index))
-            yield int(hpa), n, linear
+            yield int(hpa), n
             linear, size = linear + n, size - n
 
     # -- guest memory ----------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ class Debugger:
         """Bytes at guest-linear addresses, up to the first unmapped page (b"" if the first one is)."""
         mem, out = self.vm.hypervisor.memory, []
         try:
-            for hpa, n, _ in self._host_pieces(self.vm.vcpus[vcpu], linear, size):
+            for hpa, n in self._host_pieces(self.vm.vcpus[vcpu], linear, size):
                 out.append(mem[hpa:hpa + n].tobytes())
         except StateError:
             pass
@@ -194,7 +193,7 @@ class Debugger:
         """Write guest-linear bytes; translated code for them is dropped, as after any host write."""
         pieces = list(self._host_pieces(self.vm.vcpus[vcpu], linear, len(data)))
         done = 0
-        for hpa, n, _ in pieces:
+        for hpa, n in pieces:
             self.vm.hypervisor.memory[hpa:hpa + n] = np.frombuffer(data[done:done + n], np.uint8)
             self.vm.code_written(self._gpa(hpa), n)
             done += n

@@ -15,6 +15,8 @@ from ..errors import EngineError
 from . import rsp, target
 
 POLL = 0.05
+PACKET_SIZE = 0x4000
+MAX_READ = PACKET_SIZE // 2 - 16        # an `m` reply is hex: two characters per byte, plus framing
 CLEAN_STOPS = ("halt", "poweroff", "reset")
 STOP_KINDS = {"breakpoint": "swbreak:;", "step": "", "entry": "", "interrupt": ""}
 
@@ -71,6 +73,8 @@ class GdbStub:
                 self._session()
             except (Disconnected, OSError, ValueError):      # ValueError: close() took the socket
                 pass
+            except EngineError as problem:                    # e.g. a vCPU that would not stop
+                self.vm.log("gdb session ended: %s" % problem)
             finally:
                 self._let_go()
                 conn.close()
@@ -153,7 +157,7 @@ class GdbStub:
     def _query(self, packet):
         name, _, args = packet.partition(":")
         if name == "qSupported":
-            return b"PacketSize=4000;qXfer:features:read+;swbreak+;hwbreak+;vContSupported+"
+            return b"PacketSize=%x;qXfer:features:read+;swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE
         if name == "qXfer" and args.startswith("features:read:target.xml:"):
             self.arch = target.architecture_of(self._vcpu().uc)
             offset, length = (int(x, 16) for x in args.rsplit(":", 1)[1].split(","))
@@ -272,7 +276,7 @@ class GdbStub:
 
     def _read_memory(self, args):
         address, length = (int(x, 16) for x in args.split(","))
-        data = self.debugger.read_memory(self._vcpu().index, address, length)
+        data = self.debugger.read_memory(self._vcpu().index, address, min(length, MAX_READ))
         return data.hex().encode() if data else b"E14"
 
     def _write_memory_hex(self, args):

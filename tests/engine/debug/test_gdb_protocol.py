@@ -5,7 +5,7 @@ import time
 import pytest
 
 from engine import StateError
-from engine.debug import rsp, target
+from engine.debug import gdbstub, rsp, target
 from tests.engine.debug.conftest import symbol
 
 ADD_EDX_EAX = b"\x01\xd0"     # tick's `add %edx,%eax` (ticks += step), see objdump -d debugme.elf
@@ -137,6 +137,8 @@ def test_bad_input_gets_errors_and_the_stub_carries_on(debugme):
     assert gdb.ask(b"mzz,4").startswith(b"E")
     assert gdb.ask(b"m%x,4" % (vm.mem_size + 0x1000)).startswith(b"E")        # beyond guest memory
     assert gdb.ask(b"Hg9") == b"E22"                                              # no such vCPU
+    huge = gdb.ask(b"m100000,1000000")                                           # 16 MiB asked for
+    assert 0 < len(huge) // 2 <= gdbstub.MAX_READ and len(huge) + 4 < gdbstub.PACKET_SIZE
     assert gdb.ask(b"?") == b"T05thread:1;"
     assert any("gdb: mzz,4" in line for line in vm.events)
     gdb.close()

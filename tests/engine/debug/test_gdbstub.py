@@ -233,3 +233,12 @@ def test_memory_is_guest_linear_through_the_guests_page_tables(hv, tmp_path):
     assert re.search(r"^0x201000:\s+0x0*5$", out, re.M), out
     assert vm.mem_size < 0xC800000
     vm.destroy()
+
+
+def test_hbreak_tbreak_and_until(debugme):
+    """hbreak (Z1) stops like break; a tbreak fires once and is gone; until runs to a later line of tick()."""
+    vm, port = debugme()
+    out = run_gdb(port, ["hbreak tick", "tbreak kmain", "continue", "continue", "until 15", "info breakpoints"])
+    assert "Temporary breakpoint 2, kmain" in out and "Breakpoint 1, tick (step=1)" in out, out
+    assert re.search(r"^15\s+}$", out, re.M), out
+    assert re.search(r"^1\s+hw breakpoint\s+keep y", out, re.M) and not re.search(r"^2\s+breakpoint", out, re.M)

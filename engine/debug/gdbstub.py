@@ -91,7 +91,7 @@ class GdbStub:
     def _session(self):
         self.parser, self.pending, self.last_sent = rsp.Parser(), collections.deque(), b""
         self.g_thread = self.c_thread = 0
-        self.arch = None
+        self.arch, self.mode_noted = None, False
         if self.wait and self.debugger.entry is not None:
             self._wait_entry()
         self.debugger.stop_all()
@@ -218,6 +218,8 @@ class GdbStub:
                 return self._stop_reply(None, signal.SIGSEGV)
 
     def _stop_reply(self, event, signo=signal.SIGTRAP):
+        if self.arch is not None:
+            self._note_mode_change()
         if event is None:
             self.last_stop = b"T%02xthread:%x;" % (signo, self._vcpu().index + 1)
         elif event.reason == "watchpoint":
@@ -225,6 +227,15 @@ class GdbStub:
         else:
             self.last_stop = b"T05%sthread:%x;" % (STOP_KINDS[event.reason].encode(), event.vcpu + 1)
         return self.last_stop
+
+    def _note_mode_change(self):
+        """gdb keeps the description it read on connecting: say so (an O packet) once the vCPU left that mode."""
+        now = target.architecture_of(self._vcpu().uc)
+        if now != self.arch and not self.mode_noted:
+            self.mode_noted = True
+            text = ("webhyve: vcpu%d switched to %s; gdb still has the %s registers of when it connected: "
+                    "reconnect (target remote) to see the whole register file\n" % (self._vcpu().index, now, self.arch))
+            self._send(b"O" + text.encode().hex().encode())
 
     def _continue(self, args):
         return self._run(set(), True)

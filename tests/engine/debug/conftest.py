@@ -42,7 +42,7 @@ def run_gdb(port, commands, elf=DEBUGME, timeout=60):
     return done.stdout + done.stderr
 
 
-def symbol(name):
-    """Where the linker put a debugme symbol (nm), for checks made without gdb."""
-    out = subprocess.run(["nm", DEBUGME], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"^([0-9a-f]+) [TBD] %s$" % name, out, re.M).group(1), 16)
+def symbol(name, elf="debugme.elf"):
+    """Where the linker put a guest's symbol (nm), for checks made without gdb."""
+    out = subprocess.run(["nm", os.path.join(GUESTS, elf)], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"^([0-9a-f]+) [TtBbDd] %s$" % name, out, re.M).group(1), 16)

@@ -242,3 +242,18 @@ def test_hbreak_tbreak_and_until(debugme):
     assert "Temporary breakpoint 2, kmain" in out and "Breakpoint 1, tick (step=1)" in out, out
     assert re.search(r"^15\s+}$", out, re.M), out
     assert re.search(r"^1\s+hw breakpoint\s+keep y", out, re.M) and not re.search(r"^2\s+breakpoint", out, re.M)
+
+
+def test_switch_to_long_mode_is_announced_and_a_reconnect_shows_x86_64(hv):
+    """longmode.elf from its 32-bit entry: stopped in 64-bit code, gdb is told to reconnect; the next gdb has x86-64."""
+    vm = hv.create_vm("longmode", mem_mb=16)
+    vm.load(guest("longmode.elf"), "longmode.elf")
+    port = vm.gdb_listen(0, wait=True)
+    vm.start()
+    long_entry = symbol("long_entry", "longmode.elf")
+    first = run_gdb(port, ["show architecture", "break *%#x" % long_entry, "continue"], elf=None)
+    assert '(currently "i386")' in first and "webhyve: vcpu0 switched to i386:x86-64" in first, first
+    assert vm.wait(states=("suspended",), timeout=30) == "suspended"     # gdb left: on to the final hlt
+    again = run_gdb(port, ["show architecture", "print/x $rax"], elf=None)
+    vm.destroy()
+    assert '(currently "i386:x86-64")' in again and values(again) == [0x1122334455667788], again

@@ -63,6 +63,7 @@ class Vcpu:
         self.hostcpu = vm.hypervisor.hostcpus[index % len(vm.hypervisor.hostcpus)]
         self.lastcpu = None                      # the host CPU of the last entry (vmx lastcpu; None = NOCPU)
         self.pool = vm.pmap.new_pool()
+        self.debug = None                        # debug.vcpu_debug.VcpuDebug while the VM has a debugger
         self._make_uc()
         self.hostcpu.assign(self)
 
@@ -208,6 +209,8 @@ class Vcpu:
         elif kind == "exit":
             self.state = IDLE
             return "exit"
+        elif kind == "debug" and self.debug is not None:
+            self.debug.handle(message[1])
         self.vm.notify()
         return None
 
@@ -333,7 +336,9 @@ class Vcpu:
         self.uc.reg_write(X.UC_X86_REG_RIP, self.uc.reg_read(X.UC_X86_REG_RIP) + 3)
 
     def _exit_user(self):
-        """A device stopped the vCPU; the VM has already been told why."""
+        """A device stopped the vCPU (the VM has already been told why), or a debugger's hook did."""
+        if self.ctx[C.DBG_STOP] and self.debug is not None:
+            self.debug.trapped()
 
     def _exit_unknown(self):
         err = int(self.vmcs["INSTRUCTION_ERROR"])

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from . import firmware, loaders
+from . import debug, firmware, loaders
 from . import stats as S
 from .cpu import profiles
 from .devices import bios as bios_mod
@@ -105,6 +105,7 @@ class VM:
         self._input_listening = False
         self._attach_devices()
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
+        self.debugger = self.gdb = None          # debug.Debugger and its GdbStub, once asked for
 
     def _ept_flags(self):
         """ept_init: what the CPU offers, as far as the hw.vmm.ept.* tunables allow."""
@@ -276,6 +277,8 @@ class VM:
 
     def resume(self):
         self._require(PAUSED, action="resume")
+        if any(v.debug is not None and v.debug.stop_reason is not None for v in self.vcpus):
+            raise StateError("VM %r is stopped by its debugger: continue it from gdb (or detach gdb)" % self.name)
         for vcpu in self._started():
             vcpu.post(("resume",))
         self.wait(states=(RUNNING, HALTED, SUSPENDED), timeout=10)
@@ -322,12 +325,37 @@ class VM:
         self.start()
 
     def destroy(self):
+        self.gdb_close()
         self.poweroff()
         for vcpu in self.vcpus:
             vcpu.hostcpu.unassign(vcpu)
         self.pmap.destroy()
         self.hypervisor.allocator.free(self.segments[0].hpa)
         self.segments = []
+
+    # -- the GDB stub (bhyve's -G [w]port) ----------------------------------------------------------
+    def gdb_listen(self, port, wait=False):
+        """Serve gdb's remote protocol on 127.0.0.1:port (0: any free port); returns the port.
+
+        With `wait`, vCPU 0 stops at the image's entry point and the guest waits there for gdb.
+        """
+        if self.gdb is not None:
+            raise StateError("VM %r already has a GDB stub on port %d" % (self.name, self.gdb.port))
+        if not 0 <= port <= 65535:
+            raise ConfigError("VM %r: gdb port %d is not a TCP port (0-65535; 0 picks a free one)" % (self.name, port))
+        if self.debugger is None:
+            self.debugger = debug.Debugger(self)
+        try:
+            self.gdb = debug.GdbStub(self, port, wait=wait)
+        except OSError as problem:
+            raise ConfigError("VM %r: cannot listen for gdb on 127.0.0.1:%d: %s" % (self.name, port, problem.strerror))
+        self.log("GDB stub listening on 127.0.0.1:%d" % self.gdb.port)
+        return self.gdb.port
+
+    def gdb_close(self):
+        if self.gdb is not None:
+            self.gdb.close()
+            self.gdb = None
 
     def _started(self):
         return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]

@@ -33,7 +33,9 @@ def main():
 @click.option("--host-mem", "host_mem_mb", default=2048, show_default=True, help="Modeled host memory in MiB.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print bhyve-style per-vCPU stats when the VM stops.")
 @click.option("--timeout", type=float, help="Power the VM off after this many seconds.")
-def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, timeout):
+@click.option("--gdb", "gdb", metavar="[w]PORT", callback=lambda ctx, param, value: _gdb_port(value),
+              help="Serve gdb on 127.0.0.1:PORT (bhyve's -G); wPORT holds the guest at its entry for gdb.")
+def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, timeout, gdb):
     """Boot IMAGE (multiboot kernel, boot sector / raw disk, or --kind flat64) with its console here.
 
     On a terminal the console is raw; press Ctrl-] to power the VM off and leave. With piped stdin the
@@ -44,6 +46,10 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
         vm = hv.create_vm(os.path.basename(image).split(".")[0] or "vm", mem_mb=mem_mb, cpus=cpus)
         with open(image, "rb") as f:
             vm.load(f.read(), image, kind=kind, cmdline=cmdline, load_addr=load_addr)
+        if gdb is not None:
+            port = vm.gdb_listen(gdb[1], wait=gdb[0])
+            click.echo("vmmctl: gdb stub on 127.0.0.1:%d; in gdb: target remote 127.0.0.1:%d%s"
+                       % (port, port, " (the guest waits at its entry)" if gdb[0] else ""), err=True)
     except (EngineError, OSError) as problem:
         raise click.ClickException(str(problem))
     interactive = sys.stdin.isatty()
@@ -64,6 +70,17 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
         for vcpu in vm.vcpus:
             click.echo(engine_stats.format_stats(vcpu.index, vcpu.counters))
     sys.exit(0 if reason in CLEAN_STOPS else 2)
+
+
+def _gdb_port(value):
+    """bhyve's -G syntax: PORT, or wPORT to wait for the debugger before the guest's first instruction."""
+    if value is None:
+        return None
+    wait = value.startswith("w")
+    digits = value[1:] if wait else value
+    if not digits.isdigit() or int(digits) > 65535:
+        raise click.BadParameter("%r is not [w]PORT (a TCP port 0-65535, w to wait for gdb)" % value)
+    return wait, int(digits)
 
 
 def _pump_output(reader, done):

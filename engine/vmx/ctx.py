@@ -64,6 +64,14 @@ APIC_PAGE = 64      # host-physical address of this vCPU's virtual-APIC page (0:
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)
+# -- the debugger (debug/traps.py) ----------------------------------------------------------------------
+DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
+DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
+DBG_STEP = 98       # [py, k] single-step (the MTF control): 1 requested, 2 the instruction is under way
+DBG_WATCH_HIT = 99  # [k] watchpoint row + 1 that an access touched; the next instruction boundary stops
+DBG_WATCHES = 100   # [py] watchpoint rows [host-physical first, end, access kinds]
+DBG_NWATCH = 101
+DBG_ADDR = 102      # [k] the breakpoint's address, or the host-physical address of the watched access
 SIZE = 128
 RING_ROWS = 256
 

@@ -1,0 +1,48 @@
+"""Fixtures for the debugger tests: the debugme guest waiting for gdb at its entry, and the real gdb in batch mode."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.engine.conftest import GUESTS, guest
+
+DEBUGME = os.path.join(GUESTS, "debugme.elf")
+GDB_SETUP = ("set pagination off", "set confirm off", "set width 0")
+
+
+@pytest.fixture
+def debugme(hv):
+    """debugme.elf with a GDB stub (bhyve's -G w<port>): started, stopped at its entry; returns (vm, port)."""
+    vms = []
+
+    def boot(cpus=1, name="debugme"):
+        vm = hv.create_vm(name, mem_mb=16, cpus=cpus)
+        vm.load(guest("debugme.elf"), "debugme.elf")
+        port = vm.gdb_listen(0, wait=True)
+        vm.start()
+        vms.append(vm)
+        return vm, port
+    yield boot
+    for vm in vms:
+        vm.destroy()
+
+
+def gdb_args(port, commands, elf=DEBUGME):
+    """gdb -batch connecting to the stub, then `commands` one -ex each."""
+    args = ["gdb", "-nx", "-batch", "-iex", "set debuginfod enabled off"]
+    for command in GDB_SETUP + ("target remote 127.0.0.1:%d" % port,) + tuple(commands):
+        args += ["-ex", command]
+    return args + ([elf] if elf else [])
+
+
+def run_gdb(port, commands, elf=DEBUGME, timeout=60):
+    """Run gdb to the end of `commands`; returns everything it printed."""
+    done = subprocess.run(gdb_args(port, commands, elf), capture_output=True, text=True, timeout=timeout)
+    return done.stdout + done.stderr
+
+
+def symbol(name, elf="debugme.elf"):
+    """Where the linker put a guest's symbol (nm), for checks made without gdb."""
+    out = subprocess.run(["nm", os.path.join(GUESTS, elf)], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"^([0-9a-f]+) [TtBbDd] %s$" % name, out, re.M).group(1), 16)

@@ -4,7 +4,9 @@ Host-physical memory is one numpy array that every vCPU's Unicorn instance maps 
 kernels and the emulator see the same bytes. The array is allocated lazily by the OS, so a large modeled
 host costs only what guests touch.
 """
+import atexit
 import threading
+import weakref
 
 import numpy as np
 
@@ -59,6 +61,18 @@ class PageAllocator:
             self.free_runs = merged
 
 
+_LIVE = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_every_vcpu():
+    """At interpreter exit, vCPU threads still inside Unicorn would run hooks into a dying runtime and
+    crash the process: power every VM off first."""
+    for hv in list(_LIVE):
+        for vm in list(hv.vms.values()):
+            vm.poweroff()
+
+
 class Hypervisor:
     """Legend: `vms` is guarded by `lock`; memory, allocator and tunables are shared by every VM."""
 
@@ -74,6 +88,7 @@ class Hypervisor:
         self.tunables = Tunables(tunables)
         self.vms = {}
         self.lock = threading.Lock()
+        _LIVE.add(self)
 
     def create_vm(self, name, mem_mb=64, cpus=1, profile="haswell", mem_cap_mb=None):
         with self.lock:

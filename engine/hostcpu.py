@@ -6,18 +6,19 @@ so a spinning guest cannot starve them. Turns are handed out in order of arrival
 """
 import threading
 
+from .cpu import profiles
 from .mmu import tlb
 
-TLB_SETS, TLB_WAYS = 128, 8          # Haswell's second-level TLB: 1024 entries, 8-way
 TIMESLICE_US = 10_000                # the host scheduler's quantum while vCPUs share a CPU
 
 
 class HostCpu:
     """Legend: `vcpus` (who is assigned here) and the turn counters are guarded by `_cond`."""
 
-    def __init__(self, index, sets=TLB_SETS, ways=TLB_WAYS):
+    def __init__(self, index, profile=profiles.DEFAULT):
+        facts = profiles.get(profile).facts
         self.index = index
-        self.tlb = tlb.new(sets, ways)
+        self.tlb = tlb.new(facts["tlb_sets"], facts["tlb_ways"])      # the host CPU's model sets the geometry
         self.vcpus = set()
         self._cond = threading.Condition()
         self._next = self._serving = 0

@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 
+import capstone
 import numpy as np
 from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UC_MODE_64,
                      UC_PROT_ALL, UC_TLB_VIRTUAL, Uc)
@@ -35,6 +36,18 @@ GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
 REG_IDS = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in GPRS + SEGMENTS}
 REG_IDS["rflags"] = X.UC_X86_REG_EFLAGS
+
+
+_DISASSEMBLERS = {}
+
+
+def _disassembler(long_mode):
+    """A capstone decoder with operand details, one per mode (they are reusable and not cheap to make)."""
+    if long_mode not in _DISASSEMBLERS:
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if long_mode else capstone.CS_MODE_32)
+        md.detail = True
+        _DISASSEMBLERS[long_mode] = md
+    return _DISASSEMBLERS[long_mode]
 
 
 class UnsupportedByModel(Exception):
@@ -295,6 +308,8 @@ class Vcpu:
             self.vm.pmap.refill(self.pool)
             return
         self.counters[S.VMEXIT_USERSPACE] += 1
+        gla, gpa = self._exact_fault_address(gla, gpa)
+        self.vmcs["GUEST_LINEAR_ADDRESS"], self.vmcs["GUEST_PHYSICAL_ADDRESS"] = gla, gpa
         q = E.decode_ept_violation(int(self.ctx[C.FAULT_QUAL]))
         where = "guest-physical %#x, guest-linear %#x, rip %#x" % (gpa, gla, int(self.ctx[C.RIP]))
         status = int(self.ctx[C.FAULT_STATUS])
@@ -308,6 +323,35 @@ class Vcpu:
         else:
             self.suspend("ept_violation", "guest %s access outside guest memory%s: %s"
                          % (q["access"], "" if q["translation"] else " (a paging-structure access)", where))
+
+    def _exact_fault_address(self, gla, gpa):
+        """Unicorn fills its TLB a page at a time, so the fill knows only the page. The exit the user sees
+        gets the byte: the faulting instruction's memory operand, decoded, when it falls on that page."""
+        if gla & 0xFFF or gpa & 0xFFF:
+            return gla, gpa
+        try:
+            code = self.read_linear(self.linear_pc(), 15)
+        except inject.DeliveryFault:
+            return gla, gpa
+        long_mode = bool(self.efer() & W.EFER_LMA)
+        md = _disassembler(long_mode)
+        for insn in md.disasm(code, self.linear_pc(), 1):
+            for op in insn.operands:
+                if op.type != capstone.x86.X86_OP_MEM:
+                    continue
+                m = op.mem
+                ea = m.disp + (insn.address + insn.size if m.base == capstone.x86.X86_REG_RIP else
+                               self._capstone_reg(insn, m.base)) + self._capstone_reg(insn, m.index) * m.scale
+                ea &= (1 << 64) - 1 if long_mode else 0xFFFFFFFF
+                if ea & ~0xFFF == gla:
+                    return ea, gpa | (ea & 0xFFF)
+        return gla, gpa
+
+    def _capstone_reg(self, insn, reg):
+        if reg == 0:
+            return 0
+        name = insn.reg_name(reg)                     # eax, rax, r8d, ax: Unicorn has each of them
+        return self.uc.reg_read(getattr(X, "UC_X86_REG_" + name.upper()))
 
     def _exit_exception(self):
         why, vector = int(self.ctx[C.EXIT]), int(self.ctx[C.VECTOR])

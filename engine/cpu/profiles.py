@@ -91,7 +91,7 @@ PROFILES = {
         "haswell", "Intel Haswell (Unicorn's own model), no L1D_FLUSH, no ARCH_CAPABILITIES",
         {**_HASWELL_CPUID, **_brand("webhyve modeled Intel(R) Core(TM) i7-4770 (Haswell)")},
         dict(_COMMON_MSRS),
-        {"ept_vpid_cap": _HASWELL_EPT_VPID_CAP}),
+        {"ept_vpid_cap": _HASWELL_EPT_VPID_CAP, "tlb_sets": 128, "tlb_ways": 8}),   # STLB: 1024 entries, 8-way
 }
 DEFAULT = "haswell"
 

@@ -166,3 +166,23 @@ def test_views_translate_a_linear_address_through_both_walks(flat64):
     assert stages.count("guest") == 4 and "ept" in stages
     assert vcpu.translate(0x40000000 * 3)["fault"].startswith("guest #PF")
     assert vm.gpa_pmap(0x900000)[-1]["flags"] == "not present"
+
+
+def test_a_write_the_ept_forbids_exits_with_the_full_qualification(hv, tmp_path):
+    vm = hv.create_vm("ro", mem_mb=16)
+    vm.load(assemble("""
+        mov rax, [0x400000]
+        mov qword ptr [0x400008], 5
+        cli
+        hlt
+    """, tmp_path), "g.bin", kind="flat64")
+    vm.memory_access.write(DATA, b"x")
+    vm.protect(DATA, 0x1000, "r")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=20) == "suspended"
+    assert "write access denied by EPT (entry allows 'r')" in vm.suspend_message
+    v = vm.vcpus[0].vmcs
+    q = X.decode_ept_violation(v["EXIT_QUALIFICATION"])
+    assert (v["EXIT_REASON"], v["GUEST_PHYSICAL_ADDRESS"], v["GUEST_LINEAR_ADDRESS"]) == (X.EPT_VIOLATION, DATA + 8, DATA + 8)
+    assert q == {"access": "write", "readable": True, "writable": False, "executable": False, "gla_valid": True,
+                 "translation": True, "paging_structure": False}

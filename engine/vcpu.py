@@ -156,6 +156,12 @@ class Vcpu:
         self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
         self.thread.start()
 
+    def start_paused(self, state=PAUSED):
+        """Start the thread without running the guest: paused, or halted as a restored vCPU was."""
+        self.state = HALTED if state == HALTED else PAUSED
+        self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
+        self.thread.start()
+
     def post(self, message):
         """Queue a message and kick the vCPU out of the guest until its thread has seen it."""
         self.mailbox.put(message)

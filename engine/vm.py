@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from . import debug, firmware, loaders
+from . import debug, firmware, loaders, snapshot
 from . import stats as S
 from .cpu import profiles
 from .devices import bios as bios_mod
@@ -294,6 +294,19 @@ class VM:
                 self.suspend_reason, self.suspend_message = "poweroff", "powered off"
             self.changed.notify_all()
         self.log("powered off")
+
+    def snapshot(self, path):
+        """bhyvectl --checkpoint: pause if running, write the whole state to `path`, run on as before."""
+        running = self.state in (RUNNING, HALTED) and bool(self._started())
+        if running:
+            self.pause()
+        try:
+            result = snapshot.save(self, path)
+        finally:
+            if running:
+                self.resume()
+        self.log("snapshot saved to %s (%d pages)" % (path, result["pages"]))
+        return result
 
     def reset(self):
         """bhyvectl --force-reset, then boot again: the vCPUs stop and are created afresh (new Unicorn

@@ -376,3 +376,23 @@ def harvest_dirty(mem64, st, pool, gpa, size, out, clear):
                 mem64[ea >> u(3)] = e & ~dirty_bit
         g += step
     return n
+
+
+@njit(**NUMBA)
+def fill_pages(mem8, mem64, st, pool, segs, nsegs, gpas, bits, data, start):
+    """Map guest pages and give them contents and leaf bits (restoring a snapshot), from index `start`.
+    Returns the index reached: len(gpas) when done, less when the pool ran out (refill and call again),
+    -1 - index for a page outside memory or over the cap."""
+    u = np.uint64
+    for i in range(start, gpas.size):
+        gpa = gpas[i]
+        result = populate(mem64, st, pool, segs, nsegs, gpa, -1)
+        if result == NO_POOL:
+            return i
+        if result != HANDLED:
+            return -1 - i
+        level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, False)
+        hpa = e & u(ADDR)
+        mem8[hpa:hpa + u(PAGE)] = data[i * PAGE:(i + 1) * PAGE]
+        mem64[ea >> u(3)] = hpa | bits[i]
+    return gpas.size

@@ -163,6 +163,7 @@ def restore(hypervisor, path, name=None, start=True):
     """A new VM from a snapshot: same configuration, memory, CPU and device state. It runs again when
     the snapshot was taken of a started VM and `start` is set; otherwise it stays paused."""
     header, arrays = read(path)
+    changed = apply_tunables(hypervisor, header["tunables"])
     cfg = header["vm"]
     vm = hypervisor.create_vm(name or cfg["name"], mem_mb=cfg["mem_mb"], cpus=cfg["cpus"], profile=cfg["profile"],
                               mem_cap_mb=cfg["mem_cap_mb"])
@@ -171,14 +172,26 @@ def restore(hypervisor, path, name=None, start=True):
     except Exception:
         hypervisor.destroy_vm(vm.name)
         raise
-    vm.log("restored from %s (saved %s)" % (path, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                                 time.localtime(header["saved_at"]))))
+    vm.log("restored from %s (saved %s)%s" % (path, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                   time.localtime(header["saved_at"])),
+                                             "; tunables set as saved: " + ", ".join(changed) if changed else ""))
     started = [v for v, info in zip(vm.vcpus, header["vcpus"]) if info["started"]]
     for vcpu in started:
         vcpu.start_paused(vcpu.restored_state)
     if start and started and cfg["suspend"][0] is None:
         vm.resume()
     return vm
+
+
+def apply_tunables(hypervisor, saved):
+    """The snapshot's tunables, on the host it is restored into (they are host-wide): the changes made."""
+    changed = []
+    current = {t["name"]: t["value"] for t in hypervisor.tunables.describe()}
+    for name, value in saved.items():
+        if name in current and current[name] != value:
+            hypervisor.tunables.set(name, value)
+            changed.append("%s=%d" % (name, value))
+    return changed
 
 
 def _restore_into(vm, header, arrays):

@@ -23,12 +23,15 @@ def test_shell_snapshot_restored_in_a_fresh_host_answers_as_before(hv, tmp_path)
     wait_for(vm, b"cpuid")
     exits = int(vm.vcpus[0].counters[S.VMEXIT_COUNT])
     path = tmp_path / "shell.snap"
+    hv.tunables.set("hw.vmm.trace_guest_exceptions", 1)
     info = vm.snapshot(path)
     assert vm.state in ("running", "halted")
     assert 0 < info["pages"] < 128 * 256 // 4               # only what was touched
     other = Hypervisor(host_mem_mb=512)
     copy = other.restore_vm(path)
     assert copy.name == "shell" and copy.mem_size == 128 << 20
+    assert other.tunables.get("hw.vmm.trace_guest_exceptions") == 1
+    assert "tunables set as saved: hw.vmm.trace_guest_exceptions=1" in copy.events[-1]
     assert int(copy.vcpus[0].counters[S.VMEXIT_COUNT]) >= exits
     reader = copy.console.reader(from_start=False)
     copy.console.send_input(b"help\r")

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import numpy as np
-from numba import carray, cfunc, types
+from numba import carray, cfunc, njit, types
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_32, UC_MODE_64, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from engine import Hypervisor, stats  # noqa: E402
 from engine.native import FN_REG_WRITE, call_reg, function_table  # noqa: E402
+from engine.vmx import hooks  # noqa: E402
 
 SPIN_ELF = os.path.join(ROOT, "guests", "build", "spin.elf")
 MEMTOUCH_ELF = os.path.join(ROOT, "guests", "build", "memtouch.elf")
@@ -234,11 +235,43 @@ def fig_memtouch():
     touches = MT_PAGES * MT_PASSES
     fastest, raw = min(ours, key=lambda r: r[0]), min(seconds for seconds, _ in raws)
     counters = fastest[2]
-    fills = int(counters[stats.SLOTS["TLB_HITS"]] + counters[stats.SLOTS["TLB_MISSES"]])
-    extra_per_fill = max(0.0, fastest[0] - raw) / fills * 1e6
     return [("memtouch page touches/s (random)", touches / fastest[0], touches / raw, 0.5),
-            ("  extra cost per TLB fill (us)", extra_per_fill, None, ("<=", 0.3)),
-            ("  first-touch faults/s", counters[stats.SLOTS["EPT_FIRST_TOUCH"]] / fastest[0], None, None)]
+            ("  first-touch faults/s", counters[stats.SLOTS["EPT_FIRST_TOUCH"]] / fastest[0], None, None),
+            ("  TLB fill, model miss (us)", best(lambda: fill_seconds(FILL_N)) / FILL_N * 1e6, None, ("<=", 0.3))]
+
+
+FILL_N = 200_000
+
+
+@njit(nogil=True)
+def _fills(c, base, pages, n):
+    """n fills of random pages among `pages` (8 times the TLB model's reach: nearly every one walks)."""
+    x, ok = np.uint64(12345), 0
+    for _ in range(n):
+        x = x * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+        linear = np.uint64(base) + ((x >> np.uint64(33)) % np.uint64(pages)) * np.uint64(4096)
+        if hooks.tlb_fill(c, linear, 16)[0]:
+            ok += 1
+    return ok
+
+
+def fill_seconds(n):
+    """Time n calls of the TLB-fill kernel on a paused memtouch guest (4-level guest tables, EPT)."""
+    hv = Hypervisor(host_mem_mb=512)
+    vm = hv.create_vm("fills", mem_mb=64)
+    with open(MEMTOUCH_ELF, "rb") as f:
+        vm.load(f.read(), "memtouch.elf", cmdline="pages=%d pattern=seq" % MT_PAGES)
+    vm.start()
+    vm.wait(states=("suspended",), timeout=120)
+    ctx = vm.vcpus[0].ctx
+    _fills(ctx, MT_BASE, MT_PAGES, 1000)
+    start = time.perf_counter()
+    ok = _fills(ctx, MT_BASE, MT_PAGES, n)
+    seconds = time.perf_counter() - start
+    hv.destroy_vm("fills")
+    if ok != n:
+        raise BenchError("%d of %d fills failed" % (n - ok, n))
+    return seconds
 
 
 # -- the figures ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 
+from .cpu.l1d import HostCaches
 from .errors import ConfigError
 from .tunables import Tunables
 from .vm import VM
@@ -63,6 +64,7 @@ class Hypervisor:
         self.allocator = PageAllocator(self.memory.size)
         self.ncpu = ncpu
         self.tunables = Tunables(tunables)
+        self.l1d = HostCaches(self)                   # per-host-CPU L1D state, the flush buffer, host data
         self.vms = {}
         self.lock = threading.Lock()
 

@@ -86,6 +86,7 @@ class Vcpu:
         hook_add(uc, UC_HOOK_INSN, hooks.cpuid_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_CPUID))
         hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
         self._init_vmcs()
+        hv.l1d.attach_vcpu(self)
 
     def _init_vmcs(self):
         """Controls as bhyve's vmx_vcpu_init sets them."""

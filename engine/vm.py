@@ -219,6 +219,7 @@ class VM:
     def destroy(self):
         self.poweroff()
         self.hypervisor.allocator.free(self.segments[0].hpa)
+        self.hypervisor.l1d.release_vm(self)
         self.segments = []
 
     def _started(self):

@@ -47,6 +47,18 @@ RING_HEAD = 46      # [k] number of exits logged so far (row = head % RING_ROWS)
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)
+L1D = 80            # [py] address of this vCPU's host CPU's L1D model (cpu/l1d.py layout)
+L1D_OWNER = 81      # [py] the tag on lines this VM fills (the host's own lines are tagged 0)
+CYCLES = 82         # [k] the modeled cycle counter: what guest RDTSC reads when hw.vmm.l1d_sim is on
+HOSTCPU = 83        # [py] the host CPU this vCPU runs on
+HOST_TOUCH = 84     # [py] lines the exit path touches, uint64 [n, line...]: vmxctx, VMCS, device state
+SECRET_TOUCH = 85   # [py] the hypervisor's own data every exit touches, same layout (the L1TF demo's secret)
+FLUSH_BUF = 86      # [py] host-physical address of the 64 KiB the software flush reads
+CPU_FLAGS = 87      # [py] CPUF_* bits of the VM's CPU profile (cpu/l1d.py)
+ARCH_CAPS = 88      # [py] the profile's IA32_ARCH_CAPABILITIES
+L1D_EXITED = 89     # [k] an exit happened since the last entry: the next entry flushes if enabled
+SPEC_PAGE = 90      # [py] transient window only: linear page of the not-present entry | 1
+SPEC_HPA = 91       # [py] transient window only: host page with what the L1D gave the transient load
 SIZE = 128
 RING_ROWS = 256
 

@@ -12,6 +12,7 @@ from unicorn import x86_const as X
 
 from .. import stats as S
 from .. import tunables as T
+from ..cpu import l1d
 from ..cpu.profiles import ANY, MSR_NATIVE, MSR_READONLY, MSR_VALUE, MSR_WRITEONLY
 from ..mmu import walk as W
 from ..native import (FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, NUMBA, call_host, call_reg, call_uc,
@@ -71,6 +72,7 @@ def record_exit(c, reason, qualification, length, rip, stat):
     counters[S.VMEXIT_COUNT] += 1
     counters[stat] += 1
     log_exit(c, reason, qualification, length, rip)
+    l1d.exit_touch(c)                       # the host's exit path runs and fills this host CPU's L1D
 
 
 @njit(**NUMBA)
@@ -219,6 +221,7 @@ def cpuid_hook(uc, ud):
     wr(c, X.UC_X86_REG_RBX, b)
     wr(c, X.UC_X86_REG_RCX, cc)
     wr(c, X.UC_X86_REG_RDX, d)
+    l1d.entry_flush(c)                      # handled in the kernel: the VM entry that resumes the guest
     return 1
 
 
@@ -266,12 +269,19 @@ def io_exit(c, port, size, is_in, value):
 
 @cfunc(types.uint32(types.voidptr, types.uint32, types.int32, U64P), **NUMBA)
 def in_hook(uc, port, size, ud):
-    return np.uint32(io_exit(carray(ud, C.SIZE), np.uint64(port), np.uint64(size), True, np.uint64(0)))
+    c = carray(ud, C.SIZE)
+    value = np.uint32(io_exit(c, np.uint64(port), np.uint64(size), True, np.uint64(0)))
+    if c[C.EXIT] == C.X_NONE:
+        l1d.entry_flush(c)
+    return value
 
 
 @cfunc(types.void(types.voidptr, types.uint32, types.int32, types.uint32, U64P), **NUMBA)
 def out_hook(uc, port, size, value, ud):
-    io_exit(carray(ud, C.SIZE), np.uint64(port), np.uint64(size), False, np.uint64(value))
+    c = carray(ud, C.SIZE)
+    io_exit(c, np.uint64(port), np.uint64(size), False, np.uint64(value))
+    if c[C.EXIT] == C.X_NONE:
+        l1d.entry_flush(c)
 
 
 # -- RDMSR/WRMSR (exits 31/32) and HLT, at the candidate addresses a page scan found ----------------
@@ -320,6 +330,8 @@ def code_hook(uc, address, size, ud):
         c[C.HLT_AT] = np.uint64(address) + np.uint64(1)   # the HLT runs natively and ends emu_start
     elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30):
         msr_exit(c, address, op1 == 0x30)
+        if c[C.EXIT] == C.X_NONE:
+            l1d.entry_flush(c)
 
 
 # -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -

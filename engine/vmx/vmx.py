@@ -10,6 +10,7 @@ from numba import carray, njit
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..cpu import l1d
 from ..native import FN_EMU_START, NUMBA, call_emu_start, u64_ptr, u8_ptr
 from . import ctx as C
 from . import exits as E
@@ -105,7 +106,9 @@ def vmx_run(c):
         if c[C.REQ] != 0:
             counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
-        # 3. pmap activate (eptgen/invept) and 4. the L1D flush join here with the EPT and L1D models
+        # 3. pmap activate (eptgen/invept) joins here with the EPT model
+        # 4. the L1D flush, when enabled and an exit happened since the last entry
+        l1d.entry_flush(c)
         # 5. enter, then exit processing
         code = exit_process(c, enter(c))
         if code != 0:

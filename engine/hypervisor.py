@@ -4,10 +4,12 @@ Host-physical memory is one numpy array that every vCPU's Unicorn instance maps 
 kernels and the emulator see the same bytes. The array is allocated lazily by the OS, so a large modeled
 host costs only what guests touch.
 """
+import functools
 import threading
 
 import numpy as np
 
+from .cpu import cachesim
 from .cpu.l1d import HostCaches
 from .errors import ConfigError
 from .tunables import Tunables
@@ -65,6 +67,7 @@ class Hypervisor:
         self.ncpu = ncpu
         self.tunables = Tunables(tunables)
         self.l1d = HostCaches(self)                   # per-host-CPU L1D state, the flush buffer, host data
+        self.tunables.listeners.append(functools.partial(cachesim.on_tunable, self))
         self.vms = {}
         self.lock = threading.Lock()
 

@@ -16,6 +16,7 @@ from unicorn import x86_const as X
 
 from . import firmware
 from . import stats as S
+from .cpu import cachesim
 from .errors import StateError
 from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
@@ -87,6 +88,7 @@ class Vcpu:
         hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
         self._init_vmcs()
         hv.l1d.attach_vcpu(self)
+        cachesim.apply(self)
 
     def _init_vmcs(self):
         """Controls as bhyve's vmx_vcpu_init sets them."""
@@ -175,6 +177,8 @@ class Vcpu:
         elif kind == "exit":
             self.state = IDLE
             return "exit"
+        elif kind == "call":                     # run on this thread while parked (hook changes)
+            message[1](self)
         self.vm.notify()
         return None
 
@@ -293,6 +297,7 @@ class Vcpu:
             if where not in self.hooked:
                 hook_add(self.uc, UC_HOOK_CODE, hooks.code_hook.address, self.ctx.ctypes.data, where, where)
                 self.hooked.add(where)
+        cachesim.scan_clflush(self, linear_page, hpa, bool(self.efer() & W.EFER_LMA))
         page = gpa_page >> 12
         self.vm.code_state[page] |= 1
         slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)

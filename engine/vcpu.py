@@ -16,7 +16,7 @@ from unicorn import x86_const as X
 
 from . import firmware
 from . import stats as S
-from .cpu import cachesim
+from .cpu import cachesim, l1tf
 from .errors import StateError
 from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
@@ -234,6 +234,7 @@ class Vcpu:
     def _exit_exception(self):
         why, vector = int(self.ctx[C.EXIT]), int(self.ctx[C.VECTOR])
         if why == C.X_GUEST_PF:
+            l1tf.transient_window(self)          # an affected CPU runs ahead before the #PF retires
             event = inject.Event(14, error_code=int(self.ctx[C.ERRCODE]), cr2=int(self.ctx[C.FAULT_GLA]))
         elif why == C.X_GP:
             event = inject.Event(13, error_code=int(self.ctx[C.ERRCODE]))

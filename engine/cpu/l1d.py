@@ -50,9 +50,8 @@ def new_state():
 
 
 # -- the kernels: numba, over one host CPU's state array ---------------------------------------------
-@njit(**NUMBA)
-def access(l1, line, owner):
-    """A load or store of one line: True on a hit; a miss fills the least recently used way."""
+@njit(inline="always")
+def _access(l1, line, owner):
     line = np.uint64(line)
     key = line + np.uint64(1)
     base = np.int64(line % np.uint64(SETS)) * WAYS
@@ -70,6 +69,12 @@ def access(l1, line, owner):
     l1[OWNER + victim] = np.uint64(owner)
     l1[STAMP + victim] = l1[CLOCK]
     return False
+
+
+@njit(**NUMBA)
+def access(l1, line, owner):
+    """A load or store of one line: True on a hit; a miss fills the least recently used way."""
+    return _access(l1, line, owner)
 
 
 @njit(**NUMBA)
@@ -108,10 +113,10 @@ def software_flush(l1, buffer_hpa):
     cycles = np.uint64(0)
     start = np.uint64(buffer_hpa) >> np.uint64(6)
     for p in range(FLUSH_BYTES // PAGE):
-        hit = access(l1, start + np.uint64(p * (PAGE // LINE)), HOST)
+        hit = _access(l1, start + np.uint64(p * (PAGE // LINE)), HOST)
         cycles += np.uint64(L1_HIT_CYCLES if hit else L1_MISS_CYCLES)
     for i in range(FLUSH_BYTES // LINE):
-        hit = access(l1, start + np.uint64(i), HOST)
+        hit = _access(l1, start + np.uint64(i), HOST)
         cycles += np.uint64(L1_HIT_CYCLES if hit else L1_MISS_CYCLES)
     return cycles
 

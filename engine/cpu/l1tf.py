@@ -24,6 +24,7 @@ from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_MEM
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..errors import ConfigError
 from ..mmu import walk as W
 from ..native import NUMBA, function_table, hook_add, u64_ptr
 from ..vmx import ctx as C
@@ -113,7 +114,10 @@ def not_present_entry(vcpu, linear):
     size = 8 if wide else 4
     mask = W.ADDR_MASK if wide else 0xFFFFF000
     for depth, (shift, index_mask) in enumerate(levels):
-        hpa = vm.gpa_to_hpa(table + ((linear >> shift) & index_mask) * size)   # guest-physical → host-physical
+        try:
+            hpa = vm.gpa_to_hpa(table + ((linear >> shift) & index_mask) * size)   # guest-physical → host-physical
+        except ConfigError:
+            return None                               # a table outside guest memory: an EPT matter, not L1TF
         entry = int.from_bytes(mem[hpa:hpa + size].tobytes(), "little")
         if not entry & W.PG_P:
             return entry, mask

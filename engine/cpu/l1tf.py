@@ -180,6 +180,8 @@ def transient_window(vcpu):
         return None
     entry, mask = found
     target = (entry & mask) | (linear & 0xFFF)       # host-physical, straight from the entry: no EPT
-    shadow = vcpu.__dict__.get("shadow_core") or vcpu.__dict__.setdefault("shadow_core", ShadowCore(vcpu))
+    shadow = getattr(vcpu, "shadow_core", None)
+    if shadow is None:
+        shadow = vcpu.shadow_core = ShadowCore(vcpu)
     vcpu.counters[S.L1D_L1TF_WINDOWS] += 1
     return shadow.run(linear, target)

@@ -13,7 +13,8 @@ from unicorn import x86_const as X
 from .. import stats as S
 from .. import tunables as T
 from ..cpu import l1d
-from ..cpu.profiles import ANY, MSR_NATIVE, MSR_READONLY, MSR_VALUE, MSR_WRITEONLY
+from ..cpu.profiles import (ANY, FLUSH_CMD_L1D, MSR_FLUSH_CMD, MSR_NATIVE, MSR_READONLY, MSR_VALUE,
+                            MSR_WRITEONLY)
 from ..mmu import walk as W
 from ..native import (FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, NUMBA, call_host, call_reg, call_uc,
                       u64_ptr, u8_ptr)
@@ -307,6 +308,8 @@ def msr_exit(c, address, is_write):
         value = (rd(c, X.UC_X86_REG_RDX) << np.uint64(32)) | (rd(c, X.UC_X86_REG_RAX) & np.uint64(0xFFFFFFFF))
         if kind == MSR_VALUE:
             table[3 * row + 2] = value
+        elif index == MSR_FLUSH_CMD and value & np.uint64(FLUSH_CMD_L1D):   # the guest flushes its host CPU's L1D
+            l1d.invalidate(carray(u64_ptr(c[C.L1D]), l1d.STATE_SIZE))
     elif not is_write and (kind == MSR_VALUE or kind == MSR_READONLY):
         value = table[3 * row + 2]
         wr(c, X.UC_X86_REG_RAX, value & 0xFFFFFFFF)

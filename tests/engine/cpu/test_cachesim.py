@@ -106,3 +106,34 @@ def test_simulation_switched_while_running(hv, tmp_path):
     time.sleep(0.2)
     assert counters[S.L1D_GUEST_HITS] == hits and vm.state == "running"
     vm.poweroff()
+
+
+GUEST_FLUSH_CMD = """
+    lea rbx, [rip + data]
+    mov al, [rbx]
+    mov ecx, 0x10b
+    mov eax, 1
+    xor edx, edx
+    wrmsr
+    rdtsc
+    mov esi, eax
+    mov al, [rbx]
+    rdtsc
+    sub eax, esi
+    mov r12, rax
+    cli
+    hlt
+    .balign 4096
+data:
+    .quad 0
+"""
+
+
+def test_guest_flush_cmd_empties_the_l1d(tmp_path):
+    """Skylake: a guest WRMSR IA32_FLUSH_CMD=1 flushes its host CPU's L1D, so the next load misses."""
+    hv = Hypervisor(host_mem_mb=256, tunables={"hw.vmm.l1d_sim": 1, "hw.vmm.l1d_flush": 0})
+    vm = hv.create_vm("f", profile="skylake")
+    vm.load(assemble(GUEST_FLUSH_CMD, tmp_path), "t.bin", kind="flat64")
+    vm.start()
+    vm.wait(states=("suspended",), timeout=30)
+    assert vm.suspend_reason == "halt" and vm.registers()["r12"] == 3 + l1d.L1_MISS_CYCLES

@@ -19,6 +19,7 @@ from numba import carray, njit
 
 from .. import stats as S
 from .. import tunables as T
+from ..errors import ConfigError
 from ..native import NUMBA, u64_ptr
 from ..vmx import ctx as C
 from ..vmx import vmcs as V
@@ -235,7 +236,7 @@ class HostCaches:
         """Put host data in a host page of its own that the exit path reads on every exit; its address."""
         data = bytes(data)
         if not 0 < len(data) <= PAGE:
-            raise ValueError("a host secret is 1 to 4096 bytes, not %d" % len(data))
+            raise ConfigError("a host secret is 1 to 4096 bytes (one host page), not %d" % len(data))
         if self.secret_hpa is None:
             self.secret_hpa = self.hypervisor.allocator.allocate(PAGE, "host: secret page (L1TF demo)")
         hpa = self.secret_hpa
@@ -280,9 +281,22 @@ class HostCaches:
     def pin(self, vcpu, hostcpu):
         """Run the vCPU on this host CPU from its next entry (its L1D is that CPU's)."""
         if not 0 <= hostcpu < len(self.states):
-            raise ValueError("host CPU %d does not exist (the modeled host has %d)" % (hostcpu, len(self.states)))
+            raise ConfigError("host CPU %d does not exist: the modeled host has %d (0 to %d)"
+                              % (hostcpu, len(self.states), len(self.states) - 1))
         vcpu.ctx[C.HOSTCPU] = hostcpu
         vcpu.ctx[C.L1D] = self.states[hostcpu].ctypes.data
+
+    def occupancy(self, hostcpu):
+        """What one host CPU's L1D holds: {"host" or VM name: lines}, and the lines still free."""
+        owners = {0: "host"}
+        owners.update({vm.l1d_owner: name for name, vm in list(self.hypervisor.vms.items())
+                       if hasattr(vm, "l1d_owner")})
+        counts = {}
+        for ways in contents(self.state(hostcpu)):
+            for _, owner in ways:
+                name = owners.get(owner, "destroyed VM")
+                counts[name] = counts.get(name, 0) + 1
+        return counts, LINES - sum(counts.values())
 
     def release_vm(self, vm):
         for hpa in getattr(vm, "l1d_pages", []):

@@ -63,6 +63,8 @@ def test_rdtsc_times_hits_and_misses(tmp_path):
     cache = hv.l1d.state(int(vm.vcpus[0].ctx[C.HOSTCPU]))
     owners = dict(l1d.contents(cache)[(data_hpa // 64) % l1d.SETS])
     assert owners.get(data_hpa // 64) == vm.l1d_owner
+    counts, free = hv.l1d.occupancy(int(vm.vcpus[0].ctx[C.HOSTCPU]))
+    assert counts["t"] >= 1 and counts["host"] >= 12 and sum(counts.values()) + free == l1d.LINES
 
 
 def test_simulation_off_leaves_guest_time_and_cache_alone(hv, tmp_path):

@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+from engine import ConfigError
 from engine import stats as S
 from engine.cpu import l1d
 from engine.vmx import ctx as C
@@ -85,8 +86,10 @@ def test_vcpus_run_on_host_cpus_round_robin_unless_pinned(hv):
     assert [int(v.ctx[C.HOSTCPU]) for v in vm.vcpus] == [0, 1, 0]
     hv.l1d.pin(vm.vcpus[2], 1)
     assert vm.vcpus[2].ctx[C.L1D] == hv.l1d.state(1).ctypes.data
-    with pytest.raises(ValueError, match="host CPU 5 does not exist"):
+    with pytest.raises(ConfigError, match="host CPU 5 does not exist: the modeled host has 2"):
         hv.l1d.pin(vm.vcpus[0], 5)
+    with pytest.raises(ConfigError, match="1 to 4096 bytes"):
+        hv.l1d.place_secret(b"x" * 5000)
 
 
 def wait_until(predicate, timeout=30):

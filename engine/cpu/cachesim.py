@@ -8,7 +8,8 @@ code when hooks change, so the next blocks are translated without the calls).
 
 CLFLUSH is hooked where the exec-scan finds it (`scan_clflush`, called from Vcpu.scan_page): capstone
 decodes the operand once, and the site's hook computes the address from the registers and evicts that
-line, whether or not the simulation is on (the host's lines are in the model either way).
+line, whether or not the simulation is on (the host's lines are in the model either way). A rescanned page
+(its code was written) is decoded again.
 """
 import ctypes
 
@@ -161,7 +162,14 @@ def _operand(insn):
 
 
 def scan_clflush(vcpu, linear_page, hpa, long_mode):
-    """Hook every CLFLUSH/CLFLUSHOPT on a page being scanned for execution (0F AE /7 with a memory operand)."""
+    """Hook every CLFLUSH/CLFLUSHOPT on a page being scanned for execution (0F AE /7 with a memory operand).
+
+    A page is scanned again after it was written: its old sites go, the code is decoded afresh."""
+    sites = getattr(vcpu, "clflush_sites", None)
+    if sites is None:
+        sites = vcpu.clflush_sites = {}
+    for where in [w for w in sites if linear_page <= w < linear_page + 0x1000]:
+        hook_del(vcpu.uc, sites.pop(where)[0])
     mem = vcpu.vm.hypervisor.memory
     code = mem[hpa:min(hpa + 0x1000 + 15, mem.size)]
     hits = np.flatnonzero((code[:-2] == 0x0F) & (code[1:-1] == 0xAE) & ((code[2:] >> 3 & 7) == 7) &
@@ -170,7 +178,6 @@ def scan_clflush(vcpu, linear_page, hpa, long_mode):
         return
     cs = Cs(CS_ARCH_X86, CS_MODE_64 if long_mode else CS_MODE_32)
     cs.detail = True
-    sites = vcpu.__dict__.setdefault("clflush_sites", {})
     for k in hits.tolist():
         start = k
         while True:                              # the instruction may start at a prefix (or REX) before 0F

@@ -139,3 +139,50 @@ def test_guest_flush_cmd_empties_the_l1d(tmp_path):
     vm.start()
     vm.wait(states=("suspended",), timeout=30)
     assert vm.suspend_reason == "halt" and vm.registers()["r12"] == 3 + l1d.L1_MISS_CYCLES
+
+
+# The CLFLUSH at `site` is first `clflush [rbx]`; then the guest rewrites it to `clflush [rbx + 64]` (same
+# length) and runs it again. r12/r13: reload times of the first and second line after the second run.
+REWRITE = """
+    lea rbx, [rip + data]
+    call site
+    mov al, [rbx]
+    mov al, [rbx + 64]
+    lea rdi, [rip + site]
+    mov dword ptr [rdi], 0x407bae0f
+    mov byte ptr [rdi + 4], 0xc3
+    call site
+    rdtsc
+    mov esi, eax
+    mov al, [rbx]
+    rdtsc
+    sub eax, esi
+    mov r12, rax
+    rdtsc
+    mov esi, eax
+    mov al, [rbx + 64]
+    rdtsc
+    sub eax, esi
+    mov r13, rax
+    cli
+    hlt
+    .balign 4096
+site:
+    clflush [rbx]
+    nop
+    nop
+    ret
+    .balign 4096
+data:
+    .fill 128, 1, 0
+"""
+
+
+def test_rewritten_clflush_is_decoded_again(tmp_path):
+    """Self-modifying code: the rescanned page's CLFLUSH flushes the new operand's line, not the old one's."""
+    hv = Hypervisor(host_mem_mb=256, tunables={"hw.vmm.l1d_sim": 1, "hw.vmm.l1d_flush": 0})   # rescans are exits
+    vm = boot(hv, tmp_path, REWRITE)
+    vm.wait(states=("suspended",), timeout=30)
+    regs = vm.registers()
+    assert vm.suspend_reason == "halt"
+    assert regs["r12"] == 3 + l1d.L1_HIT_CYCLES and regs["r13"] == 3 + l1d.L1_MISS_CYCLES

@@ -5,6 +5,7 @@ VCPU_TOTAL_RUNTIME (time inside the vCPU run loop); modeled cycles are the vCPU'
 L1D_FLUSH_* stats. Run: .venv/bin/python bench/l1d.py
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,8 @@ from engine.vmx import ctx as C  # noqa: E402
 
 BASE64 = 0x200000
 RUNS = 3
-ALU_N, LOAD_N, CPUID_N = 2_000_000, 1_000_000, 100_000
+ALU_N, LOAD_N, CPUID_N = 5_000_000, 1_000_000, 100_000
+L1TF_ELF = os.path.join(ROOT, "guests", "build", "l1tf.elf")
 
 
 def assemble(source, base=BASE64):
@@ -53,6 +55,23 @@ def run(code, profile="haswell", toggle_sim=False, **tunables):
         raise RuntimeError("the loop did not halt: %s" % vm.suspend_message)
     counters = vm.vcpus[0].counters
     return counters[stats.VCPU_TOTAL_RUNTIME] / 1e9, counters, int(vm.vcpus[0].ctx[C.CYCLES])
+
+
+def attack(profile, flush):
+    """The l1tf demo on a random 64-byte secret: (seconds in the run loop, bytes recovered, windows)."""
+    hv = Hypervisor(host_mem_mb=128, tunables={"hw.vmm.l1d_sim": 1, "hw.vmm.l1d_flush": flush})
+    secret = os.urandom(64)
+    vm = hv.create_vm("l1tf", mem_mb=16, profile=profile)
+    with open(L1TF_ELF, "rb") as f:
+        vm.load(f.read(), "l1tf.elf", cmdline="secret=%#x" % hv.l1d.place_secret(secret))
+    vm.start()
+    vm.wait(states=("suspended",), timeout=600)
+    found = re.search(r"l1tf: leaked ([0-9a-f]+)", vm.console.contents().decode())
+    if not found:
+        raise RuntimeError("l1tf printed no result: %s" % vm.suspend_message)
+    counters = vm.vcpus[0].counters
+    recovered = sum(a == b for a, b in zip(bytes.fromhex(found.group(1)), secret))
+    return counters[stats.VCPU_TOTAL_RUNTIME] / 1e9, recovered, counters[stats.L1D_L1TF_WINDOWS]
 
 
 def best(*args, **kwargs):
@@ -101,6 +120,14 @@ def main():
                                                           cycles / off_cycles, per_flush))
     msr, sw = rows["MSR flush"][2], rows["software flush"][2]
     print("software flush / MSR flush, modeled cycles: %.1f" % (sw / msr))
+
+    print("\nl1tf demo (64 bytes, 3 rounds, hw.vmm.l1d_sim=1): run-loop seconds, bytes recovered, transient windows")
+    base = None
+    for name, profile, flush in (("flush off", "haswell", 0), ("software flush", "haswell", -1),
+                                 ("MSR flush", "skylake", -1), ("RDCL_NO", "cascadelake", -1)):
+        seconds, recovered, windows = min((attack(profile, flush) for _ in range(RUNS)), key=lambda r: r[0])
+        base = base or seconds
+        print("%-16s %8.3f s (x%.2f)  %2d/64  %d" % (name, seconds, seconds / base, recovered, windows))
 
 
 if __name__ == "__main__":

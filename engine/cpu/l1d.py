@@ -56,19 +56,19 @@ def _access(l1, line, owner):
     line = np.uint64(line)
     key = line + np.uint64(1)
     base = np.int64(line % np.uint64(SETS)) * WAYS
-    l1[CLOCK] += np.uint64(1)
-    victim, oldest = base, np.uint64(0xFFFFFFFFFFFFFFFF)
-    for w in range(WAYS):
-        i = base + w
+    clock = l1[CLOCK] + np.uint64(1)
+    l1[CLOCK] = clock
+    for i in range(base, base + WAYS):
         if l1[TAG + i] == key:
-            l1[STAMP + i] = l1[CLOCK]
+            l1[STAMP + i] = clock
             return True
-        stamp = l1[STAMP + i] if l1[TAG + i] != 0 else np.uint64(0)
-        if stamp < oldest:
-            victim, oldest = i, stamp
+    victim = base                                   # invalid ways keep stamp 0, so they go first
+    for i in range(base + 1, base + WAYS):
+        if l1[STAMP + i] < l1[STAMP + victim]:
+            victim = i
     l1[TAG + victim] = key
     l1[OWNER + victim] = np.uint64(owner)
-    l1[STAMP + victim] = l1[CLOCK]
+    l1[STAMP + victim] = clock
     return False
 
 

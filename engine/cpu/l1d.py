@@ -5,9 +5,9 @@ replacement. Each way holds a host-physical line number and who filled it: the h
 (its owner tag). The model holds no data: what a line "contains" is host memory itself, which is what
 the modeled L1TF transient load may read, and only for lines the model holds (cpu/l1tf.py).
 
-The host fills it on every VM exit (its vmxctx, the VMCS, the device state and any host data placed
-with `HostCaches.place_secret`); guest loads and stores fill it when hw.vmm.l1d_sim is on
-(cpu/cachesim.py). On VM entry it is flushed as bhyve's vmx_enter_guest does, when enabled: through the
+The host fills it on every VM exit (its vmxctx, the VMCS, the device state for I/O and MMIO exits, and
+any host data placed with `HostCaches.place_secret`); guest loads and stores fill it when
+hw.vmm.l1d_sim is on (cpu/cachesim.py). On VM entry it is flushed as bhyve's vmx_enter_guest does, when enabled: through the
 VM-entry MSR-load list (IA32_FLUSH_CMD) when CPUID.7.0:EDX[28] says the MSR exists, else by software,
 reading 64 KiB of host memory one byte per 4 KiB page, then one byte per 64-byte line (flush_l1d_sw).
 
@@ -44,10 +44,16 @@ CPUF_FLUSH_CMD = 1                     # CPUID.7.0:EDX[28]
 CPUF_L1TF = 2                          # no RDCL_NO: a not-present entry's address reaches the L1D
 TOUCH_MAX = 32                         # lines per touch table
 ENTRY_MSR_LOAD_COUNT = V.BY_NAME["ENTRY_MSR_LOAD_COUNT"].slot
+EXIT_INOUT, EXIT_EPT_VIOLATION = 30, 48
 
 
 def new_state():
     return np.zeros(STATE_SIZE, np.uint64)
+
+
+def touch_table(hpas):
+    """[n, line...] for exit_touch, from host-physical addresses."""
+    return np.array([len(hpas)] + [hpa // LINE for hpa in hpas] + [0] * (TOUCH_MAX - len(hpas)), np.uint64)
 
 
 # -- the kernels: numba, over one host CPU's state array ---------------------------------------------
@@ -124,13 +130,20 @@ def software_flush(l1, buffer_hpa):
 
 # -- the vcpu loop's side: numba, over the vCPU's context block ---------------------------------------
 @njit(**NUMBA)
-def exit_touch(c):
+def touch(l1, table_address):
+    table = carray(u64_ptr(table_address), TOUCH_MAX + 1)
+    for k in range(np.int64(table[0])):
+        _access(l1, table[1 + k], HOST)
+
+
+@njit(**NUMBA)
+def exit_touch(c, reason):
     """The host's exit path runs on this host CPU: its data lands in the L1D; the next entry may flush."""
     l1 = carray(u64_ptr(c[C.L1D]), STATE_SIZE)
-    for slot in (C.HOST_TOUCH, C.SECRET_TOUCH):
-        table = carray(u64_ptr(c[slot]), TOUCH_MAX + 1)
-        for k in range(np.int64(table[0])):
-            access(l1, table[1 + k], HOST)
+    touch(l1, c[C.HOST_TOUCH])
+    if reason == EXIT_INOUT or reason == EXIT_EPT_VIOLATION:      # a device model handles it
+        touch(l1, c[C.DEVICE_TOUCH])
+    touch(l1, c[C.SECRET_TOUCH])
     c[C.L1D_EXITED] = 1
     c[C.CYCLES] += np.uint64(ROUNDTRIP_CYCLES)
 
@@ -266,11 +279,11 @@ class HostCaches:
         vmcs_page, device = vmxctx + PAGE, vm.l1d_pages[0]
         lines = [vmxctx + i * LINE for i in range(4)]                       # guest GPRs, CR2, host state
         lines += [vmcs_page + off for off in (0x0, 0x40, 0x80, 0x400, 0x440, 0x800)]  # exit info, guest state
-        lines += [device, device + LINE]
-        vcpu.l1d_touch = np.array([len(lines)] + [hpa // LINE for hpa in lines] + [0] * (TOUCH_MAX - len(lines)),
-                                  np.uint64)
+        vcpu.l1d_touch = touch_table(lines)
+        vcpu.l1d_device_touch = touch_table([device, device + LINE])
         profile = vm.profile
         for slot, value in ((C.L1D_OWNER, vm.l1d_owner), (C.HOST_TOUCH, vcpu.l1d_touch.ctypes.data),
+                            (C.DEVICE_TOUCH, vcpu.l1d_device_touch.ctypes.data),
                             (C.SECRET_TOUCH, self.secret_touch.ctypes.data), (C.FLUSH_BUF, self.flush_buffer),
                             (C.CPU_FLAGS, (CPUF_FLUSH_CMD if profile.has_flush_cmd else 0) |
                              (CPUF_L1TF if profile.l1tf_vulnerable else 0)),

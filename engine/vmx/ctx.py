@@ -51,7 +51,7 @@ L1D = 80            # [py] address of this vCPU's host CPU's L1D model (cpu/l1d.
 L1D_OWNER = 81      # [py] the tag on lines this VM fills (the host's own lines are tagged 0)
 CYCLES = 82         # [k] the modeled cycle counter: what guest RDTSC reads when hw.vmm.l1d_sim is on
 HOSTCPU = 83        # [py] the host CPU this vCPU runs on
-HOST_TOUCH = 84     # [py] lines the exit path touches, uint64 [n, line...]: vmxctx, VMCS, device state
+HOST_TOUCH = 84     # [py] lines every exit touches, uint64 [n, line...]: the vmxctx and the VMCS
 SECRET_TOUCH = 85   # [py] the hypervisor's own data every exit touches, same layout (the L1TF demo's secret)
 FLUSH_BUF = 86      # [py] host-physical address of the 64 KiB the software flush reads
 CPU_FLAGS = 87      # [py] CPUF_* bits of the VM's CPU profile (cpu/l1d.py)
@@ -59,6 +59,7 @@ ARCH_CAPS = 88      # [py] the profile's IA32_ARCH_CAPABILITIES
 L1D_EXITED = 89     # [k] an exit happened since the last entry: the next entry flushes if enabled
 SPEC_PAGE = 90      # [py] transient window only: linear page of the not-present entry | 1
 SPEC_HPA = 91       # [py] transient window only: host page with what the L1D gave the transient load
+DEVICE_TOUCH = 92   # [py] lines an I/O or MMIO exit touches as well: the VM's device state, same layout
 SIZE = 128
 RING_ROWS = 256
 

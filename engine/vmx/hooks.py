@@ -73,7 +73,7 @@ def record_exit(c, reason, qualification, length, rip, stat):
     counters[S.VMEXIT_COUNT] += 1
     counters[stat] += 1
     log_exit(c, reason, qualification, length, rip)
-    l1d.exit_touch(c)                       # the host's exit path runs and fills this host CPU's L1D
+    l1d.exit_touch(c, reason)               # the host's exit path runs and fills this host CPU's L1D
 
 
 @njit(**NUMBA)

@@ -72,7 +72,7 @@ def test_flush_evicts_what_the_exit_path_left(hv, profile, flushed):
     vcpu = vm.vcpus[0]
     hpa = hv.l1d.place_secret(b"s3cret" * 10)
     cache = hv.l1d.state(int(vcpu.ctx[C.HOSTCPU]))
-    l1d.exit_touch(vcpu.ctx)
+    l1d.exit_touch(vcpu.ctx, 10)
     assert l1d.holds(cache, hpa // 64) and l1d.holds(cache, (hpa + 59) // 64)
     l1d.entry_flush(vcpu.ctx)
     assert l1d.holds(cache, hpa // 64) != flushed
@@ -120,3 +120,14 @@ def test_tunables_change_while_the_guest_runs(hv, tmp_path):
     wait_until(lambda: counters[S.L1D_FLUSH_MSR] > msr + 100)
     assert vm.state == "running"
     vm.poweroff()
+
+
+def test_exit_path_touches_device_state_only_for_device_exits(hv):
+    """Every exit reads the vmxctx and the VMCS; only I/O and EPT-violation exits read the device state."""
+    vcpu = hv.create_vm("d").vcpus[0]
+    cache = hv.l1d.state(int(vcpu.ctx[C.HOSTCPU]))
+    vmxctx, device = int(vcpu.l1d_touch[1]), int(vcpu.l1d_device_touch[1])
+    l1d.exit_touch(vcpu.ctx, 10)                    # CPUID
+    assert l1d.holds(cache, vmxctx) and not l1d.holds(cache, device)
+    l1d.exit_touch(vcpu.ctx, 30)                    # I/O instruction
+    assert l1d.holds(cache, device)

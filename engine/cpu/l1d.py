@@ -38,6 +38,8 @@ L1_MISS_CYCLES = 14                    # an L1D miss (Haswell/Skylake L2 hit: 12
 ROUNDTRIP_CYCLES = 500                 # VM exit + VM entry, without the flush
 FLUSH_CMD_CYCLES = 512                 # IA32_FLUSH_CMD: an assumption, one cycle per line invalidated
 FLUSH_BYTES = 64 << 10                 # L1D_FLUSH_SIZE in support.S
+PAGES = FLUSH_BYTES // 0x1000          # the page pass's reads, all in one set
+READS = FLUSH_BYTES // 64 // 64        # the line pass's reads per set (16)
 PAGE = 0x1000
 
 CPUF_FLUSH_CMD = 1                     # CPUID.7.0:EDX[28]
@@ -58,12 +60,11 @@ def touch_table(hpas):
 
 # -- the kernels: numba, over one host CPU's state array ---------------------------------------------
 @njit(inline="always")
-def _access(l1, line, owner):
+def _access_at(l1, line, owner, clock):
+    """An access stamped `clock` (the LRU order): True on a hit; a miss fills the least recently used way."""
     line = np.uint64(line)
     key = line + np.uint64(1)
     base = np.int64(line % np.uint64(SETS)) * WAYS
-    clock = l1[CLOCK] + np.uint64(1)
-    l1[CLOCK] = clock
     for i in range(base, base + WAYS):
         if l1[TAG + i] == key:
             l1[STAMP + i] = clock
@@ -76,6 +77,13 @@ def _access(l1, line, owner):
     l1[OWNER + victim] = np.uint64(owner)
     l1[STAMP + victim] = clock
     return False
+
+
+@njit(inline="always")
+def _access(l1, line, owner):
+    clock = l1[CLOCK] + np.uint64(1)
+    l1[CLOCK] = clock
+    return _access_at(l1, line, owner, clock)
 
 
 @njit(**NUMBA)
@@ -115,16 +123,74 @@ def invalidate(l1):
 
 
 @njit(**NUMBA)
+def _sweep_hits(l1, base, first_line, stamps, ks, where, gone):
+    """Hits among one set's READS reads of first_line + SETS*k (k = 0..READS-1, all distinct), by LRU.
+
+    Lines read in the sweep are newer than every line the set held before it, so a miss takes an
+    invalid way, else the oldest earlier line not yet read, else (no effect on hits) a swept line. A
+    read hits iff its line was held and not yet taken. `stamps`, `ks`, `where`, `gone` are scratch."""
+    n = 0
+    for w in range(WAYS):
+        tag = l1[TAG + base + w]
+        if tag == 0:
+            continue
+        off = (tag - np.uint64(1)) - first_line        # wraps for lines below the buffer: k stays -1
+        k = np.int64(off // np.uint64(SETS)) if off % np.uint64(SETS) == 0 and off < np.uint64(SETS * READS) else -1
+        j = n                                          # insertion sort by stamp: eviction order
+        while j > 0 and stamps[j - 1] > l1[STAMP + base + w]:
+            stamps[j], ks[j] = stamps[j - 1], ks[j - 1]
+            j -= 1
+        stamps[j], ks[j] = l1[STAMP + base + w], k
+        n += 1
+    where[:] = -1
+    for j in range(n):
+        gone[j] = False
+        if ks[j] >= 0:
+            where[ks[j]] = j
+    free, head, hits = WAYS - n, 0, 0
+    for k in range(READS):
+        j = where[k]
+        if j >= 0 and not gone[j]:
+            hits += 1
+            gone[j] = True                             # read: now among the swept lines
+        elif free > 0:
+            free -= 1
+        else:
+            while head < n and gone[head]:
+                head += 1
+            if head < n:
+                gone[head] = True
+                head += 1
+    return hits
+
+
+@njit(**NUMBA)
 def software_flush(l1, buffer_hpa):
-    """flush_l1d_sw: read 64 KiB, a byte per 4 KiB page, then a byte per line. Returns the cycles it took."""
-    cycles = np.uint64(0)
+    """flush_l1d_sw: read 64 KiB, a byte per 4 KiB page, then a byte per line. Returns the cycles it took.
+
+    The same result as the reads one by one (the twin does that), computed set by set: sets are
+    independent, each set sees READS distinct lines (the page pass's set sees them twice), and after
+    at least WAYS distinct reads a set holds the last WAYS lines read, stamped in read order. Only the
+    hits need working out (_sweep_hits); the page pass's set misses on all of its second sweep.
+    """
     start = np.uint64(buffer_hpa) >> np.uint64(6)
-    for p in range(FLUSH_BYTES // PAGE):
-        hit = _access(l1, start + np.uint64(p * (PAGE // LINE)), HOST)
-        cycles += np.uint64(L1_HIT_CYCLES if hit else L1_MISS_CYCLES)
-    for i in range(FLUSH_BYTES // LINE):
-        hit = _access(l1, start + np.uint64(i), HOST)
-        cycles += np.uint64(L1_HIT_CYCLES if hit else L1_MISS_CYCLES)
+    clock = l1[CLOCK]
+    page_set = np.int64(start % np.uint64(SETS))
+    stamps, ks = np.zeros(WAYS, np.uint64), np.zeros(WAYS, np.int64)
+    where, gone = np.zeros(READS, np.int64), np.zeros(WAYS, np.bool_)
+    cycles = np.uint64(0)
+    for s in range(SETS):
+        base = s * WAYS
+        first = np.uint64((s - page_set) % SETS)                   # the line pass's first read in set s
+        hits = _sweep_hits(l1, base, start + first, stamps, ks, where, gone)
+        reads = READS * (2 if s == page_set else 1)
+        cycles += np.uint64(hits * L1_HIT_CYCLES + (reads - hits) * L1_MISS_CYCLES)
+        for w in range(WAYS):
+            i = first + np.uint64(SETS * (READS - WAYS + w))        # line-pass read number
+            l1[TAG + base + w] = start + i + np.uint64(1)
+            l1[OWNER + base + w] = HOST
+            l1[STAMP + base + w] = clock + np.uint64(PAGES) + i + np.uint64(1)
+    l1[CLOCK] = clock + np.uint64(PAGES + FLUSH_BYTES // LINE)
     return cycles
 
 

@@ -82,3 +82,22 @@ def test_software_flush_never_hits_in_an_lru_cache():
     cold = l1d.software_flush(state, 0x10000)
     assert cold == (16 + 1024) * l1d.L1_MISS_CYCLES
     assert l1d.software_flush(state, 0x10000) == cold
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_software_flush_matches_twin_from_any_state(seed):
+    """Flushes between random traffic that re-reads some buffer lines: same cycles and sets as reading one by one."""
+    rng = random.Random(seed)
+    buffer = rng.choice([0x400000, 0x7F000, 0x10040])              # page-aligned or not
+    state, twin = l1d.new_state(), l1d.Twin()
+    buffer_lines = list(range(buffer // 64, buffer // 64 + 1024))
+    for _ in range(12):
+        for _ in range(rng.choice([0, 3, 40, 600])):
+            line = rng.choice(buffer_lines) if rng.random() < 0.5 else rng.randrange(1 << 22)
+            assert l1d.access(state, line, 2) == twin.access(line, 2)
+        if rng.random() < 0.2:
+            line = buffer_lines[rng.randrange(1024)]
+            l1d.evict(state, line)
+            twin.evict(line)
+        assert l1d.software_flush(state, buffer) == twin.software_flush(buffer)
+        assert l1d.contents(state) == twin.sets

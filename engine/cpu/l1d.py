@@ -11,8 +11,9 @@ hw.vmm.l1d_sim is on (cpu/cachesim.py). On VM entry it is flushed as bhyve's vmx
 VM-entry MSR-load list (IA32_FLUSH_CMD) when CPUID.7.0:EDX[28] says the MSR exists, else by software,
 reading 64 KiB of host memory one byte per 4 KiB page, then one byte per 64-byte line (flush_l1d_sw).
 
-State layout, one uint64 array per host CPU: [0] LRU clock, then tags (line + 1, 0 = invalid), owners
-and last-use stamps, LINES of each, way w of set s at s * WAYS + w.
+State layout, one uint64 array per host CPU: the LRU clock and the last software flush's buffer, then
+tags (line + 1, 0 = invalid), owners and last-use stamps, LINES of each, way w of set s at
+s * WAYS + w, then a touched-since-the-last-software-flush flag per set.
 """
 import numpy as np
 from numba import carray, njit
@@ -27,9 +28,9 @@ from . import profiles as P
 
 SETS, WAYS, LINE = 64, 8, 64
 LINES = SETS * WAYS                    # 512 lines = 32 KiB
-CLOCK, HDR = 0, 1
-TAG, OWNER, STAMP = HDR, HDR + LINES, HDR + 2 * LINES
-STATE_SIZE = HDR + 3 * LINES
+CLOCK, SWEPT, HDR = 0, 1, 2           # LRU clock; buffer line + 1 of the last software flush (0: none)
+TAG, OWNER, STAMP, TOUCHED = HDR, HDR + LINES, HDR + 2 * LINES, HDR + 3 * LINES
+STATE_SIZE = TOUCHED + SETS            # TOUCHED: per set, changed since the last software flush
 HOST = 0                               # owner tag of the host's own lines
 
 # Modeled latencies and costs, in core cycles. One cache level is modeled: a miss is served at L2 speed.
@@ -65,6 +66,7 @@ def _access_at(l1, line, owner, clock):
     line = np.uint64(line)
     key = line + np.uint64(1)
     base = np.int64(line % np.uint64(SETS)) * WAYS
+    l1[TOUCHED + base // WAYS] = 1
     for i in range(base, base + WAYS):
         if l1[TAG + i] == key:
             l1[STAMP + i] = clock
@@ -108,6 +110,7 @@ def evict(l1, line):
     """CLFLUSH: drop the line if present."""
     key = np.uint64(line) + np.uint64(1)
     base = np.int64(np.uint64(line) % np.uint64(SETS)) * WAYS
+    l1[TOUCHED + base // WAYS] = 1
     for w in range(WAYS):
         if l1[TAG + base + w] == key:
             l1[TAG + base + w] = 0
@@ -120,6 +123,7 @@ def invalidate(l1):
     for i in range(LINES):
         l1[TAG + i] = 0
         l1[STAMP + i] = 0
+    l1[SWEPT] = 0
 
 
 @njit(**NUMBA)
@@ -171,7 +175,8 @@ def software_flush(l1, buffer_hpa):
     The same result as the reads one by one (the twin does that), computed set by set: sets are
     independent, each set sees READS distinct lines (the page pass's set sees them twice), and after
     at least WAYS distinct reads a set holds the last WAYS lines read, stamped in read order. Only the
-    hits need working out (_sweep_hits); the page pass's set misses on all of its second sweep.
+    hits need working out (_sweep_hits); the page pass's set misses on all of its second sweep. A set
+    untouched since a sweep of the same buffer holds its last WAYS lines, oldest first: every read misses.
     """
     start = np.uint64(buffer_hpa) >> np.uint64(6)
     clock = l1[CLOCK]
@@ -179,10 +184,14 @@ def software_flush(l1, buffer_hpa):
     stamps, ks = np.zeros(WAYS, np.uint64), np.zeros(WAYS, np.int64)
     where, gone = np.zeros(READS, np.int64), np.zeros(WAYS, np.bool_)
     cycles = np.uint64(0)
+    same_buffer = l1[SWEPT] == start + np.uint64(1)
     for s in range(SETS):
         base = s * WAYS
         first = np.uint64((s - page_set) % SETS)                   # the line pass's first read in set s
-        hits = _sweep_hits(l1, base, start + first, stamps, ks, where, gone)
+        hits = 0
+        if not same_buffer or l1[TOUCHED + s] != 0:
+            hits = _sweep_hits(l1, base, start + first, stamps, ks, where, gone)
+        l1[TOUCHED + s] = 0
         reads = READS * (2 if s == page_set else 1)
         cycles += np.uint64(hits * L1_HIT_CYCLES + (reads - hits) * L1_MISS_CYCLES)
         for w in range(WAYS):
@@ -191,6 +200,7 @@ def software_flush(l1, buffer_hpa):
             l1[OWNER + base + w] = HOST
             l1[STAMP + base + w] = clock + np.uint64(PAGES) + i + np.uint64(1)
     l1[CLOCK] = clock + np.uint64(PAGES + FLUSH_BYTES // LINE)
+    l1[SWEPT] = start + np.uint64(1)
     return cycles
 
 

@@ -372,6 +372,8 @@ class HostCaches:
         if not 0 <= hostcpu < len(self.states):
             raise ConfigError("host CPU %d does not exist: the modeled host has %d (0 to %d)"
                               % (hostcpu, len(self.states), len(self.states) - 1))
+        if vcpu.ctx[C.ENTRIES] and int(vcpu.ctx[C.HOSTCPU]) != hostcpu:
+            vcpu.counters[S.VCPU_MIGRATIONS] += 1          # vmx_set_pcpu_defaults: lastcpu != curcpu
         vcpu.ctx[C.HOSTCPU] = hostcpu
         vcpu.ctx[C.L1D] = self.states[hostcpu].ctypes.data
 

@@ -86,6 +86,7 @@ def test_vcpus_run_on_host_cpus_round_robin_unless_pinned(hv):
     assert [int(v.ctx[C.HOSTCPU]) for v in vm.vcpus] == [0, 1, 0]
     hv.l1d.pin(vm.vcpus[2], 1)
     assert vm.vcpus[2].ctx[C.L1D] == hv.l1d.state(1).ctypes.data
+    assert vm.vcpus[2].counters[S.VCPU_MIGRATIONS] == 0        # it had not run yet
     with pytest.raises(ConfigError, match="host CPU 5 does not exist: the modeled host has 2"):
         hv.l1d.pin(vm.vcpus[0], 5)
     with pytest.raises(ConfigError, match="1 to 4096 bytes"):
@@ -131,3 +132,12 @@ def test_exit_path_touches_device_state_only_for_device_exits(hv):
     assert l1d.holds(cache, vmxctx) and not l1d.holds(cache, device)
     l1d.exit_touch(vcpu.ctx, 30)                    # I/O instruction
     assert l1d.holds(cache, device)
+
+
+def test_pinning_a_vcpu_that_ran_counts_a_migration(hv, tmp_path):
+    """bhyve's VCPU_MIGRATIONS: the vCPU's next entries are on another host CPU."""
+    vm, counters = run(hv, tmp_path, "skylake", 10, "m")
+    hv.l1d.pin(vm.vcpus[0], 1)
+    assert counters[S.VCPU_MIGRATIONS] == 1
+    hv.l1d.pin(vm.vcpus[0], 1)
+    assert counters[S.VCPU_MIGRATIONS] == 1

@@ -38,7 +38,7 @@ def assemble(source, base=BASE64):
 ALU = assemble("mov rsi, %d\n1: add rax, rbx\nxor rcx, rax\ndec rsi\njnz 1b\ncli\nhlt" % ALU_N)
 LOOP = ("lea rbx, [rip + data]\nmov rsi, %d\n1: mov rdx, rsi\nand rdx, 0xFC0\n{op} rax, [rbx + rdx]\n"
         "{op} rcx, [rbx + rdx + 8]\ndec rsi\njnz 1b\ncli\nhlt\n.balign 4096\ndata: .fill 4096, 1, 0" % LOAD_N)
-LOADS, LEAS = assemble(LOOP.format(op="mov")), assemble(LOOP.format(op="lea"))   # same instructions, with and without loads
+LOADS, LEAS = assemble(LOOP.format(op="mov")), assemble(LOOP.format(op="lea"))   # the same loop, with and without loads
 CPUIDS = assemble("mov rsi, %d\n1: xor eax, eax\ncpuid\ndec rsi\njnz 1b\ncli\nhlt" % CPUID_N)
 
 

@@ -184,9 +184,11 @@ def scan_clflush(vcpu, linear_page, hpa, long_mode):
             where = linear_page + start
             if where not in sites:
                 insn = next(cs.disasm(code[start:start + 15].tobytes(), where, 1), None)
-                if insn is not None and insn.id in (CX.X86_INS_CLFLUSH, CX.X86_INS_CLFLUSHOPT) and insn.size > k - start + 2:
+                flush = insn is not None and insn.id in (CX.X86_INS_CLFLUSH, CX.X86_INS_CLFLUSHOPT)
+                if flush and insn.size > k - start + 2:          # the 0F AE /7 found is this instruction's
                     site = np.array([vcpu.ctx.ctypes.data, *_operand(insn)], np.uint64)
-                    sites[where] = (hook_add(vcpu.uc, UC_HOOK_CODE, clflush_hook.address, site.ctypes.data, where, where), site)
+                    handle = hook_add(vcpu.uc, UC_HOOK_CODE, clflush_hook.address, site.ctypes.data, where, where)
+                    sites[where] = (handle, site)
             if start == 0 or k - start >= 4:
                 break
             prev = code[start - 1]

@@ -7,9 +7,10 @@ the modeled L1TF transient load may read, and only for lines the model holds (cp
 
 The host fills it on every VM exit (its vmxctx, the VMCS, the device state for I/O and MMIO exits, and
 any host data placed with `HostCaches.place_secret`); guest loads and stores fill it when
-hw.vmm.l1d_sim is on (cpu/cachesim.py). On VM entry it is flushed as bhyve's vmx_enter_guest does, when enabled: through the
-VM-entry MSR-load list (IA32_FLUSH_CMD) when CPUID.7.0:EDX[28] says the MSR exists, else by software,
-reading 64 KiB of host memory one byte per 4 KiB page, then one byte per 64-byte line (flush_l1d_sw).
+hw.vmm.l1d_sim is on (cpu/cachesim.py). On VM entry it is flushed as bhyve's vmx_enter_guest does, when
+enabled: through the VM-entry MSR-load list (IA32_FLUSH_CMD) when CPUID.7.0:EDX[28] says the MSR exists,
+else by software, reading 64 KiB of host memory one byte per 4 KiB page, then one byte per 64-byte line
+(flush_l1d_sw).
 
 State layout, one uint64 array per host CPU: the LRU clock and the last software flush's buffer, then
 tags (line + 1, 0 = invalid), owners and last-use stamps, LINES of each, way w of set s at
@@ -39,9 +40,9 @@ L1_MISS_CYCLES = 14                    # an L1D miss (Haswell/Skylake L2 hit: 12
 ROUNDTRIP_CYCLES = 500                 # VM exit + VM entry, without the flush
 FLUSH_CMD_CYCLES = 512                 # IA32_FLUSH_CMD: an assumption, one cycle per line invalidated
 FLUSH_BYTES = 64 << 10                 # L1D_FLUSH_SIZE in support.S
-PAGES = FLUSH_BYTES // 0x1000          # the page pass's reads, all in one set
-READS = FLUSH_BYTES // 64 // 64        # the line pass's reads per set (16)
 PAGE = 0x1000
+PAGES = FLUSH_BYTES // PAGE            # the page pass's reads, all in one set
+READS = FLUSH_BYTES // LINE // SETS    # the line pass's reads per set (16)
 
 CPUF_FLUSH_CMD = 1                     # CPUID.7.0:EDX[28]
 CPUF_L1TF = 2                          # no RDCL_NO: a not-present entry's address reaches the L1D

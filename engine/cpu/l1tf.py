@@ -19,8 +19,8 @@ The model, run from the #PF exit before the fault is delivered:
 """
 import numpy as np
 from numba import carray, cfunc, njit, types
-from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_MEM_READ, UC_HOOK_TLB_FILL, UC_MODE_64, UC_PROT_ALL,
-                     UC_TLB_VIRTUAL, Uc, UcError)
+from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_MEM_READ, UC_HOOK_TLB_FILL,
+                     UC_MODE_64, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
 from unicorn import x86_const as X
 
 from .. import stats as S

@@ -1,7 +1,6 @@
 """The l1tf guest against a host secret: it leaks with the flush off and gets nothing with it on."""
 import random
 import re
-import time
 
 import pytest
 

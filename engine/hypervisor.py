@@ -5,6 +5,7 @@ kernels and the emulator see the same bytes. The array is allocated lazily by th
 host costs only what guests touch.
 """
 import atexit
+import functools
 import mmap
 import threading
 import weakref
@@ -12,6 +13,8 @@ import weakref
 import numpy as np
 
 from . import snapshot
+from .cpu import cachesim
+from .cpu.l1d import HostCaches
 from .errors import ConfigError
 from .hostcpu import HostCpu
 from .tunables import Tunables
@@ -100,6 +103,8 @@ class Hypervisor:
         self.ncpu = ncpu
         self.hostcpus = [HostCpu(i) for i in range(ncpu)]
         self.tunables = Tunables(tunables)
+        self.l1d = HostCaches(self)                   # per-host-CPU L1D state, the flush buffer, host data
+        self.tunables.listeners.append(functools.partial(cachesim.on_tunable, self))
         self.vms = {}
         self.lock = threading.Lock()
         _LIVE.add(self)

@@ -56,6 +56,13 @@ TABLE = (
     ("TLB_MISSES", "tlb fills that missed the modeled tlb", 1),
     ("TLB_WALKS", "two-stage page walks", 1),
     ("TLB_GUEST_FLUSHES", "guest invlpg and cr3 loads", 1),
+    # webhyve: the L1D flush on VM entry (CVE-2018-3646) and the L1D model (cpu/l1d.py)
+    ("L1D_FLUSH_MSR", "L1D flushes through the VM-entry MSR-load list", 1),
+    ("L1D_FLUSH_SW", "L1D flushes by software (64 KiB read)", 1),
+    ("L1D_FLUSH_CYCLES", "modeled cycles spent flushing the L1D", 1),
+    ("L1D_GUEST_HITS", "guest loads found in the L1D", 1),
+    ("L1D_GUEST_MISSES", "guest loads not found in the L1D", 1),
+    ("L1D_L1TF_WINDOWS", "transient windows after a not-present guest entry", 1),
 )
 
 

@@ -27,6 +27,8 @@ class Tunable:
             word = str(text).strip().lower()
             if self.type == "bool" and word in ("true", "yes", "on", "false", "no", "off"):
                 value = int(word in ("true", "yes", "on"))
+            elif word == "auto" and self.minimum == AUTO:
+                value = AUTO
             else:
                 try:
                     value = int(word, 0)
@@ -35,6 +37,9 @@ class Tunable:
         if not self.minimum <= value <= self.maximum:
             raise TunableError("%s: %d is outside %d..%d" % (self.name, value, self.minimum, self.maximum))
         return value
+
+
+AUTO = -1                 # "let the CPU decide", for the tunables whose bhyve default is computed at boot
 
 
 def _bool(name, default, description, boot_only, owner, aliases=()):
@@ -51,6 +56,13 @@ TABLE = (
     _bool("hw.vmm.ept.use_exec_only", 1, "Use execute-only mappings with EPT", True, "mmu/ept.py"),
     _bool("hw.vmm.ept.skip_invalidation", 0, "webhyve debug: mapping changes skip pmap_invalidate_ept, "
           "so vCPUs keep stale translations", False, "vm.py"),
+    # vmx_modinit: in bhyve both are boot-time (RDTUN); here they apply from the next VM entry
+    Tunable("hw.vmm.l1d_flush", "int", AUTO, "Flush the L1D on VM entry (CVE-2018-3646); -1/auto: on unless "
+            "the CPU reports SKIP_L1DFL_VMENTRY", False, AUTO, 1, ("hw.vmm.vmx.l1d_flush",), "cpu/l1d.py"),
+    _bool("hw.vmm.l1d_flush_sw", 0, "Flush the L1D by reading 64 KiB even when IA32_FLUSH_CMD exists "
+          "(forced on CPUs without it)", False, "cpu/l1d.py", ("hw.vmm.vmx.l1d_flush_sw",)),
+    _bool("hw.vmm.l1d_sim", 0, "Simulate the L1D for guest loads and stores; RDTSC returns modeled cycles "
+          "(webhyve)", False, "cpu/cachesim.py"),
 )
 BY_NAME = {}
 for _slot, _t in enumerate(TABLE):
@@ -64,6 +76,9 @@ HALT_DETECTION = SLOT["hw.vmm.halt_detection"]
 TRACE_GUEST_EXCEPTIONS = SLOT["hw.vmm.trace_guest_exceptions"]
 CPUID_LEAF_B = SLOT["hw.vmm.topology.cpuid_leaf_b"]
 MAXCPU = SLOT["hw.vmm.maxcpu"]
+L1D_FLUSH = SLOT["hw.vmm.l1d_flush"]
+L1D_FLUSH_SW = SLOT["hw.vmm.l1d_flush_sw"]
+L1D_SIM = SLOT["hw.vmm.l1d_sim"]
 
 
 def lookup(name):

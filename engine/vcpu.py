@@ -17,6 +17,7 @@ from unicorn import x86_const as X
 
 from . import firmware
 from . import stats as S
+from .cpu import cachesim, l1tf
 from .errors import StateError
 from .mmu import ept as EPT
 from .mmu import explain
@@ -111,6 +112,8 @@ class Vcpu:
         hook_add(uc, UC_HOOK_INSN, hooks.cpuid_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_CPUID))
         hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
         self._init_vmcs()
+        hv.l1d.attach_vcpu(self)
+        cachesim.apply(self)
 
     def _init_vmcs(self):
         """Controls as bhyve's vmx_vcpu_init sets them."""
@@ -181,6 +184,8 @@ class Vcpu:
         if not 0 <= hostcpu < len(cpus):
             raise StateError("host CPU %d does not exist: the modeled host has %d" % (hostcpu, len(cpus)))
         self.want_hostcpu = cpus[hostcpu]
+        if self.thread is None:                  # not started: nothing runs there yet, move it now
+            self._migrate()
         self.kick()
 
     def set_timeslice(self, microseconds):
@@ -190,6 +195,8 @@ class Vcpu:
         c = self.ctx
         c[C.TLB], c[C.TLB_LEN], c[C.HOSTCPU] = hostcpu.tlb.ctypes.data, len(hostcpu.tlb), hostcpu.index
         c[C.TLB_SEEN] = (1 << 64) - 1            # Unicorn's TLB is flushed at the first entry there
+        if c[C.L1D]:
+            self.vm.hypervisor.l1d.use_cache_of(self, hostcpu.index)
 
     def wait_parked(self, timeout=None):
         return self.parked.wait(timeout)
@@ -230,6 +237,8 @@ class Vcpu:
             return "exit"
         elif kind == "debug" and self.debug is not None:
             self.debug.handle(message[1])
+        elif kind == "call":                     # run on this thread while parked (hook changes)
+            message[1](self)
         self.vm.notify()
         return None
 
@@ -362,6 +371,7 @@ class Vcpu:
     def _exit_exception(self):
         why, vector = int(self.ctx[C.EXIT]), int(self.ctx[C.VECTOR])
         if why == C.X_GUEST_PF:
+            l1tf.transient_window(self)          # an affected CPU runs ahead before the #PF retires
             event = inject.Event(14, error_code=int(self.ctx[C.ERRCODE]), cr2=int(self.ctx[C.FAULT_GLA]))
         elif why == C.X_GP:
             event = inject.Event(13, error_code=int(self.ctx[C.ERRCODE]))
@@ -429,6 +439,7 @@ class Vcpu:
             if where not in self.hooked:
                 hook_add(self.uc, UC_HOOK_CODE, hooks.code_hook.address, self.ctx.ctypes.data, where, where)
                 self.hooked.add(where)
+        cachesim.scan_clflush(self, linear_page, hpa, bool(self.efer() & W.EFER_LMA))
         page = gpa_page >> 12
         self.vm.code_state[page] |= 1
         slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)

@@ -344,6 +344,7 @@ class VM:
             vcpu.hostcpu.unassign(vcpu)
         self.pmap.destroy()
         self.hypervisor.allocator.free(self.segments[0].hpa)
+        self.hypervisor.l1d.release_vm(self)
         self.segments = []
 
     # -- the GDB stub (bhyve's -G [w]port) ----------------------------------------------------------

@@ -80,18 +80,71 @@ class CpuProfile:
         rows = [(leaf, sub) + regs for (leaf, sub), regs in sorted(self.cpuid.items())]
         return np.array(rows, np.uint64).reshape(-1, 6)
 
+    @property
+    def has_flush_cmd(self):
+        """CPUID.7.0:EDX[28]: the L1D can be flushed with IA32_FLUSH_CMD."""
+        return bool(self.cpuid.get((0x7, 0), (0, 0, 0, 0))[3] & CPUID7_EDX_L1D_FLUSH)
+
+    @property
+    def arch_capabilities(self):
+        """IA32_ARCH_CAPABILITIES as the CPU reports it (0 when the MSR does not exist)."""
+        return self.msrs.get(MSR_ARCH_CAPABILITIES, (0, 0))[1]
+
+    @property
+    def l1tf_vulnerable(self):
+        return not self.arch_capabilities & ARCH_CAP_RDCL_NO
+
     def msr_table(self):
         """Rows [index, kind, value] for the in-kernel RDMSR/WRMSR handlers (a vCPU's own copy)."""
         rows = [(index, kind, value) for index, (kind, value) in sorted(self.msrs.items())]
         return np.array(rows, np.uint64).reshape(-1, 3)
 
 
+# The bits that decide the L1TF mitigation (SDM vol. 2 CPUID leaf 7; vol. 4 table 2-2).
+CPUID7_EDX_L1D_FLUSH = 1 << 28        # IA32_FLUSH_CMD (MSR 0x10B) exists
+CPUID7_EDX_ARCH_CAPABILITIES = 1 << 29
+MSR_ARCH_CAPABILITIES, MSR_FLUSH_CMD = 0x10A, 0x10B
+ARCH_CAP_RDCL_NO = 1 << 0             # not susceptible to rogue data cache load (Meltdown, L1TF)
+ARCH_CAP_IBRS_ALL = 1 << 1
+ARCH_CAP_SKIP_L1DFL_VMENTRY = 1 << 3  # the hypervisor need not flush the L1D on VM entry
+FLUSH_CMD_L1D = 1                     # IA32_FLUSH_CMD bit 0
+
+
+def _variant(family_model, edx7, brand, arch_caps=None, tlb=(128, 12)):
+    """Haswell's leaves (what Unicorn executes) with another signature, leaf-7 EDX and brand; the same EPT
+    and VPID capabilities; `tlb` is the second-level TLB's (sets, ways) (Skylake's: 1536 entries, 12-way)."""
+    cpuid = dict(_HASWELL_CPUID)
+    eax, ebx, ecx, edx = cpuid[(0x1, ANY)]
+    cpuid[(0x1, ANY)] = (family_model, ebx, ecx, edx)
+    a, b, c, _ = cpuid[(0x7, 0)]
+    cpuid[(0x7, 0)] = (a, b, c, edx7)
+    msrs = dict(_COMMON_MSRS)
+    if edx7 & CPUID7_EDX_L1D_FLUSH:
+        msrs[MSR_FLUSH_CMD] = (MSR_WRITEONLY, 0)
+    if arch_caps is not None:
+        msrs[MSR_ARCH_CAPABILITIES] = (MSR_READONLY, arch_caps)
+    facts = {"ept_vpid_cap": _HASWELL_EPT_VPID_CAP, "tlb_sets": tlb[0], "tlb_ways": tlb[1]}
+    return {**cpuid, **_brand(brand)}, msrs, facts
+
+
 PROFILES = {
     "haswell": CpuProfile(
-        "haswell", "Intel Haswell (Unicorn's own model), no L1D_FLUSH, no ARCH_CAPABILITIES",
+        "haswell", "Intel Haswell (Unicorn's own model), no L1D_FLUSH, no ARCH_CAPABILITIES: L1TF-vulnerable, "
+        "flushed by software",
         {**_HASWELL_CPUID, **_brand("webhyve modeled Intel(R) Core(TM) i7-4770 (Haswell)")},
         dict(_COMMON_MSRS),
         {"ept_vpid_cap": _HASWELL_EPT_VPID_CAP, "tlb_sets": 128, "tlb_ways": 8}),   # STLB: 1024 entries, 8-way
+    "skylake": CpuProfile(
+        "skylake", "Intel Skylake with the 2018 microcode: L1D_FLUSH (CPUID.7.0:EDX[28]), ARCH_CAPABILITIES "
+        "without RDCL_NO: L1TF-vulnerable, flushed through IA32_FLUSH_CMD",
+        *_variant(0x506E3, CPUID7_EDX_L1D_FLUSH | CPUID7_EDX_ARCH_CAPABILITIES,
+                  "webhyve modeled Intel(R) Core(TM) i7-6700 (Skylake)", arch_caps=0)),
+    "cascadelake": CpuProfile(
+        "cascadelake", "Intel Cascade Lake: ARCH_CAPABILITIES reports RDCL_NO and SKIP_L1DFL_VMENTRY: "
+        "not L1TF-vulnerable, no flush needed",
+        *_variant(0x50657, CPUID7_EDX_L1D_FLUSH | CPUID7_EDX_ARCH_CAPABILITIES,
+                  "webhyve modeled Intel(R) Xeon(R) Gold 6230 (Cascade Lake)",
+                  arch_caps=ARCH_CAP_RDCL_NO | ARCH_CAP_IBRS_ALL | ARCH_CAP_SKIP_L1DFL_VMENTRY)),
 }
 DEFAULT = "haswell"
 

@@ -12,7 +12,9 @@ from unicorn import x86_const as X
 
 from .. import stats as S
 from .. import tunables as T
-from ..cpu.profiles import ANY, MSR_NATIVE, MSR_READONLY, MSR_VALUE, MSR_WRITEONLY
+from ..cpu import l1d
+from ..cpu.profiles import (ANY, FLUSH_CMD_L1D, MSR_FLUSH_CMD, MSR_NATIVE, MSR_READONLY, MSR_VALUE,
+                            MSR_WRITEONLY)
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
@@ -93,6 +95,7 @@ def record_exit(c, reason, qualification, length, rip, stat):
     counters[S.VMEXIT_COUNT] += 1
     counters[stat] += 1
     log_exit(c, reason, qualification, length, rip)
+    l1d.exit_touch(c, reason)               # the host's exit path runs and fills this host CPU's L1D
 
 
 @njit(**NUMBA)
@@ -295,6 +298,7 @@ def cpuid_hook(uc, ud):
     wr(c, X.UC_X86_REG_RBX, b)
     wr(c, X.UC_X86_REG_RCX, cc)
     wr(c, X.UC_X86_REG_RDX, d)
+    l1d.entry_flush(c)                      # handled in the kernel: the VM entry that resumes the guest
     return 1
 
 
@@ -342,12 +346,19 @@ def io_exit(c, port, size, is_in, value):
 
 @cfunc(types.uint32(types.voidptr, types.uint32, types.int32, U64P), **NUMBA)
 def in_hook(uc, port, size, ud):
-    return np.uint32(io_exit(carray(ud, C.SIZE), np.uint64(port), np.uint64(size), True, np.uint64(0)))
+    c = carray(ud, C.SIZE)
+    value = np.uint32(io_exit(c, np.uint64(port), np.uint64(size), True, np.uint64(0)))
+    if c[C.EXIT] == C.X_NONE:
+        l1d.entry_flush(c)
+    return value
 
 
 @cfunc(types.void(types.voidptr, types.uint32, types.int32, types.uint32, U64P), **NUMBA)
 def out_hook(uc, port, size, value, ud):
-    io_exit(carray(ud, C.SIZE), np.uint64(port), np.uint64(size), False, np.uint64(value))
+    c = carray(ud, C.SIZE)
+    io_exit(c, np.uint64(port), np.uint64(size), False, np.uint64(value))
+    if c[C.EXIT] == C.X_NONE:
+        l1d.entry_flush(c)
 
 
 # -- RDMSR/WRMSR (exits 31/32) and HLT, at the candidate addresses a page scan found ----------------
@@ -373,6 +384,8 @@ def msr_exit(c, address, is_write):
         value = (rd(c, X.UC_X86_REG_RDX) << np.uint64(32)) | (rd(c, X.UC_X86_REG_RAX) & np.uint64(0xFFFFFFFF))
         if kind == MSR_VALUE:
             table[3 * row + 2] = value
+        elif index == MSR_FLUSH_CMD and value & np.uint64(FLUSH_CMD_L1D):   # the guest flushes its host CPU's L1D
+            l1d.invalidate(carray(u64_ptr(c[C.L1D]), l1d.STATE_SIZE))
     elif not is_write and (kind == MSR_VALUE or kind == MSR_READONLY):
         value = table[3 * row + 2]
         wr(c, X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
@@ -457,6 +470,8 @@ def code_hook(uc, address, size, ud):
         msr_exit(c, address, op1 == 0x30)
     elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
         tlb_insn(c, mem8, hpa, address, rex, long_mode)
+        if c[C.EXIT] == C.X_NONE:
+            l1d.entry_flush(c)
 
 
 # -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -

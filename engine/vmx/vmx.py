@@ -10,6 +10,7 @@ from numba import carray, njit
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..cpu import l1d
 from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr, u8_ptr
 from . import ctx as C
 from . import exits as E
@@ -133,8 +134,10 @@ def vmx_run(c):
         if c[C.REQ] != 0:
             counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
-        # 3. pmap activate (eptgen/invept); 4. the L1D flush joins here with the L1D model
+        # 3. pmap activate: a stale eptgen on this host CPU means one INVEPT
         pmap_activate(c)
+        # 4. the L1D flush, when enabled and an exit happened since the last entry
+        l1d.entry_flush(c)
         # 5. enter, then exit processing
         code = exit_process(c, enter(c))
         if code != 0:

@@ -27,3 +27,4 @@ bench: $(STAMP) guests
 clean:
 	$(MAKE) -C guests clean
 	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -rf .numba-cache

@@ -19,6 +19,7 @@ from . import firmware, loaders
 from .errors import EngineError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
+from .vmx import ctx as C
 
 FORMAT = "webhyve-snapshot"
 VERSION = 1
@@ -43,7 +44,8 @@ def save(vm, path):
         arrays["vcpu%d_counters" % v.index] = v.counters.copy()
         arrays["vcpu%d_msrs" % v.index] = v.msrs.copy()
         vcpus.append({"index": v.index, "state": v.state, "started": v.thread is not None,
-                      "hostcpu": v.hostcpu.index, "boot": v.boot is not None})
+                      "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
+                      "cycles": int(v.ctx[C.CYCLES])})                  # the modeled TSC (cpu/cachesim.py)
     gpas, bits, data = _pages(vm)
     arrays["pages_gpa"], arrays["pages_bits"], arrays["pages_data"] = gpas, bits, data
     arrays["tlb"] = _tlb_rows(vm)
@@ -231,6 +233,7 @@ def _restore_into(vm, header, arrays):
         v.msrs[:] = arrays["vcpu%d_msrs" % i]
         v.pin(info["hostcpu"] % len(vm.hypervisor.hostcpus))
         v.restored_state = info["state"]
+        v.ctx[C.CYCLES] = info["cycles"]
         if info["boot"] and vm.image is not None:
             v.boot = (firmware.TARGETS[vm.image.mode][1], vm.image)
     for host, vpid, linear, gpa, perms, glob in arrays["tlb"].tolist():

@@ -260,13 +260,22 @@ class VM:
                 return state
         return IDLE
 
-    def start(self):
+    def start(self, all_vcpus=False):
+        """Start the bootstrap processor; the others wait for INIT-SIPI. With `all_vcpus` (a flat64 image,
+        which has no firmware to wake them) every vCPU starts at the image's entry with its registers."""
         if self.image is None:
             raise StateError("VM %r has no image loaded" % self.name)
         if any(v.thread is not None for v in self.vcpus):
             raise StateError("VM %r was already started" % self.name)
-        self.log("started")
-        self.vcpus[0].start()            # application processors wait for INIT-SIPI (a later issue)
+        if all_vcpus and self.image.mode != "long64":
+            raise StateError("VM %r: only flat64 images can start every vCPU at their entry" % self.name)
+        self.log("started" + (" on all %d vCPUs" % len(self.vcpus) if all_vcpus else ""))
+        if all_vcpus:
+            for vcpu in self.vcpus[1:]:
+                vcpu.prepare(self.image)
+            for vcpu in self.vcpus[1:]:
+                vcpu.start()
+        self.vcpus[0].start()
 
     def pause(self):
         self._require(RUNNING, HALTED, action="pause")

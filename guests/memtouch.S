@@ -104,22 +104,6 @@ touch_kernel:
 	popq %rbx
 	ret
 
-/* Print RAX as 16 hex digits. Clobbers RAX, RBX, CL, DX, RSI, R8. */
-print_hex64:
-	movq %rax, %rbx
-	movl $16, %r8d
-10:	rolq $4, %rbx
-	movq %rbx, %rax
-	andl $0xF, %eax
-	leaq hex_digits(%rip), %rsi
-	movb (%rsi, %rax), %al
-	leaq digit(%rip), %rsi
-	movb %al, (%rsi)
-	call serial_puts
-	decl %r8d
-	jnz 10b
-	ret
-
 #include "serial64.inc"
 #include "gdt64.inc"
 
@@ -128,9 +112,3 @@ checksum_text:
 	.asciz " checksum=0x"
 newline:
 	.asciz "\r\n"
-hex_digits:
-	.ascii "0123456789abcdef"
-
-	.section .data
-digit:
-	.asciz "0"

@@ -186,3 +186,23 @@ def test_a_write_the_ept_forbids_exits_with_the_full_qualification(hv, tmp_path)
     assert (v["EXIT_REASON"], v["GUEST_PHYSICAL_ADDRESS"], v["GUEST_LINEAR_ADDRESS"]) == (X.EPT_VIOLATION, DATA + 8, DATA + 8)
     assert q == {"access": "write", "readable": True, "writable": False, "executable": False, "gla_valid": True,
                  "translation": True, "paging_structure": False}
+
+
+def test_readers_guest_shows_the_invalidation_on_its_console(hv):
+    """The bundled readers guest: four vCPUs on one host CPU; vCPU 0 prints what the shared word holds."""
+    from tests.engine.conftest import guest, wait_for
+    vm = hv.create_vm("readers4", mem_mb=16, cpus=4)
+    vm.load(guest("readers.bin"), "readers.bin", kind="flat64")
+    for vcpu in vm.vcpus:
+        vcpu.pin(0)
+    vm.memory_access.write(DATA, (0x1111).to_bytes(8, "little"))
+    after = vm.console.reader(from_start=False)
+    vm.start(all_vcpus=True)
+    wait_for(vm, b"vcpu0 sees 0x0000000000001111", reader=after)
+    until(lambda: all(qword(vm, OUT + 8 * i) == 0x1111 for i in range(4)))
+    before = totals(vm, S.VCPU_INVEPT)
+    vm.replace_page(DATA, (0x2222).to_bytes(8, "little"))
+    wait_for(vm, b"vcpu0 sees 0x0000000000002222", reader=after)
+    until(lambda: all(qword(vm, OUT + 8 * i) == 0x2222 for i in range(4)))
+    assert totals(vm, S.VCPU_INVEPT) - before == 1
+    vm.poweroff()

@@ -57,6 +57,7 @@ class Vcpu:
         self.hooked = set()                      # linear addresses with a code hook (HLT/RDMSR/WRMSR candidates)
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
+        self.nmi_blocked = False                 # NMI delivered, no IRET yet (interruptibility bit 3)
         self._make_uc()
 
     # -- setup ---------------------------------------------------------------------------------------

@@ -46,6 +46,12 @@ TABLE = (
     _bool("hw.vmm.trace_guest_exceptions", 0, "Map all guest exceptions into the exception bitmap", True, "vmx/vmx.py"),
     _bool("hw.vmm.topology.cpuid_leaf_b", 1, "Provide topology information via CPUID leaf 0xB", True, "cpu/cpuid.py"),
     Tunable("hw.vmm.maxcpu", "int", 16, "Maximum number of vCPUs", True, 1, 64, owner="vm.py"),
+    _bool("hw.vmm.vmx.cap.posted_interrupts", 1, "APICv posted interrupts (read at every interrupt request)",
+          False, "io/vlapic.py", aliases=("hw.vmm.vmx.use_apic_pir",)),
+    Tunable("hw.vmm.vmx.posted_interrupt_vector", "int", 0xF2, "Posted interrupts notification vector",
+            True, 32, 255, owner="io/vlapic.py"),
+    Tunable("hw.vmm.ipinum", "int", 0xF3, "IPI vector used for vcpu notifications", True, 32, 255,
+            owner="io/vlapic.py"),
 )
 BY_NAME = {}
 for _slot, _t in enumerate(TABLE):
@@ -59,6 +65,9 @@ HALT_DETECTION = SLOT["hw.vmm.halt_detection"]
 TRACE_GUEST_EXCEPTIONS = SLOT["hw.vmm.trace_guest_exceptions"]
 CPUID_LEAF_B = SLOT["hw.vmm.topology.cpuid_leaf_b"]
 MAXCPU = SLOT["hw.vmm.maxcpu"]
+POSTED_INTERRUPTS = SLOT["hw.vmm.vmx.cap.posted_interrupts"]
+POSTED_INTERRUPT_VECTOR = SLOT["hw.vmm.vmx.posted_interrupt_vector"]
+IPINUM = SLOT["hw.vmm.ipinum"]
 
 
 def lookup(name):

@@ -17,6 +17,8 @@ from unicorn import x86_const as X
 from . import firmware
 from . import stats as S
 from .errors import StateError
+from .io import vlapic as L
+from .io.sync import full_fence
 from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
 from .vmx import ctx as C
@@ -58,7 +60,9 @@ class Vcpu:
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
         self.nmi_blocked = False                 # NMI delivered, no IRET yet (interruptibility bit 3)
+        self.waiting_sipi = index > 0            # application processors wait for INIT-SIPI (SPINUP_AP)
         self._make_uc()
+        self.lapic = L.Vlapic(self, address(vm.intr_callback))
 
     # -- setup ---------------------------------------------------------------------------------------
     def _make_uc(self):
@@ -127,7 +131,7 @@ class Vcpu:
 
     # -- control from other threads ----------------------------------------------------------------
     def start(self):
-        self.state = RUNNING
+        self.state = IDLE if self.waiting_sipi else RUNNING
         self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
         self.thread.start()
 
@@ -172,6 +176,9 @@ class Vcpu:
             self.state = RUNNING
         elif kind == "wake" and self.state == HALTED:
             self.state = RUNNING
+            self.ctx[C.RUNSTATE] = C.RUN_HOST
+        elif kind in ("init", "sipi", "nmi"):
+            self._handle_ipi(kind, *message[1:])
         elif kind == "exit":
             self.state = IDLE
             return "exit"
@@ -214,6 +221,9 @@ class Vcpu:
         self.sync_vmcs()
         interrupts_on = bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & inject.RFLAGS_IF)
         self.state = HALTED
+        if interrupts_on and self._interrupt_pending():
+            self.state = RUNNING                         # vm_handle_hlt: a pending interrupt ends the halt
+            return
         self.vm.vcpu_halted(self, interrupts_on)
 
     def _exit_paging(self):
@@ -239,6 +249,70 @@ class Vcpu:
             self._record(E.EXCEPTION_NMI, 0, S.VMEXIT_EXCEPTION,
                          intr_info=E.interruption_info(event.vector, E.TYPE_HWEXC, event.error_code is not None))
         self._deliver(event)
+
+    def _interrupt_pending(self):
+        """Marked halted first, then checked: a notifier either sees the mark (and wakes us) or we see its bit."""
+        c = self.ctx
+        c[C.RUNSTATE] = C.RUN_HALTED
+        full_fence()
+        deadline = int(c[C.TIMER_DEADLINE])
+        if (deadline and time.monotonic_ns() >= deadline) or L.pending(self.lapic.regs) >= 0 or \
+                self.memory_word(self.lapic.pir_hpa + 8 * L.PIR_ON_WORD) & 1:
+            c[C.RUNSTATE] = C.RUN_HOST
+            return True
+        return False
+
+    def memory_word(self, hpa):
+        return int(self.vm.hypervisor.memory[hpa:hpa + 8].view(np.uint64)[0])
+
+    def _exit_inject(self):
+        """Deliver the interrupt the kernel found deliverable (vmx_inject_interrupts step 7) and accept it."""
+        vector = int(self.ctx[C.INJECT])
+        if self._deliver(inject.external_interrupt(vector)):
+            L.accept(self.ctx, vector)
+
+    def _exit_ipi(self):
+        """An NMI to deliver (or to wait for its window), or INIT/SIPI handled by the messages."""
+        c = self.ctx
+        if int(self.vmcs["EXIT_REASON"]) == E.NMI_WINDOW:
+            self.nmi_blocked = False                     # the stepped instruction was the handler's IRET
+        if int(c[C.PENDING]) & L.PEND_NMI:
+            if inject.can_take_nmi(self):
+                c[C.PENDING] = int(c[C.PENDING]) & ~L.PEND_NMI
+                if self._deliver(inject.nmi()):
+                    self.counters[S.VCPU_NMI_COUNT] += 1
+            else:
+                c[C.NMI_WINDOW] = 1
+
+    def _handle_ipi(self, kind, vector=0):
+        """INIT puts the vCPU back to wait-for-SIPI; a SIPI starts a waiting one in real mode at vector << 12."""
+        if kind == "nmi":
+            self.ctx[C.PENDING] = int(self.ctx[C.PENDING]) | L.PEND_NMI
+        elif kind == "init":
+            self.lapic.reset()
+            self.waiting_sipi = True
+            if self.state in (RUNNING, HALTED):
+                self.state = IDLE
+        elif kind == "sipi" and self.waiting_sipi and self.state == IDLE:
+            self.waiting_sipi = False
+            if not self.in_real_mode():
+                raise UnsupportedByModel("INIT of vcpu%d after it ran: the reset to real mode is done once, "
+                                         "at VM start" % self.index)
+            load_real_mode_segment(self.uc, X.UC_X86_REG_CS, vector << 8)
+            self.uc.reg_write(X.UC_X86_REG_RIP, 0)
+            self.state = RUNNING
+
+    def in_real_mode(self):
+        return not self.uc.reg_read(X.UC_X86_REG_CR0) & W.CR0_PE
+
+    def reset_to_real_mode(self):
+        """Walk this (not yet started) vCPU down to real mode with the reset stub, as firmware would at power on."""
+        self.prepare(ResetImage())
+        for _ in range(100):
+            if self.boot is None:
+                return
+            self._run_once()
+        raise UnsupportedByModel("vcpu%d did not reach real mode through the reset stub" % self.index)
 
     def _exit_vminsn(self):
         bios = self.vm.bios
@@ -383,6 +457,11 @@ class Vcpu:
         v["GUEST_ACTIVITY"] = 1 if self.state == HALTED else 0
 
 
+class ResetImage:
+    """What an application processor looks like after INIT: real mode, waiting for its SIPI."""
+    mode, regs = "real", {"ds": 0, "es": 0, "ss": 0, "rsp": 0}
+
+
 class RealModeRegs:
     """The BIOS's view of the registers: 16-bit and 8-bit names over a UC_MODE_64 instance."""
     _WIDE = {"ax": X.UC_X86_REG_AX, "bx": X.UC_X86_REG_BX, "cx": X.UC_X86_REG_CX, "dx": X.UC_X86_REG_DX,
@@ -414,5 +493,5 @@ class RealModeRegs:
 EXIT_HANDLERS = {
     vmx.EXITCODE_BOGUS: Vcpu._exit_bogus, vmx.EXITCODE_HLT: Vcpu._exit_hlt, vmx.EXITCODE_PAGING: Vcpu._exit_paging,
     vmx.EXITCODE_EXCEPTION: Vcpu._exit_exception, vmx.EXITCODE_VMINSN: Vcpu._exit_vminsn,
-    vmx.EXITCODE_USER: Vcpu._exit_user,
+    vmx.EXITCODE_USER: Vcpu._exit_user, vmx.EXITCODE_INJECT: Vcpu._exit_inject, vmx.EXITCODE_IPI: Vcpu._exit_ipi,
 }

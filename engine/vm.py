@@ -16,6 +16,8 @@ from .devices.debugcon import DebugCon
 from .devices.uart_ns16550 import Uart16550
 from .devices.vga_text import VgaText
 from .errors import ConfigError, ImageError, StateError
+from .io import vlapic
+from .io.hosttimer import HostTimer
 from .native import HOST_CALLBACK
 from .vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
 from .vmx import ctx as C
@@ -77,7 +79,10 @@ class VM:
         self.cpuid = self.profile.cpuid_table().reshape(-1)
         self.memory_access = GuestMemory(self)
         self._attach_devices()
+        self.intr_callback = HOST_CALLBACK(self._intr_request)
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
+        self.vcpu_table = vlapic.connect(self.vcpus)
+        self.host_timer = HostTimer(self)
 
     # -- devices on the I/O bus -------------------------------------------------------------------
     def _attach_devices(self):
@@ -189,7 +194,11 @@ class VM:
         if any(v.thread is not None for v in self.vcpus):
             raise StateError("VM %r was already started" % self.name)
         self.log("started")
-        self.vcpus[0].start()            # application processors wait for INIT-SIPI (a later issue)
+        for ap in self.vcpus[1:]:
+            ap.reset_to_real_mode()      # application processors wait for INIT-SIPI in real mode
+        self.host_timer.start()
+        for vcpu in self.vcpus:
+            vcpu.start()
 
     def pause(self):
         self._require(RUNNING, HALTED, action="pause")
@@ -214,12 +223,15 @@ class VM:
             if self.suspend_reason is None:
                 self.suspend_reason, self.suspend_message = "poweroff", "powered off"
             self.changed.notify_all()
+        self.host_timer.stop()
         self.log("powered off")
 
     def destroy(self):
         self.poweroff()
         self.hypervisor.allocator.free(self.segments[0].hpa)
         self.segments = []
+        for vcpu in self.vcpus:
+            vcpu.lapic.free()
 
     def _started(self):
         return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]
@@ -227,6 +239,29 @@ class VM:
     def _require(self, *states, action):
         if self.state not in states:
             raise StateError("cannot %s VM %r: it is %s" % (action, self.name, self.state))
+
+    # -- interrupts ---------------------------------------------------------------------------------
+    def lapic_intr(self, vcpu, vector):
+        """lapic_intr_edge: raise `vector` at a vCPU's local APIC from any thread (bhyve's vm_lapic_irq)."""
+        if not 0 <= vcpu < len(self.vcpus) or not 16 <= vector <= 255:
+            raise ConfigError("VM %r: no vcpu%s or vector %s outside 16-255" % (self.name, vcpu, vector))
+        posted = bool(self.hypervisor.tunables.get("hw.vmm.vmx.cap.posted_interrupts"))
+        return vlapic.intr_edge(self.vcpus[vcpu].ctx, vector, posted)
+
+    def _intr_request(self, vcpu_id, kind, vector, _):
+        """The vLAPIC kernels' way to userspace: wake a halted vCPU, INIT/SIPI/NMI, a timer rearm."""
+        target = self.vcpus[vcpu_id]
+        if kind == vlapic.CB_WAKE:
+            target.mailbox.put(("wake",))
+        elif kind == vlapic.CB_TIMER:
+            self.host_timer.rearm()
+        else:
+            message = {vlapic.CB_INIT: ("init",), vlapic.CB_SIPI: ("sipi", vector), vlapic.CB_NMI: ("nmi",)}[kind]
+            target.mailbox.put(message)
+            if target.thread is not None and int(target.ctx[C.RUNSTATE]) == C.RUN_GUEST:
+                target.ctx[C.REQ] = C.REQ_STOP
+                target.uc.emu_stop()
+        return 0
 
     # -- what vCPUs report --------------------------------------------------------------------------
     def vcpu_suspended(self, vcpu, reason, message):

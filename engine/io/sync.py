@@ -8,8 +8,10 @@ scheme as engine/native.py), and clock_gettime called through its address.
 import ctypes
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core.extending import intrinsic
+
+from ..native import NUMBA
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -60,6 +62,23 @@ def call_clock(typingctx, fn, clock_id, timespec_addr):
     return types.int32(types.uint64, types.int64, types.uint64), codegen
 
 
+@intrinsic
+def call_uc_ptr(typingctx, fn, uc, ptr):
+    """An `int f(uc_engine *, void *)` such as uc_context_save, through its address."""
+    def codegen(context, builder, signature, args):
+        p8 = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(_I32, [p8, p8])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(f, [builder.inttoptr(args[1], p8), builder.inttoptr(args[2], p8)])
+    return types.int32(types.uint64, types.uint64, types.uint64), codegen
+
+
 CLOCK_MONOTONIC = 1
 _libc = ctypes.CDLL(None)
 CLOCK_GETTIME = ctypes.cast(_libc.clock_gettime, ctypes.c_void_p).value
+
+
+@njit(**NUMBA)
+def full_fence():
+    """The same barrier for Python callers (a halting vCPU marks itself, then looks for work)."""
+    fence()

@@ -22,6 +22,7 @@ from . import vmcs as V
 
 U64P = types.CPointer(types.uint64)
 MSR_EFER = 0xC0000080
+APIC_GPA_PAGE = 0xFEE00              # guest-physical page of the local APIC: ctx[APIC_PAGE] when nonzero
 INLINE = dict(inline="always")
 
 
@@ -148,6 +149,9 @@ def tlb_fill(c, vaddr, access):
         c[C.EXIT], c[C.ERRCODE] = C.X_GUEST_PF, err
         return False, 0, 0
     access_bit = E.EPT_FETCH if kind == W.ACCESS_FETCH else E.EPT_WRITE if kind == W.ACCESS_WRITE else E.EPT_READ
+    if code == W.OK and gpa >> np.uint64(12) == np.uint64(APIC_GPA_PAGE) and c[C.APIC_PAGE] != 0 and \
+            kind != W.ACCESS_FETCH:              # the vLAPIC's page (io/vlapic.py); never executable
+        return True, c[C.APIC_PAGE], perms & ~W.PROT_X
     if code == W.EPT_FAULT:                    # a guest paging structure outside guest memory
         c[C.EXIT], c[C.FAULT_GPA], c[C.FAULT_QUAL] = C.X_EPT, fault_gpa, E.EPT_READ | E.EPT_GLA_VALID
         return False, 0, 0

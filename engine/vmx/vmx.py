@@ -11,21 +11,26 @@ from unicorn import x86_const as X
 
 from .. import stats as S
 from ..native import FN_EMU_START, NUMBA, call_emu_start, u64_ptr, u8_ptr
+from ..io.sync import fence
 from . import ctx as C
 from . import exits as E
+from . import intr
 from . import vmcs as V
 from .hooks import INLINE, linear_to_hpa, rd, record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
 EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn error): details in ctx
 EXITCODE_BOGUS = 2          # AST: a request from another thread (pause, kick) is pending
+EXITCODE_IPI = intr.EXITCODE_IPI        # INIT, SIPI or an NMI for this vCPU (userspace side)
+EXITCODE_INJECT = intr.EXITCODE_INJECT  # webhyve: an interrupt to deliver through the guest's IDT
 EXITCODE_HLT = 5
 EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
 EXITCODE_VMINSN = 22        # VMCALL (the BIOS stubs' way into the userspace firmware)
 EXITCODE_EXCEPTION = 27     # webhyve: an exception or interrupt for the userspace side to deliver
 EXITCODE_USER = 28          # webhyve: a userspace device asked the vcpu to stop (power off, error)
 NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAGING: "PAGING",
-         EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER"}
+         EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER",
+         EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT"}
 
 UC_ERR_OK, UC_ERR_INSN_INVALID, UC_ERR_EXCEPTION = 0, 10, 21
 
@@ -46,8 +51,14 @@ def enter(c):
     c[C.HLT_AT] = 0
     c[C.ENTRIES] += 1
     fns = carray(u64_ptr(c[C.FN]), 4)
-    # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode
-    return call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, 0)
+    # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;
+    # with interrupt- or NMI-window exiting armed, one instruction at a time (vmx/intr.py)
+    count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 else 0
+    if c[C.NMI_WINDOW] != 0:
+        intr.note_opcode(c)
+    err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, count)
+    c[C.EXIT_SEQ] += 1
+    return err
 
 
 @njit(**INLINE)
@@ -80,7 +91,16 @@ def exit_process(c, err):
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
-        return 0                                       # emu_start ran out for no reason we know: re-enter
+        if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
+            intr.host_interrupt(c)
+        if c[C.INTR_WINDOW] != 0 and intr.window_open(c):
+            c[C.INTR_WINDOW] = 0
+            record(c, E.INTERRUPT_WINDOW, 0, 0, S.VMEXIT_INTR_WINDOW)
+        if c[C.NMI_WINDOW] != 0 and intr.nmi_window_open(c):
+            c[C.NMI_WINDOW] = 0
+            record(c, E.NMI_WINDOW, 0, 0, S.VMEXIT_NMI_WINDOW)
+            return intr.EXITCODE_IPI
+        return 0                                       # a stepped instruction, or a timeslice: re-enter
     if err == UC_ERR_INSN_INVALID:
         hpa = linear_to_hpa(c, current_linear(c))
         mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
@@ -98,9 +118,21 @@ def exit_process(c, err):
 @njit(**NUMBA)
 def vmx_run(c):
     """Run until an exit needs userspace; returns its VM_EXITCODE."""
+    code = _run(c)
+    c[C.RUNSTATE] = C.RUN_HOST
+    return code
+
+
+@njit(**NUMBA)
+def _run(c):
     counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
     while True:
-        # 1. inject: pending events are delivered by the userspace side before it calls in (vmx/inject.py)
+        # 1. inject, "with host interrupts disabled": marked in the guest before anything pending is read
+        c[C.RUNSTATE] = C.RUN_GUEST
+        fence()
+        code = intr.inject(c)
+        if code != 0:
+            return code
         # 2. checks that leave the loop: suspend, pause or kick (the AST)
         if c[C.REQ] != 0:
             counters[S.VMEXIT_ASTPENDING] += 1

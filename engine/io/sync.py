@@ -73,6 +73,18 @@ def call_uc_ptr(typingctx, fn, uc, ptr):
     return types.int32(types.uint64, types.uint64, types.uint64), codegen
 
 
+@intrinsic
+def call_ctl2(typingctx, fn, uc, control, a, b):
+    """uc_ctl(uc, control, a, b) with two integer arguments, through its address (SysV passes variadic
+    integers in the same registers as fixed ones)."""
+    def codegen(context, builder, signature, args):
+        p8 = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(_I32, [p8, _I32, _I64, _I64])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(f, [builder.inttoptr(args[1], p8), builder.trunc(args[2], _I32), args[3], args[4]])
+    return types.int32(types.uint64, types.uint64, types.int64, types.uint64, types.uint64), codegen
+
+
 CLOCK_MONOTONIC = 1
 _libc = ctypes.CDLL(None)
 CLOCK_GETTIME = ctypes.cast(_libc.clock_gettime, ctypes.c_void_p).value

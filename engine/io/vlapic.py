@@ -54,6 +54,8 @@ U = np.uint64
 IB_VCPUS, IB_NVCPUS, IB_CLOCK, IB_CONTEXT, IB_CONTEXT_SAVE, IB_CALLBACK, IB_TIMESPEC = 0, 1, 2, 3, 4, 5, 6
 IB_HOST_INTR = 8            # host interrupts whose handler ran "by hand" after an exit (acknowledge on exit)
 IB_LAST_OPCODE = 9          # the opcode of the instruction being stepped under NMI-window exiting
+IB_UC_CTL = 10              # uc_ctl's address (flushing translated blocks before single steps)
+IB_STEPPING = 11            # the last entry was a single step (Unicorn's count mode)
 IB_SIZE = 16
 
 
@@ -345,6 +347,8 @@ def send_ipi(c, icr_lo):
         if mode == DM_FIXED or mode == DM_LOWPRI:
             if vector < 16:
                 regs[ESR >> 2] |= np.uint32(ESR_SEND_ILLEGAL)
+            elif i == np.int64(c[C.VCPUID]):             # a self-IPI: the write's exit injects it
+                set_ready(c, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0)
             else:
                 intr_edge(other, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0)
         elif mode == DM_INIT and icr_lo & ICR_LEVEL_ASSERT:
@@ -380,12 +384,39 @@ def is_read_only(offset):
 
 
 @njit(**NUMBA)
-def mmio_write(c, offset, value):
-    """The write hook runs before the store; the store then leaves `value` in the page (trap-like)."""
-    undo_readonly_write(c)
+def exits_after(c, reg, value):
+    """Writes after which an interrupt may become deliverable to this vCPU: a self-IPI, an EOI or a TPR
+    write with requests waiting. Like the APIC-write exit, the vCPU must leave the guest after them."""
     regs = page_of(c)
+    if reg == ICR_LO:
+        shorthand = (value >> 18) & 3
+        dest = (np.int64(regs[ICR_HI >> 2]) >> 24) & 0xFF
+        return shorthand == SH_SELF or shorthand == SH_ALL or (shorthand == SH_NONE and (
+            value & DEST_LOGICAL != 0 or dest == 0xFF or dest == (np.int64(regs[ID >> 2]) >> 24) & 0xFF))
+    if reg == EOI or reg == TPR:
+        return highest(regs, IRR) >= 0
+    return False
+
+
+@njit(**NUMBA)
+def mmio_write(c, offset, value):
+    """The write hook runs before the store; the store then leaves `value` in the page (trap-like).
+
+    A uc_emu_stop from a memory hook makes Unicorn abandon the instruction and restart it at the next
+    entry (measured: the hook runs again). So a write that must exit after it completes stops the guest
+    first, without effect (LAPIC_STEP 1); the loop then steps that one instruction, whose hook applies
+    the write (LAPIC_STEP 2), and the injection step that follows sees its effect.
+    """
     reg = offset & ~0xF
     value = np.int64(value) & 0xFFFFFFFF
+    if c[C.LAPIC_STEP] == 0 and exits_after(c, reg, value):
+        c[C.LAPIC_STEP] = 1
+        call_uc(carray(u64_ptr(c[C.FN]), 4)[FN_EMU_STOP], c[C.UC])
+        return
+    if c[C.LAPIC_STEP] == 1:
+        c[C.LAPIC_STEP] = 2
+    undo_readonly_write(c)
+    regs = page_of(c)
     if is_read_only(reg) or reg == EOI:
         c[C.LAPIC_FIX] = reg + 1
         c[C.LAPIC_FIXVAL] = 0 if reg == EOI else regs[reg >> 2]
@@ -445,6 +476,7 @@ class Vlapic:
         self.block[IB_CONTEXT] = address(self._context.context)
         self.block[IB_CONTEXT_SAVE] = address(uclib.uc_context_save)
         self.block[IB_CALLBACK] = callback_address
+        self.block[IB_UC_CTL] = address(uclib.uc_ctl)
         c = vcpu.ctx
         c[C.APIC_PAGE], c[C.PIR_DESC], c[C.INTR] = self.hpa, self.pir_hpa, self.block.ctypes.data
         for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):

@@ -15,18 +15,19 @@ from unicorn import x86_const as X
 from .. import stats as S
 from .. import tunables as T
 from ..io import vlapic as L
-from ..io.sync import call_uc_ptr
+from ..io.sync import call_ctl2, call_uc_ptr
 from ..native import NUMBA, u64_ptr, u8_ptr
 from . import ctx as C
 from . import exits as E
 from . import vmcs as V
-from .hooks import code_to_hpa, rd, record_exit
+from .hooks import code_to_hpa, log_exit, rd, record_exit
 
 EXITCODE_INJECT = 29        # webhyve: deliver ctx[INJECT] through the guest's IDT (userspace side)
 EXITCODE_IPI = 24           # bhyve's VM_EXITCODE_IPI: INIT, SIPI or NMI for this vCPU
 RFLAGS_IF = 1 << 9
 HF_INHIBIT_IRQ = 1 << 3
 HFLAGS_OFFSET = 216         # engine/vmx/segcache.py: hflags in Unicorn 2.1.4's uc_context
+UC_CTL_TB_FLUSH_WRITE = 10 | (1 << 30)           # UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0)
 
 
 @njit(**NUMBA)
@@ -106,3 +107,27 @@ def note_opcode(c):
         mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
         op = np.uint64(mem8[hpa + 1] if mem8[hpa] == 0x48 else mem8[hpa])
     L.block(c)[L.IB_LAST_OPCODE] = op
+
+
+@njit(**NUMBA)
+def apic_write_exit(c):
+    """Exit 56 (APIC write, trap-like): the qualification is the register's offset. bhyve counts it only
+    in the total."""
+    c[C.LAPIC_STEP] = 0
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    rip = rd(c, X.UC_X86_REG_RIP)
+    vmcs[V.EXIT_REASON], vmcs[V.EXIT_QUALIFICATION], vmcs[V.EXIT_INSTRUCTION_LENGTH] = E.APIC_WRITE, 0, 0
+    vmcs[V.GUEST_RIP] = rip
+    carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VMEXIT_COUNT] += 1
+    log_exit(c, E.APIC_WRITE, 0, 0, rip)
+
+
+@njit(**NUMBA)
+def prepare_entry(c, count):
+    """Entering Unicorn's count mode: flush every translated block first. Unicorn counts instructions only in
+    blocks translated while counting (measured: a cached block, or one chained to, runs on uncounted), and
+    it flushes them all itself when counting ends."""
+    ib = L.block(c)
+    if count != 0 and ib[L.IB_STEPPING] == 0:
+        call_ctl2(ib[L.IB_UC_CTL], c[C.UC], UC_CTL_TB_FLUSH_WRITE, np.uint64(0), np.uint64(0))
+    ib[L.IB_STEPPING] = count

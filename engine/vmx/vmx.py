@@ -53,9 +53,10 @@ def enter(c):
     fns = carray(u64_ptr(c[C.FN]), 4)
     # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;
     # with interrupt- or NMI-window exiting armed, one instruction at a time (vmx/intr.py)
-    count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 else 0
+    count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 or c[C.LAPIC_STEP] != 0 else 0
     if c[C.NMI_WINDOW] != 0:
         intr.note_opcode(c)
+    intr.prepare_entry(c, count)
     err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, count)
     c[C.EXIT_SEQ] += 1
     return err
@@ -91,6 +92,8 @@ def exit_process(c, err):
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
+        if c[C.LAPIC_STEP] == 2:                       # the APIC write completed (io/vlapic.py mmio_write)
+            intr.apic_write_exit(c)
         if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
             intr.host_interrupt(c)
         if c[C.INTR_WINDOW] != 0 and intr.window_open(c):

@@ -17,6 +17,7 @@ from unicorn import x86_const as X
 from . import firmware
 from . import stats as S
 from .errors import StateError
+from .io import buslock
 from .io import vlapic as L
 from .io.sync import full_fence
 from .mmu import walk as W
@@ -56,7 +57,7 @@ class Vcpu:
         self.xtab = np.zeros(2 * XTAB_PAIRS, np.uint64)
         self.scratch = np.zeros(8, np.uint64)
         self.ring = C.new_ring()
-        self.hooked = set()                      # linear addresses with a code hook (HLT/RDMSR/WRMSR candidates)
+        self.hooked = set()                      # (cfunc, linear address) code hooks: HLT/RDMSR/WRMSR, LOCK prefixes
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
         self.nmi_blocked = False                 # NMI delivered, no IRET yet (interruptibility bit 3)
@@ -314,6 +315,17 @@ class Vcpu:
             self._run_once()
         raise UnsupportedByModel("vcpu%d did not reach real mode through the reset stub" % self.index)
 
+    def _exit_buslock(self):
+        """The first run of a LOCK-prefixed instruction: hook the instruction after it to release the bus lock."""
+        after = int(self.ctx[C.FAULT_GLA])
+        table = self.lapic.lock_table
+        slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, after)
+        if slot < 0:
+            raise UnsupportedByModel("more than %d distinct LOCK-prefixed instructions" % buslock.TABLE_PAIRS)
+        hook_add(self.uc, UC_HOOK_CODE, buslock.release_hook.address, self.ctx.ctypes.data, after, after)
+        table[2 * slot] = after | 1
+        self.uc.ctl_remove_cache(self.linear_pc(), after + 1)
+
     def _exit_vminsn(self):
         bios = self.vm.bios
         vector = bios.vector_at(self.linear_pc()) if bios else None
@@ -362,11 +374,13 @@ class Vcpu:
         code = self.vm.hypervisor.memory[hpa:hpa + 0x1000 + 1]
         hits = np.flatnonzero(code[:0x1000] == 0xF4).tolist()
         twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32)))
-        for offset in hits + twos.tolist():
-            where = linear_page + offset
-            if where not in self.hooked:
-                hook_add(self.uc, UC_HOOK_CODE, hooks.code_hook.address, self.ctx.ctypes.data, where, where)
-                self.hooked.add(where)
+        locks = np.flatnonzero(code[:0x1000] == 0xF0).tolist()
+        for cfunc, offsets in ((hooks.code_hook, hits + twos.tolist()), (buslock.lock_hook, locks)):
+            for offset in offsets:
+                where = linear_page + offset
+                if (cfunc, where) not in self.hooked:
+                    hook_add(self.uc, UC_HOOK_CODE, cfunc.address, self.ctx.ctypes.data, where, where)
+                    self.hooked.add((cfunc, where))
         page = gpa_page >> 12
         self.vm.code_state[page] |= 1
         slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)
@@ -494,4 +508,5 @@ EXIT_HANDLERS = {
     vmx.EXITCODE_BOGUS: Vcpu._exit_bogus, vmx.EXITCODE_HLT: Vcpu._exit_hlt, vmx.EXITCODE_PAGING: Vcpu._exit_paging,
     vmx.EXITCODE_EXCEPTION: Vcpu._exit_exception, vmx.EXITCODE_VMINSN: Vcpu._exit_vminsn,
     vmx.EXITCODE_USER: Vcpu._exit_user, vmx.EXITCODE_INJECT: Vcpu._exit_inject, vmx.EXITCODE_IPI: Vcpu._exit_ipi,
+    vmx.EXITCODE_BUSLOCK: Vcpu._exit_buslock,
 }

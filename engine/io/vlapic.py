@@ -56,6 +56,8 @@ IB_HOST_INTR = 8            # host interrupts whose handler ran "by hand" after 
 IB_LAST_OPCODE = 9          # the opcode of the instruction being stepped under NMI-window exiting
 IB_UC_CTL = 10              # uc_ctl's address (flushing translated blocks before single steps)
 IB_STEPPING = 11            # the last entry was a single step (Unicorn's count mode)
+IB_BUS_WORD, IB_BUS_HELD, IB_LOCK_TABLE = 12, 13, 14    # io/buslock.py: the VM's lock word, held, hooked
+LOCK_TABLE_PAIRS = 1024     # instructions after a LOCK this vCPU has hooked (open addressing, as the exec scan)
 IB_SIZE = 16
 
 
@@ -477,6 +479,8 @@ class Vlapic:
         self.block[IB_CONTEXT_SAVE] = address(uclib.uc_context_save)
         self.block[IB_CALLBACK] = callback_address
         self.block[IB_UC_CTL] = address(uclib.uc_ctl)
+        self.lock_table = np.zeros(2 * LOCK_TABLE_PAIRS, np.uint64)
+        self.block[IB_LOCK_TABLE] = self.lock_table.ctypes.data
         c = vcpu.ctx
         c[C.APIC_PAGE], c[C.PIR_DESC], c[C.INTR] = self.hpa, self.pir_hpa, self.block.ctypes.data
         for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):
@@ -519,9 +523,10 @@ class Vlapic:
 
 def connect(vcpus):
     """Give every vCPU's kernels the table of its peers' context blocks (IPI destinations)."""
-    table = np.array([v.ctx.ctypes.data for v in vcpus], np.uint64)
+    table = np.array([v.ctx.ctypes.data for v in vcpus] + [0], np.uint64)     # the last word: the bus lock
     for v in vcpus:
         v.lapic.block[IB_VCPUS], v.lapic.block[IB_NVCPUS] = table.ctypes.data, len(vcpus)
+        v.lapic.block[IB_BUS_WORD] = table.ctypes.data + 8 * len(vcpus)
         if v.index > 0:                                  # IA32_APIC_BASE: only the BSP has bit 8 set
             rows = v.msrs.reshape(-1, 3)
             rows[rows[:, 0] == 0x1B, 2] &= ~np.uint64(1 << 8)

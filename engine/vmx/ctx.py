@@ -69,7 +69,7 @@ SIZE = 128
 RING_ROWS = 256
 
 # EXIT values
-X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP = range(7)
+X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_BUSLOCK = range(8)
 # REQ bits
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
 # RUNSTATE values: in the host (the vCPU checks its IRR before it enters), in the guest or about to enter

@@ -11,6 +11,7 @@ from unicorn import x86_const as X
 
 from .. import stats as S
 from ..native import FN_EMU_START, NUMBA, call_emu_start, u64_ptr, u8_ptr
+from ..io import buslock
 from ..io.sync import fence
 from . import ctx as C
 from . import exits as E
@@ -23,6 +24,7 @@ EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn
 EXITCODE_BOGUS = 2          # AST: a request from another thread (pause, kick) is pending
 EXITCODE_IPI = intr.EXITCODE_IPI        # INIT, SIPI or an NMI for this vCPU (userspace side)
 EXITCODE_INJECT = intr.EXITCODE_INJECT  # webhyve: an interrupt to deliver through the guest's IDT
+EXITCODE_BUSLOCK = 30       # webhyve: a LOCK-prefixed instruction seen for the first time (io/buslock.py)
 EXITCODE_HLT = 5
 EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
 EXITCODE_VMINSN = 22        # VMCALL (the BIOS stubs' way into the userspace firmware)
@@ -30,7 +32,7 @@ EXITCODE_EXCEPTION = 27     # webhyve: an exception or interrupt for the userspa
 EXITCODE_USER = 28          # webhyve: a userspace device asked the vcpu to stop (power off, error)
 NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAGING: "PAGING",
          EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER",
-         EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT"}
+         EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT", EXITCODE_BUSLOCK: "BUSLOCK"}
 
 UC_ERR_OK, UC_ERR_INSN_INVALID, UC_ERR_EXCEPTION = 0, 10, 21
 
@@ -59,6 +61,7 @@ def enter(c):
     intr.prepare_entry(c, count)
     err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, count)
     c[C.EXIT_SEQ] += 1
+    buslock.release(c)                             # a locked instruction that faulted or was the last one run
     return err
 
 
@@ -82,6 +85,8 @@ def exit_process(c, err):
         return EXITCODE_EXCEPTION
     if why == C.X_USER_STOP:
         return EXITCODE_USER
+    if why == C.X_BUSLOCK:
+        return EXITCODE_BUSLOCK
     if err == UC_ERR_OK:
         linear = current_linear(c)
         if c[C.HLT_AT] != 0 and c[C.HLT_AT] == linear:

@@ -257,7 +257,8 @@ class Vcpu:
         c[C.RUNSTATE] = C.RUN_HALTED
         full_fence()
         deadline = int(c[C.TIMER_DEADLINE])
-        if (deadline and time.monotonic_ns() >= deadline) or L.pending(self.lapic.regs) >= 0 or \
+        extint = self.lapic.block[L.IB_EXTINT] and L.extint_accepted(self.lapic.regs)
+        if (deadline and time.monotonic_ns() >= deadline) or L.pending(self.lapic.regs) >= 0 or extint or \
                 self.memory_word(self.lapic.pir_hpa + 8 * L.PIR_ON_WORD) & 1:
             c[C.RUNSTATE] = C.RUN_HOST
             return True
@@ -269,6 +270,11 @@ class Vcpu:
     def _exit_inject(self):
         """Deliver the interrupt the kernel found deliverable (vmx_inject_interrupts step 7) and accept it."""
         vector = int(self.ctx[C.INJECT])
+        if vector == vmx.intr.EXTINT:                    # the 8259's INTA cycle gives the vector
+            vector = self.vm.pic.acknowledge()
+            if vector is not None and self._deliver(inject.external_interrupt(vector)):
+                self.counters[S.VCPU_EXTINT_COUNT] += 1
+            return
         if self._deliver(inject.external_interrupt(vector)):
             L.accept(self.ctx, vector)
 

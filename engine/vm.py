@@ -18,6 +18,9 @@ from .devices.vga_text import VgaText
 from .errors import ConfigError, ImageError, StateError
 from .io import vlapic
 from .io.hosttimer import HostTimer
+from .io.vpic import Vpic
+from .io.vpit import Vpit
+from .io.sync import full_fence
 from .native import HOST_CALLBACK
 from .vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
 from .vmx import ctx as C
@@ -83,6 +86,7 @@ class VM:
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
         self.vcpu_table = vlapic.connect(self.vcpus)
         self.host_timer = HostTimer(self)
+        self._attach_interrupt_controllers()
 
     # -- devices on the I/O bus -------------------------------------------------------------------
     def _attach_devices(self):
@@ -241,6 +245,39 @@ class VM:
             raise StateError("cannot %s VM %r: it is %s" % (action, self.name, self.state))
 
     # -- interrupts ---------------------------------------------------------------------------------
+    def _attach_interrupt_controllers(self):
+        """The 8259 pair and the 8254 on the I/O bus; the UARTs on IRQ 4 (COM1) and IRQ 3 (COM2)."""
+        self.pic = Vpic(self._extint_changed)
+        self.pit = Vpit(lambda: self.pic.pulse(0))
+        self.host_timer.devices.append(self.pit)
+        for chip, base in ((0, 0x20), (1, 0xA0)):
+            for offset in (0, 1):
+                self.ports[base + offset] = (lambda off, c=chip: self.pic.port_read(c, off),
+                                             lambda off, value, c=chip: self.pic.port_write(c, off, value), offset)
+        for offset in range(4):
+            self.ports[0x40 + offset] = (self.pit.read, self._pit_write, offset)
+        for port in list(range(0x20, 0x22)) + list(range(0xA0, 0xA2)) + list(range(0x40, 0x44)):
+            self.portmap[port] = C.PORT_USER
+        self.com1.on_irq_change(lambda level: self.pic.set_irq(4, level))
+        self.com2.on_irq_change(lambda level: self.pic.set_irq(3, level))
+
+    def _pit_write(self, offset, value):
+        self.pit.write(offset, value)
+        self.host_timer.rearm()
+
+    def _extint_changed(self, level):
+        """The master 8259's INT output, wired to the bootstrap vCPU (bhyve's vatpic_notify_intr)."""
+        bsp = self.vcpus[0]
+        bsp.lapic.block[vlapic.IB_EXTINT] = int(level)
+        if not level:
+            return
+        full_fence()
+        if threading.current_thread() is bsp.thread:
+            bsp.ctx[C.NOTIFY] = self.hypervisor.tunables.get("hw.vmm.ipinum")
+            bsp.uc.emu_stop()                      # leaves after this instruction's block; no waiting on itself
+        else:
+            vlapic.notify(bsp.ctx, False)
+
     def lapic_intr(self, vcpu, vector):
         """lapic_intr_edge: raise `vector` at a vCPU's local APIC from any thread (bhyve's vm_lapic_irq)."""
         if not 0 <= vcpu < len(self.vcpus) or not 16 <= vector <= 255:

@@ -25,6 +25,7 @@ class HostTimer:
         self._stop = threading.Event()
         self._wakeup = threading.Event()
         self._kicked = {}
+        self.devices = []                 # platform timers (the 8254): deadline_ns() and expire(now)
         self.thread = threading.Thread(target=self._main, name="%s-hosttimer" % vm.name, daemon=True)
 
     def start(self):
@@ -46,6 +47,13 @@ class HostTimer:
             soonest = now + int(IDLE_WAIT * 1e9)
             for vcpu in self.vm.vcpus:
                 soonest = min(soonest, self._visit(vcpu, now))
+            for device in self.devices:
+                deadline = device.deadline_ns()
+                if deadline and deadline <= now:
+                    device.expire(now)
+                    deadline = device.deadline_ns()
+                if deadline:
+                    soonest = min(soonest, deadline)
             self._wakeup.wait(max(soonest - time.monotonic_ns(), 0) / 1e9)
             self._wakeup.clear()
 

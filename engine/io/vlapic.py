@@ -58,6 +58,7 @@ IB_UC_CTL = 10              # uc_ctl's address (flushing translated blocks befor
 IB_STEPPING = 11            # the last entry was a single step (Unicorn's count mode)
 IB_BUS_WORD, IB_BUS_HELD, IB_LOCK_TABLE = 12, 13, 14    # io/buslock.py: the VM's lock word, held, hooked
 LOCK_TABLE_PAIRS = 1024     # instructions after a LOCK this vCPU has hooked (open addressing, as the exec scan)
+IB_EXTINT = 15              # the 8259's INT output reaches this vCPU (io/vpic.py): an ExtINT is pending
 IB_SIZE = 16
 
 
@@ -123,6 +124,14 @@ def pending(regs):
     if (irrv & 0xF0) <= (update_ppr(regs) & 0xF0):
         return np.int64(-1)
     return irrv
+
+
+@njit(**NUMBA)
+def extint_accepted(regs):
+    """The 8259's interrupt gets through: the APIC is software-disabled (its LINT0 then passes INTR
+    straight to the CPU), or LVT LINT0 is unmasked in ExtINT mode (the virtual-wire setup)."""
+    lint0 = np.int64(regs[LVT_LINT0 >> 2])
+    return not regs[SVR >> 2] & SVR_ENABLE or (lint0 & (LVT_MASKED | 0x700)) == 0x700
 
 
 @njit(**NUMBA)

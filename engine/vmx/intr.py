@@ -24,6 +24,7 @@ from .hooks import code_to_hpa, log_exit, rd, record_exit
 
 EXITCODE_INJECT = 29        # webhyve: deliver ctx[INJECT] through the guest's IDT (userspace side)
 EXITCODE_IPI = 24           # bhyve's VM_EXITCODE_IPI: INIT, SIPI or NMI for this vCPU
+EXTINT = 0x100              # ctx[INJECT]: an ExtINT, its vector from the 8259 (io/vpic.py)
 RFLAGS_IF = 1 << 9
 HF_INHIBIT_IRQ = 1 << 3
 HFLAGS_OFFSET = 216         # engine/vmx/segcache.py: hflags in Unicorn 2.1.4's uc_context
@@ -56,9 +57,12 @@ def inject(c):
         return 0                                   # vmx_inject_interrupts step 6: window already armed
     L.timer_check(c, L.now_ns(c))
     L.pir_to_irr(c)
-    vector = L.pending(L.page_of(c))
+    regs = L.page_of(c)
+    vector = L.pending(regs)
     if vector < 0:
-        return 0
+        if L.block(c)[L.IB_EXTINT] == 0 or not L.extint_accepted(regs):
+            return 0
+        vector = EXTINT                            # the vector comes from the 8259's INTA cycle
     if can_take_interrupt(c):
         c[C.INJECT] = vector
         return EXITCODE_INJECT

@@ -159,7 +159,10 @@ class Vcpu:
     def _drive(self):
         while True:
             if self.state != RUNNING:
-                message = self.mailbox.get()
+                try:
+                    message = self.mailbox.get(timeout=self._halt_timeout())
+                except queue.Empty:                  # halted until the LAPIC timer's deadline: it is due
+                    message = ("wake",)
                 if self._handle(message) == "exit":
                     return
                 continue
@@ -263,6 +266,13 @@ class Vcpu:
             c[C.RUNSTATE] = C.RUN_HOST
             return True
         return False
+
+    def _halt_timeout(self):
+        """Seconds until a halted vCPU's own LAPIC timer fires (vm_handle_hlt sleeps at most that long)."""
+        deadline = int(self.ctx[C.TIMER_DEADLINE])
+        if self.state != HALTED or not deadline:
+            return None
+        return max(deadline - time.monotonic_ns(), 0) / 1e9
 
     def memory_word(self, hpa):
         return int(self.vm.hypervisor.memory[hpa:hpa + 8].view(np.uint64)[0])

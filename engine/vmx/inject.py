@@ -85,7 +85,7 @@ def deliver(vcpu, event):
     vmcs = vcpu.vmcs
     vmcs["ENTRY_INTR_INFO"] = event.info()
     vmcs["ENTRY_EXCEPTION_ERROR"] = event.error_code or 0
-    saved = vcpu.uc.context_save()
+    saved = S.saved(vcpu.uc, "_delivery_context")
     try:
         _deliver(vcpu, event)
     except DeliveryFault as second:
@@ -213,6 +213,14 @@ def _inner_stack32(vcpu, event, new_cpl):
     return ss, esp, desc
 
 
+def _cs_load(uc, selector, new_cpl, desc):
+    """The CS load delivery performs; none when CS already holds that selector (the common same-level case)."""
+    new = (selector & ~3) | new_cpl
+    if new == uc.reg_read(X.UC_X86_REG_CS):
+        return []
+    return [(S.CS, new, desc.base, desc.limit, desc.flags | S.DESC_A)]
+
+
 def _deliver_protected(vcpu, event):
     """32-bit interrupt and trap gates, to the same or an inner privilege level (SDM §6.12.1)."""
     uc = vcpu.uc
@@ -224,7 +232,7 @@ def _deliver_protected(vcpu, event):
     flags, new_flags = _frame_flags(vcpu, gate_type == GATE_TRAP32)
     old_ss, old_esp = uc.reg_read(X.UC_X86_REG_SS), uc.reg_read(X.UC_X86_REG_ESP)
     frame = [uc.reg_read(X.UC_X86_REG_EIP), uc.reg_read(X.UC_X86_REG_CS), flags & 0xFFFFFFFF]
-    loads = [(S.CS, (selector & ~3) | new_cpl, code_desc.base, code_desc.limit, code_desc.flags | S.DESC_A)]
+    loads = _cs_load(uc, selector, new_cpl, code_desc)
     if new_cpl < vcpu.cpl():
         ss, esp, ss_desc = _inner_stack32(vcpu, event, new_cpl)
         frame += [old_esp, old_ss]
@@ -234,7 +242,8 @@ def _deliver_protected(vcpu, event):
     if event.error_code is not None:
         frame.insert(0, event.error_code)
     esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
-    S.load(uc, loads)
+    if loads:
+        S.load(uc, loads)
     vcpu.write_linear(S.base(uc, S.SS) + esp, struct.pack("<%dI" % len(frame), *frame))
     uc.reg_write(X.UC_X86_REG_ESP, esp)
     uc.reg_write(X.UC_X86_REG_EFLAGS, new_flags)
@@ -252,7 +261,7 @@ def _deliver_long(vcpu, event):
     flags, new_flags = _frame_flags(vcpu, gate_type == GATE_TRAP32)
     rsp = uc.reg_read(X.UC_X86_REG_RSP)
     frame = [uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_CS), flags, rsp, uc.reg_read(X.UC_X86_REG_SS)]
-    loads = [(S.CS, (selector & ~3) | new_cpl, code_desc.base, code_desc.limit, code_desc.flags | S.DESC_A)]
+    loads = _cs_load(uc, selector, new_cpl, code_desc)
     if new_cpl < vcpu.cpl():
         rsp = struct.unpack("<Q", _tss(vcpu, 4 + 8 * new_cpl, 8))[0]
         loads.insert(0, (S.SS, new_cpl, 0, 0, new_cpl << 13))   # SS is NULL with RPL = new CPL
@@ -261,7 +270,8 @@ def _deliver_long(vcpu, event):
     if event.error_code is not None:
         frame.insert(0, event.error_code)
     rsp = (rsp & ~0xF) - 8 * len(frame)
-    S.load(uc, loads)
+    if loads:
+        S.load(uc, loads)
     vcpu.write_linear(rsp, struct.pack("<%dQ" % len(frame), *frame))
     uc.reg_write(X.UC_X86_REG_RSP, rsp)
     uc.reg_write(X.UC_X86_REG_EFLAGS, new_flags)

@@ -43,6 +43,17 @@ class Descriptor:
         self.long = bool(hi & DESC_L)
 
 
+def saved(uc, slot="_segcache_context"):
+    """The CPU state in a context kept on the Uc object and refreshed (context_update reuses its buffer)."""
+    ctx = getattr(uc, slot, None)
+    if ctx is None:
+        ctx = uc.context_save()
+        setattr(uc, slot, ctx)
+    else:
+        uc.context_update(ctx)
+    return ctx
+
+
 def _view(ctx):
     base = address(ctx.context)
     size = ctypes.c_size_t.from_address(base).value
@@ -54,8 +65,7 @@ def check(uc):
     global _checked
     if _checked:
         return
-    ctx = uc.context_save()
-    raw = bytes(_view(ctx))
+    raw = bytes(_view(saved(uc)))
     rax = struct.unpack_from("<Q", raw, _RAX)[0]
     fs_base = struct.unpack_from("<Q", raw, _SEGS + FS * _SEG_SIZE + 8)[0]
     if rax != uc.reg_read(X.UC_X86_REG_RAX) or fs_base != uc.reg_read(X.UC_X86_REG_FS_BASE):
@@ -66,19 +76,19 @@ def check(uc):
 def hflags(uc):
     """QEMU's hidden flags: the CPL, the interrupt shadow (HF_INHIBIT_IRQ), the code-segment size."""
     check(uc)
-    return struct.unpack_from("<I", bytes(_view(uc.context_save())), _HFLAGS)[0]
+    return struct.unpack_from("<I", _view(saved(uc)), _HFLAGS)[0]
 
 
 def base(uc, seg):
     """A segment's cached base (Unicorn has no register for SS.base and friends)."""
     check(uc)
-    return struct.unpack_from("<Q", bytes(_view(uc.context_save())), _SEGS + seg * _SEG_SIZE + 8)[0]
+    return struct.unpack_from("<Q", _view(saved(uc)), _SEGS + seg * _SEG_SIZE + 8)[0]
 
 
 def load(uc, loads):
     """Load several segment caches at once: `loads` is [(seg, selector, base, limit, flags)], in order."""
     check(uc)
-    ctx = uc.context_save()
+    ctx = saved(uc)
     mem = _view(ctx)
     hf = struct.unpack_from("<I", mem, _HFLAGS)[0]
     for seg, selector, base, limit, flags in loads:

@@ -177,6 +177,7 @@ def test_interrupts_from_another_thread_none_lost_none_doubled(hv, tmp_path):
 
 
 def stress(hv, tmp_path, per_thread, vectors):
+    """One sender thread per vector, each waiting for the guest's count before the next; returns (vm, seconds)."""
     gates = "".join(gate64(v, "h%x" % v) for v in vectors)
     handlers = "".join("""
 h{v:x}:
@@ -222,14 +223,17 @@ ready: .quad 0
                     return
                 time.sleep(0)
     threads = [threading.Thread(target=sender, args=(i, v)) for i, v in enumerate(vectors)]
+    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    elapsed = time.monotonic() - started
     mem.write(counts_gpa + 32, (1).to_bytes(8, "little"))
     vm.wait(states=("suspended",), timeout=30)
     assert not failures, failures
     assert [count(i) for i in range(len(vectors))] == [per_thread] * len(vectors)
+    return vm, elapsed
 
 
 def test_interrupts_without_posted_interrupts_none_lost(tmp_path):

@@ -62,6 +62,7 @@ class Vcpu:
         self.pending_event = None
         self.nmi_blocked = False                 # NMI delivered, no IRET yet (interruptibility bit 3)
         self.waiting_sipi = index > 0            # application processors wait for INIT-SIPI (SPINUP_AP)
+        self.halt_interruptible = False          # RFLAGS.IF at the last HLT: may an interrupt wake it
         self._make_uc()
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
 
@@ -224,7 +225,7 @@ class Vcpu:
             return
         self.sync_vmcs()
         interrupts_on = bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & inject.RFLAGS_IF)
-        self.state = HALTED
+        self.state, self.halt_interruptible = HALTED, interrupts_on
         if interrupts_on and self._interrupt_pending():
             self.state = RUNNING                         # vm_handle_hlt: a pending interrupt ends the halt
             return
@@ -270,8 +271,8 @@ class Vcpu:
     def _halt_timeout(self):
         """Seconds until a halted vCPU's own LAPIC timer fires (vm_handle_hlt sleeps at most that long)."""
         deadline = int(self.ctx[C.TIMER_DEADLINE])
-        if self.state != HALTED or not deadline:
-            return None
+        if self.state != HALTED or not deadline or not self.halt_interruptible:
+            return None                                  # with RFLAGS.IF clear only an NMI or INIT ends HLT
         return max(deadline - time.monotonic_ns(), 0) / 1e9
 
     def memory_word(self, hpa):
@@ -305,6 +306,9 @@ class Vcpu:
         """INIT puts the vCPU back to wait-for-SIPI; a SIPI starts a waiting one in real mode at vector << 12."""
         if kind == "nmi":
             self.ctx[C.PENDING] = int(self.ctx[C.PENDING]) | L.PEND_NMI
+            if self.state == HALTED:
+                self.state = RUNNING                     # an NMI ends HLT whatever RFLAGS.IF says
+                self.ctx[C.RUNSTATE] = C.RUN_HOST
         elif kind == "init":
             self.lapic.reset()
             self.waiting_sipi = True

@@ -295,9 +295,10 @@ class VM:
         else:
             message = {vlapic.CB_INIT: ("init",), vlapic.CB_SIPI: ("sipi", vector), vlapic.CB_NMI: ("nmi",)}[kind]
             target.mailbox.put(message)
-            if target.thread is not None and int(target.ctx[C.RUNSTATE]) == C.RUN_GUEST:
-                target.ctx[C.REQ] = C.REQ_STOP
-                target.uc.emu_stop()
+            if target.thread is not None:
+                target.ctx[C.REQ] = C.REQ_STOP           # the loop hands the message to the vCPU's thread
+                if target.thread is not threading.current_thread() and int(target.ctx[C.RUNSTATE]) == C.RUN_GUEST:
+                    target.uc.emu_stop()                 # (its own ICR write exits anyway: the APIC write)
         return 0
 
     # -- what vCPUs report --------------------------------------------------------------------------

@@ -63,6 +63,8 @@ class HostTimer:
         deadline = int(c[C.TIMER_DEADLINE])
         if vcpu.state not in ("running", "halted"):
             return now + int(IDLE_WAIT * 1e9)            # paused, stopped or waiting for SIPI: nothing runs
+        if vcpu.state == "halted" and not vcpu.halt_interruptible:
+            return now + int(IDLE_WAIT * 1e9)            # RFLAGS.IF clear: the timer cannot end this HLT
         if deadline and deadline <= now:
             self._kick(vcpu, HOST_TIMER_VECTOR, now)
             return now + RETRY_NS

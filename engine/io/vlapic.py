@@ -256,11 +256,18 @@ def timer_start(c, count, now):
 
 @njit(**NUMBA)
 def timer_ccr(c, now):
-    """The current count: what is left of the period at the divided bus frequency."""
+    """The current count: what is left of the period at the divided bus frequency. A periodic timer whose
+    deadline passed before the vCPU rearmed it has already reloaded: the count wraps."""
     deadline = np.int64(c[C.TIMER_DEADLINE])
-    if deadline == 0 or now >= deadline:
+    if deadline == 0:
         return np.int64(0)
-    return ns_to_count(deadline - now, divisor(page_of(c)[TIMER_DCR >> 2]))
+    remaining = deadline - now
+    if remaining <= 0:
+        period = np.int64(c[C.TIMER_PERIOD])
+        if period == 0:
+            return np.int64(0)
+        remaining = period - (now - deadline) % period
+    return ns_to_count(remaining, divisor(page_of(c)[TIMER_DCR >> 2]))
 
 
 @njit(**NUMBA)
@@ -400,6 +407,8 @@ def exits_after(c, reg, value):
     write with requests waiting. Like the APIC-write exit, the vCPU must leave the guest after them."""
     regs = page_of(c)
     if reg == ICR_LO:
+        if (value >> 8) & 7 in (DM_NMI, DM_INIT, DM_SIPI):
+            return True                                  # handled by userspace after the write completes
         shorthand = (value >> 18) & 3
         dest = (np.int64(regs[ICR_HI >> 2]) >> 24) & 0xFF
         return shorthand == SH_SELF or shorthand == SH_ALL or (shorthand == SH_NONE and (

@@ -1,7 +1,8 @@
 /* smp: bring up every application processor with INIT-SIPI-SIPI; each prints its APIC ID; then all CPUs
  * add to one shared counter under a spinlock, and the bootstrap processor prints and checks the total.
  *
- * Command line: cpus=N (default 2, the vCPUs the VM has), work=N (increments per CPU, default 200000).
+ * Command line: cpus=N (default 2, the vCPUs the VM has), work=N (increments per CPU, default 200000),
+ * rounds=N (private arithmetic between two increments, default 50: small keeps the lock contended).
  * APs are started one at a time, each after the previous one reported, so their lines do not interleave.
  */
 #include <stdint.h>
@@ -16,7 +17,7 @@
 #define SIPI_VECTOR	(TRAMPOLINE >> 12)
 
 extern const char trampoline_start[], trampoline_end[];
-static volatile uint32_t started, go, finished, lock, total_work;
+static volatile uint32_t started, go, finished, lock, total_work, rounds;
 static volatile uint32_t counter;
 
 static void spin_lock(volatile uint32_t *l)
@@ -43,13 +44,13 @@ static void atomic_inc(volatile uint32_t *v)
 	__asm__ volatile("lock incl %0" : "+m"(*v) : : "memory");
 }
 
-/* The CPU-bound part: `work` rounds of private arithmetic, each adding 1 to the shared counter. */
+/* The CPU-bound part: `work` times, `rounds` steps of private arithmetic, then 1 added to the shared counter. */
 static void do_work(uint32_t work)
 {
 	uint32_t x = 1;
 
 	for (uint32_t i = 0; i < work; i++) {
-		for (int j = 0; j < 50; j++)
+		for (uint32_t j = 0; j < rounds; j++)
 			x = x * 1103515245u + 12345u;
 		spin_lock(&lock);
 		counter += 1 + (x & 0);
@@ -96,6 +97,7 @@ void kmain(uint32_t magic, struct multiboot_info *mbi)
 		cmdline = (const char *)mbi->cmdline;
 	cpus = cmdline_option(cmdline, "cpus=", 2);
 	total_work = cmdline_option(cmdline, "work=", 200000);
+	rounds = cmdline_option(cmdline, "rounds=", 50);
 	serial_init();
 	lapic_write(LAPIC_SVR, SVR_ENABLE | 0xFF);
 	serial_puts("smp: BSP is APIC ");

@@ -34,9 +34,13 @@ static void spin_lock(volatile uint32_t *l)
 	}
 }
 
+/* A locked release: webhyve's bus lock orders LOCK-prefixed instructions against each other, not against
+ * plain stores (docs/interrupts.md), so a plain `mov` release could be lost inside another CPU's xchg. */
 static void spin_unlock(volatile uint32_t *l)
 {
-	__asm__ volatile("movl $0, %0" : "=m"(*l) : : "memory");
+	uint32_t zero = 0;
+
+	__asm__ volatile("lock xchgl %0, %1" : "+r"(zero), "+m"(*l) : : "memory");
 }
 
 static void atomic_inc(volatile uint32_t *v)

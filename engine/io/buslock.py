@@ -15,19 +15,22 @@ from ..native import NUMBA, u64_ptr, u8_ptr
 from ..vmx import ctx as C
 from ..vmx.hooks import code_to_hpa, stop, xtab_find
 from . import vlapic as L
-from .sync import atomic_cas, atomic_xchg
+from .sync import atomic_cas, atomic_xchg, call_void
 
 TABLE_PAIRS = L.LOCK_TABLE_PAIRS
-SPIN_LIMIT = 1 << 26                # a holder that never releases (a bug) does not hang the others forever
+SPIN_LIMIT = 1 << 22                # a holder that never releases (a bug) does not hang the others forever
+SPINS_BEFORE_YIELD = 256            # the holder's thread may be off its host CPU: give ours to it
 U = np.uint64
 
 
 @njit(**NUMBA)
-def acquire(word_address, owner):
+def acquire(word_address, owner, sched_yield):
     """Spin until the VM's bus-lock word goes 0 → owner; returns False if the spin gave up."""
-    for _ in range(SPIN_LIMIT):
+    for i in range(SPIN_LIMIT):
         if atomic_cas(word_address, U(0), owner) == 0:
             return True
+        if i >= SPINS_BEFORE_YIELD:
+            call_void(sched_yield)
     return False
 
 
@@ -53,7 +56,7 @@ def on_lock_prefix(c, address, size):
         c[C.EXIT], c[C.FAULT_GLA] = C.X_BUSLOCK, after
         stop(c)                                     # precise from a code hook: the instruction has not run
         return
-    if acquire(ib[L.IB_BUS_WORD], U(c[C.VCPUID]) + U(1)):
+    if acquire(ib[L.IB_BUS_WORD], U(c[C.VCPUID]) + U(1), ib[L.IB_SCHED_YIELD]):
         ib[L.IB_BUS_HELD] = 1
 
 

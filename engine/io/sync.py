@@ -63,6 +63,15 @@ def call_clock(typingctx, fn, clock_id, timespec_addr):
 
 
 @intrinsic
+def call_void(typingctx, fn):
+    """An `int f(void)` such as sched_yield, through its address."""
+    def codegen(context, builder, signature, args):
+        f = builder.inttoptr(args[0], ir.FunctionType(_I32, []).as_pointer())
+        return builder.call(f, [])
+    return types.int32(types.uint64), codegen
+
+
+@intrinsic
 def call_uc_ptr(typingctx, fn, uc, ptr):
     """An `int f(uc_engine *, void *)` such as uc_context_save, through its address."""
     def codegen(context, builder, signature, args):
@@ -88,6 +97,7 @@ def call_ctl2(typingctx, fn, uc, control, a, b):
 CLOCK_MONOTONIC = 1
 _libc = ctypes.CDLL(None)
 CLOCK_GETTIME = ctypes.cast(_libc.clock_gettime, ctypes.c_void_p).value
+SCHED_YIELD = ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value
 
 
 @njit(**NUMBA)

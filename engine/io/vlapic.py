@@ -20,7 +20,7 @@ from .. import stats as S
 from .. import tunables as T
 from ..native import FN_EMU_STOP, NUMBA, address, call_host, call_uc, hook_add, u64_ptr, u8_ptr
 from ..vmx import ctx as C
-from .sync import CLOCK_GETTIME, CLOCK_MONOTONIC, atomic_and, atomic_or, atomic_xchg, call_clock, fence
+from .sync import CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, atomic_and, atomic_or, atomic_xchg, call_clock, fence
 
 APIC_BASE_GPA = 0xFEE00000
 BUS_FREQ = 1 << 27                      # VLAPIC_BUS_FREQ
@@ -59,7 +59,8 @@ IB_STEPPING = 11            # the last entry was a single step (Unicorn's count 
 IB_BUS_WORD, IB_BUS_HELD, IB_LOCK_TABLE = 12, 13, 14    # io/buslock.py: the VM's lock word, held, hooked
 LOCK_TABLE_PAIRS = 1024     # instructions after a LOCK this vCPU has hooked (open addressing, as the exec scan)
 IB_EXTINT = 15              # the 8259's INT output reaches this vCPU (io/vpic.py): an ExtINT is pending
-IB_SIZE = 16
+IB_SCHED_YIELD = 16         # sched_yield's address: a vCPU waiting for the bus lock gives its host CPU away
+IB_SIZE = 24
 
 
 @njit(**NUMBA)
@@ -497,6 +498,7 @@ class Vlapic:
         self.block[IB_CONTEXT_SAVE] = address(uclib.uc_context_save)
         self.block[IB_CALLBACK] = callback_address
         self.block[IB_UC_CTL] = address(uclib.uc_ctl)
+        self.block[IB_SCHED_YIELD] = SCHED_YIELD
         self.lock_table = np.zeros(2 * LOCK_TABLE_PAIRS, np.uint64)
         self.block[IB_LOCK_TABLE] = self.lock_table.ctypes.data
         c = vcpu.ctx

@@ -63,6 +63,12 @@ TABLE = (
           "(forced on CPUs without it)", False, "cpu/l1d.py", ("hw.vmm.vmx.l1d_flush_sw",)),
     _bool("hw.vmm.l1d_sim", 0, "Simulate the L1D for guest loads and stores; RDTSC returns modeled cycles "
           "(webhyve)", False, "cpu/cachesim.py"),
+    _bool("hw.vmm.vmx.cap.posted_interrupts", 1, "APICv posted interrupts (read at every interrupt request)",
+          False, "io/vlapic.py", aliases=("hw.vmm.vmx.use_apic_pir",)),
+    Tunable("hw.vmm.vmx.posted_interrupt_vector", "int", 0xF2, "Posted interrupts notification vector",
+            True, 32, 255, owner="io/vlapic.py"),
+    Tunable("hw.vmm.ipinum", "int", 0xF3, "IPI vector used for vcpu notifications", True, 32, 255,
+            owner="io/vlapic.py"),
 )
 BY_NAME = {}
 for _slot, _t in enumerate(TABLE):
@@ -79,6 +85,9 @@ MAXCPU = SLOT["hw.vmm.maxcpu"]
 L1D_FLUSH = SLOT["hw.vmm.l1d_flush"]
 L1D_FLUSH_SW = SLOT["hw.vmm.l1d_flush_sw"]
 L1D_SIM = SLOT["hw.vmm.l1d_sim"]
+POSTED_INTERRUPTS = SLOT["hw.vmm.vmx.cap.posted_interrupts"]
+POSTED_INTERRUPT_VECTOR = SLOT["hw.vmm.vmx.posted_interrupt_vector"]
+IPINUM = SLOT["hw.vmm.ipinum"]
 
 
 def lookup(name):

@@ -18,10 +18,13 @@ from unicorn import x86_const as X
 from . import firmware
 from . import stats as S
 from .cpu import cachesim, l1tf
-from .errors import StateError
+from .errors import EngineError, StateError
 from .mmu import ept as EPT
 from .mmu import explain
 from .mmu import tlb as TLB
+from .io import buslock
+from .io import vlapic as L
+from .io.sync import full_fence
 from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
 from .vmx import ctx as C
@@ -71,15 +74,19 @@ class Vcpu:
         self.xtab = np.zeros(2 * XTAB_PAIRS, np.uint64)
         self.scratch = np.zeros(8, np.uint64)
         self.ring = C.new_ring()
-        self.hooked = set()                      # linear addresses with a code hook (HLT/RDMSR/WRMSR candidates)
+        self.hooked = set()                      # (cfunc, linear address) code hooks: HLT/RDMSR/WRMSR, LOCK prefixes
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
         self.hostcpu = vm.hypervisor.hostcpus[index % len(vm.hypervisor.hostcpus)]
         self.lastcpu = None                      # the host CPU of the last entry (vmx lastcpu; None = NOCPU)
         self.pool = vm.pmap.new_pool()
         self.debug = None                        # debug.vcpu_debug.VcpuDebug while the VM has a debugger
+        self.nmi_blocked = False                 # NMI delivered, no IRET yet (interruptibility bit 3)
+        self.waiting_sipi = index > 0            # application processors wait for INIT-SIPI (SPINUP_AP)
+        self.halt_interruptible = False          # RFLAGS.IF at the last HLT: may an interrupt wake it
         self._make_uc()
         self.hostcpu.assign(self)
+        self.lapic = L.Vlapic(self, address(vm.intr_callback))
 
     # -- setup ---------------------------------------------------------------------------------------
     def _make_uc(self):
@@ -155,7 +162,7 @@ class Vcpu:
 
     # -- control from other threads ----------------------------------------------------------------
     def start(self):
-        self.state = RUNNING
+        self.state = IDLE if self.waiting_sipi else RUNNING
         self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
         self.thread.start()
 
@@ -214,7 +221,10 @@ class Vcpu:
     def _drive(self):
         while True:
             if self.state != RUNNING:
-                message = self.mailbox.get()
+                try:
+                    message = self.mailbox.get(timeout=self._halt_timeout())
+                except queue.Empty:                  # halted until the LAPIC timer's deadline: it is due
+                    message = ("wake",)
                 if self._handle(message) == "exit":
                     return
                 continue
@@ -232,6 +242,9 @@ class Vcpu:
             self.state = RUNNING
         elif kind == "wake" and self.state == HALTED:
             self.state = RUNNING
+            self.ctx[C.RUNSTATE] = C.RUN_HOST
+        elif kind in ("init", "sipi", "nmi"):
+            self._handle_ipi(kind, *message[1:])
         elif kind == "exit":
             self.state = IDLE
             return "exit"
@@ -310,7 +323,10 @@ class Vcpu:
             return
         self.sync_vmcs()
         interrupts_on = bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & inject.RFLAGS_IF)
-        self.state = HALTED
+        self.state, self.halt_interruptible = HALTED, interrupts_on
+        if interrupts_on and self._interrupt_pending():
+            self.state = RUNNING                         # vm_handle_hlt: a pending interrupt ends the halt
+            return
         self.vm.vcpu_halted(self, interrupts_on)
 
     def _exit_paging(self):
@@ -382,6 +398,97 @@ class Vcpu:
                          intr_info=E.interruption_info(event.vector, E.TYPE_HWEXC, event.error_code is not None))
         self._deliver(event)
 
+    def _interrupt_pending(self):
+        """Marked halted first, then checked: a notifier either sees the mark (and wakes us) or we see its bit."""
+        c = self.ctx
+        c[C.RUNSTATE] = C.RUN_HALTED
+        full_fence()
+        deadline = int(c[C.TIMER_DEADLINE])
+        extint = self.lapic.block[L.IB_EXTINT] and L.extint_accepted(self.lapic.regs)
+        if (deadline and time.monotonic_ns() >= deadline) or L.pending(self.lapic.regs) >= 0 or extint or \
+                self.memory_word(self.lapic.pir_hpa + 8 * L.PIR_ON_WORD) & 1:
+            c[C.RUNSTATE] = C.RUN_HOST
+            return True
+        return False
+
+    def _halt_timeout(self):
+        """Seconds until a halted vCPU's own LAPIC timer fires (vm_handle_hlt sleeps at most that long)."""
+        deadline = int(self.ctx[C.TIMER_DEADLINE])
+        if self.state != HALTED or not deadline or not self.halt_interruptible:
+            return None                                  # with RFLAGS.IF clear only an NMI or INIT ends HLT
+        return max(deadline - time.monotonic_ns(), 0) / 1e9
+
+    def memory_word(self, hpa):
+        return int(self.vm.hypervisor.memory[hpa:hpa + 8].view(np.uint64)[0])
+
+    def _exit_inject(self):
+        """Deliver the interrupt the kernel found deliverable (vmx_inject_interrupts step 7) and accept it."""
+        vector = int(self.ctx[C.INJECT])
+        if vector == vmx.intr.EXTINT:                    # the 8259's INTA cycle gives the vector
+            vector = self.vm.pic.acknowledge()
+            if vector is not None and self._deliver(inject.external_interrupt(vector)):
+                self.counters[S.VCPU_EXTINT_COUNT] += 1
+            return
+        if self._deliver(inject.external_interrupt(vector)):
+            L.accept(self.ctx, vector)
+
+    def _exit_ipi(self):
+        """An NMI to deliver (or to wait for its window), or INIT/SIPI handled by the messages."""
+        c = self.ctx
+        if int(self.vmcs["EXIT_REASON"]) == E.NMI_WINDOW:
+            self.nmi_blocked = False                     # the stepped instruction was the handler's IRET
+        if int(c[C.PENDING]) & L.PEND_NMI:
+            if inject.can_take_nmi(self):
+                c[C.PENDING] = int(c[C.PENDING]) & ~L.PEND_NMI
+                if self._deliver(inject.nmi()):
+                    self.counters[S.VCPU_NMI_COUNT] += 1
+            else:
+                c[C.NMI_WINDOW] = 1
+
+    def _handle_ipi(self, kind, vector=0):
+        """INIT puts the vCPU back to wait-for-SIPI; a SIPI starts a waiting one in real mode at vector << 12."""
+        if kind == "nmi":
+            self.ctx[C.PENDING] = int(self.ctx[C.PENDING]) | L.PEND_NMI
+            if self.state == HALTED:
+                self.state = RUNNING                     # an NMI ends HLT whatever RFLAGS.IF says
+                self.ctx[C.RUNSTATE] = C.RUN_HOST
+        elif kind == "init":
+            self.lapic.reset()
+            self.waiting_sipi = True
+            if self.state in (RUNNING, HALTED):
+                self.state = IDLE
+        elif kind == "sipi" and self.waiting_sipi and self.state == IDLE:
+            self.waiting_sipi = False
+            if not self.in_real_mode():
+                raise UnsupportedByModel("INIT of vcpu%d after it ran: the reset to real mode is done once, "
+                                         "at VM start" % self.index)
+            load_real_mode_segment(self.uc, X.UC_X86_REG_CS, vector << 8)
+            self.uc.reg_write(X.UC_X86_REG_RIP, 0)
+            self.state = RUNNING
+
+    def in_real_mode(self):
+        return not self.uc.reg_read(X.UC_X86_REG_CR0) & W.CR0_PE
+
+    def reset_to_real_mode(self):
+        """Walk this (not yet started) vCPU down to real mode with the reset stub, as firmware would at power on."""
+        self.prepare(ResetImage())
+        for _ in range(100):
+            if self.boot is None:
+                return
+            self._run_once()
+        raise UnsupportedByModel("vcpu%d did not reach real mode through the reset stub" % self.index)
+
+    def _exit_buslock(self):
+        """The first run of a LOCK-prefixed instruction: hook the instruction after it to release the bus lock."""
+        after = int(self.ctx[C.FAULT_GLA])
+        table = self.lapic.lock_table
+        slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, after)
+        if slot < 0:
+            raise UnsupportedByModel("more than %d distinct LOCK-prefixed instructions" % buslock.TABLE_PAIRS)
+        hook_add(self.uc, UC_HOOK_CODE, buslock.release_hook.address, self.ctx.ctypes.data, after, after)
+        table[2 * slot] = after | 1
+        self.uc.ctl_remove_cache(self.linear_pc(), after + 1)
+
     def _exit_vminsn(self):
         bios = self.vm.bios
         vector = bios.vector_at(self.linear_pc()) if bios else None
@@ -434,11 +541,13 @@ class Vcpu:
         twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32) |
                                                      (code[1:] == 0x01) | (code[1:] == 0x22))).tolist()
         prefixed = [o - 1 for o in twos if o > 0 and (0x40 <= code[o - 1] <= 0x4F or code[o - 1] == 0x67)]
-        for offset in hits + twos + prefixed:
-            where = linear_page + offset
-            if where not in self.hooked:
-                hook_add(self.uc, UC_HOOK_CODE, hooks.code_hook.address, self.ctx.ctypes.data, where, where)
-                self.hooked.add(where)
+        locks = np.flatnonzero(code[:0x1000] == 0xF0).tolist()
+        for cfunc, offsets in ((hooks.code_hook, hits + twos + prefixed), (buslock.lock_hook, locks)):
+            for offset in offsets:
+                where = linear_page + offset
+                if (cfunc, where) not in self.hooked:
+                    hook_add(self.uc, UC_HOOK_CODE, cfunc.address, self.ctx.ctypes.data, where, where)
+                    self.hooked.add((cfunc, where))
         cachesim.scan_clflush(self, linear_page, hpa, bool(self.efer() & W.EFER_LMA))
         page = gpa_page >> 12
         self.vm.code_state[page] |= 1
@@ -470,9 +579,20 @@ class Vcpu:
             chunk = min(size, 0x1000 - (linear & 0xFFF))
             hpa = hooks.linear_to_hpa(self.ctx, linear)
             if hpa < 0:
-                raise inject.DeliveryFault(inject.PF, 0, cr2=linear)
+                hpa = self._back_linear(linear)
             yield hpa, chunk
             linear, size = linear + chunk, size - chunk
+
+    def _back_linear(self, linear):
+        """A page the CPU's own access (event delivery, a debugger) reaches through the guest's tables but the
+        EPT has not backed yet: back it on first touch, as the guest's access would. A guest #PF otherwise."""
+        walk = self.translate(linear)
+        if walk["gpa"] is None or walk["fault"] and walk["fault"].startswith("guest #PF"):
+            raise inject.DeliveryFault(inject.PF, 0, cr2=linear)
+        try:
+            return self.vm.pmap.hold(walk["gpa"])
+        except EngineError:
+            raise inject.DeliveryFault(inject.PF, 0, cr2=linear) from None
 
     def read_linear(self, linear, size):
         mem = self.vm.hypervisor.memory
@@ -551,6 +671,11 @@ class Vcpu:
         v["GUEST_ACTIVITY"] = 1 if self.state == HALTED else 0
 
 
+class ResetImage:
+    """What an application processor looks like after INIT: real mode, waiting for its SIPI."""
+    mode, regs = "real", {"ds": 0, "es": 0, "ss": 0, "rsp": 0}
+
+
 class RealModeRegs:
     """The BIOS's view of the registers: 16-bit and 8-bit names over a UC_MODE_64 instance."""
     _WIDE = {"ax": X.UC_X86_REG_AX, "bx": X.UC_X86_REG_BX, "cx": X.UC_X86_REG_CX, "dx": X.UC_X86_REG_DX,
@@ -582,5 +707,6 @@ class RealModeRegs:
 EXIT_HANDLERS = {
     vmx.EXITCODE_BOGUS: Vcpu._exit_bogus, vmx.EXITCODE_HLT: Vcpu._exit_hlt, vmx.EXITCODE_PAGING: Vcpu._exit_paging,
     vmx.EXITCODE_EXCEPTION: Vcpu._exit_exception, vmx.EXITCODE_VMINSN: Vcpu._exit_vminsn,
-    vmx.EXITCODE_USER: Vcpu._exit_user,
+    vmx.EXITCODE_USER: Vcpu._exit_user, vmx.EXITCODE_INJECT: Vcpu._exit_inject, vmx.EXITCODE_IPI: Vcpu._exit_ipi,
+    vmx.EXITCODE_BUSLOCK: Vcpu._exit_buslock,
 }

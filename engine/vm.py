@@ -19,6 +19,11 @@ from .devices.vga_text import VgaText
 from .errors import ConfigError, ImageError, StateError
 from .mmu import ept as EPT
 from .mmu.pmap import GuestPmap
+from .io import vlapic
+from .io.hosttimer import HostTimer
+from .io.vpic import Vpic
+from .io.vpit import Vpit
+from .io.sync import full_fence
 from .native import HOST_CALLBACK
 from .vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
 from .vmx import ctx as C
@@ -104,8 +109,12 @@ class VM:
         self._load_args = None
         self._input_listening = False
         self._attach_devices()
+        self.intr_callback = HOST_CALLBACK(self._intr_request)
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
         self.debugger = self.gdb = None          # debug.Debugger and its GdbStub, once asked for
+        self.vcpu_table = vlapic.connect(self.vcpus)
+        self.host_timer = HostTimer(self)
+        self._attach_interrupt_controllers()
 
     def _ept_flags(self):
         """ept_init: what the CPU offers, as far as the hw.vmm.ept.* tunables allow."""
@@ -270,12 +279,15 @@ class VM:
         if all_vcpus and self.image.mode != "long64":
             raise StateError("VM %r: only flat64 images can start every vCPU at their entry" % self.name)
         self.log("started" + (" on all %d vCPUs" % len(self.vcpus) if all_vcpus else ""))
-        if all_vcpus:
-            for vcpu in self.vcpus[1:]:
-                vcpu.prepare(self.image)
-            for vcpu in self.vcpus[1:]:
-                vcpu.start()
-        self.vcpus[0].start()
+        for ap in self.vcpus[1:]:
+            if all_vcpus:
+                ap.prepare(self.image)
+                ap.waiting_sipi = False
+            else:
+                ap.reset_to_real_mode()  # application processors wait for INIT-SIPI in real mode
+        self.host_timer.start()
+        for vcpu in self.vcpus:
+            vcpu.start()
 
     def pause(self):
         self._require(RUNNING, HALTED, action="pause")
@@ -302,6 +314,7 @@ class VM:
             if self.suspend_reason is None:
                 self.suspend_reason, self.suspend_message = "poweroff", "powered off"
             self.changed.notify_all()
+        self.host_timer.stop()
         self.log("powered off")
 
     def snapshot(self, path):
@@ -341,7 +354,13 @@ class VM:
             uart.reset()                               # the same objects: they stay the consoles' listeners
         self.vga = VgaText(self.memory_access)
         self.bios = None
+        self.host_timer.stop()
         self.vcpus = [Vcpu(self, i) for i in range(len(self.vcpus))]
+        self.vcpu_table = vlapic.connect(self.vcpus)
+        self.host_timer = HostTimer(self)
+        for uart in (self.com1, self.com2):
+            uart.clear_irq_listeners()
+        self._attach_interrupt_controllers()            # a new PIC pair and PIT at power-on state
         self.log("reset")
         self.load(*self._load_args)
         self.start()
@@ -355,6 +374,8 @@ class VM:
         self.hypervisor.allocator.free(self.segments[0].hpa)
         self.hypervisor.l1d.release_vm(self)
         self.segments = []
+        for vcpu in self.vcpus:
+            vcpu.lapic.free()
 
     # -- the GDB stub (bhyve's -G [w]port) ----------------------------------------------------------
     def gdb_listen(self, port, wait=False):
@@ -386,6 +407,63 @@ class VM:
     def _require(self, *states, action):
         if self.state not in states:
             raise StateError("cannot %s VM %r: it is %s" % (action, self.name, self.state))
+
+    # -- interrupts ---------------------------------------------------------------------------------
+    def _attach_interrupt_controllers(self):
+        """The 8259 pair and the 8254 on the I/O bus; the UARTs on IRQ 4 (COM1) and IRQ 3 (COM2)."""
+        self.pic = Vpic(self._extint_changed)
+        self.pit = Vpit(lambda: self.pic.pulse(0))
+        self.host_timer.devices.append(self.pit)
+        for chip, base in ((0, 0x20), (1, 0xA0)):
+            for offset in (0, 1):
+                self.ports[base + offset] = (lambda off, c=chip: self.pic.port_read(c, off),
+                                             lambda off, value, c=chip: self.pic.port_write(c, off, value), offset)
+        for offset in range(4):
+            self.ports[0x40 + offset] = (self.pit.read, self._pit_write, offset)
+        for port in list(range(0x20, 0x22)) + list(range(0xA0, 0xA2)) + list(range(0x40, 0x44)):
+            self.portmap[port] = C.PORT_USER
+        self.com1.on_irq_change(lambda level: self.pic.set_irq(4, level))
+        self.com2.on_irq_change(lambda level: self.pic.set_irq(3, level))
+
+    def _pit_write(self, offset, value):
+        self.pit.write(offset, value)
+        self.host_timer.rearm()
+
+    def _extint_changed(self, level):
+        """The master 8259's INT output, wired to the bootstrap vCPU (bhyve's vatpic_notify_intr)."""
+        bsp = self.vcpus[0]
+        bsp.lapic.block[vlapic.IB_EXTINT] = int(level)
+        if not level:
+            return
+        full_fence()
+        if threading.current_thread() is bsp.thread:
+            bsp.ctx[C.NOTIFY] = self.hypervisor.tunables.get("hw.vmm.ipinum")
+            bsp.uc.emu_stop()                      # leaves after this instruction's block; no waiting on itself
+        else:
+            vlapic.notify(bsp.ctx, False)
+
+    def lapic_intr(self, vcpu, vector):
+        """lapic_intr_edge: raise `vector` at a vCPU's local APIC from any thread (bhyve's vm_lapic_irq)."""
+        if not 0 <= vcpu < len(self.vcpus) or not 16 <= vector <= 255:
+            raise ConfigError("VM %r: no vcpu%s or vector %s outside 16-255" % (self.name, vcpu, vector))
+        posted = bool(self.hypervisor.tunables.get("hw.vmm.vmx.cap.posted_interrupts"))
+        return vlapic.intr_edge(self.vcpus[vcpu].ctx, vector, posted)
+
+    def _intr_request(self, vcpu_id, kind, vector, _):
+        """The vLAPIC kernels' way to userspace: wake a halted vCPU, INIT/SIPI/NMI, a timer rearm."""
+        target = self.vcpus[vcpu_id]
+        if kind == vlapic.CB_WAKE:
+            target.mailbox.put(("wake",))
+        elif kind == vlapic.CB_TIMER:
+            self.host_timer.rearm()
+        else:
+            message = {vlapic.CB_INIT: ("init",), vlapic.CB_SIPI: ("sipi", vector), vlapic.CB_NMI: ("nmi",)}[kind]
+            target.mailbox.put(message)
+            if target.thread is not None:
+                target.ctx[C.REQ] = C.REQ_STOP           # the loop hands the message to the vCPU's thread
+                if target.thread is not threading.current_thread() and int(target.ctx[C.RUNSTATE]) == C.RUN_GUEST:
+                    target.uc.emu_stop()                 # (its own ICR write exits anyway: the APIC write)
+        return 0
 
     # -- what vCPUs report --------------------------------------------------------------------------
     def vcpu_suspended(self, vcpu, reason, message):

@@ -95,12 +95,13 @@ class Debugger:
     def resume(self, steps=(), others=True):
         """Step the vCPUs in `steps`; continue the others if `others`, else leave them stopped.
 
-        Returns how many vCPUs were told to go (vCPUs never started, or whose thread ended, are not)."""
+        Returns how many vCPUs were told to go (vCPUs never started, waiting for INIT-SIPI, or whose thread
+        ended, are not)."""
         while self.next_event(0) is not None:    # stops not reported before this resume are moot now
             pass
         told = 0
         for vcpu in self.vm.vcpus:
-            if vcpu.thread is None or not vcpu.thread.is_alive():
+            if vcpu.thread is None or not vcpu.thread.is_alive() or vcpu.waiting_sipi:
                 continue
             if vcpu.index in steps:
                 vcpu.post(("debug", "step"))

@@ -132,6 +132,11 @@ class Uart16550:
         with self._lock:
             return self._intr_reason() != IIR_NOPEND and bool(self.mcr & MCR_OUT2)
 
+    def clear_irq_listeners(self):
+        """Forget who hears the interrupt line (the board is being rewired, as at a VM reset)."""
+        with self._lock:
+            self._irq_callbacks.clear()
+
     def on_irq_change(self, callback):
         """Call `callback(level)` whenever `irq_asserted` changes, with the UART lock held.
 

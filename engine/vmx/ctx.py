@@ -58,9 +58,25 @@ FAULT_STATUS = 56   # [k] why an EPT violation was not handled (mmu/ept.py resul
 TLB_LEN = 57        # length of the TLB model's array
 VCPU_EPTGEN = 59    # [k] the EPT generation this vCPU last entered with (to count INVEPTs saved)
 TIMESLICE = 58      # [any] microseconds per entry when the host CPU is shared (0: run until an exit)
-# -- interrupts [py] ---------------------------------------------------------------------------------
-APIC_PAGE = 64      # host-physical address of this vCPU's virtual-APIC page (0: none); the TLB fill maps
-                    # guest-physical 0xFEE00000 to it
+SLICED = 60         # [k] the last entry ran with a timeslice
+# -- interrupts and the vLAPIC (io/vlapic.py, vmx/intr.py) -----------------------------------------
+APIC_PAGE = 64      # [py] host-physical address of the virtual-APIC page (0 = no local APIC); the TLB fill
+                    #      maps guest-physical 0xFEE00000 there
+PIR_DESC = 65       # [py] host-physical address of the posted-interrupt descriptor (64 bytes)
+INTR = 66           # [py] address of the vCPU's interrupt block (io/vlapic.py IB_*: peers, clock, callbacks)
+TIMER_DEADLINE = 67  # [k] CLOCK_MONOTONIC ns when the LAPIC timer fires next (0 = stopped)
+TIMER_PERIOD = 68   # [k] ns per period (0 = one-shot)
+TIMER_START = 69    # [k] ns when the current count began
+RUNSTATE = 70       # [k] RUN_*: where a notification must reach the vCPU
+EXIT_SEQ = 71       # [k] bumped each time emu_start returns: a notifier sees its kick landed
+NOTIFY = 72         # [any] vector of a host interrupt sent to this vCPU (a kick), 0 = none
+INTR_WINDOW = 73    # [k] interrupt-window exiting: step until the guest can take an interrupt
+INJECT = 74         # [k] the vector the loop asks userspace to deliver
+PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.py PEND_*)
+LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none
+LAPIC_FIXVAL = 77   # [k] its value, put back at the next access
+NMI_WINDOW = 78     # [k] NMI-window exiting: step until NMI blocking ends
+LAPIC_STEP = 79     # [k] an APIC write that must exit after it completes: 1 = stopped before it, 2 = stepping it
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)
@@ -88,9 +104,12 @@ SIZE = 128
 RING_ROWS = 256
 
 # EXIT values
-X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL = range(8)
+X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL, X_BUSLOCK = range(9)
 # REQ bits
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
+# RUNSTATE values: in the host (the vCPU checks its IRR before it enters), in the guest or about to enter
+# (kick it), halted (wake it)
+RUN_HOST, RUN_GUEST, RUN_HALTED = 0, 1, 2
 # PORTS values
 PORT_NONE, PORT_USER, PORT_POST = 0, 1, 2
 

@@ -27,6 +27,7 @@ from . import vmcs as V
 U64P = types.CPointer(types.uint64)
 APIC_GPA = 0xFEE00000               # the local APIC page, mapped per vCPU to its virtual-APIC page
 MSR_EFER = 0xC0000080
+APIC_GPA_PAGE = 0xFEE00              # guest-physical page of the local APIC: ctx[APIC_PAGE] when nonzero
 INLINE = dict(inline="always")
 
 
@@ -241,15 +242,16 @@ def tlb_fill(c, vaddr, access):
         state = code_state[page]
         if kind == W.ACCESS_WRITE and state & 1:
             code_state[page] = (state | np.uint64(1)) + np.uint64(1)   # written: generation moves on, X withdrawn
+        xtab = carray(u64_ptr(c[C.XTAB]), 2 * (np.int64(c[C.XMASK]) + 1))
+        slot = xtab_find(xtab, c[C.XMASK], np.uint64(vaddr) & ~np.uint64(0xFFF))
+        state = code_state[page]
+        scanned = (state & 1) != 0 and slot >= 0 and xtab[2 * slot] != 0 and \
+            xtab[2 * slot + 1] == ((gpa & ~np.uint64(0xFFF)) | ((state >> np.uint64(1)) & np.uint64(0xFFF)))
         if code_state[page] & 1:
             perms &= ~W.PROT_W                          # scanned code stays read-only until written
-        else:
+        if not scanned:                                 # by this vCPU: its hooks are its own
             perms &= ~W.PROT_X
         if kind == W.ACCESS_FETCH:
-            xtab = carray(u64_ptr(c[C.XTAB]), 2 * (np.int64(c[C.XMASK]) + 1))
-            slot = xtab_find(xtab, c[C.XMASK], np.uint64(vaddr) & ~np.uint64(0xFFF))
-            scanned = (state & 1) != 0 and slot >= 0 and xtab[2 * slot] != 0 and \
-                xtab[2 * slot + 1] == ((gpa & ~np.uint64(0xFFF)) | ((state >> np.uint64(1)) & np.uint64(0xFFF)))
             if not scanned:                             # EPT execute violation: scan this page first
                 c[C.EXIT], c[C.FAULT_GPA] = C.X_EXEC, gpa
                 c[C.FAULT_QUAL] = E.EPT_FETCH | E.EPT_READABLE | E.EPT_WRITABLE | E.EPT_GLA_VALID | E.EPT_TRANSLATION

@@ -12,8 +12,11 @@ from unicorn import x86_const as X
 from .. import stats as S
 from ..cpu import l1d
 from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr, u8_ptr
+from ..io import buslock
+from ..io.sync import fence
 from . import ctx as C
 from . import exits as E
+from . import intr
 from . import vmcs as V
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
@@ -22,13 +25,17 @@ from .hooks import INLINE, linear_to_hpa, rd, record_exit
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
 EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn error): details in ctx
 EXITCODE_BOGUS = 2          # AST: a request from another thread (pause, kick) is pending
+EXITCODE_IPI = intr.EXITCODE_IPI        # INIT, SIPI or an NMI for this vCPU (userspace side)
+EXITCODE_INJECT = intr.EXITCODE_INJECT  # webhyve: an interrupt to deliver through the guest's IDT
+EXITCODE_BUSLOCK = 30       # webhyve: a LOCK-prefixed instruction seen for the first time (io/buslock.py)
 EXITCODE_HLT = 5
 EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
 EXITCODE_VMINSN = 22        # VMCALL (the BIOS stubs' way into the userspace firmware)
 EXITCODE_EXCEPTION = 27     # webhyve: an exception or interrupt for the userspace side to deliver
 EXITCODE_USER = 28          # webhyve: a userspace device asked the vcpu to stop (power off, error)
 NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAGING: "PAGING",
-         EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER"}
+         EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER",
+         EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT", EXITCODE_BUSLOCK: "BUSLOCK"}
 
 UC_ERR_OK, UC_ERR_INSN_INVALID, UC_ERR_EXCEPTION = 0, 10, 21
 
@@ -49,8 +56,19 @@ def enter(c):
     c[C.HLT_AT] = 0
     c[C.ENTRIES] += 1
     fns = carray(u64_ptr(c[C.FN]), NFN)
-    # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode
-    return call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, c[C.TIMESLICE], 0)
+    # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;
+    # with interrupt- or NMI-window exiting armed, one instruction at a time (vmx/intr.py); on a shared
+    # host CPU, a timeslice (hostcpu.py)
+    count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 or c[C.LAPIC_STEP] != 0 else 0
+    if c[C.NMI_WINDOW] != 0:
+        intr.note_opcode(c)
+    intr.prepare_entry(c, count)
+    timeout = c[C.TIMESLICE] if count == 0 else np.uint64(0)
+    c[C.SLICED] = 1 if timeout != 0 else 0
+    err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, timeout, count)
+    c[C.EXIT_SEQ] += 1
+    buslock.release(c)                             # a locked instruction that faulted or was the last one run
+    return err
 
 
 @njit(**NUMBA)
@@ -95,6 +113,8 @@ def exit_process(c, err):
         return EXITCODE_EXCEPTION
     if why == C.X_USER_STOP:
         return EXITCODE_USER
+    if why == C.X_BUSLOCK:
+        return EXITCODE_BUSLOCK
     if err == UC_ERR_OK:
         linear = current_linear(c)
         if c[C.HLT_AT] != 0 and c[C.HLT_AT] == linear:
@@ -105,11 +125,22 @@ def exit_process(c, err):
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
-        if c[C.TIMESLICE] != 0:                        # the timeslice ran out: the host scheduler's turn
+        if c[C.LAPIC_STEP] == 2:                       # the APIC write completed (io/vlapic.py mmio_write)
+            intr.apic_write_exit(c)
+        if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
+            intr.host_interrupt(c)
+        if c[C.INTR_WINDOW] != 0 and intr.window_open(c):
+            c[C.INTR_WINDOW] = 0
+            record(c, E.INTERRUPT_WINDOW, 0, 0, S.VMEXIT_INTR_WINDOW)
+        if c[C.NMI_WINDOW] != 0 and intr.nmi_window_open(c):
+            c[C.NMI_WINDOW] = 0
+            record(c, E.NMI_WINDOW, 0, 0, S.VMEXIT_NMI_WINDOW)
+            return intr.EXITCODE_IPI
+        if c[C.SLICED] != 0:                           # the timeslice ran out: the host scheduler's turn
             counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
             counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
-        return 0                                       # emu_start ran out for no reason we know: re-enter
+        return 0                                       # a stepped instruction: re-enter
     if err == UC_ERR_INSN_INVALID:
         hpa = linear_to_hpa(c, current_linear(c))
         mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
@@ -127,9 +158,21 @@ def exit_process(c, err):
 @njit(**NUMBA)
 def vmx_run(c):
     """Run until an exit needs userspace; returns its VM_EXITCODE."""
+    code = _run(c)
+    c[C.RUNSTATE] = C.RUN_HOST
+    return code
+
+
+@njit(**NUMBA)
+def _run(c):
     counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
     while True:
-        # 1. inject: pending events are delivered by the userspace side before it calls in (vmx/inject.py)
+        # 1. inject, "with host interrupts disabled": marked in the guest before anything pending is read
+        c[C.RUNSTATE] = C.RUN_GUEST
+        fence()
+        code = intr.inject(c)
+        if code != 0:
+            return code
         # 2. checks that leave the loop: suspend, pause or kick (the AST)
         if c[C.REQ] != 0:
             counters[S.VMEXIT_ASTPENDING] += 1

@@ -108,14 +108,11 @@ SPIN_READER = """
 
 def start_readers(hv, tmp_path, n, pin_to):
     vm = hv.create_vm("readers", mem_mb=16, cpus=n)
-    image = vm.load(assemble(SPIN_READER, tmp_path), "g.bin", kind="flat64")
+    vm.load(assemble(SPIN_READER, tmp_path), "g.bin", kind="flat64")
     vm.memory_access.write(DATA, (0x1111).to_bytes(8, "little"))
     for vcpu in vm.vcpus:
         vcpu.pin(pin_to)
-        if vcpu.index:
-            vcpu.prepare(image)
-    for vcpu in vm.vcpus:
-        vcpu.start()
+    vm.start(all_vcpus=True)
     until(lambda: qword(vm, OUT) == 0x1111)
     return vm
 

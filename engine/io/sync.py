@@ -1,0 +1,106 @@
+"""Atomic operations, a full fence and the host clock for kernels that several vCPU threads share.
+
+Unicorn runs each vCPU in its own thread with the GIL released, so a vLAPIC register another vCPU sets
+(an IPI into IRR, a posted-interrupt request bit) is written concurrently with the owner reading it.
+These intrinsics are LLVM's atomicrmw/cmpxchg/fence on an integer address (the same address-as-data
+scheme as engine/native.py), and clock_gettime called through its address.
+"""
+import ctypes
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core.extending import intrinsic
+
+from ..native import NUMBA
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _rmw(op):
+    def impl(typingctx, addr, value):
+        def codegen(context, builder, signature, args):
+            ptr = builder.inttoptr(args[0], _I64.as_pointer())
+            return builder.atomic_rmw(op, ptr, args[1], "seq_cst")
+        return types.uint64(types.uint64, types.uint64), codegen
+    impl.__name__ = "atomic_" + op
+    return intrinsic(impl)
+
+
+atomic_or = _rmw("or")          # atomic_or(addr, bits) -> old value
+atomic_and = _rmw("and")        # atomic_and(addr, mask) -> old value
+atomic_xchg = _rmw("xchg")      # atomic_xchg(addr, new) -> old value
+atomic_add = _rmw("add")        # atomic_add(addr, n) -> old value
+
+
+@intrinsic
+def atomic_cas(typingctx, addr, expected, new):
+    """Compare-and-swap a uint64 at `addr`; returns the value found (== expected on success)."""
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], _I64.as_pointer())
+        pair = builder.cmpxchg(ptr, args[1], args[2], "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+    return types.uint64(types.uint64, types.uint64, types.uint64), codegen
+
+
+@intrinsic
+def fence(typingctx):
+    """A full (StoreLoad) barrier: the Dekker-style handshake between a notifier and a vCPU needs one."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def call_clock(typingctx, fn, clock_id, timespec_addr):
+    """clock_gettime(clock_id, &timespec) through its address."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(_I32, [_I32, _I64.as_pointer()])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(f, [builder.trunc(args[1], _I32), builder.inttoptr(args[2], _I64.as_pointer())])
+    return types.int32(types.uint64, types.int64, types.uint64), codegen
+
+
+@intrinsic
+def call_void(typingctx, fn):
+    """An `int f(void)` such as sched_yield, through its address."""
+    def codegen(context, builder, signature, args):
+        f = builder.inttoptr(args[0], ir.FunctionType(_I32, []).as_pointer())
+        return builder.call(f, [])
+    return types.int32(types.uint64), codegen
+
+
+@intrinsic
+def call_uc_ptr(typingctx, fn, uc, ptr):
+    """An `int f(uc_engine *, void *)` such as uc_context_save, through its address."""
+    def codegen(context, builder, signature, args):
+        p8 = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(_I32, [p8, p8])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(f, [builder.inttoptr(args[1], p8), builder.inttoptr(args[2], p8)])
+    return types.int32(types.uint64, types.uint64, types.uint64), codegen
+
+
+@intrinsic
+def call_ctl2(typingctx, fn, uc, control, a, b):
+    """uc_ctl(uc, control, a, b) with two integer arguments, through its address (SysV passes variadic
+    integers in the same registers as fixed ones)."""
+    def codegen(context, builder, signature, args):
+        p8 = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(_I32, [p8, _I32, _I64, _I64])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(f, [builder.inttoptr(args[1], p8), builder.trunc(args[2], _I32), args[3], args[4]])
+    return types.int32(types.uint64, types.uint64, types.int64, types.uint64, types.uint64), codegen
+
+
+CLOCK_MONOTONIC = 1
+_libc = ctypes.CDLL(None)
+CLOCK_GETTIME = ctypes.cast(_libc.clock_gettime, ctypes.c_void_p).value
+SCHED_YIELD = ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value
+
+
+@njit(**NUMBA)
+def full_fence():
+    """The same barrier for Python callers (a halting vCPU marks itself, then looks for work)."""
+    fence()

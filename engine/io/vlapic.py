@@ -1,0 +1,553 @@
+"""The local APIC (xAPIC) of one vCPU, modeled on bhyve's io/vlapic.c, its page virtualized the VT-x way.
+
+The registers live in the vCPU's virtual-APIC page, a host page at the offsets of the architectural
+APIC page (SDM §10.4.1); the TLB fill maps guest-physical 0xFEE00000 to it (ctx slot APIC_PAGE). The
+guest reads that page directly; a memory hook refreshes the one computed register (the timer's current
+count) before the read. A guest write lands in the page and the write hook acts on it, as APIC-register
+virtualization's trap-like APIC-write exit does; a write to a read-only register is undone at the next
+access. IRR, ISR and TMR are eight 32-bit registers 16 bytes apart: bit v of the set is register v/32.
+
+Other vCPUs and threads set IRR bits (or, with posted interrupts, PIR bits) with atomic operations and
+then notify the vCPU (vcpu_notify_event): a kick if it is in the guest, a wake-up if it is halted.
+The timer counts down at bhyve's 2^27 Hz bus frequency divided by the DCR, against the host clock.
+"""
+import numpy as np
+from numba import carray, cfunc, njit, types
+from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn.unicorn_py3.unicorn import uclib
+
+from .. import stats as S
+from .. import tunables as T
+from ..native import FN_EMU_STOP, NUMBA, address, call_host, call_uc, hook_add, u64_ptr, u8_ptr
+from ..vmx import ctx as C
+from .sync import CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, atomic_and, atomic_or, atomic_xchg, call_clock, fence
+
+APIC_BASE_GPA = 0xFEE00000
+BUS_FREQ = 1 << 27                      # VLAPIC_BUS_FREQ
+VERSION = 0x14 | (6 << 16)              # VLAPIC_VERSION, max LVT index 6 (CMCI)
+# Register offsets (SDM Table 10-1)
+ID, VER, TPR, APR, PPR, EOI, RRD, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0, 0xE0, 0xF0
+ISR, TMR, IRR, ESR = 0x100, 0x180, 0x200, 0x280
+LVT_CMCI, ICR_LO, ICR_HI, LVT_TIMER, LVT_THERMAL, LVT_PMC, LVT_LINT0, LVT_LINT1, LVT_ERROR = \
+    0x2F0, 0x300, 0x310, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370
+TIMER_ICR, TIMER_CCR, TIMER_DCR = 0x380, 0x390, 0x3E0
+READ_ONLY = (VER, APR, PPR, RRD) + tuple(range(ISR, ESR, 0x10)) + (TIMER_CCR,)
+# bhyve's LVT indices (the "lvts triggered" stat array)
+LVT_INDEX = {LVT_LINT0: 0, LVT_LINT1: 1, LVT_TIMER: 2, LVT_ERROR: 3, LVT_PMC: 4, LVT_THERMAL: 5, LVT_CMCI: 6}
+LVT_TIMER_INDEX = LVT_INDEX[LVT_TIMER]
+LVT_MASKED = 1 << 16
+TIMER_PERIODIC = 1 << 17
+SVR_ENABLE = 1 << 8
+ESR_SEND_ILLEGAL, ESR_RECV_ILLEGAL = 1 << 5, 1 << 6
+# ICR fields (SDM §10.6.1)
+DM_FIXED, DM_LOWPRI, DM_SMI, DM_NMI, DM_INIT, DM_SIPI = 0, 1, 2, 4, 5, 6
+DEST_LOGICAL, ICR_LEVEL_ASSERT = 1 << 11, 1 << 14
+SH_NONE, SH_SELF, SH_ALL, SH_OTHERS = 0, 1, 2, 3
+# Posted-interrupt descriptor: 256 request bits, then the outstanding-notification bit (SDM §29.6)
+PIR_ON_WORD = 4
+# Requests for the userspace side (ctx slot PENDING) and the callback's kinds
+PEND_NMI, PEND_INIT, PEND_SIPI = 1, 2, 4
+CB_WAKE, CB_INIT, CB_SIPI, CB_NMI, CB_TIMER = 1, 2, 3, 4, 5
+NS = 1000000000
+U = np.uint64
+# The interrupt block (ctx slot INTR): what the kernels need beyond the context block
+IB_VCPUS, IB_NVCPUS, IB_CLOCK, IB_CONTEXT, IB_CONTEXT_SAVE, IB_CALLBACK, IB_TIMESPEC = 0, 1, 2, 3, 4, 5, 6
+IB_HOST_INTR = 8            # host interrupts whose handler ran "by hand" after an exit (acknowledge on exit)
+IB_LAST_OPCODE = 9          # the opcode of the instruction being stepped under NMI-window exiting
+IB_UC_CTL = 10              # uc_ctl's address (flushing translated blocks before single steps)
+IB_STEPPING = 11            # the last entry was a single step (Unicorn's count mode)
+IB_BUS_WORD, IB_BUS_HELD, IB_LOCK_TABLE = 12, 13, 14    # io/buslock.py: the VM's lock word, held, hooked
+LOCK_TABLE_PAIRS = 1024     # instructions after a LOCK this vCPU has hooked (open addressing, as the exec scan)
+IB_EXTINT = 15              # the 8259's INT output reaches this vCPU (io/vpic.py): an ExtINT is pending
+IB_SCHED_YIELD = 16         # sched_yield's address: a vCPU waiting for the bus lock gives its host CPU away
+IB_SIZE = 24
+
+
+@njit(**NUMBA)
+def block(c):
+    return carray(u64_ptr(c[C.INTR]), IB_SIZE)
+
+
+@njit(**NUMBA)
+def divisor(dcr):
+    """DCR bits 0, 1 and 3 select 2, 4, ... 128, or 1 (SDM Figure 10-10)."""
+    code = (np.int64(dcr) & 3) | ((np.int64(dcr) & 8) >> 1)
+    return np.int64(1) if code == 7 else np.int64(2) << code
+
+
+@njit(**NUMBA)
+def count_to_ns(count, div):
+    """Nanoseconds for `count` ticks of the bus clock divided by `div` (no float: exact to the ns)."""
+    ticks = U(count) * U(div)
+    return np.int64((ticks // U(BUS_FREQ)) * U(NS) + ((ticks % U(BUS_FREQ)) * U(NS)) // U(BUS_FREQ))
+
+
+@njit(**NUMBA)
+def ns_to_count(ns, div):
+    """Ticks of the divided bus clock in `ns` nanoseconds, rounded down."""
+    ns = U(ns)
+    per = U(BUS_FREQ) // U(div)
+    return np.int64((ns // U(NS)) * per + ((ns % U(NS)) * per) // U(NS))
+
+
+@njit(**NUMBA)
+def highest(regs, base):
+    """Highest set bit of the 256-bit IRR/ISR/TMR starting at `base`, or -1."""
+    for r in range(7, -1, -1):
+        word = np.uint32(regs[(base >> 2) + 4 * r])
+        if word != 0:
+            for b in range(31, -1, -1):
+                if word >> np.uint32(b) & np.uint32(1):
+                    return np.int64(32 * r + b)
+    return np.int64(-1)
+
+
+@njit(**NUMBA)
+def compute_ppr(tpr, isrv):
+    """PPR from TPR and the highest in-service vector (SDM §10.8.3.1)."""
+    isr_class = (isrv & 0xF0) if isrv >= 0 else 0
+    return np.int64(tpr & 0xFF) if (tpr & 0xF0) >= isr_class else np.int64(isr_class)
+
+
+@njit(**NUMBA)
+def update_ppr(regs):
+    ppr = compute_ppr(np.int64(regs[TPR >> 2]), highest(regs, ISR))
+    regs[PPR >> 2] = ppr
+    return ppr
+
+
+@njit(**NUMBA)
+def pending(regs):
+    """The vector the APIC would present to the CPU now (IRR above PPR's class), or -1 (vlapic_pending_intr)."""
+    irrv = highest(regs, IRR)
+    if irrv < 0:
+        return np.int64(-1)
+    if (irrv & 0xF0) <= (update_ppr(regs) & 0xF0):
+        return np.int64(-1)
+    return irrv
+
+
+@njit(**NUMBA)
+def extint_accepted(regs):
+    """The 8259's interrupt gets through: the APIC is software-disabled (its LINT0 then passes INTR
+    straight to the CPU), or LVT LINT0 is unmasked in ExtINT mode (the virtual-wire setup)."""
+    lint0 = np.int64(regs[LVT_LINT0 >> 2])
+    return not regs[SVR >> 2] & SVR_ENABLE or (lint0 & (LVT_MASKED | 0x700)) == 0x700
+
+
+@njit(**NUMBA)
+def page_of(c):
+    """The vCPU's virtual-APIC page as 1024 uint32 registers (a view of host memory)."""
+    mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+    base = np.int64(c[C.APIC_PAGE])
+    return mem8[base:base + 4096].view(np.uint32)
+
+
+@njit(**NUMBA)
+def bit_address(c, base, vector):
+    """Host address of the 8-byte word holding bit `vector` of IRR/ISR/TMR (registers are 16-byte aligned)."""
+    return U(c[C.MEM]) + U(c[C.APIC_PAGE]) + U(base) + U(0x10) * U(vector >> 5)
+
+
+@njit(**NUMBA)
+def accept(c, vector):
+    """vlapic_intr_accepted: IRR → ISR for the vector the CPU takes; PPR rises."""
+    atomic_and(bit_address(c, IRR, vector), ~(U(1) << U(vector & 31)))
+    atomic_or(bit_address(c, ISR, vector), U(1) << U(vector & 31))
+    update_ppr(page_of(c))
+
+
+@njit(**NUMBA)
+def eoi(c):
+    """EOI: the highest in-service vector is done (vlapic_process_eoi); an EOI with none is counted."""
+    regs = page_of(c)
+    isrv = highest(regs, ISR)
+    if isrv < 0:
+        carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VLAPIC_GRATUITOUS_EOI] += 1
+        return
+    atomic_and(bit_address(c, ISR, isrv), ~(U(1) << U(isrv & 31)))
+    update_ppr(regs)
+
+
+@njit(**NUMBA)
+def set_ready(c, vector, posted):
+    """vlapic_set_intr_ready on the target's context: returns True if the target must be notified."""
+    regs = page_of(c)
+    if vector < 16:
+        regs[ESR >> 2] |= np.uint32(ESR_RECV_ILLEGAL)
+        return False
+    if not regs[SVR >> 2] & SVR_ENABLE:
+        return False                                     # software-disabled: the interrupt is dropped
+    if posted:
+        pir = U(c[C.MEM]) + U(c[C.PIR_DESC])
+        atomic_or(pir + U(8) * U(vector >> 6), U(1) << U(vector & 63))
+        return (atomic_or(pir + U(8 * PIR_ON_WORD), U(1)) & U(1)) == 0    # notify only on 0 → 1
+    atomic_or(bit_address(c, IRR, vector), U(1) << U(vector & 31))
+    return True
+
+
+@njit(**NUMBA)
+def pir_to_irr(c):
+    """vmx_inject_pir: take the outstanding notification, move every PIR bit into the IRR."""
+    pir = U(c[C.MEM]) + U(c[C.PIR_DESC])
+    if atomic_xchg(pir + U(8 * PIR_ON_WORD), U(0)) == 0:
+        return
+    for w in range(4):
+        bits = atomic_xchg(pir + U(8 * w), U(0))
+        for half in range(2):
+            part = (bits >> U(32 * half)) & U(0xFFFFFFFF)
+            if part:
+                atomic_or(bit_address(c, IRR, 64 * w + 32 * half), part)
+
+
+@njit(**NUMBA)
+def now_ns(c):
+    """CLOCK_MONOTONIC in nanoseconds, through clock_gettime's address."""
+    ib = block(c)
+    call_clock(ib[IB_CLOCK], CLOCK_MONOTONIC, U(c[C.INTR]) + U(8 * IB_TIMESPEC))
+    return np.int64(ib[IB_TIMESPEC]) * NS + np.int64(ib[IB_TIMESPEC + 1])
+
+
+@njit(**NUMBA)
+def notify(c, posted):
+    """vcpu_notify_event: after the request is visible, kick the vCPU out of the guest or wake it from HLT.
+
+    A vCPU between injection and entry counts as in the guest (bhyve runs that stretch with host
+    interrupts disabled, so the IPI stays pending until entry and forces an exit then). The kick is
+    repeated until the vCPU has come out once: a uc_emu_stop that lands before uc_emu_start has
+    begun is forgotten by Unicorn. The retries are bounded; the host timer re-kicks what remains.
+    """
+    fence()
+    state = c[C.RUNSTATE]
+    if state == C.RUN_GUEST:
+        params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+        c[C.NOTIFY] = params[T.POSTED_INTERRUPT_VECTOR] if posted else params[T.IPINUM]
+        seq = c[C.EXIT_SEQ]
+        fns = carray(u64_ptr(c[C.FN]), 4)
+        for _ in range(20000):
+            call_uc(fns[FN_EMU_STOP], c[C.UC])
+            fence()
+            if c[C.EXIT_SEQ] != seq or c[C.RUNSTATE] != C.RUN_GUEST or c[C.NOTIFY] == 0:
+                return
+    elif state == C.RUN_HALTED:
+        call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_WAKE), U(0), U(0))
+
+
+@njit(**NUMBA)
+def intr_edge(c, vector, posted):
+    """lapic_intr_edge from any thread: set the request, then notify."""
+    if set_ready(c, vector, posted):
+        notify(c, posted)
+        return True
+    return False
+
+
+# -- the timer (SDM §10.5.4) -------------------------------------------------------------------------
+@njit(**NUMBA)
+def timer_start(c, count, now):
+    regs = page_of(c)
+    if count == 0:
+        c[C.TIMER_DEADLINE] = 0
+        return
+    period = max(count_to_ns(count, divisor(regs[TIMER_DCR >> 2])), np.int64(1))
+    c[C.TIMER_START] = now
+    c[C.TIMER_PERIOD] = period if regs[LVT_TIMER >> 2] & TIMER_PERIODIC else 0
+    c[C.TIMER_DEADLINE] = now + period
+
+
+@njit(**NUMBA)
+def timer_ccr(c, now):
+    """The current count: what is left of the period at the divided bus frequency. A periodic timer whose
+    deadline passed before the vCPU rearmed it has already reloaded: the count wraps."""
+    deadline = np.int64(c[C.TIMER_DEADLINE])
+    if deadline == 0:
+        return np.int64(0)
+    remaining = deadline - now
+    if remaining <= 0:
+        period = np.int64(c[C.TIMER_PERIOD])
+        if period == 0:
+            return np.int64(0)
+        remaining = period - (now - deadline) % period
+    return ns_to_count(remaining, divisor(page_of(c)[TIMER_DCR >> 2]))
+
+
+@njit(**NUMBA)
+def fire_lvt(c, lvt, index):
+    """vlapic_fire_lvt: a fixed-mode LVT entry sets its vector in the IRR (masked entries do nothing)."""
+    regs = page_of(c)
+    value = regs[lvt >> 2]
+    if value & LVT_MASKED:
+        return False
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    counters[S.VLAPIC_INTR_LVT + index] += 1
+    mode = (value >> 8) & 7
+    if mode == DM_NMI:
+        c[C.PENDING] |= PEND_NMI
+        return True
+    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    return set_ready(c, np.int64(value & 0xFF), params[T.POSTED_INTERRUPTS] != 0)
+
+
+
+@njit(**NUMBA)
+def timer_check(c, now):
+    """On the vCPU's own thread: fire the timer if its deadline passed; periodic mode rearms with lag
+    compensation, and a timer more than a period behind restarts from now (vlapic_callout_handler)."""
+    deadline = np.int64(c[C.TIMER_DEADLINE])
+    if deadline == 0 or now < deadline:
+        return False
+    period = np.int64(c[C.TIMER_PERIOD])
+    if period == 0:
+        c[C.TIMER_DEADLINE] = 0
+    else:
+        deadline += period
+        if now - deadline > period:
+            deadline = now + period
+        c[C.TIMER_START] = deadline - period
+        c[C.TIMER_DEADLINE] = deadline
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    counters[S.VLAPIC_INTR_TIMER] += 1
+    return fire_lvt(c, LVT_TIMER, LVT_TIMER_INDEX)
+
+
+# -- IPIs (SDM §10.6) ---------------------------------------------------------------------------------
+@njit(**NUMBA)
+def ipi_targets(icr_lo, icr_hi, self_index, ids, ldrs, dfrs, n):
+    """Bitmask of the vCPUs an ICR write addresses: shorthand, or physical / logical (flat, cluster)."""
+    shorthand = (icr_lo >> 18) & 3
+    everyone = (np.int64(1) << n) - 1
+    me = np.int64(1) << self_index
+    if shorthand == SH_SELF:
+        return me
+    if shorthand == SH_ALL:
+        return everyone
+    if shorthand == SH_OTHERS:
+        return everyone & ~me
+    dest = (icr_hi >> 24) & 0xFF
+    mask = np.int64(0)
+    for i in range(n):
+        if icr_lo & DEST_LOGICAL:
+            logical = (ldrs[i] >> 24) & 0xFF
+            if (dfrs[i] >> 28) & 0xF == 0xF:                   # flat model
+                hit = (logical & dest) != 0
+            else:                                              # cluster model
+                hit = (logical >> 4) == (dest >> 4) and (logical & dest & 0xF) != 0
+        else:
+            hit = dest == 0xFF or ((ids[i] >> 24) & 0xFF) == dest
+        if hit:
+            mask |= np.int64(1) << i
+    if (icr_lo >> 8) & 7 == DM_LOWPRI and mask != 0:           # lowest priority: the first match
+        mask &= -mask
+    return mask
+
+
+@njit(**NUMBA)
+def send_ipi(c, icr_lo):
+    """An ICR low write: fixed IPIs go straight into the targets' IRRs; NMI, INIT and SIPI to userspace."""
+    ib = block(c)
+    n = np.int64(ib[IB_NVCPUS])
+    vcpus = carray(u64_ptr(ib[IB_VCPUS]), n)
+    ids, ldrs, dfrs = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for i in range(n):
+        other = carray(u64_ptr(vcpus[i]), C.SIZE)
+        regs = page_of(other)
+        ids[i], ldrs[i], dfrs[i] = regs[ID >> 2], regs[LDR >> 2], regs[DFR >> 2]
+    regs = page_of(c)
+    targets = ipi_targets(np.int64(icr_lo), np.int64(regs[ICR_HI >> 2]), np.int64(c[C.VCPUID]), ids, ldrs, dfrs, n)
+    mode, vector = (icr_lo >> 8) & 7, icr_lo & 0xFF
+    counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    for i in range(n):
+        if not targets >> i & 1:
+            continue
+        other = carray(u64_ptr(vcpus[i]), C.SIZE)
+        counters[S.VLAPIC_IPI_SEND] += 1
+        carray(u64_ptr(other[C.STATS]), S.NSLOTS)[S.VLAPIC_IPI_RECV] += 1
+        if mode == DM_FIXED or mode == DM_LOWPRI:
+            if vector < 16:
+                regs[ESR >> 2] |= np.uint32(ESR_SEND_ILLEGAL)
+            elif i == np.int64(c[C.VCPUID]):             # a self-IPI: the write's exit injects it
+                set_ready(c, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0)
+            else:
+                intr_edge(other, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0)
+        elif mode == DM_INIT and icr_lo & ICR_LEVEL_ASSERT:
+            call_host(ib[IB_CALLBACK], U(i), U(CB_INIT), U(0), U(0))
+        elif mode == DM_SIPI:
+            call_host(ib[IB_CALLBACK], U(i), U(CB_SIPI), U(vector), U(0))
+        elif mode == DM_NMI:
+            call_host(ib[IB_CALLBACK], U(i), U(CB_NMI), U(0), U(0))
+
+
+# -- the page's memory hooks (APIC-register virtualization) --------------------------------------------
+@njit(**NUMBA)
+def undo_readonly_write(c):
+    """A store to a read-only register landed after the write hook: put the register's value back."""
+    if c[C.LAPIC_FIX] != 0:
+        page_of(c)[(np.int64(c[C.LAPIC_FIX]) - 1) >> 2] = np.uint32(c[C.LAPIC_FIXVAL])
+        c[C.LAPIC_FIX] = 0
+
+
+@njit(**NUMBA)
+def mmio_read(c, offset):
+    undo_readonly_write(c)
+    if offset & ~0xF == TIMER_CCR:
+        page_of(c)[TIMER_CCR >> 2] = np.uint32(timer_ccr(c, now_ns(c)))
+    elif offset & ~0xF == PPR:
+        update_ppr(page_of(c))
+
+
+@njit(**NUMBA)
+def is_read_only(offset):
+    return offset == VER or offset == APR or offset == PPR or offset == RRD or offset == TIMER_CCR or \
+        (ISR <= offset < ESR)
+
+
+@njit(**NUMBA)
+def exits_after(c, reg, value):
+    """Writes after which an interrupt may become deliverable to this vCPU: a self-IPI, an EOI or a TPR
+    write with requests waiting. Like the APIC-write exit, the vCPU must leave the guest after them."""
+    regs = page_of(c)
+    if reg == ICR_LO:
+        if (value >> 8) & 7 in (DM_NMI, DM_INIT, DM_SIPI):
+            return True                                  # handled by userspace after the write completes
+        shorthand = (value >> 18) & 3
+        dest = (np.int64(regs[ICR_HI >> 2]) >> 24) & 0xFF
+        return shorthand == SH_SELF or shorthand == SH_ALL or (shorthand == SH_NONE and (
+            value & DEST_LOGICAL != 0 or dest == 0xFF or dest == (np.int64(regs[ID >> 2]) >> 24) & 0xFF))
+    if reg == EOI or reg == TPR:
+        return highest(regs, IRR) >= 0
+    return False
+
+
+@njit(**NUMBA)
+def mmio_write(c, offset, value):
+    """The write hook runs before the store; the store then leaves `value` in the page (trap-like).
+
+    A uc_emu_stop from a memory hook makes Unicorn abandon the instruction and restart it at the next
+    entry (measured: the hook runs again). So a write that must exit after it completes stops the guest
+    first, without effect (LAPIC_STEP 1); the loop then steps that one instruction, whose hook applies
+    the write (LAPIC_STEP 2), and the injection step that follows sees its effect.
+    """
+    reg = offset & ~0xF
+    value = np.int64(value) & 0xFFFFFFFF
+    if c[C.LAPIC_STEP] == 0 and exits_after(c, reg, value):
+        c[C.LAPIC_STEP] = 1
+        call_uc(carray(u64_ptr(c[C.FN]), 4)[FN_EMU_STOP], c[C.UC])
+        return
+    if c[C.LAPIC_STEP] == 1:
+        c[C.LAPIC_STEP] = 2
+    undo_readonly_write(c)
+    regs = page_of(c)
+    if is_read_only(reg) or reg == EOI:
+        c[C.LAPIC_FIX] = reg + 1
+        c[C.LAPIC_FIXVAL] = 0 if reg == EOI else regs[reg >> 2]
+    if reg == EOI:
+        eoi(c)
+    elif reg == TPR:
+        regs[TPR >> 2] = value & 0xFF
+        update_ppr(regs)
+    elif reg == ICR_LO:
+        regs[ICR_LO >> 2] = value & ~(1 << 12)
+        send_ipi(c, value)
+    elif reg == TIMER_ICR:
+        timer_start(c, value, now_ns(c))
+        call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_TIMER), U(0), U(0))   # the host timer rearms
+    elif reg == LVT_TIMER:
+        if c[C.TIMER_DEADLINE] != 0:
+            period = np.int64(c[C.TIMER_DEADLINE]) - np.int64(c[C.TIMER_START])
+            c[C.TIMER_PERIOD] = period if value & TIMER_PERIODIC else 0
+    elif reg == ESR:
+        c[C.LAPIC_FIX] = reg + 1                          # a write clears it (the value written is ignored)
+        c[C.LAPIC_FIXVAL] = 0
+
+
+MEM_HOOK = types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, types.CPointer(types.uint64))
+
+
+@cfunc(MEM_HOOK, **NUMBA)
+def read_hook(uc, access, address, size, value, ud):
+    c = carray(ud, C.SIZE)
+    mmio_read(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF)
+
+
+@cfunc(MEM_HOOK, **NUMBA)
+def write_hook(uc, access, address, size, value, ud):
+    c = carray(ud, C.SIZE)
+    mmio_write(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF, value)
+
+
+# -- the userspace side: setup, registers for readers, requests from other threads ---------------------
+class Vlapic:
+    """One vCPU's local APIC: its virtual-APIC page and PIR descriptor (two host pages), its interrupt block.
+
+    Legend: set up once by the vCPU's constructor; `block` entries IB_VCPUS/IB_NVCPUS are filled by the VM
+    when every vCPU exists. The page is written by the vCPU's kernels and (atomically) by notifiers.
+    """
+
+    def __init__(self, vcpu, callback_address):
+        hv = vcpu.vm.hypervisor
+        self.vcpu, self.memory = vcpu, hv.memory
+        self.hpa = hv.allocator.allocate(2 * 4096, "vcpu%d local APIC" % vcpu.index)
+        self.pir_hpa = self.hpa + 4096
+        self.memory[self.hpa:self.hpa + 2 * 4096] = 0
+        self.regs = self.memory[self.hpa:self.hpa + 4096].view(np.uint32)
+        self.block = np.zeros(IB_SIZE, np.uint64)
+        self._context = vcpu.uc.context_save()          # the buffer intr.shadowed() saves into
+        self.block[IB_CLOCK] = CLOCK_GETTIME
+        self.block[IB_CONTEXT] = address(self._context.context)
+        self.block[IB_CONTEXT_SAVE] = address(uclib.uc_context_save)
+        self.block[IB_CALLBACK] = callback_address
+        self.block[IB_UC_CTL] = address(uclib.uc_ctl)
+        self.block[IB_SCHED_YIELD] = SCHED_YIELD
+        self.lock_table = np.zeros(2 * LOCK_TABLE_PAIRS, np.uint64)
+        self.block[IB_LOCK_TABLE] = self.lock_table.ctypes.data
+        c = vcpu.ctx
+        c[C.APIC_PAGE], c[C.PIR_DESC], c[C.INTR] = self.hpa, self.pir_hpa, self.block.ctypes.data
+        for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):
+            hook_add(vcpu.uc, kind, hook.address, c.ctypes.data, self.hpa, self.hpa + 0xFFF)
+        self.reset()
+
+    def reset(self):
+        """The state after RESET or INIT (SDM §10.4.7.1): IRR/ISR/TMR clear, LVTs masked, timer stopped."""
+        ident = self.vcpu.index
+        self.regs[:] = 0
+        self.memory[self.pir_hpa:self.pir_hpa + 64] = 0
+        r = self.regs
+        r[ID >> 2], r[VER >> 2], r[DFR >> 2], r[SVR >> 2] = ident << 24, VERSION, 0xFFFFFFFF, 0xFF
+        for lvt in LVT_INDEX:
+            r[lvt >> 2] = LVT_MASKED
+        c = self.vcpu.ctx
+        for slot in (C.TIMER_DEADLINE, C.TIMER_PERIOD, C.TIMER_START, C.INTR_WINDOW, C.NMI_WINDOW, C.LAPIC_FIX):
+            c[slot] = 0
+
+    def register(self, offset):
+        return int(self.regs[offset >> 2])
+
+    def vector_set(self, base):
+        """The vectors set in IRR, ISR or TMR."""
+        return [v for v in range(256) if self.regs[(base >> 2) + 4 * (v >> 5)] >> (v & 31) & 1]
+
+    def snapshot(self):
+        """Named registers, for panels and tests."""
+        names = {"ID": ID, "VER": VER, "TPR": TPR, "PPR": PPR, "LDR": LDR, "DFR": DFR, "SVR": SVR, "ESR": ESR,
+                 "ICR_LO": ICR_LO, "ICR_HI": ICR_HI, "LVT_TIMER": LVT_TIMER, "LVT_LINT0": LVT_LINT0,
+                 "LVT_LINT1": LVT_LINT1, "LVT_ERROR": LVT_ERROR, "TIMER_ICR": TIMER_ICR, "TIMER_DCR": TIMER_DCR}
+        out = {name: self.register(off) for name, off in names.items()}
+        out.update(IRR=self.vector_set(IRR), ISR=self.vector_set(ISR), TMR=self.vector_set(TMR))
+        return out
+
+    def free(self):
+        self.vcpu.ctx[C.APIC_PAGE] = 0
+        self.vcpu.vm.hypervisor.allocator.free(self.hpa)
+
+
+def connect(vcpus):
+    """Give every vCPU's kernels the table of its peers' context blocks (IPI destinations)."""
+    table = np.array([v.ctx.ctypes.data for v in vcpus] + [0], np.uint64)     # the last word: the bus lock
+    for v in vcpus:
+        v.lapic.block[IB_VCPUS], v.lapic.block[IB_NVCPUS] = table.ctypes.data, len(vcpus)
+        v.lapic.block[IB_BUS_WORD] = table.ctypes.data + 8 * len(vcpus)
+        if v.index > 0:                                  # IA32_APIC_BASE: only the BSP has bit 8 set
+            rows = v.msrs.reshape(-1, 3)
+            rows[rows[:, 0] == 0x1B, 2] &= ~np.uint64(1 << 8)
+    return table

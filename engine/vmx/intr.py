@@ -1,0 +1,137 @@
+"""Step 1 of the vcpu loop, in the kernel: what is pending, and whether the guest can take it now.
+
+bhyve's vmx_inject_interrupts runs with host interrupts disabled: the vCPU is marked as in the guest
+(RUNSTATE) before the IRR is read, so a notifier that sets a bit after the read kicks it again after
+entry (vlapic.notify). Here the LAPIC timer is checked against the host clock, posted requests move
+from the PIR to the IRR, and the highest deliverable vector is handed to the userspace side, which
+delivers it through the guest's IDT (vmx/inject.py) — or, when RFLAGS.IF is clear or an STI/MOV-SS
+shadow is in effect, interrupt-window exiting is set: the loop then steps the guest one instruction
+at a time until the window opens (exit 7), as the hardware would exit at that instruction boundary.
+"""
+import numpy as np
+from numba import carray, njit
+from unicorn import x86_const as X
+
+from .. import stats as S
+from .. import tunables as T
+from ..io import vlapic as L
+from ..io.sync import call_ctl2, call_uc_ptr
+from ..native import NUMBA, u64_ptr, u8_ptr
+from . import ctx as C
+from . import exits as E
+from . import vmcs as V
+from .hooks import code_to_hpa, log_exit, rd, record_exit
+
+EXITCODE_INJECT = 29        # webhyve: deliver ctx[INJECT] through the guest's IDT (userspace side)
+EXITCODE_IPI = 24           # bhyve's VM_EXITCODE_IPI: INIT, SIPI or NMI for this vCPU
+EXTINT = 0x100              # ctx[INJECT]: an ExtINT, its vector from the 8259 (io/vpic.py)
+RFLAGS_IF = 1 << 9
+HF_INHIBIT_IRQ = 1 << 3
+HFLAGS_OFFSET = 216         # engine/vmx/segcache.py: hflags in Unicorn 2.1.4's uc_context
+UC_CTL_TB_FLUSH_WRITE = 10 | (1 << 30)           # UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0)
+
+
+@njit(**NUMBA)
+def shadowed(c):
+    """STI/MOV-SS blocking: QEMU's HF_INHIBIT_IRQ, read from a saved context (about 1 µs, only when needed)."""
+    ib = L.block(c)
+    call_uc_ptr(ib[L.IB_CONTEXT_SAVE], c[C.UC], ib[L.IB_CONTEXT])
+    raw = carray(u8_ptr(ib[L.IB_CONTEXT]), HFLAGS_OFFSET + 4)
+    return (raw[HFLAGS_OFFSET] & HF_INHIBIT_IRQ) != 0
+
+
+@njit(**NUMBA)
+def can_take_interrupt(c):
+    return (rd(c, X.UC_X86_REG_EFLAGS) & np.uint64(RFLAGS_IF)) != 0 and not shadowed(c)
+
+
+@njit(**NUMBA)
+def inject(c):
+    """Returns 0 to enter, or a VM_EXITCODE for the userspace side to deliver an event first."""
+    if c[C.APIC_PAGE] == 0:
+        return 0
+    pend = c[C.PENDING]
+    if pend & ~np.uint64(L.PEND_NMI) or (pend & np.uint64(L.PEND_NMI) and c[C.NMI_WINDOW] == 0):
+        return EXITCODE_IPI
+    if c[C.INTR_WINDOW] != 0:
+        return 0                                   # vmx_inject_interrupts step 6: window already armed
+    L.timer_check(c, L.now_ns(c))
+    L.pir_to_irr(c)
+    regs = L.page_of(c)
+    vector = L.pending(regs)
+    if vector < 0:
+        if L.block(c)[L.IB_EXTINT] == 0 or not L.extint_accepted(regs):
+            return 0
+        vector = EXTINT                            # the vector comes from the 8259's INTA cycle
+    if can_take_interrupt(c):
+        c[C.INJECT] = vector
+        return EXITCODE_INJECT
+    c[C.INTR_WINDOW] = 1
+    return 0
+
+
+@njit(**NUMBA)
+def window_open(c):
+    """After one stepped instruction: can the pending interrupt go in now?"""
+    return can_take_interrupt(c)
+
+
+@njit(**NUMBA)
+def host_interrupt(c):
+    """A host interrupt arrived while the guest ran. With "acknowledge interrupt on exit" the exit carries
+    its vector and the host handler runs by hand (vmx_trigger_hostintr), counted in the interrupt block.
+    A posted-interrupt notification is processed in VMX non-root operation: no exit (SDM §29.6)."""
+    vector = c[C.NOTIFY]
+    c[C.NOTIFY] = 0
+    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    if vector == params[T.POSTED_INTERRUPT_VECTOR]:
+        return
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    vmcs[V.EXIT_INTR_INFO] = np.uint64(E.INTR_VALID) | vector      # type 0: external interrupt
+    record_exit(c, E.EXTERNAL_INTERRUPT, 0, 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_EXTINT)
+    L.block(c)[L.IB_HOST_INTR] += 1
+
+
+@njit(**NUMBA)
+def nmi_window_open(c):
+    """NMI blocking ends with the IRET the stepped instruction was (the NMI handler's return)."""
+    ib = L.block(c)
+    return ib[L.IB_LAST_OPCODE] == 0xCF
+
+
+@njit(**NUMBA)
+def note_opcode(c):
+    """Under NMI-window exiting: remember the opcode (past a REX.W) of the instruction about to be stepped."""
+    rip = rd(c, X.UC_X86_REG_RIP)
+    linear = rip if rd(c, X.UC_X86_REG_CR0) & np.uint64(1) else \
+        ((rd(c, X.UC_X86_REG_CS) & np.uint64(0xFFFF)) << np.uint64(4)) + (rip & np.uint64(0xFFFF))
+    hpa = code_to_hpa(c, linear)
+    op = np.uint64(0)
+    if 0 <= hpa < np.int64(c[C.MEMSIZE]) - 1:
+        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+        op = np.uint64(mem8[hpa + 1] if mem8[hpa] == 0x48 else mem8[hpa])
+    L.block(c)[L.IB_LAST_OPCODE] = op
+
+
+@njit(**NUMBA)
+def apic_write_exit(c):
+    """Exit 56 (APIC write, trap-like): the qualification is the register's offset. bhyve counts it only
+    in the total."""
+    c[C.LAPIC_STEP] = 0
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    rip = rd(c, X.UC_X86_REG_RIP)
+    vmcs[V.EXIT_REASON], vmcs[V.EXIT_QUALIFICATION], vmcs[V.EXIT_INSTRUCTION_LENGTH] = E.APIC_WRITE, 0, 0
+    vmcs[V.GUEST_RIP] = rip
+    carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VMEXIT_COUNT] += 1
+    log_exit(c, E.APIC_WRITE, 0, 0, rip)
+
+
+@njit(**NUMBA)
+def prepare_entry(c, count):
+    """Entering Unicorn's count mode: flush every translated block first. Unicorn counts instructions only in
+    blocks translated while counting (measured: a cached block, or one chained to, runs on uncounted), and
+    it flushes them all itself when counting ends."""
+    ib = L.block(c)
+    if count != 0 and ib[L.IB_STEPPING] == 0:
+        call_ctl2(ib[L.IB_UC_CTL], c[C.UC], UC_CTL_TB_FLUSH_WRITE, np.uint64(0), np.uint64(0))
+    ib[L.IB_STEPPING] = count

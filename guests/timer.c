@@ -1,0 +1,64 @@
+/* timer: a periodic local APIC timer; the guest counts its interrupts and prints a line each second.
+ *
+ * Command line: hz=N (default 100), seconds=N (default 3). The timer runs at the APIC bus clock
+ * (bhyve's 2^27 Hz) divided by 1, so a period of 2^27/hz counts. The main loop waits with sti;hlt.
+ */
+#include <stdint.h>
+#include "idt.h"
+#include "io.h"
+#include "lapic.h"
+#include "multiboot.h"
+#include "print.h"
+#include "serial.h"
+#include "cmdline.h"
+
+#define TIMER_VECTOR	0x20
+#define BUS_HZ		(1u << 27)
+
+volatile uint32_t ticks;
+void timer_entry(void);
+
+/* The handler: count, EOI, return. Written in assembly so that it keeps every register. */
+__asm__(
+	".globl timer_entry\n"
+	"timer_entry:\n"
+	"	incl ticks\n"
+	"	movl $0, 0xFEE000B0\n"
+	"	iret\n");
+
+void kmain(uint32_t magic, struct multiboot_info *mbi)
+{
+	const char *cmdline = 0;
+	uint32_t hz, seconds, second = 0;
+
+	if (magic == MULTIBOOT_BOOTLOADER_MAGIC && (mbi->flags & MBI_FLAG_CMDLINE))
+		cmdline = (const char *)mbi->cmdline;
+	hz = cmdline_option(cmdline, "hz=", 100);
+	seconds = cmdline_option(cmdline, "seconds=", 3);
+	serial_init();
+	idt_set_gate(TIMER_VECTOR, timer_entry);
+	idt_load();
+	lapic_write(LAPIC_SVR, SVR_ENABLE | 0xFF);
+	lapic_write(LAPIC_TIMER_DCR, 0xB);			/* divide by 1 */
+	lapic_write(LAPIC_LVT_TIMER, LVT_PERIODIC | TIMER_VECTOR);
+	lapic_write(LAPIC_TIMER_ICR, BUS_HZ / hz);
+	serial_puts("timer: periodic LAPIC timer at ");
+	print_dec(hz);
+	serial_puts(" Hz\r\n");
+	while (second < seconds) {
+		__asm__ volatile("sti; hlt; cli");
+		if (ticks >= (second + 1) * hz) {
+			second++;
+			serial_puts("second ");
+			print_dec(second);
+			serial_puts(": ");
+			print_dec(ticks);
+			serial_puts(" ticks\r\n");
+		}
+	}
+	lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | TIMER_VECTOR);
+	serial_puts("timer: done, ");
+	print_dec(ticks);
+	serial_puts(" ticks\r\n");
+	halt();
+}

@@ -1,0 +1,278 @@
+"""The local APIC as a guest sees it at 0xFEE00000: self-IPIs, EOI, TPR, the timer, HLT wake-up, the shadow."""
+import threading
+import time
+
+from engine import stats
+from engine.io import vlapic as L
+from engine.vmx import exits
+from tests.engine.conftest import assemble
+from tests.engine.test_inject import LONG_DATA, LONG_PROLOGUE, gate64
+
+# Map 3-4 GiB with one 1 GiB page so the guest reaches the APIC at 0xFEE00000; r15 holds its base.
+MAP_APIC = """
+    mov rax, cr3
+    mov rbx, [rax]
+    and rbx, -4096
+    mov rcx, 0xC0000083
+    mov qword ptr [rbx + 24], rcx
+    mov cr3, rax
+    mov r15, 0xFEE00000
+    mov dword ptr [r15 + 0xF0], 0x1FF       # SVR: APIC software-enabled, spurious vector 0xFF
+"""
+COUNTER = """
+    .balign 8
+count: .quad 0
+"""
+
+
+def run(hv, tmp_path, src, name="lapic", timeout=30, start=None):
+    vm = hv.create_vm(name, mem_mb=16)
+    vm.load(assemble(src, tmp_path), "g.bin", kind="flat64")
+    vm.start()
+    if start:
+        start(vm)
+    vm.wait(states=("suspended",), timeout=timeout)
+    return vm
+
+
+def test_self_ipi_is_delivered_and_eoi_clears_isr(hv, tmp_path):
+    """ICR with the self shorthand, vector 0x40: the handler runs once at CPL 0 with ISR[0x40] set; EOI clears it."""
+    src = LONG_PROLOGUE + MAP_APIC + gate64(0x40, "handler") + """
+    sti
+    mov dword ptr [r15 + 0x300], 0x40040    # ICR: fixed, vector 0x40, shorthand self
+    mov rcx, 1000
+1:  dec rcx
+    jnz 1b
+    mov r9, [r15 + 0x120]                   # ISR bits 64-95 after the EOI
+    cli
+    hlt
+handler:
+    inc qword ptr [rip + count]
+    mov r8d, dword ptr [r15 + 0x120]        # ISR bits 64-95 inside the handler
+    mov dword ptr [r15 + 0xB0], 0           # EOI
+    iretq
+""" + LONG_DATA + COUNTER
+    vm = run(hv, tmp_path, src)
+    r = vm.registers()
+    assert vm.suspend_reason == "halt", vm.suspend_message
+    assert r["r8"] == 1 << (0x40 - 64) and r["r9"] & 0xFFFFFFFF == 0     # ISR register 2, bit 0
+    v = vm.vcpus[0]
+    assert v.lapic.snapshot()["ISR"] == [] and v.lapic.snapshot()["IRR"] == []
+    assert v.counters[stats.VLAPIC_IPI_SEND] == 1 and v.counters[stats.VLAPIC_IPI_RECV] == 1
+
+
+def test_tpr_holds_back_lower_classes(hv, tmp_path):
+    """TPR 0x50 blocks vector 0x40 (class 4) until TPR drops to 0; a write to PPR does not stick."""
+    src = LONG_PROLOGUE + MAP_APIC + gate64(0x40, "handler") + """
+    mov dword ptr [r15 + 0x80], 0x50        # TPR
+    sti
+    mov dword ptr [r15 + 0x300], 0x40040
+    mov rcx, 1000
+1:  dec rcx
+    jnz 1b
+    mov r8, [rip + count]                   # still 0
+    mov r10d, dword ptr [r15 + 0xA0]        # PPR = 0x50
+    mov dword ptr [r15 + 0xA0], 0x77        # read-only: undone
+    mov r11d, dword ptr [r15 + 0xA0]
+    mov dword ptr [r15 + 0x80], 0
+    mov rcx, 1000
+2:  dec rcx
+    jnz 2b
+    mov r9, [rip + count]                   # 1
+    cli
+    hlt
+handler:
+    inc qword ptr [rip + count]
+    mov dword ptr [r15 + 0xB0], 0
+    iretq
+""" + LONG_DATA + COUNTER
+    vm = run(hv, tmp_path, src)
+    r = vm.registers()
+    assert (r["r8"], r["r9"]) == (0, 1)
+    assert r["r10"] == 0x50 and r["r11"] == 0x50
+
+
+def test_sti_shadow_and_interrupt_window(hv, tmp_path):
+    """Pending while IF=0: an interrupt-window exit; STI's shadow lets exactly one more instruction run first."""
+    src = LONG_PROLOGUE + MAP_APIC + gate64(0x40, "handler") + """
+    cli
+    mov dword ptr [r15 + 0x300], 0x40040    # pending, but IF=0
+    mov rcx, 100
+1:  dec rcx
+    jnz 1b
+    xor r8, r8
+    sti
+    mov r8, 1                               # runs in STI's shadow, before the interrupt
+    mov r8, 2
+    cli
+    hlt
+handler:
+    mov r9, r8
+    mov dword ptr [r15 + 0xB0], 0
+    iretq
+""" + LONG_DATA
+    vm = run(hv, tmp_path, src)
+    r = vm.registers()
+    assert r["r9"] == 1 and r["r8"] == 2
+    v = vm.vcpus[0]
+    assert v.counters[stats.VMEXIT_INTR_WINDOW] == 1
+    assert any(e["reason"] == exits.INTERRUPT_WINDOW for e in v.exit_log())
+
+
+def test_periodic_timer_wakes_hlt(hv, tmp_path):
+    """Periodic LAPIC timer, divide by 1, 2^27/1000 counts (1 ms): ten ticks taken in sti;hlt; then masked,
+    and the final HLT with interrupts off suspends the VM although the (masked) timer keeps counting."""
+    src = LONG_PROLOGUE + MAP_APIC + gate64(0x30, "tick") + """
+    mov dword ptr [r15 + 0x3E0], 0xB        # DCR: divide by 1
+    mov dword ptr [r15 + 0x320], 0x20030    # LVT timer: periodic, vector 0x30
+    mov dword ptr [r15 + 0x380], 134217     # initial count: 1 ms at 2^27 Hz
+1:  sti
+    hlt
+    cmp qword ptr [rip + count], 10
+    jb 1b
+    cli
+    mov dword ptr [r15 + 0x320], 0x10030    # masked
+    mov r8d, dword ptr [r15 + 0x390]        # current count
+    mov r9, [rip + count]
+    hlt
+tick:
+    inc qword ptr [rip + count]
+    mov dword ptr [r15 + 0xB0], 0
+    iretq
+""" + LONG_DATA + COUNTER
+    started = time.monotonic()
+    vm = run(hv, tmp_path, src)
+    elapsed = time.monotonic() - started
+    r = vm.registers()
+    assert vm.suspend_reason == "halt", vm.suspend_message
+    assert r["r9"] >= 10 and 0 < r["r8"] <= 134217         # a tick may land between the compare and cli
+    v = vm.vcpus[0]
+    assert v.counters[stats.VLAPIC_INTR_TIMER] >= 10
+    assert v.counters[stats.VLAPIC_INTR_LVT + 2] >= 10
+    assert v.counters[stats.VMEXIT_HLT] >= 1                # ticks woke it from HLT (some land while it runs)
+    assert elapsed >= 0.009                              # ten 1 ms periods cannot pass in less than 9 ms
+
+
+def test_one_shot_timer_current_count_runs_down(hv, tmp_path):
+    """One-shot, divide by 128: CCR read twice decreases and stays below the initial count."""
+    src = LONG_PROLOGUE + MAP_APIC + """
+    mov dword ptr [r15 + 0x3E0], 0xA        # divide by 128
+    mov dword ptr [r15 + 0x320], 0x10031    # masked one-shot
+    mov dword ptr [r15 + 0x380], 0x7FFFFFFF
+    mov r8d, dword ptr [r15 + 0x390]
+    mov rcx, 200000
+1:  dec rcx
+    jnz 1b
+    mov r9d, dword ptr [r15 + 0x390]
+    cli
+    hlt
+""" + LONG_DATA
+    vm = run(hv, tmp_path, src)
+    r = vm.registers()
+    assert 0x7FFFFFFF >= r["r8"] > r["r9"] > 0
+
+
+def test_interrupts_from_another_thread_none_lost_none_doubled(hv, tmp_path):
+    """100,000 interrupts posted from four threads while the guest spins with IF=1 and counts per vector."""
+    stress(hv, tmp_path, 25000, (0x50, 0x60, 0x70, 0x80))
+
+
+def stress(hv, tmp_path, per_thread, vectors):
+    """One sender thread per vector, each waiting for the guest's count before the next; returns (vm, seconds)."""
+    gates = "".join(gate64(v, "h%x" % v) for v in vectors)
+    handlers = "".join("""
+h{v:x}:
+    inc qword ptr [rip + counts + {off}]
+    mov dword ptr [r15 + 0xB0], 0
+    iretq
+""".format(v=v, off=8 * i) for i, v in enumerate(vectors))
+    src = LONG_PROLOGUE + MAP_APIC + gates + """
+    sti
+    mov qword ptr [rip + ready], 1
+1:  pause
+    cmp qword ptr [rip + done], 0
+    je 1b
+    cli
+    hlt
+""" + handlers + LONG_DATA + """
+    .balign 4096
+counts: .quad 0, 0, 0, 0
+done: .quad 0
+ready: .quad 0
+"""
+    binary = assemble(src, tmp_path)
+    counts_gpa = 0x200000 + len(binary) - 48
+    vm = hv.create_vm("stress", mem_mb=16)
+    vm.load(binary, "g.bin", kind="flat64")
+    mem = vm.memory_access
+    vm.start()
+    failures = []
+    deadline = time.monotonic() + 10
+    while not int.from_bytes(mem.read(counts_gpa + 40, 8), "little") and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+    def count(i):
+        return int.from_bytes(mem.read(counts_gpa + 8 * i, 8), "little")
+
+    def sender(i, vector):
+        for n in range(per_thread):
+            vm.lapic_intr(0, vector)
+            deadline = time.monotonic() + 5
+            while count(i) <= n:
+                if time.monotonic() > deadline:
+                    failures.append((vector, n, count(i)))
+                    return
+                time.sleep(0)
+    threads = [threading.Thread(target=sender, args=(i, v)) for i, v in enumerate(vectors)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    mem.write(counts_gpa + 32, (1).to_bytes(8, "little"))
+    vm.wait(states=("suspended",), timeout=30)
+    assert not failures, failures
+    assert [count(i) for i in range(len(vectors))] == [per_thread] * len(vectors)
+    return vm, elapsed
+
+
+def test_interrupts_without_posted_interrupts_none_lost(tmp_path):
+    """The same race with hw.vmm.vmx.cap.posted_interrupts=0: IRR bits set directly, a kick for each."""
+    from engine import Hypervisor
+    stress(Hypervisor(host_mem_mb=256, tunables={"hw.vmm.vmx.cap.posted_interrupts": 0}), tmp_path, 5000, (0x50, 0x60))
+
+
+def test_nmi_blocks_nmis_until_iret_then_the_window_opens(hv, tmp_path):
+    """A self-NMI through the ICR runs the NMI handler; a second one sent from inside waits for its IRET."""
+    src = LONG_PROLOGUE + MAP_APIC + gate64(2, "nmi") + """
+    mov dword ptr [r15 + 0x310], 0          # ICR high: APIC ID 0
+    mov dword ptr [r15 + 0x300], 0x400      # ICR low: NMI, physical destination
+    mov rcx, 100000
+1:  dec rcx
+    jnz 1b
+    mov r8, [rip + count]
+    mov r9, [rip + inside]
+    cli
+    hlt
+nmi:
+    inc qword ptr [rip + count]
+    cmp qword ptr [rip + count], 1
+    jne 2f
+    mov dword ptr [r15 + 0x300], 0x400      # a second NMI while this one is being handled
+    mov rcx, 1000
+3:  dec rcx
+    jnz 3b
+    mov rax, [rip + count]
+    mov [rip + inside], rax                 # still 1: the second NMI is blocked
+2:  iretq
+""" + LONG_DATA + COUNTER + """
+inside: .quad 0
+"""
+    vm = run(hv, tmp_path, src)
+    r = vm.registers()
+    assert vm.suspend_reason == "halt", vm.suspend_message
+    assert (r["r8"], r["r9"]) == (2, 1)
+    v = vm.vcpus[0]
+    assert v.counters[stats.VCPU_NMI_COUNT] == 2
+    assert v.counters[stats.VMEXIT_NMI_WINDOW] == 1

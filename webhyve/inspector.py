@@ -21,7 +21,7 @@ def snapshot(session, tunables):
     """Every panel of one VM as plain JSON values."""
     vm = session.vm
     out = {"summary": session.summary(), "tunables": tunables.describe(), "caches": panels.caches(vm),
-           "ept": panels.ept(vm), "exits": list(session.exit_history)[-60:]}
+           "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:]}
     for i in range(len(vm.vcpus)):
         out["registers/%d" % i] = panels.registers(vm, i)
         out["vmcs/%d" % i] = panels.vmcs(vm, i)

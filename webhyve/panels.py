@@ -78,6 +78,13 @@ def stats(vm, index):
             "exit_log": vcpu.exit_log()[-16:]}
 
 
+def vga(vm):
+    """The 80x25 text screen: each row's text and its attribute bytes as hex (2 digits per cell)."""
+    rows = vm.vga.cells()
+    return {"lines": vm.vga.text(), "attrs": ["".join("%02x" % attr for _, attr in row) for row in rows],
+            "cursor": list(vm.vga.cursor)}
+
+
 def optional(obj, method, *args):
     """An engine view that may not exist yet: (available, value)."""
     if not hasattr(obj, method):

@@ -79,25 +79,34 @@ const Panels = (() => {
       WH.el("span", {class: "num"}, totals[n].toLocaleString()))));
   }
 
-  function renderTunables(list) {
-    const rows = list.map((t) => {
-      const input = WH.el("input", {value: t.value, "data-name": t.name, size: 6, class: "control"});
-      if (WH.role !== "control") input.disabled = true;
-      input.addEventListener("change", async () => {
-        try {
-          const r = await WH.api("PUT", "/tunables/" + t.name, {value: input.value});
-          WH.status(r.name + ": " + r.old + " → " + r.value);
-        } catch (e) {
-          WH.status(e.message, true);
-          input.value = t.value;
-        }
-      });
-      return WH.el("tr", {"data-name": t.name, class: t.value !== t.default ? "changed" : ""},
-        WH.el("th", {}, t.name), WH.el("td", {}, input), WH.el("td", {class: "num"}, "default " + t.default),
-        WH.el("td", {}, t.description + (t.boot_only ? " (read at VM creation)" : "")));
+  function tunableRow(t) {
+    const input = WH.el("input", {"data-name": t.name, size: 6, class: "control"});
+    if (WH.role !== "control") input.disabled = true;
+    input.addEventListener("change", async () => {
+      try {
+        const r = await WH.api("PUT", "/tunables/" + t.name, {value: input.value});
+        WH.status(r.name + ": " + r.old + " → " + r.value);
+        input.blur();
+      } catch (e) {
+        WH.status(e.message, true);
+        input.value = input.dataset.value;
+      }
     });
+    return WH.el("tr", {"data-name": t.name}, WH.el("th", {}, t.name), WH.el("td", {}, input),
+      WH.el("td", {class: "num"}, "default " + t.default),
+      WH.el("td", {}, t.description + (t.boot_only ? " (read at VM creation)" : "")));
+  }
+
+  function renderTunables(list) {
     const table = document.getElementById("tunables");
-    if (!table.contains(document.activeElement)) table.replaceChildren(...rows);
+    if (table.rows.length !== list.length) table.replaceChildren(...list.map(tunableRow));
+    list.forEach((t, i) => {
+      const row = table.rows[i];
+      const input = row.querySelector("input");
+      input.dataset.value = t.value;
+      if (document.activeElement !== input) input.value = t.value;     // never overwrite what is being typed
+      row.classList.toggle("changed", t.value !== t.default);
+    });
   }
 
   function renderVga(v) {
@@ -183,7 +192,7 @@ const Panels = (() => {
   function play(id) {
     const box = document.getElementById("player");
     box.replaceChildren();
-    AsciinemaPlayer.create("/api/v1/recordings/" + id, box, {cols: 80, rows: 25, markers: true, autoPlay: true});
+    AsciinemaPlayer.create("/api/v1/recordings/" + id, box, {cols: 80, rows: 25, autoPlay: true});
   }
 
   document.getElementById("record").addEventListener("click", async (event) => {

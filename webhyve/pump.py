@@ -5,15 +5,25 @@ far it has been sent) and `acked` (how far its xterm.js has written): with more 
 in flight it is skipped, and when it catches up it gets the gap from the console ring, so a slow browser
 neither stalls the others nor loses output. A viewer further behind than the ring holds gets a replay
 of the server terminal instead. Batching follows python-socketio #406: no grouping on WebSocket.
+
+Output travels as text with one character per byte (latin-1): a binary Socket.IO event is several
+websocket frames, and two threads emitting to one client (the pump and an ack's catch-up) could
+interleave them; a text event is one frame. The browser turns the characters back into bytes.
 """
 import threading
 import time
 
 from engine.devices.console import ConsoleReader
 
+from .access import CONTROL
 from .terminal import ServerTerminal
 
 HIGH_WATER = 256 * 1024
+
+
+def as_text(data):
+    """Console bytes as one character per byte, the way they go over Socket.IO."""
+    return data.decode("latin-1")
 
 
 class Viewer:
@@ -60,7 +70,7 @@ class OutputPump:
             self.terminal.feed(data)
             for recording in self.recordings:
                 recording.output(data)
-            for viewer in list(self.viewers.values()):
+            for viewer in sorted(self.viewers.values(), key=lambda v: v.role != CONTROL):   # the typist first
                 self._send(viewer, start, end, data)
             self.batches += 1
 
@@ -70,7 +80,7 @@ class OutputPump:
         if viewer.sent < start:
             self._catch_up(viewer)
             return
-        self._emit("output", {"data": data[viewer.sent - start:], "start": viewer.sent, "end": end}, viewer.sid)
+        self._emit("output", {"data": as_text(data[viewer.sent - start:]), "start": viewer.sent, "end": end}, viewer.sid)
         viewer.sent = end
 
     def _catch_up(self, viewer):
@@ -79,7 +89,7 @@ class OutputPump:
         if gap is None:
             self._emit("replay", {"data": self.terminal.replay(), "position": self.position}, viewer.sid)
         elif gap:
-            self._emit("output", {"data": gap, "start": viewer.sent, "end": self.position}, viewer.sid)
+            self._emit("output", {"data": as_text(gap), "start": viewer.sent, "end": self.position}, viewer.sid)
         viewer.sent = viewer.acked = self.position if gap is None else viewer.sent + len(gap)
 
     def ring_slice(self, start, end):
@@ -95,7 +105,7 @@ class OutputPump:
             gap = self.ring_slice(since, self.position) if isinstance(since, int) and 0 <= since <= self.position else None
             self.viewers[sid] = Viewer(sid, role, self.position)
             if gap is not None:
-                return {"mode": "resume", "data": gap, "start": since, "position": self.position}
+                return {"mode": "resume", "data": as_text(gap), "start": since, "position": self.position}
             return {"mode": "replay", "data": self.terminal.replay(), "position": self.position}
 
     def detach(self, sid):

@@ -15,8 +15,10 @@ const SerialConsole = (() => {
   const conn = document.getElementById("conn");
   let position = null;
 
-  function bytes(data) {
-    return data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+  function bytes(text) {                 // the server sends one character per byte (latin-1)
+    const out = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+    return out;
   }
 
   function write(data, end) {

@@ -11,8 +11,7 @@ class Follower:
     """Collects a console client's output events into one byte string, checking positions are contiguous."""
 
     def __init__(self, sc, first):
-        self.sc, self.data, self.position = sc, first["data"].encode() if first["mode"] == "replay" else first["data"], \
-            first["position"]
+        self.sc, self.data, self.position = sc, first["data"].encode("latin-1"), first["position"]
         self.replays = 0
 
     def poll(self):
@@ -20,7 +19,7 @@ class Follower:
             args = event["args"][0]
             if event["name"] == "output":
                 assert args["start"] == self.position, "a gap or an overlap in the stream"
-                self.data += args["data"]
+                self.data += args["data"].encode("latin-1")
                 self.position = args["end"]
                 self.sc.emit("ack", {"vm": "sh", "position": self.position}, namespace="/console", callback=True)
             elif event["name"] == "replay":
@@ -79,7 +78,7 @@ def test_reconnect_resumes_exactly_where_it_dropped(app, client, shell_vm):
     back = sio(app, client, token=VIEWER)
     resumed = attach(back, since=dropped_at)
     assert resumed["mode"] == "resume" and resumed["start"] == dropped_at
-    assert resumed["data"] == b"echo while away\r\nwhile away\r\nwebhyve> "
+    assert resumed["data"] == "echo while away\r\nwhile away\r\nwebhyve> "
     assert resumed["position"] == dropped_at + len(resumed["data"])
 
 

@@ -41,21 +41,21 @@ def test_slow_viewer_is_held_back_then_caught_up_without_loss():
 
         def fast_keeps_up():
             for event, data in inbox.take("fast"):
-                fast.extend(data["data"])
+                fast.extend(data["data"].encode("latin-1"))
                 pump.ack("fast", data["end"])
             return len(fast) == pump.position
         for i in range(0, len(payload), 16384):
             console.output(payload[i:i + 16384])
             assert wait_for(lambda: pump.position == console.end and fast_keeps_up(), timeout=10)
         held = inbox.take("slow")
-        slow.extend(b"".join(d["data"] for _, d in held))
+        slow.extend(b"".join(d["data"].encode("latin-1") for _, d in held))
         assert len(slow) < len(payload) and len(slow) <= HIGH_WATER + 64 * 1024
         position = held[-1][1]["end"]
         while len(slow) < len(payload):
             pump.ack("slow", position)
             for event, data in inbox.take("slow"):
                 assert event == "output" and data["start"] == position
-                slow.extend(data["data"])
+                slow.extend(data["data"].encode("latin-1"))
                 position = data["end"]
         assert bytes(slow) == payload == bytes(fast)
     finally:

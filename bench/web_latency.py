@@ -198,10 +198,13 @@ def main():
         for label, samples in (("1 viewer (the typist)", alone), ("typist + %d viewers" % args.viewers, crowded)):
             print("  %-24s p50 %6.2f   p99 %6.2f   max %6.2f" % (label, 1e3 * statistics.median(samples),
                                                                  1e3 * percentile(samples, 99), 1e3 * max(samples)))
-        print("\nspin guest, %d iterations, while the shell prints `help` every 50 ms (best of %d):" % (SPIN_ITERS, args.runs))
-        none = min(spin_seconds(url, "spin%d" % i) for i in range(args.runs))
-        with Viewers(url, ["demo"], args.viewers):
-            watched = min(spin_seconds(url, "spin%d" % (args.runs + 1 + i)) for i in range(args.runs))
+        print("\nspin guest, %d iterations, while the shell prints `help` every 50 ms (best of %d, interleaved):" % (SPIN_ITERS, args.runs))
+        none, watched = [], []
+        for i in range(args.runs):                  # interleaved, so drifting load on the machine hits both
+            none.append(spin_seconds(url, "bare%d" % i))
+            with Viewers(url, ["demo"], args.viewers):
+                watched.append(spin_seconds(url, "watched%d" % i))
+        none, watched = min(none), min(watched)
         for label, (wall, runtime) in (("no viewers", none), ("%d viewers" % args.viewers, watched)):
             print("  %-24s wall %6.3f s   vCPU runtime %6.3f s" % (label, wall, runtime))
         print("  speed with %d viewers / with none: wall %.2f, vCPU runtime %.2f" % (

@@ -82,6 +82,8 @@ def shutdown(app):
 
 def _boot_demo(app, fleet):
     path = os.path.join(app.config["GUESTS_DIR"], app.config["DEMO_GUEST"] + ".elf")
+    if not os.path.exists(path):
+        raise SystemExit("webhyve: no bundled guest %s (run `make guests`)" % path)
     with open(path, "rb") as f:
         fleet.create("demo", f.read(), os.path.basename(path))
 

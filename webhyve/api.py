@@ -59,11 +59,18 @@ def guests():
 
 
 def bundled_guests():
+    """{name: (path, kind)} for the images guests/Makefile builds; kind None means detect it."""
     directory = current_app.config["GUESTS_DIR"]
     if not os.path.isdir(directory):
         return {}
-    return {name.rsplit(".", 1)[0]: os.path.join(directory, name) for name in os.listdir(directory)
-            if name.endswith((".elf", ".img")) and name != "flat64.elf"}
+    found = {}
+    for name in os.listdir(directory):
+        stem, _, ext = name.rpartition(".")
+        if ext in ("elf", "img") and name != "flat64.elf":              # flat64.elf is only a step to flat64.bin
+            found[stem] = (os.path.join(directory, name), None)
+        elif ext == "bin":
+            found[stem] = (os.path.join(directory, name), "flat64")
+    return found
 
 
 @bp.get("/vms")
@@ -82,11 +89,12 @@ def create_vm():
         data, filename = upload.read(), os.path.basename(upload.filename or "upload.img")
     else:
         body = json_body("name", "guest")
-        path = bundled_guests().get(body["guest"])
+        path, kind = bundled_guests().get(body["guest"], (None, None))
         if path is None:
             raise ApiError(400, "no bundled guest %r (bundled: %s)" % (body["guest"], ", ".join(sorted(bundled_guests()))))
         with open(path, "rb") as f:
             data, filename = f.read(), os.path.basename(path)
+        body.setdefault("kind", kind)
     name = body.get("name")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "name: give the VM a name of letters, digits, '-' and '_'")

@@ -8,7 +8,7 @@ Events from the browser (each answered through its ack with {"ok": True, …} or
   detach {vm}
 Server → browser: output {data, start, end} (bytes), replay {data, position}, marker {label}, vm_state.
 """
-from flask import request
+from flask import current_app, request
 from flask_socketio import Namespace, join_room, leave_room
 
 from .access import CONTROL, role_of
@@ -26,6 +26,9 @@ def handler(method):
             return {"ok": True, **(method(self, payload) or {})}
         except ApiError as problem:
             return {"error": problem.message, "status": problem.status}
+        except Exception as problem:            # a bug answers this event with an error; the server goes on
+            current_app.logger.exception("%s failed", method.__name__)
+            return {"error": "internal error: %r" % problem, "status": 500}
     wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
     return wrapper
 

@@ -143,3 +143,13 @@ def test_engine_views_not_yet_present_say_so(app, client, shell_vm):
     assert caches["tlb"][0]["available"] == hasattr(vm.vcpus[0], "tlb_info")
     lookup = client.get("/api/v1/vms/sh/ept/lookup?gpa=0x100000").json
     assert lookup["available"] == hasattr(vm, "gpa_pmap")
+
+
+def test_every_bundled_guest_boots(client):
+    """Each image guests/Makefile builds is offered, and creating a VM from it loads and starts it."""
+    guests = client.get("/api/v1/guests").json["guests"]
+    assert {"shell", "hello", "spin", "longmode", "flat64", "bootsec"} <= set(guests)
+    for guest in ("hello", "longmode", "flat64", "bootsec"):
+        response = client.post("/api/v1/vms", json={"name": guest, "guest": guest, "mem_mb": 8})
+        assert response.status_code == 201, response.json
+        assert response.json["kind"] == {"flat64": "flat64", "bootsec": "bootsector"}.get(guest, "multiboot")

@@ -207,15 +207,20 @@ const Panels = (() => {
     refreshRecordings();
   });
 
-  document.getElementById("ept-lookup").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    try {
-      const r = await WH.api("GET", vmPath + "/ept/lookup?gpa=" + encodeURIComponent(event.target.gpa.value));
-      document.getElementById("ept-walk").textContent = r.available ? JSON.stringify(r.value, null, 1) : "not available: " + r.reason;
-    } catch (e) {
-      WH.status(e.message, true);
-    }
-  });
+  function walkForm(id, path) {
+    document.getElementById(id).addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const input = event.target.querySelector("input");
+      try {
+        const r = await WH.api("GET", path() + "=" + encodeURIComponent(input.value));
+        document.getElementById("ept-walk").textContent = r.available ? JSON.stringify(r.value, null, 1) : "not available: " + r.reason;
+      } catch (e) {
+        WH.status(e.message, true);
+      }
+    });
+  }
+  walkForm("ept-lookup", () => vmPath + "/ept/lookup?gpa");
+  walkForm("translate", () => vmPath + "/vcpus/" + (vcpuSelect.value || 0) + "/translate?gla");
 
   refreshRecordings();
   return {state, render, refreshRecordings};

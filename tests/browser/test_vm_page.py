@@ -100,3 +100,29 @@ def test_reconnect_loses_nothing(page, server):
     page.evaluate("SerialConsole.socket.connect()")
     page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('\\ntyped while you were away')")
     assert page.inner_text("#conn") == "reconnected, nothing lost"
+
+
+def test_pause_shows_registers_and_disassembly_then_resume(page, server):
+    """Pausing from the page fills the register panel and disassembles the shell's UART polling loop."""
+    open_vm(page, server)
+    page.click("button[data-action=pause]")
+    page.wait_for_function("document.getElementById('state').textContent === 'paused'")
+    page.wait_for_function("document.getElementById('disasm').textContent.includes('in al, dx')")
+    assert "cr0" in page.inner_text("#registers") and "32-bit code" in page.inner_text("#regs-note")
+    page.click("button[data-action=pause]")
+    page.wait_for_selector("#status.error")
+    assert "cannot pause" in page.inner_text("#status")
+    page.click("button[data-action=resume]")
+    page.wait_for_function("document.getElementById('state').textContent === 'running'")
+
+
+def test_ept_walk_form_answers(page, server):
+    """A bad address is refused with a message; a good one shows the walk or says the engine lacks it."""
+    open_vm(page, server)
+    page.fill("#ept-lookup input", "banana")
+    page.click("#ept-lookup button")
+    page.wait_for_selector("#status.error")
+    assert "0x1000" in page.inner_text("#status")
+    page.fill("#ept-lookup input", "0x100000")
+    page.click("#ept-lookup button")
+    page.wait_for_function("document.getElementById('ept-walk').textContent.length > 0")

@@ -2,7 +2,7 @@
 screenshots and recordings. Every error is JSON {"error": message} with its HTTP status."""
 import os
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, g, request, send_file
 
 from . import panels, screenshot
 from .access import authenticate, control_required

@@ -39,7 +39,6 @@ class VmSession:
     def __init__(self, vm, image, emit, pump_interval):
         self.vm = vm
         self.image = image                      # (bytes, filename, kind, cmdline) for reset
-        self.created = time.time()
         self.pump = OutputPump(vm, emit, pump_interval)
         self.recording = None
         self.exit_history = collections.deque(maxlen=HISTORY_SAMPLES)

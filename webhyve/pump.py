@@ -44,7 +44,6 @@ class OutputPump:
         self.recordings = []
         self._reader = vm.console.reader()
         self.position = self._reader.position
-        self.batches = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="%s-pump" % vm.name, daemon=True)
         self._thread.start()
@@ -72,7 +71,6 @@ class OutputPump:
                 recording.output(data)
             for viewer in sorted(self.viewers.values(), key=lambda v: v.role != CONTROL):   # the typist first
                 self._send(viewer, start, end, data)
-            self.batches += 1
 
     def _send(self, viewer, start, end, data):
         if viewer.sent - viewer.acked > HIGH_WATER or viewer.sent >= end:

@@ -47,9 +47,9 @@ def start_server(port):
     url = "http://127.0.0.1:%d" % port
     for _ in range(300):
         try:
-            if requests.get(url + "/api/v1/vms", headers=auth(CONTROL), timeout=2).ok:
+            if requests.get(url + "/api/v1/vms", headers=auth(CONTROL), timeout=10).ok:
                 return process, url
-        except requests.ConnectionError:
+        except requests.RequestException:               # not listening yet, or still booting
             time.sleep(0.1)
     process.kill()
     raise BenchError("the server did not come up on %s" % url)

@@ -3,9 +3,11 @@
 Flask-SocketIO runs in threading mode: vCPUs are real threads and green threads could not preempt
 Unicorn's emu_start. Without a config, settings come from WEBHYVE_* environment variables (gunicorn).
 """
+import atexit
 import os
 import sys
 
+from engineio.payload import Payload
 from flask import Flask, request
 from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
@@ -53,7 +55,13 @@ def create_app(config=None):
     app.config["CONTROL_TOKEN"] = app.config["CONTROL_TOKEN"] or new_token()
     app.config["VIEWER_TOKEN"] = app.config["VIEWER_TOKEN"] or new_token()
 
-    socketio = SocketIO(app, async_mode="threading", max_http_buffer_size=1 << 20)
+    # async_handlers=False: one client's events are handled in order, on its connection's thread. With a
+    # thread per event, two keystrokes typed quickly reached the guest swapped ("reorcded").
+    socketio = SocketIO(app, async_mode="threading", async_handlers=False, max_http_buffer_size=1 << 20)
+    # A browser on long-polling sends every event queued since its last request in one POST; engine.io
+    # rejects the whole POST beyond 16 and fast typing was lost (python-engineio #142's workaround). The
+    # POST body stays bounded by max_http_buffer_size.
+    Payload.max_decode_packets = 1024
     fleet = Fleet(Hypervisor(host_mem_mb=app.config["HOST_MEM_MB"]),
                   lambda event, data, to, ns: socketio.emit(event, data, to=to, namespace=ns),
                   app.config["RECORDINGS_DIR"], app.config["PUMP_INTERVAL"])
@@ -65,6 +73,7 @@ def create_app(config=None):
     app.register_blueprint(pages_bp)
     _register_errors(app)
     inspector.start_ticker()
+    atexit.register(shutdown, app)       # vCPU threads left inside Unicorn at interpreter exit crash it
     if app.config["DEMO_GUEST"]:
         _boot_demo(app, fleet)
     if announce:

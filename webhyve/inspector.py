@@ -91,9 +91,10 @@ class InspectNamespace(Namespace):
             if not watched:
                 self.last.pop(session.name, None)
                 continue
-            current = {k: json.dumps(v, sort_keys=True) for k, v in snapshot(session, self.fleet.hv.tunables).items()}
+            panels = snapshot(session, self.fleet.hv.tunables)
+            current = {k: json.dumps(v, sort_keys=True) for k, v in panels.items()}
             previous = self.last.get(session.name, {})
-            changed = {k: json.loads(v) for k, v in current.items() if previous.get(k) != v}
+            changed = {k: panels[k] for k, v in current.items() if previous.get(k) != v}
             self.last[session.name] = current
             if changed:
                 self.socketio.emit("update", {"vm": session.name, "panels": changed}, to="inspect:" + session.name,

@@ -71,6 +71,10 @@ const Panels = (() => {
     const totals = {};
     samples.forEach((s) => Object.entries(s.exits).forEach(([k, v]) => { if (k !== "VMEXIT_COUNT") totals[k] = (totals[k] || 0) + v; }));
     const names = Object.keys(totals).sort((a, b) => totals[b] - totals[a]);
+    if (!names.length) {
+      document.getElementById("histogram").replaceChildren(WH.el("p", {class: "na"}, "no exits in the last " + samples.length + " ticks"));
+      return;
+    }
     const peak = Math.max(1, ...samples.flatMap((s) => names.map((n) => s.exits[n] || 0)));
     document.getElementById("histogram").replaceChildren(...names.map((n) => WH.el("div", {class: "hist-row"},
       WH.el("span", {class: "hist-name"}, n.replace("VMEXIT_", "")),

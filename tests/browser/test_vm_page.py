@@ -6,6 +6,7 @@ import sys
 
 import requests
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser.conftest import CONTROL, VIEWER
 
@@ -14,9 +15,19 @@ def terminal_text(page):
     return page.inner_text("#terminal .xterm-rows")
 
 
+def wait_terminal(page, text, timeout=30000):
+    """Wait until the xterm.js screen shows `text`; on timeout, fail showing what it does show."""
+    try:
+        page.wait_for_function("t => document.querySelector('#terminal .xterm-rows').innerText.includes(t)", arg=text,
+                               timeout=timeout)
+    except PlaywrightTimeout:
+        raise AssertionError("%r never appeared; the terminal shows:\n%s\nstatus: %s" % (
+            text, terminal_text(page), page.inner_text("#status"))) from None
+
+
 def open_vm(page, server, token=CONTROL):
     page.goto("%s/vms/demo?token=%s" % (server, token))
-    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('webhyve>')")
+    wait_terminal(page, "webhyve>")
     page.wait_for_selector("#conn.up")
 
 
@@ -25,7 +36,7 @@ def test_type_help_and_see_the_answer(page, server):
     page.click("#terminal")
     page.keyboard.type("help")
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('cause a triple fault')")
+    wait_terminal(page, "cause a triple fault")
     assert "webhyve> help" in terminal_text(page)
 
 
@@ -73,7 +84,7 @@ def test_record_download_and_play(page, server, tmp_path):
     page.wait_for_function("document.getElementById('record').textContent === 'stop recording'")
     page.click("#terminal")
     page.keyboard.type("echo recorded in the browser\n")
-    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('\\nrecorded in the browser')")
+    wait_terminal(page, "\nrecorded in the browser")
     page.click("#record")
     page.wait_for_function("document.getElementById('record').textContent === 'record'")
     page.wait_for_selector("#recordings li a")
@@ -98,7 +109,7 @@ def test_reconnect_loses_nothing(page, server):
                   headers={"Authorization": "Bearer " + CONTROL})
     page.wait_for_timeout(300)
     page.evaluate("SerialConsole.socket.connect()")
-    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('\\ntyped while you were away')")
+    wait_terminal(page, "\ntyped while you were away")
     assert page.inner_text("#conn") == "reconnected, nothing lost"
 
 

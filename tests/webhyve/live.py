@@ -19,7 +19,8 @@ def free_port():
 
 
 def start_server(workdir):
-    """(process, url); the process leads its own session so a test can kill the server and its worker."""
+    """(process, url) once the demo shell shows its prompt; the process leads its own session so a test
+    can kill the server and its worker."""
     port = free_port()
     env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER, WEBHYVE_DEMO_GUEST="shell",
                WEBHYVE_HOST_MEM_MB="512", WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, "recordings"))
@@ -29,10 +30,11 @@ def start_server(workdir):
                                 "webhyve:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     url = "http://127.0.0.1:%d" % port
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120            # a cold numba cache compiles the kernels first
     while time.monotonic() < deadline:
         try:
-            if requests.get(url + "/api/v1/vms", headers=auth(CONTROL), timeout=10).ok:
+            console = requests.get(url + "/api/v1/vms/demo/console", headers=auth(CONTROL), timeout=10)
+            if console.ok and "webhyve>" in console.json()["text"]:       # up, and the shell has its prompt
                 return process, url
         except requests.RequestException:               # not listening yet, or still booting
             time.sleep(0.2)

@@ -21,9 +21,9 @@ def live(tmp_path):
         stop_server(process)
 
 
-def websocket_client(url, token):
+def websocket_client(url, token, transports=("websocket",)):
     client = socketio.Client(reconnection=False)
-    client.connect(url, namespaces=["/console"], transports=["websocket"], auth={"token": token})
+    client.connect(url, namespaces=["/console"], transports=list(transports), auth={"token": token})
     return client
 
 
@@ -61,3 +61,28 @@ def test_recording_survives_killing_the_server(live, tmp_path):
     played = subprocess.run([asciinema, "cat", str(cast)], capture_output=True, timeout=60)
     assert played.returncode == 0, played.stderr
     assert b"\r\nlast words\r\n" in played.stdout
+
+
+def test_fast_typing_over_long_polling_arrives_whole_and_in_order(live):
+    """500 characters emitted without waiting, one event each, reach the guest in the order typed.
+
+    Over long-polling, as a browser starts before it upgrades: many events arrive in one request."""
+    _, url = live
+    received, lock = [], threading.Lock()
+    client = websocket_client(url, CONTROL, transports=("polling",))
+
+    def output(message):
+        with lock:
+            received.append(message["data"])
+        client.emit("ack", {"vm": "demo", "position": message["end"]}, namespace="/console")
+    client.on("output", output, namespace="/console")
+    lines = ["".join("abcdefghijklmnopqrstuvwxyz0123456789"[(i * 7 + n) % 36] for i in range(100)) for n in range(5)]
+    try:
+        client.call("attach", {"vm": "demo"}, namespace="/console", timeout=10)
+        for char in "".join("echo %s\r" % line for line in lines):
+            client.emit("input", {"vm": "demo", "data": char}, namespace="/console")
+        assert wait_for(lambda: "\r\n%s\r\n" % lines[-1] in "".join(received)), "".join(received)
+        echoed = "".join(received)
+        assert all("\r\n%s\r\n" % line in echoed for line in lines)
+    finally:
+        client.disconnect()

@@ -12,6 +12,7 @@ Prints figures only; exits non-zero only when a run fails (a missing echo, a gue
 import argparse
 import multiprocessing
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -43,16 +44,28 @@ def start_server(port):
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     process = subprocess.Popen([gunicorn, "--workers", "1", "--threads", "200", "--bind", "127.0.0.1:%d" % port,
                                 "--log-level", "warning", "webhyve:create_app()"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = "http://127.0.0.1:%d" % port
-    for _ in range(300):
+    for _ in range(600):
         try:
-            if requests.get(url + "/api/v1/vms", headers=auth(CONTROL), timeout=10).ok:
+            console = requests.get(url + "/api/v1/vms/demo/console", headers=auth(CONTROL), timeout=10)
+            if console.ok and "webhyve>" in console.json()["text"]:
                 return process, url
         except requests.RequestException:               # not listening yet, or still booting
-            time.sleep(0.1)
-    process.kill()
+            pass
+        time.sleep(0.2)
+    stop_server(process)
     raise BenchError("the server did not come up on %s" % url)
+
+
+def stop_server(process):
+    """gunicorn's quick shutdown (SIGINT), then SIGKILL to its process group if it lingers."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def auth(token):
@@ -213,8 +226,7 @@ def main():
         print("bench failed: %s" % problem, file=sys.stderr)
         return 1
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_server(process)
     return 0
 
 

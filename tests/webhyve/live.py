@@ -1,6 +1,7 @@
 """The real server for tests that need one: gunicorn (one worker, threads) serving create_app() on a free
 loopback port, the shell guest booted as VM "demo"."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,15 @@ def start_server(workdir):
                                 "webhyve:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     url = "http://127.0.0.1:%d" % port
+    try:
+        return _wait_until_ready(process, url, log)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)     # never leave a server behind
+        process.wait(10)
+        raise
+
+
+def _wait_until_ready(process, url, log):
     deadline = time.monotonic() + 120            # a cold numba cache compiles the kernels first
     while time.monotonic() < deadline:
         try:
@@ -37,15 +47,20 @@ def start_server(workdir):
             if console.ok and "webhyve>" in console.json()["text"]:       # up, and the shell has its prompt
                 return process, url
         except requests.RequestException:               # not listening yet, or still booting
-            time.sleep(0.2)
-    process.kill()
+            pass
+        time.sleep(0.2)
     log.seek(0)
     raise RuntimeError("the server did not come up:\n" + log.read())
 
 
 def stop_server(process):
-    process.terminate()
-    process.wait(10)
+    """SIGINT: gunicorn's quick shutdown (SIGTERM would wait up to 30 s for open long-polls); then SIGKILL."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def auth(token):

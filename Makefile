@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test guests bench clean
+.PHONY: run console test guests static bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,19 @@ $(STAMP): pyproject.toml
 guests:
 	$(MAKE) -C guests
 
-run: $(STAMP) guests
+# Browser libraries (xterm.js, socket.io-client, asciinema-player) into static/node_modules, never committed.
+static/node_modules/.package-lock.json: static/package.json static/package-lock.json
+	cd static && npm ci --no-audit --no-fund --silent
+
+static: static/node_modules/.package-lock.json
+
+run: $(STAMP) guests static
+	$(PY) -m webhyve.serve --host 127.0.0.1 --port 8080 --demo shell
+
+console: $(STAMP) guests
 	$(VENV)/bin/vmmctl run guests/build/shell.elf
 
-test: $(STAMP) guests
+test: $(STAMP) guests static
 	$(PY) -m pytest -q
 
 bench: $(STAMP) guests

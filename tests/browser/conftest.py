@@ -1,0 +1,37 @@
+"""Fixtures for the browser tests: the real server (tests/webhyve/live.py) and Debian's headless chromium."""
+import os
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.webhyve.live import CONTROL, VIEWER, start_server, stop_server
+
+CHROMIUM = "/usr/bin/chromium"
+__all__ = ["CONTROL", "VIEWER"]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    process, url = start_server(str(tmp_path_factory.mktemp("server")))
+    yield url
+    stop_server(process)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    assert os.path.exists(CHROMIUM), "browser tests need Debian's chromium: apt-get install chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert errors == [], "JavaScript errors on the page"

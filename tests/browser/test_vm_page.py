@@ -1,0 +1,128 @@
+"""The VM page in headless chromium: type `help` and read the answer, flip a tunable, screenshot, record, download."""
+import io
+import os
+import subprocess
+import sys
+
+import requests
+from PIL import Image
+
+from tests.browser.conftest import CONTROL, VIEWER
+
+
+def terminal_text(page):
+    return page.inner_text("#terminal .xterm-rows")
+
+
+def open_vm(page, server, token=CONTROL):
+    page.goto("%s/vms/demo?token=%s" % (server, token))
+    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('webhyve>')")
+    page.wait_for_selector("#conn.up")
+
+
+def test_type_help_and_see_the_answer(page, server):
+    open_vm(page, server)
+    page.click("#terminal")
+    page.keyboard.type("help")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('cause a triple fault')")
+    assert "webhyve> help" in terminal_text(page)
+
+
+def test_viewer_page_cannot_type(page, server):
+    open_vm(page, server, token=VIEWER)
+    assert page.is_disabled("button[data-action=pause]") and page.is_disabled("#record")
+    page.click("#terminal")
+    page.keyboard.type("echo from viewer\n")
+    page.wait_for_timeout(500)
+    text = requests.get(server + "/api/v1/vms/demo/console", headers={"Authorization": "Bearer " + VIEWER}).json()["text"]
+    assert "from viewer" not in text
+
+
+def test_toggle_a_tunable_and_see_the_panel_and_marker_follow(page, server):
+    open_vm(page, server)
+    row = "#tunables tr[data-name='hw.vmm.trace_guest_exceptions']"
+    page.wait_for_selector(row)
+    assert page.input_value(row + " input") == "0"
+    page.fill(row + " input", "2")
+    page.press(row + " input", "Enter")
+    page.wait_for_selector("#status.error")
+    assert "outside 0..1" in page.inner_text("#status")
+    page.fill(row + " input", "1")
+    page.press(row + " input", "Enter")
+    page.wait_for_selector(row + ".changed")                     # the panel follows the server's value
+    page.wait_for_function("document.getElementById('markers').innerText.includes('hw.vmm.trace_guest_exceptions: 0 -> 1')")
+    requests.put(server + "/api/v1/tunables/hw.vmm.trace_guest_exceptions", json={"value": 0},
+                 headers={"Authorization": "Bearer " + CONTROL})
+    page.wait_for_selector(row + ":not(.changed)")
+
+
+def test_serial_screenshot_link_gives_a_png(page, server):
+    open_vm(page, server)
+    href = page.get_attribute("#shot-serial", "href")
+    response = page.request.get(server + href)                  # the page's cookie carries the token
+    assert response.ok and response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.body()))
+    assert image.width > 600 and image.height > 400
+
+
+def test_record_download_and_play(page, server, tmp_path):
+    """Record from the page, type, stop, download the .cast: asciinema plays it; the page's player loads it."""
+    open_vm(page, server)
+    page.click("#record")
+    page.wait_for_function("document.getElementById('record').textContent === 'stop recording'")
+    page.click("#terminal")
+    page.keyboard.type("echo recorded in the browser\n")
+    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('\\nrecorded in the browser')")
+    page.click("#record")
+    page.wait_for_function("document.getElementById('record').textContent === 'record'")
+    page.wait_for_selector("#recordings li a")
+    with page.expect_download() as download:
+        page.click("#recordings li a")
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.suffix == ".cast"
+    asciinema = os.path.join(os.path.dirname(sys.executable), "asciinema")
+    played = subprocess.run([asciinema, "cat", str(path)], capture_output=True, timeout=60)
+    assert played.returncode == 0 and b"recorded in the browser" in played.stdout
+    page.click("#recordings li button")
+    page.wait_for_function("document.getElementById('player').innerText.includes('recorded in the browser')")
+
+
+def test_reconnect_loses_nothing(page, server):
+    """The console socket drops; output produced meanwhile appears after it reconnects."""
+    open_vm(page, server)
+    page.evaluate("SerialConsole.socket.disconnect()")
+    page.wait_for_selector("#conn.down")
+    requests.post(server + "/api/v1/vms/demo/console", json={"data": "echo typed while you were away\r"},
+                  headers={"Authorization": "Bearer " + CONTROL})
+    page.wait_for_timeout(300)
+    page.evaluate("SerialConsole.socket.connect()")
+    page.wait_for_function("document.querySelector('#terminal .xterm-rows').innerText.includes('\\ntyped while you were away')")
+    assert page.inner_text("#conn") == "reconnected, nothing lost"
+
+
+def test_pause_shows_registers_and_disassembly_then_resume(page, server):
+    """Pausing from the page fills the register panel and disassembles the shell's UART polling loop."""
+    open_vm(page, server)
+    page.click("button[data-action=pause]")
+    page.wait_for_function("document.getElementById('state').textContent === 'paused'")
+    page.wait_for_function("document.getElementById('disasm').textContent.includes('in al, dx')")
+    assert "cr0" in page.inner_text("#registers") and "32-bit code" in page.inner_text("#regs-note")
+    page.click("button[data-action=pause]")
+    page.wait_for_selector("#status.error")
+    assert "cannot pause" in page.inner_text("#status")
+    page.click("button[data-action=resume]")
+    page.wait_for_function("document.getElementById('state').textContent === 'running'")
+
+
+def test_ept_walk_form_answers(page, server):
+    """A bad address is refused with a message; a good one shows the walk or says the engine lacks it."""
+    open_vm(page, server)
+    page.fill("#ept-lookup input", "banana")
+    page.click("#ept-lookup button")
+    page.wait_for_selector("#status.error")
+    assert "0x1000" in page.inner_text("#status")
+    page.fill("#ept-lookup input", "0x100000")
+    page.click("#ept-lookup button")
+    page.wait_for_function("document.getElementById('ept-walk').textContent.length > 0")

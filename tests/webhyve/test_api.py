@@ -1,0 +1,155 @@
+"""REST /api/v1 through Flask's test client: VMs, lifecycle, console, panels, tunables, tokens and bad input."""
+from tests.webhyve.conftest import wait_for
+
+from engine.vmx import vmcs as V
+
+
+def console_text(client, name):
+    return client.get("/api/v1/vms/%s/console" % name).json["text"]
+
+
+def test_no_token_no_data(app):
+    """Without a token, or with a wrong one, every API route answers 401 with a JSON error."""
+    anonymous = app.test_client()
+    for path in ("/api/v1/vms", "/api/v1/tunables", "/api/v1/recordings"):
+        response = anonymous.get(path)
+        assert response.status_code == 401 and "token" in response.json["error"]
+    assert anonymous.get("/api/v1/vms", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_type_help_and_read_the_answer(client, shell_vm):
+    """Console input typed through the API reaches the shell; its help list comes back in the console text."""
+    assert client.post("/api/v1/vms/sh/console", json={"data": "help\r"}).json == {"sent": 5}
+    assert wait_for(lambda: "cpuid LEAF [SUB]" in console_text(client, "sh"))
+    vms = client.get("/api/v1/vms").json["vms"]
+    assert [(v["name"], v["state"], v["image"]) for v in vms] == [("sh", "running", "shell.elf")]
+    assert vms[0]["exits"] > 0
+
+
+def test_viewer_token_is_read_only(client, viewer, shell_vm):
+    """The viewer token reads everything but cannot type, change state or tunables; nothing changes."""
+    assert viewer.get("/api/v1/vms/sh/console").status_code == 200
+    assert viewer.post("/api/v1/vms/sh/console", json={"data": "echo no\r"}).status_code == 403
+    assert viewer.post("/api/v1/vms/sh/pause").status_code == 403
+    assert viewer.put("/api/v1/tunables/hw.vmm.halt_detection", json={"value": 0}).status_code == 403
+    assert viewer.delete("/api/v1/vms/sh").status_code == 403
+    assert client.get("/api/v1/vms/sh").json["state"] == "running"
+    assert "echo no" not in console_text(client, "sh")
+
+
+def test_lifecycle_and_state_panels(client, shell_vm):
+    """Pause shows every register and the next instructions; VMCS groups and stats follow the engine tables."""
+    assert client.post("/api/v1/vms/sh/pause").json["state"] == "paused"
+    regs = client.get("/api/v1/vms/sh/vcpus/0/registers").json
+    assert regs["complete"] and regs["bits"] == 32
+    first = regs["disassembly"][0]
+    assert first["address"] == regs["registers"]["rip"] and first["text"]
+    vmcs = client.get("/api/v1/vms/sh/vcpus/0/vmcs").json
+    assert [g["name"] for g in vmcs["groups"]] == list(V.GROUPS)
+    fields = {f["name"]: f for g in vmcs["groups"] for f in g["fields"]}
+    assert fields["GUEST_RIP"]["encoding"] == 0x681E and fields["VPID"]["value"] == 1
+    assert vmcs["last_exit"]["name"] == "EXTERNAL_INTERRUPT"       # the pause kicked it out
+    stats = client.get("/api/v1/vms/sh/vcpus/0/stats").json
+    assert stats["by_id"]["VMEXIT_INOUT"] > 0 and stats["text"].startswith("vcpu0 stats:")
+    assert client.post("/api/v1/vms/sh/pause").status_code == 409          # not allowed twice
+    assert client.post("/api/v1/vms/sh/resume").json["state"] == "running"
+    client.post("/api/v1/vms/sh/console", json={"data": "echo back\r"})
+    assert wait_for(lambda: "\nback" in console_text(client, "sh"))
+
+
+def test_reset_without_engine_support_is_a_clear_409(app, client, shell_vm):
+    """The engine has no vm.reset() yet: the API says so and the VM keeps running."""
+    vm = app.extensions["webhyve.fleet"].get("sh").vm
+    response = client.post("/api/v1/vms/sh/reset")
+    if hasattr(vm, "reset"):
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 409 and "reset not supported" in response.json["error"]
+        assert client.get("/api/v1/vms/sh").json["state"] == "running"
+
+
+def test_poweroff_then_destroy(client, shell_vm):
+    assert client.post("/api/v1/vms/sh/poweroff").json["state"] == "suspended"
+    assert client.delete("/api/v1/vms/sh").json == {"destroyed": "sh"}
+    assert client.get("/api/v1/vms/sh").status_code == 404
+    assert client.get("/api/v1/vms").json["vms"] == []
+
+
+def test_upload_a_bad_image_is_refused_and_leaves_nothing(client, shell_vm):
+    """An uploaded file with no multiboot header or boot signature: the loader's message, no VM created."""
+    import io
+    response = client.post("/api/v1/vms", data={"name": "junk", "image": (io.BytesIO(b"\x01" * 2048), "junk.img")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 400 and "junk.img" in response.json["error"]
+    assert "boot signature" in response.json["error"]
+    assert [v["name"] for v in client.get("/api/v1/vms").json["vms"]] == ["sh"]
+
+
+def test_upload_a_boot_sector(client):
+    """A real boot sector uploaded as a file is detected, booted and writes through the BIOS."""
+    import io
+    import os
+    from tests.webhyve.conftest import ROOT
+    with open(os.path.join(ROOT, "guests", "build", "bootsec.img"), "rb") as f:
+        image = f.read()
+    response = client.post("/api/v1/vms", data={"name": "bs", "mem_mb": "2", "image": (io.BytesIO(image), "disk.img")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 201 and response.json["kind"] == "bootsector"
+    assert wait_for(lambda: any(line.strip() for line in client.get("/api/v1/vms/bs/vga").json["lines"]))
+
+
+def test_malformed_requests_get_json_errors(client, shell_vm):
+    """Broken JSON, wrong types, unknown names: a 4xx with a message each, and the VM runs on."""
+    cases = [
+        client.post("/api/v1/vms", data="{not json", content_type="application/json"),
+        client.post("/api/v1/vms", json=["a list"]),
+        client.post("/api/v1/vms", json={"name": "x"}),
+        client.post("/api/v1/vms", json={"name": "x", "guest": "nope"}),
+        client.post("/api/v1/vms", json={"name": "x", "guest": "shell", "mem_mb": "lots"}),
+        client.post("/api/v1/vms", json={"name": "bad name!", "guest": "shell"}),
+        client.post("/api/v1/vms", json={"name": "sh", "guest": "shell"}),
+        client.post("/api/v1/vms/sh/console", json={"data": 42}),
+        client.post("/api/v1/vms/sh/explode"),
+        client.get("/api/v1/vms/nope/vcpus/0/registers"),
+        client.get("/api/v1/vms/sh/vcpus/7/registers"),
+        client.get("/api/v1/vms/sh/ept/lookup?gpa=banana"),
+        client.put("/api/v1/tunables/hw.vmm.nonsense", json={"value": 1}),
+        client.put("/api/v1/tunables/hw.vmm.halt_detection", json={"value": 7}),
+        client.get("/api/v1/no/such/route"),
+        client.get("/api/v1/vms/sh/screenshot/other.png"),
+    ]
+    for response in cases:
+        assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+        assert response.json["error"]
+    assert client.get("/api/v1/vms/sh").json["state"] == "running"
+    assert [v["name"] for v in client.get("/api/v1/vms").json["vms"]] == ["sh"]
+
+
+def test_tunable_change_is_validated_and_applied(client):
+    tunables = {t["name"]: t for t in client.get("/api/v1/tunables").json["tunables"]}
+    assert tunables["hw.vmm.halt_detection"]["value"] == 1 and tunables["hw.vmm.halt_detection"]["description"]
+    assert client.put("/api/v1/tunables/hw.vmm.halt_detection", json={"value": "off"}).json == \
+        {"name": "hw.vmm.halt_detection", "old": 1, "value": 0}
+    tunables = {t["name"]: t for t in client.get("/api/v1/tunables").json["tunables"]}
+    assert tunables["hw.vmm.halt_detection"]["value"] == 0 and tunables["hw.vmm.halt_detection"]["default"] == 1
+
+
+def test_engine_views_not_yet_present_say_so(app, client, shell_vm):
+    """EPT, TLB and L1D views are rendered when the engine has them, else marked not available."""
+    vm = app.extensions["webhyve.fleet"].get("sh").vm
+    ept = client.get("/api/v1/vms/sh/ept").json
+    assert ept["available"] == hasattr(vm, "memmap")
+    caches = client.get("/api/v1/vms/sh/caches").json
+    assert caches["tlb"][0]["available"] == hasattr(vm.vcpus[0], "tlb_info")
+    lookup = client.get("/api/v1/vms/sh/ept/lookup?gpa=0x100000").json
+    assert lookup["available"] == hasattr(vm, "gpa_pmap")
+
+
+def test_every_bundled_guest_boots(client):
+    """Each image guests/Makefile builds is offered, and creating a VM from it loads and starts it."""
+    guests = client.get("/api/v1/guests").json["guests"]
+    assert {"shell", "hello", "spin", "longmode", "flat64", "bootsec"} <= set(guests)
+    for guest in ("hello", "longmode", "flat64", "bootsec"):
+        response = client.post("/api/v1/vms", json={"name": guest, "guest": guest, "mem_mb": 8})
+        assert response.status_code == 201, response.json
+        assert response.json["kind"] == {"flat64": "flat64", "bootsec": "bootsector"}.get(guest, "multiboot")

@@ -1,0 +1,248 @@
+"""The JSON REST API under /api/v1: VMs and their lifecycle, console input, state panels, tunables,
+screenshots and recordings. Every error is JSON {"error": message} with its HTTP status."""
+import os
+
+from flask import Blueprint, Response, current_app, g, request, send_file
+
+from . import panels, screenshot
+from .access import authenticate, control_required
+from .errors import ApiError
+from .fleet import LIFECYCLE
+from .recording import NAME as RECORDING_NAME
+from .recording import list_recordings
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+MAX_INPUT = 4096
+
+
+def fleet():
+    return current_app.extensions["webhyve.fleet"]
+
+
+@bp.before_request
+def _authenticate():
+    authenticate()
+
+
+def json_body(*required):
+    """The request's JSON object; 400 naming what is wrong when it is not one or lacks a field."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "send a JSON object with Content-Type: application/json")
+    missing = [k for k in required if k not in body]
+    if missing:
+        raise ApiError(400, "missing field%s: %s" % ("s" if len(missing) > 1 else "", ", ".join(missing)))
+    return body
+
+
+def int_field(body, key, default, low, high):
+    value = body.get(key, default)
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, "%s must be an integer, not %r" % (key, value)) from None
+    if not low <= value <= high:
+        raise ApiError(400, "%s must be %d to %d, not %d" % (key, low, high, value))
+    return value
+
+
+# -- who am I ---------------------------------------------------------------------------------------
+@bp.get("/session")
+def whoami():
+    return {"role": g.role}
+
+
+# -- VMs ----------------------------------------------------------------------------------------------
+@bp.get("/guests")
+def guests():
+    return {"guests": sorted(bundled_guests())}
+
+
+def bundled_guests():
+    """{name: (path, kind)} for the images guests/Makefile builds; kind None means detect it."""
+    directory = current_app.config["GUESTS_DIR"]
+    if not os.path.isdir(directory):
+        return {}
+    found = {}
+    for name in os.listdir(directory):
+        stem, _, ext = name.rpartition(".")
+        if ext in ("elf", "img") and name != "flat64.elf":              # flat64.elf is only a step to flat64.bin
+            found[stem] = (os.path.join(directory, name), None)
+        elif ext == "bin":
+            found[stem] = (os.path.join(directory, name), "flat64")
+    return found
+
+
+@bp.get("/vms")
+def list_vms():
+    return {"vms": [s.summary() for s in fleet().list()]}
+
+
+@bp.post("/vms")
+@control_required
+def create_vm():
+    """JSON {name, guest, ...} for a bundled guest, or multipart with an `image` file for an upload."""
+    if request.files:
+        body, upload = request.form.to_dict(), request.files.get("image")
+        if upload is None:
+            raise ApiError(400, "multipart upload: put the image in a field named 'image'")
+        data, filename = upload.read(), os.path.basename(upload.filename or "upload.img")
+    else:
+        body = json_body("name", "guest")
+        path, kind = bundled_guests().get(body["guest"], (None, None))
+        if path is None:
+            raise ApiError(400, "no bundled guest %r (bundled: %s)" % (body["guest"], ", ".join(sorted(bundled_guests()))))
+        with open(path, "rb") as f:
+            data, filename = f.read(), os.path.basename(path)
+        body.setdefault("kind", kind)
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "name: give the VM a name of letters, digits, '-' and '_'")
+    kind = body.get("kind") or None
+    start = str(body.get("start", True)).lower() not in ("false", "0", "no")
+    session = fleet().create(name, data, filename, kind=kind, mem_mb=int_field(body, "mem_mb", 64, 1, 4096),
+                             cpus=int_field(body, "cpus", 1, 1, 64), profile=str(body.get("profile") or "haswell"),
+                             cmdline=str(body.get("cmdline", "")), start=start)
+    return session.summary(), 201
+
+
+@bp.get("/vms/<name>")
+def get_vm(name):
+    session = fleet().get(name)
+    return {**session.summary(), "events": list(session.vm.events)[-50:]}
+
+
+@bp.delete("/vms/<name>")
+@control_required
+def destroy_vm(name):
+    fleet().destroy(name)
+    return {"destroyed": name}
+
+
+@bp.post("/vms/<name>/<action>")
+@control_required
+def lifecycle(name, action):
+    if action not in LIFECYCLE:
+        raise ApiError(404, "no action %r: use one of %s" % (action, ", ".join(LIFECYCLE)))
+    return fleet().lifecycle(name, action).summary()
+
+
+# -- console --------------------------------------------------------------------------------------------
+@bp.get("/vms/<name>/console")
+def console_text(name):
+    pump = fleet().get(name).pump
+    return {"text": pump.terminal.text(), "screen": pump.terminal.lines(), "position": pump.position}
+
+
+@bp.post("/vms/<name>/console")
+@control_required
+def console_input(name):
+    body = json_body("data")
+    data = body["data"]
+    if not isinstance(data, str) or len(data) > MAX_INPUT:
+        raise ApiError(400, "data must be a string of at most %d characters" % MAX_INPUT)
+    fleet().get(name).vm.console.send_input(data.encode("utf-8"))
+    return {"sent": len(data)}
+
+
+@bp.get("/vms/<name>/vga")
+def vga(name):
+    vga = fleet().get(name).vm.vga
+    return {"lines": vga.text(), "cursor": list(vga.cursor)}
+
+
+# -- state panels -------------------------------------------------------------------------------------------
+@bp.get("/vms/<name>/vcpus/<int:index>/registers")
+def registers(name, index):
+    return panels.registers(fleet().get(name).vm, index)
+
+
+@bp.get("/vms/<name>/vcpus/<int:index>/vmcs")
+def vmcs(name, index):
+    return panels.vmcs(fleet().get(name).vm, index)
+
+
+@bp.get("/vms/<name>/vcpus/<int:index>/stats")
+def stats(name, index):
+    return panels.stats(fleet().get(name).vm, index)
+
+
+@bp.get("/vms/<name>/vcpus/<int:index>/translate")
+def translate(name, index):
+    return panels.translate(fleet().get(name).vm, index, panels.parse_address(request.args.get("gla", "")))
+
+
+@bp.get("/vms/<name>/ept")
+def ept(name):
+    return panels.ept(fleet().get(name).vm)
+
+
+@bp.get("/vms/<name>/ept/lookup")
+def ept_lookup(name):
+    return panels.ept_lookup(fleet().get(name).vm, panels.parse_address(request.args.get("gpa", "")))
+
+
+@bp.get("/vms/<name>/caches")
+def caches(name):
+    return panels.caches(fleet().get(name).vm)
+
+
+@bp.get("/vms/<name>/exits")
+def exit_history(name):
+    session = fleet().get(name)
+    return {"samples": list(session.exit_history)}
+
+
+# -- tunables -----------------------------------------------------------------------------------------------
+@bp.get("/tunables")
+def tunables():
+    return {"tunables": fleet().hv.tunables.describe()}
+
+
+@bp.put("/tunables/<name>")
+@control_required
+def set_tunable(name):
+    return fleet().set_tunable(name, json_body("value")["value"])
+
+
+# -- screenshots and recordings ---------------------------------------------------------------------------------
+@bp.get("/vms/<name>/screenshot/<which>.png")
+def take_screenshot(name, which):
+    session = fleet().get(name)
+    if which == "vga":
+        png = screenshot.vga_png(session.vm.vga)
+    elif which == "serial":
+        png = screenshot.serial_png(session.pump.terminal)
+    else:
+        raise ApiError(404, "screenshots are vga.png and serial.png, not %s.png" % which)
+    filename = "%s-%s.png" % (name, which)
+    return Response(png, mimetype="image/png", headers={"Content-Disposition": "inline; filename=" + filename})
+
+
+@bp.post("/vms/<name>/recording")
+@control_required
+def start_recording(name):
+    return fleet().start_recording(fleet().get(name)).info(), 201
+
+
+@bp.delete("/vms/<name>/recording")
+@control_required
+def stop_recording(name):
+    recording = fleet().stop_recording(fleet().get(name))
+    if recording is None:
+        raise ApiError(409, "VM %r is not being recorded" % name)
+    return recording.info()
+
+
+@bp.get("/recordings")
+def recordings():
+    return {"recordings": list_recordings(fleet().recordings_dir, fleet().active_recordings())}
+
+
+@bp.get("/recordings/<rid>")
+def download_recording(rid):
+    path = os.path.join(fleet().recordings_dir, rid)
+    if not RECORDING_NAME.match(rid) or not os.path.isfile(path):
+        raise ApiError(404, "no recording %r" % rid)
+    return send_file(path, mimetype="application/x-asciicast", as_attachment=request.args.get("download") == "1",
+                     download_name=rid, max_age=0)

@@ -1,0 +1,100 @@
+"""The /inspect Socket.IO namespace: state panels pushed at a fixed tick, only the panels that changed.
+
+  watch   {vm}  join the VM's inspect room; the ack carries every panel now
+  unwatch {vm}
+Server → browser: update {vm, panels: {name: value}} with the panels that differ from the last tick.
+One ticker thread serves every watched VM; it also samples each VM's exit counts for the histogram.
+"""
+import json
+import threading
+
+from flask import request
+from flask_socketio import Namespace, join_room, leave_room
+
+from . import panels
+from .access import role_of
+from .console import handler
+from .errors import ApiError
+
+
+def snapshot(session, tunables):
+    """Every panel of one VM as plain JSON values."""
+    vm = session.vm
+    out = {"summary": session.summary(), "tunables": tunables.describe(), "caches": panels.caches(vm),
+           "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:]}
+    for i in range(len(vm.vcpus)):
+        out["registers/%d" % i] = panels.registers(vm, i)
+        out["vmcs/%d" % i] = panels.vmcs(vm, i)
+        out["stats/%d" % i] = panels.stats(vm, i)
+    return out
+
+
+class InspectNamespace(Namespace):
+    """Legend: `watchers` (VM name → sids) and `last` (VM name → panel JSON) are guarded by `lock`."""
+
+    def __init__(self, fleet, socketio, interval=0.5, namespace="/inspect"):
+        super().__init__(namespace)
+        self.fleet, self.socketio, self.interval = fleet, socketio, interval
+        self.watchers, self.last = {}, {}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start_ticker(self):
+        self._thread = threading.Thread(target=self._tick_loop, name="inspect-ticker", daemon=True)
+        self._thread.start()
+
+    def stop_ticker(self):
+        self._stop.set()
+
+    def on_connect(self, auth=None):
+        token = auth.get("token") if isinstance(auth, dict) else request.args.get("token")
+        if role_of(token) is None:
+            raise ConnectionRefusedError("a valid token is required")
+
+    def on_disconnect(self, *reason):
+        with self.lock:
+            for sids in self.watchers.values():
+                sids.discard(request.sid)
+
+    @handler
+    def on_watch(self, payload):
+        name = payload.get("vm")
+        if not isinstance(name, str):
+            raise ApiError(400, "which VM? send {\"vm\": NAME}")
+        session = self.fleet.get(name)
+        join_room("inspect:" + name)
+        with self.lock:
+            self.watchers.setdefault(name, set()).add(request.sid)
+        return {"panels": snapshot(session, self.fleet.hv.tunables)}
+
+    @handler
+    def on_unwatch(self, payload):
+        name = payload.get("vm")
+        leave_room("inspect:%s" % name)
+        with self.lock:
+            self.watchers.get(name, set()).discard(request.sid)
+
+    def _tick_loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception as problem:        # a panel bug must not stop the other panels
+                self.socketio.server.logger.warning("inspect tick failed: %r", problem)
+
+    def tick(self):
+        """Sample exit counts of every VM, then send each watched VM's changed panels to its room."""
+        for session in self.fleet.list():
+            session.sample_exits()
+            with self.lock:
+                watched = bool(self.watchers.get(session.name))
+            if not watched:
+                self.last.pop(session.name, None)
+                continue
+            current = {k: json.dumps(v, sort_keys=True) for k, v in snapshot(session, self.fleet.hv.tunables).items()}
+            previous = self.last.get(session.name, {})
+            changed = {k: json.loads(v) for k, v in current.items() if previous.get(k) != v}
+            self.last[session.name] = current
+            if changed:
+                self.socketio.emit("update", {"vm": session.name, "panels": changed}, to="inspect:" + session.name,
+                                   namespace=self.namespace)

@@ -1,6 +1,7 @@
 """vmmctl: bhyvectl's cousin. `vmmctl run IMAGE` boots a guest here with its serial console on this terminal;
 `vmmctl --vm=NAME --get-stats` and the other bhyvectl options, and `list`, `console`, `sysctl`,
 `screenshot`, `record`, act on the VMs of a running webhyve server (docs/vmmctl.md)."""
+import contextlib
 import os
 import time
 import select
@@ -120,14 +121,13 @@ def client(ctx):
 
 
 def bhyvectl(api, name, o):
-    """bhyvectl's main(): create, lifecycle, setters, getters, capabilities, run, reset, destroy; the status."""
+    """bhyvectl's main(): create, pause, setters, getters, capabilities, run, resume, reset, destroy; the status."""
     cpu = o["cpu"]
     vm_path, vcpu_path = "/api/v1/vms/%s" % name, "/api/v1/ctl/vms/%s/vcpus/%d" % (name, cpu)
     if o["create"]:
         create(api, name, o)
-    for action in ("pause", "resume"):
-        if o[action]:
-            api.post("%s/%s" % (vm_path, action))
+    if o["pause"]:
+        api.post(vm_path + "/pause")
     for reg in B.SETTABLE:
         value = o["set_" + reg.replace("-", "_")]
         if value is not None:
@@ -141,6 +141,8 @@ def bhyvectl(api, name, o):
     status = print_getters(api, vm_path, vcpu_path, cpu, o)
     if o["run_once"]:
         click.echo("\n".join(B.run_dump(cpu, api.post(vcpu_path + "/run"))))
+    if o["resume"]:
+        api.post(vm_path + "/resume")
     if o["force_reset"]:
         api.post(vm_path + "/reset")
     if o["force_poweroff"]:
@@ -268,29 +270,30 @@ def screenshot(ctx, vm, output, screen):
 def record(ctx, vm, output, seconds):
     """Record VM's console as an asciicast v2 file on the server until Ctrl-C (or --seconds), then download it."""
     api = client(ctx)
-    started = api.post("/api/v1/vms/%s/recording" % vm)
-    click.echo("vmmctl: recording %s as %s; %s" % (
-        vm, started["id"], "for %gs" % seconds if seconds is not None else "Ctrl-C stops"), err=True)
-    try:
-        wait_interrupted(seconds)
-    finally:
-        api.delete("/api/v1/vms/%s/recording" % vm)
+    with stop_on_signals() as stop:                    # before starting: an early Ctrl-C still downloads
+        started = api.post("/api/v1/vms/%s/recording" % vm)
+        click.echo("vmmctl: recording %s as %s; %s" % (
+            vm, started["id"], "for %gs" % seconds if seconds is not None else "Ctrl-C stops"), err=True)
+        try:
+            stop.wait(seconds)
+        finally:
+            api.delete("/api/v1/vms/%s/recording" % vm)
     data = api.get("/api/v1/recordings/%s" % started["id"], params={"download": "1"}, raw=True).content
     with open(output, "wb") as f:
         f.write(data)
     click.echo("vmmctl: %s (%d bytes); play it with: asciinema play %s" % (output, len(data), output), err=True)
 
 
-def wait_interrupted(seconds):
-    """Sleep for `seconds` (None: forever) or until SIGINT/SIGTERM."""
+@contextlib.contextmanager
+def stop_on_signals():
+    """An event SIGINT (Ctrl-C) and SIGTERM set while the block runs, instead of raising."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        stop.wait(seconds)
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
 
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))

@@ -130,6 +130,20 @@ def test_segment_descriptors_of_the_protected_mode_guest(env, fresh_vm):
     assert re.search(r"^cs\[0\]\t\t0x0008$", out.stdout, re.M)
 
 
+def test_get_all_on_a_paused_and_on_a_running_vm(env, fresh_vm):
+    """Paused: every getter, the memory map and the stats. Running: what can be read, and one note."""
+    cli(env, "--vm=" + fresh_vm, "--pause")
+    out = cli(env, "--vm=" + fresh_vm, "--get-all")
+    assert out.exit_code == 0 and out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("rax[0]\t\t0x") and "vcpu0 stats:" in lines and "efer[0]" in out.stdout
+    assert any(line.startswith("gdtr desc[0]") for line in lines) and lines.count("pending:\tn/a") == 1
+    cli(env, "--vm=" + fresh_vm, "--resume")
+    running = cli(env, "--vm=" + fresh_vm, "--get-all")
+    assert running.exit_code == 0 and "rip[0]" in running.stdout and "rax[0]" not in running.stdout
+    assert len(running.stderr.splitlines()) == 1 and "pause the VM" in running.stderr
+
+
 def test_every_vmcs_field_has_a_getter_and_agrees_with_the_panel(env):
     options = ["--get-vmcs-" + f.name.lower().replace("_", "-") for f in V.FIELDS]
     out = cli(env, "--vm=demo", *options)

@@ -19,6 +19,7 @@ from .fleet import engine_error
 bp = Blueprint("ctl", __name__, url_prefix="/api/v1/ctl")
 REGISTERS = GPRS + SEGMENTS + ("efer",)          # the engine's register table: what --get/--set-REG cover
 RUN_TIMEOUT = 5.0
+RUNNING_REGISTERS = ("rip", "rsp", "rflags")      # what the engine knows of a running vCPU
 CR0_PE, EFER_LMA = 1, 1 << 10
 
 # bhyve's capabilities (libvmmapi capstrmap), as far as the engine models them:
@@ -49,6 +50,8 @@ def vcpu_state(name, index):
     """Everything bhyvectl's getters print for one vCPU, read at one moment."""
     vm, vcpu = session_vcpu(name, index)
     regs = {k: int(v) for k, v in vcpu.registers().items()}
+    if vcpu.state == "running":                  # parked between two entries is no stable state to show
+        regs = {k: regs[k] for k in RUNNING_REGISTERS}
     complete = "cr0" in regs
     if complete:
         vcpu.sync_vmcs()                         # the guest-state area as a VM exit would save it now

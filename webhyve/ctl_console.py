@@ -83,12 +83,12 @@ def run_console(url, token, vm, idle, echo):
     session = ConsoleSession(url, token, vm)
     role = session.attach()
     interactive = sys.stdin.isatty()
-    echo("vmmctl: attached to the serial console of %s (%s); press %s to detach" % (
-        vm, "read-only viewer" if role != "control" else "control", ESCAPE_NAME))
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd) if interactive else None
     if interactive:
-        tty.setraw(fd)
+        tty.setraw(fd)                              # before the announcement: keys typed after it are raw
+    echo("vmmctl: attached to the serial console of %s (%s); press %s to detach\r" % (
+        vm, "read-only viewer" if role != "control" else "control", ESCAPE_NAME))
     try:
         why = copy_input(session, fd, idle, role == "control", interactive)
     finally:

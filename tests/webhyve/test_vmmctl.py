@@ -1,10 +1,13 @@
 """vmmctl against a real server: gunicorn on 127.0.0.1 with the shell guest as VM "demo", the CLI driven
 in-process with click's CliRunner and, where the process boundary matters, as a subprocess."""
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -264,6 +267,37 @@ def test_console_with_piped_stdin_gets_the_shells_help(env):
     assert done.returncode == 0, done.stderr
     assert b"cpuid LEAF [SUB]" in done.stdout
     assert b"press Ctrl-] to detach" in done.stderr
+
+
+def test_console_on_a_terminal_detaches_with_ctrl_bracket(env):
+    """On a pseudo-terminal: the escape is announced, typed keys reach the shell raw, Ctrl-] detaches."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "webhyve.cli", "console", "demo"], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=ROOT, env=dict(os.environ, **env))
+    os.close(slave)
+    try:
+        seen = read_until(master, b"press Ctrl-] to detach")
+        os.write(master, b"echo on a tty\r")
+        seen += read_until(master, b"\non a tty")
+        os.write(master, b"\x1d")
+        assert proc.wait(30) == 0
+        assert b"detached from demo (left with Ctrl-])" in seen + read_until(master, b"Ctrl-])")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def read_until(fd, text, timeout=30):
+    seen, deadline = b"", time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline, "timed out waiting for %r; got %r" % (text, seen[-300:])
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:                     # the other end closed: nothing more will come
+                break
+    return seen
 
 
 def test_config_file_instead_of_the_environment(env, tmp_path):

@@ -10,6 +10,7 @@ import sys
 import termios
 import threading
 import tty
+import urllib.parse
 
 import click
 
@@ -120,21 +121,21 @@ def client(ctx):
     return Client(*settings(ctx.find_root().obj["url"]))
 
 
+def vm_url(name):
+    return "/api/v1/vms/" + urllib.parse.quote(name, safe="")
+
+
 def bhyvectl(api, name, o):
     """bhyvectl's main(): create, pause, setters, getters, capabilities, run, resume, reset, destroy; the status."""
-    cpu = o["cpu"]
-    vm_path, vcpu_path = "/api/v1/vms/%s" % name, "/api/v1/ctl/vms/%s/vcpus/%d" % (name, cpu)
+    cpu, setters = o["cpu"], checked_input(o)            # bad input is refused before anything changes
+    vm_path, vcpu_path = vm_url(name), "/api/v1/ctl/vms/%s/vcpus/%d" % (urllib.parse.quote(name, safe=""), cpu)
     if o["create"]:
         create(api, name, o)
     if o["pause"]:
         api.post(vm_path + "/pause")
-    for reg in B.SETTABLE:
-        value = o["set_" + reg.replace("-", "_")]
-        if value is not None:
-            api.put("%s/registers/%s" % (vcpu_path, reg), json={"value": _int(value, "--set-" + reg)})
+    for reg, value in setters.items():
+        api.put("%s/registers/%s" % (vcpu_path, reg), json={"value": value})
     if o["setcap"] is not None:
-        if not o["capname"]:
-            raise click.UsageError("--setcap needs --capname=NAME")
         api.put("%s/capabilities/%s" % (vcpu_path, o["capname"]), json={"value": o["setcap"]})
     if o["inject_nmi"]:
         api.post(vcpu_path + "/nmi")
@@ -152,16 +153,26 @@ def bhyvectl(api, name, o):
     return status
 
 
+def checked_input(o):
+    """{register: value} for the setters; UsageError for any value or combination that cannot work."""
+    setters = {reg: _int(o["set_" + reg], "--set-" + reg) for reg in B.SETTABLE if o["set_" + reg] is not None}
+    if o["get_gpa_pmap"] is not None:
+        o["get_gpa_pmap"] = _int(o["get_gpa_pmap"], "--get-gpa-pmap")
+    if o["setcap"] is not None and not o["capname"]:
+        raise click.UsageError("--setcap needs --capname=NAME")
+    if o["create"] and not (o["guest"] or o["image"]):
+        raise click.UsageError("--create needs --guest=NAME (a bundled guest) or --image=FILE")
+    return setters
+
+
 def create(api, name, o):
     fields = {"name": name, "mem_mb": o["mem_mb"] or 64, "cpus": o["cpus"] or 1}
     if o["image"]:
         with open(o["image"], "rb") as f:
             api.post("/api/v1/vms", data={k: str(v) for k, v in fields.items()},
                      files={"image": (os.path.basename(o["image"]), f)})
-    elif o["guest"]:
-        api.post("/api/v1/vms", json={**fields, "guest": o["guest"]})
     else:
-        raise click.UsageError("--create needs --guest=NAME (a bundled guest) or --image=FILE")
+        api.post("/api/v1/vms", json={**fields, "guest": o["guest"]})
 
 
 def print_getters(api, vm_path, vcpu_path, cpu, o):
@@ -187,10 +198,11 @@ def print_getters(api, vm_path, vcpu_path, cpu, o):
             click.echo("\n".join(B.getcap_lines(state, o["capname"])))
     if everything or o["get_memmap"]:
         memmap = api.get(vm_path + "/ept")
-        click.echo("\n".join(B.memmap_lines(memmap["value"]) if memmap["available"] else
-                             ["vmmctl: --get-memmap: " + memmap["reason"]]))
+        if not memmap["available"]:
+            raise ServerError("--get-memmap: " + memmap["reason"])
+        click.echo("\n".join(B.memmap_lines(memmap["value"])))
     if o["get_gpa_pmap"] is not None:
-        gpa = _int(o["get_gpa_pmap"], "--get-gpa-pmap")
+        gpa = o["get_gpa_pmap"]
         chain = api.get(vm_path + "/ept/lookup", params={"gpa": gpa})
         if not chain["available"]:
             raise ServerError("--get-gpa-pmap: " + chain["reason"])
@@ -220,7 +232,7 @@ def list_vms(ctx):
 def console(ctx, vm, idle):
     """The serial console of VM in this terminal (Ctrl-] detaches); piped stdin is typed into the guest."""
     api = client(ctx)
-    api.get("/api/v1/vms/%s" % vm)                 # a missing VM or a wrong token: one clear line first
+    api.get(vm_url(vm))                 # a missing VM or a wrong token: one clear line first
     run_console(api.url, api.token, vm, idle, lambda text: click.echo(text, err=True))
 
 
@@ -256,7 +268,7 @@ def sysctl(ctx, assignments, descriptions):
 @click.pass_context
 def screenshot(ctx, vm, output, screen):
     """Save a PNG of VM's serial terminal (or VGA text screen), drawn by the server."""
-    png = client(ctx).get("/api/v1/vms/%s/screenshot/%s.png" % (vm, screen), raw=True).content
+    png = client(ctx).get("%s/screenshot/%s.png" % (vm_url(vm), screen), raw=True).content
     with open(output, "wb") as f:
         f.write(png)
     click.echo("vmmctl: %s (%d bytes)" % (output, len(png)), err=True)
@@ -271,13 +283,13 @@ def record(ctx, vm, output, seconds):
     """Record VM's console as an asciicast v2 file on the server until Ctrl-C (or --seconds), then download it."""
     api = client(ctx)
     with stop_on_signals() as stop:                    # before starting: an early Ctrl-C still downloads
-        started = api.post("/api/v1/vms/%s/recording" % vm)
+        started = api.post(vm_url(vm) + "/recording")
         click.echo("vmmctl: recording %s as %s; %s" % (
             vm, started["id"], "for %gs" % seconds if seconds is not None else "Ctrl-C stops"), err=True)
         try:
             stop.wait(seconds)
         finally:
-            api.delete("/api/v1/vms/%s/recording" % vm)
+            api.delete(vm_url(vm) + "/recording")
     data = api.get("/api/v1/recordings/%s" % started["id"], params={"download": "1"}, raw=True).content
     with open(output, "wb") as f:
         f.write(data)

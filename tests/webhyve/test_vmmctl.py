@@ -115,6 +115,13 @@ def test_setting_a_register_of_a_running_vm_is_refused(env):
     assert "pause it" in one_line_error(done)
 
 
+def test_a_bad_value_changes_nothing(env):
+    """--pause with an unparsable --set-rax: refused before the pause, the VM keeps running."""
+    done = cli(env, "--vm=demo", "--pause", "--set-rax=twelve")
+    assert "'twelve' is not a number" in one_line_error(done)
+    assert rest(env, "GET", "/api/v1/vms/demo").json()["state"] == "running"
+
+
 def test_reading_all_registers_of_a_running_vm_asks_to_pause(env):
     done = cli(env, "--vm=demo", "--get-r12")
     assert "pause" in one_line_error(done)

@@ -98,14 +98,18 @@ def segment_descriptor(vcpu, regs, vmcs, tables, seg):
 def intinfo(vcpu, vmcs):
     """vm_get_intinfo: pending = the event the last exit interrupted (IDT-vectoring information),
     current = the event being injected at the next entry; bhyve's format (VMCS layout, error code << 32)."""
-    pending = vmcs["IDT_VECTORING_INFO"] | (vmcs["IDT_VECTORING_ERROR"] << 32 if vmcs["IDT_VECTORING_INFO"] & E.INTR_ERRCODE else 0)
-    current = vmcs["ENTRY_INTR_INFO"] | (vmcs["ENTRY_EXCEPTION_ERROR"] << 32 if vmcs["ENTRY_INTR_INFO"] & E.INTR_ERRCODE else 0)
+    pending = with_error_code(vmcs["IDT_VECTORING_INFO"], vmcs["IDT_VECTORING_ERROR"])
+    current = with_error_code(vmcs["ENTRY_INTR_INFO"], vmcs["ENTRY_EXCEPTION_ERROR"])
     event = vcpu.pending_event
     if not current & E.INTR_VALID and event is not None:
         kind = E.TYPE_SWINTR if event.software else E.TYPE_HWEXC if event.vector < 32 else E.TYPE_EXTINT
         current = E.interruption_info(event.vector, kind, event.error_code is not None)
         current |= (event.error_code or 0) << 32
     return {"pending": pending, "current": current}
+
+
+def with_error_code(info, error_code):
+    return info | (error_code << 32 if info & E.INTR_ERRCODE else 0)
 
 
 def capabilities(vcpu):

@@ -58,7 +58,8 @@ def register_getter(name):
         regs = state["registers"]
         if name not in regs:
             raise NotReadable("%s of vcpu%d: the vCPU is %s, only rip, rsp and rflags are readable while it "
-                              "runs; pause it (vmmctl --vm=%s --pause)" % (name, state["vcpu"], state["state"], state["vm"]))
+                              "runs; pause it (vmmctl --vm=%s --pause)"
+                              % (name, state["vcpu"], state["state"], state["vm"]))
         return [line(name, state["vcpu"], regs[name])]
     return get
 

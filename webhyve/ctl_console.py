@@ -90,7 +90,7 @@ def run_console(url, token, vm, idle, echo):
     echo("vmmctl: attached to the serial console of %s (%s); press %s to detach\r" % (
         vm, "read-only viewer" if role != "control" else "control", ESCAPE_NAME))
     try:
-        why = copy_input(session, fd, idle, role == "control", interactive)
+        why = copy_input(session, fd, idle, role == "control", interactive, echo)
     finally:
         if saved is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
@@ -98,8 +98,8 @@ def run_console(url, token, vm, idle, echo):
     echo("\r\nvmmctl: detached from %s (%s)" % (vm, why))
 
 
-def copy_input(session, fd, idle, may_type, interactive):
-    open_input = True
+def copy_input(session, fd, idle, may_type, interactive, echo):
+    open_input, told = True, False
     while not session.gone.is_set():
         if not open_input and time.monotonic() - session.last_output >= idle:
             return "end of input"
@@ -119,6 +119,9 @@ def copy_input(session, fd, idle, may_type, interactive):
             data = data.replace(b"\n", b"\r")
         if data and may_type:
             session.send(data)
+        elif data and not told:
+            echo("vmmctl: read-only: typing needs the control token\r")
+            told = True
         if open_input is None:
             return "left with %s" % ESCAPE_NAME
     return "the VM was destroyed"

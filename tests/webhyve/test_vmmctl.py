@@ -276,6 +276,13 @@ def test_console_with_piped_stdin_gets_the_shells_help(env):
     assert b"press Ctrl-] to detach" in done.stderr
 
 
+def test_console_with_the_viewer_token_is_read_only(env):
+    done = vmmctl(dict(env, WEBHYVE_TOKEN=VIEWER), "console", "demo", stdin=b"echo typed by a viewer\n")
+    assert done.returncode == 0, done.stderr
+    assert b"(read-only viewer)" in done.stderr and b"typing needs the control token" in done.stderr
+    assert "typed by a viewer" not in console_text(env, "demo")
+
+
 def test_console_on_a_terminal_detaches_with_ctrl_bracket(env):
     """On a pseudo-terminal: the escape is announced, typed keys reach the shell raw, Ctrl-] detaches."""
     master, slave = pty.openpty()

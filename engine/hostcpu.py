@@ -37,6 +37,8 @@ class HostCpu:
         shared = len(self.vcpus) > 1
         for v in self.vcpus:
             v.set_timeslice(TIMESLICE_US if shared else 0)
+            if shared:
+                v.kick()             # an entry begun unshared has no quantum: a spinning guest would keep the CPU
 
     def acquire(self):
         with self._cond:

@@ -77,7 +77,7 @@ class Vcpu:
         self.hooked = set()                      # (cfunc, linear address) code hooks: HLT/RDMSR/WRMSR, LOCK prefixes
         self.boot = None                         # (stub end, BootImage) until the reset stub has run
         self.pending_event = None
-        self.hostcpu = vm.hypervisor.hostcpus[index % len(vm.hypervisor.hostcpus)]
+        self.hostcpu = min(vm.hypervisor.hostcpus, key=lambda h: (len(h.vcpus), h.index))   # the scheduler's pick
         self.lastcpu = None                      # the host CPU of the last entry (vmx lastcpu; None = NOCPU)
         self.pool = vm.pmap.new_pool()
         self.debug = None                        # debug.vcpu_debug.VcpuDebug while the VM has a debugger

@@ -70,6 +70,7 @@ def create_app(config=None):
     socketio.on_namespace(inspector)
     app.extensions.update({"webhyve.fleet": fleet, "webhyve.socketio": socketio, "webhyve.inspector": inspector})
     app.register_blueprint(api_bp)
+    app.register_blueprint(__import__("webhyve.api_ctl").api_ctl.bp)          # vmmctl's endpoints
     app.register_blueprint(pages_bp)
     _register_errors(app)
     inspector.start_ticker()

@@ -1,0 +1,20 @@
+"""Two VMs on one modeled host CPU: a guest spinning on its UART does not keep the CPU from a newcomer."""
+from tests.engine.conftest import guest, wait_for
+
+
+def test_second_vm_boots_while_the_first_polls_its_uart(hv):
+    """The shell waits at its prompt by polling COM1's line status (port I/O handled without leaving the
+    entry); the second shell's vCPU 0 shares host CPU 0 with it and still gets to its prompt."""
+    first = hv.create_vm("first", mem_mb=32)
+    first.load(guest("shell.elf"), "shell.elf")
+    first.start()
+    wait_for(first, b"webhyve> ")
+    second = hv.create_vm("second", mem_mb=32)
+    assert second.vcpus[0].hostcpu is first.vcpus[0].hostcpu
+    second.load(guest("shell.elf"), "shell.elf")
+    second.start()
+    wait_for(second, b"webhyve> ", timeout=20)
+    first.console.send_input(b"echo first still here\r")
+    wait_for(first, b"first still here")
+    for vm in (first, second):
+        vm.poweroff()

@@ -1,0 +1,344 @@
+"""vmmctl against a real server: gunicorn on 127.0.0.1 with the shell guest as VM "demo", the CLI driven
+in-process with click's CliRunner and, where the process boundary matters, as a subprocess."""
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from click.testing import CliRunner
+from PIL import Image
+
+from engine.vmx import vmcs as V
+from tests.webhyve.conftest import wait_for
+from tests.webhyve.live import CONTROL, VIEWER, auth, free_port, start_server, stop_server
+from webhyve.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ASCIINEMA = os.path.join(os.path.dirname(sys.executable), "asciinema")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    process, url = start_server(str(tmp_path_factory.mktemp("vmmctl-server")))
+    yield url
+    stop_server(process)
+
+
+@pytest.fixture
+def env(live, tmp_path):
+    """The CLI's environment: the live server and the control token, and no config file of the user's."""
+    return {"WEBHYVE_URL": live, "WEBHYVE_TOKEN": CONTROL, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def cli(env, *args):
+    result = CliRunner(mix_stderr=False).invoke(main, list(args), env=env)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def vmmctl(env, *args, stdin=b"", timeout=120):
+    """The real command in its own process (what a user runs)."""
+    return subprocess.run([sys.executable, "-m", "webhyve.cli", *args], input=stdin, capture_output=True, cwd=ROOT,
+                          env=dict(os.environ, **env), timeout=timeout)
+
+
+def rest(env, method, path, **kwargs):
+    return requests.request(method, env["WEBHYVE_URL"] + path, headers=auth(CONTROL), timeout=30, **kwargs)
+
+
+def console_text(env, vm):
+    return rest(env, "GET", "/api/v1/vms/%s/console" % vm).json()["text"]
+
+
+def one_line_error(done):
+    err = done.stderr.decode() if isinstance(done.stderr, bytes) else done.stderr
+    assert getattr(done, "returncode", getattr(done, "exit_code", 0)) != 0
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def fresh_vm(env, request):
+    """A shell VM of this test's own, made with vmmctl --create, its prompt printed; destroyed afterwards."""
+    name = re.sub(r"[^a-z0-9]", "", request.node.name.lower())[:24]
+    created = cli(env, "--vm=" + name, "--create", "--guest=shell", "--set-mem=32")
+    assert created.exit_code == 0, created.stderr
+    assert wait_for(lambda: "webhyve>" in console_text(env, name))
+    yield name
+    rest(env, "DELETE", "/api/v1/vms/" + name)
+
+
+def test_list_shows_the_servers_vms(env):
+    out = cli(env, "list")
+    assert out.exit_code == 0
+    header, *rows = out.stdout.splitlines()
+    assert header.split() == ["NAME", "STATE", "CPUS", "MEM", "EXITS", "IMAGE"]
+    assert any(r.split()[0] == "demo" and r.split()[-1] == "shell.elf" for r in rows)
+
+
+def test_get_stats_in_bhyvectls_format(env):
+    out = cli(env, "--vm=demo", "--get-stats")
+    assert out.exit_code == 0
+    lines = out.stdout.splitlines()
+    assert lines[0] == "vcpu0 stats:"
+    rows = dict(re.fullmatch(r"(.{40,})\t(\d+)", line).groups() for line in lines[1:])
+    assert int(rows["total number of vm exits".ljust(40)]) > 0
+    assert int(rows["number of times in/out was intercepted".ljust(40)]) > 0
+
+
+def test_register_set_and_get_on_a_paused_vm(env, fresh_vm):
+    """--set-rbx on the paused VM, read back by vmmctl and by the REST registers panel; with the old value
+    put back the guest runs on."""
+    assert cli(env, "--vm=" + fresh_vm, "--pause").exit_code == 0
+    original = cli(env, "--vm=" + fresh_vm, "--get-rbx").stdout.split()[1]
+    out = cli(env, "--vm=" + fresh_vm, "--set-rbx=0x1234abcd", "--get-rbx", "--get-rip")
+    assert out.exit_code == 0, out.stderr
+    assert "rbx[0]\t\t0x000000001234abcd" in out.stdout.splitlines()
+    panel = rest(env, "GET", "/api/v1/vms/%s/vcpus/0/registers" % fresh_vm).json()
+    assert panel["registers"]["rbx"] == 0x1234ABCD
+    assert "rip[0]\t\t0x%016x" % panel["registers"]["rip"] in out.stdout.splitlines()
+    assert cli(env, "--vm=" + fresh_vm, "--set-rbx=" + original, "--resume").exit_code == 0
+    rest(env, "POST", "/api/v1/vms/%s/console" % fresh_vm, json={"data": "echo still alive\r"})
+    assert wait_for(lambda: "\nstill alive" in console_text(env, fresh_vm))
+
+
+def test_setting_a_register_of_a_running_vm_is_refused(env):
+    done = cli(env, "--vm=demo", "--set-rax=1")
+    assert "pause it" in one_line_error(done)
+
+
+def test_a_bad_value_changes_nothing(env):
+    """--pause with an unparsable --set-rax: refused before the pause, the VM keeps running."""
+    done = cli(env, "--vm=demo", "--pause", "--set-rax=twelve")
+    assert "'twelve' is not a number" in one_line_error(done)
+    assert rest(env, "GET", "/api/v1/vms/demo").json()["state"] == "running"
+
+
+def test_reading_all_registers_of_a_running_vm_asks_to_pause(env):
+    done = cli(env, "--vm=demo", "--get-r12")
+    assert "pause" in one_line_error(done)
+
+
+def test_segment_descriptors_of_the_protected_mode_guest(env, fresh_vm):
+    """The shell guest runs in flat 32-bit protected mode: CS is a 4 GiB code segment, GDTR its 3-entry GDT."""
+    cli(env, "--vm=" + fresh_vm, "--pause")
+    out = cli(env, "--vm=" + fresh_vm, "--get-desc-cs", "--get-desc-ds", "--get-desc-gdtr", "--get-cs")
+    assert out.exit_code == 0, out.stderr
+    cs = re.search(r"^cs desc\[0\]\t0x([0-9a-f]{16})/0x([0-9a-f]{8})/0x([0-9a-f]{8})$", out.stdout, re.M)
+    assert cs and int(cs[2], 16) == 0xFFFFFFFF and int(cs[3], 16) & 0x9A == 0x9A     # present, code, readable
+    ds = re.search(r"^ds desc\[0\]\t0x[0-9a-f]{16}/0xffffffff/0x([0-9a-f]{8})$", out.stdout, re.M)
+    assert ds and int(ds[1], 16) & 0x9A == 0x92                                      # present, data, writable
+    assert re.search(r"^gdtr desc\[0\]\t0x[0-9a-f]{16}/0x00000017$", out.stdout, re.M)
+    assert re.search(r"^cs\[0\]\t\t0x0008$", out.stdout, re.M)
+
+
+def test_get_all_on_a_paused_and_on_a_running_vm(env, fresh_vm):
+    """Paused: every getter, the memory map and the stats. Running: what can be read, and one note."""
+    cli(env, "--vm=" + fresh_vm, "--pause")
+    out = cli(env, "--vm=" + fresh_vm, "--get-all")
+    assert out.exit_code == 0 and out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("rax[0]\t\t0x") and "vcpu0 stats:" in lines and "efer[0]" in out.stdout
+    assert any(line.startswith("gdtr desc[0]") for line in lines) and lines.count("pending:\tn/a") == 1
+    cli(env, "--vm=" + fresh_vm, "--resume")
+    running = cli(env, "--vm=" + fresh_vm, "--get-all")
+    assert running.exit_code == 0 and "rip[0]" in running.stdout and "rax[0]" not in running.stdout
+    assert len(running.stderr.splitlines()) == 1 and "pause the VM" in running.stderr
+
+
+def test_every_vmcs_field_has_a_getter_and_agrees_with_the_panel(env):
+    options = ["--get-vmcs-" + f.name.lower().replace("_", "-") for f in V.FIELDS]
+    out = cli(env, "--vm=demo", *options)
+    assert out.exit_code == 0, out.stderr
+    printed = dict(re.fullmatch(r"(\w+)\[0\]\t\t0x([0-9a-f]{16})", line).groups() for line in out.stdout.splitlines())
+    assert sorted(printed) == sorted(f.name.lower() for f in V.FIELDS)
+    panel = rest(env, "GET", "/api/v1/vms/demo/vcpus/0/vmcs").json()
+    eptp = next(f["value"] for g in panel["groups"] for f in g["fields"] if f["name"] == "EPTP")
+    assert int(printed["eptp"], 16) == eptp != 0
+    alias = cli(env, "--vm=demo", "--get-eptp")
+    assert alias.stdout == "eptp[0]\t\t0x%016x\n" % eptp
+
+
+def test_get_gpa_pmap_prints_the_ept_chain(env):
+    """The kernel's load address is resident: a chain ending in a readable leaf, as the REST lookup shows."""
+    out = cli(env, "--vm=demo", "--get-gpa-pmap=0x100000")
+    assert out.exit_code == 0, out.stderr
+    entries = rest(env, "GET", "/api/v1/vms/demo/ept/lookup", params={"gpa": 0x100000}).json()["value"]
+    assert out.stdout == "gpa 0x100000:%s\n" % "".join(" %#x" % e["entry"] for e in entries)
+    assert int(out.stdout.split()[-1], 16) & 1                       # the leaf allows reads
+
+
+def test_get_memmap(env):
+    out = cli(env, "--vm=demo", "--get-memmap")
+    header, row = out.stdout.splitlines()
+    assert header.split() == ["Address", "Length", "Segment", "Offset", "Prot", "Flags"]
+    assert row.split() == ["0", "64MB", "lowmem", "0", "RWX"]
+
+
+def test_run_steps_a_paused_vm_to_its_next_exit(env, fresh_vm):
+    cli(env, "--vm=" + fresh_vm, "--pause")
+    before = rest(env, "GET", "/api/v1/vms/%s/vcpus/0/stats" % fresh_vm).json()["by_id"]["VMEXIT_COUNT"]
+    out = cli(env, "--vm=" + fresh_vm, "--run")
+    assert out.exit_code == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "vm exit[0]" and re.fullmatch(r"\trip\t\t0x[0-9a-f]{16}", lines[1])
+    assert re.fullmatch(r"\treason\t\t(INOUT|VMX)", lines[3])
+    after = rest(env, "GET", "/api/v1/vms/%s/vcpus/0/stats" % fresh_vm).json()["by_id"]["VMEXIT_COUNT"]
+    assert after > before
+    assert rest(env, "GET", "/api/v1/vms/" + fresh_vm).json()["state"] == "paused"
+    assert "--run steps a paused VM" in one_line_error(cli(env, "--vm=demo", "--run"))
+
+
+def test_getcap_and_setcap(env, fresh_vm):
+    out = cli(env, "--vm=" + fresh_vm, "--getcap")
+    assert len(out.stdout.splitlines()) == 11
+    assert 'Capability "hlt_exit" is set on vcpu 0' in out.stdout
+    assert 'Capability "bpt_exit" is not set on vcpu 0' in out.stdout
+    assert cli(env, "--vm=" + fresh_vm, "--setcap=1", "--capname=bpt_exit").exit_code == 0
+    out = cli(env, "--vm=" + fresh_vm, "--getcap", "--capname=bpt_exit", "--get-exception-bitmap")
+    assert out.stdout.splitlines()[1] == 'Capability "bpt_exit" is set on vcpu 0'
+    assert int(out.stdout.split()[1], 16) & (1 << 3)
+    assert "not available" in one_line_error(cli(env, "--vm=" + fresh_vm, "--setcap=1", "--capname=mtrap_exit"))
+
+
+def test_intinfo_and_nmi(env):
+    out = cli(env, "--vm=demo", "--get-intinfo")
+    assert out.stdout == "pending:\tn/a\ncurrent:\tn/a\n"
+    assert "NMI injection is not supported" in one_line_error(cli(env, "--vm=demo", "--inject-nmi"))
+
+
+def test_force_reset_and_poweroff(env, fresh_vm):
+    assert cli(env, "--vm=" + fresh_vm, "--force-reset").exit_code == 0
+    assert wait_for(lambda: console_text(env, fresh_vm).count("webhyve shell ready") == 2)
+    assert cli(env, "--vm=" + fresh_vm, "--force-poweroff").exit_code == 0
+    assert rest(env, "GET", "/api/v1/vms/" + fresh_vm).json()["suspend_reason"] == "poweroff"
+    assert cli(env, "--vm=" + fresh_vm, "--destroy").exit_code == 0
+    assert fresh_vm not in cli(env, "list").stdout
+
+
+def test_sysctl_read_write_and_refusal(env):
+    listed = cli(env, "sysctl").stdout.splitlines()
+    tunables = rest(env, "GET", "/api/v1/tunables").json()["tunables"]
+    assert listed == ["%s: %d" % (t["name"], t["value"]) for t in tunables]
+    assert cli(env, "sysctl", "hw.vmm.halt_detection").stdout == "hw.vmm.halt_detection: 1\n"
+    changed = cli(env, "sysctl", "hw.vmm.halt_detection=0")
+    assert changed.exit_code == 0 and changed.stdout == "hw.vmm.halt_detection: 1 -> 0\n"
+    assert cli(env, "sysctl", "hw.vmm.halt_detection").stdout == "hw.vmm.halt_detection: 0\n"
+    assert "0..1" in one_line_error(cli(env, "sysctl", "hw.vmm.halt_detection=7"))
+    assert cli(env, "sysctl", "hw.vmm.halt_detection").stdout == "hw.vmm.halt_detection: 0\n"
+    cli(env, "sysctl", "hw.vmm.halt_detection=1")
+    assert "unknown oid" in one_line_error(cli(env, "sysctl", "hw.vmm.no_such_thing"))
+    viewer = dict(env, WEBHYVE_TOKEN=VIEWER)
+    assert "control token" in one_line_error(cli(viewer, "sysctl", "hw.vmm.halt_detection=0"))
+
+
+def test_screenshot_writes_a_png(env, tmp_path):
+    path = tmp_path / "demo.png"
+    assert cli(env, "screenshot", "demo", "-o", str(path)).exit_code == 0
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 200 and image.height > 100
+
+
+def test_record_stops_on_ctrl_c_and_plays_with_asciinema(env, tmp_path):
+    path = tmp_path / "demo.cast"
+    rest(env, "POST", "/api/v1/vms/demo/console", json={"data": "echo before the recording\r"})
+    proc = subprocess.Popen([sys.executable, "-m", "webhyve.cli", "record", "demo", "-o", str(path), "--seconds", "20"],
+                            cwd=ROOT, env=dict(os.environ, **env), stderr=subprocess.PIPE)
+    assert b"recording demo" in proc.stderr.readline()
+    rest(env, "POST", "/api/v1/vms/demo/console", json={"data": "echo recorded words\r"})
+    assert wait_for(lambda: "\nrecorded words" in console_text(env, "demo"))
+    proc.send_signal(signal.SIGINT)                                   # Ctrl-C stops the recording
+    assert proc.wait(30) == 0
+    played = subprocess.run([ASCIINEMA, "cat", str(path)], capture_output=True, timeout=60)
+    assert played.returncode == 0, played.stderr
+    assert b"\r\nrecorded words\r\n" in played.stdout
+
+
+def test_record_with_seconds(env, tmp_path):
+    path = tmp_path / "short.cast"
+    out = cli(env, "record", "demo", "-o", str(path), "--seconds", "0.5")
+    assert out.exit_code == 0, out.stderr
+    assert subprocess.run([ASCIINEMA, "cat", str(path)], capture_output=True, timeout=60).returncode == 0
+
+
+def test_console_with_piped_stdin_gets_the_shells_help(env):
+    done = vmmctl(env, "console", "demo", stdin=b"help\n")
+    assert done.returncode == 0, done.stderr
+    assert b"cpuid LEAF [SUB]" in done.stdout
+    assert b"press Ctrl-] to detach" in done.stderr
+
+
+def test_console_with_the_viewer_token_is_read_only(env):
+    done = vmmctl(dict(env, WEBHYVE_TOKEN=VIEWER), "console", "demo", stdin=b"echo typed by a viewer\n")
+    assert done.returncode == 0, done.stderr
+    assert b"(read-only viewer)" in done.stderr and b"typing needs the control token" in done.stderr
+    assert "typed by a viewer" not in console_text(env, "demo")
+
+
+def test_console_on_a_terminal_detaches_with_ctrl_bracket(env):
+    """On a pseudo-terminal: the escape is announced, typed keys reach the shell raw, Ctrl-] detaches."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "webhyve.cli", "console", "demo"], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=ROOT, env=dict(os.environ, **env))
+    os.close(slave)
+    try:
+        seen = read_until(master, b"press Ctrl-] to detach")
+        os.write(master, b"echo on a tty\r")
+        seen += read_until(master, b"\non a tty")
+        os.write(master, b"\x1d")
+        assert proc.wait(30) == 0
+        assert b"detached from demo (left with Ctrl-])" in seen + read_until(master, b"Ctrl-])")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def read_until(fd, text, timeout=30):
+    seen, deadline = b"", time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline, "timed out waiting for %r; got %r" % (text, seen[-300:])
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:                     # the other end closed: nothing more will come
+                break
+    return seen
+
+
+def test_config_file_instead_of_the_environment(env, tmp_path):
+    conf = tmp_path / "config" / "webhyve" / "vmmctl.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("[server]\nurl = %s\ntoken = %s\n" % (env["WEBHYVE_URL"], CONTROL))
+    out = cli({"WEBHYVE_URL": None, "WEBHYVE_TOKEN": None, "XDG_CONFIG_HOME": env["XDG_CONFIG_HOME"]}, "list")
+    assert out.exit_code == 0, out.stderr
+    assert "demo" in out.stdout
+
+
+@pytest.mark.parametrize("case", ["no such VM", "wrong token", "server down", "unknown option", "no token"])
+def test_errors_are_one_clear_line(env, case):
+    args, env2, expect = ["--vm=demo", "--get-rip"], dict(env), None
+    if case == "no such VM":
+        args, expect = ["--vm=ghost", "--get-rip"], "no VM named 'ghost'"
+    elif case == "wrong token":
+        env2["WEBHYVE_TOKEN"], expect = "not-the-token", "refused the token"
+    elif case == "server down":
+        env2["WEBHYVE_URL"], expect = "http://127.0.0.1:%d" % free_port(), "cannot reach the webhyve server"
+    elif case == "unknown option":
+        args, expect = ["--vm=demo", "--get-no-such-register"], "No such option: --get-no-such-register"
+    else:
+        env2["WEBHYVE_TOKEN"], expect = "", "no token"
+    done = vmmctl(env2, *args)
+    assert expect in one_line_error(done)
+
+
+def test_console_of_a_missing_vm(env):
+    assert "no VM named 'ghost'" in one_line_error(vmmctl(env, "console", "ghost"))

@@ -1,10 +1,12 @@
 """Two VMs on one modeled host CPU: a guest spinning on its UART does not keep the CPU from a newcomer."""
+from engine import Hypervisor
 from tests.engine.conftest import guest, wait_for
 
 
-def test_second_vm_boots_while_the_first_polls_its_uart(hv):
+def test_second_vm_boots_while_the_first_polls_its_uart():
     """The shell waits at its prompt by polling COM1's line status (port I/O handled without leaving the
-    entry); the second shell's vCPU 0 shares host CPU 0 with it and still gets to its prompt."""
+    entry); on a one-CPU host the second shell's vCPU 0 shares host CPU 0 with it and still gets to its prompt."""
+    hv = Hypervisor(host_mem_mb=256, ncpu=1)
     first = hv.create_vm("first", mem_mb=32)
     first.load(guest("shell.elf"), "shell.elf")
     first.start()
@@ -18,3 +20,9 @@ def test_second_vm_boots_while_the_first_polls_its_uart(hv):
     wait_for(first, b"first still here")
     for vm in (first, second):
         vm.poweroff()
+
+
+def test_vcpus_spread_over_host_cpus_across_vms(hv):
+    """The modeled scheduler places each new vCPU on the least loaded host CPU."""
+    a, b = hv.create_vm("a", mem_mb=8), hv.create_vm("b", mem_mb=8, cpus=2)
+    assert [v.hostcpu.index for v in a.vcpus + b.vcpus] == [0, 1, 0]

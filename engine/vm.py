@@ -256,6 +256,11 @@ class VM:
         self.log("loaded %s (%s): %s" % (filename, image.kind, "; ".join(image.notes) or "entry %#x" % image.entry))
         return image
 
+    @property
+    def load_args(self):
+        """(image bytes, filename, kind, cmdline, load address) of the loaded image, or None."""
+        return self._load_args
+
     # -- lifecycle ----------------------------------------------------------------------------------
     @property
     def state(self):

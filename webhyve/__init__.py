@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from engine import Hypervisor
 
+from . import api_ctl, api_demo
 from .access import new_token
 from .api import bp as api_bp
 from .console import ConsoleNamespace
@@ -28,6 +29,7 @@ DEFAULTS = {
     "CONTROL_TOKEN": None,
     "VIEWER_TOKEN": None,
     "RECORDINGS_DIR": os.path.join(ROOT, "recordings"),
+    "SNAPSHOTS_DIR": os.path.join(ROOT, "snapshots"),
     "GUESTS_DIR": os.path.join(ROOT, "guests", "build"),
     "DEMO_GUEST": None,                 # a bundled guest to boot as VM "demo" at startup
     "PUMP_INTERVAL": 0.02,
@@ -35,7 +37,8 @@ DEFAULTS = {
     "PUBLIC_URL": "http://127.0.0.1:8080",
     "MAX_CONTENT_LENGTH": 64 << 20,
 }
-ENV_KEYS = ("HOST_MEM_MB", "CONTROL_TOKEN", "VIEWER_TOKEN", "RECORDINGS_DIR", "DEMO_GUEST", "PUBLIC_URL")
+ENV_KEYS = ("HOST_MEM_MB", "CONTROL_TOKEN", "VIEWER_TOKEN", "RECORDINGS_DIR", "SNAPSHOTS_DIR", "DEMO_GUEST",
+            "PUBLIC_URL")
 
 
 def config_from_env():
@@ -70,7 +73,8 @@ def create_app(config=None):
     socketio.on_namespace(inspector)
     app.extensions.update({"webhyve.fleet": fleet, "webhyve.socketio": socketio, "webhyve.inspector": inspector})
     app.register_blueprint(api_bp)
-    app.register_blueprint(__import__("webhyve.api_ctl").api_ctl.bp)          # vmmctl's endpoints
+    app.register_blueprint(api_ctl.bp)                  # vmmctl's endpoints
+    app.register_blueprint(api_demo.bp)                 # snapshots and demos
     app.register_blueprint(pages_bp)
     _register_errors(app)
     inspector.start_ticker()

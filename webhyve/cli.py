@@ -84,6 +84,8 @@ def _epilog():
 @click.option("--get-memmap", is_flag=True, help="The guest-physical memory map.")
 @click.option("--get-gpa-pmap", metavar="GPA", help="The EPT entries translating guest-physical GPA.")
 @click.option("--inject-nmi", is_flag=True, help="Inject an NMI (when the engine can).")
+@click.option("--checkpoint", metavar="NAME", help="Save a snapshot NAME on the server; the VM runs on.")
+@click.option("--suspend", metavar="NAME", help="Save a snapshot NAME, then power the VM off.")
 @click.option("--force-reset", is_flag=True, help="Reset the VM (it boots again).")
 @click.option("--force-poweroff", is_flag=True, help="Power the VM off.")
 @click.option("--getcap", is_flag=True, help="Print the capabilities (or --capname's).")
@@ -97,6 +99,7 @@ def main(ctx, url, vm_name, **options):
     vmmctl run IMAGE                     boot IMAGE here, its console on this terminal
     vmmctl --vm=NAME --get-stats         bhyvectl's options against the server's VM NAME
     vmmctl list | console VM | sysctl [NAME[=V]] | screenshot VM -o F.png | record VM -o F.cast
+    vmmctl snapshot save|restore|list|delete   vmmctl demo [NAME] -o DIR
     """
     ctx.obj = {"url": url}
     given = {k: v for k, v in options.items() if v not in (None, False) and k != "cpu"}
@@ -142,6 +145,12 @@ def bhyvectl(api, name, o):
     status = print_getters(api, vm_path, vcpu_path, cpu, o)
     if o["run_once"]:
         click.echo("\n".join(B.run_dump(cpu, api.post(vcpu_path + "/run"))))
+    for key, suspend in (("checkpoint", False), ("suspend", True)):
+        if o[key]:
+            saved = api.post(vm_path + "/snapshot", json={"name": o[key], "suspend": suspend})
+            click.echo("vmmctl: snapshot %s: %d pages, %d bytes, %.3f s%s" % (
+                saved["name"], saved["pages"], saved["bytes"], saved["seconds"], "; VM powered off" if suspend else ""),
+                err=True)
     if o["resume"]:
         api.post(vm_path + "/resume")
     if o["force_reset"]:
@@ -294,6 +303,74 @@ def record(ctx, vm, output, seconds):
     with open(output, "wb") as f:
         f.write(data)
     click.echo("vmmctl: %s (%d bytes); play it with: asciinema play %s" % (output, len(data), output), err=True)
+
+
+@main.group()
+def snapshot():
+    """Snapshots on the server: save VM NAME, restore NAME [--as VM], list, delete NAME."""
+
+
+@snapshot.command("save")
+@click.argument("vm")
+@click.argument("name")
+@click.pass_context
+def snapshot_save(ctx, vm, name):
+    """Save VM's whole state as snapshot NAME (bhyvectl --checkpoint); the VM runs on."""
+    saved = client(ctx).post(vm_url(vm) + "/snapshot", json={"name": name})
+    click.echo("%s: %d pages, %d bytes, saved in %.3f s" % (saved["name"], saved["pages"], saved["bytes"],
+                                                            saved["seconds"]))
+
+
+@snapshot.command("restore")
+@click.argument("name")
+@click.option("--as", "vm", metavar="VM", help="The new VM's name (else the saved one).")
+@click.option("--paused", is_flag=True, help="Leave it paused.")
+@click.pass_context
+def snapshot_restore(ctx, name, vm, paused):
+    """A new VM on the server from snapshot NAME, carrying on where it was saved."""
+    body = {"start": not paused}
+    if vm:
+        body["vm"] = vm
+    done = client(ctx).post("/api/v1/snapshots/%s/restore" % urllib.parse.quote(name, safe=""), json=body)
+    click.echo("%s: restored from %s in %.3f s, %s" % (done["vm"]["name"], name, done["seconds"], done["vm"]["state"]))
+
+
+@snapshot.command("list")
+@click.pass_context
+def snapshot_list(ctx):
+    """The server's snapshots."""
+    rows = client(ctx).get("/api/v1/snapshots")["snapshots"]
+    click.echo("%-24s %-16s %8s %5s %12s" % ("NAME", "VM", "MEM", "CPUS", "BYTES"))
+    for s in rows:
+        click.echo("%-24s %-16s %8s %5s %12d%s" % (s["name"], s.get("vm", "?"), "%dM" % s["mem_mb"] if "mem_mb" in s else "?",
+                                                 s.get("cpus", "?"), s["bytes"], "  " + s["error"] if "error" in s else ""))
+
+
+@snapshot.command("delete")
+@click.argument("name")
+@click.pass_context
+def snapshot_delete(ctx, name):
+    client(ctx).delete("/api/v1/snapshots/%s" % urllib.parse.quote(name, safe=""))
+    click.echo("deleted %s" % name)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("-o", "--output", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Where the .cast, the screenshots and the summary go.")
+def demo(name, output):
+    """Run a bundled scenario headless, here (no server needed); without NAME, list them."""
+    from . import demo as scenarios
+    if not name:
+        for key, title in scenarios.bundled().items():
+            click.echo("%-18s %s" % (key, title))
+        return
+    try:
+        summary = scenarios.run_headless(name, output)
+    except scenarios.ScenarioError as problem:
+        raise click.ClickException(str(problem)) from None
+    click.echo(summary["summary"])
+    click.echo("\nwritten: " + ", ".join(summary["files"]))
 
 
 @contextlib.contextmanager

@@ -113,6 +113,20 @@ class Fleet:
             self.lifecycle(name, "start")
         return session
 
+    def restore(self, path, name=None, start=True):
+        """A VM from a snapshot file, held like one created here (reset boots the saved image again)."""
+        try:
+            vm = self.hv.restore_vm(path, name=name, start=start)
+        except Exception as problem:
+            if problem.__class__.__name__ == "SnapshotError":
+                raise
+            raise engine_error(problem) from None
+        data, filename, kind, cmdline, _ = vm.load_args or (b"", "snapshot", None, "", None)
+        session = VmSession(vm, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)
+        with self.lock:
+            self.sessions[vm.name] = session
+        return session
+
     def destroy(self, name):
         session = self.get(name)
         with self.lock:

@@ -24,7 +24,8 @@ def start_server(workdir):
     can kill the server and its worker."""
     port = free_port()
     env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER, WEBHYVE_DEMO_GUEST="shell",
-               WEBHYVE_HOST_MEM_MB="512", WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, "recordings"))
+               WEBHYVE_HOST_MEM_MB="512", WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, "recordings"),
+               WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, "snapshots"))
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     log = open(os.path.join(workdir, "server.log"), "w+")
     process = subprocess.Popen([gunicorn, "--workers", "1", "--threads", "100", "--bind", "127.0.0.1:%d" % port,

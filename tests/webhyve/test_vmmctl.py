@@ -342,3 +342,30 @@ def test_errors_are_one_clear_line(env, case):
 
 def test_console_of_a_missing_vm(env):
     assert "no VM named 'ghost'" in one_line_error(vmmctl(env, "console", "ghost"))
+
+
+def test_snapshots_saved_listed_restored_and_deleted_from_the_cli(env, fresh_vm):
+    saved = cli(env, "snapshot", "save", fresh_vm, "cli-snap")
+    assert saved.exit_code == 0 and "cli-snap:" in saved.stdout and "pages" in saved.stdout
+    assert cli(env, "--vm=" + fresh_vm, "--checkpoint=cli-check").exit_code == 0
+    listed = cli(env, "snapshot", "list").stdout
+    assert re.search(r"cli-snap\s+%s\s+32M" % fresh_vm, listed) and "cli-check" in listed
+    restored = cli(env, "snapshot", "restore", "cli-snap", "--as", "clicopy")
+    assert restored.exit_code == 0 and restored.stdout.startswith("clicopy: restored from cli-snap")
+    rest(env, "POST", "/api/v1/vms/clicopy/console", json={"data": "help\r"})
+    assert wait_for(lambda: "cpuid" in console_text(env, "clicopy"))
+    one_line_error(cli(env, "snapshot", "restore", "no-such-snapshot"))
+    assert cli(env, "--vm=clicopy", "--suspend=cli-susp").exit_code == 0
+    assert wait_for(lambda: rest(env, "GET", "/api/v1/vms/clicopy").json()["state"] == "suspended")
+    for name in ("cli-snap", "cli-check", "cli-susp"):
+        assert cli(env, "snapshot", "delete", name).exit_code == 0
+    assert "cli-snap" not in cli(env, "snapshot", "list").stdout
+    rest(env, "DELETE", "/api/v1/vms/clicopy")
+
+
+def test_demo_runs_headless_and_writes_its_files(tmp_path):
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vmmctl"), "demo", "demand-paging",
+                           "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 MiB superpages in place" in done.stdout
+    assert {"demand-paging-checksum.png", "demand-paging-summary.txt", "demand-paging.cast"} <= set(os.listdir(tmp_path))

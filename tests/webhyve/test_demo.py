@@ -1,0 +1,97 @@
+"""The bundled scenarios, run headless as `vmmctl demo` runs them, and the snapshot and demo endpoints."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.webhyve.conftest import ROOT, wait_for
+from webhyve import demo
+
+
+def asciinema_cat(path):
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "asciinema"), "cat", path],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos")
+    return {name: demo.run_headless(name, str(out / name)) for name in demo.bundled()}
+
+
+def test_every_bundled_scenario_loads_and_runs(runs):
+    assert set(runs) == {"demand-paging", "invept-sharing", "l1tf"}
+    for name, summary in runs.items():
+        cast, *pictures, text = summary["files"]
+        assert cast.endswith(".cast") and text.endswith("-summary.txt")
+        assert all(p.endswith(".png") and os.path.getsize(p) > 1000 for p in pictures)
+        assert demo.load(name)["title"] in open(text).read()
+
+
+def test_demand_paging_shows_faults_and_superpages(runs):
+    figures = runs["demand-paging"]["figures"]
+    assert figures["guest pages backed on first touch"] >= 3072
+    assert figures["EPT violations (nested page faults)"] >= figures["guest pages backed on first touch"]
+    assert figures["2 MiB superpages in place"] >= 5
+    assert "checksum=0x" in asciinema_cat(runs["demand-paging"]["files"][0])
+
+
+def test_invept_sharing_shows_one_invept_three_saved_and_a_stale_page(runs):
+    figures = runs["invept-sharing"]["figures"]
+    assert figures["INVEPTs after the move (4 vCPUs)"] - figures["INVEPTs before the move"] == 1
+    assert figures["INVEPTs saved by eptgen per host CPU"] == 3
+    assert figures["lines showing the new value while the invalidation is skipped"] == 0
+    text = asciinema_cat(runs["invept-sharing"]["files"][0])
+    assert text.index("sees 0x0000000000002222") < text.index("sees 0x0000000000003333")
+
+
+def test_l1tf_leaks_until_the_flush_goes_on(runs):
+    figures = runs["l1tf"]["figures"]
+    assert 16 <= figures["secret bytes leaked (of 64)"] < 64
+    assert figures["software L1D flushes"] > 0 and figures["transient windows"] == 192
+    assert "hw.vmm.l1d_flush: 0 -> 1" in runs["l1tf"]["log"]
+
+
+def test_a_broken_scenario_is_refused_with_its_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('title = "x"\n[vm]\nguest = "shell.elf"\n[[step]]\nwait = "a"\nsleep = 1\n')
+    with pytest.raises(demo.ScenarioError, match="step 1 needs exactly one of"):
+        demo.load(str(bad))
+    with pytest.raises(demo.ScenarioError, match="no scenario 'nope'"):
+        demo.load("nope")
+
+
+def test_snapshot_endpoints_save_list_restore_and_delete(client, viewer, shell_vm):
+    saved = client.post("/api/v1/vms/sh/snapshot", json={"name": "first"})
+    assert saved.status_code == 201 and saved.json["pages"] > 0
+    listed = client.get("/api/v1/snapshots").json["snapshots"]
+    assert [(s["name"], s["vm"]) for s in listed] == [("first", "sh")]
+    assert viewer.post("/api/v1/snapshots/first/restore", json={"vm": "x"}).status_code == 403
+    restored = client.post("/api/v1/snapshots/first/restore", json={"vm": "copy"})
+    assert restored.status_code == 201 and restored.json["vm"]["name"] == "copy"
+    client.post("/api/v1/vms/copy/console", json={"data": "help\r"})
+    assert wait_for(lambda: "cpuid" in client.get("/api/v1/vms/copy/console").json["text"])
+    assert client.post("/api/v1/snapshots/../restore", json={}).status_code in (400, 404)
+    assert client.post("/api/v1/vms/sh/snapshot", json={"name": "bad name!"}).status_code == 400
+    assert client.post("/api/v1/snapshots/nothing/restore", json={}).status_code == 404
+    assert client.delete("/api/v1/snapshots/first").json == {"deleted": "first"}
+    assert client.get("/api/v1/snapshots").json["snapshots"] == []
+
+
+def test_a_demo_runs_live_on_the_server(client, viewer):
+    assert {d["name"] for d in viewer.get("/api/v1/demos").json["demos"]} == {"demand-paging", "invept-sharing", "l1tf"}
+    assert viewer.post("/api/v1/demos/demand-paging").status_code == 403
+    started = client.post("/api/v1/demos/demand-paging")
+    assert started.status_code == 202
+    assert wait_for(lambda: client.get("/api/v1/vms/demand_paging").status_code == 200)   # on the server's list
+
+    def finished():
+        run = next(d for d in client.get("/api/v1/demos").json["demos"] if d["name"] == "demand-paging")["run"]
+        return run["state"] != "running" and run
+    assert wait_for(finished, timeout=60)
+    run = finished()
+    assert run["state"] == "done" and run["figures"]["2 MiB superpages in place"] >= 5
+    assert client.post("/api/v1/demos/no-such-demo").status_code == 404

@@ -5,6 +5,7 @@ const ACTIONS = ["start", "pause", "resume", "reset", "poweroff"];
 
 function row(vm) {
   const buttons = ACTIONS.map((a) => WH.el("button", {class: "control", onclick: () => act(vm.name, "POST", "/" + a)}, a));
+  buttons.push(WH.el("button", {class: "control", onclick: () => snapshot(vm.name)}, "snapshot"));
   buttons.push(WH.el("button", {class: "control danger", onclick: () => confirm("Destroy " + vm.name + "?") && act(vm.name, "DELETE", "")}, "destroy"));
   if (WH.role !== "control") buttons.forEach((b) => { b.disabled = true; });
   return WH.el("tr", {"data-vm": vm.name},
@@ -62,6 +63,76 @@ async function setupCreate() {
   });
 }
 
+// -- snapshots: save from a VM's row, restore or delete from the list ----------------------------------
+async function snapshot(name) {
+  const label = prompt("Snapshot name for " + name, name + "-" + new Date().toISOString().slice(11, 19).replace(/:/g, ""));
+  if (!label) return;
+  try {
+    const saved = await WH.api("POST", "/vms/" + encodeURIComponent(name) + "/snapshot", {name: label});
+    WH.status(label + ": " + saved.pages + " pages saved in " + saved.seconds + " s");
+  } catch (e) {
+    WH.status("snapshot " + name + ": " + e.message, true);
+  }
+  refreshSnapshots();
+}
+
+async function snapshotAction(name, method, suffix, body) {
+  try {
+    await WH.api(method, "/snapshots/" + encodeURIComponent(name) + suffix, body);
+    WH.status(name + ": done");
+  } catch (e) {
+    WH.status(name + ": " + e.message, true);
+  }
+  refreshSnapshots();
+  refresh();
+}
+
+async function refreshSnapshots() {
+  const {snapshots} = await WH.api("GET", "/snapshots");
+  document.querySelector("#snapshots tbody").replaceChildren(...snapshots.map((s) => {
+    const buttons = [
+      WH.el("button", {class: "control", onclick: () => {
+        const as = prompt("Restore " + s.name + " as VM", s.vm + "-restored");
+        if (as) snapshotAction(s.name, "POST", "/restore", {vm: as});
+      }}, "restore"),
+      WH.el("button", {class: "control danger", onclick: () => confirm("Delete " + s.name + "?") && snapshotAction(s.name, "DELETE", "")}, "delete")];
+    if (WH.role !== "control") buttons.forEach((b) => { b.disabled = true; });
+    return WH.el("tr", {"data-snapshot": s.name}, WH.el("td", {}, s.name), WH.el("td", {}, s.vm || s.error || "?"),
+      WH.el("td", {}, s.mem_mb ? s.mem_mb + " MiB" : ""), WH.el("td", {}, s.cpus || ""),
+      WH.el("td", {class: "num"}, s.bytes.toLocaleString()), WH.el("td", {}, buttons));
+  }));
+  document.getElementById("no-snapshots").hidden = snapshots.length > 0;
+}
+
+// -- demos: run one live, watch its progress and figures ------------------------------------------------
+async function refreshDemos() {
+  const {demos} = await WH.api("GET", "/demos");
+  document.querySelector("#demos tbody").replaceChildren(...demos.map((d) => {
+    const run = d.run;
+    const progress = !run ? "" : run.state === "running" ? "step " + run.step + " of " + run.steps
+      : run.state === "failed" ? "failed: " + run.error : "done";
+    const figures = run && run.figures ? Object.entries(run.figures).map(([k, v]) => k + ": " + v).join("; ") : "";
+    const button = WH.el("button", {class: "control", onclick: () => startDemo(d.name)}, "run");
+    button.disabled = WH.role !== "control" || (run && run.state === "running");
+    return WH.el("tr", {"data-demo": d.name}, WH.el("td", {}, d.name), WH.el("td", {}, d.title),
+      WH.el("td", {class: "demo-state"}, progress), WH.el("td", {class: "demo-figures"}, figures), WH.el("td", {}, button));
+  }));
+}
+
+async function startDemo(name) {
+  try {
+    const started = await WH.api("POST", "/demos/" + encodeURIComponent(name));
+    WH.status(name + " running as VM " + started.vm);
+  } catch (e) {
+    WH.status(name + ": " + e.message, true);
+  }
+  refreshDemos();
+}
+
 setupCreate();
 refresh();
+refreshSnapshots();
+refreshDemos();
 setInterval(refresh, 1000);
+setInterval(refreshSnapshots, 3000);
+setInterval(refreshDemos, 1000);

@@ -24,3 +24,22 @@ def test_create_refuse_and_destroy(page, server, tmp_path):
     page.click("#vms tr[data-vm=fromlist] button.danger")
     page.wait_for_selector("#vms tr[data-vm=fromlist]", state="detached")
     assert page.query_selector("#vms tr[data-vm=demo]") is not None
+
+
+def test_run_a_demo_live_and_snapshot_and_restore_from_the_list(page, server):
+    """The Demos table runs demand-paging in front of the audience; a snapshot of the demo VM comes back."""
+    page.goto("%s/?token=%s" % (server, CONTROL))
+    page.wait_for_selector("#demos tr[data-demo=demand-paging]")
+    page.click("#demos tr[data-demo=demand-paging] button")
+    page.wait_for_selector("#vms tr[data-vm=demand_paging]")
+    page.wait_for_function("document.querySelector('#demos tr[data-demo=demand-paging] .demo-state')"
+                           ".textContent === 'done'", timeout=60000)
+    assert "2 MiB superpages in place: 6" in page.inner_text("#demos tr[data-demo=demand-paging] .demo-figures")
+
+    answers = iter(["from-page", "restored-demo"])
+    page.on("dialog", lambda dialog: dialog.accept(next(answers)) if dialog.type == "prompt" else dialog.accept())
+    page.click("#vms tr[data-vm=demo] button:text('snapshot')")
+    page.wait_for_selector("#snapshots tr[data-snapshot=from-page]")
+    page.click("#snapshots tr[data-snapshot=from-page] button:text('restore')")
+    page.wait_for_selector("#vms tr[data-vm=restored-demo]")
+    assert "shell.elf" in page.inner_text("#vms tr[data-vm=restored-demo]")

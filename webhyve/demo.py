@@ -1,6 +1,6 @@
 """Scenarios: small declarative demos (webhyve/scenarios/*.toml) run the same way every time, headless or live.
 
-A scenario names a guest (or a snapshot to start from) and a list of steps: type text, wait for text, set
+A scenario names a guest, or a snapshot to start from (`snapshot = "path"` in [vm]), and a list of steps: type text, wait for text, set
 a tunable, act as the host (move a page, pin vCPUs, invalidate), drop a marker, take a screenshot, wait,
 and note a figure. It runs on a Fleet — the web server's, so an audience watches it in the page, or a
 private one for `vmmctl demo NAME` — and leaves a recording (.cast), the screenshots and a summary of the
@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
 GUESTS = os.path.join(os.path.dirname(HERE), "guests", "build")
 STEP_KINDS = ("type", "wait", "tunable", "host", "mark", "screenshot", "sleep", "figure", "rate")
-HOST_ACTIONS = ("replace_page", "pin", "invalidate", "write")
+HOST_ACTIONS = ("replace_page", "pin", "invalidate", "write", "interrupts")
 
 
 class ScenarioError(Exception):
@@ -92,16 +92,21 @@ class Run:
 
     def _create(self):
         cfg = self.scenario["vm"]
+        if self.vm_name in {s.name for s in self.fleet.list()}:
+            self.fleet.destroy(self.vm_name)
+        for name, value in cfg.get("tunables", {}).items():
+            self.fleet.set_tunable(name, value)
+        if "snapshot" in cfg:                      # start from a saved moment instead of booting
+            try:
+                return self.fleet.restore(cfg["snapshot"], self.vm_name)
+            except Exception as problem:
+                raise ScenarioError("restoring %s: %s" % (cfg["snapshot"], problem)) from None
         path = os.path.join(GUESTS, cfg["guest"])
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             raise ScenarioError("guest %s is not built: run `make guests`" % cfg["guest"]) from None
-        if self.vm_name in {s.name for s in self.fleet.list()}:
-            self.fleet.destroy(self.vm_name)
-        for name, value in cfg.get("tunables", {}).items():
-            self.fleet.set_tunable(name, value)
         cmdline = cfg.get("cmdline", "")
         self.secret = None
         if "l1tf_secret" in cfg:                   # the host's secret page, and where the attack aims
@@ -173,6 +178,26 @@ class Run:
         elif action == "invalidate":
             vm.pmap_invalidate_ept("scenario step")
             self._note("host: pmap_invalidate_ept")
+        elif action == "interrupts":
+            self._interrupts(step)
+
+    def _interrupts(self, step):
+        """A device model raising `vector` at vCPU 0 from a host thread, `per_second` for `seconds`
+        (bhyve's vm_lapic_irq); the figures are what the VM exits cost while it does."""
+        vm, label = self.session.vm, step.get("label", "interrupts")
+        rate, seconds, vector = float(step.get("per_second", 1000)), float(step.get("seconds", 2)), int(step["vector"])
+        exits, extint = self._stat("VMEXIT_COUNT"), self._stat("VMEXIT_EXTINT")
+        start, sent = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            vm.lapic_intr(0, vector)
+            sent += 1
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        elapsed = time.monotonic() - start
+        figures = {"%s: interrupts sent/s" % label: round(sent / elapsed),
+                   "%s: VM exits/s" % label: round((self._stat("VMEXIT_COUNT") - exits) / elapsed),
+                   "%s: external-interrupt exits/s" % label: round((self._stat("VMEXIT_EXTINT") - extint) / elapsed)}
+        self.figures.update(figures)
+        self._note("; ".join("%s = %s" % item for item in figures.items()))
 
     def _screenshot(self, step):
         kind = step["screenshot"]

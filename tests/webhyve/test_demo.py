@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
 
 
 def test_every_bundled_scenario_loads_and_runs(runs):
-    assert set(runs) == {"demand-paging", "invept-sharing", "l1tf"}
+    assert set(runs) == {"demand-paging", "invept-sharing", "l1tf", "posted-interrupts"}
     for name, summary in runs.items():
         cast, *pictures, text = summary["files"]
         assert cast.endswith(".cast") and text.endswith("-summary.txt")
@@ -55,6 +55,14 @@ def test_l1tf_leaks_until_the_flush_goes_on(runs):
     assert "hw.vmm.l1d_flush: 0 -> 1" in runs["l1tf"]["log"]
 
 
+def test_posted_interrupts_side_by_side(runs):
+    figures = runs["posted-interrupts"]["figures"]
+    for label in ("posted", "not posted"):
+        assert figures["%s: interrupts sent/s" % label] >= 1000
+        assert figures["%s: VM exits/s" % label] > 0
+    assert figures["posted: external-interrupt exits/s"] < figures["not posted: external-interrupt exits/s"]
+
+
 def test_a_broken_scenario_is_refused_with_its_problem(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('title = "x"\n[vm]\nguest = "shell.elf"\n[[step]]\nwait = "a"\nsleep = 1\n')
@@ -82,7 +90,8 @@ def test_snapshot_endpoints_save_list_restore_and_delete(client, viewer, shell_v
 
 
 def test_a_demo_runs_live_on_the_server(client, viewer):
-    assert {d["name"] for d in viewer.get("/api/v1/demos").json["demos"]} == {"demand-paging", "invept-sharing", "l1tf"}
+    assert {d["name"] for d in viewer.get("/api/v1/demos").json["demos"]} == {"demand-paging", "invept-sharing", "l1tf",
+                                                                         "posted-interrupts"}
     assert viewer.post("/api/v1/demos/demand-paging").status_code == 403
     started = client.post("/api/v1/demos/demand-paging")
     assert started.status_code == 202
@@ -95,3 +104,28 @@ def test_a_demo_runs_live_on_the_server(client, viewer):
     run = finished()
     assert run["state"] == "done" and run["figures"]["2 MiB superpages in place"] >= 5
     assert client.post("/api/v1/demos/no-such-demo").status_code == 404
+
+
+def test_a_scenario_can_start_from_a_snapshot(tmp_path):
+    """A shell at its prompt, saved; the scenario restores it and types at once, no boot in between."""
+    from engine import Hypervisor
+    from tests.engine.conftest import guest, wait_for as console_wait
+    hv = Hypervisor(host_mem_mb=256)
+    vm = hv.create_vm("saved", mem_mb=32)
+    vm.load(guest("shell.elf"), "shell.elf")
+    vm.start()
+    console_wait(vm, b"webhyve> ")
+    vm.snapshot(tmp_path / "shell.snap")
+    hv.destroy_vm("saved")
+    scenario = tmp_path / "from-snapshot.toml"
+    scenario.write_text('title = "from a snapshot"\n[vm]\nsnapshot = "%s"\n[[step]]\ntype = "help\\r"\n'
+                        '[[step]]\nwait = "cpuid"\n[[step]]\nfigure = "boots"\nconsole_count = "webhyve shell ready"\n'
+                        % (tmp_path / "shell.snap"))
+    from webhyve.fleet import Fleet
+    hv2 = Hypervisor(host_mem_mb=256)
+    fleet = Fleet(hv2, lambda *a, **k: None, str(tmp_path / "rec"))
+    try:
+        summary = demo.Run(fleet, demo.load(str(scenario)), str(tmp_path / "out")).run()
+    finally:
+        fleet.close()
+    assert summary["figures"]["boots"] == 0            # the console starts at the restored moment

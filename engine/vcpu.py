@@ -639,7 +639,16 @@ class Vcpu:
                 "invept_saved": int(c[S.VCPU_INVEPT_SAVED]),
                 "invvpid_done": int(c[S.VCPU_INVVPID_DONE]), "invvpid_saved": int(c[S.VCPU_INVVPID_SAVED]),
                 "entries": len(mine), "capacity": int(self.hostcpu.tlb[TLB.H_SETS] * self.hostcpu.tlb[TLB.H_WAYS]),
-                "flush_generation": int(self.hostcpu.tlb[TLB.H_GEN]), "contents": mine}
+                "flush_generation": int(self.hostcpu.tlb[TLB.H_GEN]), "contents": mine[:64]}
+
+    def l1d_info(self):
+        """The L1D model of this vCPU's host CPU: who holds its lines, the guest's hits and misses, the flushes."""
+        c, l1d = self.counters, self.vm.hypervisor.l1d
+        owners, free = l1d.occupancy(self.hostcpu.index)
+        return {"hostcpu": self.hostcpu.index, "occupancy": owners, "free_lines": free,
+                "guest_hits": int(c[S.L1D_GUEST_HITS]), "guest_misses": int(c[S.L1D_GUEST_MISSES]),
+                "flushes_msr": int(c[S.L1D_FLUSH_MSR]), "flushes_sw": int(c[S.L1D_FLUSH_SW]),
+                "flush_cycles": int(c[S.L1D_FLUSH_CYCLES]), "l1tf_windows": int(c[S.L1D_L1TF_WINDOWS])}
 
     def set_register(self, name, value):
         if not self.parked.is_set() or self.state == RUNNING:

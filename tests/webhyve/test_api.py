@@ -134,15 +134,22 @@ def test_tunable_change_is_validated_and_applied(client):
     assert tunables["hw.vmm.halt_detection"]["value"] == 0 and tunables["hw.vmm.halt_detection"]["default"] == 1
 
 
-def test_engine_views_not_yet_present_say_so(app, client, shell_vm):
-    """EPT, TLB and L1D views are rendered when the engine has them, else marked not available."""
+def test_engine_views_ept_tlb_and_l1d(app, client, shell_vm):
+    """The EPT map, an EPT walk, a guest-linear translation, the TLB and L1D models, as the panels get them."""
     vm = app.extensions["webhyve.fleet"].get("sh").vm
     ept = client.get("/api/v1/vms/sh/ept").json
-    assert ept["available"] == hasattr(vm, "memmap")
+    assert ept["available"] and ept["value"][0]["name"] == "lowmem" and ept["value"][0]["populated"] > 0
+    lookup = client.get("/api/v1/vms/sh/ept/lookup?gpa=0x100000").json["value"]
+    assert [row["level"] for row in lookup] == [4, 3, 2, 1] or lookup[-1]["level"] == 2
+    assert lookup[-1]["flags"].startswith("R")                     # the kernel's page is mapped
     caches = client.get("/api/v1/vms/sh/caches").json
-    assert caches["tlb"][0]["available"] == hasattr(vm.vcpus[0], "tlb_info")
-    lookup = client.get("/api/v1/vms/sh/ept/lookup?gpa=0x100000").json
-    assert lookup["available"] == hasattr(vm, "gpa_pmap")
+    tlb, l1d = caches["tlb"][0]["value"], caches["l1d"][0]["value"]
+    assert tlb["misses"] > 0 and tlb["vpid"] == 1 and tlb["capacity"] == 1024
+    assert l1d["hostcpu"] == tlb["hostcpu"] and sum(l1d["occupancy"].values()) + l1d["free_lines"] == 512
+    assert l1d["flushes_sw"] > 0                                   # haswell: bhyve's software flush on entry
+    client.post("/api/v1/vms/sh/pause")
+    walk = client.get("/api/v1/vms/sh/vcpus/0/translate?gla=0x100000").json["value"]
+    assert walk["gpa"] == 0x100000 and walk["hpa"] == vm.pmap.lookup(0x100000)
 
 
 def test_every_bundled_guest_boots(client):

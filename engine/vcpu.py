@@ -540,6 +540,7 @@ class Vcpu:
         hits = np.flatnonzero(code[:0x1000] == 0xF4).tolist()
         twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32) |
                                                      (code[1:] == 0x01) | (code[1:] == 0x22))).tolist()
+        twos += np.flatnonzero((code[:-1] == 0xF3) & (code[1:] == 0x90)).tolist()          # PAUSE
         prefixed = [o - 1 for o in twos if o > 0 and (0x40 <= code[o - 1] <= 0x4F or code[o - 1] == 0x67)]
         locks = np.flatnonzero(code[:0x1000] == 0xF0).tolist()
         for cfunc, offsets in ((hooks.code_hook, hits + twos + prefixed), (buslock.lock_hook, locks)):
@@ -714,7 +715,8 @@ class RealModeRegs:
 
 
 EXIT_HANDLERS = {
-    vmx.EXITCODE_BOGUS: Vcpu._exit_bogus, vmx.EXITCODE_HLT: Vcpu._exit_hlt, vmx.EXITCODE_PAGING: Vcpu._exit_paging,
+    vmx.EXITCODE_BOGUS: Vcpu._exit_bogus, vmx.EXITCODE_PAUSE: Vcpu._exit_bogus, vmx.EXITCODE_HLT: Vcpu._exit_hlt,
+    vmx.EXITCODE_PAGING: Vcpu._exit_paging,
     vmx.EXITCODE_EXCEPTION: Vcpu._exit_exception, vmx.EXITCODE_VMINSN: Vcpu._exit_vminsn,
     vmx.EXITCODE_USER: Vcpu._exit_user, vmx.EXITCODE_INJECT: Vcpu._exit_inject, vmx.EXITCODE_IPI: Vcpu._exit_ipi,
     vmx.EXITCODE_BUSLOCK: Vcpu._exit_buslock,

@@ -59,6 +59,7 @@ TLB_LEN = 57        # length of the TLB model's array
 VCPU_EPTGEN = 59    # [k] the EPT generation this vCPU last entered with (to count INVEPTs saved)
 TIMESLICE = 58      # [any] microseconds per entry when the host CPU is shared (0: run until an exit)
 SLICED = 60         # [k] the last entry ran with a timeslice
+PAUSE_SKIP = 61     # [k] address + 1 of a PAUSE that exited: it runs when the vCPU is back
 # -- interrupts and the vLAPIC (io/vlapic.py, vmx/intr.py) -----------------------------------------
 APIC_PAGE = 64      # [py] host-physical address of the virtual-APIC page (0 = no local APIC); the TLB fill
                     #      maps guest-physical 0xFEE00000 there
@@ -104,7 +105,7 @@ SIZE = 128
 RING_ROWS = 256
 
 # EXIT values
-X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL, X_BUSLOCK = range(9)
+X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL, X_BUSLOCK, X_PAUSE = range(10)
 # REQ bits
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
 # RUNSTATE values: in the host (the vCPU checks its IRR before it enters), in the guest or about to enter

@@ -451,6 +451,23 @@ def tlb_insn(c, mem8, hpa, address, rex, long_mode):
     guest_tlb_flush(c, TLB.INV_ADDRESS, ea)
 
 
+@njit(**NUMBA)
+def pause_exit(c, address):
+    """PAUSE exiting (exit 40), taken only while the host CPU is shared: a vCPU spinning on a lock whose
+    holder waits for this host CPU gives its turn up instead of burning its timeslice. The PAUSE itself
+    then runs when the vCPU is back (PAUSE_SKIP)."""
+    if c[C.TIMESLICE] == 0:
+        return
+    here = np.uint64(address) + np.uint64(1)
+    if c[C.PAUSE_SKIP] == here:
+        c[C.PAUSE_SKIP] = 0
+        return
+    record_exit(c, E.PAUSE, 0, 2, np.uint64(address), S.VMEXIT_PAUSE)
+    c[C.PAUSE_SKIP] = here
+    c[C.EXIT] = C.X_PAUSE
+    stop(c)                                         # precise from a code hook: RIP stays on the PAUSE
+
+
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
 def code_hook(uc, address, size, ud):
     c = carray(ud, C.SIZE)
@@ -470,10 +487,13 @@ def code_hook(uc, address, size, ud):
         c[C.HLT_AT] = np.uint64(address) + np.uint64(1)   # the HLT runs natively and ends emu_start
     elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30):
         msr_exit(c, address, op1 == 0x30)
-    elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
-        tlb_insn(c, mem8, hpa, address, rex, long_mode)
         if c[C.EXIT] == C.X_NONE:
             l1d.entry_flush(c)
+    elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
+        tlb_insn(c, mem8, hpa, address, rex, long_mode)
+    elif op0 == 0xF3 and op1 == 0x90:
+        pause_exit(c, address)
+
 
 
 # -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -

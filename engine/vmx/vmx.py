@@ -29,11 +29,12 @@ EXITCODE_IPI = intr.EXITCODE_IPI        # INIT, SIPI or an NMI for this vCPU (us
 EXITCODE_INJECT = intr.EXITCODE_INJECT  # webhyve: an interrupt to deliver through the guest's IDT
 EXITCODE_BUSLOCK = 30       # webhyve: a LOCK-prefixed instruction seen for the first time (io/buslock.py)
 EXITCODE_HLT = 5
+EXITCODE_PAUSE = 7
 EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
 EXITCODE_VMINSN = 22        # VMCALL (the BIOS stubs' way into the userspace firmware)
 EXITCODE_EXCEPTION = 27     # webhyve: an exception or interrupt for the userspace side to deliver
 EXITCODE_USER = 28          # webhyve: a userspace device asked the vcpu to stop (power off, error)
-NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAGING: "PAGING",
+NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAUSE: "PAUSE", EXITCODE_PAGING: "PAGING",
          EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER",
          EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT", EXITCODE_BUSLOCK: "BUSLOCK"}
 
@@ -113,6 +114,8 @@ def exit_process(c, err):
         return EXITCODE_EXCEPTION
     if why == C.X_USER_STOP:
         return EXITCODE_USER
+    if why == C.X_PAUSE:                               # give the shared host CPU to the next vCPU
+        return EXITCODE_PAUSE
     if why == C.X_BUSLOCK:
         return EXITCODE_BUSLOCK
     if err == UC_ERR_OK:

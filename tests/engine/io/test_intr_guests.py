@@ -35,3 +35,15 @@ def test_smp_guest_starts_every_ap_and_counts_under_a_lock(hv, cpus):
     assert vm.suspend_reason == "halt"
     assert vm.vcpus[0].counters[stats.VLAPIC_IPI_SEND] == 3 * (cpus - 1)      # INIT, SIPI, SIPI each
     assert all(v.counters[stats.VLAPIC_IPI_RECV] == 3 for v in vm.vcpus[1:])
+
+
+def test_spinning_vcpus_on_a_shared_host_cpu_give_it_up_at_pause(hv):
+    """4 vCPUs on 2 host CPUs: a waiter's PAUSE exits (40) while the host CPU is shared, so the lock holder
+    gets the CPU instead of the waiter spinning out its timeslice."""
+    vm = hv.create_vm("smp4p", mem_mb=32, cpus=4)
+    vm.load(guest("smp.elf"), "smp.elf", cmdline="cpus=4 work=30000")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=120) == "suspended"
+    assert "smp: counter %d ok" % (30000 * 4) in vm.console.contents().decode()
+    assert sum(int(v.counters[stats.VMEXIT_PAUSE]) for v in vm.vcpus) > 0
+    assert any(entry["name"] == "PAUSE" for v in vm.vcpus for entry in v.exit_log())

@@ -185,6 +185,13 @@ class Vcpu:
             self.ctx[C.REQ] |= C.REQ_STOP
             self.uc.emu_stop()
 
+    def inject_nmi(self):
+        """vm_inject_nmi (bhyvectl --inject-nmi): the NMI is delivered through the guest's IDT at the next
+        entry, or when NMI blocking ends; it also ends a HLT."""
+        if self.thread is None or not self.thread.is_alive():
+            raise StateError("vcpu%d of %s is not running: an NMI needs a started vCPU" % (self.index, self.vm.name))
+        self.post(("nmi",))
+
     def pin(self, hostcpu):
         """Run on host CPU `hostcpu` from the next entry (a migration: vmx_invvpid, VCPU_MIGRATIONS)."""
         cpus = self.vm.hypervisor.hostcpus

@@ -28,6 +28,7 @@ XMASK = 17          # number of pairs - 1 (a power of two minus one)
 CODE = 18           # per guest page: bit 0 scanned-for-exec, bits 1.. write generation
 NPAGES = 19
 SCRATCH = 20        # 8 uint64 of scratch for register reads/writes
+CODE_GEN = 21       # [k] see CODE_PAGE
 # -- exit record [k] -------------------------------------------------------------------------------
 EXIT = 32           # what a hook asks the loop to do (X_*)
 FAULT_GLA = 33
@@ -60,6 +61,8 @@ VCPU_EPTGEN = 59    # [k] the EPT generation this vCPU last entered with (to cou
 TIMESLICE = 58      # [any] microseconds per entry when the host CPU is shared (0: run until an exit)
 SLICED = 60         # [k] the last entry ran with a timeslice
 PAUSE_SKIP = 61     # [k] address + 1 of a PAUSE that exited: it runs when the vCPU is back
+CODE_PAGE = 62      # [k] the last code page hooks decoded (linear | 1), its host page, and (CODE_GEN, slot 21)
+CODE_HPA = 63       #     the EPT + TLB generations it was found under: any invalidation makes it stale
 # -- interrupts and the vLAPIC (io/vlapic.py, vmx/intr.py) -----------------------------------------
 APIC_PAGE = 64      # [py] host-physical address of the virtual-APIC page (0 = no local APIC); the TLB fill
                     #      maps guest-physical 0xFEE00000 there
@@ -101,6 +104,8 @@ L1D_EXITED = 89     # [k] an exit happened since the last entry: the next entry 
 SPEC_PAGE = 90      # [py] transient window only: linear page of the not-present entry | 1
 SPEC_HPA = 91       # [py] transient window only: host page with what the L1D gave the transient load
 DEVICE_TOUCH = 92   # [py] lines an I/O or MMIO exit touches as well: the VM's device state, same layout
+L1D_SEEN = 93       # [k] that L1D's clock + 1 right after this vCPU's exit path last touched it (0: never)
+L1D_SEEN_KIND = 94  # [k] what that touch covered: 1 the exit path, 2 with the device state
 SIZE = 128
 RING_ROWS = 256
 

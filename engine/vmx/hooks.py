@@ -141,12 +141,17 @@ def linear_to_hpa(c, linear):
 @njit(**NUMBA)
 def code_to_hpa(c, linear):
     """Host address of an instruction byte: the exec-scan table knows every page the guest executes."""
-    xtab = carray(u64_ptr(c[C.XTAB]), 2 * (np.int64(c[C.XMASK]) + 1))
     page = np.uint64(linear) & ~np.uint64(0xFFF)
+    st = carray(u64_ptr(c[C.EPT]), EPT.S_SIZE)
+    if c[C.CODE_PAGE] == page | np.uint64(1) and c[C.CODE_GEN] == st[EPT.S_GEN] + c[C.TLB_SEEN]:
+        return np.int64(c[C.CODE_HPA]) + np.int64(np.uint64(linear) & np.uint64(0xFFF))   # the last page again
+    xtab = carray(u64_ptr(c[C.XTAB]), 2 * (np.int64(c[C.XMASK]) + 1))
     slot = xtab_find(xtab, c[C.XMASK], page)
     if slot >= 0 and xtab[2 * slot] != 0:
         hpa = gpa_to_hpa(c, xtab[2 * slot + 1] & ~np.uint64(0xFFF))
         if hpa >= 0:
+            c[C.CODE_PAGE], c[C.CODE_HPA] = page | np.uint64(1), np.uint64(hpa)
+            c[C.CODE_GEN] = st[EPT.S_GEN] + c[C.TLB_SEEN]
             return hpa + np.int64(np.uint64(linear) & np.uint64(0xFFF))
     return linear_to_hpa(c, linear)
 

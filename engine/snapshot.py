@@ -23,6 +23,12 @@ from .vmx import ctx as C
 
 FORMAT = "webhyve-snapshot"
 VERSION = 1
+PIC_FIELDS = ("irr", "isr", "imr", "vector_base", "icw_step", "icw4_wanted", "aeoi", "read_isr", "lines")
+PIT_FIELDS = ("mode", "access", "reload", "low_written", "latched", "read_high")
+# vLAPIC context slots that are state, not addresses; the two clock readings are saved relative to now
+LAPIC_SLOTS = (C.TIMER_PERIOD, C.INTR_WINDOW, C.INJECT, C.PENDING, C.LAPIC_FIX, C.LAPIC_FIXVAL,
+               C.NMI_WINDOW, C.LAPIC_STEP)
+LAPIC_CLOCKS = (C.TIMER_DEADLINE, C.TIMER_START)
 UART_FIELDS = ("ier", "lcr", "mcr", "lsr", "fcr", "scr", "dll", "dlm", "msr", "thre_int_pending", "_irq_level",
                "_claimed", "_rx_size")
 
@@ -43,9 +49,14 @@ def save(vm, path):
         arrays["vcpu%d_vmcs" % v.index] = v.vmcs.store.copy()
         arrays["vcpu%d_counters" % v.index] = v.counters.copy()
         arrays["vcpu%d_msrs" % v.index] = v.msrs.copy()
+        arrays["vcpu%d_lapic" % v.index] = lapic_pages(v)
         vcpus.append({"index": v.index, "state": v.state, "started": v.thread is not None,
                       "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
-                      "cycles": int(v.ctx[C.CYCLES])})                  # the modeled TSC (cpu/cachesim.py)
+                      "cycles": int(v.ctx[C.CYCLES]),                   # the modeled TSC (cpu/cachesim.py)
+                      "lapic": {str(slot): int(v.ctx[slot]) for slot in LAPIC_SLOTS},
+                      "lapic_clocks": {str(slot): _since(int(v.ctx[slot])) for slot in LAPIC_CLOCKS},
+                      "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
+                      "halt_interruptible": v.halt_interruptible})
     gpas, bits, data = _pages(vm)
     arrays["pages_gpa"], arrays["pages_bits"], arrays["pages_data"] = gpas, bits, data
     arrays["tlb"] = _tlb_rows(vm)
@@ -112,8 +123,29 @@ def _tlb_rows(vm):
     return np.array(rows, np.uint64).reshape(-1, 6)
 
 
+def _since(ns):
+    """A CLOCK_MONOTONIC reading as an offset from now (0 stays 0: not counting)."""
+    return ns - time.monotonic_ns() if ns else None
+
+
+def _at(offset):
+    return time.monotonic_ns() + offset if offset is not None else 0
+
+
+def lapic_pages(vcpu):
+    """The virtual-APIC page and the posted-interrupt descriptor, as bytes (host pages, not guest memory)."""
+    mem = vcpu.vm.hypervisor.memory
+    apic, pir = int(vcpu.ctx[C.APIC_PAGE]), int(vcpu.ctx[C.PIR_DESC])
+    return np.concatenate([mem[apic:apic + 4096] if apic else np.zeros(4096, np.uint8),
+                           mem[pir:pir + 64] if pir else np.zeros(64, np.uint8)])
+
+
 def device_state(vm):
     state = {"vga": {"index": vm.vga._index, "crtc": {str(k): v for k, v in vm.vga._crtc.items()}}}
+    state["pic"] = {name: {f: getattr(getattr(vm.pic, name), f) for f in PIC_FIELDS} for name in ("master", "slave")}
+    state["pic"]["output"] = vm.pic.output
+    state["pit"] = {f: getattr(vm.pit, f) for f in PIT_FIELDS}
+    state["pit"].update(start=_since(vm.pit.start), deadline=_since(vm.pit.deadline), period=vm.pit.period)
     for name in ("com1", "com2"):
         uart = getattr(vm, name)
         state[name] = {f: getattr(uart, f) for f in UART_FIELDS}
@@ -150,7 +182,7 @@ def read(path):
                             % (path, header.get("unicorn"), unicorn.__version__))
     needed = ["pages_gpa", "pages_bits", "pages_data", "tlb", "image"]
     for i in range(header["vm"]["cpus"]):
-        needed += ["vcpu%d_%s" % (i, part) for part in ("uc", "vmcs", "counters", "msrs")]
+        needed += ["vcpu%d_%s" % (i, part) for part in ("uc", "vmcs", "counters", "msrs", "lapic")]
     missing = [name for name in needed if name not in arrays]
     if missing:
         raise SnapshotError("%s is incomplete: %s missing" % (path, ", ".join(missing)))
@@ -234,6 +266,7 @@ def _restore_into(vm, header, arrays):
         v.pin(info["hostcpu"] % len(vm.hypervisor.hostcpus))
         v.restored_state = info["state"]
         v.ctx[C.CYCLES] = info["cycles"]
+        restore_lapic(v, arrays["vcpu%d_lapic" % i], info)
         if info["boot"] and vm.image is not None:
             v.boot = (firmware.TARGETS[vm.image.mode][1], vm.image)
     for host, vpid, linear, gpa, perms, glob in arrays["tlb"].tolist():
@@ -244,6 +277,21 @@ def _restore_into(vm, header, arrays):
     load_device_state(vm, header["devices"])
     with vm.lock:
         vm.suspend_reason, vm.suspend_message = header["vm"]["suspend"]
+
+
+def restore_lapic(vcpu, pages, info):
+    mem = vcpu.vm.hypervisor.memory
+    apic, pir = int(vcpu.ctx[C.APIC_PAGE]), int(vcpu.ctx[C.PIR_DESC])
+    if apic:
+        mem[apic:apic + 4096] = pages[:4096]
+    if pir:
+        mem[pir:pir + 64] = pages[4096:4160]
+    for slot, value in info["lapic"].items():
+        vcpu.ctx[int(slot)] = value
+    for slot, offset in info["lapic_clocks"].items():
+        vcpu.ctx[int(slot)] = _at(offset)
+    vcpu.nmi_blocked, vcpu.waiting_sipi = info["nmi_blocked"], info["waiting_sipi"]
+    vcpu.halt_interruptible = info["halt_interruptible"]
 
 
 def _promote_full_regions(vm):
@@ -273,6 +321,14 @@ def _promote_at(vm, region):
 def load_device_state(vm, state):
     vm.vga._index = state["vga"]["index"]
     vm.vga._crtc = {int(k): v for k, v in state["vga"]["crtc"].items()}
+    for name in ("master", "slave"):
+        for f in PIC_FIELDS:
+            setattr(getattr(vm.pic, name), f, state["pic"][name][f])
+    vm.pic.output = state["pic"]["output"]
+    for f in PIT_FIELDS:
+        setattr(vm.pit, f, state["pit"][f])
+    vm.pit.start, vm.pit.deadline, vm.pit.period = (_at(state["pit"]["start"]), _at(state["pit"]["deadline"]),
+                                                    state["pit"]["period"])
     for name in ("com1", "com2"):
         uart = getattr(vm, name)
         with uart._lock:

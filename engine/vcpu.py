@@ -168,7 +168,7 @@ class Vcpu:
 
     def start_paused(self, state=PAUSED):
         """Start the thread without running the guest: paused, or halted as a restored vCPU was."""
-        self.state = HALTED if state == HALTED else PAUSED
+        self.state = IDLE if self.waiting_sipi else HALTED if state == HALTED else PAUSED
         self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
         self.thread.start()
 
@@ -243,8 +243,8 @@ class Vcpu:
 
     def _handle(self, message):
         kind = message[0]
-        if kind == "pause" and self.state == RUNNING:
-            self.state = PAUSED
+        if kind == "pause" and self.state in (RUNNING, HALTED):
+            self.state = PAUSED                  # a halted vCPU resumes running: the guest's HLT loop halts again
         elif kind == "resume" and self.state == PAUSED:
             self.state = RUNNING
         elif kind == "wake" and self.state == HALTED:

@@ -98,3 +98,18 @@ def test_damaged_truncated_and_foreign_files_are_refused(hv, tmp_path):
     with pytest.raises(SnapshotError, match="version 0"):
         hv.restore_vm(old, name="x")
     assert set(hv.vms) == {"small"} and vm.suspend_reason == "halt"
+
+
+def test_the_lapic_timer_keeps_ticking_after_a_restore(hv, tmp_path):
+    """The timer guest's periodic LAPIC timer: its registers (virtual-APIC page) and period come along,
+    so the restored guest goes on counting seconds where it was."""
+    vm = hv.create_vm("timer", mem_mb=32)
+    vm.load(guest("timer.elf"), "timer.elf", cmdline="hz=100 seconds=4")
+    vm.start()
+    wait_for(vm, b"second 1: ")
+    vm.snapshot(tmp_path / "timer.snap")
+    vm.poweroff()
+    copy = Hypervisor(host_mem_mb=256).restore_vm(tmp_path / "timer.snap")
+    reader = copy.console.reader(from_start=False)
+    seen = wait_for(copy, b"timer: done", reader=reader, timeout=60)
+    assert b"second 3: " in seen and copy.wait(states=("suspended",), timeout=30) == "suspended"

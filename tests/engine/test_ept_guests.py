@@ -114,6 +114,8 @@ def start_readers(hv, tmp_path, n, pin_to):
         vcpu.pin(pin_to)
     vm.start(all_vcpus=True)
     until(lambda: qword(vm, OUT) == 0x1111)
+    # every vCPU has read the word: its TLB holds the translation the test then makes stale
+    until(lambda: all(any(e["linear"] == DATA for e in v.tlb_info()["contents"]) for v in vm.vcpus))
     return vm
 
 

@@ -384,15 +384,18 @@ def fill_pages(mem8, mem64, st, pool, segs, nsegs, gpas, bits, data, start):
     Returns the index reached: len(gpas) when done, less when the pool ran out (refill and call again),
     -1 - index for a page outside memory or over the cap."""
     u = np.uint64
+    flags = st[S_FLAGS]
+    st[S_FLAGS] = flags & ~u(F_SUPERPAGES)             # 4 KiB leaves only: the caller promotes afterwards
+    reached = np.int64(gpas.size)
     for i in range(start, gpas.size):
         gpa = gpas[i]
         result = populate(mem64, st, pool, segs, nsegs, gpa, -1)
-        if result == NO_POOL:
-            return i
         if result != HANDLED:
-            return -1 - i
+            reached = np.int64(i) if result == NO_POOL else np.int64(-1 - i)
+            break
         level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, False)
         hpa = e & u(ADDR)
         mem8[hpa:hpa + u(PAGE)] = data[i * PAGE:(i + 1) * PAGE]
         mem64[ea >> u(3)] = hpa | bits[i]
-    return gpas.size
+    st[S_FLAGS] = flags
+    return reached

@@ -113,3 +113,17 @@ def test_the_lapic_timer_keeps_ticking_after_a_restore(hv, tmp_path):
     reader = copy.console.reader(from_start=False)
     seen = wait_for(copy, b"timer: done", reader=reader, timeout=60)
     assert b"second 3: " in seen and copy.wait(states=("suspended",), timeout=30) == "suspended"
+
+
+def test_full_2mib_regions_come_back_with_their_contents_as_superpages(hv, tmp_path):
+    """memtouch fills two 2 MiB regions (superpages); after a restore their bytes are the same and they are
+    superpages again."""
+    vm = hv.create_vm("full", mem_mb=64)
+    vm.load(guest("memtouch.elf"), "memtouch.elf", cmdline="pages=1024 pattern=seq")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=60) == "suspended"
+    before = vm.memory_access.read(0x1000000, 4 << 20)
+    vm.snapshot(tmp_path / "full.snap")
+    copy = Hypervisor(host_mem_mb=256).restore_vm(tmp_path / "full.snap", start=False)
+    assert copy.memory_access.read(0x1000000, 4 << 20) == before
+    assert [copy.gpa_pmap(g)[-1]["level"] for g in (0x1000000, 0x1200000)] == [2, 2]

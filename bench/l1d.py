@@ -14,24 +14,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from engine import Hypervisor, stats  # noqa: E402
 from engine.vmx import ctx as C  # noqa: E402
+from run import assemble  # noqa: E402  (bench/run.py, beside this script)
 
-BASE64 = 0x200000
 RUNS = 3
 ALU_N, LOAD_N, CPUID_N = 5_000_000, 1_000_000, 100_000
 L1TF_ELF = os.path.join(ROOT, "guests", "build", "l1tf.elf")
-
-
-def assemble(source, base=BASE64):
-    """GNU as (Intel syntax, .code64) linked at `base` into flat binary bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src, obj, out = (os.path.join(tmp, name) for name in ("g.s", "g.o", "g.bin"))
-        with open(src, "w") as f:
-            f.write(".intel_syntax noprefix\n.code64\n" + source + "\n")
-        subprocess.run(["as", "--64", "-o", obj, src], check=True)
-        subprocess.run(["ld", "-Ttext=0x%x" % base, "--oformat=binary", "-e", "0", "-z", "noexecstack",
-                        "-o", out, obj], check=True, stderr=subprocess.DEVNULL)
-        with open(out, "rb") as f:
-            return f.read()
 
 
 # Loop bodies; each iteration also runs `dec rsi; jnz`. The load loop walks 64 lines of one page (hits).

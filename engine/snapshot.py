@@ -157,15 +157,19 @@ def device_state(vm):
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def read(path):
-    """(header, arrays) from a snapshot file, or SnapshotError saying what is wrong with it."""
+def _load(path, members):
+    """{name: array} for `members` of the file (None: all of them); SnapshotError if it cannot be read."""
     try:                                   # reading a member to its end checks its CRC (zipfile)
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+            names = archive.files if members is None else [m for m in members if m in archive.files]
+            return {name: archive[name] for name in names}
     except FileNotFoundError:
         raise SnapshotError("no snapshot at %s" % path) from None
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as problem:
         raise SnapshotError("%s is not a readable snapshot (truncated or damaged): %s" % (path, problem)) from None
+
+
+def _header(path, arrays):
     if "header" not in arrays:
         raise SnapshotError("%s has no header: not a webhyve snapshot" % path)
     try:
@@ -180,6 +184,18 @@ def read(path):
     if header.get("unicorn") != unicorn.__version__:
         raise SnapshotError("%s was saved with Unicorn %s; CPU contexts need Unicorn %s"
                             % (path, header.get("unicorn"), unicorn.__version__))
+    return header
+
+
+def read_header(path):
+    """The header alone (for listings): the page data is not read."""
+    return _header(path, _load(path, ["header"]))
+
+
+def read(path):
+    """(header, arrays) from a snapshot file, or SnapshotError saying what is wrong with it."""
+    arrays = _load(path, None)
+    header = _header(path, arrays)
     needed = ["pages_gpa", "pages_bits", "pages_data", "tlb", "image"]
     for i in range(header["vm"]["cpus"]):
         needed += ["vcpu%d_%s" % (i, part) for part in ("uc", "vmcs", "counters", "msrs", "lapic")]

@@ -79,6 +79,7 @@ class Vcpu:
         self.pending_event = None
         self.hostcpu = min(vm.hypervisor.hostcpus, key=lambda h: (len(h.vcpus), h.index))   # the scheduler's pick
         self.lastcpu = None                      # the host CPU of the last entry (vmx lastcpu; None = NOCPU)
+        self.want_hostcpu = None                 # where pin() asked it to run from its next entry
         self.pool = vm.pmap.new_pool()
         self.debug = None                        # debug.vcpu_debug.VcpuDebug while the VM has a debugger
         self.nmi_blocked = False                 # NMI delivered, no IRET yet (interruptibility bit 3)
@@ -288,7 +289,7 @@ class Vcpu:
             self.suspend("unsupported", "the model cannot do this yet: %s" % problem)
 
     def _migrate(self):
-        want = getattr(self, "want_hostcpu", None)
+        want = self.want_hostcpu
         if want is not None and want is not self.hostcpu:
             self.hostcpu.unassign(self)
             self.hostcpu = want

@@ -8,7 +8,7 @@ import time
 
 from flask import Blueprint, current_app
 
-from engine.snapshot import SnapshotError, read
+from engine.snapshot import SnapshotError, read_header
 
 from . import demo
 from .access import authenticate, control_required
@@ -42,7 +42,7 @@ def list_snapshots():
             path = os.path.join(folder, entry)
             item = {"name": entry[:-5], "bytes": os.path.getsize(path)}
             try:
-                header, _ = read(path)
+                header = read_header(path)
                 item.update(vm=header["vm"]["name"], mem_mb=header["vm"]["mem_mb"], cpus=header["vm"]["cpus"],
                             profile=header["vm"]["profile"], saved_at=header["saved_at"])
             except SnapshotError as problem:

@@ -117,8 +117,8 @@ class Run:
                                     mem_mb=cfg.get("mem_mb", 64), cpus=cfg.get("cpus", 1),
                                     profile=cfg.get("profile", "haswell"), cmdline=cmdline,
                                     start=False)
-        for vcpu in session.vm.vcpus:
-            if "pin" in cfg:
+        if "pin" in cfg:
+            for vcpu in session.vm.vcpus:
                 vcpu.pin(cfg["pin"])
         for gpa, value in cfg.get("memory", {}).items():
             session.vm.memory_access.write(int(gpa, 0), int(value).to_bytes(8, "little"))

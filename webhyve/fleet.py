@@ -11,6 +11,7 @@ import time
 from engine import ConfigError, ImageError, StateError, TunableError
 from engine import stats as S
 from engine.cpu import profiles
+from engine.snapshot import SnapshotError
 
 from .errors import ApiError
 from .pump import OutputPump
@@ -117,9 +118,9 @@ class Fleet:
         """A VM from a snapshot file, held like one created here (reset boots the saved image again)."""
         try:
             vm = self.hv.restore_vm(path, name=name, start=start)
+        except SnapshotError:
+            raise
         except Exception as problem:
-            if problem.__class__.__name__ == "SnapshotError":
-                raise
             raise engine_error(problem) from None
         data, filename, kind, cmdline, _ = vm.load_args or (b"", "snapshot", None, "", None)
         session = VmSession(vm, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)

@@ -247,7 +247,7 @@ def emulate_ad(mem64, st, ea, e, write):
 
 
 @njit(**NUMBA)
-def allowed(rwx, e, access, flags):
+def allowed(rwx, access):
     """Whether a present translation permits `access` (an emulated clean page has no W yet)."""
     u = np.uint64
     if access == FETCH:
@@ -284,7 +284,7 @@ def translate(mem64, st, pool, segs, nsegs, gpa, access, tries):
     faults = 0
     for _ in range(tries):
         level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, hw_ad)
-        if level > 0 and allowed(rwx, e, access, st[S_FLAGS]):
+        if level > 0 and allowed(rwx, access):
             perms = rwx
             if hw_ad and access == WRITE and not e & u(EPT_D):
                 mem64[ea >> u(3)] = e | u(EPT_D)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, EngineError
 from . import ept as E
+from . import explain
 
 POOL_CAP = 256              # page-table pages a pool holds
 REFILL = 64                 # pages added per refill (one host allocation)
@@ -150,17 +151,9 @@ class GuestPmap:
     # -- views ----------------------------------------------------------------------------------------
     def chain(self, gpa):
         """The EPT entries translating `gpa`, PML4 first (bhyvectl --get-gpa-pmap)."""
-        rows, table = [], int(self.st[E.S_ROOT])
-        for level in (4, 3, 2, 1):
-            ea = table + ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) * 8
-            e = int(self.mem64[ea >> 3])
-            rows.append({"level": level, "entry_hpa": ea, "entry": e, "flags": describe(e, level)})
-            if not e & E.EPT_RWX and not e & E.EMUL_V:
-                break
-            if level == 1 or e & E.EPT_PS:
-                break
-            table = e & E.ADDR
-        return rows
+        steps, hpa, rwx = explain.ept_walk(self.mem64, int(self.st[E.S_ROOT]), gpa)
+        return [{"level": s["level"], "entry_hpa": s["entry_hpa"], "entry": s["entry"],
+                 "flags": describe(s["entry"], s["level"])} for s in steps]
 
     def memmap(self):
         """Each segment with its backing, how much of it is resident, and its superpages."""

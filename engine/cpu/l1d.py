@@ -215,22 +215,28 @@ def touch(l1, table_address):
         _access(l1, table[1 + k], HOST)
 
 
-@njit(**NUMBA)
+@njit(inline="always")
 def exit_touch(c, reason):
-    """The host's exit path runs on this host CPU: its data lands in the L1D; the next entry may flush."""
+    """The host's exit path runs on this host CPU: its data lands in the L1D; the next entry may flush.
+
+    Nothing touched this L1D since this vCPU's last exit path ran (its clock has not moved) and that run
+    covered these lines: they are still its most recent, so running it again changes nothing. That check
+    is inlined into every exit; the touches themselves are not."""
     l1 = carray(u64_ptr(c[C.L1D]), STATE_SIZE)
-    device = reason == EXIT_INOUT or reason == EXIT_EPT_VIOLATION     # a device model handles it
-    want = np.uint64(2 if device else 1)
-    # Nothing touched this L1D since this vCPU's last exit path ran (its clock has not moved) and that run
-    # covered these lines: they are still its most recent, so running it again changes nothing.
+    want = np.uint64(2 if reason == EXIT_INOUT or reason == EXIT_EPT_VIOLATION else 1)  # a device model too
     if l1[CLOCK] + np.uint64(1) != c[C.L1D_SEEN] or c[C.L1D_SEEN_KIND] < want:
-        touch(l1, c[C.HOST_TOUCH])
-        if device:
-            touch(l1, c[C.DEVICE_TOUCH])
-        touch(l1, c[C.SECRET_TOUCH])
-        c[C.L1D_SEEN], c[C.L1D_SEEN_KIND] = l1[CLOCK] + np.uint64(1), want
+        exit_path_touch(c, l1, want)
     c[C.L1D_EXITED] = 1
     c[C.CYCLES] += np.uint64(ROUNDTRIP_CYCLES)
+
+
+@njit(**NUMBA)
+def exit_path_touch(c, l1, want):
+    touch(l1, c[C.HOST_TOUCH])
+    if want == 2:
+        touch(l1, c[C.DEVICE_TOUCH])
+    touch(l1, c[C.SECRET_TOUCH])
+    c[C.L1D_SEEN], c[C.L1D_SEEN_KIND] = l1[CLOCK] + np.uint64(1), want
 
 
 @njit(**NUMBA)
@@ -243,13 +249,23 @@ def flush_wanted(params, cpu_flags, arch_caps):
     return flush != 0, software
 
 
-@njit(**NUMBA)
+@njit(inline="always")
 def entry_flush(c):
-    """Step 4 of the loop, when an exit happened since the last entry: flush the L1D if enabled."""
+    """Step 4 of the loop, when an exit happened since the last entry: flush the L1D if enabled.
+    Inlined into every in-kernel exit: with hw.vmm.l1d_flush=0 it is two loads and two stores."""
     if c[C.L1D_EXITED] == 0:
         return
     c[C.L1D_EXITED] = 0
     params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    if params[T.L1D_FLUSH] == 0:
+        vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+        vmcs[ENTRY_MSR_LOAD_COUNT] = 0
+        return
+    entry_flush_wanted(c, params)
+
+
+@njit(**NUMBA)
+def entry_flush_wanted(c, params):
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     flush, software = flush_wanted(params, c[C.CPU_FLAGS], c[C.ARCH_CAPS])
     vmcs[ENTRY_MSR_LOAD_COUNT] = 1 if flush and not software else 0

@@ -29,6 +29,8 @@ CODE = 18           # per guest page: bit 0 scanned-for-exec, bits 1.. write gen
 NPAGES = 19
 SCRATCH = 20        # 8 uint64 of scratch for register reads/writes
 CODE_GEN = 21       # [k] see CODE_PAGE
+GUEST_PE = 22       # [k] CR0.PE as read since this entry: 0 not read yet, 1 real mode, 2 protected. Within one
+                    #     entry only the guest's MOV CR0 / LMSW change it, and their code hook clears this
 # -- exit record [k] -------------------------------------------------------------------------------
 EXIT = 32           # what a hook asks the loop to do (X_*)
 FAULT_GLA = 33

@@ -99,7 +99,7 @@ def record_exit(c, reason, qualification, length, rip, stat):
     l1d.exit_touch(c, reason)               # the host's exit path runs and fills this host CPU's L1D
 
 
-@njit(**NUMBA)
+@njit(**INLINE)
 def log_exit(c, reason, qualification, length, rip):
     """Append to the vCPU's exit log (a ring of the last RING_ROWS exits)."""
     ring = carray(u64_ptr(c[C.RING]), 4 * C.RING_ROWS)
@@ -138,13 +138,21 @@ def linear_to_hpa(c, linear):
     return gpa_to_hpa(c, gpa)
 
 
-@njit(**NUMBA)
+@njit(**INLINE)
 def code_to_hpa(c, linear):
     """Host address of an instruction byte: the exec-scan table knows every page the guest executes."""
     page = np.uint64(linear) & ~np.uint64(0xFFF)
     st = carray(u64_ptr(c[C.EPT]), EPT.S_SIZE)
     if c[C.CODE_PAGE] == page | np.uint64(1) and c[C.CODE_GEN] == st[EPT.S_GEN] + c[C.TLB_SEEN]:
         return np.int64(c[C.CODE_HPA]) + np.int64(np.uint64(linear) & np.uint64(0xFFF))   # the last page again
+    return code_page_to_hpa(c, linear)
+
+
+@njit(**NUMBA)
+def code_page_to_hpa(c, linear):
+    """code_to_hpa on a page other than the last one: look it up and remember it."""
+    page = np.uint64(linear) & ~np.uint64(0xFFF)
+    st = carray(u64_ptr(c[C.EPT]), EPT.S_SIZE)
     xtab = carray(u64_ptr(c[C.XTAB]), 2 * (np.int64(c[C.XMASK]) + 1))
     slot = xtab_find(xtab, c[C.XMASK], page)
     if slot >= 0 and xtab[2 * slot] != 0:
@@ -160,7 +168,9 @@ def code_to_hpa(c, linear):
 def pc_linear(c):
     """The linear address of the current instruction: CS.base + RIP (CS.base = selector*16 in real mode)."""
     rip = rd(c, X.UC_X86_REG_RIP)
-    if rd(c, X.UC_X86_REG_CR0) & W.CR0_PE:
+    if c[C.GUEST_PE] == 0:
+        c[C.GUEST_PE] = 2 if rd(c, X.UC_X86_REG_CR0) & W.CR0_PE else 1
+    if c[C.GUEST_PE] == 2:
         return rip, rip
     return rip, ((rd(c, X.UC_X86_REG_CS) & np.uint64(0xFFFF)) << np.uint64(4)) + (rip & np.uint64(0xFFFF))
 
@@ -310,7 +320,7 @@ def cpuid_hook(uc, ud):
 
 
 # -- IN/OUT (exit 30) ---------------------------------------------------------------------------------
-@njit(**NUMBA)
+@njit(**INLINE)
 def io_exit(c, port, size, is_in, value):
     """Record the exit with its qualification and dispatch it; returns the value an IN reads."""
     rip, linear = pc_linear(c)
@@ -495,6 +505,7 @@ def code_hook(uc, address, size, ud):
         if c[C.EXIT] == C.X_NONE:
             l1d.entry_flush(c)
     elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
+        c[C.GUEST_PE] = 0                             # MOV CR0 or LMSW may be about to change CR0.PE
         tlb_insn(c, mem8, hpa, address, rex, long_mode)
     elif op0 == 0xF3 and op1 == 0x90:
         pause_exit(c, address)

@@ -55,6 +55,7 @@ def enter(c):
     """Step 5: one VM entry; returns Unicorn's status."""
     c[C.EXIT] = C.X_NONE
     c[C.HLT_AT] = 0
+    c[C.GUEST_PE] = 0                              # the host may have changed CR0 since the last entry
     c[C.ENTRIES] += 1
     fns = carray(u64_ptr(c[C.FN]), NFN)
     # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;

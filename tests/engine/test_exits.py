@@ -127,3 +127,43 @@ def test_runaway_loop_can_be_paused_and_powered_off(hv, tmp_path):
     assert vm.vcpus[0].counters[stats.VMEXIT_EXTINT] >= 1
     vm.poweroff()
     assert vm.state == "suspended" and vm.suspend_reason == "poweroff"
+
+
+def test_io_exits_decode_across_a_mode_switch_in_one_entry(hv, tmp_path):
+    """The I/O exit path remembers CR0.PE within an entry; the guest's own MOV CR0 must not leave it stale.
+
+    A boot sector runs from CS=0x07C0 (linear = CS*16 + IP), does `out 0x80, al` (2 bytes), switches to
+    protected mode with a flat CS and does `out dx, al` (1 byte), with no exit to userspace in between."""
+    from tests.engine.conftest import assemble
+    src = """
+        ljmp 0x07c0, offset real - 0x7c00
+    real:
+        mov ax, 0x07c0
+        mov ds, ax
+        out 0x80, al
+        lgdt [gdtr - 0x7c00]
+        mov eax, cr0
+        or eax, 1
+        mov cr0, eax
+        ljmp 0x08, offset prot
+    .code32
+    prot:
+        mov dx, 0x80
+        out dx, al
+        out 0x80, al
+        cli
+        hlt
+    .p2align 3
+    gdt: .quad 0, 0x00cf9a000000ffff
+    gdtr: .word 15
+        .long gdt
+    .org 510
+    .word 0xaa55
+    """
+    vm = hv.create_vm("modes", mem_mb=16)
+    vm.load(assemble(src, tmp_path, bits=16, base=0x7C00), "boot.img", kind="bootsector")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=20) == "suspended" and vm.suspend_reason == "halt"
+    io = [e for e in vm.vcpus[0].exit_log() if e["reason"] == exits.INOUT]
+    assert [(exits.decode_io(e["qualification"])["immediate"], e["length"]) for e in io] == \
+        [(True, 2), (False, 1), (True, 2)]

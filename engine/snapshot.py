@@ -56,7 +56,7 @@ def save(vm, path):
                       "lapic": {str(slot): int(v.ctx[slot]) for slot in LAPIC_SLOTS},
                       "lapic_clocks": {str(slot): _since(int(v.ctx[slot])) for slot in LAPIC_CLOCKS},
                       "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
-                      "halt_interruptible": v.halt_interruptible})
+                      "halt_interruptible": v.halt_interruptible, "halt_for_input": v.halt_for_input})
     gpas, bits, data = _pages(vm)
     arrays["pages_gpa"], arrays["pages_bits"], arrays["pages_data"] = gpas, bits, data
     arrays["tlb"] = _tlb_rows(vm)
@@ -308,6 +308,7 @@ def restore_lapic(vcpu, pages, info):
         vcpu.ctx[int(slot)] = _at(offset)
     vcpu.nmi_blocked, vcpu.waiting_sipi = info["nmi_blocked"], info["waiting_sipi"]
     vcpu.halt_interruptible = info["halt_interruptible"]
+    vcpu.halt_for_input = info.get("halt_for_input", False)
 
 
 def _promote_full_regions(vm):

@@ -69,6 +69,9 @@ TABLE = (
             True, 32, 255, owner="io/vlapic.py"),
     Tunable("hw.vmm.ipinum", "int", 0xF3, "IPI vector used for vcpu notifications", True, 32, 255,
             owner="io/vlapic.py"),
+    Tunable("hw.vmm.hlt_kernel_wait_us", "int", 5000, "A HLT with interrupts enabled whose LAPIC timer fires "
+            "within this many microseconds waits in the kernel loop, not in userspace (webhyve; 0: never)",
+            False, 0, 1000000, owner="vmx/halt.py"),
 )
 BY_NAME = {}
 for _slot, _t in enumerate(TABLE):
@@ -88,6 +91,7 @@ L1D_SIM = SLOT["hw.vmm.l1d_sim"]
 POSTED_INTERRUPTS = SLOT["hw.vmm.vmx.cap.posted_interrupts"]
 POSTED_INTERRUPT_VECTOR = SLOT["hw.vmm.vmx.posted_interrupt_vector"]
 IPINUM = SLOT["hw.vmm.ipinum"]
+HLT_KERNEL_WAIT_US = SLOT["hw.vmm.hlt_kernel_wait_us"]
 
 
 def lookup(name):

@@ -29,7 +29,7 @@ from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
 from .vmx import ctx as C
 from .vmx import exits as E
-from .vmx import hooks, inject
+from .vmx import hooks, inject, segcache
 from .vmx import vmcs as V
 from .vmx import vmx
 
@@ -85,6 +85,7 @@ class Vcpu:
         self.nmi_blocked = False                 # NMI delivered, no IRET yet (interruptibility bit 3)
         self.waiting_sipi = index > 0            # application processors wait for INIT-SIPI (SPINUP_AP)
         self.halt_interruptible = False          # RFLAGS.IF at the last HLT: may an interrupt wake it
+        self.halt_for_input = False              # halted in a BIOS keyboard wait, not at a guest HLT
         self._make_uc()
         self.hostcpu.assign(self)
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
@@ -97,6 +98,7 @@ class Vcpu:
         uc.ctl_set_exits([])                     # `until` never translates through our fill (unicorn.md §1)
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(0, hv.memory.size, UC_PROT_ALL, hv.memory.ctypes.data)
+        segcache.check(uc)                       # the context layout the delivery kernel reads (vmx/deliver.py)
         c = self.ctx = C.new()
         self._fns = function_table()
         for slot, value in ((C.UC, uc._uch.value), (C.FN, self._fns.ctypes.data), (C.MEM, hv.memory.ctypes.data),
@@ -175,16 +177,28 @@ class Vcpu:
 
     def post(self, message):
         """Queue a message and kick the vCPU out of the guest until its thread has seen it."""
+        self.request(message)
+        while self.thread is not None and self.thread.is_alive() and not self.parked.wait(0.001):
+            self._leave_kernel()                 # an IPI to the host CPU: retried until it lands
+
+    def request(self, message):
+        """Queue a message and make the vCPU's loop come out to its thread for it, without waiting."""
         self.mailbox.put(message)
         self.ctx[C.REQ] = C.REQ_STOP
-        while self.thread is not None and self.thread.is_alive() and not self.parked.wait(0.001):
-            self.uc.emu_stop()                   # an IPI to the host CPU: retried until it lands
+        if self.thread is not threading.current_thread():
+            self._leave_kernel()
 
     def kick(self):
         """The host IPI: leave the guest at once and come back through the loop's checks."""
         if self.thread is not None and not self.parked.is_set():
             self.ctx[C.REQ] |= C.REQ_STOP
-            self.uc.emu_stop()
+            self._leave_kernel()
+
+    def _leave_kernel(self):
+        """Out of the guest (Unicorn's stop) or out of a wait for an interrupt in the kernel loop (vmx/halt.py)."""
+        self.uc.emu_stop()
+        if int(self.ctx[C.HALT_IN_KERNEL]):
+            L.wake_halted(self.ctx)
 
     def inject_nmi(self):
         """vm_inject_nmi (bhyvectl --inject-nmi): the NMI is delivered through the guest's IDT at the next
@@ -248,7 +262,7 @@ class Vcpu:
             self.state = PAUSED                  # a halted vCPU resumes running: the guest's HLT loop halts again
         elif kind == "resume" and self.state == PAUSED:
             self.state = RUNNING
-        elif kind == "wake" and self.state == HALTED:
+        elif kind == "wake" and self.state == HALTED and self._wakes():
             self.state = RUNNING
             self.ctx[C.RUNSTATE] = C.RUN_HOST
         elif kind in ("init", "sipi", "nmi"):
@@ -331,7 +345,7 @@ class Vcpu:
             return
         self.sync_vmcs()
         interrupts_on = bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & inject.RFLAGS_IF)
-        self.state, self.halt_interruptible = HALTED, interrupts_on
+        self.state, self.halt_interruptible, self.halt_for_input = HALTED, interrupts_on, False
         if interrupts_on and self._interrupt_pending():
             self.state = RUNNING                         # vm_handle_hlt: a pending interrupt ends the halt
             return
@@ -419,6 +433,15 @@ class Vcpu:
             return True
         return False
 
+    def _wakes(self):
+        """vm_handle_hlt's loop condition: a guest HLT ends only when an interrupt can end it (RFLAGS.IF set
+        and one pending or the timer due); NMI, INIT and SIPI come as their own messages. A wake-up that
+        finds nothing (a notifier's second kick, a host-timer retry, a sleep that ended a little early)
+        leaves the vCPU halted. A BIOS wait for a key ends on any wake-up."""
+        if self.halt_for_input:
+            return True
+        return self.halt_interruptible and self._interrupt_pending()
+
     def _halt_timeout(self):
         """Seconds until a halted vCPU's own LAPIC timer fires (vm_handle_hlt sleeps at most that long)."""
         deadline = int(self.ctx[C.TIMER_DEADLINE])
@@ -505,7 +528,7 @@ class Vcpu:
             return
         self.counters[S.VMEXIT_USERSPACE] += 1
         if bios.call(vector, RealModeRegs(self.uc), self.vm.memory_access) == "wait_input":
-            self.state = HALTED                  # parked until the console has a key ("wake")
+            self.state, self.halt_for_input = HALTED, True     # parked until the console has a key ("wake")
             self.vm.wait_for_input(self)
             return
         self.uc.reg_write(X.UC_X86_REG_RIP, self.uc.reg_read(X.UC_X86_REG_RIP) + 3)

@@ -463,11 +463,10 @@ class VM:
             self.host_timer.rearm()
         else:
             message = {vlapic.CB_INIT: ("init",), vlapic.CB_SIPI: ("sipi", vector), vlapic.CB_NMI: ("nmi",)}[kind]
-            target.mailbox.put(message)
-            if target.thread is not None:
-                target.ctx[C.REQ] = C.REQ_STOP           # the loop hands the message to the vCPU's thread
-                if target.thread is not threading.current_thread() and int(target.ctx[C.RUNSTATE]) == C.RUN_GUEST:
-                    target.uc.emu_stop()                 # (its own ICR write exits anyway: the APIC write)
+            if target.thread is None:
+                target.mailbox.put(message)
+            else:
+                target.request(message)                  # (its own ICR write exits anyway: the APIC write)
         return 0
 
     # -- what vCPUs report --------------------------------------------------------------------------
@@ -475,7 +474,7 @@ class VM:
         self._set_suspended(reason, "vcpu%d: %s" % (vcpu.index, message))
         for other in self.vcpus:
             if other is not vcpu and other.thread is not None:
-                other.mailbox.put(("pause",))
+                other.request(("pause",))
 
     def vcpu_halted(self, vcpu, interrupts_on):
         """bhyve's halt detection: every vCPU halted with interrupts off suspends the VM."""

@@ -65,6 +65,8 @@ class HostTimer:
             return now + int(IDLE_WAIT * 1e9)            # paused, stopped or waiting for SIPI: nothing runs
         if vcpu.state == "halted" and not vcpu.halt_interruptible:
             return now + int(IDLE_WAIT * 1e9)            # RFLAGS.IF clear: the timer cannot end this HLT
+        if int(c[C.HALT_IN_KERNEL]):
+            return deadline if deadline > now else now + RETRY_NS    # it sleeps until its deadline itself
         if deadline and deadline <= now:
             self._kick(vcpu, HOST_TIMER_VECTOR, now)
             return now + RETRY_NS

@@ -3,10 +3,12 @@
 Unicorn runs each vCPU in its own thread with the GIL released, so a vLAPIC register another vCPU sets
 (an IPI into IRR, a posted-interrupt request bit) is written concurrently with the owner reading it.
 These intrinsics are LLVM's atomicrmw/cmpxchg/fence on an integer address (the same address-as-data
-scheme as engine/native.py), and clock_gettime called through its address.
+scheme as engine/native.py), clock_gettime called through its address, and a futex for a vCPU that
+waits in the kernel loop for an interrupt (vmx/halt.py).
 """
 import ctypes
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
@@ -94,10 +96,43 @@ def call_ctl2(typingctx, fn, uc, control, a, b):
     return types.int32(types.uint64, types.uint64, types.int64, types.uint64, types.uint64), codegen
 
 
+@intrinsic
+def call_syscall(typingctx, fn, nr, a1, a2, a3, a4, a5, a6):
+    """libc's syscall(nr, a1..a6) through its address, every argument a uint64 (libc's syscall is an
+    assembly routine that only moves registers, so calling it as a fixed-argument function is safe)."""
+    def codegen(context, builder, signature, args):
+        f = builder.inttoptr(args[0], ir.FunctionType(_I64, [_I64] * 7).as_pointer())
+        return builder.call(f, list(args[1:]))
+    return types.int64(*([types.uint64] * 8)), codegen
+
+
 CLOCK_MONOTONIC = 1
 _libc = ctypes.CDLL(None)
 CLOCK_GETTIME = ctypes.cast(_libc.clock_gettime, ctypes.c_void_p).value
 SCHED_YIELD = ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value
+SYSCALL = ctypes.cast(_libc.syscall, ctypes.c_void_p).value
+SYS_FUTEX = 202                                   # x86-64
+FUTEX_WAKE_PRIVATE = 1 | 128
+FUTEX_WAIT_BITSET_PRIVATE = 9 | 128               # the timeout is absolute, on CLOCK_MONOTONIC
+FUTEX_BITSET_MATCH_ANY = 0xFFFFFFFF
+
+
+@njit(**NUMBA)
+def futex_wait(syscall, word_addr, expected, timespec_addr):
+    """Sleep while the 32-bit word at word_addr still holds `expected`, until a wake or the absolute
+    CLOCK_MONOTONIC time in the timespec at timespec_addr (0: no timeout)."""
+    U = np.uint64
+    return call_syscall(U(syscall), U(SYS_FUTEX), U(word_addr), U(FUTEX_WAIT_BITSET_PRIVATE),
+                        U(expected) & U(0xFFFFFFFF), U(timespec_addr), U(0), U(FUTEX_BITSET_MATCH_ANY))
+
+
+@njit(**NUMBA)
+def futex_wake(syscall, word_addr):
+    """Change the 64-bit word at word_addr (its low half is the futex word) and wake every sleeper on it."""
+    U = np.uint64
+    atomic_add(U(word_addr), U(1))
+    return call_syscall(U(syscall), U(SYS_FUTEX), U(word_addr), U(FUTEX_WAKE_PRIVATE), U(0x7FFFFFFF), U(0), U(0),
+                        U(0))
 
 
 @njit(**NUMBA)

@@ -20,7 +20,8 @@ from .. import stats as S
 from .. import tunables as T
 from ..native import FN_EMU_STOP, NUMBA, address, call_host, call_uc, hook_add, u64_ptr, u8_ptr
 from ..vmx import ctx as C
-from .sync import CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, atomic_and, atomic_or, atomic_xchg, call_clock, fence
+from .sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
+                   call_clock, fence, futex_wake)
 
 APIC_BASE_GPA = 0xFEE00000
 BUS_FREQ = 1 << 27                      # VLAPIC_BUS_FREQ
@@ -60,6 +61,8 @@ IB_BUS_WORD, IB_BUS_HELD, IB_LOCK_TABLE = 12, 13, 14    # io/buslock.py: the VM'
 LOCK_TABLE_PAIRS = 1024     # instructions after a LOCK this vCPU has hooked (open addressing, as the exec scan)
 IB_EXTINT = 15              # the 8259's INT output reaches this vCPU (io/vpic.py): an ExtINT is pending
 IB_SCHED_YIELD = 16         # sched_yield's address: a vCPU waiting for the bus lock gives its host CPU away
+IB_SYSCALL = 17             # libc syscall's address: the futex a vCPU halted in the kernel sleeps on (vmx/halt.py)
+IB_HALT_TS = 18             # 18-19: the timespec of that sleep's absolute deadline
 IB_SIZE = 24
 
 
@@ -230,7 +233,16 @@ def notify(c, posted):
             if c[C.EXIT_SEQ] != seq or c[C.RUNSTATE] != C.RUN_GUEST or c[C.NOTIFY] == 0:
                 return
     elif state == C.RUN_HALTED:
-        call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_WAKE), U(0), U(0))
+        if c[C.HALT_IN_KERNEL] != 0:                     # waiting in the kernel loop (vmx/halt.py)
+            wake_halted(c)
+        else:
+            call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_WAKE), U(0), U(0))
+
+
+@njit(**NUMBA)
+def wake_halted(c):
+    """End a wait in the kernel loop: the vCPU looks at what is pending again. Callable from Python too."""
+    futex_wake(block(c)[IB_SYSCALL], c.ctypes.data + U(8 * C.HALT_SEQ))
 
 
 @njit(**NUMBA)
@@ -499,6 +511,7 @@ class Vlapic:
         self.block[IB_CALLBACK] = callback_address
         self.block[IB_UC_CTL] = address(uclib.uc_ctl)
         self.block[IB_SCHED_YIELD] = SCHED_YIELD
+        self.block[IB_SYSCALL] = SYSCALL
         self.lock_table = np.zeros(2 * LOCK_TABLE_PAIRS, np.uint64)
         self.block[IB_LOCK_TABLE] = self.lock_table.ctypes.data
         c = vcpu.ctx

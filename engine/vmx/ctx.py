@@ -31,6 +31,9 @@ SCRATCH = 20        # 8 uint64 of scratch for register reads/writes
 CODE_GEN = 21       # [k] see CODE_PAGE
 GUEST_PE = 22       # [k] CR0.PE as read since this entry: 0 not read yet, 1 real mode, 2 protected. Within one
                     #     entry only the guest's MOV CR0 / LMSW change it, and their code hook clears this
+HALT_SEQ = 23       # [any] a halted vCPU waiting in the kernel sleeps on this word's low half (a futex); wakers
+                    #     bump it (vmx/halt.py)
+HALT_IN_KERNEL = 24  # [k] 1 while the vCPU waits for an interrupt in the kernel loop rather than in userspace
 # -- exit record [k] -------------------------------------------------------------------------------
 EXIT = 32           # what a hook asks the loop to do (X_*)
 FAULT_GLA = 33

@@ -3,10 +3,11 @@
 bhyve's vmx_inject_interrupts runs with host interrupts disabled: the vCPU is marked as in the guest
 (RUNSTATE) before the IRR is read, so a notifier that sets a bit after the read kicks it again after
 entry (vlapic.notify). Here the LAPIC timer is checked against the host clock, posted requests move
-from the PIR to the IRR, and the highest deliverable vector is handed to the userspace side, which
-delivers it through the guest's IDT (vmx/inject.py) — or, when RFLAGS.IF is clear or an STI/MOV-SS
-shadow is in effect, interrupt-window exiting is set: the loop then steps the guest one instruction
-at a time until the window opens (exit 7), as the hardware would exit at that instruction boundary.
+from the PIR to the IRR, and the highest deliverable vector goes through the guest's IDT: here in the
+common case (vmx/deliver.py), else by the userspace side (vmx/inject.py). When RFLAGS.IF is clear or
+an STI/MOV-SS shadow is in effect, interrupt-window exiting is set instead: the loop then steps the
+guest one instruction at a time until the window opens (exit 7), as the hardware would exit at that
+instruction boundary.
 """
 import numpy as np
 from numba import carray, njit
@@ -18,6 +19,7 @@ from ..io import vlapic as L
 from ..io.sync import call_ctl2, call_uc_ptr
 from ..native import NUMBA, u64_ptr, u8_ptr
 from . import ctx as C
+from . import deliver
 from . import exits as E
 from . import vmcs as V
 from .hooks import code_to_hpa, log_exit, rd, record_exit
@@ -53,8 +55,11 @@ def inject(c):
     pend = c[C.PENDING]
     if pend & ~np.uint64(L.PEND_NMI) or (pend & np.uint64(L.PEND_NMI) and c[C.NMI_WINDOW] == 0):
         return EXITCODE_IPI
-    if c[C.INTR_WINDOW] != 0:
-        return 0                                   # vmx_inject_interrupts step 6: window already armed
+    if c[C.INTR_WINDOW] != 0:                      # vmx_inject_interrupts step 6: window already armed;
+        if not can_take_interrupt(c):              # the hardware exits right after an entry with the window
+            return 0                               # open, e.g. after a HLT in an STI shadow (the HLT exit
+        c[C.INTR_WINDOW] = 0                       # came first): exit 7 here, then the injection below
+        record_exit(c, E.INTERRUPT_WINDOW, 0, 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_INTR_WINDOW)
     L.timer_check(c, L.now_ns(c))
     L.pir_to_irr(c)
     regs = L.page_of(c)
@@ -64,6 +69,9 @@ def inject(c):
             return 0
         vector = EXTINT                            # the vector comes from the 8259's INTA cycle
     if can_take_interrupt(c):
+        if vector != EXTINT and deliver.external(c, vector):
+            L.accept(c, vector)                    # delivered as VM entry does it, in the kernel
+            return 0
         c[C.INJECT] = vector
         return EXITCODE_INJECT
     c[C.INTR_WINDOW] = 1

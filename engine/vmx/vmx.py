@@ -16,7 +16,7 @@ from ..io import buslock
 from ..io.sync import fence
 from . import ctx as C
 from . import exits as E
-from . import intr
+from . import halt, intr
 from . import vmcs as V
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
@@ -28,7 +28,7 @@ EXITCODE_BOGUS = 2          # AST: a request from another thread (pause, kick) i
 EXITCODE_IPI = intr.EXITCODE_IPI        # INIT, SIPI or an NMI for this vCPU (userspace side)
 EXITCODE_INJECT = intr.EXITCODE_INJECT  # webhyve: an interrupt to deliver through the guest's IDT
 EXITCODE_BUSLOCK = 30       # webhyve: a LOCK-prefixed instruction seen for the first time (io/buslock.py)
-EXITCODE_HLT = 5
+EXITCODE_HLT = halt.EXITCODE_HLT
 EXITCODE_PAUSE = 7
 EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
 EXITCODE_VMINSN = 22        # VMCALL (the BIOS stubs' way into the userspace firmware)
@@ -185,7 +185,9 @@ def _run(c):
         pmap_activate(c)
         # 4. the L1D flush, when enabled and an exit happened since the last entry
         l1d.entry_flush(c)
-        # 5. enter, then exit processing
+        # 5. enter, then exit processing; a HLT whose wake-up is near waits here (vm_handle_hlt)
         code = exit_process(c, enter(c))
+        if code == EXITCODE_HLT:
+            code = halt.wait(c)
         if code != 0:
             return code

@@ -1,10 +1,11 @@
 """The interrupt-driven bundled guests end to end: `timer` counts LAPIC timer ticks, `smp` starts every AP."""
 import re
+import time
 
 import pytest
 
-from engine import stats
-from tests.engine.conftest import guest
+from engine import Hypervisor, stats
+from tests.engine.conftest import guest, wait_for
 
 
 def test_timer_guest_counts_ticks_each_second(boot_guest):
@@ -20,6 +21,42 @@ def test_timer_guest_counts_ticks_each_second(boot_guest):
     v = vm.vcpus[0]
     assert v.counters[stats.VLAPIC_INTR_TIMER] >= total
     assert v.counters[stats.VMEXIT_HLT] >= 100                  # it waited in HLT between ticks
+
+
+@pytest.mark.parametrize("wait_us", [5000, 0])
+def test_fast_timer_takes_one_halt_per_tick_in_the_kernel_or_in_userspace(wait_us):
+    """2 kHz for 1 s. With hw.vmm.hlt_kernel_wait_us at its default the 0.5 ms halts wait in the kernel loop
+    (vmx/halt.py) and the ticks are delivered there (vmx/deliver.py); with 0 every halt and delivery goes
+    through userspace. Either way every tick is taken and each HLT ends with one: no spurious wake-ups, and
+    no HLT in an STI shadow left with interrupt-window exiting armed (it opens after the HLT: exit 7)."""
+    hv = Hypervisor(host_mem_mb=256, tunables={"hw.vmm.hlt_kernel_wait_us": wait_us})
+    vm = hv.create_vm("timer", mem_mb=32)
+    vm.load(guest("timer.elf"), "timer.elf", cmdline="hz=2000 seconds=1")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=120) == "suspended" and vm.suspend_reason == "halt"
+    ticks = int(re.search(r"done, (\d+) ticks", vm.console.contents().decode()).group(1))
+    v = vm.vcpus[0]
+    assert ticks >= 2000 and v.counters[stats.VLAPIC_INTR_TIMER] >= ticks
+    assert v.counters[stats.VMEXIT_HLT] <= ticks + 10       # (a tick that lands before the HLT needs none)
+
+
+def test_a_vcpu_waiting_in_the_kernel_pauses_and_resumes(hv):
+    """A 1 kHz guest spends its time in kernel-loop halts: pause still stops it (no tick is taken while
+    paused) and resume lets it finish."""
+    vm = hv.create_vm("timer", mem_mb=32)
+    vm.load(guest("timer.elf"), "timer.elf", cmdline="hz=1000 seconds=2")
+    reader = vm.console.reader()
+    vm.start()
+    wait_for(vm, b"second 1:", timeout=60, reader=reader)
+    vm.pause()
+    assert vm.state == "paused"
+    v = vm.vcpus[0]
+    taken = v.counters[stats.VMEXIT_HLT]
+    time.sleep(0.05)
+    assert v.counters[stats.VMEXIT_HLT] == taken
+    vm.resume()
+    assert vm.wait(states=("suspended",), timeout=60) == "suspended" and vm.suspend_reason == "halt"
+    assert "done, " in vm.console.contents().decode()
 
 
 @pytest.mark.parametrize("cpus", [2, 4])

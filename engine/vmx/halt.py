@@ -1,0 +1,75 @@
+"""vm_handle_hlt in the kernel loop: a HLT whose wake-up is near waits here instead of in userspace.
+
+bhyve handles HLT in vmm.c: the vCPU sleeps in the kernel until an interrupt can end the halt. Our
+userspace side does the same for long halts (vcpu.py, "halted" in every view), but the round trip
+costs tens of microseconds of Python per halt, and a guest taking a 10 kHz timer halts 10,000 times a
+second. So when RFLAGS.IF is set and the LAPIC timer fires within hw.vmm.hlt_kernel_wait_us, the
+loop sleeps right here on a futex (RUNSTATE halted, HALT_IN_KERNEL set) until the timer's deadline or
+a notifier's wake-up (io/vlapic.py notify), then goes back to the injection step. Anything else —
+a request from another thread (pause, a message), a far or no deadline, a host CPU shared with other
+vCPUs (the waiter would hold it) — returns the HLT to userspace, which halts as before.
+"""
+import numpy as np
+from numba import carray, njit
+from unicorn import x86_const as X
+
+from .. import tunables as T
+from ..io import vlapic as L
+from ..io.sync import fence, futex_wait
+from ..native import NUMBA, u64_ptr
+from . import ctx as C
+from .hooks import rd
+
+EXITCODE_HLT = 5            # bhyve's VM_EXITCODE_HLT: the userspace side halts the vCPU
+RFLAGS_IF = 1 << 9
+U = np.uint64
+
+
+@njit(**NUMBA)
+def can_end_halt(c, now):
+    """What ends a HLT with interrupts enabled (the userspace side asks the same in vcpu._interrupt_pending):
+    the timer due, a deliverable vector in the IRR, an ExtINT the LAPIC accepts, a posted request, or an
+    NMI/INIT/SIPI for the userspace side."""
+    deadline = np.int64(c[C.TIMER_DEADLINE])
+    if deadline != 0 and now >= deadline:
+        return True
+    regs = L.page_of(c)
+    if L.pending(regs) >= 0 or c[C.PENDING] != 0:
+        return True
+    if L.block(c)[L.IB_EXTINT] != 0 and L.extint_accepted(regs):
+        return True
+    pir = carray(u64_ptr(U(c[C.MEM]) + U(c[C.PIR_DESC])), L.PIR_ON_WORD + 1)
+    return (pir[L.PIR_ON_WORD] & U(1)) != 0
+
+
+@njit(**NUMBA)
+def wait(c):
+    """After a HLT exit: 0 when an interrupt can end the halt (the loop goes on to inject it), else
+    EXITCODE_HLT for the userspace side."""
+    if c[C.APIC_PAGE] == 0 or c[C.TIMESLICE] != 0 or c[C.REQ] != 0:
+        return EXITCODE_HLT
+    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    window = np.int64(params[T.HLT_KERNEL_WAIT_US]) * 1000
+    if window <= 0 or not rd(c, X.UC_X86_REG_EFLAGS) & U(RFLAGS_IF):
+        return EXITCODE_HLT
+    ib = L.block(c)
+    limit = L.now_ns(c) + window
+    c[C.HALT_IN_KERNEL] = 1
+    c[C.RUNSTATE] = C.RUN_HALTED                   # notifiers now wake the futex (vlapic.notify)
+    code = EXITCODE_HLT
+    while True:
+        seq = c[C.HALT_SEQ]
+        fence()
+        now = L.now_ns(c)
+        if can_end_halt(c, now):
+            code = 0
+            break
+        deadline = np.int64(c[C.TIMER_DEADLINE])
+        if c[C.REQ] != 0 or deadline == 0 or deadline > limit:
+            break
+        ib[L.IB_HALT_TS], ib[L.IB_HALT_TS + 1] = U(deadline // L.NS), U(deadline % L.NS)
+        futex_wait(ib[L.IB_SYSCALL], c.ctypes.data + U(8 * C.HALT_SEQ), seq,
+                   U(c[C.INTR]) + U(8 * L.IB_HALT_TS))
+    c[C.HALT_IN_KERNEL] = 0
+    c[C.RUNSTATE] = C.RUN_HOST
+    return code

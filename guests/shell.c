@@ -1,9 +1,16 @@
-/* shell: an interactive multiboot guest on COM1 that pokes at what a hypervisor emulates. */
+/* shell: an interactive multiboot guest on COM1 that pokes at what a hypervisor emulates.
+ *
+ * Input is interrupt-driven, as in a small OS: the 8259 pair remapped to 0x20-0x2F, COM1's IRQ 4 unmasked,
+ * IER asks for received-data interrupts and MCR.OUT2 lets them out; the shell sleeps in sti; hlt between
+ * keys (lib/serial_irq.c). Output stays polled. `irqs` shows how many UART interrupts it has taken.
+ */
 #include <stdint.h>
 #include "io.h"
 #include "multiboot.h"
+#include "pic.h"
 #include "print.h"
 #include "serial.h"
+#include "serial_irq.h"
 #include "str.h"
 #include "traps.h"
 
@@ -25,7 +32,7 @@ static void read_line(char *line)
 	int n = 0;
 
 	for (;;) {
-		char c = serial_getc();
+		char c = serial_irq_getc();
 
 		if (c == '\n' && last == '\r') {	/* the LF of a CR LF pair */
 			last = c;
@@ -239,6 +246,16 @@ static void cmd_peek(const char *args)
 	newline();
 }
 
+static void cmd_irqs(const char *args)
+{
+	(void)args;
+	serial_puts("uart irqs=");
+	print_dec(serial_irq_count());
+	serial_puts(" bytes=");
+	print_dec(serial_irq_bytes());
+	newline();
+}
+
 static void cmd_triple(const char *args)
 {
 	(void)args;
@@ -265,6 +282,7 @@ static const struct command {
 	{ "ticks",  "ticks                read the TSC",               cmd_ticks },
 	{ "mbinfo", "mbinfo               show the multiboot info",    cmd_mbinfo },
 	{ "peek",   "peek ADDR            read 32 bits at ADDR (hex)", cmd_peek },
+	{ "irqs",   "irqs                 UART interrupts taken",      cmd_irqs },
 	{ "triple", "triple               cause a triple fault",       cmd_triple },
 	{ "halt",   "halt                 cli; hlt",                   cmd_halt },
 };
@@ -306,6 +324,8 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 	boot_info = mbi;
 	serial_init();
 	traps_init();
+	pic_init();
+	serial_irq_init();
 	serial_puts("webhyve shell ready\r\n");
 	for (;;) {
 		serial_puts(PROMPT);

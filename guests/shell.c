@@ -3,8 +3,10 @@
  * Input is interrupt-driven, as in a small OS: the 8259 pair remapped to 0x20-0x2F, COM1's IRQ 4 unmasked,
  * IER asks for received-data interrupts and MCR.OUT2 lets them out; the shell sleeps in sti; hlt between
  * keys (lib/serial_irq.c). Output stays polled. `irqs` shows how many UART interrupts it has taken.
+ * Command line: poll=1 keeps the old way, spinning on LSR for input (the vCPU never halts), to compare.
  */
 #include <stdint.h>
+#include "cmdline.h"
 #include "io.h"
 #include "multiboot.h"
 #include "pic.h"
@@ -19,6 +21,7 @@
 #define CTRL_U		0x15
 
 static const struct multiboot_info *boot_info;
+static char (*read_key)(void) = serial_irq_getc;
 
 static void newline(void)
 {
@@ -32,7 +35,7 @@ static void read_line(char *line)
 	int n = 0;
 
 	for (;;) {
-		char c = serial_irq_getc();
+		char c = read_key();
 
 		if (c == '\n' && last == '\r') {	/* the LF of a CR LF pair */
 			last = c;
@@ -253,7 +256,7 @@ static void cmd_irqs(const char *args)
 	print_dec(serial_irq_count());
 	serial_puts(" bytes=");
 	print_dec(serial_irq_bytes());
-	newline();
+	serial_puts(read_key == serial_getc ? " (polling: poll=1)\r\n" : "\r\n");
 }
 
 static void cmd_triple(const char *args)
@@ -320,12 +323,16 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 {
 	char line[LINE_MAX];
 
-	(void)magic;
 	boot_info = mbi;
 	serial_init();
 	traps_init();
-	pic_init();
-	serial_irq_init();
+	if (magic == MULTIBOOT_BOOTLOADER_MAGIC && (mbi->flags & MBI_FLAG_CMDLINE) &&
+	    cmdline_option((const char *)mbi->cmdline, "poll=", 0)) {
+		read_key = serial_getc;
+	} else {
+		pic_init();
+		serial_irq_init();
+	}
 	serial_puts("webhyve shell ready\r\n");
 	for (;;) {
 		serial_puts(PROMPT);

@@ -1,6 +1,7 @@
 """Interrupt figures: LAPIC timer interrupts a guest takes per second, interrupts from another thread with and
 without posted interrupts, the IPI round trip between two vCPUs, and the CPU-bound part of `smp` on 2 vCPUs
-against 1 — each against a baseline measured in the same run. Run from the repo root after `make -C guests`: .venv/bin/python bench/intr.py
+against 1 — each against a baseline measured in the same run.
+Run from the repo root after `make -C guests`: .venv/bin/python bench/intr.py
 """
 import os
 import pathlib

@@ -19,7 +19,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import stats as S
 from .. import tunables as T
-from ..native import FN_EMU_STOP, FN_REG_READ, NFN, NUMBA, address, call_host, call_reg, call_uc, hook_add, u64_ptr, u8_ptr
+from ..native import (FN_EMU_STOP, FN_REG_READ, NFN, NUMBA, address, call_host, call_reg, call_uc, hook_add, u64_ptr,
+                      u8_ptr)
 from ..vmx import ctx as C
 from .sync import CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, atomic_and, atomic_or, atomic_xchg, call_clock, fence
 
@@ -405,8 +406,9 @@ def is_read_only(offset):
 
 @njit(**NUMBA)
 def exits_after(c, reg, value):
-    """Writes after which an interrupt may become deliverable to this vCPU: a self-IPI, an EOI or a TPR
-    write with requests waiting. Like the APIC-write exit, the vCPU must leave the guest after them."""
+    """Writes the loop steps (mmio_write): every ICR write, whose IPI must go out exactly once, and an EOI or
+    a TPR write with requests waiting, after which an interrupt may become deliverable to this vCPU. Like
+    the APIC-write exit, the vCPU leaves the guest after them."""
     regs = page_of(c)
     if reg == ICR_LO:
         return True             # every IPI: sending it twice is visible, and only a stepped write is replay-safe

@@ -41,8 +41,8 @@ def irqs(vm):
 
 
 def test_each_key_typed_while_the_shell_waits_is_one_uart_interrupt(shell):
-    """Keys typed one at a time (each echoed before the next): the guest's count rises by one per key, every
-    one delivered through the 8259 as an ExtINT with the vector the guest programmed (IRQ 4 -> 0x24)."""
+    """Keys typed one at a time (each echoed before the next): the guest's count rises by at least one per key,
+    each delivered through the 8259 as an ExtINT with the vector the guest programmed (IRQ 4 -> 0x24)."""
     before, received = irqs(shell)
     assert before >= 1 and received >= len(b"irqs\r")
     extints = int(shell.vcpus[0].counters[stats.VCPU_EXTINT_COUNT])
@@ -82,8 +82,7 @@ def test_a_paste_longer_than_the_ring_buffer_arrives_whole(shell):
     reader = shell.console.reader(from_start=False)
     shell.console.send_input(b"".join(b"echo " + line + b"\r" for line in lines))
     text = wait_for(shell, b"\r\n" + lines[-1] + b"\r\n", reader=reader, timeout=60).decode()
-    echoed = [line for line in re.findall(r"\r\n([a-f]{100})\r\n", text)]
-    assert echoed == [line.decode() for line in lines]
+    assert re.findall(r"\r\n([a-f]{100})\r\n", text) == [line.decode() for line in lines]
     count, received = irqs(shell)
     assert received >= 6 * 106 and count >= 3         # the ring filled: the paste took more than one
 

@@ -1,6 +1,7 @@
 """Interrupt figures: LAPIC timer interrupts a guest takes per second, interrupts from another thread with and
-without posted interrupts, and the CPU-bound part of `smp` on 2 vCPUs against 1 — each against a baseline
-measured in the same run. Run from the repo root after `make -C guests`: .venv/bin/python bench/intr.py
+without posted interrupts, the IPI round trip between two vCPUs, and the CPU-bound part of `smp` on 2 vCPUs
+against 1 — each against a baseline measured in the same run.
+Run from the repo root after `make -C guests`: .venv/bin/python bench/intr.py
 """
 import os
 import pathlib
@@ -74,6 +75,27 @@ def smp_time(cpus, work):
     return end - start
 
 
+def ipi_round_trip(flag, count):
+    """Seconds per round trip of the `ipi` guest, timed from its console: from the line it prints before the
+    first ping to its "done" line. flag=1 is the baseline: the same ping-pong through a word in memory."""
+    hv = Hypervisor(host_mem_mb=256)
+    vm = hv.create_vm("ipi", mem_mb=32, cpus=2)
+    vm.load(guest("ipi.elf"), "ipi.elf", cmdline="count=%d flag=%d" % (count, flag))
+    reader = vm.console.reader()
+    vm.start()
+    seen, start = b"", None
+    while not re.search(rb"ipi: done.* (ok|WRONG)\r\n", seen):
+        chunk = reader.read(0.001)
+        seen += chunk
+        if start is None and b" round trips\r\n" in seen:
+            start = time.monotonic()
+    end = time.monotonic()
+    vm.wait(states=("suspended",), timeout=60)
+    if b" ok" not in seen:
+        raise SystemExit("ipi round trips wrong: %r" % seen[-200:])
+    return (end - start) / count
+
+
 def best(fn, *args, key=lambda r: r):
     results = [fn(*args) for _ in range(RUNS)]
     return max(results, key=key)
@@ -91,6 +113,10 @@ def main():
                                         on[0] / off[0]))
     print("%-52s %14.2f %14.2f" % ("  VM exits per interrupt (posted, not)", on[1], off[1]))
     print("%-52s %14.2f %14.2f" % ("  external-interrupt exits per interrupt", on[2], off[2]))
+    ipi = min(ipi_round_trip(0, 2000) for _ in range(RUNS))
+    flag = min(ipi_round_trip(1, 200000) for _ in range(RUNS))         # ~1 us each: many, to time them
+    print("%-52s %12.1fus %12.1fus %8.2f   (%.0f vs %.0f round trips/s)" % (
+        "IPI round trip vCPU 0 -> 1 -> 0, against memory", ipi * 1e6, flag * 1e6, flag / ipi, 1 / ipi, 1 / flag))
     work = 4000
     one = min(smp_time(1, work) for _ in range(RUNS))
     two = min(smp_time(2, work) for _ in range(RUNS))

@@ -1,9 +1,18 @@
-/* shell: an interactive multiboot guest on COM1 that pokes at what a hypervisor emulates. */
+/* shell: an interactive multiboot guest on COM1 that pokes at what a hypervisor emulates.
+ *
+ * Input is interrupt-driven, as in a small OS: the 8259 pair remapped to 0x20-0x2F, COM1's IRQ 4 unmasked,
+ * IER asks for received-data interrupts and MCR.OUT2 lets them out; the shell sleeps in sti; hlt between
+ * keys (lib/serial_irq.c). Output stays polled. `irqs` shows how many UART interrupts it has taken.
+ * Command line: poll=1 keeps the old way, spinning on LSR for input (the vCPU never halts), to compare.
+ */
 #include <stdint.h>
+#include "cmdline.h"
 #include "io.h"
 #include "multiboot.h"
+#include "pic.h"
 #include "print.h"
 #include "serial.h"
+#include "serial_irq.h"
 #include "str.h"
 #include "traps.h"
 
@@ -12,6 +21,7 @@
 #define CTRL_U		0x15
 
 static const struct multiboot_info *boot_info;
+static char (*read_key)(void) = serial_irq_getc;
 
 static void newline(void)
 {
@@ -25,7 +35,7 @@ static void read_line(char *line)
 	int n = 0;
 
 	for (;;) {
-		char c = serial_getc();
+		char c = read_key();
 
 		if (c == '\n' && last == '\r') {	/* the LF of a CR LF pair */
 			last = c;
@@ -239,6 +249,16 @@ static void cmd_peek(const char *args)
 	newline();
 }
 
+static void cmd_irqs(const char *args)
+{
+	(void)args;
+	serial_puts("uart irqs=");
+	print_dec(serial_irq_count());
+	serial_puts(" bytes=");
+	print_dec(serial_irq_bytes());
+	serial_puts(read_key == serial_getc ? " (polling: poll=1)\r\n" : "\r\n");
+}
+
 static void cmd_triple(const char *args)
 {
 	(void)args;
@@ -265,6 +285,7 @@ static const struct command {
 	{ "ticks",  "ticks                read the TSC",               cmd_ticks },
 	{ "mbinfo", "mbinfo               show the multiboot info",    cmd_mbinfo },
 	{ "peek",   "peek ADDR            read 32 bits at ADDR (hex)", cmd_peek },
+	{ "irqs",   "irqs                 UART interrupts taken",      cmd_irqs },
 	{ "triple", "triple               cause a triple fault",       cmd_triple },
 	{ "halt",   "halt                 cli; hlt",                   cmd_halt },
 };
@@ -302,10 +323,16 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 {
 	char line[LINE_MAX];
 
-	(void)magic;
 	boot_info = mbi;
 	serial_init();
 	traps_init();
+	if (magic == MULTIBOOT_BOOTLOADER_MAGIC && (mbi->flags & MBI_FLAG_CMDLINE) &&
+	    cmdline_option((const char *)mbi->cmdline, "poll=", 0)) {
+		read_key = serial_getc;
+	} else {
+		pic_init();
+		serial_irq_init();
+	}
 	serial_puts("webhyve shell ready\r\n");
 	for (;;) {
 		serial_puts(PROMPT);

@@ -1,4 +1,4 @@
-/* The shell's IDT: exceptions 0-31, with #GP recovery for rdmsr/wrmsr. */
+/* The shell's exception gates 0-31, with #GP recovery for rdmsr/wrmsr. */
 #ifndef TRAPS_H
 #define TRAPS_H
 

@@ -14,11 +14,13 @@ The timer counts down at bhyve's 2^27 Hz bus frequency divided by the DCR, again
 import numpy as np
 from numba import carray, cfunc, njit, types
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import stats as S
 from .. import tunables as T
-from ..native import FN_EMU_STOP, NUMBA, address, call_host, call_uc, hook_add, u64_ptr, u8_ptr
+from ..native import (FN_EMU_STOP, FN_REG_READ, NFN, NUMBA, address, call_host, call_reg, call_uc, hook_add, u64_ptr,
+                      u8_ptr)
 from ..vmx import ctx as C
 from .sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
                    call_clock, fence, futex_wake)
@@ -416,19 +418,23 @@ def is_read_only(offset):
 
 @njit(**NUMBA)
 def exits_after(c, reg, value):
-    """Writes after which an interrupt may become deliverable to this vCPU: a self-IPI, an EOI or a TPR
-    write with requests waiting. Like the APIC-write exit, the vCPU must leave the guest after them."""
+    """Writes the loop steps (mmio_write): every ICR write, whose IPI must go out exactly once, and an EOI or
+    a TPR write with requests waiting, after which an interrupt may become deliverable to this vCPU. Like
+    the APIC-write exit, the vCPU leaves the guest after them."""
     regs = page_of(c)
     if reg == ICR_LO:
-        if (value >> 8) & 7 in (DM_NMI, DM_INIT, DM_SIPI):
-            return True                                  # handled by userspace after the write completes
-        shorthand = (value >> 18) & 3
-        dest = (np.int64(regs[ICR_HI >> 2]) >> 24) & 0xFF
-        return shorthand == SH_SELF or shorthand == SH_ALL or (shorthand == SH_NONE and (
-            value & DEST_LOGICAL != 0 or dest == 0xFF or dest == (np.int64(regs[ID >> 2]) >> 24) & 0xFF))
+        return True             # every IPI: sending it twice is visible, and only a stepped write is replay-safe
     if reg == EOI or reg == TPR:
         return highest(regs, IRR) >= 0
     return False
+
+
+@njit(**NUMBA)
+def stepped(c):
+    """LAPIC_STEP while a stepped write has been applied: 2, and above it the writing instruction's RIP."""
+    scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
+    call_reg(carray(u64_ptr(c[C.FN]), NFN)[FN_REG_READ], c[C.UC], X.UC_X86_REG_RIP, c[C.SCRATCH])
+    return (scratch[0] << np.uint64(2)) | np.uint64(2)
 
 
 @njit(**NUMBA)
@@ -438,16 +444,23 @@ def mmio_write(c, offset, value):
     A uc_emu_stop from a memory hook makes Unicorn abandon the instruction and restart it at the next
     entry (measured: the hook runs again). So a write that must exit after it completes stops the guest
     first, without effect (LAPIC_STEP 1); the loop then steps that one instruction, whose hook applies
-    the write (LAPIC_STEP 2), and the injection step that follows sees its effect.
+    the write (LAPIC_STEP 2 | RIP << 2), and the injection step that follows sees its effect.
+
+    Another thread's kick (vlapic.notify, a pause) that lands while the hook runs restarts the instruction
+    too (measured: the `ipi` guest's answering IPIs went out twice). The loop sees the step end with RIP still
+    on the instruction and steps it again; the hook knows that re-run by LAPIC_STEP and does not act twice.
     """
     reg = offset & ~0xF
     value = np.int64(value) & 0xFFFFFFFF
-    if c[C.LAPIC_STEP] == 0 and exits_after(c, reg, value):
+    step = c[C.LAPIC_STEP]
+    if step & np.uint64(3) == 2 and step == stepped(c):
+        return                                           # the re-run of a write already applied
+    if step == 0 and exits_after(c, reg, value):
         c[C.LAPIC_STEP] = 1
         call_uc(carray(u64_ptr(c[C.FN]), 4)[FN_EMU_STOP], c[C.UC])
         return
-    if c[C.LAPIC_STEP] == 1:
-        c[C.LAPIC_STEP] = 2
+    if step == 1:
+        c[C.LAPIC_STEP] = stepped(c)
     undo_readonly_write(c)
     regs = page_of(c)
     if is_read_only(reg) or reg == EOI:

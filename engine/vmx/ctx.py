@@ -85,7 +85,8 @@ PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.
 LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none
 LAPIC_FIXVAL = 77   # [k] its value, put back at the next access
 NMI_WINDOW = 78     # [k] NMI-window exiting: step until NMI blocking ends
-LAPIC_STEP = 79     # [k] an APIC write that must exit after it completes: 1 = stopped before it, 2 = stepping it
+LAPIC_STEP = 79     # [k] an APIC write that must exit after it completes: 1 = stopped before it, 2 | RIP << 2 =
+                    #     applied by the stepped instruction at RIP (until it completes)
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)

@@ -13,6 +13,7 @@ from .. import stats as S
 from ..cpu import l1d
 from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr, u8_ptr
 from ..io import buslock
+from ..io import vlapic as L
 from ..io.sync import fence
 from . import ctx as C
 from . import exits as E
@@ -125,12 +126,16 @@ def exit_process(c, err):
             c[C.RIP] -= np.uint64(1)
             record(c, E.HLT, 0, 1, S.VMEXIT_HLT)
             c[C.RIP] += np.uint64(1)                   # Unicorn already stands after the HLT
+            if c[C.INTR_WINDOW] != 0 and intr.window_open(c):
+                c[C.INTR_WINDOW] = 0                   # `sti; hlt` with one waiting: the HLT ended the shadow
+                record(c, E.INTERRUPT_WINDOW, 0, 0, S.VMEXIT_INTR_WINDOW)
+                return 0                               # re-enter: injected with RIP after the HLT
             return EXITCODE_HLT
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
-        if c[C.LAPIC_STEP] == 2:                       # the APIC write completed (io/vlapic.py mmio_write)
-            intr.apic_write_exit(c)
+        if c[C.LAPIC_STEP] & np.uint64(3) == 2 and c[C.LAPIC_STEP] != L.stepped(c):
+            intr.apic_write_exit(c)                    # the APIC write completed (io/vlapic.py mmio_write)
         if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
             intr.host_interrupt(c)
         if c[C.INTR_WINDOW] != 0 and intr.window_open(c):

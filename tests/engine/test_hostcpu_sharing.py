@@ -4,11 +4,11 @@ from tests.engine.conftest import guest, wait_for
 
 
 def test_second_vm_boots_while_the_first_polls_its_uart():
-    """The shell waits at its prompt by polling COM1's line status (port I/O handled without leaving the
-    entry); on a one-CPU host the second shell's vCPU 0 shares host CPU 0 with it and still gets to its prompt."""
+    """With poll=1 the shell waits at its prompt by polling COM1's line status (port I/O handled without leaving
+    the entry); on a one-CPU host the second shell's vCPU 0 shares host CPU 0 with it and still gets to its prompt."""
     hv = Hypervisor(host_mem_mb=256, ncpu=1)
     first = hv.create_vm("first", mem_mb=32)
-    first.load(guest("shell.elf"), "shell.elf")
+    first.load(guest("shell.elf"), "shell.elf", cmdline="poll=1")
     first.start()
     wait_for(first, b"webhyve> ")
     second = hv.create_vm("second", mem_mb=32)

@@ -40,6 +40,9 @@ def shell_vm(client):
     return "sh"
 
 
+LIVE = ("running", "halted")     # started and not paused: the shell sits in HLT between keys (interrupt-driven input)
+
+
 def wait_for(predicate, timeout=20, step=0.02):
     """Poll until predicate() is true; False after `timeout` seconds (a test then fails on its assert)."""
     import time

@@ -1,5 +1,5 @@
 """REST /api/v1 through Flask's test client: VMs, lifecycle, console, panels, tunables, tokens and bad input."""
-from tests.webhyve.conftest import wait_for
+from tests.webhyve.conftest import LIVE, wait_for
 
 from engine.vmx import vmcs as V
 
@@ -22,7 +22,7 @@ def test_type_help_and_read_the_answer(client, shell_vm):
     assert client.post("/api/v1/vms/sh/console", json={"data": "help\r"}).json == {"sent": 5}
     assert wait_for(lambda: "cpuid LEAF [SUB]" in console_text(client, "sh"))
     vms = client.get("/api/v1/vms").json["vms"]
-    assert [(v["name"], v["state"], v["image"]) for v in vms] == [("sh", "running", "shell.elf")]
+    assert [(v["name"], v["image"]) for v in vms] == [("sh", "shell.elf")] and vms[0]["state"] in LIVE
     assert vms[0]["exits"] > 0
 
 
@@ -33,7 +33,7 @@ def test_viewer_token_is_read_only(client, viewer, shell_vm):
     assert viewer.post("/api/v1/vms/sh/pause").status_code == 403
     assert viewer.put("/api/v1/tunables/hw.vmm.halt_detection", json={"value": 0}).status_code == 403
     assert viewer.delete("/api/v1/vms/sh").status_code == 403
-    assert client.get("/api/v1/vms/sh").json["state"] == "running"
+    assert client.get("/api/v1/vms/sh").json["state"] in LIVE
     assert "echo no" not in console_text(client, "sh")
 
 
@@ -48,11 +48,11 @@ def test_lifecycle_and_state_panels(client, shell_vm):
     assert [g["name"] for g in vmcs["groups"]] == list(V.GROUPS)
     fields = {f["name"]: f for g in vmcs["groups"] for f in g["fields"]}
     assert fields["GUEST_RIP"]["encoding"] == 0x681E and fields["VPID"]["value"] == 1
-    assert vmcs["last_exit"]["name"] == "EXTERNAL_INTERRUPT"       # the pause kicked it out
+    assert vmcs["last_exit"]["name"] in ("EXTERNAL_INTERRUPT", "HLT")    # the pause kicked it out, or it waited in HLT
     stats = client.get("/api/v1/vms/sh/vcpus/0/stats").json
     assert stats["by_id"]["VMEXIT_INOUT"] > 0 and stats["text"].startswith("vcpu0 stats:")
     assert client.post("/api/v1/vms/sh/pause").status_code == 409          # not allowed twice
-    assert client.post("/api/v1/vms/sh/resume").json["state"] == "running"
+    assert client.post("/api/v1/vms/sh/resume").json["state"] in LIVE
     client.post("/api/v1/vms/sh/console", json={"data": "echo back\r"})
     assert wait_for(lambda: "\nback" in console_text(client, "sh"))
 
@@ -65,7 +65,7 @@ def test_reset_without_engine_support_is_a_clear_409(app, client, shell_vm):
         assert response.status_code == 200
     else:
         assert response.status_code == 409 and "reset not supported" in response.json["error"]
-        assert client.get("/api/v1/vms/sh").json["state"] == "running"
+        assert client.get("/api/v1/vms/sh").json["state"] in LIVE
 
 
 def test_poweroff_then_destroy(client, shell_vm):
@@ -121,7 +121,7 @@ def test_malformed_requests_get_json_errors(client, shell_vm):
     for response in cases:
         assert 400 <= response.status_code < 500, response.get_data(as_text=True)
         assert response.json["error"]
-    assert client.get("/api/v1/vms/sh").json["state"] == "running"
+    assert client.get("/api/v1/vms/sh").json["state"] in LIVE
     assert [v["name"] for v in client.get("/api/v1/vms").json["vms"]] == ["sh"]
 
 

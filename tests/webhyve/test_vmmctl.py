@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from engine.vmx import vmcs as V
-from tests.webhyve.conftest import wait_for
+from tests.webhyve.conftest import LIVE, wait_for
 from tests.webhyve.live import CONTROL, VIEWER, auth, free_port, start_server, stop_server
 from webhyve.cli import main
 
@@ -76,6 +76,17 @@ def fresh_vm(env, request):
     rest(env, "DELETE", "/api/v1/vms/" + name)
 
 
+@pytest.fixture
+def polling_vm(env, request):
+    """A shell that spins on its UART (poll=1) instead of halting between keys: a vCPU that is always running."""
+    name = "poll" + re.sub(r"[^a-z0-9]", "", request.node.name.lower())[:20]
+    created = rest(env, "POST", "/api/v1/vms", json={"name": name, "guest": "shell", "cmdline": "poll=1", "mem_mb": 32})
+    assert created.status_code == 201, created.text
+    assert wait_for(lambda: "webhyve>" in console_text(env, name))
+    yield name
+    rest(env, "DELETE", "/api/v1/vms/" + name)
+
+
 def test_list_shows_the_servers_vms(env):
     out = cli(env, "list")
     assert out.exit_code == 0
@@ -119,11 +130,11 @@ def test_a_bad_value_changes_nothing(env):
     """--pause with an unparsable --set-rax: refused before the pause, the VM keeps running."""
     done = cli(env, "--vm=demo", "--pause", "--set-rax=twelve")
     assert "'twelve' is not a number" in one_line_error(done)
-    assert rest(env, "GET", "/api/v1/vms/demo").json()["state"] == "running"
+    assert rest(env, "GET", "/api/v1/vms/demo").json()["state"] in LIVE
 
 
-def test_reading_all_registers_of_a_running_vm_asks_to_pause(env):
-    done = cli(env, "--vm=demo", "--get-r12")
+def test_reading_all_registers_of_a_running_vm_asks_to_pause(env, polling_vm):
+    done = cli(env, "--vm=" + polling_vm, "--get-r12")
     assert "pause" in one_line_error(done)
 
 
@@ -140,16 +151,16 @@ def test_segment_descriptors_of_the_protected_mode_guest(env, fresh_vm):
     assert re.search(r"^cs\[0\]\t\t0x0008$", out.stdout, re.M)
 
 
-def test_get_all_on_a_paused_and_on_a_running_vm(env, fresh_vm):
+def test_get_all_on_a_paused_and_on_a_running_vm(env, polling_vm):
     """Paused: every getter, the memory map and the stats. Running: what can be read, and one note."""
-    cli(env, "--vm=" + fresh_vm, "--pause")
-    out = cli(env, "--vm=" + fresh_vm, "--get-all")
+    cli(env, "--vm=" + polling_vm, "--pause")
+    out = cli(env, "--vm=" + polling_vm, "--get-all")
     assert out.exit_code == 0 and out.stderr == ""
     lines = out.stdout.splitlines()
     assert lines[0].startswith("rax[0]\t\t0x") and "vcpu0 stats:" in lines and "efer[0]" in out.stdout
     assert any(line.startswith("gdtr desc[0]") for line in lines) and lines.count("pending:\tn/a") == 1
-    cli(env, "--vm=" + fresh_vm, "--resume")
-    running = cli(env, "--vm=" + fresh_vm, "--get-all")
+    cli(env, "--vm=" + polling_vm, "--resume")
+    running = cli(env, "--vm=" + polling_vm, "--get-all")
     assert running.exit_code == 0 and "rip[0]" in running.stdout and "rax[0]" not in running.stdout
     assert len(running.stderr.splitlines()) == 1 and "pause the VM" in running.stderr
 

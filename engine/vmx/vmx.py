@@ -126,11 +126,7 @@ def exit_process(c, err):
             c[C.RIP] -= np.uint64(1)
             record(c, E.HLT, 0, 1, S.VMEXIT_HLT)
             c[C.RIP] += np.uint64(1)                   # Unicorn already stands after the HLT
-            if c[C.INTR_WINDOW] != 0 and intr.window_open(c):
-                c[C.INTR_WINDOW] = 0                   # `sti; hlt` with one waiting: the HLT ended the shadow
-                record(c, E.INTERRUPT_WINDOW, 0, 0, S.VMEXIT_INTR_WINDOW)
-                return 0                               # re-enter: injected with RIP after the HLT
-            return EXITCODE_HLT
+            return EXITCODE_HLT                        # (an armed interrupt window opens at the next entry)
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0

@@ -254,7 +254,7 @@ def main():
         print("  %-12s %8s %10s %22s %22s" % ("", "wall s", "spin vCPU s", "server CPU s per s", "viewers' CPU s per s"))
         for label, (wall, runtime, server, clients) in (("no viewers", none), ("%d viewers" % args.viewers, watched)):
             print("  %-12s %8.3f %10.3f %22.2f %22.2f" % (label, wall, runtime, server / wall, clients / wall))
-        print("  speed with %d viewers / with none: wall %.2f, spin vCPU runtime %.2f (2 cores: the shell's vCPU polls on one)" % (
+        print("  speed with %d viewers / with none: wall %.2f, spin vCPU runtime %.2f (2 cores, shared with the server and the viewers)" % (
             args.viewers, none[0] / watched[0], none[1] / watched[1]))
     except BenchError as problem:
         print("bench failed: %s" % problem, file=sys.stderr)

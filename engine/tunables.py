@@ -69,8 +69,8 @@ TABLE = (
             True, 32, 255, owner="io/vlapic.py"),
     Tunable("hw.vmm.ipinum", "int", 0xF3, "IPI vector used for vcpu notifications", True, 32, 255,
             owner="io/vlapic.py"),
-    Tunable("hw.vmm.hlt_kernel_wait_us", "int", 5000, "A HLT with interrupts enabled whose LAPIC timer fires "
-            "within this many microseconds waits in the kernel loop, not in userspace (webhyve; 0: never)",
+    Tunable("hw.vmm.hlt_kernel_wait_us", "int", 5000, "A HLT with interrupts enabled waits this many "
+            "microseconds in the kernel loop for an interrupt before halting in userspace (webhyve; 0: never)",
             False, 0, 1000000, owner="vmx/halt.py"),
 )
 BY_NAME = {}

@@ -176,10 +176,21 @@ class Vcpu:
         self.thread.start()
 
     def post(self, message):
-        """Queue a message and kick the vCPU out of the guest until its thread has seen it."""
+        """Queue a message and kick the vCPU out of the guest until its thread has taken it.
+
+        Waiting for the message to leave the mailbox, not for the vCPU to park: a message that sets the
+        vCPU running ("continue", "resume") is taken and the vCPU is back in the guest before a waiter
+        could see it parked, and a kick with no request pending is only an external-interrupt exit."""
         self.request(message)
-        while self.thread is not None and self.thread.is_alive() and not self.parked.wait(0.001):
-            self._leave_kernel()                 # an IPI to the host CPU: retried until it lands
+        while self.thread is not None and self.thread.is_alive() and self._queued(message):
+            time.sleep(0.0005)
+            if self._queued(message):
+                self.ctx[C.REQ] = C.REQ_STOP     # an IPI to the host CPU: retried until it lands
+                self._leave_kernel()
+
+    def _queued(self, message):
+        with self.mailbox.mutex:
+            return any(m is message for m in self.mailbox.queue)
 
     def request(self, message):
         """Queue a message and make the vCPU's loop come out to its thread for it, without waiting."""

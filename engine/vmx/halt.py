@@ -1,13 +1,14 @@
-"""vm_handle_hlt in the kernel loop: a HLT whose wake-up is near waits here instead of in userspace.
+"""vm_handle_hlt in the kernel loop: a HLT first waits here for an interrupt, then in userspace.
 
 bhyve handles HLT in vmm.c: the vCPU sleeps in the kernel until an interrupt can end the halt. Our
-userspace side does the same for long halts (vcpu.py, "halted" in every view), but the round trip
-costs tens of microseconds of Python per halt, and a guest taking a 10 kHz timer halts 10,000 times a
-second. So when RFLAGS.IF is set and the LAPIC timer fires within hw.vmm.hlt_kernel_wait_us, the
-loop sleeps right here on a futex (RUNSTATE halted, HALT_IN_KERNEL set) until the timer's deadline or
-a notifier's wake-up (io/vlapic.py notify), then goes back to the injection step. Anything else —
-a request from another thread (pause, a message), a far or no deadline, a host CPU shared with other
-vCPUs (the waiter would hold it) — returns the HLT to userspace, which halts as before.
+userspace side does the same (vcpu.py, "halted" in every view), but the round trip costs tens of
+microseconds of Python per halt, and a guest taking a 10 kHz timer halts 10,000 times a second. So
+when RFLAGS.IF is set, the loop first sleeps right here on a futex (RUNSTATE halted, HALT_IN_KERNEL
+set) for up to hw.vmm.hlt_kernel_wait_us: until the LAPIC timer's deadline or a notifier's wake-up
+(io/vlapic.py notify: an IPI, a device interrupt, a posted request), then goes back to the injection
+step. A request from another thread (pause, a message, a kick), the wait running out, or a host CPU
+shared with other vCPUs (the waiter would hold it) returns the HLT to userspace, which halts as before.
+KVM's halt polling (halt_poll_ns) is the same idea.
 """
 import numpy as np
 from numba import carray, njit
@@ -64,10 +65,12 @@ def wait(c):
         if can_end_halt(c, now):
             code = 0
             break
-        deadline = np.int64(c[C.TIMER_DEADLINE])
-        if c[C.REQ] != 0 or deadline == 0 or deadline > limit:
+        if c[C.REQ] != 0 or c[C.TIMESLICE] != 0 or now >= limit:
             break
-        ib[L.IB_HALT_TS], ib[L.IB_HALT_TS + 1] = U(deadline // L.NS), U(deadline % L.NS)
+        until = np.int64(c[C.TIMER_DEADLINE])
+        if until == 0 or until > limit:
+            until = limit
+        ib[L.IB_HALT_TS], ib[L.IB_HALT_TS + 1] = U(until // L.NS), U(until % L.NS)
         futex_wait(ib[L.IB_SYSCALL], c.ctypes.data + U(8 * C.HALT_SEQ), seq,
                    U(c[C.INTR]) + U(8 * L.IB_HALT_TS))
     c[C.HALT_IN_KERNEL] = 0

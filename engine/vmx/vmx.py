@@ -6,7 +6,7 @@ userspace side (devices, the page scan that installs MSR hooks, event delivery) 
 to Python, which handles it and calls back in.
 """
 import numpy as np
-from numba import carray, njit
+from numba import carray, njit, types
 from unicorn import x86_const as X
 
 from .. import stats as S
@@ -161,14 +161,6 @@ def exit_process(c, err):
 
 
 @njit(**NUMBA)
-def vmx_run(c):
-    """Run until an exit needs userspace; returns its VM_EXITCODE."""
-    code = _run(c)
-    c[C.RUNSTATE] = C.RUN_HOST
-    return code
-
-
-@njit(**NUMBA)
 def _run(c):
     counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
     while True:
@@ -192,3 +184,14 @@ def _run(c):
             code = halt.wait(c)
         if code != 0:
             return code
+
+
+# Compiled when this module is imported (an explicit signature), not at a vCPU's first entry: the whole
+# loop takes about a minute to compile on 2 cores after an engine change, and a VM's first run should not
+# (a test's deadline, a user's first boot).
+@njit(types.int64(types.Array(types.uint64, 1, "C")), **NUMBA)
+def vmx_run(c):
+    """Run until an exit needs userspace; returns its VM_EXITCODE."""
+    code = _run(c)
+    c[C.RUNSTATE] = C.RUN_HOST
+    return code

@@ -1,4 +1,4 @@
-"""`make -C guests` builds all six bundled guests, and each has the shape its loader expects."""
+"""`make -C guests` builds every bundled guest, and each has the shape its loader expects."""
 import shutil
 import struct
 import subprocess

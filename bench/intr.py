@@ -55,45 +55,37 @@ def posted_rate(posted, count=10000):
     return count / elapsed, v.counters[stats.VMEXIT_COUNT] / count, v.counters[stats.VMEXIT_EXTINT] / count
 
 
-def smp_time(cpus, work):
-    """Wall time from 'counting' to the counter line: the CPU-bound part, split across `cpus` vCPUs."""
+def console_span(name, cpus, cmdline, begin, end):
+    """Boot a guest and time its console from the first `begin` to the line matching `end` (a regex whose
+    group 1 is "ok" or "WRONG"); a WRONG result stops the bench."""
     hv = Hypervisor(host_mem_mb=256)
-    vm = hv.create_vm("smp", mem_mb=32, cpus=cpus)
-    vm.load(guest("smp.elf"), "smp.elf", cmdline="cpus=%d work=%d rounds=%d" % (cpus, work // cpus, SMP_ROUNDS))
+    vm = hv.create_vm(name.split(".")[0], mem_mb=32, cpus=cpus)
+    vm.load(guest(name), name, cmdline=cmdline)
     reader = vm.console.reader()
     vm.start()
-    seen, start = b"", None
-    while not re.search(rb"counter \d+ (ok|WRONG)", seen):
-        chunk = reader.read(0.001)
-        seen += chunk
-        if start is None and b"counting" in seen:
-            start = time.monotonic()
-    end = time.monotonic()
+    seen, started = b"", None
+    while not re.search(end, seen):
+        seen += reader.read(0.001)
+        if started is None and begin in seen:
+            started = time.monotonic()
+    finished = time.monotonic()
     vm.wait(states=("suspended",), timeout=60)
-    if b" ok" not in seen:
-        raise SystemExit("smp counter wrong: %r" % seen[-200:])
-    return end - start
+    if re.search(end, seen).group(1) != b"ok":
+        raise SystemExit("%s finished wrong: %r" % (name, seen[-200:]))
+    return finished - started
+
+
+def smp_time(cpus, work):
+    """Wall time from 'counting' to the counter line: the CPU-bound part, split across `cpus` vCPUs."""
+    return console_span("smp.elf", cpus, "cpus=%d work=%d rounds=%d" % (cpus, work // cpus, SMP_ROUNDS),
+                        b"counting", rb"counter \d+ (ok|WRONG)")
 
 
 def ipi_round_trip(flag, count):
     """Seconds per round trip of the `ipi` guest, timed from its console: from the line it prints before the
     first ping to its "done" line. flag=1 is the baseline: the same ping-pong through a word in memory."""
-    hv = Hypervisor(host_mem_mb=256)
-    vm = hv.create_vm("ipi", mem_mb=32, cpus=2)
-    vm.load(guest("ipi.elf"), "ipi.elf", cmdline="count=%d flag=%d" % (count, flag))
-    reader = vm.console.reader()
-    vm.start()
-    seen, start = b"", None
-    while not re.search(rb"ipi: done.* (ok|WRONG)\r\n", seen):
-        chunk = reader.read(0.001)
-        seen += chunk
-        if start is None and b" round trips\r\n" in seen:
-            start = time.monotonic()
-    end = time.monotonic()
-    vm.wait(states=("suspended",), timeout=60)
-    if b" ok" not in seen:
-        raise SystemExit("ipi round trips wrong: %r" % seen[-200:])
-    return (end - start) / count
+    return console_span("ipi.elf", 2, "count=%d flag=%d" % (count, flag), b" round trips\r\n",
+                        rb"ipi: done.* (ok|WRONG)\r\n") / count
 
 
 def best(fn, *args, key=lambda r: r):

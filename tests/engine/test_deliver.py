@@ -6,15 +6,13 @@ CPU and memory back, delivers it with the kernel and compares. Where the kernel 
 userspace (another privilege level, real mode, a gate that is not present) it returns False and changes
 nothing.
 """
-import subprocess
-
 import pytest
 from unicorn import x86_const as X
 
 from engine import Hypervisor
 from engine.vmx import deliver, inject
 from tests.engine.conftest import assemble
-from tests.engine.test_inject import LONG_DATA, LONG_PROLOGUE, PROTECTED, TO_USER, gate64
+from tests.engine.test_inject import LONG_DATA, LONG_PROLOGUE, PROTECTED, TO_USER, gate64, multiboot_elf
 
 VECTOR = 0x40
 REGS = ("rip", "rsp", "rflags", "cs", "ss", "rax", "rbx")
@@ -104,7 +102,7 @@ def test_protected_mode_gate_to_the_running_segment(small_hv, tmp_path):
         cli
         hlt
         push $0x1b                      # user SS""")
-    vm = stopped(small_hv, tmp_path, as_multiboot(src, tmp_path), "multiboot")
+    vm = stopped(small_hv, tmp_path, multiboot_elf(src, tmp_path), "multiboot")
     python, kernel, delivered, start = both_ways(small_hv, vm)
     assert delivered
     assert_same(python, kernel)
@@ -145,13 +143,3 @@ def test_not_present_gate_and_real_mode_are_left_to_userspace(small_hv, tmp_path
     before = state(small_hv, r)
     assert not deliver.external(r.ctx, VECTOR)
     assert_same(before, state(small_hv, r))
-
-
-def as_multiboot(src, tmp_path):
-    """The PROTECTED guest of test_inject.py is AT&T-syntax multiboot source: build it as test_inject.py does."""
-    s, o, elf = tmp_path / "p.s", tmp_path / "p.o", tmp_path / "p.elf"
-    s.write_text(src)
-    subprocess.check_call(["as", "--32", "-o", str(o), str(s)])
-    subprocess.check_call(["ld", "-m", "elf_i386", "-N", "--no-warn-rwx-segments", "-Ttext=0x100000",
-                           "-e", "_start", "-o", str(elf), str(o)])
-    return elf.read_bytes()

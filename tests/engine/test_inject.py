@@ -297,15 +297,20 @@ idt:    .fill 512, 4, 0
 """
 
 
-def test_protected_mode_int_from_ring3_switches_to_ss0_esp0(hv, tmp_path):
-    """32-bit: INT 0x80 at CPL 3 loads SS0:ESP0 from the TSS and pushes SS, ESP, EFLAGS, CS, EIP."""
+def multiboot_elf(src, tmp_path):
+    """AT&T-syntax 32-bit multiboot source (as PROTECTED) built into an ELF kernel."""
     s, o, k = tmp_path / "k.s", tmp_path / "k.o", tmp_path / "k.elf"
-    s.write_text(PROTECTED)
+    s.write_text(src)
     subprocess.check_call(["as", "--32", "-o", str(o), str(s)])
     subprocess.check_call(["ld", "-m", "elf_i386", "-N", "--no-warn-rwx-segments", "-Ttext=0x100000",
                            "-e", "_start", "-o", str(k), str(o)])
+    return k.read_bytes()
+
+
+def test_protected_mode_int_from_ring3_switches_to_ss0_esp0(hv, tmp_path):
+    """32-bit: INT 0x80 at CPL 3 loads SS0:ESP0 from the TSS and pushes SS, ESP, EFLAGS, CS, EIP."""
     vm = hv.create_vm("pm", mem_mb=16)
-    vm.load(k.read_bytes(), "k.elf")
+    vm.load(multiboot_elf(PROTECTED, tmp_path), "k.elf")
     vm.start()
     vm.wait(states=("suspended",), timeout=30)
     r = vm.registers()

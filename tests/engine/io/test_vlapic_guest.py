@@ -131,7 +131,7 @@ def test_periodic_timer_wakes_hlt(hv, tmp_path):
     cmp qword ptr [rip + count], 10
     jb 1b
     cli
-    mov dword ptr [r15 + 0x320], 0x10030    # masked
+    mov dword ptr [r15 + 0x320], 0x30030    # masked, still periodic (a one-shot would read 0 once expired)
     mov r8d, dword ptr [r15 + 0x390]        # current count
     mov r9, [rip + count]
     hlt

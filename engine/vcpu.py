@@ -436,7 +436,7 @@ class Vcpu:
         c = self.ctx
         c[C.RUNSTATE] = C.RUN_HALTED
         full_fence()
-        deadline = int(c[C.TIMER_DEADLINE])
+        deadline = int(L.timer_wakes(c))
         extint = self.lapic.block[L.IB_EXTINT] and L.extint_accepted(self.lapic.regs)
         if (deadline and time.monotonic_ns() >= deadline) or L.pending(self.lapic.regs) >= 0 or extint or \
                 self.memory_word(self.lapic.pir_hpa + 8 * L.PIR_ON_WORD) & 1:
@@ -455,7 +455,7 @@ class Vcpu:
 
     def _halt_timeout(self):
         """Seconds until a halted vCPU's own LAPIC timer fires (vm_handle_hlt sleeps at most that long)."""
-        deadline = int(self.ctx[C.TIMER_DEADLINE])
+        deadline = int(L.timer_wakes(self.ctx)) if self.ctx[C.APIC_PAGE] else 0
         if self.state != HALTED or not deadline or not self.halt_interruptible:
             return None                                  # with RFLAGS.IF clear only an NMI or INIT ends HLT
         return max(deadline - time.monotonic_ns(), 0) / 1e9

@@ -11,6 +11,7 @@ import threading
 import time
 
 from ..vmx import ctx as C
+from . import vlapic
 
 HOST_TIMER_VECTOR = 0xEF          # the modeled host's local APIC timer vector
 IDLE_WAIT = 0.05                  # seconds to sleep when no timer is armed
@@ -60,7 +61,7 @@ class HostTimer:
     def _visit(self, vcpu, now):
         """Kick or wake `vcpu` if its timer is due; returns when to look at it again."""
         c = vcpu.ctx
-        deadline = int(c[C.TIMER_DEADLINE])
+        deadline = int(vlapic.timer_wakes(c)) if c[C.APIC_PAGE] else 0     # a masked timer interrupts nothing
         if vcpu.state not in ("running", "halted"):
             return now + int(IDLE_WAIT * 1e9)            # paused, stopped or waiting for SIPI: nothing runs
         if vcpu.state == "halted" and not vcpu.halt_interruptible:

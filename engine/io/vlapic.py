@@ -270,6 +270,15 @@ def timer_start(c, count, now):
 
 
 @njit(**NUMBA)
+def timer_wakes(c):
+    """The deadline at which the timer can end a HLT, or 0: none armed, or its LVT entry masked (it still
+    counts, and the current count still runs down)."""
+    if page_of(c)[LVT_TIMER >> 2] & LVT_MASKED:
+        return np.int64(0)
+    return np.int64(c[C.TIMER_DEADLINE])
+
+
+@njit(**NUMBA)
 def timer_ccr(c, now):
     """The current count: what is left of the period at the divided bus frequency. A periodic timer whose
     deadline passed before the vCPU rearmed it has already reloaded: the count wraps."""

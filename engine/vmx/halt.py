@@ -29,9 +29,9 @@ U = np.uint64
 @njit(**NUMBA)
 def can_end_halt(c, now):
     """What ends a HLT with interrupts enabled (the userspace side asks the same in vcpu._interrupt_pending):
-    the timer due, a deliverable vector in the IRR, an ExtINT the LAPIC accepts, a posted request, or an
+    the timer due with its LVT entry unmasked, a deliverable vector in the IRR, an ExtINT the LAPIC accepts, a posted request, or an
     NMI/INIT/SIPI for the userspace side."""
-    deadline = np.int64(c[C.TIMER_DEADLINE])
+    deadline = L.timer_wakes(c)
     if deadline != 0 and now >= deadline:
         return True
     regs = L.page_of(c)
@@ -67,7 +67,7 @@ def wait(c):
             break
         if c[C.REQ] != 0 or c[C.TIMESLICE] != 0 or now >= limit:
             break
-        until = np.int64(c[C.TIMER_DEADLINE])
+        until = L.timer_wakes(c)                   # in the future: a due one ended the wait above
         if until == 0 or until > limit:
             until = limit
         ib[L.IB_HALT_TS], ib[L.IB_HALT_TS + 1] = U(until // L.NS), U(until % L.NS)

@@ -153,6 +153,41 @@ tick:
     assert elapsed >= 0.009                              # ten 1 ms periods cannot pass in less than 9 ms
 
 
+def test_a_masked_timer_does_not_end_a_halt(hv, tmp_path):
+    """Three 1 ms ticks taken, then the LVT masked (still periodic, still counting): a `sti; hlt` loop stays
+    halted — the timer's deadlines pass without waking it (every pass round the loop would be a HLT exit)."""
+    src = LONG_PROLOGUE + MAP_APIC + gate64(0x30, "tick") + """
+    mov dword ptr [r15 + 0x3E0], 0xB        # DCR: divide by 1
+    mov dword ptr [r15 + 0x320], 0x20030    # LVT timer: periodic, vector 0x30
+    mov dword ptr [r15 + 0x380], 134217     # 1 ms
+1:  sti
+    hlt
+    cmp qword ptr [rip + count], 3
+    jb 1b
+    cli
+    mov dword ptr [r15 + 0x320], 0x30030    # masked, periodic
+2:  sti
+    hlt
+    jmp 2b
+tick:
+    inc qword ptr [rip + count]
+    mov dword ptr [r15 + 0xB0], 0
+    iretq
+""" + LONG_DATA + COUNTER
+    vm = hv.create_vm("masked", mem_mb=16)
+    vm.load(assemble(src, tmp_path), "g.bin", kind="flat64")
+    vm.start()
+    v = vm.vcpus[0]
+    deadline = time.monotonic() + 30                     # a deadline for a hang, not speed
+    while not (v.state == "halted" and v.lapic.register(0x320) & 0x10000):
+        assert time.monotonic() < deadline, "the guest never reached its masked-timer halt"
+        time.sleep(0.01)
+    halts = int(v.counters[stats.VMEXIT_HLT])
+    time.sleep(0.1)                                      # a hundred 1 ms periods pass
+    assert v.state == "halted" and int(v.counters[stats.VMEXIT_HLT]) == halts
+    assert v.counters[stats.VLAPIC_INTR_TIMER] >= 3
+
+
 def test_one_shot_timer_current_count_runs_down(hv, tmp_path):
     """One-shot, divide by 128: CCR read twice decreases and stays below the initial count."""
     src = LONG_PROLOGUE + MAP_APIC + """

@@ -448,7 +448,6 @@ def tlb_insn(c, mem8, hpa, address, rex, long_mode):
     if rm == 4:
         guest_tlb_flush(c, TLB.INV_SINGLE, 0)
         return
-    length = np.uint64(3)
     if mod == 0 and rm == 5:                                   # disp32: RIP-relative in long mode
         disp = np.int64(np.int32(mem8[hpa + 3] | (np.int64(mem8[hpa + 4]) << 8) | (np.int64(mem8[hpa + 5]) << 16) |
                                  (np.int64(mem8[hpa + 6]) << 24)))

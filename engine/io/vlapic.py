@@ -427,14 +427,30 @@ def is_read_only(offset):
 
 @njit(**NUMBA)
 def exits_after(c, reg, value):
-    """Writes the loop steps (mmio_write): every ICR write, whose IPI must go out exactly once, and an EOI or
-    a TPR write with requests waiting, after which an interrupt may become deliverable to this vCPU. Like
-    the APIC-write exit, the vCPU leaves the guest after them."""
+    """Writes the loop steps (mmio_write): every ICR write, whose IPI must go out exactly once; an EOI with
+    nested interrupts in service, which must end exactly one; and an EOI or a TPR write with requests
+    waiting, after which an interrupt may become deliverable to this vCPU. Like the APIC-write exit, the
+    vCPU leaves the guest after them."""
     regs = page_of(c)
     if reg == ICR_LO:
         return True             # every IPI: sending it twice is visible, and only a stepped write is replay-safe
+    if reg == EOI and nested(regs):
+        return True             # a replayed EOI would end the next in-service interrupt as well
     if reg == EOI or reg == TPR:
         return highest(regs, IRR) >= 0
+    return False
+
+
+@njit(**NUMBA)
+def nested(regs):
+    """Two or more interrupts in service (ISR)."""
+    seen = 0
+    for r in range(8):
+        word = np.uint32(regs[(ISR >> 2) + 4 * r])
+        if word != 0:
+            seen += 1 if word & (word - np.uint32(1)) == 0 else 2
+            if seen >= 2:
+                return True
     return False
 
 
@@ -470,6 +486,7 @@ def mmio_write(c, offset, value):
         return
     if step == 1:
         c[C.LAPIC_STEP] = stepped(c)
+        c[C.LAPIC_STEP_OFFSET] = np.uint64(offset)
     undo_readonly_write(c)
     regs = page_of(c)
     if is_read_only(reg) or reg == EOI:

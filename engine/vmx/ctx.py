@@ -34,6 +34,7 @@ GUEST_PE = 22       # [k] CR0.PE as read since this entry: 0 not read yet, 1 rea
 HALT_SEQ = 23       # [any] a halted vCPU waiting in the kernel sleeps on this word's low half (a futex); wakers
                     #     bump it (vmx/halt.py)
 HALT_IN_KERNEL = 24  # [k] 1 while the vCPU waits for an interrupt in the kernel loop rather than in userspace
+LAPIC_STEP_OFFSET = 25  # [k] the APIC register offset of the stepped write (LAPIC_STEP): the exit 56 qualification
 # -- exit record [k] -------------------------------------------------------------------------------
 EXIT = 32           # what a hook asks the loop to do (X_*)
 FAULT_GLA = 33

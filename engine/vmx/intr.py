@@ -128,10 +128,11 @@ def apic_write_exit(c):
     c[C.LAPIC_STEP] = 0
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     rip = rd(c, X.UC_X86_REG_RIP)
-    vmcs[V.EXIT_REASON], vmcs[V.EXIT_QUALIFICATION], vmcs[V.EXIT_INSTRUCTION_LENGTH] = E.APIC_WRITE, 0, 0
+    offset = c[C.LAPIC_STEP_OFFSET] & np.uint64(0xFFF)
+    vmcs[V.EXIT_REASON], vmcs[V.EXIT_QUALIFICATION], vmcs[V.EXIT_INSTRUCTION_LENGTH] = E.APIC_WRITE, offset, 0
     vmcs[V.GUEST_RIP] = rip
     carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VMEXIT_COUNT] += 1
-    log_exit(c, E.APIC_WRITE, 0, 0, rip)
+    log_exit(c, E.APIC_WRITE, offset, 0, rip)
 
 
 @njit(**NUMBA)

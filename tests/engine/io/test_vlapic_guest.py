@@ -61,6 +61,43 @@ handler:
     assert v.counters[stats.VLAPIC_IPI_SEND] == 1 and v.counters[stats.VLAPIC_IPI_RECV] == 1
 
 
+def test_nested_interrupts_each_eoi_ends_exactly_one(hv, tmp_path):
+    """0x40's handler sends itself 0x50 with interrupts on: 0x50 nests. Its EOI, with two in service, is a
+    stepped APIC write (exit 56, offset 0xB0), so a kick that restarts the store cannot replay it and end
+    0x40 too; 0x40 is still in service after it and ends with its own EOI."""
+    src = LONG_PROLOGUE + MAP_APIC + gate64(0x40, "outer") + gate64(0x50, "inner") + """
+    sti
+    mov dword ptr [r15 + 0x300], 0x40040    # ICR: self, vector 0x40
+    mov rcx, 1000
+1:  dec rcx
+    jnz 1b
+    cli
+    hlt
+outer:
+    sti
+    mov dword ptr [r15 + 0x300], 0x40050    # self, vector 0x50: nests
+    mov rcx, 1000
+2:  dec rcx
+    jnz 2b
+    mov r9d, dword ptr [r15 + 0x120]        # ISR bits 64-95 once 0x50 is done: 0x40 alone
+    mov dword ptr [r15 + 0xB0], 0
+    iretq
+inner:
+    mov r8d, dword ptr [r15 + 0x120]        # both in service (ISR bits 64-95)
+    mov dword ptr [r15 + 0xB0], 0
+    iretq
+""" + LONG_DATA + COUNTER
+    vm = run(hv, tmp_path, src)
+    r = vm.registers()
+    assert vm.suspend_reason == "halt", vm.suspend_message
+    assert r["r8"] & 0xFFFFFFFF == (1 << (0x40 - 64)) | (1 << (0x50 - 64))
+    assert r["r9"] & 0xFFFFFFFF == 1 << (0x40 - 64)
+    v = vm.vcpus[0]
+    assert v.lapic.snapshot()["ISR"] == [] and v.counters[stats.VLAPIC_GRATUITOUS_EOI] == 0
+    apic_writes = [e["qualification"] for e in v.exit_log() if e["reason"] == exits.APIC_WRITE]
+    assert sorted(apic_writes) == [0xB0, 0x300, 0x300]      # the two ICR writes and the nested EOI only
+
+
 def test_tpr_holds_back_lower_classes(hv, tmp_path):
     """TPR 0x50 blocks vector 0x40 (class 4) until TPR drops to 0; a write to PPR does not stick."""
     src = LONG_PROLOGUE + MAP_APIC + gate64(0x40, "handler") + """

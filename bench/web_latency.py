@@ -12,11 +12,10 @@ Prints figures only; exits non-zero only when a run fails (a missing echo, a gue
 import argparse
 import multiprocessing
 import os
-import signal
-import socket
+import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -24,53 +23,16 @@ import requests
 import socketio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONTROL, VIEWER = "bench-control", "bench-viewer"
+sys.path.insert(0, ROOT)
+
+from tests.webhyve.live import CONTROL, VIEWER, auth, start_server, stop_server  # noqa: E402  (the tests' server)
+
 SPIN_ITERS = 600_000_000
 TYPING_GAP = 0.05                   # 20 keys per second, a fast typist; the pump batches at most every 20 ms
 
 
 class BenchError(Exception):
     """A run failed: the server did not start, an echo never came, a guest did not finish."""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port):
-    env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER, WEBHYVE_DEMO_GUEST="shell",
-               WEBHYVE_HOST_MEM_MB="512", WEBHYVE_RECORDINGS_DIR=os.path.join(ROOT, "bench", "out", "recordings"))
-    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    process = subprocess.Popen([gunicorn, "--workers", "1", "--threads", "200", "--bind", "127.0.0.1:%d" % port,
-                                "--log-level", "warning", "webhyve:create_app()"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = "http://127.0.0.1:%d" % port
-    for _ in range(600):
-        try:
-            console = requests.get(url + "/api/v1/vms/demo/console", headers=auth(CONTROL), timeout=10)
-            if console.ok and "webhyve>" in console.json()["text"]:
-                return process, url
-        except requests.RequestException:               # not listening yet, or still booting
-            pass
-        time.sleep(0.2)
-    stop_server(process)
-    raise BenchError("the server did not come up on %s" % url)
-
-
-def stop_server(process):
-    """gunicorn's quick shutdown (SIGINT), then SIGKILL to its process group if it lingers."""
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-
-def auth(token):
-    return {"Authorization": "Bearer " + token}
 
 
 def connect(url, token, vm, on_output=None):
@@ -232,8 +194,12 @@ def main():
     parser.add_argument("--keystrokes", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3, help="guest-speed runs per case (best is kept)")
     args = parser.parse_args()
-    os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
-    process, url = start_server(free_port())
+    workdir = tempfile.mkdtemp(prefix="webhyve-bench-")
+    try:
+        process, url = start_server(workdir, threads=200)
+    except RuntimeError as problem:
+        print("bench failed: %s" % problem, file=sys.stderr)
+        return 1
     try:
         print("keystroke -> echo over the websocket, %d keystrokes %d ms apart (ms):" % (args.keystrokes, 1000 * TYPING_GAP))
         alone = keystroke_latency(url, args.keystrokes)
@@ -261,6 +227,7 @@ def main():
         return 1
     finally:
         stop_server(process)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

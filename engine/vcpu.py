@@ -29,7 +29,7 @@ from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
 from .vmx import ctx as C
 from .vmx import exits as E
-from .vmx import hooks, inject, segcache
+from .vmx import halt, hooks, inject, segcache
 from .vmx import vmcs as V
 from .vmx import vmx
 
@@ -436,10 +436,7 @@ class Vcpu:
         c = self.ctx
         c[C.RUNSTATE] = C.RUN_HALTED
         full_fence()
-        deadline = int(L.timer_wakes(c))
-        extint = self.lapic.block[L.IB_EXTINT] and L.extint_accepted(self.lapic.regs)
-        if (deadline and time.monotonic_ns() >= deadline) or L.pending(self.lapic.regs) >= 0 or extint or \
-                self.memory_word(self.lapic.pir_hpa + 8 * L.PIR_ON_WORD) & 1:
+        if halt.can_end_halt(c, time.monotonic_ns()):    # the kernel loop's own test (vmx/halt.py)
             c[C.RUNSTATE] = C.RUN_HOST
             return True
         return False
@@ -459,9 +456,6 @@ class Vcpu:
         if self.state != HALTED or not deadline or not self.halt_interruptible:
             return None                                  # with RFLAGS.IF clear only an NMI or INIT ends HLT
         return max(deadline - time.monotonic_ns(), 0) / 1e9
-
-    def memory_word(self, hpa):
-        return int(self.vm.hypervisor.memory[hpa:hpa + 8].view(np.uint64)[0])
 
     def _exit_inject(self):
         """Deliver the interrupt the kernel found deliverable (vmx_inject_interrupts step 7) and accept it."""

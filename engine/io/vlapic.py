@@ -19,9 +19,9 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import stats as S
 from .. import tunables as T
-from ..native import (FN_EMU_STOP, FN_REG_READ, NFN, NUMBA, address, call_host, call_reg, call_uc, hook_add, u64_ptr,
-                      u8_ptr)
+from ..native import FN_EMU_STOP, NUMBA, address, call_host, call_uc, hook_add, u64_ptr, u8_ptr
 from ..vmx import ctx as C
+from ..vmx.hooks import rd
 from .sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
                    call_clock, fence, futex_wake)
 
@@ -457,9 +457,7 @@ def nested(regs):
 @njit(**NUMBA)
 def stepped(c):
     """LAPIC_STEP while a stepped write has been applied: 2, and above it the writing instruction's RIP."""
-    scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
-    call_reg(carray(u64_ptr(c[C.FN]), NFN)[FN_REG_READ], c[C.UC], X.UC_X86_REG_RIP, c[C.SCRATCH])
-    return (scratch[0] << np.uint64(2)) | np.uint64(2)
+    return (rd(c, X.UC_X86_REG_RIP) << np.uint64(2)) | np.uint64(2)
 
 
 @njit(**NUMBA)

@@ -28,9 +28,9 @@ U = np.uint64
 
 @njit(**NUMBA)
 def can_end_halt(c, now):
-    """What ends a HLT with interrupts enabled (the userspace side asks the same in vcpu._interrupt_pending):
-    the timer due with its LVT entry unmasked, a deliverable vector in the IRR, an ExtINT the LAPIC accepts, a posted request, or an
-    NMI/INIT/SIPI for the userspace side."""
+    """What ends a HLT with interrupts enabled, here and in userspace (vcpu._interrupt_pending): the timer
+    due with its LVT entry unmasked, a deliverable vector in the IRR, an ExtINT the LAPIC accepts, a posted
+    request, or an NMI/INIT/SIPI for the userspace side."""
     deadline = L.timer_wakes(c)
     if deadline != 0 and now >= deadline:
         return True

@@ -22,7 +22,7 @@ from . import ctx as C
 from . import deliver
 from . import exits as E
 from . import vmcs as V
-from .hooks import code_to_hpa, log_exit, rd, record_exit
+from .hooks import code_to_hpa, log_exit, pc_linear, rd, record_exit
 
 EXITCODE_INJECT = 29        # webhyve: deliver ctx[INJECT] through the guest's IDT (userspace side)
 EXITCODE_IPI = 24           # bhyve's VM_EXITCODE_IPI: INIT, SIPI or NMI for this vCPU
@@ -110,10 +110,7 @@ def nmi_window_open(c):
 @njit(**NUMBA)
 def note_opcode(c):
     """Under NMI-window exiting: remember the opcode (past a REX.W) of the instruction about to be stepped."""
-    rip = rd(c, X.UC_X86_REG_RIP)
-    linear = rip if rd(c, X.UC_X86_REG_CR0) & np.uint64(1) else \
-        ((rd(c, X.UC_X86_REG_CS) & np.uint64(0xFFFF)) << np.uint64(4)) + (rip & np.uint64(0xFFFF))
-    hpa = code_to_hpa(c, linear)
+    hpa = code_to_hpa(c, pc_linear(c)[1])
     op = np.uint64(0)
     if 0 <= hpa < np.int64(c[C.MEMSIZE]) - 1:
         mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])

@@ -21,7 +21,7 @@ from . import halt, intr
 from . import vmcs as V
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
-from .hooks import INLINE, linear_to_hpa, rd, record_exit
+from .hooks import INLINE, linear_to_hpa, pc_linear, rd, record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
 EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn error): details in ctx
@@ -45,10 +45,7 @@ UC_ERR_OK, UC_ERR_INSN_INVALID, UC_ERR_EXCEPTION = 0, 10, 21
 @njit(**NUMBA)
 def current_linear(c):
     """Linear address of RIP: CS.selector*16 + IP in real mode, RIP with flat segments otherwise."""
-    rip = rd(c, X.UC_X86_REG_RIP)
-    if rd(c, X.UC_X86_REG_CR0) & 1:
-        return rip
-    return ((rd(c, X.UC_X86_REG_CS) & np.uint64(0xFFFF)) << np.uint64(4)) + (rip & np.uint64(0xFFFF))
+    return pc_linear(c)[1]
 
 
 @njit(**NUMBA)

@@ -1,7 +1,9 @@
 """Fixtures for the debugger tests: the debugme guest waiting for gdb at its entry, and the real gdb in batch mode."""
 import os
 import re
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -40,6 +42,22 @@ def run_gdb(port, commands, elf=DEBUGME, timeout=60):
     """Run gdb to the end of `commands`; returns everything it printed."""
     done = subprocess.run(gdb_args(port, commands, elf), capture_output=True, text=True, timeout=timeout)
     return done.stdout + done.stderr
+
+
+def run_gdb_interrupted(port, commands, ready, waiting_for, elf=DEBUGME):
+    """Start gdb on `commands` (the first a `continue`), wait until ready() says the guest is where the test
+    wants it, then Ctrl-C gdb (SIGINT: it sends the stub its interrupt); returns everything gdb printed."""
+    gdb = subprocess.Popen(gdb_args(port, commands, elf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready():
+            assert time.monotonic() < deadline, waiting_for
+            time.sleep(0.05)
+        gdb.send_signal(signal.SIGINT)
+        return gdb.communicate(timeout=60)[0]
+    finally:
+        gdb.kill()
 
 
 def symbol(name, elf="debugme.elf"):

@@ -1,7 +1,5 @@
 """The real gdb debugs bundled guests through the VM's GDB stub: break, step, read, change, watch, interrupt."""
 import re
-import signal
-import subprocess
 import time
 
 import pytest
@@ -9,7 +7,7 @@ import pytest
 from engine import ConfigError, StateError
 from engine import stats
 from tests.engine.conftest import FLAT_BASE, assemble, guest, wait_for
-from tests.engine.debug.conftest import gdb_args, run_gdb, symbol
+from tests.engine.debug.conftest import run_gdb, run_gdb_interrupted, symbol
 
 MAGIC = 0xC0FFEE
 
@@ -80,17 +78,9 @@ def test_read_and_access_watchpoints(debugme):
 def test_ctrl_c_stops_the_running_guest(debugme):
     """gdb's Ctrl-C (SIGINT while `continue` waits) stops the guest with SIGINT; the counter is readable."""
     vm, port = debugme()
-    gdb = subprocess.Popen(gdb_args(port, ["continue", "print ticks", "print/x $pc"]), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while vm.state != "running" or vm.debugger.read_memory(0, symbol("ticks"), 4) == bytes(4):
-            assert time.monotonic() < deadline, "the guest never ran after gdb's continue"
-            time.sleep(0.05)
-        gdb.send_signal(signal.SIGINT)
-        out = gdb.communicate(timeout=60)[0]
-    finally:
-        gdb.kill()
+    out = run_gdb_interrupted(port, ["continue", "print ticks", "print/x $pc"],
+                              lambda: vm.state == "running" and vm.debugger.read_memory(0, symbol("ticks"), 4) != bytes(4),
+                              "the guest never ran after gdb's continue")
     assert "Program received signal SIGINT, Interrupt." in out, out
     ticks, pc = values(out)
     assert ticks > 0 and 0x100000 <= pc < 0x101000
@@ -188,17 +178,8 @@ def test_triple_fault_stops_with_sigsegv_and_state_to_inspect(hv, tmp_path):
 def test_halted_vcpu_stops_and_goes_back_to_its_halt(hv, tmp_path):
     """sti; hlt: the idle vCPU stops for gdb, `continue` puts it back to sleep, Ctrl-C stops it again."""
     vm, port = flat64_with_gdb(hv, tmp_path, "sti\n1: hlt\njmp 1b")
-    gdb = subprocess.Popen(gdb_args(port, ["continue", "print/x $pc"], elf=None), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while vm.state != "halted":
-            assert time.monotonic() < deadline, "the vCPU never went back to its halt"
-            time.sleep(0.05)
-        gdb.send_signal(signal.SIGINT)
-        out = gdb.communicate(timeout=60)[0]
-    finally:
-        gdb.kill()
+    out = run_gdb_interrupted(port, ["continue", "print/x $pc"], lambda: vm.state == "halted",
+                              "the vCPU never went back to its halt", elf=None)
     assert "Program received signal SIGINT" in out, out
     assert values(out) == [FLAT_BASE + 2]                        # after the hlt, as VT-x leaves RIP
     vm.destroy()

@@ -4,13 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run console test guests static bench clean
+.PHONY: deps run console test guests static bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
+
+# System packages (chromium, fonts, ...), installed through apt only where missing: tools/deps.sh lists them and why.
+deps:
+	@./tools/deps.sh
 
 guests:
 	$(MAKE) -C guests
@@ -21,13 +25,13 @@ static/node_modules/.package-lock.json: static/package.json static/package-lock.
 
 static: static/node_modules/.package-lock.json
 
-run: $(STAMP) guests static
+run: deps $(STAMP) guests static
 	$(PY) -m webhyve.serve --host 127.0.0.1 --port 8080 --demo shell
 
 console: $(STAMP) guests
 	$(VENV)/bin/vmmctl run guests/build/shell.elf
 
-test: $(STAMP) guests static
+test: deps $(STAMP) guests static
 	$(PY) -m pytest -q
 
 bench: $(STAMP) guests

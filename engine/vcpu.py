@@ -11,7 +11,7 @@ import time
 
 import capstone
 import numpy as np
-from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UC_MODE_64,
+from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UC_MODE_64,
                      UC_PROT_ALL, UC_TLB_VIRTUAL, Uc)
 from unicorn import x86_const as X
 
@@ -29,7 +29,7 @@ from .mmu import walk as W
 from .native import address, function_table, hook_add, load_real_mode_segment
 from .vmx import ctx as C
 from .vmx import exits as E
-from .vmx import halt, hooks, inject, segcache
+from .vmx import halt, hooks, inject, kick, segcache
 from .vmx import vmcs as V
 from .vmx import vmx
 
@@ -121,6 +121,7 @@ class Vcpu:
         hook_add(uc, UC_HOOK_INSN, hooks.out_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))
         hook_add(uc, UC_HOOK_INSN, hooks.cpuid_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_CPUID))
         hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
+        hook_add(uc, UC_HOOK_BLOCK, kick.block_hook.address, ud)       # kicks leave at block boundaries
         self._init_vmcs()
         hv.l1d.attach_vcpu(self)
         cachesim.apply(self)
@@ -184,9 +185,6 @@ class Vcpu:
         self.request(message)
         while self.thread is not None and self.thread.is_alive() and self._queued(message):
             time.sleep(0.0005)
-            if self._queued(message):
-                self.ctx[C.REQ] = C.REQ_STOP     # an IPI to the host CPU: retried until it lands
-                self._leave_kernel()
 
     def _queued(self, message):
         with self.mailbox.mutex:
@@ -196,8 +194,7 @@ class Vcpu:
         """Queue a message and make the vCPU's loop come out to its thread for it, without waiting."""
         self.mailbox.put(message)
         self.ctx[C.REQ] = C.REQ_STOP
-        if self.thread is not threading.current_thread():
-            self._leave_kernel()
+        self._leave_kernel()
 
     def kick(self):
         """The host IPI: leave the guest at once and come back through the loop's checks."""
@@ -206,8 +203,9 @@ class Vcpu:
             self._leave_kernel()
 
     def _leave_kernel(self):
-        """Out of the guest (Unicorn's stop) or out of a wait for an interrupt in the kernel loop (vmx/halt.py)."""
-        self.uc.emu_stop()
+        """Out of the guest at the next block boundary (vmx/kick.py; the reason is already in REQ) or out of a
+        wait for an interrupt in the kernel loop (vmx/halt.py)."""
+        kick.kick(self.ctx)
         if int(self.ctx[C.HALT_IN_KERNEL]):
             L.wake_halted(self.ctx)
 
@@ -229,7 +227,11 @@ class Vcpu:
         self.kick()
 
     def set_timeslice(self, microseconds):
+        """The host CPU became shared (or not): the VM's host timer ticks this vCPU's turns (hosttimer.py)."""
         self.ctx[C.TIMESLICE] = microseconds
+        timer = getattr(self.vm, "host_timer", None)       # not yet while the VM builds its vCPUs
+        if timer is not None:
+            timer.rearm()
 
     def _on_hostcpu(self, hostcpu):
         c = self.ctx

@@ -27,6 +27,7 @@ from .io.sync import full_fence
 from .native import HOST_CALLBACK
 from .vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
 from .vmx import ctx as C
+from .vmx import kick
 
 MiB = 1 << 20
 COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
@@ -168,7 +169,7 @@ class VM:
     def _device_failed(self, vcpu_id, port, problem):
         vcpu = self.vcpus[vcpu_id]
         vcpu.ctx[C.EXIT] = C.X_USER_STOP
-        vcpu.uc.emu_stop()
+        kick.kick(vcpu.ctx)                     # from inside the port hook: leave at the next block boundary
         self._set_suspended("error", "device at port %#x failed: %s" % (port, problem))
 
     # -- memory ---------------------------------------------------------------------------------------

@@ -4,28 +4,30 @@ bhyve arms a callout on a host CPU for each vLAPIC timer; when it fires while th
 CPU takes an external-interrupt exit. Here one thread per VM sleeps until the earliest vLAPIC deadline
 and then kicks every vCPU whose deadline has passed: an external-interrupt exit (reason 1, the vector
 below in the exit interruption information) for a vCPU in the guest, a wake-up for a halted one. The
-vCPU fires the LVT itself at its next injection step. The same pass re-kicks a vCPU whose notification
-kick (vlapic.notify) found no exit yet — the backstop for a kick Unicorn dropped.
+vCPU fires the LVT itself at its next injection step. The same thread is the host scheduler's tick: while
+vCPUs share a host CPU (hostcpu.py), it ends the turn of each one in the guest every timeslice (RESCHED).
 """
 import threading
 import time
 
 from ..vmx import ctx as C
+from ..vmx import kick
 from . import vlapic
 
 HOST_TIMER_VECTOR = 0xEF          # the modeled host's local APIC timer vector
 IDLE_WAIT = 0.05                  # seconds to sleep when no timer is armed
-RETRY_NS = 200000                 # a kicked vCPU that has not exited yet is kicked again after this
+RETRY_NS = 200000                 # a kicked vCPU that has not exited yet is looked at again after this
 
 
 class HostTimer:
-    """Legend: `vm` fixed; `_stop` set by the VM's lifecycle; `_kicked` is the thread's own."""
+    """Legend: `vm` fixed; `_stop` set by the VM's lifecycle; `_kicked` and `_ticks` are the thread's own."""
 
     def __init__(self, vm):
         self.vm = vm
         self._stop = threading.Event()
         self._wakeup = threading.Event()
         self._kicked = {}
+        self._ticks = {}                  # vCPU index -> when its timeslice ends (while its host CPU is shared)
         self.devices = []                 # platform timers (the 8254): deadline_ns() and expire(now)
         self.thread = threading.Thread(target=self._main, name="%s-hosttimer" % vm.name, daemon=True)
 
@@ -68,13 +70,20 @@ class HostTimer:
             return now + int(IDLE_WAIT * 1e9)            # RFLAGS.IF clear: the timer cannot end this HLT
         if int(c[C.HALT_IN_KERNEL]):
             return deadline if deadline > now else now + RETRY_NS    # it sleeps until its deadline itself
+        soonest = deadline if deadline else now + int(IDLE_WAIT * 1e9)
         if deadline and deadline <= now:
             self._kick(vcpu, HOST_TIMER_VECTOR, now)
-            return now + RETRY_NS
-        if int(c[C.NOTIFY]) and int(c[C.RUNSTATE]) == C.RUN_GUEST:
-            self._kick(vcpu, int(c[C.NOTIFY]), now)
-            return now + RETRY_NS
-        return deadline if deadline else now + int(IDLE_WAIT * 1e9)
+            soonest = now + RETRY_NS
+        slice_ns = int(c[C.TIMESLICE]) * 1000
+        if slice_ns:                                     # a shared host CPU: the scheduler's periodic tick
+            tick = self._ticks.get(vcpu.index, 0)
+            if now >= tick:
+                if tick and int(c[C.RUNSTATE]) == C.RUN_GUEST:
+                    c[C.RESCHED] = 1                     # this turn is over: the next vCPU's
+                    kick.kick(c)
+                tick = self._ticks[vcpu.index] = now + slice_ns
+            soonest = min(soonest, tick)
+        return soonest
 
     def _kick(self, vcpu, vector, now):
         c = vcpu.ctx
@@ -86,6 +95,6 @@ class HostTimer:
         if state == C.RUN_GUEST:
             if not int(c[C.NOTIFY]):
                 c[C.NOTIFY] = vector
-            vcpu.uc.emu_stop()
+            kick.kick(c)
         elif state == C.RUN_HALTED:
             vcpu.mailbox.put(("wake",))

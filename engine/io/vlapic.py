@@ -19,9 +19,10 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import stats as S
 from .. import tunables as T
-from ..native import FN_EMU_STOP, NUMBA, address, call_host, call_uc, hook_add, u64_ptr, u8_ptr
+from ..native import NUMBA, address, call_host, hook_add, u64_ptr, u8_ptr
 from ..vmx import ctx as C
-from ..vmx.hooks import rd
+from ..vmx import decode, kick
+from ..vmx.hooks import rd, stop
 from .sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
                    call_clock, fence, futex_wake)
 
@@ -65,6 +66,7 @@ IB_EXTINT = 15              # the 8259's INT output reaches this vCPU (io/vpic.p
 IB_SCHED_YIELD = 16         # sched_yield's address: a vCPU waiting for the bus lock gives its host CPU away
 IB_SYSCALL = 17             # libc syscall's address: the futex a vCPU halted in the kernel sleeps on (vmx/halt.py)
 IB_HALT_TS = 18             # 18-19: the timespec of that sleep's absolute deadline
+IB_CONTEXT_RESTORE = 20     # uc_context_restore's address: puts IB_CONTEXT back (vmx/intr.py end_shadow)
 IB_SIZE = 24
 
 
@@ -218,22 +220,15 @@ def notify(c, posted):
     """vcpu_notify_event: after the request is visible, kick the vCPU out of the guest or wake it from HLT.
 
     A vCPU between injection and entry counts as in the guest (bhyve runs that stretch with host
-    interrupts disabled, so the IPI stays pending until entry and forces an exit then). The kick is
-    repeated until the vCPU has come out once: a uc_emu_stop that lands before uc_emu_start has
-    begun is forgotten by Unicorn. The retries are bounded; the host timer re-kicks what remains.
+    interrupts disabled, so the IPI stays pending until entry and forces an exit then): the kick is a
+    flag that stays set until the guest leaves (vmx/kick.py), so one that lands before the entry is not lost.
     """
     fence()
     state = c[C.RUNSTATE]
     if state == C.RUN_GUEST:
         params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
         c[C.NOTIFY] = params[T.POSTED_INTERRUPT_VECTOR] if posted else params[T.IPINUM]
-        seq = c[C.EXIT_SEQ]
-        fns = carray(u64_ptr(c[C.FN]), 4)
-        for _ in range(20000):
-            call_uc(fns[FN_EMU_STOP], c[C.UC])
-            fence()
-            if c[C.EXIT_SEQ] != seq or c[C.RUNSTATE] != C.RUN_GUEST or c[C.NOTIFY] == 0:
-                return
+        kick.kick(c)
     elif state == C.RUN_HALTED:
         if c[C.HALT_IN_KERNEL] != 0:                     # waiting in the kernel loop (vmx/halt.py)
             wake_halted(c)
@@ -427,64 +422,38 @@ def is_read_only(offset):
 
 @njit(**NUMBA)
 def exits_after(c, reg, value):
-    """Writes the loop steps (mmio_write): every ICR write, whose IPI must go out exactly once; an EOI with
-    nested interrupts in service, which must end exactly one; and an EOI or a TPR write with requests
-    waiting, after which an interrupt may become deliverable to this vCPU. Like the APIC-write exit, the
-    vCPU leaves the guest after them."""
+    """Writes the vCPU leaves the guest after (the APIC-write exit, mmio_write): every ICR write, as
+    APIC-register virtualization exits on ICR (a self-IPI is deliverable at once), and an EOI or a TPR write
+    with requests waiting, after which an interrupt may become deliverable to this vCPU."""
     regs = page_of(c)
     if reg == ICR_LO:
-        return True             # every IPI: sending it twice is visible, and only a stepped write is replay-safe
-    if reg == EOI and nested(regs):
-        return True             # a replayed EOI would end the next in-service interrupt as well
+        return True
     if reg == EOI or reg == TPR:
         return highest(regs, IRR) >= 0
     return False
 
 
 @njit(**NUMBA)
-def nested(regs):
-    """Two or more interrupts in service (ISR)."""
-    seen = 0
-    for r in range(8):
-        word = np.uint32(regs[(ISR >> 2) + 4 * r])
-        if word != 0:
-            seen += 1 if word & (word - np.uint32(1)) == 0 else 2
-            if seen >= 2:
-                return True
-    return False
-
-
-@njit(**NUMBA)
-def stepped(c):
-    """LAPIC_STEP while a stepped write has been applied: 2, and above it the writing instruction's RIP."""
-    return (rd(c, X.UC_X86_REG_RIP) << np.uint64(2)) | np.uint64(2)
-
-
-@njit(**NUMBA)
 def mmio_write(c, offset, value):
     """The write hook runs before the store; the store then leaves `value` in the page (trap-like).
 
-    A uc_emu_stop from a memory hook makes Unicorn abandon the instruction and restart it at the next
-    entry (measured: the hook runs again). So a write that must exit after it completes stops the guest
-    first, without effect (LAPIC_STEP 1); the loop then steps that one instruction, whose hook applies
-    the write (LAPIC_STEP 2 | RIP << 2), and the injection step that follows sees its effect.
-
-    Another thread's kick (vlapic.notify, a pause) that lands while the hook runs restarts the instruction
-    too (measured: the `ipi` guest's answering IPIs went out twice). The loop sees the step end with RIP still
-    on the instruction and steps it again; the hook knows that re-run by LAPIC_STEP and does not act twice.
+    The hook acts once, here. A write after which the vCPU must leave the guest (exits_after) is trap-like
+    (exit 56 with this offset, then what became deliverable is injected): when the instruction is a MOV,
+    the hook stops the guest, Unicorn restarts the MOV after its store, and the loop moves RIP past it
+    (vmx/decode.py) — exactly after the write, as VT-x exits. Any other form leaves at the next block
+    boundary (vmx/kick.py), never by a restart that would run it, and this hook, twice.
     """
     reg = offset & ~0xF
     value = np.int64(value) & 0xFFFFFFFF
-    step = c[C.LAPIC_STEP]
-    if step & np.uint64(3) == 2 and step == stepped(c):
-        return                                           # the re-run of a write already applied
-    if step == 0 and exits_after(c, reg, value):
+    if exits_after(c, reg, value):
         c[C.LAPIC_STEP] = 1
-        call_uc(carray(u64_ptr(c[C.FN]), 4)[FN_EMU_STOP], c[C.UC])
-        return
-    if step == 1:
-        c[C.LAPIC_STEP] = stepped(c)
         c[C.LAPIC_STEP_OFFSET] = np.uint64(offset)
+        c[C.LAPIC_RESUME] = decode.after_mov_store(c)
+        if c[C.LAPIC_RESUME] != 0:
+            c[C.LAPIC_AT] = rd(c, X.UC_X86_REG_RIP)
+            stop(c)
+        else:
+            kick.kick(c)
     undo_readonly_write(c)
     regs = page_of(c)
     if is_read_only(reg) or reg == EOI:
@@ -545,6 +514,7 @@ class Vlapic:
         self.block[IB_CLOCK] = CLOCK_GETTIME
         self.block[IB_CONTEXT] = address(self._context.context)
         self.block[IB_CONTEXT_SAVE] = address(uclib.uc_context_save)
+        self.block[IB_CONTEXT_RESTORE] = address(uclib.uc_context_restore)
         self.block[IB_CALLBACK] = callback_address
         self.block[IB_UC_CTL] = address(uclib.uc_ctl)
         self.block[IB_SCHED_YIELD] = SCHED_YIELD

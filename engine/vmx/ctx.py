@@ -34,7 +34,12 @@ GUEST_PE = 22       # [k] CR0.PE as read since this entry: 0 not read yet, 1 rea
 HALT_SEQ = 23       # [any] a halted vCPU waiting in the kernel sleeps on this word's low half (a futex); wakers
                     #     bump it (vmx/halt.py)
 HALT_IN_KERNEL = 24  # [k] 1 while the vCPU waits for an interrupt in the kernel loop rather than in userspace
-LAPIC_STEP_OFFSET = 25  # [k] the APIC register offset of the stepped write (LAPIC_STEP): the exit 56 qualification
+LAPIC_STEP_OFFSET = 25  # [k] the APIC register offset of the write LAPIC_STEP exits after: the exit 56 qualification
+KICK = 26           # [any] nonzero: leave the guest at the next translated-block boundary (vmx/kick.py). Set
+                    #     after the reason (REQ, NOTIFY, RESCHED, an IRR bit) is visible; the block hook clears it
+RESCHED = 27        # [any] the host scheduler's tick: the timeslice of a shared host CPU is over (hosttimer.py)
+LAPIC_AT = 28       # [k] RIP of the MOV whose APIC write stopped the guest on it (Unicorn restarts it after the
+LAPIC_RESUME = 29   #     store), and the RIP after it, where the loop resumes; 0 when it left at a block boundary
 # -- exit record [k] -------------------------------------------------------------------------------
 EXIT = 32           # what a hook asks the loop to do (X_*)
 FAULT_GLA = 33
@@ -64,8 +69,8 @@ HOSTCPU = 55        # the host CPU this vCPU runs on
 FAULT_STATUS = 56   # [k] why an EPT violation was not handled (mmu/ept.py results)
 TLB_LEN = 57        # length of the TLB model's array
 VCPU_EPTGEN = 59    # [k] the EPT generation this vCPU last entered with (to count INVEPTs saved)
-TIMESLICE = 58      # [any] microseconds per entry when the host CPU is shared (0: run until an exit)
-SLICED = 60         # [k] the last entry ran with a timeslice
+TIMESLICE = 58      # [any] microseconds per turn when the host CPU is shared (0: run until an exit); the host
+                    #     timer's tick ends the turn (RESCHED)
 PAUSE_SKIP = 61     # [k] address + 1 of a PAUSE that exited: it runs when the vCPU is back
 CODE_PAGE = 62      # [k] the last code page hooks decoded (linear | 1), its host page, and (CODE_GEN, slot 21)
 CODE_HPA = 63       #     the EPT + TLB generations it was found under: any invalidation makes it stale
@@ -86,8 +91,8 @@ PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.
 LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none
 LAPIC_FIXVAL = 77   # [k] its value, put back at the next access
 NMI_WINDOW = 78     # [k] NMI-window exiting: step until NMI blocking ends
-LAPIC_STEP = 79     # [k] an APIC write that must exit after it completes: 1 = stopped before it, 2 | RIP << 2 =
-                    #     applied by the stepped instruction at RIP (until it completes)
+LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-like) was applied; the guest leaves at
+                    #     the next block boundary
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)

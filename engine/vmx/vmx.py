@@ -13,11 +13,9 @@ from .. import stats as S
 from ..cpu import l1d
 from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr, u8_ptr
 from ..io import buslock
-from ..io import vlapic as L
-from ..io.sync import fence
 from . import ctx as C
 from . import exits as E
-from . import halt, intr
+from . import halt, intr, kick
 from . import vmcs as V
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
@@ -57,15 +55,14 @@ def enter(c):
     c[C.ENTRIES] += 1
     fns = carray(u64_ptr(c[C.FN]), NFN)
     # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;
-    # with interrupt- or NMI-window exiting armed, one instruction at a time (vmx/intr.py); on a shared
-    # host CPU, a timeslice (hostcpu.py)
-    count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 or c[C.LAPIC_STEP] != 0 else 0
+    # with interrupt- or NMI-window exiting armed, one instruction at a time (vmx/intr.py). No timeout:
+    # Unicorn's is a thread calling uc_emu_stop, which can replay an instruction (vmx/kick.py); a shared
+    # host CPU's turns end by the host timer's tick (RESCHED)
+    count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 else 0
     if c[C.NMI_WINDOW] != 0:
         intr.note_opcode(c)
     intr.prepare_entry(c, count)
-    timeout = c[C.TIMESLICE] if count == 0 else np.uint64(0)
-    c[C.SLICED] = 1 if timeout != 0 else 0
-    err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, timeout, count)
+    err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, count)
     c[C.EXIT_SEQ] += 1
     buslock.release(c)                             # a locked instruction that faulted or was the last one run
     return err
@@ -103,6 +100,8 @@ def exit_process(c, err):
     """vmx_exit_process: decode why emu_start returned; 0 if handled here, else a VM_EXITCODE."""
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     c[C.RIP] = rd(c, X.UC_X86_REG_RIP)
+    if c[C.LAPIC_STEP] != 0:                           # an APIC write the guest left after (io/vlapic.py mmio_write)
+        intr.apic_write_exit(c)
     why = c[C.EXIT]
     if why == C.X_EPT or why == C.X_EXEC or why == C.X_POOL:
         record(c, E.EPT_VIOLATION, c[C.FAULT_QUAL], 0, S.VMEXIT_NESTED_FAULT)
@@ -127,8 +126,6 @@ def exit_process(c, err):
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
-        if c[C.LAPIC_STEP] & np.uint64(3) == 2 and c[C.LAPIC_STEP] != L.stepped(c):
-            intr.apic_write_exit(c)                    # the APIC write completed (io/vlapic.py mmio_write)
         if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
             intr.host_interrupt(c)
         if c[C.INTR_WINDOW] != 0 and intr.window_open(c):
@@ -138,7 +135,8 @@ def exit_process(c, err):
             c[C.NMI_WINDOW] = 0
             record(c, E.NMI_WINDOW, 0, 0, S.VMEXIT_NMI_WINDOW)
             return intr.EXITCODE_IPI
-        if c[C.SLICED] != 0:                           # the timeslice ran out: the host scheduler's turn
+        if c[C.RESCHED] != 0:                          # the timeslice ran out: the host scheduler's turn
+            c[C.RESCHED] = 0
             counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
             counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
@@ -163,7 +161,7 @@ def _run(c):
     while True:
         # 1. inject, "with host interrupts disabled": marked in the guest before anything pending is read
         c[C.RUNSTATE] = C.RUN_GUEST
-        fence()
+        kick.clear(c)                              # (with a full fence: the notifier's Dekker handshake)
         code = intr.inject(c)
         if code != 0:
             return code

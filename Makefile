@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps run console test guests static bench clean
+.PHONY: deps run console test stress guests static bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ console: $(STAMP) guests
 
 test: deps $(STAMP) guests static
 	$(PY) -m pytest -q
+
+# The timing-sensitive tests RUNS times under two CPU burners; prints how many runs passed (tools/stress.py).
+RUNS ?= 20
+stress: deps $(STAMP) guests static
+	$(PY) tools/stress.py --runs $(RUNS)
 
 bench: $(STAMP) guests
 	$(PY) bench/run.py

@@ -93,8 +93,6 @@ class HostTimer:
         self._kicked[vcpu.index] = (int(c[C.EXIT_SEQ]), now)
         state = int(c[C.RUNSTATE])
         if state == C.RUN_GUEST:
-            if not int(c[C.NOTIFY]):
-                c[C.NOTIFY] = vector
-            kick.kick(c)
+            kick.host_interrupt(c, vector)
         elif state == C.RUN_HALTED:
             vcpu.mailbox.put(("wake",))

@@ -41,3 +41,12 @@ def block_hook(uc, address, size, ud):
     if c[C.KICK] != 0:
         c[C.KICK] = 0
         call_uc(carray(u64_ptr(c[C.FN]), NFN)[FN_EMU_STOP], c[C.UC])
+
+
+def host_interrupt(c, vector):
+    """A host interrupt (a timer tick, a notification) for a vCPU in the guest: an external-interrupt exit,
+    handled in the kernel loop (vmx/intr.py host_interrupt). Not for a halted one: it needs a wake-up."""
+    if int(c[C.RUNSTATE]) == C.RUN_GUEST:
+        if not int(c[C.NOTIFY]):
+            c[C.NOTIFY] = vector
+        kick(c)

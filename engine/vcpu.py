@@ -86,6 +86,7 @@ class Vcpu:
         self.waiting_sipi = index > 0            # application processors wait for INIT-SIPI (SPINUP_AP)
         self.halt_interruptible = False          # RFLAGS.IF at the last HLT: may an interrupt wake it
         self.halt_for_input = False              # halted in a BIOS keyboard wait, not at a guest HLT
+        self.paused_from = RUNNING               # what a resume returns to: RUNNING, or HALTED (still in its HLT)
         self._make_uc()
         self.hostcpu.assign(self)
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
@@ -272,9 +273,12 @@ class Vcpu:
     def _handle(self, message):
         kind = message[0]
         if kind == "pause" and self.state in (RUNNING, HALTED):
-            self.state = PAUSED                  # a halted vCPU resumes running: the guest's HLT loop halts again
+            self.paused_from, self.state = self.state, PAUSED
         elif kind == "resume" and self.state == PAUSED:
-            self.state = RUNNING
+            if self.paused_from == HALTED:
+                self.back_into_halt()
+            else:
+                self.state = RUNNING
         elif kind == "wake" and self.state == HALTED and self._wakes():
             self.state = RUNNING
             self.ctx[C.RUNSTATE] = C.RUN_HOST
@@ -432,6 +436,15 @@ class Vcpu:
             self._record(E.EXCEPTION_NMI, 0, S.VMEXIT_EXCEPTION,
                          intr_info=E.interruption_info(event.vector, E.TYPE_HWEXC, event.error_code is not None))
         self._deliver(event)
+
+    def back_into_halt(self):
+        """Return to a HLT that a pause, a debugger stop or a snapshot interrupted. It ends only as a HLT ends
+        (vm_handle_hlt): by an interrupt that arrived meanwhile (its wake-up found the vCPU paused), or by
+        input for a BIOS keyboard wait; never by the pause itself."""
+        self.state = HALTED
+        if self.vm.console.has_input() if self.halt_for_input else self._wakes():
+            self.state = RUNNING
+            self.ctx[C.RUNSTATE] = C.RUN_HOST
 
     def _interrupt_pending(self):
         """Marked halted first, then checked: a notifier either sees the mark (and wakes us) or we see its bit."""

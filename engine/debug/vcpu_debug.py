@@ -76,8 +76,8 @@ class VcpuDebug:
             c[C.DBG_STEP] = 1
             self._update_trace()
             vcpu.state = RUNNING         # a step out of a halt runs the next instruction
-        elif self.resume_state == HALTED and not vcpu.vm.console.has_input():
-            vcpu.state = HALTED
+        elif self.resume_state == HALTED:
+            vcpu.back_into_halt()
         else:
             vcpu.state = RUNNING
         self.stop_reason = None

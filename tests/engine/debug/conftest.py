@@ -38,7 +38,7 @@ def gdb_args(port, commands, elf=DEBUGME):
     return args + ([elf] if elf else [])
 
 
-def run_gdb(port, commands, elf=DEBUGME, timeout=60):
+def run_gdb(port, commands, elf=DEBUGME, timeout=300):      # a deadline for a hang: under load a watchpoint run takes minutes
     """Run gdb to the end of `commands`; returns everything it printed."""
     done = subprocess.run(gdb_args(port, commands, elf), capture_output=True, text=True, timeout=timeout)
     return done.stdout + done.stderr
@@ -55,7 +55,7 @@ def run_gdb_interrupted(port, commands, ready, waiting_for, elf=DEBUGME):
             assert time.monotonic() < deadline, waiting_for
             time.sleep(0.05)
         gdb.send_signal(signal.SIGINT)
-        return gdb.communicate(timeout=60)[0]
+        return gdb.communicate(timeout=300)[0]
     finally:
         gdb.kill()
 

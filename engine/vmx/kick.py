@@ -37,10 +37,9 @@ def clear(c):
 
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, types.CPointer(types.uint64)), **NUMBA)
 def block_hook(uc, address, size, ud):
-    c = carray(ud, C.SIZE)
-    if c[C.KICK] != 0:
-        c[C.KICK] = 0
-        call_uc(carray(u64_ptr(c[C.FN]), NFN)[FN_EMU_STOP], c[C.UC])
+    if ud[C.KICK] != 0:                        # every block runs this: the pointer, not an array around it
+        ud[C.KICK] = 0
+        call_uc(carray(u64_ptr(ud[C.FN]), NFN)[FN_EMU_STOP], ud[C.UC])
 
 
 def host_interrupt(c, vector):

@@ -207,15 +207,20 @@ def _arrays(reader, manifest):
 
 
 def _image(path, manifest, arrays):
-    """The saved boot image, parsed again (so reset works after a restore), or None."""
-    image = manifest["image"]
-    if not image["filename"]:
-        return None
-    try:
-        return loaders.load_image(arrays["image"].tobytes(), image["filename"], manifest["vm"]["mem_mb"] << 20,
-                                  kind=image["kind"], cmdline=image["cmdline"], load_addr=image["load_addr"])
-    except ImageError as problem:
-        raise SnapshotError("%s holds a boot image that cannot be loaded: %s" % (path, problem)) from None
+    """The saved boot image, parsed again (so reset works after a restore), or None; a vCPU still to boot
+    needs one that boots through the reset stub."""
+    info, image = manifest["image"], None
+    if info["filename"]:
+        try:
+            image = loaders.load_image(arrays["image"].tobytes(), info["filename"], manifest["vm"]["mem_mb"] << 20,
+                                       kind=info["kind"], cmdline=info["cmdline"], load_addr=info["load_addr"])
+        except ImageError as problem:
+            raise SnapshotError("%s holds a boot image that cannot be loaded: %s" % (path, problem)) from None
+    for i, vcpu in enumerate(manifest["vcpus"]):
+        if vcpu["boot"] and (image is None or image.mode not in firmware.TARGETS):
+            raise SnapshotError("%s is damaged or crafted: vcpus[%d] is to boot through the reset stub, which "
+                                "its %s image does not use" % (path, i, image.kind if image else "missing"))
+    return image
 
 
 # -- restoring ------------------------------------------------------------------------------------------
@@ -308,7 +313,7 @@ def _restore_into(vm, manifest, arrays, image):
         v.restored_state = info["state"]
         v.ctx[C.CYCLES] = info["cycles"]
         restore_lapic(v, arrays["lapic"][i], info)
-        if info["boot"] and vm.image is not None:
+        if info["boot"]:
             v.boot = (firmware.TARGETS[vm.image.mode][1], vm.image)
     for host, vpid, linear, gpa, perms, glob in arrays["tlb"].tolist():
         if host < len(vm.hypervisor.hostcpus):

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+import tokenize
 import zipfile
 
 import numpy as np
@@ -188,11 +189,13 @@ class Reader:
 def _npy_header(f):
     """(shape, fortran_order, dtype) from a .npy header: a Python literal parsed by ast.literal_eval."""
     version = npy.read_magic(f)
-    if version == (1, 0):
-        return npy.read_array_header_1_0(f, max_header_size=NPY_HEADER_MAX)
-    if version == (2, 0):
-        return npy.read_array_header_2_0(f, max_header_size=NPY_HEADER_MAX)
-    raise ValueError("npy format version %d.%d" % version)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError("npy format version %d.%d" % version)
+    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    try:
+        return read(f, max_header_size=NPY_HEADER_MAX)
+    except (SyntaxError, TypeError, RecursionError, tokenize.TokenError) as problem:   # a damaged literal
+        raise ValueError("its .npy header is not a valid literal (%s)" % problem) from None
 
 
 def _kind(dtype):

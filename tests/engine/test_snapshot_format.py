@@ -4,6 +4,7 @@ naming the problem, before the host it is restored into changes at all."""
 import io
 import json
 import pickle
+import random
 import resource
 import signal
 import threading
@@ -163,6 +164,9 @@ def test_truncated_files_are_refused(good, tmp_path):
     content = members(good)
     content["lapic.npy"] = content["lapic.npy"][:-100]              # the member ends early, the zip is whole
     refused(write_zip(tmp_path / "short.snap", content), r"truncated or damaged: member lapic.npy has \d+ bytes", host)
+    content = members(good)
+    content["vmcs.npy"] = content["vmcs.npy"].replace(b"'shape': (", b"'shape': [")     # a damaged header literal
+    refused(write_zip(tmp_path / "header.snap", content), "member vmcs.npy cannot be read", host)
 
 
 def test_foreign_files_and_other_formats_are_refused(good, tmp_path):
@@ -254,6 +258,24 @@ def test_a_pickle_payload_that_would_create_a_file_never_runs(good, tmp_path):
     assert not marker.exists()
 
 
+def test_random_damage_is_refused_with_a_snapshot_error_or_restores(good, tmp_path):
+    """Bytes changed anywhere (seeded): the zip CRCs, the .npy headers and the checks catch it, or the
+    change was harmless (a timestamp) and the VM restores; never another exception."""
+    raw, rng, host = good.read_bytes(), random.Random(15), Hypervisor(host_mem_mb=256)
+    outcomes = set()
+    for _ in range(150):
+        data = bytearray(raw)
+        for _ in range(rng.choice((1, 3))):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        (tmp_path / "damaged.snap").write_bytes(bytes(data))
+        try:
+            host.destroy_vm(host.restore_vm(tmp_path / "damaged.snap", start=False).name)
+            outcomes.add("restored")
+        except SnapshotError:
+            outcomes.add("refused")
+    assert "refused" in outcomes and host.vms == {}
+
+
 def _set(path, value):
     def change(doc):
         where = doc
@@ -274,6 +296,7 @@ def _set(path, value):
     (_set(("vcpus", 1, "hostcpu"), -1), r"vcpus\[1\].hostcpu = -1 is outside 0..63"),
     (_set(("vcpus", 1, "index"), 0), r"vcpus\[1\].index = 0, not its position 1"),
     (_set(("vcpus", 0, "state"), "exploding"), r"vcpus\[0\].state is 'exploding'"),
+    (_set(("vcpus", 1, "boot"), True), r"vcpus\[1\] is to boot through the reset stub, which its flat64 image"),
     (_set(("devices", "pit", "reload"), 0), "devices.pit.reload = 0 is outside 1..65536"),
     (_set(("devices", "com1", "rx"), list(range(17))), "devices.com1.rx is .*, not a list of at most 16 items"),
     (_set(("devices", "vga", "crtc", "999"), 1), "devices.vga.crtc key '999' is not a number in 0..255"),

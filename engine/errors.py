@@ -19,3 +19,8 @@ class TunableError(EngineError):
 
 class StateError(EngineError):
     """A request that is not allowed in the VM's or vCPU's current state."""
+
+
+class SnapshotError(EngineError):
+    """A snapshot file that cannot be restored (damaged, truncated, foreign or crafted), or one that cannot be
+    written; the message names the file and the problem."""

@@ -1,28 +1,31 @@
 """VM snapshots: a paused VM's whole state in one file, and a VM rebuilt from it (bhyvectl --checkpoint).
 
-The file is a zip (numpy's npz): `header` is JSON (format, version, Unicorn version, the configuration a
-fresh server needs, the tunables, device and vCPU state), the arrays hold each vCPU's CPU context,
-VMCS, counters and MSRs, the populated guest pages with their EPT bits, and the TLB model's entries.
-Only pages the guest (or the host for it) touched are written, so a large mostly-empty guest is small.
-Zip CRCs catch damage; a missing member or a wrong format/version is refused with a message naming it.
+The file (format version 2, snapshot_file.py) is a zip: `manifest.json` holds the configuration a fresh
+server needs, the tunables, device and vCPU state; `.npy` arrays hold each vCPU's CPU state (cpu/ucstate.py),
+VMCS, counters, MSRs and virtual-APIC page, the populated guest pages with their EPT bits, the TLB model's
+entries and the boot image. Only pages the guest (or the host for it) touched are written, so a large
+mostly-empty guest is small. Nothing is unpickled: every manifest field, member dtype, shape and value is
+checked (snapshot_schema.py) before the restore changes anything, and a bad file is refused with a
+SnapshotError naming the problem.
 """
-import io
-import json
-import pickle
 import time
-import zipfile
 
 import numpy as np
 import unicorn
 
 from . import firmware, loaders
-from .errors import EngineError
+from . import snapshot_file as F
+from . import snapshot_schema as SCHEMA
+from .cpu import ucstate
+from .errors import ConfigError, ImageError, SnapshotError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
 from .vmx import ctx as C
 
+__all__ = ["FORMAT", "VERSION", "SnapshotError", "read_header", "restore", "save"]
+
 FORMAT = "webhyve-snapshot"
-VERSION = 1
+VERSION = 2
 PIC_FIELDS = ("irr", "isr", "imr", "vector_base", "icw_step", "icw4_wanted", "aeoi", "read_isr", "lines")
 PIT_FIELDS = ("mode", "access", "reload", "low_written", "latched", "read_high")
 # vLAPIC context slots that are state, not addresses; the two clock readings are saved relative to now
@@ -31,44 +34,40 @@ LAPIC_SLOTS = (C.TIMER_PERIOD, C.INTR_WINDOW, C.INJECT, C.PENDING, C.LAPIC_FIX, 
 LAPIC_CLOCKS = (C.TIMER_DEADLINE, C.TIMER_START)
 UART_FIELDS = ("ier", "lcr", "mcr", "lsr", "fcr", "scr", "dll", "dlm", "msr", "thre_int_pending", "_irq_level",
                "_claimed", "_rx_size")
-
-
-class SnapshotError(EngineError):
-    """A snapshot file that cannot be restored; the message says why."""
+HOST_VMCS_FIELDS = ("VPID", "EPTP", "ENTRY_MSR_LOAD")    # this host's values, not the saving host's
 
 
 # -- saving -------------------------------------------------------------------------------------------
 def save(vm, path):
-    """Write the VM (which must be paused, halted, suspended or idle: not running) to `path`."""
+    """Write the VM (which must be paused, halted, suspended or idle: not running) to `path`, atomically."""
     if any(v.thread is not None and v.thread.is_alive() and not v.parked.is_set() for v in vm.vcpus):
         raise SnapshotError("VM %r is running: pause it before taking a snapshot" % vm.name)
-    arrays, vcpus = {}, []
-    for v in vm.vcpus:
-        ctx = v.uc.context_save()
-        arrays["vcpu%d_uc" % v.index] = np.frombuffer(pickle.dumps(ctx), np.uint8)
-        arrays["vcpu%d_vmcs" % v.index] = v.vmcs.store.copy()
-        arrays["vcpu%d_counters" % v.index] = v.counters.copy()
-        arrays["vcpu%d_msrs" % v.index] = v.msrs.copy()
-        arrays["vcpu%d_lapic" % v.index] = lapic_pages(v)
-        vcpus.append({"index": v.index, "state": v.state, "started": v.thread is not None,
-                      "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
-                      "cycles": int(v.ctx[C.CYCLES]),                   # the modeled TSC (cpu/cachesim.py)
-                      "lapic": {str(slot): int(v.ctx[slot]) for slot in LAPIC_SLOTS},
-                      "lapic_clocks": {str(slot): _since(int(v.ctx[slot])) for slot in LAPIC_CLOCKS},
-                      "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
-                      "halt_interruptible": v.halt_interruptible, "halt_for_input": v.halt_for_input})
+    vcpus = [{"index": v.index, "state": v.state, "started": v.thread is not None,
+              "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
+              "cycles": int(v.ctx[C.CYCLES]),                   # the modeled TSC (cpu/cachesim.py)
+              "lapic": {str(slot): int(v.ctx[slot]) for slot in LAPIC_SLOTS},
+              "lapic_clocks": {str(slot): _since(int(v.ctx[slot])) for slot in LAPIC_CLOCKS},
+              "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
+              "halt_interruptible": v.halt_interruptible, "halt_for_input": v.halt_for_input} for v in vm.vcpus]
     gpas, bits, data = _pages(vm)
-    arrays["pages_gpa"], arrays["pages_bits"], arrays["pages_data"] = gpas, bits, data
-    arrays["tlb"] = _tlb_rows(vm)
     image_bytes, filename, kind, cmdline, load_addr = vm._load_args or (b"", None, None, "", None)
-    arrays["image"] = np.frombuffer(image_bytes, np.uint8)
+    arrays = {"cpu": np.concatenate([ucstate.read(v.uc) for v in vm.vcpus]),
+              "vmcs": np.stack([v.vmcs.store for v in vm.vcpus]),
+              "counters": np.stack([v.counters for v in vm.vcpus]),
+              "msrs": np.stack([v.msrs.reshape(-1, 3) for v in vm.vcpus]),
+              "lapic": np.stack([lapic_pages(v) for v in vm.vcpus]),
+              "pages_gpa": gpas, "pages_bits": bits, "pages_data": data.reshape(-1, EPT.PAGE),
+              "tlb": _tlb_rows(vm), "image": np.frombuffer(image_bytes, np.uint8)}
     st = vm.pmap.st
-    header = {
+    manifest = {
         "format": FORMAT, "version": VERSION, "unicorn": unicorn.__version__, "saved_at": time.time(),
         "vm": {"name": vm.name, "mem_mb": vm.mem_size >> 20, "cpus": len(vm.vcpus), "profile": vm.profile.name,
                "mem_cap_mb": int(st[EPT.S_CAP]) * EPT.PAGE >> 20, "state": vm.state,
                "suspend": [vm.suspend_reason, vm.suspend_message]},
-        "image": {"filename": filename, "kind": kind, "cmdline": cmdline, "load_addr": load_addr},
+        "image": {"filename": filename, "kind": kind, "cmdline": cmdline, "load_addr": load_addr,
+                  "bytes": len(image_bytes)},
+        "memory": {"pages": len(gpas)},
+        "tlb_entries": len(arrays["tlb"]),
         "ept": {"flags": int(st[EPT.S_FLAGS]), "eptp": vm.pmap.eptp,
                 "counters": {k: int(st[s]) for k, s in (("promotions", EPT.S_PROMOTIONS), ("demotions", EPT.S_DEMOTIONS),
                                                        ("first_touch", EPT.S_FIRST_TOUCH), ("ad_faults", EPT.S_AD_FAULTS))}},
@@ -76,9 +75,7 @@ def save(vm, path):
         "devices": device_state(vm),
         "vcpus": vcpus,
     }
-    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    F.write(path, manifest, arrays)
     return {"path": str(path), "pages": len(gpas), "bytes": data.size}
 
 
@@ -129,7 +126,8 @@ def _since(ns):
 
 
 def _at(offset):
-    return time.monotonic_ns() + offset if offset is not None else 0
+    """A saved offset as a CLOCK_MONOTONIC reading here (None: not counting); never 0 or before boot."""
+    return max(time.monotonic_ns() + offset, 1) if offset is not None else 0
 
 
 def lapic_pages(vcpu):
@@ -157,75 +155,103 @@ def device_state(vm):
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def _load(path, members):
-    """{name: array} for `members` of the file (None: all of them); SnapshotError if it cannot be read."""
-    try:                                   # reading a member to its end checks its CRC (zipfile)
-        with np.load(path, allow_pickle=False) as archive:
-            names = archive.files if members is None else [m for m in members if m in archive.files]
-            return {name: archive[name] for name in names}
-    except FileNotFoundError:
-        raise SnapshotError("no snapshot at %s" % path) from None
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as problem:
-        raise SnapshotError("%s is not a readable snapshot (truncated or damaged): %s" % (path, problem)) from None
-
-
-def _header(path, arrays):
-    if "header" not in arrays:
-        raise SnapshotError("%s has no header: not a webhyve snapshot" % path)
+def _manifest(reader):
+    """The file's manifest, every field checked; SnapshotError naming the first that is wrong."""
+    manifest = reader.manifest()
+    if manifest.get("format") != FORMAT:
+        raise reader.refuse("is not a webhyve snapshot (format %r)" % (manifest.get("format"),))
+    if manifest.get("version") != VERSION:
+        raise reader.refuse("is snapshot format version %s; this webhyve reads version %d"
+                            % (manifest.get("version"), VERSION))
+    if manifest.get("unicorn") != unicorn.__version__:
+        raise reader.refuse("was saved with Unicorn %s; its CPU state layout is Unicorn %s's"
+                            % (manifest.get("unicorn"), unicorn.__version__))
     try:
-        header = json.loads(arrays.pop("header").tobytes())
-    except ValueError:
-        raise SnapshotError("%s: the header is not valid JSON (damaged)" % path) from None
-    if header.get("format") != FORMAT:
-        raise SnapshotError("%s is not a webhyve snapshot (format %r)" % (path, header.get("format")))
-    if header.get("version") != VERSION:
-        raise SnapshotError("%s is snapshot format version %s; this webhyve reads version %d"
-                            % (path, header.get("version"), VERSION))
-    if header.get("unicorn") != unicorn.__version__:
-        raise SnapshotError("%s was saved with Unicorn %s; CPU contexts need Unicorn %s"
-                            % (path, header.get("unicorn"), unicorn.__version__))
-    return header
+        SCHEMA.check(manifest)
+    except SCHEMA.Invalid as bad:
+        raise reader.refuse("is damaged or crafted: %s" % bad) from None
+    return manifest
 
 
 def read_header(path):
-    """The header alone (for listings): the page data is not read."""
-    return _header(path, _load(path, ["header"]))
+    """The checked manifest alone (for listings): the arrays are not read."""
+    with F.Reader(path) as reader:
+        return _manifest(reader)
 
 
-def read(path):
-    """(header, arrays) from a snapshot file, or SnapshotError saying what is wrong with it."""
-    arrays = _load(path, None)
-    header = _header(path, arrays)
-    needed = ["pages_gpa", "pages_bits", "pages_data", "tlb", "image"]
-    for i in range(header["vm"]["cpus"]):
-        needed += ["vcpu%d_%s" % (i, part) for part in ("uc", "vmcs", "counters", "msrs", "lapic")]
-    missing = [name for name in needed if name not in arrays]
-    if missing:
-        raise SnapshotError("%s is incomplete: %s missing" % (path, ", ".join(missing)))
-    if arrays["pages_data"].size != arrays["pages_gpa"].size * EPT.PAGE:
-        raise SnapshotError("%s is damaged: %d pages listed, %d bytes of data"
-                            % (path, arrays["pages_gpa"].size, arrays["pages_data"].size))
-    return header, arrays
+def _fits(hypervisor, path, manifest, name):
+    """Refuse, before anything changes, what this host cannot give the VM the file describes."""
+    vm, host_mb = manifest["vm"], hypervisor.memory.size >> 20
+    if vm["mem_mb"] > host_mb:
+        raise SnapshotError("%s describes a VM of %d MiB; this modeled host has %d MiB in all"
+                            % (path, vm["mem_mb"], host_mb))
+    maxcpu = manifest["tunables"].get("hw.vmm.maxcpu", hypervisor.tunables.get("hw.vmm.maxcpu"))
+    if vm["cpus"] > maxcpu:
+        raise SnapshotError("%s describes %d vCPUs; hw.vmm.maxcpu is %d" % (path, vm["cpus"], maxcpu))
+    if name is not None:
+        try:
+            SCHEMA.vm_name(name, "VM name")
+        except SCHEMA.Invalid as bad:
+            raise ConfigError(str(bad)) from None
+    if (name or vm["name"]) in hypervisor.vms:
+        raise ConfigError("a VM named %r already exists" % (name or vm["name"]))
+
+
+def _arrays(reader, manifest):
+    arrays = reader.arrays(SCHEMA.members(manifest))
+    try:
+        SCHEMA.check_arrays(manifest, arrays)
+    except SCHEMA.Invalid as bad:
+        raise reader.refuse("is damaged or crafted: %s" % bad) from None
+    return arrays
+
+
+def _image(path, manifest, arrays):
+    """The saved boot image, parsed again (so reset works after a restore), or None; a vCPU still to boot
+    needs one that boots through the reset stub."""
+    info, image = manifest["image"], None
+    if info["filename"]:
+        try:
+            image = loaders.load_image(arrays["image"].tobytes(), info["filename"], manifest["vm"]["mem_mb"] << 20,
+                                       kind=info["kind"], cmdline=info["cmdline"], load_addr=info["load_addr"])
+        except ImageError as problem:
+            raise SnapshotError("%s holds a boot image that cannot be loaded: %s" % (path, problem)) from None
+    for i, vcpu in enumerate(manifest["vcpus"]):
+        if vcpu["boot"] and (image is None or image.mode not in firmware.TARGETS):
+            raise SnapshotError("%s is damaged or crafted: vcpus[%d] is to boot through the reset stub, which "
+                                "its %s image does not use" % (path, i, image.kind if image else "missing"))
+    return image
 
 
 # -- restoring ------------------------------------------------------------------------------------------
 def restore(hypervisor, path, name=None, start=True):
     """A new VM from a snapshot: same configuration, memory, CPU and device state. It runs again when
-    the snapshot was taken of a started VM and `start` is set; otherwise it stays paused."""
-    header, arrays = read(path)
-    changed = apply_tunables(hypervisor, header["tunables"])
-    cfg = header["vm"]
-    vm = hypervisor.create_vm(name or cfg["name"], mem_mb=cfg["mem_mb"], cpus=cfg["cpus"], profile=cfg["profile"],
-                              mem_cap_mb=cfg["mem_cap_mb"])
+    the snapshot was taken of a started VM and `start` is set; otherwise it stays paused. The whole file is
+    read and checked first: a refused one leaves the host as it was."""
+    with F.Reader(path) as reader:
+        manifest = _manifest(reader)
+        _fits(hypervisor, path, manifest, name)
+        arrays = _arrays(reader, manifest)
+    image = _image(path, manifest, arrays)
+    changed = apply_tunables(hypervisor, manifest["tunables"])
+    cfg = manifest["vm"]
     try:
-        _restore_into(vm, header, arrays)
+        vm = hypervisor.create_vm(name or cfg["name"], mem_mb=cfg["mem_mb"], cpus=cfg["cpus"],
+                                  profile=cfg["profile"], mem_cap_mb=cfg["mem_cap_mb"])
+    except Exception:
+        undo_tunables(hypervisor, changed)
+        raise
+    try:
+        _restore_into(vm, manifest, arrays, image)
     except Exception:
         hypervisor.destroy_vm(vm.name)
+        undo_tunables(hypervisor, changed)
         raise
     vm.log("restored from %s (saved %s)%s" % (path, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                                   time.localtime(header["saved_at"])),
-                                             "; tunables set as saved: " + ", ".join(changed) if changed else ""))
-    started = [v for v, info in zip(vm.vcpus, header["vcpus"]) if info["started"]]
+                                                                   time.localtime(manifest["saved_at"])),
+                                             "; tunables set as saved: " + ", ".join(
+                                                 "%s=%d" % (n, new) for n, _, new in changed) if changed else ""))
+    started = [v for v, info in zip(vm.vcpus, manifest["vcpus"]) if info["started"]]
     for vcpu in started:
         vcpu.start_paused(vcpu.restored_state)
     if start and started and cfg["suspend"][0] is None:
@@ -234,30 +260,33 @@ def restore(hypervisor, path, name=None, start=True):
 
 
 def apply_tunables(hypervisor, saved):
-    """The snapshot's tunables, on the host it is restored into (they are host-wide): the changes made."""
+    """The snapshot's tunables, on the host it is restored into (they are host-wide): [(name, old, new)]."""
     changed = []
-    current = {t["name"]: t["value"] for t in hypervisor.tunables.describe()}
     for name, value in saved.items():
-        if name in current and current[name] != value:
+        old = hypervisor.tunables.get(name)
+        if old != value:
             hypervisor.tunables.set(name, value)
-            changed.append("%s=%d" % (name, value))
+            changed.append((name, old, value))
     return changed
 
 
-def _restore_into(vm, header, arrays):
-    image = header["image"]
-    if image["filename"]:
-        data = arrays["image"].tobytes()
-        vm._load_args = (data, image["filename"], image["kind"], image["cmdline"], image["load_addr"])
-        vm.image = loaders.load_image(data, image["filename"], vm.mem_size, kind=image["kind"],
-                                      cmdline=image["cmdline"], load_addr=image["load_addr"])
+def undo_tunables(hypervisor, changed):
+    for name, old, _ in reversed(changed):
+        hypervisor.tunables.set(name, old)
+
+
+def _restore_into(vm, manifest, arrays, image):
+    if image is not None:
+        info = manifest["image"]
+        vm._load_args = (arrays["image"].tobytes(), info["filename"], info["kind"], info["cmdline"], info["load_addr"])
+        vm.image = image
     st = vm.pmap.st
-    if int(st[EPT.S_FLAGS]) != header["ept"]["flags"]:
+    if int(st[EPT.S_FLAGS]) != manifest["ept"]["flags"]:
         vm.log("snapshot EPT flags %#x differ from this server's %#x (tunables or CPU profile)"
-               % (header["ept"]["flags"], int(st[EPT.S_FLAGS])))
+               % (manifest["ept"]["flags"], int(st[EPT.S_FLAGS])))
     mem = vm.hypervisor.memory
     mem64 = mem.view(np.uint64)
-    gpas, bits, data = arrays["pages_gpa"], arrays["pages_bits"], arrays["pages_data"]
+    gpas, bits, data = arrays["pages_gpa"], arrays["pages_bits"], arrays["pages_data"].reshape(-1)
     done = 0
     while done < gpas.size:
         done = EPT.fill_pages(mem, mem64, st, vm.pmap.host_pool, vm.pmap.segtab, len(vm.segments), gpas, bits,
@@ -269,30 +298,31 @@ def _restore_into(vm, header, arrays):
             vm.pmap.refill(vm.pmap.host_pool)
     for key, slot in (("promotions", EPT.S_PROMOTIONS), ("demotions", EPT.S_DEMOTIONS),
                       ("first_touch", EPT.S_FIRST_TOUCH), ("ad_faults", EPT.S_AD_FAULTS)):
-        st[slot] = header["ept"]["counters"][key]
+        st[slot] = manifest["ept"]["counters"][key]
     _promote_full_regions(vm)
-    for v, info in zip(vm.vcpus, header["vcpus"]):
+    for v, info in zip(vm.vcpus, manifest["vcpus"]):
         i = v.index
-        ctx = pickle.loads(arrays["vcpu%d_uc" % i].tobytes())
-        v.uc.context_restore(ctx)
-        v.vmcs.store[:] = arrays["vcpu%d_vmcs" % i]
-        v.vmcs["EPTP"] = vm.pmap.eptp
-        v.counters[:] = arrays["vcpu%d_counters" % i]
-        v.msrs[:] = arrays["vcpu%d_msrs" % i]
+        ucstate.write(v.uc, arrays["cpu"][i])
+        own = {f: v.vmcs[f] for f in HOST_VMCS_FIELDS}
+        v.vmcs.store[:] = arrays["vmcs"][i]
+        for f, value in own.items():
+            v.vmcs[f] = value
+        v.counters[:] = arrays["counters"][i]
+        v.msrs[:] = arrays["msrs"][i].reshape(v.msrs.shape)
         v.pin(info["hostcpu"] % len(vm.hypervisor.hostcpus))
         v.restored_state = info["state"]
         v.ctx[C.CYCLES] = info["cycles"]
-        restore_lapic(v, arrays["vcpu%d_lapic" % i], info)
-        if info["boot"] and vm.image is not None:
+        restore_lapic(v, arrays["lapic"][i], info)
+        if info["boot"]:
             v.boot = (firmware.TARGETS[vm.image.mode][1], vm.image)
     for host, vpid, linear, gpa, perms, glob in arrays["tlb"].tolist():
         if host < len(vm.hypervisor.hostcpus):
             hpa = vm.pmap.lookup(gpa)
             if hpa is not None:
                 TLB.insert(vm.hypervisor.hostcpus[host].tlb, vpid, vm.pmap.eptp, linear, gpa, hpa, perms, bool(glob))
-    load_device_state(vm, header["devices"])
+    load_device_state(vm, manifest["devices"])
     with vm.lock:
-        vm.suspend_reason, vm.suspend_message = header["vm"]["suspend"]
+        vm.suspend_reason, vm.suspend_message = manifest["vm"]["suspend"]
 
 
 def restore_lapic(vcpu, pages, info):

@@ -1,9 +1,7 @@
 """Snapshots: save a running guest, restore it into a fresh modeled host, and it carries on; bad files
 are refused with a message that says what is wrong, and nothing running is disturbed."""
-import shutil
 import zipfile
 
-import numpy as np
 import pytest
 
 from engine import Hypervisor
@@ -90,11 +88,10 @@ def test_damaged_truncated_and_foreign_files_are_refused(hv, tmp_path):
     with pytest.raises(SnapshotError, match="not a readable snapshot"):
         hv.restore_vm(tmp_path / "other.snap", name="x")
     old = tmp_path / "old.snap"
-    with np.load(good) as archive:
-        arrays = {k: archive[k] for k in archive.files}
-    arrays["header"] = np.frombuffer(arrays["header"].tobytes().replace(b'"version": 1', b'"version": 0'), np.uint8)
-    np.savez(old, **arrays)
-    shutil.move(str(old) + ".npz", old) if not old.exists() else None
+    with zipfile.ZipFile(good) as z, zipfile.ZipFile(old, "w") as out:
+        for info in z.infolist():
+            data = z.read(info)
+            out.writestr(info, data.replace(b'"version": 2', b'"version": 0') if info.filename == "manifest.json" else data)
     with pytest.raises(SnapshotError, match="version 0"):
         hv.restore_vm(old, name="x")
     assert set(hv.vms) == {"small"} and vm.suspend_reason == "halt"

@@ -1,7 +1,11 @@
 """The bundled scenarios, run headless as `vmmctl demo` runs them, and the snapshot and demo endpoints."""
+import json
 import os
+import pickle
+import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -87,6 +91,46 @@ def test_snapshot_endpoints_save_list_restore_and_delete(client, viewer, shell_v
     assert client.post("/api/v1/snapshots/nothing/restore", json={}).status_code == 404
     assert client.delete("/api/v1/snapshots/first").json == {"deleted": "first"}
     assert client.get("/api/v1/snapshots").json["snapshots"] == []
+
+
+class Payload:
+    """Unpickling this creates `marker`: what a crafted snapshot would do to the server if it were unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_crafted_snapshot_files_are_listed_with_their_problem_and_refused_with_400(client, app, shell_vm, tmp_path):
+    """Dropped into the snapshots folder: a pickle that would create a file, a foreign zip, and a real snapshot
+    whose manifest points an APIC register fix-up outside the page. Each is listed with its problem, each
+    restore answers 400 naming it, nothing runs and no VM appears."""
+    assert client.post("/api/v1/vms/sh/snapshot", json={"name": "good"}).status_code == 201
+    folder, marker = app.config["SNAPSHOTS_DIR"], tmp_path / "pickle-ran"
+    with open(os.path.join(folder, "pickled.snap"), "wb") as f:
+        pickle.dump(Payload(marker), f)
+    with zipfile.ZipFile(os.path.join(folder, "foreign.snap"), "w") as z:
+        z.writestr("readme.txt", "hello")
+    with zipfile.ZipFile(os.path.join(folder, "good.snap")) as z, \
+            zipfile.ZipFile(os.path.join(folder, "crafted.snap"), "w") as out:
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename == "manifest.json":
+                manifest = json.loads(data)
+                manifest["vcpus"][0]["lapic"]["76"] = 1 << 40              # ctx.LAPIC_FIX
+                data = json.dumps(manifest)
+            out.writestr(info, data)
+    problems = {"pickled": "not a zip archive", "foreign": "a zip without manifest.json",
+                "crafted": "vcpus\\[0\\].lapic.76 = 1099511627776 is outside 0..4096"}
+    listed = {s["name"]: s for s in client.get("/api/v1/snapshots").json["snapshots"]}
+    assert "error" not in listed["good"]
+    for name, problem in problems.items():
+        assert re.search(problem, listed[name]["error"])
+        refused = client.post("/api/v1/snapshots/%s/restore" % name, json={"vm": "x"})
+        assert refused.status_code == 400 and re.search(problem, refused.json["error"])
+    assert client.get("/api/v1/vms/x").status_code == 404 and not marker.exists()
 
 
 def test_a_demo_runs_live_on_the_server(client, viewer):

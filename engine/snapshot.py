@@ -48,7 +48,8 @@ def save(vm, path):
               "lapic": {str(slot): int(v.ctx[slot]) for slot in LAPIC_SLOTS},
               "lapic_clocks": {str(slot): _since(int(v.ctx[slot])) for slot in LAPIC_CLOCKS},
               "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
-              "halt_interruptible": v.halt_interruptible, "halt_for_input": v.halt_for_input} for v in vm.vcpus]
+              "halt_interruptible": v.halt_interruptible, "halt_for_input": v.halt_for_input,
+              "paused_from": v.paused_from} for v in vm.vcpus]
     gpas, bits, data = _pages(vm)
     image_bytes, filename, kind, cmdline, load_addr = vm._load_args or (b"", None, None, "", None)
     arrays = {"cpu": np.concatenate([ucstate.read(v.uc) for v in vm.vcpus]),
@@ -339,6 +340,7 @@ def restore_lapic(vcpu, pages, info):
     vcpu.nmi_blocked, vcpu.waiting_sipi = info["nmi_blocked"], info["waiting_sipi"]
     vcpu.halt_interruptible = info["halt_interruptible"]
     vcpu.halt_for_input = info.get("halt_for_input", False)
+    vcpu.paused_from = info["paused_from"]              # a vCPU paused in its HLT goes back into it at resume
 
 
 def _promote_full_regions(vm):

@@ -198,7 +198,7 @@ VCPU = record({"index": integer(0, MAX_CPUS - 1), "state": STATES, "started": bo
                "boot": boolean, "cycles": integer(0, U64),
                "lapic": LAPIC, "lapic_clocks": record({str(C.TIMER_DEADLINE): CLOCK, str(C.TIMER_START): CLOCK}),
                "nmi_blocked": boolean, "waiting_sipi": boolean, "halt_interruptible": boolean,
-               "halt_for_input": boolean})
+               "halt_for_input": boolean, "paused_from": one_of(V.RUNNING, V.HALTED)})
 MANIFEST = record({
     "format": text(64), "version": integer(0, U64), "unicorn": text(64), "saved_at": number(0, 1 << 35),
     "vm": record({"name": vm_name, "mem_mb": integer(1, MAX_MEM_MB), "cpus": integer(1, MAX_CPUS),

@@ -1,5 +1,8 @@
-"""A halted vCPU stays halted across pause/resume and debugger stops: only an interrupt ends its HLT."""
+"""A halted vCPU stays halted across pause/resume, snapshot/restore and debugger stops: only an interrupt
+ends its HLT."""
 import time
+
+from engine import Hypervisor, snapshot
 
 from tests.engine.conftest import assemble
 from tests.engine.io.test_vlapic_guest import MAP_APIC
@@ -76,3 +79,15 @@ def test_debugger_stops_do_not_end_a_hlt(hv, tmp_path):
     assert counts(vm) == (0, 0)
     interrupt_and_wait(vm, 1)
     assert counts(vm) == (1, 1)
+
+
+def test_snapshot_and_restore_do_not_end_a_hlt(hv, tmp_path):
+    vm = halted_guest(hv, tmp_path)
+    vm.pause()
+    path = tmp_path / "halted.snap"
+    vm.snapshot(str(path))
+    again = snapshot.restore(Hypervisor(host_mem_mb=512), str(path))
+    assert again.wait(states=("halted",), timeout=30) == "halted", again.state
+    assert counts(again) == (0, 0)
+    interrupt_and_wait(again, 1)
+    assert counts(again) == (1, 1)

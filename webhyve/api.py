@@ -96,8 +96,6 @@ def create_vm():
             data, filename = f.read(), os.path.basename(path)
         body.setdefault("kind", kind)
     name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "name: give the VM a name of letters, digits, '-' and '_'")
     kind = body.get("kind") or None
     start = str(body.get("start", True)).lower() not in ("false", "0", "no")
     session = fleet().create(name, data, filename, kind=kind, mem_mb=int_field(body, "mem_mb", 64, 1, 4096),
@@ -242,7 +240,7 @@ def recordings():
 @bp.get("/recordings/<rid>")
 def download_recording(rid):
     path = os.path.join(fleet().recordings_dir, rid)
-    if not RECORDING_NAME.match(rid) or not os.path.isfile(path):
+    if not RECORDING_NAME.fullmatch(rid) or not os.path.isfile(path):
         raise ApiError(404, "no recording %r" % rid)
     return send_file(path, mimetype="application/x-asciicast", as_attachment=request.args.get("download") == "1",
                      download_name=rid, max_age=0)

@@ -2,12 +2,12 @@
 --suspend, restore into this server, and the bundled scenarios run live on the server's fleet."""
 import datetime
 import os
-import re
 import threading
 import time
 
 from flask import Blueprint, current_app
 
+from engine import ConfigError, names
 from engine.snapshot import SnapshotError, read_header
 
 from . import demo
@@ -17,7 +17,6 @@ from .errors import ApiError
 from .fleet import engine_error
 
 bp = Blueprint("snapdemo", __name__, url_prefix="/api/v1")
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _runs, _runs_lock = {}, threading.Lock()
 
 
@@ -27,8 +26,10 @@ def _authenticate():
 
 
 def snapshot_path(name):
-    if not SNAPSHOT_NAME.match(name or ""):
-        raise ApiError(400, "snapshot names use letters, digits, '-' and '_' (1 to 64), not %r" % name)
+    try:
+        names.check(name, "snapshot name")
+    except ConfigError as problem:
+        raise ApiError(400, str(problem)) from None
     return os.path.join(current_app.config["SNAPSHOTS_DIR"], name + ".snap")
 
 

@@ -20,13 +20,14 @@ def new_token():
 
 
 def role_of(token):
-    """CONTROL, VIEW, or None for a missing or wrong token (compared in constant time)."""
+    """CONTROL, VIEW, or None for a missing or wrong token (compared in constant time, as bytes: compare_digest
+    refuses str with non-ASCII characters, and a header or cookie may carry any)."""
     if not isinstance(token, str) or not token:
         return None
-    config = current_app.config
-    if hmac.compare_digest(token, config["CONTROL_TOKEN"]):
+    given, config = token.encode("utf-8", "surrogatepass"), current_app.config
+    if hmac.compare_digest(given, config["CONTROL_TOKEN"].encode()):
         return CONTROL
-    if hmac.compare_digest(token, config["VIEWER_TOKEN"]):
+    if hmac.compare_digest(given, config["VIEWER_TOKEN"].encode()):
         return VIEW
     return None
 

@@ -173,6 +173,7 @@ def test_one_name_rule_for_vms_snapshots_and_recordings(client):
         client.post("/api/v1/vms", json={"name": "x" * 65, "guest": "hello", "start": False}),
         client.post("/api/v1/vms/%s/snapshot" % longest, json={"name": "ünï"}),
         client.post("/api/v1/snapshots/%s/restore" % ("s" * 65), json={}),
+        client.post("/api/v1/vms/ünï/recording"),
     ]
     for response in refused:
         assert response.status_code == 400, response.json

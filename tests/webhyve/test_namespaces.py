@@ -125,3 +125,10 @@ def test_exit_histogram_fills_over_time(app, client, shell_vm):
     assert wait_for(lambda: samples(), timeout=5)
     client.post("/api/v1/vms/sh/console", json={"data": "help\r"})
     assert wait_for(lambda: any(s["exits"].get("VMEXIT_INOUT", 0) > 0 for s in samples()), timeout=5)
+
+
+def test_events_name_vms_by_the_one_name_rule(app, client, shell_vm):
+    """A VM name against engine/names.py's rule is refused with the rule, in both namespaces."""
+    for namespace, event in (("/console", "attach"), ("/inspect", "watch")):
+        answer = sio(app, client, namespace=namespace).emit(event, {"vm": "ünï"}, namespace=namespace, callback=True)
+        assert answer["status"] == 400 and "ASCII letters, digits, '-' and '_', 1 to 64 characters" in answer["error"]

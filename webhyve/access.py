@@ -1,7 +1,7 @@
 """Access tokens: a control token (type, lifecycle, tunables, uploads, recordings) and a read-only viewer token.
 
 A request carries its token as `Authorization: Bearer …`, `?token=…`, or the cookie a page visit sets; a
-Socket.IO connection carries it in its auth object. No token, no data.
+Socket.IO connection in its auth object (vmmctl) or the page's cookie. No token, no data.
 """
 import functools
 import hmac
@@ -37,6 +37,14 @@ def request_token():
     if header.startswith("Bearer "):
         return header[len("Bearer "):].strip()
     return request.args.get("token") or request.cookies.get(COOKIE)
+
+
+def connection_role(auth):
+    """The role of a Socket.IO connection: from its auth object {"token": …} when it sends one (vmmctl), else
+    from its request (a page's cookie). A wrong token in the auth object is refused, whatever else comes along."""
+    if auth is None:
+        return role_of(request_token())
+    return role_of(auth.get("token") if isinstance(auth, dict) else None)
 
 
 def authenticate():

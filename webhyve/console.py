@@ -12,7 +12,7 @@ Server → browser: output {data, start, end} (bytes), replay {data, position}, 
 from flask import request
 from flask_socketio import join_room, leave_room
 
-from .access import CONTROL, role_of
+from .access import CONTROL, connection_role
 from .errors import ApiError
 from .events import CheckedNamespace, handler
 
@@ -26,7 +26,7 @@ class ConsoleNamespace(CheckedNamespace):
         self.roles, self.attached = {}, {}
 
     def on_connect(self, auth=None):
-        role = role_of((auth or {}).get("token") if isinstance(auth, dict) else None) or role_of(request.args.get("token"))
+        role = connection_role(auth)
         if role is None:
             raise ConnectionRefusedError("a valid token is required")
         self.roles[request.sid] = role

@@ -12,7 +12,7 @@ from flask import request
 from flask_socketio import join_room, leave_room
 
 from . import panels
-from .access import role_of
+from .access import connection_role
 from .events import CheckedNamespace, handler
 
 
@@ -47,8 +47,7 @@ class InspectNamespace(CheckedNamespace):
         self._stop.set()
 
     def on_connect(self, auth=None):
-        token = auth.get("token") if isinstance(auth, dict) else request.args.get("token")
-        if role_of(token) is None:
+        if connection_role(auth) is None:
             raise ConnectionRefusedError("a valid token is required")
 
     def on_disconnect(self, *reason):

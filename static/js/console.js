@@ -11,7 +11,7 @@ const SerialConsole = (() => {
   fit.fit();
   new ResizeObserver(() => fit.fit()).observe(document.getElementById("terminal"));
 
-  const socket = io("/console", {auth: {token: WH.token}});
+  const socket = io("/console");
   const conn = document.getElementById("conn");
   let position = null;
 

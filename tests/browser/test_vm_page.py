@@ -138,3 +138,33 @@ def test_ept_walk_form_answers(page, server):
     page.fill("#ept-lookup input", "0x100000")
     page.click("#ept-lookup button")
     page.wait_for_function("document.getElementById('ept-walk').textContent.length > 0")
+
+
+def test_the_token_leaves_the_address_bar_and_the_page_still_types(page, server, server_dir):
+    """Opened with ?token=, the page ends at the same URL without it: not in the address bar, not in the history
+    (back leads to where the browser was before), not readable by the page's scripts (an HttpOnly cookie),
+    and not in the server's log; typing works."""
+    page.goto("%s/vms/demo?token=%s" % (server, CONTROL))
+    wait_terminal(page, "webhyve>")
+    assert page.url == server + "/vms/demo"
+    assert CONTROL not in page.content() and CONTROL not in page.evaluate("document.cookie")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "webhyve_token")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    page.wait_for_selector("#conn.up")
+    page.click("#terminal")
+    page.keyboard.type("echo typed without a token in the url\n")
+    wait_terminal(page, "\ntyped without a token in the url")
+    page.go_back()
+    assert page.url == "about:blank"
+    logged = (server_dir / "server.log").read_text()
+    assert "/vms/demo?token=[redacted]" in logged and CONTROL not in logged and VIEWER not in logged
+
+
+def test_the_viewer_token_leaves_the_address_bar_and_the_page_is_read_only(page, server):
+    page.goto("%s/vms/demo?token=%s" % (server, VIEWER))
+    wait_terminal(page, "webhyve>")
+    assert page.url == server + "/vms/demo"
+    assert page.inner_text("header .role") == "read-only viewer" and page.is_disabled("button[data-action=pause]")
+    forced = page.evaluate("""() => new Promise((answer) =>
+        SerialConsole.socket.emit("input", {vm: "demo", data: "x"}, answer))""")
+    assert forced["status"] == 403

@@ -132,3 +132,15 @@ def test_events_name_vms_by_the_one_name_rule(app, client, shell_vm):
     for namespace, event in (("/console", "attach"), ("/inspect", "watch")):
         answer = sio(app, client, namespace=namespace).emit(event, {"vm": "ünï"}, namespace=namespace, callback=True)
         assert answer["status"] == 400 and "ASCII letters, digits, '-' and '_', 1 to 64 characters" in answer["error"]
+
+
+def test_a_page_connects_with_its_cookie_and_a_wrong_auth_token_is_refused_anyway(app, shell_vm):
+    """The page holds no token: its socket carries the cookie its ?token= visit set."""
+    browser = app.test_client()
+    assert browser.get("/vms/sh?token=" + VIEWER).status_code == 303
+    socketio = app.extensions["webhyve.socketio"]
+    page = socketio.test_client(app, namespace="/console", flask_test_client=browser)
+    assert attach(page)["role"] == "view"
+    assert socketio.test_client(app, namespace="/inspect", flask_test_client=browser).is_connected("/inspect")
+    wrong = socketio.test_client(app, namespace="/console", auth={"token": "wrong"}, flask_test_client=browser)
+    assert not wrong.is_connected("/console")

@@ -57,6 +57,11 @@ const SerialConsole = (() => {
       navigator.clipboard.writeText(term.getSelection());
       return false;
     }
+    // A read-only terminal's textarea lets keys do their page default: space and PageDown scrolled the page
+    // away from the console, and xterm.js does not draw while it is out of view. Keys typed there do nothing.
+    if (WH.role !== "control" && e.type === "keydown" && e.key !== "Tab" && !e.ctrlKey && !e.metaKey) {
+      e.preventDefault();
+    }
     return true;
   });
   term.focus();

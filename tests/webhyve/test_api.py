@@ -1,5 +1,7 @@
 """REST /api/v1 through Flask's test client: VMs, lifecycle, console, panels, tunables, tokens and bad input."""
-from tests.webhyve.conftest import LIVE, wait_for
+import pytest
+
+from tests.webhyve.conftest import LIVE, ready_or_fail, wait_for
 
 from engine.vmx import vmcs as V
 
@@ -184,3 +186,13 @@ def test_one_name_rule_for_vms_snapshots_and_recordings(client):
     client.delete("/api/v1/vms/%s/recording" % longest)
     assert [(r["id"], r["vm"]) for r in client.get("/api/v1/recordings").json["recordings"]] == \
         [(started.json["id"], longest)]
+
+
+def test_a_guest_that_never_gets_ready_is_destroyed_and_fails_the_test(client):
+    """What the VM fixtures do when their guest misses its timeout: no VM is left running behind the failure."""
+    assert client.post("/api/v1/vms", json={"name": "late", "guest": "shell"}).status_code == 201
+    console = lambda: client.get("/api/v1/vms/late/console").json["text"]
+    with pytest.raises(pytest.fail.Exception, match="VM 'late' never said hello within 0.5s; destroyed. Console: "):
+        ready_or_fail(lambda: "hello" in console(), "VM 'late' never said hello", console,
+                      lambda: client.delete("/api/v1/vms/late"), timeout=0.5)
+    assert client.get("/api/v1/vms").json["vms"] == []

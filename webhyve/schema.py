@@ -7,12 +7,14 @@ it encodes to UTF-8), a name follows engine/names.py's rule. A field that is wro
 is a SchemaError whose message names the field and the problem.
 """
 import json
+import re
 
 from engine import names
 
 from .errors import ApiError
 
 MISSING = object()
+DECIMAL = re.compile(r"-?[0-9]{1,20}")                # ASCII digits only: int() also takes "٣" and "1_0"
 
 
 class SchemaError(ApiError):
@@ -67,9 +69,6 @@ class Field:
         """The clean value from text (a query string, a multipart form field)."""
         return self.check(text)
 
-    def describe(self):
-        return self.kind
-
 
 class Int(Field):
     def __init__(self, low, high, **kwargs):
@@ -83,10 +82,9 @@ class Int(Field):
         return value
 
     def from_text(self, text):
-        digits = text.strip()
-        if not digits.lstrip("-").isdigit() or not digits.isascii() or len(digits) > 20:
+        if not DECIMAL.fullmatch(text.strip()):
             raise Invalid(self.kind)
-        return self.check(int(digits))
+        return self.check(int(text.strip()))
 
 
 class Bool(Field):

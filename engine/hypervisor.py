@@ -12,7 +12,7 @@ import weakref
 
 import numpy as np
 
-from . import snapshot
+from . import names, snapshot
 from .cpu import cachesim
 from .cpu.l1d import HostCaches
 from .errors import ConfigError
@@ -110,11 +110,10 @@ class Hypervisor:
         _LIVE.add(self)
 
     def create_vm(self, name, mem_mb=64, cpus=1, profile="haswell", mem_cap_mb=None):
+        names.check(name)
         with self.lock:
             if name in self.vms:
                 raise ConfigError("a VM named %r already exists" % name)
-            if not name or not name.replace("-", "").replace("_", "").isalnum():
-                raise ConfigError("VM name %r: use letters, digits, '-' and '_'" % name)
             vm = VM(self, name, mem_mb=mem_mb, cpus=cpus, profile=profile, mem_cap_mb=mem_cap_mb)
             self.vms[name] = vm
             return vm

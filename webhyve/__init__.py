@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from engine import Hypervisor
 
-from . import api_ctl, api_demo
+from . import api_ctl, api_demo, logs
 from .access import new_token
 from .api import bp as api_bp
 from .console import ConsoleNamespace
@@ -57,6 +57,7 @@ def create_app(config=None):
     announce = not app.config["CONTROL_TOKEN"]
     app.config["CONTROL_TOKEN"] = app.config["CONTROL_TOKEN"] or new_token()
     app.config["VIEWER_TOKEN"] = app.config["VIEWER_TOKEN"] or new_token()
+    logs.install(app.logger)              # no log line prints a token (gunicorn's, werkzeug's, ours)
 
     # async_handlers=False: one client's events are handled in order, on its connection's thread. With a
     # thread per event, two keystrokes typed quickly reached the guest swapped ("reorcded").

@@ -1,7 +1,7 @@
 """Access tokens: a control token (type, lifecycle, tunables, uploads, recordings) and a read-only viewer token.
 
 A request carries its token as `Authorization: Bearer …`, `?token=…`, or the cookie a page visit sets; a
-Socket.IO connection carries it in its auth object. No token, no data.
+Socket.IO connection in its auth object (vmmctl) or the page's cookie. No token, no data.
 """
 import functools
 import hmac
@@ -20,13 +20,14 @@ def new_token():
 
 
 def role_of(token):
-    """CONTROL, VIEW, or None for a missing or wrong token (compared in constant time)."""
+    """CONTROL, VIEW, or None for a missing or wrong token (compared in constant time, as bytes: compare_digest
+    refuses str with non-ASCII characters, and a header or cookie may carry any)."""
     if not isinstance(token, str) or not token:
         return None
-    config = current_app.config
-    if hmac.compare_digest(token, config["CONTROL_TOKEN"]):
+    given, config = token.encode("utf-8", "surrogatepass"), current_app.config
+    if hmac.compare_digest(given, config["CONTROL_TOKEN"].encode()):
         return CONTROL
-    if hmac.compare_digest(token, config["VIEWER_TOKEN"]):
+    if hmac.compare_digest(given, config["VIEWER_TOKEN"].encode()):
         return VIEW
     return None
 
@@ -36,6 +37,14 @@ def request_token():
     if header.startswith("Bearer "):
         return header[len("Bearer "):].strip()
     return request.args.get("token") or request.cookies.get(COOKIE)
+
+
+def connection_role(auth):
+    """The role of a Socket.IO connection: from its auth object {"token": …} when it sends one (vmmctl), else
+    from its request (a page's cookie). A wrong token in the auth object is refused, whatever else comes along."""
+    if auth is None:
+        return role_of(request_token())
+    return role_of(auth.get("token") if isinstance(auth, dict) else None)
 
 
 def authenticate():

@@ -1,49 +1,24 @@
 """The JSON REST API under /api/v1: VMs and their lifecycle, console input, state panels, tunables,
-screenshots and recordings. Every error is JSON {"error": message} with its HTTP status."""
+screenshots and recordings. Every error is JSON {"error": message} with its HTTP status; what each route
+accepts is declared in api_schema.py and checked before the view runs (g.body, g.query)."""
 import os
 
 from flask import Blueprint, Response, current_app, g, request, send_file
 
 from . import panels, screenshot
-from .access import authenticate, control_required
+from .access import control_required
+from .api_schema import guard
 from .errors import ApiError
 from .fleet import LIFECYCLE
 from .recording import NAME as RECORDING_NAME
 from .recording import list_recordings
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-MAX_INPUT = 4096
+bp.before_request(guard)
 
 
 def fleet():
     return current_app.extensions["webhyve.fleet"]
-
-
-@bp.before_request
-def _authenticate():
-    authenticate()
-
-
-def json_body(*required):
-    """The request's JSON object; 400 naming what is wrong when it is not one or lacks a field."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "send a JSON object with Content-Type: application/json")
-    missing = [k for k in required if k not in body]
-    if missing:
-        raise ApiError(400, "missing field%s: %s" % ("s" if len(missing) > 1 else "", ", ".join(missing)))
-    return body
-
-
-def int_field(body, key, default, low, high):
-    value = body.get(key, default)
-    try:
-        value = int(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, "%s must be an integer, not %r" % (key, value)) from None
-    if not low <= value <= high:
-        raise ApiError(400, "%s must be %d to %d, not %d" % (key, low, high, value))
-    return value
 
 
 # -- who am I ---------------------------------------------------------------------------------------
@@ -82,27 +57,18 @@ def list_vms():
 @control_required
 def create_vm():
     """JSON {name, guest, ...} for a bundled guest, or multipart with an `image` file for an upload."""
-    if request.files:
-        body, upload = request.form.to_dict(), request.files.get("image")
-        if upload is None:
-            raise ApiError(400, "multipart upload: put the image in a field named 'image'")
-        data, filename = upload.read(), os.path.basename(upload.filename or "upload.img")
-    else:
-        body = json_body("name", "guest")
+    body = g.body
+    if "guest" in body:
         path, kind = bundled_guests().get(body["guest"], (None, None))
         if path is None:
             raise ApiError(400, "no bundled guest %r (bundled: %s)" % (body["guest"], ", ".join(sorted(bundled_guests()))))
         with open(path, "rb") as f:
             data, filename = f.read(), os.path.basename(path)
-        body.setdefault("kind", kind)
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "name: give the VM a name of letters, digits, '-' and '_'")
-    kind = body.get("kind") or None
-    start = str(body.get("start", True)).lower() not in ("false", "0", "no")
-    session = fleet().create(name, data, filename, kind=kind, mem_mb=int_field(body, "mem_mb", 64, 1, 4096),
-                             cpus=int_field(body, "cpus", 1, 1, 64), profile=str(body.get("profile") or "haswell"),
-                             cmdline=str(body.get("cmdline", "")), start=start)
+    else:
+        upload = request.files["image"]
+        data, filename, kind = upload.read(), os.path.basename(upload.filename or "upload.img"), None
+    session = fleet().create(body["name"], data, filename, kind=body["kind"] or kind, mem_mb=body["mem_mb"],
+                             cpus=body["cpus"], profile=body["profile"], cmdline=body["cmdline"], start=body["start"])
     return session.summary(), 201
 
 
@@ -137,10 +103,7 @@ def console_text(name):
 @bp.post("/vms/<name>/console")
 @control_required
 def console_input(name):
-    body = json_body("data")
-    data = body["data"]
-    if not isinstance(data, str) or len(data) > MAX_INPUT:
-        raise ApiError(400, "data must be a string of at most %d characters" % MAX_INPUT)
+    data = g.body["data"]
     fleet().get(name).vm.console.send_input(data.encode("utf-8"))
     return {"sent": len(data)}
 
@@ -169,7 +132,7 @@ def stats(name, index):
 
 @bp.get("/vms/<name>/vcpus/<int:index>/translate")
 def translate(name, index):
-    return panels.translate(fleet().get(name).vm, index, panels.parse_address(request.args.get("gla", "")))
+    return panels.translate(fleet().get(name).vm, index, g.query["gla"])
 
 
 @bp.get("/vms/<name>/ept")
@@ -179,7 +142,7 @@ def ept(name):
 
 @bp.get("/vms/<name>/ept/lookup")
 def ept_lookup(name):
-    return panels.ept_lookup(fleet().get(name).vm, panels.parse_address(request.args.get("gpa", "")))
+    return panels.ept_lookup(fleet().get(name).vm, g.query["gpa"])
 
 
 @bp.get("/vms/<name>/caches")
@@ -202,7 +165,7 @@ def tunables():
 @bp.put("/tunables/<name>")
 @control_required
 def set_tunable(name):
-    return fleet().set_tunable(name, json_body("value")["value"])
+    return fleet().set_tunable(name, g.body["value"])
 
 
 # -- screenshots and recordings ---------------------------------------------------------------------------------
@@ -242,7 +205,7 @@ def recordings():
 @bp.get("/recordings/<rid>")
 def download_recording(rid):
     path = os.path.join(fleet().recordings_dir, rid)
-    if not RECORDING_NAME.match(rid) or not os.path.isfile(path):
+    if not RECORDING_NAME.fullmatch(rid) or not os.path.isfile(path):
         raise ApiError(404, "no recording %r" % rid)
-    return send_file(path, mimetype="application/x-asciicast", as_attachment=request.args.get("download") == "1",
+    return send_file(path, mimetype="application/x-asciicast", as_attachment=g.query["download"],
                      download_name=rid, max_age=0)

@@ -4,19 +4,21 @@ public API (registers, set_register, sync_vmcs, read_linear, the VMCS, stats and
 import struct
 import time
 
-from flask import Blueprint
+from flask import Blueprint, g
 
 from engine import stats as S
 from engine.vcpu import GPRS, SEGMENTS
 from engine.vmx import exits as E
 
 from . import panels
-from .access import authenticate, control_required
-from .api import fleet, json_body
+from .access import control_required
+from .api import fleet
+from .api_schema import guard
 from .errors import ApiError
 from .fleet import engine_error
 
 bp = Blueprint("ctl", __name__, url_prefix="/api/v1/ctl")
+bp.before_request(guard)
 REGISTERS = GPRS + SEGMENTS + ("efer",)          # the engine's register table: what --get/--set-REG cover
 RUN_TIMEOUT = 5.0
 RUNNING_REGISTERS = ("rip", "rsp", "rflags")      # what the engine knows of a running vCPU
@@ -33,11 +35,6 @@ CAPABILITIES = {
     "bpt_exit": ("bitmap", 3),                   # #BP in EXCEPTION_BITMAP
     "rdpid": None, "rdtscp": None, "ipi_exit": None, "mask_hwintr": None, "rflags_tf": None,
 }
-
-
-@bp.before_request
-def _authenticate():
-    authenticate()
 
 
 def session_vcpu(name, index):
@@ -132,7 +129,7 @@ def set_register(name, index, reg):
     vm, vcpu = session_vcpu(name, index)
     if reg not in REGISTERS:
         raise ApiError(404, "no register %r: the engine has %s" % (reg, ", ".join(REGISTERS)))
-    value = panels.parse_address(json_body("value")["value"])
+    value = g.body["value"]
     if vm.state != "paused":
         raise ApiError(409, "VM %r is %s: pause it before setting %s" % (name, vm.state, reg))
     try:
@@ -149,9 +146,7 @@ def set_capability(name, index, cap):
     _, vcpu = session_vcpu(name, index)
     if cap not in CAPABILITIES:
         raise ApiError(404, "no capability %r (known: %s)" % (cap, ", ".join(CAPABILITIES)))
-    value = json_body("value")["value"]
-    if value not in (0, 1):
-        raise ApiError(400, "a capability is set with 0 or 1, not %r" % (value,))
+    value = g.body["value"]
     how = CAPABILITIES[cap]
     if how is None:
         raise ApiError(409, "capability %r is not available: the engine does not model it" % cap)

@@ -2,33 +2,27 @@
 --suspend, restore into this server, and the bundled scenarios run live on the server's fleet."""
 import datetime
 import os
-import re
 import threading
 import time
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, g
 
 from engine.snapshot import SnapshotError, read_header
 
 from . import demo
-from .access import authenticate, control_required
-from .api import fleet, json_body
+from .access import control_required
+from .api import fleet
+from .api_schema import guard
 from .errors import ApiError
 from .fleet import engine_error
 
 bp = Blueprint("snapdemo", __name__, url_prefix="/api/v1")
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+bp.before_request(guard)
 _runs, _runs_lock = {}, threading.Lock()
 
 
-@bp.before_request
-def _authenticate():
-    authenticate()
-
-
 def snapshot_path(name):
-    if not SNAPSHOT_NAME.match(name or ""):
-        raise ApiError(400, "snapshot names use letters, digits, '-' and '_' (1 to 64), not %r" % name)
+    """The file of snapshot `name`, a name api_schema.py has checked by engine/names.py's rule."""
     return os.path.join(current_app.config["SNAPSHOTS_DIR"], name + ".snap")
 
 
@@ -55,7 +49,7 @@ def list_snapshots():
 @control_required
 def save_snapshot(vm):
     """{name, suspend?}: --checkpoint (the VM runs on) or --suspend (it is powered off after saving)."""
-    body = json_body("name")
+    body = g.body
     path = snapshot_path(body["name"])
     session = fleet().get(vm)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -64,23 +58,23 @@ def save_snapshot(vm):
         result = session.vm.snapshot(path)
     except Exception as problem:
         raise engine_error(problem) from None
-    if body.get("suspend"):
+    if body["suspend"]:
         fleet().lifecycle(vm, "poweroff")
     return {"name": body["name"], "pages": result["pages"], "bytes": os.path.getsize(path),
-            "seconds": round(time.perf_counter() - started, 3), "suspended": bool(body.get("suspend"))}, 201
+            "seconds": round(time.perf_counter() - started, 3), "suspended": body["suspend"]}, 201
 
 
 @bp.post("/snapshots/<name>/restore")
 @control_required
 def restore_snapshot(name):
     """{vm?, start?}: a new VM from the snapshot (named as saved unless `vm` says otherwise)."""
-    body = json_body()
+    body = g.body
     path = snapshot_path(name)
     if not os.path.exists(path):
         raise ApiError(404, "no snapshot named %r" % name)
     started = time.perf_counter()
     try:
-        session = fleet().restore(path, body.get("vm"), start=body.get("start", True))
+        session = fleet().restore(path, body["vm"], start=body["start"])
     except SnapshotError as problem:
         raise ApiError(400, str(problem)) from None
     return {"vm": session.summary(), "seconds": round(time.perf_counter() - started, 3)}, 201

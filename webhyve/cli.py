@@ -14,7 +14,7 @@ import urllib.parse
 
 import click
 
-from engine import EngineError, Hypervisor
+from engine import ConfigError, EngineError, Hypervisor, names
 from engine import stats as engine_stats
 from engine.loaders import KINDS
 
@@ -43,6 +43,23 @@ class Vmmctl(click.Group):
             sys.exit(130)
 
 
+class NameParam(click.ParamType):
+    """A VM or snapshot name, checked by engine/names.py's rule before anything is sent to the server."""
+    name = "name"
+
+    def __init__(self, what):
+        self.what = what
+
+    def convert(self, value, param, ctx):
+        try:
+            return names.check(value, self.what)
+        except ConfigError as problem:
+            self.fail(str(problem), param, ctx)
+
+
+VM_NAME, SNAPSHOT_NAME = NameParam("VM name"), NameParam("snapshot name")
+
+
 def _int(text, what):
     try:
         return int(text, 0)
@@ -68,7 +85,7 @@ def _epilog():
 @click.group(cls=Vmmctl, invoke_without_command=True, epilog=_epilog(),
              context_settings={"max_content_width": 110})
 @click.option("--url", help="The webhyve server (else WEBHYVE_URL, the config file, http://127.0.0.1:8080).")
-@click.option("--vm", "vm_name", metavar="NAME", help="The VM the bhyvectl options act on.")
+@click.option("--vm", "vm_name", type=VM_NAME, metavar="NAME", help="The VM the bhyvectl options act on.")
 @click.option("--cpu", default=0, show_default=True, help="The vCPU the options act on.")
 @click.option("--create", is_flag=True, help="Create VM --vm from --guest or --image (--set-mem, --cpus); it starts.")
 @click.option("--guest", metavar="NAME", help="With --create: a bundled guest (shell, spin, ...).")
@@ -84,8 +101,8 @@ def _epilog():
 @click.option("--get-memmap", is_flag=True, help="The guest-physical memory map.")
 @click.option("--get-gpa-pmap", metavar="GPA", help="The EPT entries translating guest-physical GPA.")
 @click.option("--inject-nmi", is_flag=True, help="Inject an NMI (when the engine can).")
-@click.option("--checkpoint", metavar="NAME", help="Save a snapshot NAME on the server; the VM runs on.")
-@click.option("--suspend", metavar="NAME", help="Save a snapshot NAME, then power the VM off.")
+@click.option("--checkpoint", type=SNAPSHOT_NAME, metavar="NAME", help="Save a snapshot NAME on the server; the VM runs on.")
+@click.option("--suspend", type=SNAPSHOT_NAME, metavar="NAME", help="Save a snapshot NAME, then power the VM off.")
 @click.option("--force-reset", is_flag=True, help="Reset the VM (it boots again).")
 @click.option("--force-poweroff", is_flag=True, help="Power the VM off.")
 @click.option("--getcap", is_flag=True, help="Print the capabilities (or --capname's).")
@@ -234,7 +251,7 @@ def list_vms(ctx):
 
 
 @main.command()
-@click.argument("vm")
+@click.argument("vm", type=VM_NAME)
 @click.option("--idle", default=1.0, show_default=True,
               help="With piped input: detach once the guest has been quiet this long after the input ended.")
 @click.pass_context
@@ -270,7 +287,7 @@ def sysctl(ctx, assignments, descriptions):
 
 
 @main.command()
-@click.argument("vm")
+@click.argument("vm", type=VM_NAME)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True), help="The PNG file.")
 @click.option("--screen", type=click.Choice(["serial", "vga"]), default="serial", show_default=True,
               help="The serial terminal or the VGA text screen.")
@@ -284,7 +301,7 @@ def screenshot(ctx, vm, output, screen):
 
 
 @main.command()
-@click.argument("vm")
+@click.argument("vm", type=VM_NAME)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True), help="The .cast file.")
 @click.option("--seconds", type=float, help="Stop after this many seconds (else Ctrl-C stops).")
 @click.pass_context
@@ -311,8 +328,8 @@ def snapshot():
 
 
 @snapshot.command("save")
-@click.argument("vm")
-@click.argument("name")
+@click.argument("vm", type=VM_NAME)
+@click.argument("name", type=SNAPSHOT_NAME)
 @click.pass_context
 def snapshot_save(ctx, vm, name):
     """Save VM's whole state as snapshot NAME (bhyvectl --checkpoint); the VM runs on."""
@@ -322,8 +339,8 @@ def snapshot_save(ctx, vm, name):
 
 
 @snapshot.command("restore")
-@click.argument("name")
-@click.option("--as", "vm", metavar="VM", help="The new VM's name (else the saved one).")
+@click.argument("name", type=SNAPSHOT_NAME)
+@click.option("--as", "vm", type=VM_NAME, metavar="VM", help="The new VM's name (else the saved one).")
 @click.option("--paused", is_flag=True, help="Leave it paused.")
 @click.pass_context
 def snapshot_restore(ctx, name, vm, paused):
@@ -347,7 +364,7 @@ def snapshot_list(ctx):
 
 
 @snapshot.command("delete")
-@click.argument("name")
+@click.argument("name", type=SNAPSHOT_NAME)
 @click.pass_context
 def snapshot_delete(ctx, name):
     client(ctx).delete("/api/v1/snapshots/%s" % urllib.parse.quote(name, safe=""))
@@ -404,7 +421,7 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
     """
     try:
         hv = Hypervisor(host_mem_mb=host_mem_mb)
-        vm = hv.create_vm(os.path.basename(image).split(".")[0] or "vm", mem_mb=mem_mb, cpus=cpus)
+        vm = hv.create_vm(names.from_file(image), mem_mb=mem_mb, cpus=cpus)
         with open(image, "rb") as f:
             vm.load(f.read(), image, kind=kind, cmdline=cmdline, load_addr=load_addr)
         if gdb is not None:

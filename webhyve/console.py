@@ -1,6 +1,7 @@
 """The /console Socket.IO namespace: attach to a VM's serial console, type into it, acknowledge output.
 
-Events from the browser (each answered through its ack with {"ok": True, …} or {"error": message}):
+Events from the browser (each answered through its ack with {"ok": True, …} or {"error", "status"}; what each
+accepts is declared in events.py and checked before the handler runs):
   attach {vm, since?}  join the VM's room; get a replay of the screen and scrollback, or, with `since`
                        (the last position received before a drop), exactly the bytes missed
   input  {vm, data}    type into the guest (control token only)
@@ -8,32 +9,15 @@ Events from the browser (each answered through its ack with {"ok": True, …} or
   detach {vm}
 Server → browser: output {data, start, end} (bytes), replay {data, position}, marker {label}, vm_state.
 """
-from flask import current_app, request
-from flask_socketio import Namespace, join_room, leave_room
+from flask import request
+from flask_socketio import join_room, leave_room
 
-from .access import CONTROL, role_of
+from .access import CONTROL, connection_role
 from .errors import ApiError
-
-MAX_INPUT = 4096
-
-
-def handler(method):
-    """Run an event handler; any bad payload or refusal becomes {"error": …} and changes nothing."""
-    def wrapper(self, payload=None, *_extra):
-        try:
-            if not isinstance(payload, dict):
-                raise ApiError(400, "send an object, e.g. {\"vm\": \"demo\"}")
-            return {"ok": True, **(method(self, payload) or {})}
-        except ApiError as problem:
-            return {"error": problem.message, "status": problem.status}
-        except Exception as problem:            # a bug answers this event with an error; the server goes on
-            current_app.logger.exception("%s failed", method.__name__)
-            return {"error": "internal error: %r" % problem, "status": 500}
-    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
-    return wrapper
+from .events import CheckedNamespace, handler
 
 
-class ConsoleNamespace(Namespace):
+class ConsoleNamespace(CheckedNamespace):
     """Legend: `roles` maps a connected sid to its role; `attached` maps it to the VM names it follows."""
 
     def __init__(self, fleet, namespace="/console"):
@@ -42,7 +26,7 @@ class ConsoleNamespace(Namespace):
         self.roles, self.attached = {}, {}
 
     def on_connect(self, auth=None):
-        role = role_of((auth or {}).get("token") if isinstance(auth, dict) else None) or role_of(request.args.get("token"))
+        role = connection_role(auth)
         if role is None:
             raise ConnectionRefusedError("a valid token is required")
         self.roles[request.sid] = role
@@ -57,45 +41,32 @@ class ConsoleNamespace(Namespace):
                 pass                                  # the VM was destroyed meanwhile
         self.roles.pop(sid, None)
 
-    def _session(self, payload):
-        name = payload.get("vm")
-        if not isinstance(name, str):
-            raise ApiError(400, "which VM? send {\"vm\": NAME}")
-        return self.fleet.get(name)
-
     @handler
     def on_attach(self, payload):
-        session = self._session(payload)
-        sid, since = request.sid, payload.get("since")
-        first = session.pump.attach(sid, self.roles[sid], since if isinstance(since, int) else None)
+        session, sid = self.fleet.get(payload["vm"]), request.sid
+        role = self.roles[sid]
+        first = session.pump.attach(sid, role, payload["since"])
         join_room("vm:" + session.name)
         self.attached[sid].add(session.name)
-        return {**first, "role": self.roles[sid], "state": session.vm.state}
+        return {**first, "role": role, "state": session.vm.state}
 
     @handler
     def on_detach(self, payload):
-        session = self._session(payload)
+        session = self.fleet.get(payload["vm"])
         session.pump.detach(request.sid)
         leave_room("vm:" + session.name)
         self.attached[request.sid].discard(session.name)
 
     @handler
     def on_input(self, payload):
-        if self.roles.get(request.sid) != CONTROL:
+        if self.roles[request.sid] != CONTROL:
             raise ApiError(403, "read-only viewer: typing needs the control token")
-        session = self._session(payload)
-        data = payload.get("data")
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        if not isinstance(data, bytes) or not 0 < len(data) <= MAX_INPUT:
-            raise ApiError(400, "data must be text or bytes, 1 to %d long" % MAX_INPUT)
+        session, data = self.fleet.get(payload["vm"]), payload["data"]
+        data = data.encode("utf-8") if isinstance(data, str) else data
         session.vm.console.send_input(data)
         return {"sent": len(data)}
 
     @handler
     def on_ack(self, payload):
-        position = payload.get("position")
-        if not isinstance(position, int):
-            raise ApiError(400, "position must be an integer")
-        if not self._session(payload).pump.ack(request.sid, position):
+        if not self.fleet.get(payload["vm"]).pump.ack(request.sid, payload["position"]):
             raise ApiError(409, "not attached to this VM")

@@ -12,6 +12,7 @@ import re
 import time
 import tomllib
 
+from engine import names
 from engine import stats as S
 
 from . import screenshot
@@ -46,6 +47,10 @@ def load(name_or_path):
     except tomllib.TOMLDecodeError as problem:
         raise ScenarioError("%s: %s" % (path, problem)) from None
     scenario.setdefault("name", os.path.basename(path)[:-5])
+    wrong = names.problem(scenario["name"])
+    if wrong:
+        raise ScenarioError("%s: the scenario name %r %s: use %s (it names the VM and the files)"
+                            % (path, scenario["name"], wrong, names.RULE))
     for key in ("title", "vm", "step"):
         if key not in scenario:
             raise ScenarioError("%s: missing [%s]" % (path, key))

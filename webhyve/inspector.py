@@ -9,12 +9,11 @@ import json
 import threading
 
 from flask import request
-from flask_socketio import Namespace, join_room, leave_room
+from flask_socketio import join_room, leave_room
 
 from . import panels
-from .access import role_of
-from .console import handler
-from .errors import ApiError
+from .access import connection_role
+from .events import CheckedNamespace, handler
 
 
 def snapshot(session, tunables):
@@ -29,7 +28,7 @@ def snapshot(session, tunables):
     return out
 
 
-class InspectNamespace(Namespace):
+class InspectNamespace(CheckedNamespace):
     """Legend: `watchers` (VM name → sids) and `last` (VM name → panel JSON) are guarded by `lock`."""
 
     def __init__(self, fleet, socketio, interval=0.5, namespace="/inspect"):
@@ -48,8 +47,7 @@ class InspectNamespace(Namespace):
         self._stop.set()
 
     def on_connect(self, auth=None):
-        token = auth.get("token") if isinstance(auth, dict) else request.args.get("token")
-        if role_of(token) is None:
+        if connection_role(auth) is None:
             raise ConnectionRefusedError("a valid token is required")
 
     def on_disconnect(self, *reason):
@@ -59,9 +57,7 @@ class InspectNamespace(Namespace):
 
     @handler
     def on_watch(self, payload):
-        name = payload.get("vm")
-        if not isinstance(name, str):
-            raise ApiError(400, "which VM? send {\"vm\": NAME}")
+        name = payload["vm"]
         session = self.fleet.get(name)
         join_room("inspect:" + name)
         with self.lock:
@@ -70,8 +66,8 @@ class InspectNamespace(Namespace):
 
     @handler
     def on_unwatch(self, payload):
-        name = payload.get("vm")
-        leave_room("inspect:%s" % name)
+        name = payload["vm"]
+        leave_room("inspect:" + name)
         with self.lock:
             self.watchers.get(name, set()).discard(request.sid)
 

@@ -109,18 +109,3 @@ def caches(vm):
     return {"tlb": [optional(v, "tlb_info") for v in vm.vcpus], "l1d": [optional(v, "l1d_info") for v in vm.vcpus],
             "vm_l1d": optional(vm, "l1d_info")}
 
-
-def parse_address(text):
-    """An address from a user: int, or '0x…' / decimal text; ApiError naming the problem otherwise."""
-    if isinstance(text, bool):
-        raise ApiError(400, "address must be a number like 0x1000, not %r" % text)
-    if isinstance(text, int):
-        value = text
-    else:
-        try:
-            value = int(str(text).strip(), 0)
-        except ValueError:
-            raise ApiError(400, "address must be a number like 0x1000, not %r" % text) from None
-    if not 0 <= value < 1 << 64:
-        raise ApiError(400, "address %#x is outside 0..2^64-1" % value)
-    return value

@@ -10,7 +10,9 @@ import re
 import threading
 import time
 
-NAME = re.compile(r"^[A-Za-z0-9_-]+\.cast$")
+from engine import names
+
+NAME = re.compile(r"(?P<vm>%s)-\d{8}T\d{6}-\d+\.cast" % names.PATTERN)      # VM-YYYYmmddTHHMMSS-N.cast
 
 
 class Recording:
@@ -72,10 +74,10 @@ def list_recordings(directory, active):
     """Every .cast in `directory` (newest first), with the ones still being written marked active."""
     out = []
     for name in sorted(os.listdir(directory), reverse=True):
-        if NAME.match(name):
+        match = NAME.fullmatch(name)
+        if match:
             path = os.path.join(directory, name)
-            vm_name = name.rsplit("-", 2)[0]
-            out.append({"id": name, "vm": vm_name, "active": name in active, "bytes": os.path.getsize(path)})
+            out.append({"id": name, "vm": match["vm"], "active": name in active, "bytes": os.path.getsize(path)})
     return out
 
 

@@ -1,13 +1,13 @@
-// webhyve pages: the token, JSON API calls and the status line shared by every page.
+// webhyve pages: JSON API calls and the status line shared by every page. The token is in an HttpOnly cookie
+// that every request and Socket.IO connection of the page carries; the page never sees it.
 "use strict";
 
 const WH = {
-  token: document.body.dataset.token,
   role: document.body.dataset.role,
   vm: document.body.dataset.vm,
 
   async api(method, path, body) {
-    const options = {method, headers: {Authorization: "Bearer " + WH.token}};
+    const options = {method, headers: {}};
     if (body instanceof FormData) {
       options.body = body;
     } else if (body !== undefined) {

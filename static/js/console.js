@@ -11,7 +11,7 @@ const SerialConsole = (() => {
   fit.fit();
   new ResizeObserver(() => fit.fit()).observe(document.getElementById("terminal"));
 
-  const socket = io("/console", {auth: {token: WH.token}});
+  const socket = io("/console");
   const conn = document.getElementById("conn");
   let position = null;
 
@@ -56,6 +56,11 @@ const SerialConsole = (() => {
     if (e.type === "keydown" && e.ctrlKey && e.shiftKey && e.code === "KeyC") {   // copy, as in GNOME Terminal
       navigator.clipboard.writeText(term.getSelection());
       return false;
+    }
+    // A read-only terminal's textarea lets keys do their page default: space and PageDown scrolled the page
+    // away from the console, and xterm.js does not draw while it is out of view. Keys typed there do nothing.
+    if (WH.role !== "control" && e.type === "keydown" && e.key !== "Tab" && !e.ctrlKey && !e.metaKey) {
+      e.preventDefault();
     }
     return true;
   });

@@ -43,14 +43,13 @@ async function setupCreate() {
   form.guest.value = guests.includes("shell") ? "shell" : guests[0];
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const fields = Object.fromEntries(new FormData(form).entries());
+    const fields = jsonFields(form);
     try {
       if (form.image.files.length) {
         const data = new FormData(form);
         data.delete("guest");
         await WH.api("POST", "/vms", data);
       } else {
-        delete fields.image;
         await WH.api("POST", "/vms", fields);
       }
       WH.status(fields.name + " created");
@@ -61,6 +60,17 @@ async function setupCreate() {
     }
     refresh();
   });
+}
+
+// The form as the API's JSON: numbers as numbers (the API takes no "64" for 64), an empty input left out.
+function jsonFields(form) {
+  const out = {};
+  for (const [key, value] of new FormData(form).entries()) {
+    if (typeof value === "string" && value !== "") {
+      out[key] = form.elements[key].type === "number" ? Number(value) : value;
+    }
+  }
+  return out;
 }
 
 // -- snapshots: save from a VM's row, restore or delete from the list ----------------------------------

@@ -168,7 +168,7 @@ const Panels = (() => {
     renderRegisters(panels["registers/" + v]); renderVmcs(panels["vmcs/" + v]); renderStats(panels["stats/" + v]);
   });
 
-  const socket = io("/inspect", {auth: {token: WH.token}});
+  const socket = io("/inspect");
   socket.on("connect", () => socket.emit("watch", {vm: WH.vm}, (r) => r.error ? WH.status(r.error, true) : render(r.panels)));
   socket.on("update", (m) => render(m.panels));
 

@@ -11,8 +11,14 @@ __all__ = ["CONTROL", "VIEWER"]
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    process, url = start_server(str(tmp_path_factory.mktemp("server")))
+def server_dir(tmp_path_factory):
+    """The server's folder: its recordings, snapshots and server.log (gunicorn's output, access log on)."""
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="session")
+def server(server_dir):
+    process, url = start_server(str(server_dir), access_log=True)
     yield url
     stop_server(process)
 

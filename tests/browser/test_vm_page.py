@@ -3,12 +3,14 @@ import io
 import os
 import subprocess
 import sys
+import uuid
 
 import requests
-from PIL import Image
+from PIL import Image, ImageChops
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser.conftest import CONTROL, VIEWER
+from tests.webhyve.conftest import wait_for
 
 
 def terminal_text(page):
@@ -31,6 +33,15 @@ def open_vm(page, server, token=CONTROL):
     page.wait_for_selector("#conn.up")
 
 
+def server_console(server):
+    return requests.get(server + "/api/v1/vms/demo/console", headers={"Authorization": "Bearer " + VIEWER}).json()["text"]
+
+
+def type_by_rest(server, text):
+    requests.post(server + "/api/v1/vms/demo/console", json={"data": text},
+                  headers={"Authorization": "Bearer " + CONTROL}).raise_for_status()
+
+
 def test_type_help_and_see_the_answer(page, server):
     open_vm(page, server)
     page.click("#terminal")
@@ -41,13 +52,23 @@ def test_type_help_and_see_the_answer(page, server):
 
 
 def test_viewer_page_cannot_type(page, server):
+    """The viewer's keys reach nothing, and the server refuses its socket when the page's script is bypassed.
+    What the control token types afterwards arrives, so anything the viewer had sent would have arrived first."""
     open_vm(page, server, token=VIEWER)
+    assert page.inner_text("header .role") == "read-only viewer"
     assert page.is_disabled("button[data-action=pause]") and page.is_disabled("#record")
     page.click("#terminal")
     page.keyboard.type("echo from viewer\n")
-    page.wait_for_timeout(500)
-    text = requests.get(server + "/api/v1/vms/demo/console", headers={"Authorization": "Bearer " + VIEWER}).json()["text"]
-    assert "from viewer" not in text
+    assert page.evaluate("window.scrollY") == 0             # the keys did not scroll the console out of view
+    forced = page.evaluate("""() => new Promise((answer) =>
+        SerialConsole.socket.emit("input", {vm: "demo", data: "echo forced by viewer\\r"}, answer))""")
+    assert forced["status"] == 403 and "read-only" in forced["error"]     # handled after the typed keys
+    marker = "after-viewer-" + uuid.uuid4().hex[:8]
+    type_by_rest(server, "echo %s\r" % marker)
+    wait_terminal(page, "\n" + marker)                                      # the viewer sees the guest's output
+    text = server_console(server)
+    assert "from viewer" not in text and "forced by viewer" not in text
+    assert "from viewer" not in terminal_text(page)
 
 
 def test_toggle_a_tunable_and_see_the_panel_and_marker_follow(page, server):
@@ -69,12 +90,16 @@ def test_toggle_a_tunable_and_see_the_panel_and_marker_follow(page, server):
 
 
 def test_serial_screenshot_link_gives_a_png(page, server):
+    """The link's PNG is the terminal as drawn by the server: text on a background, not an empty picture."""
     open_vm(page, server)
     href = page.get_attribute("#shot-serial", "href")
     response = page.request.get(server + href)                  # the page's cookie carries the token
     assert response.ok and response.headers["content-type"] == "image/png"
-    image = Image.open(io.BytesIO(response.body()))
+    image = Image.open(io.BytesIO(response.body())).convert("RGB")
     assert image.width > 600 and image.height > 400
+    background = Image.new("RGB", image.size, image.getpixel((image.width - 1, image.height - 1)))
+    drawn = ImageChops.difference(image, background).getbbox()
+    assert drawn is not None and drawn[2] - drawn[0] > 50         # the prompt at least is drawn
 
 
 def test_record_download_and_play(page, server, tmp_path):
@@ -105,9 +130,9 @@ def test_reconnect_loses_nothing(page, server):
     open_vm(page, server)
     page.evaluate("SerialConsole.socket.disconnect()")
     page.wait_for_selector("#conn.down")
-    requests.post(server + "/api/v1/vms/demo/console", json={"data": "echo typed while you were away\r"},
-                  headers={"Authorization": "Bearer " + CONTROL})
-    page.wait_for_timeout(300)
+    type_by_rest(server, "echo typed while you were away\r")
+    assert wait_for(lambda: "\ntyped while you were away" in server_console(server))     # produced while away
+    assert "\ntyped while you were away" not in terminal_text(page)
     page.evaluate("SerialConsole.socket.connect()")
     wait_terminal(page, "\ntyped while you were away")
     assert page.inner_text("#conn") == "reconnected, nothing lost"
@@ -129,12 +154,46 @@ def test_pause_shows_registers_and_disassembly_then_resume(page, server):
 
 
 def test_ept_walk_form_answers(page, server):
-    """A bad address is refused with a message; a good one shows the walk or says the engine lacks it."""
+    """A bad address is refused with a message and shows no walk; the shell's first page (it is loaded at 1 MiB)
+    shows the EPT walk from the PML4 entry down to the 4 KiB page's entry."""
     open_vm(page, server)
     page.fill("#ept-lookup input", "banana")
     page.click("#ept-lookup button")
     page.wait_for_selector("#status.error")
-    assert "0x1000" in page.inner_text("#status")
+    assert "field 'gpa' must be an address like 0x1000" in page.inner_text("#status")
+    assert page.inner_text("#ept-walk") == ""
     page.fill("#ept-lookup input", "0x100000")
     page.click("#ept-lookup button")
     page.wait_for_function("document.getElementById('ept-walk').textContent.length > 0")
+    walk = page.inner_text("#ept-walk")
+    assert all('"level": %d' % level in walk for level in (4, 3, 2, 1)) and "RWX" in walk
+
+
+def test_the_token_leaves_the_address_bar_and_the_page_still_types(page, server, server_dir):
+    """Opened with ?token=, the page ends at the same URL without it: not in the address bar, not in the history
+    (back leads to where the browser was before), not readable by the page's scripts (an HttpOnly cookie),
+    and not in the server's log; typing works."""
+    page.goto("%s/vms/demo?token=%s" % (server, CONTROL))
+    wait_terminal(page, "webhyve>")
+    assert page.url == server + "/vms/demo"
+    assert CONTROL not in page.content() and CONTROL not in page.evaluate("document.cookie")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "webhyve_token")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    page.wait_for_selector("#conn.up")
+    page.click("#terminal")
+    page.keyboard.type("echo typed without a token in the url\n")
+    wait_terminal(page, "\ntyped without a token in the url")
+    page.go_back()
+    assert page.url == "about:blank"
+    logged = (server_dir / "server.log").read_text()
+    assert "/vms/demo?token=[redacted]" in logged and CONTROL not in logged and VIEWER not in logged
+
+
+def test_the_viewer_token_leaves_the_address_bar_and_the_page_is_read_only(page, server):
+    page.goto("%s/vms/demo?token=%s" % (server, VIEWER))
+    wait_terminal(page, "webhyve>")
+    assert page.url == server + "/vms/demo"
+    assert page.inner_text("header .role") == "read-only viewer" and page.is_disabled("button[data-action=pause]")
+    forced = page.evaluate("""() => new Promise((answer) =>
+        SerialConsole.socket.emit("input", {vm: "demo", data: "x"}, answer))""")
+    assert forced["status"] == 403

@@ -1,6 +1,11 @@
-"""Fixtures for engine tests: a modeled host, tiny guests assembled from source, the bundled guests."""
+"""Fixtures for engine tests: a modeled host, tiny guests assembled from source, the bundled guests.
+
+A guest that does not do what a fixture waits for within its timeout is powered off and the test fails
+with what the console showed; no guest outlives its test (the hv fixture powers off what is left).
+"""
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -13,7 +18,21 @@ FLAT_BASE = 0x200000
 
 @pytest.fixture
 def hv():
-    return Hypervisor(host_mem_mb=512)
+    hypervisor = Hypervisor(host_mem_mb=512)
+    yield hypervisor
+    for vm in list(hypervisor.vms.values()):         # a failed test may leave a guest running: end it
+        vm.poweroff()
+
+
+def stopped(vm, timeout):
+    """The VM once it has stopped by itself (suspended: halted for good, triple fault, ...); if it has not
+    within `timeout` seconds, power it off and fail the test saying so."""
+    if vm.wait(states=("suspended",), timeout=timeout) != "suspended":
+        state = vm.state
+        vm.poweroff()
+        pytest.fail("VM %r did not stop within %gs (still %s); powered off. Console: %r"
+                    % (vm.name, timeout, state, vm.console.contents()[-300:]))
+    return vm
 
 
 def assemble(src, tmp_path, bits=64, base=FLAT_BASE):
@@ -32,8 +51,7 @@ def flat64(hv, tmp_path):
         vm = hv.create_vm(name, mem_mb=mem_mb)
         vm.load(assemble(src, tmp_path), "guest.bin", kind="flat64")
         vm.start()
-        vm.wait(states=("suspended",), timeout=timeout)
-        return vm
+        return stopped(vm, timeout)
     return boot
 
 
@@ -53,18 +71,20 @@ def boot_guest(hv):
         if typed:
             wait_for(vm, ready, timeout)
             vm.console.send_input(typed)
-        vm.wait(states=("suspended",), timeout=timeout)
+        stopped(vm, timeout)
         return vm, vm.console.contents().decode(errors="replace")
     return boot
 
 
 def wait_for(vm, text, timeout=30, reader=None):
-    """Wait until the console shows `text` (read through `reader` if given: only what it has not seen)."""
-    import time
+    """Wait until the console shows `text` (read through `reader` if given: only what it has not seen); if it
+    does not within `timeout` seconds, power the VM off and fail the test."""
     reader = reader or vm.console.reader()
     seen = b""
     deadline = time.monotonic() + timeout
     while text not in seen:
-        assert time.monotonic() < deadline, "timed out waiting for %r; console: %r" % (text, seen[-300:])
+        if time.monotonic() >= deadline:
+            vm.poweroff()
+            pytest.fail("VM %r did not print %r within %gs; powered off. Console: %r" % (vm.name, text, timeout, seen[-300:]))
         seen += reader.read(0.1)
     return seen

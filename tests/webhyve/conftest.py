@@ -1,5 +1,9 @@
-"""Fixtures for the web tests: an app with fixed tokens and its own recordings folder, its clients."""
+"""Fixtures for the web tests: an app with fixed tokens and its own recordings folder, its clients.
+
+A fixture whose guest does not get ready in time destroys it and fails the test saying what it saw.
+"""
 import os
+import time
 
 import pytest
 
@@ -36,16 +40,26 @@ def viewer(app):
 def shell_vm(client):
     """The bundled shell guest running as VM "sh", its prompt already printed."""
     assert client.post("/api/v1/vms", json={"name": "sh", "guest": "shell"}).status_code == 201
-    assert wait_for(lambda: "webhyve>" in client.get("/api/v1/vms/sh/console").json["text"])
+    console = lambda: client.get("/api/v1/vms/sh/console").json["text"]
+    ready_or_fail(lambda: "webhyve>" in console(), "VM 'sh' never printed its prompt", console,
+                  lambda: client.delete("/api/v1/vms/sh"))
     return "sh"
 
 
 LIVE = ("running", "halted")     # started and not paused: the shell sits in HLT between keys (interrupt-driven input)
 
 
+def ready_or_fail(predicate, what, console, end, timeout=20):
+    """For fixtures: wait until predicate() is true; else call `end` (destroy the VM) and fail the test with
+    `what` and the console's last lines."""
+    if not wait_for(predicate, timeout):
+        seen = console()[-300:]
+        end()
+        pytest.fail("%s within %gs; destroyed. Console: %r" % (what, timeout, seen))
+
+
 def wait_for(predicate, timeout=20, step=0.02):
     """Poll until predicate() is true; False after `timeout` seconds (a test then fails on its assert)."""
-    import time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -19,18 +19,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(workdir, threads=100):
+def start_server(workdir, threads=100, access_log=False):
     """(process, url) once the demo shell shows its prompt; the process leads its own session so a test
-    can kill the server and its worker. bench/web_latency.py starts its server here too."""
+    can kill the server and its worker. With `access_log`, gunicorn logs every request to
+    workdir/server.log too. bench/web_latency.py starts its server here too."""
     port = free_port()
     env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER, WEBHYVE_DEMO_GUEST="shell",
                WEBHYVE_HOST_MEM_MB="512", WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, "recordings"),
                WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, "snapshots"))
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     log = open(os.path.join(workdir, "server.log"), "w+")
+    logging = ["--access-logfile", "-"] if access_log else []
     process = subprocess.Popen([gunicorn, "--workers", "1", "--threads", str(threads), "--bind", "127.0.0.1:%d" % port,
-                                "webhyve:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                                *logging, "webhyve:create_app()"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     url = "http://127.0.0.1:%d" % port
     try:
         return _wait_until_ready(process, url, log)

@@ -1,5 +1,7 @@
 """REST /api/v1 through Flask's test client: VMs, lifecycle, console, panels, tunables, tokens and bad input."""
-from tests.webhyve.conftest import LIVE, wait_for
+import pytest
+
+from tests.webhyve.conftest import LIVE, ready_or_fail, wait_for
 
 from engine.vmx import vmcs as V
 
@@ -160,3 +162,37 @@ def test_every_bundled_guest_boots(client):
         response = client.post("/api/v1/vms", json={"name": guest, "guest": guest, "mem_mb": 8})
         assert response.status_code == 201, response.json
         assert response.json["kind"] == {"flat64": "flat64", "bootsec": "bootsector"}.get(guest, "multiboot")
+
+
+def test_one_name_rule_for_vms_snapshots_and_recordings(client):
+    """VM and snapshot names follow engine/names.py; a 64-character VM records and its recording is listed under
+    its name (a 300-character name once failed with a 500, `ünï` recorded files the list never showed)."""
+    longest = "v" * 64
+    assert client.post("/api/v1/vms", json={"name": longest, "guest": "hello", "start": False}).status_code == 201
+    refused = [
+        client.post("/api/v1/vms", json={"name": "ünï", "guest": "hello", "start": False}),
+        client.post("/api/v1/vms", json={"name": "x" * 300, "guest": "hello", "start": False}),
+        client.post("/api/v1/vms", json={"name": "x" * 65, "guest": "hello", "start": False}),
+        client.post("/api/v1/vms/%s/snapshot" % longest, json={"name": "ünï"}),
+        client.post("/api/v1/snapshots/%s/restore" % ("s" * 65), json={}),
+        client.post("/api/v1/vms/ünï/recording"),
+    ]
+    for response in refused:
+        assert response.status_code == 400, response.json
+        assert "ASCII letters, digits, '-' and '_', 1 to 64 characters" in response.json["error"]
+    assert [vm["name"] for vm in client.get("/api/v1/vms").json["vms"]] == [longest]
+    started = client.post("/api/v1/vms/%s/recording" % longest)
+    assert started.status_code == 201
+    client.delete("/api/v1/vms/%s/recording" % longest)
+    assert [(r["id"], r["vm"]) for r in client.get("/api/v1/recordings").json["recordings"]] == \
+        [(started.json["id"], longest)]
+
+
+def test_a_guest_that_never_gets_ready_is_destroyed_and_fails_the_test(client):
+    """What the VM fixtures do when their guest misses its timeout: no VM is left running behind the failure."""
+    assert client.post("/api/v1/vms", json={"name": "late", "guest": "shell"}).status_code == 201
+    console = lambda: client.get("/api/v1/vms/late/console").json["text"]
+    with pytest.raises(pytest.fail.Exception, match="VM 'late' never said hello within 0.5s; destroyed. Console: "):
+        ready_or_fail(lambda: "hello" in console(), "VM 'late' never said hello", console,
+                      lambda: client.delete("/api/v1/vms/late"), timeout=0.5)
+    assert client.get("/api/v1/vms").json["vms"] == []

@@ -1,7 +1,12 @@
 """vmmctl run: a script drives the shell guest through piped stdin and reads its console and stats."""
 import os
+import shutil
 import subprocess
 import sys
+
+from click.testing import CliRunner
+
+from webhyve.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHELL = os.path.join(ROOT, "guests", "build", "shell.elf")
@@ -29,3 +34,24 @@ def test_bad_image_is_one_clear_line(tmp_path):
     done = vmmctl("run", str(junk))
     assert done.returncode != 0
     assert "junk.img" in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+def test_a_file_name_against_the_name_rule_still_boots(tmp_path):
+    """`vmmctl run` names the VM after the file, made to follow the name rule (this one has a space and an ü)."""
+    image = tmp_path / ("ünï shell %s.elf" % ("x" * 80))
+    shutil.copy(SHELL, image)
+    done = vmmctl("run", str(image), "--timeout", "60", stdin=b"halt\n")
+    assert done.returncode == 0, done.stderr.decode()
+    assert "VM _n__shell_%s stopped" % ("x" * 54) in done.stderr.decode()
+
+
+def test_names_against_the_rule_are_refused_before_reaching_the_server():
+    """--vm, VM arguments and snapshot names are checked here by the engine's rule: status 2, one line, and no
+    request (the server URL answers nothing)."""
+    env = {"WEBHYVE_URL": "http://127.0.0.1:9", "WEBHYVE_TOKEN": "unused"}
+    for args in (["--vm=ünï", "--get-stats"], ["--vm=sh", "--checkpoint=a b"], ["console", "x" * 65],
+                 ["snapshot", "save", "sh", "ünï"], ["snapshot", "restore", "ok", "--as", "no way"]):
+        result = CliRunner(mix_stderr=False).invoke(main, args, env=env)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert "ASCII letters, digits, '-' and '_', 1 to 64 characters" in result.stderr
+        assert "cannot reach" not in result.stderr

@@ -76,6 +76,14 @@ def test_a_broken_scenario_is_refused_with_its_problem(tmp_path):
         demo.load("nope")
 
 
+def test_a_scenario_named_against_the_name_rule_is_refused(tmp_path):
+    """The scenario's name names its VM and files, so it follows engine/names.py's rule."""
+    unnamed = tmp_path / "démo.toml"
+    unnamed.write_text('title = "x"\n[vm]\nguest = "shell.elf"\n[[step]]\nwait = "a"\n')
+    with pytest.raises(demo.ScenarioError, match="scenario name 'démo' has 'é'.*ASCII letters"):
+        demo.load(str(unnamed))
+
+
 def test_snapshot_endpoints_save_list_restore_and_delete(client, viewer, shell_vm):
     saved = client.post("/api/v1/vms/sh/snapshot", json={"name": "first"})
     assert saved.status_code == 201 and saved.json["pages"] > 0

@@ -125,3 +125,22 @@ def test_exit_histogram_fills_over_time(app, client, shell_vm):
     assert wait_for(lambda: samples(), timeout=5)
     client.post("/api/v1/vms/sh/console", json={"data": "help\r"})
     assert wait_for(lambda: any(s["exits"].get("VMEXIT_INOUT", 0) > 0 for s in samples()), timeout=5)
+
+
+def test_events_name_vms_by_the_one_name_rule(app, client, shell_vm):
+    """A VM name against engine/names.py's rule is refused with the rule, in both namespaces."""
+    for namespace, event in (("/console", "attach"), ("/inspect", "watch")):
+        answer = sio(app, client, namespace=namespace).emit(event, {"vm": "ünï"}, namespace=namespace, callback=True)
+        assert answer["status"] == 400 and "ASCII letters, digits, '-' and '_', 1 to 64 characters" in answer["error"]
+
+
+def test_a_page_connects_with_its_cookie_and_a_wrong_auth_token_is_refused_anyway(app, shell_vm):
+    """The page holds no token: its socket carries the cookie its ?token= visit set."""
+    browser = app.test_client()
+    assert browser.get("/vms/sh?token=" + VIEWER).status_code == 303
+    socketio = app.extensions["webhyve.socketio"]
+    page = socketio.test_client(app, namespace="/console", flask_test_client=browser)
+    assert attach(page)["role"] == "view"
+    assert socketio.test_client(app, namespace="/inspect", flask_test_client=browser).is_connected("/inspect")
+    wrong = socketio.test_client(app, namespace="/console", auth={"token": "wrong"}, flask_test_client=browser)
+    assert not wrong.is_connected("/console")

@@ -1,4 +1,4 @@
-"""The HTML pages need a token too; a visit with ?token= sets a same-site cookie; the browser libraries are served."""
+"""The HTML pages need a token too; ?token= moves into a cookie and out of the URL; the browser libraries are served."""
 from tests.webhyve.conftest import CONTROL, VIEWER
 
 
@@ -9,18 +9,30 @@ def test_pages_need_a_token(app):
     assert anonymous.get("/vms/demo?token=nope").status_code == 401
 
 
-def test_token_in_url_sets_a_cookie_for_later_visits(app):
+def test_token_in_url_moves_to_a_cookie_and_leaves_the_url(app):
+    """?token= answers a redirect to the same URL without it (other parameters kept) that sets an HttpOnly
+    SameSite=Lax cookie; the page it leads to works and does not hold the token either."""
     browser = app.test_client()
-    first = browser.get("/?token=" + VIEWER)
-    assert first.status_code == 200 and b'data-role="view"' in first.data
-    assert "SameSite=Strict" in first.headers["Set-Cookie"] and "HttpOnly" in first.headers["Set-Cookie"]
-    assert browser.get("/vms/anything").status_code == 200
-    assert browser.get("/api/v1/vms").status_code == 200
+    first = browser.get("/vms/demo?x=1&token=" + VIEWER)
+    assert first.status_code == 303 and first.headers["Location"] == "/vms/demo?x=1"
+    cookie = first.headers["Set-Cookie"]
+    assert cookie.startswith("webhyve_token=%s;" % VIEWER) and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    page = browser.get(first.headers["Location"])
+    assert page.status_code == 200 and b'data-role="view"' in page.data and VIEWER.encode() not in page.data
+    assert browser.get("/").status_code == 200 and browser.get("/api/v1/vms").status_code == 200
+    assert browser.get("/?token=" + CONTROL).headers["Location"] == "/"
+    assert b'data-role="control"' in browser.get("/").data
+
+
+def test_a_wrong_token_in_the_url_sets_no_cookie(app):
+    browser = app.test_client()
+    response = browser.get("/vms/demo?token=nope")
+    assert response.status_code == 401 and "Set-Cookie" not in response.headers
 
 
 def test_vm_page_loads_its_libraries(app):
     browser = app.test_client()
-    page = browser.get("/vms/demo?token=" + CONTROL).get_data(as_text=True)
+    page = browser.get("/vms/demo?token=" + CONTROL, follow_redirects=True).get_data(as_text=True)
     assert 'data-vm="demo"' in page and 'data-role="control"' in page
     for path in ("/static/node_modules/@xterm/xterm/lib/xterm.js", "/static/node_modules/@xterm/addon-fit/lib/addon-fit.js",
                  "/static/node_modules/socket.io-client/dist/socket.io.min.js",

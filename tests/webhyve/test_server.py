@@ -10,7 +10,7 @@ import requests
 import socketio
 
 from tests.webhyve.conftest import wait_for
-from tests.webhyve.live import CONTROL, auth, start_server, stop_server
+from tests.webhyve.live import CONTROL, VIEWER, auth, start_server, stop_server
 
 
 @pytest.fixture
@@ -86,3 +86,22 @@ def test_fast_typing_over_long_polling_arrives_whole_and_in_order(live):
         assert all("\r\n%s\r\n" % line in echoed for line in lines)
     finally:
         client.disconnect()
+
+
+def test_gunicorns_logs_show_no_token(tmp_path):
+    """With gunicorn's access log on, a page visit with ?token=, API calls with the token in the query, a header
+    and the cookie, and a Socket.IO connection leave no token in the server's output."""
+    process, url = start_server(str(tmp_path), access_log=True)
+    try:
+        visit = requests.get(url + "/vms/demo?token=" + CONTROL, allow_redirects=False)
+        assert visit.status_code == 303 and visit.headers["Location"] == "/vms/demo"
+        assert requests.get(url + "/vms/demo", cookies=visit.cookies).status_code == 200
+        assert requests.get(url + "/api/v1/vms?token=" + VIEWER).status_code == 200
+        assert requests.get(url + "/api/v1/vms", headers=auth(VIEWER)).status_code == 200
+        websocket_client(url, CONTROL).disconnect()
+    finally:
+        stop_server(process)
+    logged = (tmp_path / "server.log").read_text()
+    assert '"GET /vms/demo?token=[redacted] HTTP/1.1" 303' in logged
+    assert '"GET /api/v1/vms?token=[redacted] HTTP/1.1" 200' in logged
+    assert CONTROL not in logged and VIEWER not in logged

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from engine.vmx import vmcs as V
-from tests.webhyve.conftest import LIVE, wait_for
+from tests.webhyve.conftest import LIVE, ready_or_fail, wait_for
 from tests.webhyve.live import CONTROL, VIEWER, auth, free_port, start_server, stop_server
 from webhyve.cli import main
 
@@ -71,7 +71,8 @@ def fresh_vm(env, request):
     name = re.sub(r"[^a-z0-9]", "", request.node.name.lower())[:24]
     created = cli(env, "--vm=" + name, "--create", "--guest=shell", "--set-mem=32")
     assert created.exit_code == 0, created.stderr
-    assert wait_for(lambda: "webhyve>" in console_text(env, name))
+    ready_or_fail(lambda: "webhyve>" in console_text(env, name), "VM %r never printed its prompt" % name,
+                  lambda: console_text(env, name), lambda: rest(env, "DELETE", "/api/v1/vms/" + name))
     yield name
     rest(env, "DELETE", "/api/v1/vms/" + name)
 
@@ -82,7 +83,8 @@ def polling_vm(env, request):
     name = "poll" + re.sub(r"[^a-z0-9]", "", request.node.name.lower())[:20]
     created = rest(env, "POST", "/api/v1/vms", json={"name": name, "guest": "shell", "cmdline": "poll=1", "mem_mb": 32})
     assert created.status_code == 201, created.text
-    assert wait_for(lambda: "webhyve>" in console_text(env, name))
+    ready_or_fail(lambda: "webhyve>" in console_text(env, name), "VM %r never printed its prompt" % name,
+                  lambda: console_text(env, name), lambda: rest(env, "DELETE", "/api/v1/vms/" + name))
     yield name
     rest(env, "DELETE", "/api/v1/vms/" + name)
 

@@ -59,7 +59,8 @@ class UnsupportedByModel(Exception):
 
 
 class Vcpu:
-    """Legend: `state`, `suspend_reason` change only on the vCPU's own thread; `mailbox` is any thread's."""
+    """Legend: `state`, `suspend_reason` change only on the vCPU's own thread (SUSPENDED with the VM's reason, under
+    the VM's lock: vm.vcpu_suspended); `mailbox` is any thread's."""
 
     def __init__(self, vm, index):
         self.vm, self.index = vm, index
@@ -249,7 +250,6 @@ class Vcpu:
         try:
             self._drive()
         except Exception as problem:             # an engine bug stops this VM, never the process
-            self.state, self.suspend_reason = SUSPENDED, "error"
             self.parked.set()
             self.vm.vcpu_suspended(self, "error", "internal error: %r" % problem)
             raise
@@ -347,7 +347,7 @@ class Vcpu:
             self.counters[S.VCPU_INVVPID_SAVED] += 1
 
     def suspend(self, reason, message):
-        self.state, self.suspend_reason = SUSPENDED, reason
+        """Stop with `reason`: the VM makes this state and its reason visible together (vm.vcpu_suspended)."""
         self.sync_vmcs()
         self.vm.vcpu_suspended(self, reason, message)
 

@@ -472,7 +472,9 @@ class VM:
 
     # -- what vCPUs report --------------------------------------------------------------------------
     def vcpu_suspended(self, vcpu, reason, message):
-        self._set_suspended(reason, "vcpu%d: %s" % (vcpu.index, message))
+        """A vCPU stops for `reason`: its state and the VM's reason change under one lock, so no reader sees
+        a suspended VM without its reason."""
+        self._set_suspended(reason, "vcpu%d: %s" % (vcpu.index, message), vcpu)
         for other in self.vcpus:
             if other is not vcpu and other.thread is not None:
                 other.request(("pause",))
@@ -493,8 +495,10 @@ class VM:
             if vcpu.state == HALTED and vcpu.thread is not None:
                 vcpu.mailbox.put(("wake",))
 
-    def _set_suspended(self, reason, message):
+    def _set_suspended(self, reason, message, vcpu=None):
         with self.lock:
+            if vcpu is not None:
+                vcpu.state, vcpu.suspend_reason = SUSPENDED, reason
             if self.suspend_reason is None:
                 self.suspend_reason, self.suspend_message = reason, message
                 self.events.append("suspended (%s): %s" % (reason, message))

@@ -196,17 +196,18 @@ def test_get_memmap(env):
     assert row.split() == ["0", "64MB", "lowmem", "0", "RWX"]
 
 
-def test_run_steps_a_paused_vm_to_its_next_exit(env, fresh_vm):
-    cli(env, "--vm=" + fresh_vm, "--pause")
-    before = rest(env, "GET", "/api/v1/vms/%s/vcpus/0/stats" % fresh_vm).json()["by_id"]["VMEXIT_COUNT"]
-    out = cli(env, "--vm=" + fresh_vm, "--run")
+def test_run_steps_a_paused_vm_to_its_next_exit(env, polling_vm):
+    """A spinning shell (a halted one stays in its HLT until a key: --run would wait for it, as VM_RUN does)."""
+    cli(env, "--vm=" + polling_vm, "--pause")
+    before = rest(env, "GET", "/api/v1/vms/%s/vcpus/0/stats" % polling_vm).json()["by_id"]["VMEXIT_COUNT"]
+    out = cli(env, "--vm=" + polling_vm, "--run")
     assert out.exit_code == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "vm exit[0]" and re.fullmatch(r"\trip\t\t0x[0-9a-f]{16}", lines[1])
     assert re.fullmatch(r"\treason\t\t(INOUT|VMX)", lines[3])
-    after = rest(env, "GET", "/api/v1/vms/%s/vcpus/0/stats" % fresh_vm).json()["by_id"]["VMEXIT_COUNT"]
+    after = rest(env, "GET", "/api/v1/vms/%s/vcpus/0/stats" % polling_vm).json()["by_id"]["VMEXIT_COUNT"]
     assert after > before
-    assert rest(env, "GET", "/api/v1/vms/" + fresh_vm).json()["state"] == "paused"
+    assert rest(env, "GET", "/api/v1/vms/" + polling_vm).json()["state"] == "paused"
     assert "--run steps a paused VM" in one_line_error(cli(env, "--vm=demo", "--run"))
 
 

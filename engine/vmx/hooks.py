@@ -164,6 +164,24 @@ def code_page_to_hpa(c, linear):
     return linear_to_hpa(c, linear)
 
 
+@njit(**NUMBA)
+def fetch_code(c, linear, out):
+    """Copy the instruction bytes at guest-linear `linear` into `out`, each page through its own translation:
+    an instruction may go on into a page mapped anywhere, or nowhere (its fetch faults there, SDM 6.15 #PF).
+    Returns how many bytes were copied; never a byte of host memory that is not the guest's."""
+    mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+    n = np.int64(0)
+    while n < out.size:
+        at = np.uint64(linear) + np.uint64(n)
+        hpa = code_to_hpa(c, at)
+        chunk = min(out.size - n, 0x1000 - np.int64(at & np.uint64(0xFFF)), np.int64(c[C.MEMSIZE]) - hpa)
+        if hpa < 0 or chunk <= 0:
+            break
+        out[n:n + chunk] = mem8[hpa:hpa + chunk]
+        n += chunk
+    return n
+
+
 @njit(**INLINE)
 def pc_linear(c):
     """The linear address of the current instruction: CS.base + RIP (CS.base = selector*16 in real mode)."""
@@ -321,25 +339,41 @@ def cpuid_hook(uc, ud):
 
 # -- IN/OUT (exit 30) ---------------------------------------------------------------------------------
 @njit(**INLINE)
+def io_decode(code):
+    """(length, string, REP, immediate) of an IN/OUT from its first bytes: prefixes, then the opcode (SDM
+    Table 28-5; the instruction length, SDM 28.2.5)."""
+    string = rep = imm = False
+    i = 0
+    while i < code.size:
+        op = code[i]
+        if op == 0xF3 or op == 0xF2:
+            rep = True
+        elif op != 0x66 and op != 0x67:
+            string = 0x6C <= op <= 0x6F
+            imm = 0xE4 <= op <= 0xE7
+            break
+        i += 1
+    return i + (2 if imm else 1), string, rep, imm
+
+
+@njit(**NUMBA)
+def io_decode_across(c, linear):
+    """io_decode of an instruction near a page's end, its bytes fetched page by page."""
+    code = np.zeros(4, np.uint8)
+    return io_decode(code[:fetch_code(c, linear, code)])
+
+
+@njit(**INLINE)
 def io_exit(c, port, size, is_in, value):
     """Record the exit with its qualification and dispatch it; returns the value an IN reads."""
     rip, linear = pc_linear(c)
     hpa = code_to_hpa(c, linear)
     string = rep = imm = False
     length = 1
-    if hpa >= 0:
-        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
-        i = 0
-        while i < 4 and hpa + i < np.int64(c[C.MEMSIZE]):
-            op = mem8[hpa + i]
-            if op == 0xF3 or op == 0xF2:
-                rep = True
-            elif op != 0x66 and op != 0x67:
-                string = 0x6C <= op <= 0x6F
-                imm = 0xE4 <= op <= 0xE7
-                break
-            i += 1
-        length = i + (2 if imm else 1)
+    if hpa >= 0 and linear & np.uint64(0xFFF) <= np.uint64(0x1000 - 4):
+        length, string, rep, imm = io_decode(carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])[hpa:hpa + 4])
+    elif hpa >= 0:                              # the instruction may go on into the next page
+        length, string, rep, imm = io_decode_across(c, linear)
     rcx = rd(c, X.UC_X86_REG_RCX) if rep else np.uint64(0)
     one = np.uint64(1)
     continuing = rep and c[C.IO_RIP] == rip + one and c[C.IO_RCX] == rcx + one   # the next round of one REP

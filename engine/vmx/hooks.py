@@ -422,9 +422,20 @@ def msr_find(table, n, index):
 
 
 @njit(**NUMBA)
-def msr_exit(c, address, is_write):
+def raise_fault(c, vector):
+    """An exception for the loop to deliver, with RIP still on the instruction (precise from a code hook)."""
+    if vector == 13:
+        c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
+    else:
+        c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, vector
+    stop(c)
+
+
+@njit(**NUMBA)
+def msr_exit(c, address, is_write, length):
+    """RDMSR/WRMSR of `length` bytes (prefixes included)."""
     rip = rd(c, X.UC_X86_REG_RIP)
-    record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, 2, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
+    record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, length, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
     table = carray(u64_ptr(c[C.MSR]), 3 * np.int64(c[C.NMSR]))
     index = rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF
     row = msr_find(table, c[C.NMSR], index)
@@ -442,10 +453,9 @@ def msr_exit(c, address, is_write):
         wr(c, X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
         wr(c, X.UC_X86_REG_RDX, value >> np.uint64(32))
     else:                                           # unknown MSR, or the wrong direction: #GP(0)
-        c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
-        stop(c)                                     # precise from a code hook: RIP stays on the instruction
+        raise_fault(c, 13)
         return
-    wr(c, X.UC_X86_REG_RIP, rip + np.uint64(2))
+    wr(c, X.UC_X86_REG_RIP, rip + np.uint64(length))
 
 
 # -- guest TLB maintenance: INVLPG and MOV to CR0/CR3/CR4, found by the same page scan ---------------
@@ -465,11 +475,20 @@ def guest_tlb_flush(c, kind, linear):
     counters[S.TLB_GUEST_FLUSHES] += 1
 
 
+@njit(**INLINE)
+def disp32(code, at):
+    return np.int64(np.int32(code[at] | (np.int64(code[at + 1]) << 8) | (np.int64(code[at + 2]) << 16) |
+                             (np.int64(code[at + 3]) << 24)))
+
+
 @njit(**NUMBA)
-def tlb_insn(c, mem8, hpa, address, rex, long_mode):
+def tlb_insn(c, code, address, prefixes, rex, long_mode, addr32):
     """INVLPG m (0F 01 /7) drops that page; MOV CR3 drops non-global entries; MOV CR0/CR4 drop all of
-    this VPID's. An INVLPG operand this decoder does not follow (SIB) drops all: allowed by the SDM."""
-    op1, modrm = mem8[hpa + 1], mem8[hpa + 2]
+    this VPID's. An INVLPG operand this decoder does not follow (SIB) drops all: allowed by the SDM.
+    `code` starts at the 0F opcode, after `prefixes` prefix bytes."""
+    if code.size < 3:
+        return
+    op1, modrm = code[1], code[2]
     mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
     if op1 == 0x22 and mod == 3:
         if reg == 3:
@@ -482,19 +501,21 @@ def tlb_insn(c, mem8, hpa, address, rex, long_mode):
     if rm == 4:
         guest_tlb_flush(c, TLB.INV_SINGLE, 0)
         return
+    if (mod == 0 and rm == 5) or mod == 2:
+        if code.size < 7:
+            return                                             # its fetch faults: the instruction never runs
+    elif mod == 1 and code.size < 4:
+        return
     if mod == 0 and rm == 5:                                   # disp32: RIP-relative in long mode
-        disp = np.int64(np.int32(mem8[hpa + 3] | (np.int64(mem8[hpa + 4]) << 8) | (np.int64(mem8[hpa + 5]) << 16) |
-                                 (np.int64(mem8[hpa + 6]) << 24)))
-        base = np.uint64(address) + np.uint64(7 + (1 if rex else 0)) if long_mode else np.uint64(0)
-        ea = base + np.uint64(disp)
+        base = np.uint64(address) + np.uint64(prefixes + 7) if long_mode else np.uint64(0)
+        ea = base + np.uint64(disp32(code, 3))
     else:
         ea = rd(c, REG64[rm + (8 if rex & 1 else 0)])
         if mod == 1:
-            ea += np.uint64(np.int64(np.int8(mem8[hpa + 3])))
+            ea += np.uint64(np.int64(np.int8(code[3])))
         elif mod == 2:
-            ea += np.uint64(np.int64(np.int32(mem8[hpa + 3] | (np.int64(mem8[hpa + 4]) << 8) |
-                                              (np.int64(mem8[hpa + 5]) << 16) | (np.int64(mem8[hpa + 6]) << 24))))
-    if not long_mode:
+            ea += np.uint64(disp32(code, 3))
+    if not long_mode or addr32:
         ea &= np.uint64(0xFFFFFFFF)
     guest_tlb_flush(c, TLB.INV_ADDRESS, ea)
 
@@ -516,33 +537,61 @@ def pause_exit(c, address):
     stop(c)                                         # precise from a code hook: RIP stays on the PAUSE
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
-def code_hook(uc, address, size, ud):
-    c = carray(ud, C.SIZE)
-    hpa = code_to_hpa(c, address)
-    if hpa < 0 or hpa + 8 >= np.int64(c[C.MEMSIZE]):
-        return
-    mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
-    rex = np.uint64(0)
+INSN_MAX = 15                       # SDM 2.3.11: an instruction is at most 15 bytes
+
+
+@njit(**NUMBA)
+def is_prefix(b, long_mode):
+    """A legacy prefix (SDM 2.1.1) or, in 64-bit mode, a REX prefix (SDM 2.2.1)."""
+    return b == 0xF0 or b == 0xF2 or b == 0xF3 or b == 0x2E or b == 0x36 or b == 0x3E or b == 0x26 or \
+        b == 0x64 or b == 0x65 or b == 0x66 or b == 0x67 or (long_mode and 0x40 <= b <= 0x4F)
+
+
+@njit(**NUMBA)
+def hooked_insn(c, address, code):
+    """The instruction at a scanned candidate address, from its bytes (`code`, fetched page by page):
+    HLT, RDMSR/WRMSR, INVLPG/MOV CR, PAUSE, each with any prefixes before it; LOCK with any of them is
+    #UD (SDM vol. 2A, LOCK). Bytes that are something else (data the scan took for code) do nothing."""
     long_mode = (rd_efer(c) & np.uint64(W.EFER_LMA)) != 0
-    if long_mode and 0x40 <= mem8[hpa] <= 0x4F:
-        rex = np.uint64(mem8[hpa])
-        hpa += 1
-    elif mem8[hpa] == 0x67:
-        hpa += 1
-    op0, op1 = mem8[hpa], mem8[hpa + 1]
-    if op0 == 0xF4:
-        c[C.HLT_AT] = np.uint64(address) + np.uint64(1)   # the HLT runs natively and ends emu_start
-    elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30):
-        msr_exit(c, address, op1 == 0x30)
+    i, rex, lock, rep, addr32 = 0, np.uint64(0), False, False, False
+    while i < code.size - 1 and i < INSN_MAX - 1 and is_prefix(code[i], long_mode):
+        b = code[i]
+        rex = np.uint64(b) if 0x40 <= b <= 0x4F and long_mode else np.uint64(0)   # REX counts only last
+        lock = lock or b == 0xF0
+        rep = rep or b == 0xF3
+        addr32 = addr32 or b == 0x67
+        i += 1
+    if i >= code.size:
+        return
+    op0 = code[i]
+    op1 = code[i + 1] if i + 1 < code.size else np.uint8(0)
+    known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22))
+    if lock and known:
+        raise_fault(c, 6)
+    elif op0 == 0xF4:
+        c[C.HLT_AT] = np.uint64(address) + np.uint64(i + 1)   # the HLT runs natively and ends emu_start
+    elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30) and i + 1 < code.size:
+        msr_exit(c, address, op1 == 0x30, i + 2)
         if c[C.EXIT] == C.X_NONE:
             l1d.entry_flush(c)
     elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
         c[C.GUEST_PE] = 0                             # MOV CR0 or LMSW may be about to change CR0.PE
-        tlb_insn(c, mem8, hpa, address, rex, long_mode)
-    elif op0 == 0xF3 and op1 == 0x90:
+        tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
+    elif op0 == 0x90 and rep and not rex & np.uint64(1):
         pause_exit(c, address)
 
+
+@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+def code_hook(uc, address, size, ud):
+    c = carray(ud, C.SIZE)
+    hpa = code_to_hpa(c, address)
+    if hpa < 0:
+        return
+    if np.uint64(address) & np.uint64(0xFFF) <= np.uint64(0x1000 - INSN_MAX):    # on one page: read in place
+        hooked_insn(c, address, carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])[hpa:hpa + INSN_MAX])
+    else:
+        code = np.zeros(INSN_MAX, np.uint8)
+        hooked_insn(c, address, code[:fetch_code(c, address, code)])
 
 
 # -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -

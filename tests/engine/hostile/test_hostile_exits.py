@@ -1,11 +1,17 @@
-"""Hostile instructions at the in-kernel exits: I/O instructions across the end of guest memory.
+"""Hostile instructions at the in-kernel exits: I/O and MSR instructions across the end of guest memory and
+with any prefixes, and every other reader of instruction bytes at the end of guest memory.
 
 An instruction that starts on the last guest page goes on at guest-physical 0 (MAP_PAST_END): the host page
 after the guest's last one belongs to someone else, and the kernels must read the guest's bytes, not its.
 Every result is compared with a plain-Python twin of the architected answer.
 """
+from unicorn import x86_const as X
+
+from engine.io import vlapic as L
 from engine.vmx import exits as E
-from tests.engine.hostile.conftest import END, MAP_PAST_END, exits
+from engine.vmx import intr, vmx
+from tests.engine.conftest import assemble
+from tests.engine.hostile.conftest import END, MAP_PAST_END, MEM_MB, exits, faults
 
 PORT = 0x1234                       # no device: IN reads all ones, OUT is dropped
 
@@ -54,3 +60,71 @@ def test_io_exit_decodes_the_guests_bytes_across_the_end_of_memory(guest):
     want = [twin_io(before + after, port, size, is_in) + (END - len(before),)
             for before, after, port, size, is_in in cases]
     assert got == [(int(q), n, rip) for q, n, rip in want]
+
+
+def test_msr_instructions_with_prefixes_and_across_pages_exit(guest):
+    """RDMSR/WRMSR with any prefixes, or split over the end of guest memory, are RDMSR/WRMSR: an unknown MSR
+    is #GP(0) (SDM vol. 2B RDMSR), a known one is read and RIP moves past all of its bytes; LOCK is #UD;
+    a prefixed HLT halts (exit 12). Before, these ran natively in Unicorn: unknown MSRs read 0."""
+    src = MAP_PAST_END + """
+    lea r14, [rip + 1f]
+    mov ecx, 0x12345
+    .byte 0x66, 0x0F, 0x32
+1:  lea r14, [rip + 1f]
+    .byte 0x40, 0x48, 0x0F, 0x32
+1:  lea r14, [rip + 1f]
+    .byte 0x3E, 0x66, 0x0F, 0x30
+1:  lea r14, [rip + 1f]
+    .byte 0xF0, 0x0F, 0x32
+1:  lea r14, [rip + 1f]
+    mov ecx, 0x1B
+    .byte 0x48, 0x0F, 0x32
+    mov r13, rax
+1:  lea r14, [rip + 1f]
+    mov ecx, 0x12345
+""" + run_at(END - 1, [0x0F], [0x32, 0xC3]) + """
+1:  lea r14, [rip + 1f]
+""" + run_at(END - 1, [0x66], [0x0F, 0x32, 0xC3]) + """
+1:  xor r14, r14
+    cli
+    .byte 0x66, 0xF4
+    mov r10, 0xBAD
+"""
+    vm = guest(src)
+    assert [(v, err) for v, err, _ in faults(vm)] == [(13, 0), (13, 0), (13, 0), (6, 0), (13, 0), (13, 0)]
+    assert [rip for _, _, rip in faults(vm)][-2:] == [END - 1, END - 1]
+    r = vm.registers()
+    assert r["r13"] == 0xFEE00900 and r["r10"] == 0                 # IA32_APIC_BASE; the HLT held
+    lengths = [row["length"] for row in exits(vm, E.RDMSR)]
+    assert lengths == [3, 4, 3, 2, 3]                              # 66 0F 32, 40 48 0F 32, 48 0F 32, split ones
+    assert len(exits(vm, E.WRMSR)) == 1 and len(exits(vm, E.HLT)) == 1
+
+
+def parked_past_end(hv, tmp_path, before, after):
+    """A loaded, never started flat64 guest with linear END mapped to guest-physical 0 and an instruction's
+    bytes put around the end of guest memory; returns its vCPU."""
+    vm = hv.create_vm("split%d" % len(hv.vms), mem_mb=MEM_MB)
+    vm.load(assemble("cli\nhlt", tmp_path), "g.bin", kind="flat64")
+    v = vm.vcpus[0]
+    table = v.uc.reg_read(X.UC_X86_REG_CR3) & ~0xFFF
+    for _ in range(2):                                        # PML4 -> PDPT -> PD
+        table = int.from_bytes(vm.memory_access.read(table, 8), "little") & ~0xFFF
+    vm.memory_access.write(table + 8 * 8, (0x87).to_bytes(8, "little"))
+    vm.memory_access.write(END - len(before), bytes(before))
+    vm.memory_access.write(0, bytes(after))
+    v.uc.reg_write(X.UC_X86_REG_RIP, END - len(before))
+    return v
+
+
+def test_split_instruction_bytes_are_the_guests(hv, tmp_path):
+    """Every reader of instruction bytes follows the guest's next page, never the host's bytes after the
+    guest's last page: VMCALL found by the #UD exit (0F 01 C1), the IRETQ that ends NMI blocking (48 CF),
+    INT3 as CD 03 told from a #BP fault (SDM 6.12.1.1: software interrupts check the gate's DPL)."""
+    v = parked_past_end(hv, tmp_path, [0x0F, 0x01], [0xC1])
+    assert vmx.exit_process(v.ctx, vmx.UC_ERR_INSN_INVALID) == vmx.EXITCODE_VMINSN
+    v = parked_past_end(hv, tmp_path, [0x48], [0xCF])
+    intr.note_opcode(v.ctx)
+    assert L.block(v.ctx)[L.IB_LAST_OPCODE] == 0xCF
+    v = parked_past_end(hv, tmp_path, [0xCD], [0x03])
+    v.uc.reg_write(X.UC_X86_REG_RIP, END + 1)                 # after INT n, as Unicorn reports it
+    assert v._is_software_interrupt(3)

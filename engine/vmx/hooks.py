@@ -422,6 +422,14 @@ def msr_find(table, n, index):
 
 
 @njit(**NUMBA)
+def cpl_nonzero(c):
+    """CPL > 0: protected mode with CS.RPL > 0, or virtual-8086 mode (RFLAGS.VM), which runs at CPL 3."""
+    if not rd(c, X.UC_X86_REG_CR0) & np.uint64(W.CR0_PE):
+        return False
+    return rd(c, X.UC_X86_REG_CS) & np.uint64(3) != 0 or rd(c, X.UC_X86_REG_EFLAGS) & np.uint64(1 << 17) != 0
+
+
+@njit(**NUMBA)
 def raise_fault(c, vector):
     """An exception for the loop to deliver, with RIP still on the instruction (precise from a code hook)."""
     if vector == 13:
@@ -433,7 +441,11 @@ def raise_fault(c, vector):
 
 @njit(**NUMBA)
 def msr_exit(c, address, is_write, length):
-    """RDMSR/WRMSR of `length` bytes (prefixes included)."""
+    """RDMSR/WRMSR of `length` bytes (prefixes included). At CPL > 0 the #GP(0) comes before any VM exit
+    (SDM vol. 2B RDMSR/WRMSR; faults based on privilege level have priority over VM exits, SDM 26.1.1)."""
+    if cpl_nonzero(c):
+        raise_fault(c, 13)
+        return
     rip = rd(c, X.UC_X86_REG_RIP)
     record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, length, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
     table = carray(u64_ptr(c[C.MSR]), 3 * np.int64(c[C.NMSR]))

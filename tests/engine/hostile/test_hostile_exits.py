@@ -1,5 +1,5 @@
 """Hostile instructions at the in-kernel exits: I/O and MSR instructions across the end of guest memory and
-with any prefixes, and every other reader of instruction bytes at the end of guest memory.
+with any prefixes, RDMSR/WRMSR at CPL 3, and every other reader of instruction bytes at the end of guest memory.
 
 An instruction that starts on the last guest page goes on at guest-physical 0 (MAP_PAST_END): the host page
 after the guest's last one belongs to someone else, and the kernels must read the guest's bytes, not its.
@@ -12,6 +12,7 @@ from engine.vmx import exits as E
 from engine.vmx import intr, vmx
 from tests.engine.conftest import assemble
 from tests.engine.hostile.conftest import END, MAP_PAST_END, MEM_MB, exits, faults
+from tests.engine.test_inject import TO_USER
 
 PORT = 0x1234                       # no device: IN reads all ones, OUT is dropped
 
@@ -98,6 +99,24 @@ def test_msr_instructions_with_prefixes_and_across_pages_exit(guest):
     lengths = [row["length"] for row in exits(vm, E.RDMSR)]
     assert lengths == [3, 4, 3, 2, 3]                              # 66 0F 32, 40 48 0F 32, 48 0F 32, split ones
     assert len(exits(vm, E.WRMSR)) == 1 and len(exits(vm, E.HLT)) == 1
+
+
+def test_msr_at_cpl3_is_gp_without_an_exit(guest):
+    """RDMSR and WRMSR at CPL 3: #GP(0), which comes before the VM exit (SDM vol. 2B RDMSR; SDM 26.1.1)."""
+    src = TO_USER + """
+user:
+    lea r14, [rip + 1f]
+    mov ecx, 0x1B
+    rdmsr
+1:  xor r14, r14
+    mov ecx, 0x10B
+    mov eax, 1
+    xor edx, edx
+    wrmsr
+"""
+    vm = guest(src)
+    assert [(v, err) for v, err, _ in faults(vm)] == [(13, 0), (13, 0)]
+    assert not exits(vm, E.RDMSR) and not exits(vm, E.WRMSR)
 
 
 def parked_past_end(hv, tmp_path, before, after):

@@ -305,12 +305,41 @@ def tlb_fill_hook(uc, vaddr, access, entry, ud):
 
 # -- CPUID (exit 10), handled in the kernel as x86_emulate_cpuid ------------------------------------
 @njit(**NUMBA)
-def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b):
-    a = b = cc = d = np.uint64(0)
+def cpuid_row(table, n, leaf, subleaf):
+    """The profile's row for a leaf and subleaf (a subleaf of its own first, else its ANY row), or -1."""
     for i in range(np.int64(n)):
         if table[6 * i] == leaf and (table[6 * i + 1] == ANY or table[6 * i + 1] == subleaf):
-            a, b, cc, d = table[6 * i + 2], table[6 * i + 3], table[6 * i + 4], table[6 * i + 5]
-            break
+            return i
+    return np.int64(-1)
+
+
+@njit(**NUMBA)
+def cpuid_leaf(table, n, leaf):
+    """The leaf CPUID answers for `leaf`. Above the highest basic (CPUID.0:EAX) or extended (CPUID.80000000H:
+    EAX) leaf, the highest basic leaf's data (SDM vol. 2A, CPUID, "If a value entered for CPUID.EAX is higher
+    than the maximum input value..."); bhyve's x86_emulate_cpuid clamps the same way except that it answers
+    an extended leaf with the highest extended one. 40000000H-4FFFFFFFH belong to the hypervisor: above its
+    highest (CPUID.40000000H:EAX), the highest, as x86_emulate_cpuid does with CPUID_VM_HIGH."""
+    u = np.uint64
+    leaf = u(leaf)
+    top = u(0x40000000) if leaf >> u(28) == u(4) else u(0x80000000) if leaf >= u(0x80000000) else u(0)
+    row = cpuid_row(table, n, top, u(0))
+    high = table[6 * row + 2] if row >= 0 else u(0)
+    if leaf <= high:
+        return leaf
+    if top == u(0x40000000) and row >= 0:
+        return high
+    row = cpuid_row(table, n, u(0), u(0))
+    return table[6 * row + 2] if row >= 0 else u(0)
+
+
+@njit(**NUMBA)
+def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b):
+    a = b = cc = d = np.uint64(0)
+    leaf = cpuid_leaf(table, n, leaf)
+    i = cpuid_row(table, n, leaf, subleaf)
+    if i >= 0:
+        a, b, cc, d = table[6 * i + 2], table[6 * i + 3], table[6 * i + 4], table[6 * i + 5]
     if leaf == 1:
         b = (b & np.uint64(0x00FFFFFF)) | (np.uint64(vcpu_id) << np.uint64(24))   # initial APIC ID
     elif leaf == 0xB and params_leaf_b:

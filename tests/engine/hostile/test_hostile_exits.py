@@ -1,15 +1,19 @@
 """Hostile instructions at the in-kernel exits: I/O and MSR instructions across the end of guest memory and
-with any prefixes, RDMSR/WRMSR at CPL 3, and every other reader of instruction bytes at the end of guest memory.
+with any prefixes, RDMSR/WRMSR at CPL 3, the other readers of instruction bytes, CPUID over the leaf space.
 
 An instruction that starts on the last guest page goes on at guest-physical 0 (MAP_PAST_END): the host page
 after the guest's last one belongs to someone else, and the kernels must read the guest's bytes, not its.
 Every result is compared with a plain-Python twin of the architected answer.
 """
+import random
+
+import numpy as np
 from unicorn import x86_const as X
 
+from engine.cpu import profiles as P
 from engine.io import vlapic as L
 from engine.vmx import exits as E
-from engine.vmx import intr, vmx
+from engine.vmx import hooks, intr, vmx
 from tests.engine.conftest import assemble
 from tests.engine.hostile.conftest import END, MAP_PAST_END, MEM_MB, exits, faults
 from tests.engine.test_inject import TO_USER
@@ -147,3 +151,63 @@ def test_split_instruction_bytes_are_the_guests(hv, tmp_path):
     v = parked_past_end(hv, tmp_path, [0xCD], [0x03])
     v.uc.reg_write(X.UC_X86_REG_RIP, END + 1)                 # after INT n, as Unicorn reports it
     assert v._is_software_interrupt(3)
+
+
+def twin_cpuid(profile, leaf, subleaf, vcpu, leaf_b):
+    """SDM vol. 2A CPUID: a leaf above the highest basic or extended one answers as the highest basic leaf;
+    the hypervisor range 40000000H-4FFFFFFFH is bhyve's, clamped to its highest (x86_emulate_cpuid)."""
+    table = profile.cpuid
+    basic, extended, vm_high = table[(0, P.ANY)][0], table[(0x80000000, P.ANY)][0], table[(0x40000000, P.ANY)][0]
+    if 0x40000000 <= leaf <= 0x4FFFFFFF:
+        leaf = min(leaf, vm_high)
+    elif leaf > (extended if leaf >= 0x80000000 else basic):
+        leaf = basic
+    regs = list(table.get((leaf, subleaf), table.get((leaf, P.ANY), (0, 0, 0, 0))))
+    if leaf == 1:
+        regs[1] = (regs[1] & 0x00FFFFFF) | vcpu << 24
+    elif leaf == 0xB and leaf_b:
+        regs = [0, 1, (subleaf & 0xFF) | (0x100 if subleaf == 0 else 0), vcpu]
+    return regs
+
+
+def cpuid_leaves(rng, profile):
+    leaves = {leaf + d for leaf, _ in profile.cpuid for d in (-1, 0, 1)}
+    leaves |= {0x40000000 + i for i in range(4)} | {0x4FFFFFFF, 0x50000000, 0x7FFFFFFF, 0x80000009,
+                                                    0xBFFFFFFF, 0xC0000000, 0xC0000001, 0xFFFFFFFE, 0xFFFFFFFF}
+    return sorted({leaf & 0xFFFFFFFF for leaf in leaves} | {rng.getrandbits(32) for _ in range(400)})
+
+
+def test_cpuid_kernel_over_the_leaf_space():
+    """emulate_cpuid on every profile leaf, its neighbours, the range edges and random leaves, with random
+    subleaves, every profile, APIC IDs and leaf 0xB on and off: the twin's answer each time."""
+    rng = random.Random(10)
+    for name, profile in P.PROFILES.items():
+        table = profile.cpuid_table().reshape(-1)
+        for leaf in cpuid_leaves(rng, profile):
+            for subleaf in (0, 1, rng.getrandbits(32)):
+                vcpu, leaf_b = rng.randrange(256), rng.randrange(2)
+                got = [int(x) for x in hooks.emulate_cpuid(table, len(profile.cpuid), leaf, subleaf, vcpu, leaf_b)]
+                assert got == twin_cpuid(profile, leaf, subleaf, vcpu, leaf_b), (name, hex(leaf), hex(subleaf))
+
+
+def test_cpuid_exits_over_the_leaf_space(guest):
+    """CPUID executed by a guest with hostile EAX/ECX (high halves set): the registers the twin says."""
+    rng = random.Random(11)
+    profile = P.get("haswell")
+    cases = [(leaf, rng.getrandbits(32)) for leaf in rng.sample(cpuid_leaves(rng, profile), 48)]
+    src = "    mov rdi, 0x310000\n"
+    for leaf, subleaf in cases:
+        src += """
+    mov rax, {a:#x}
+    mov rcx, {c:#x}
+    cpuid
+    mov [rdi], eax
+    mov [rdi + 4], ebx
+    mov [rdi + 8], ecx
+    mov [rdi + 12], edx
+    add rdi, 16
+""".format(a=rng.getrandbits(32) << 32 | leaf, c=rng.getrandbits(32) << 32 | subleaf)
+    vm = guest(src + "    cli\n    hlt\n")
+    got = np.frombuffer(vm.memory_access.read(0x310000, 16 * len(cases)), "<u4").reshape(-1, 4).tolist()
+    assert got == [twin_cpuid(profile, leaf, subleaf, 0, 1) for leaf, subleaf in cases]
+    assert len(exits(vm, E.CPUID)) == len(cases)

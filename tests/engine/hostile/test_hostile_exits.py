@@ -1,5 +1,6 @@
 """Hostile instructions at the in-kernel exits: I/O and MSR instructions across the end of guest memory and
-with any prefixes, RDMSR/WRMSR at CPL 3, the other readers of instruction bytes, CPUID over the leaf space.
+with any prefixes, the other readers of instruction bytes, RDMSR/WRMSR over the 32-bit MSR space and at
+CPL 3, CPUID over the leaf space.
 
 An instruction that starts on the last guest page goes on at guest-physical 0 (MAP_PAST_END): the host page
 after the guest's last one belongs to someone else, and the kernels must read the guest's bytes, not its.
@@ -12,6 +13,7 @@ from unicorn import x86_const as X
 
 from engine.cpu import profiles as P
 from engine.io import vlapic as L
+from engine.vmx import ctx as C
 from engine.vmx import exits as E
 from engine.vmx import hooks, intr, vmx
 from tests.engine.conftest import assemble
@@ -151,6 +153,48 @@ def test_split_instruction_bytes_are_the_guests(hv, tmp_path):
     v = parked_past_end(hv, tmp_path, [0xCD], [0x03])
     v.uc.reg_write(X.UC_X86_REG_RIP, END + 1)                 # after INT n, as Unicorn reports it
     assert v._is_software_interrupt(3)
+
+
+def msr_indices(rng, table):
+    """Every MSR of the table and its neighbours, the boundaries of the architectural ranges, random ones."""
+    near = {i + d for i in table for d in range(-3, 4)}
+    edges = {0, 1, 0x1FFF, 0x2000, 0x3FFF, 0x4000, 0x40000000, 0x400000FF, 0x7FFFFFFF, 0x80000000, 0xBFFFFFFF,
+             0xC0000000, 0xC0001FFF, 0xC0002000, 0xC0010000, 0xC0011FFF, 0xFFFFFFFE, 0xFFFFFFFF}
+    return sorted({i & 0xFFFFFFFF for i in near | edges} | {rng.getrandbits(32) for _ in range(300)})
+
+
+def test_msr_exit_over_the_msr_space(hv, tmp_path):
+    """msr_exit on every interesting ECX, high RCX bits set (ignored, SDM vol. 2B RDMSR): the profile's value,
+    a stored write, Unicorn's own register (native: nothing changes), or #GP(0) with RIP on the instruction."""
+    vm = hv.create_vm("msr", mem_mb=16)
+    vm.load(assemble("cli\nhlt", tmp_path), "g.bin", kind="flat64")
+    v, rng = vm.vcpus[0], random.Random(8)
+    twin = {index: [kind, value] for index, (kind, value) in vm.profile.msrs.items()}
+    rip = 0x200000
+    for index in msr_indices(rng, twin):
+        for is_write in (False, True):
+            value = rng.getrandbits(64)
+            v.uc.reg_write(X.UC_X86_REG_RIP, rip)
+            v.uc.reg_write(X.UC_X86_REG_RCX, rng.getrandbits(32) << 32 | index)
+            v.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+            v.uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
+            v.ctx[C.EXIT] = C.X_NONE
+            hooks.msr_exit(v.ctx, rip, is_write, 2)
+            kind, held = twin.get(index, (None, 0))
+            got = (int(v.ctx[C.EXIT]), v.uc.reg_read(X.UC_X86_REG_RIP))
+            if kind == P.MSR_NATIVE:
+                assert got == (C.X_NONE, rip), hex(index)
+            elif is_write and kind in (P.MSR_VALUE, P.MSR_WRITEONLY):
+                assert got == (C.X_NONE, rip + 2), hex(index)
+                if kind == P.MSR_VALUE:
+                    twin[index][1] = value
+            elif not is_write and kind in (P.MSR_VALUE, P.MSR_READONLY):
+                assert got == (C.X_NONE, rip + 2), hex(index)
+                assert (v.uc.reg_read(X.UC_X86_REG_RAX), v.uc.reg_read(X.UC_X86_REG_RDX)) == \
+                    (held & 0xFFFFFFFF, held >> 32), hex(index)
+            else:
+                assert got == (C.X_GP, rip) and int(v.ctx[C.ERRCODE]) == 0, hex(index)
+    assert [int(x) for x in v.msrs[:, 2]] == [twin[int(i)][1] for i in v.msrs[:, 0]]
 
 
 def twin_cpuid(profile, leaf, subleaf, vcpu, leaf_b):

@@ -17,6 +17,7 @@ from .devices.debugcon import DebugCon
 from .devices.uart_ns16550 import Uart16550
 from .devices.vga_text import CRTC_INDEX, VgaText
 from .errors import ConfigError, ImageError, StateError
+from .tunables import VM_MAXCPU
 from .mmu import ept as EPT
 from .mmu.pmap import GuestPmap
 from .io import vlapic
@@ -80,9 +81,7 @@ class VM:
     def __init__(self, hypervisor, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT, mem_cap_mb=None):
         self.hypervisor, self.name = hypervisor, name
         self.profile = profiles.get(profile)
-        maxcpu = hypervisor.tunables.get("hw.vmm.maxcpu")
-        if not 1 <= cpus <= maxcpu:
-            raise ConfigError("VM %r: %d vCPUs requested; hw.vmm.maxcpu allows 1 to %d" % (name, cpus, maxcpu))
+        self._check_cpus(name, cpus, hypervisor.tunables.get("hw.vmm.maxcpu"))
         if mem_mb < 1:
             raise ConfigError("VM %r: memory must be at least 1 MiB, not %s MiB" % (name, mem_mb))
         self.mem_size = mem_mb * MiB
@@ -116,6 +115,18 @@ class VM:
         self.vcpu_table = vlapic.connect(self.vcpus)
         self.host_timer = HostTimer(self)
         self._attach_interrupt_controllers()
+
+    @staticmethod
+    def _check_cpus(name, cpus, maxcpu):
+        """vm_create's vCPU count check: at least one, at most hw.vmm.maxcpu, never beyond VM_MAXCPU."""
+        if cpus < 1:
+            raise ConfigError("VM %r: %d vCPUs requested; a VM needs at least 1" % (name, cpus))
+        if cpus > VM_MAXCPU:
+            raise ConfigError("VM %r: %d vCPUs requested; webhyve models at most %d (xAPIC IDs are 8 bits and 0xFF "
+                              "is the broadcast address)" % (name, cpus, VM_MAXCPU))
+        if cpus > maxcpu:
+            raise ConfigError("VM %r: %d vCPUs requested; hw.vmm.maxcpu allows 1 to %d (it can be raised to %d)"
+                              % (name, cpus, maxcpu, VM_MAXCPU))
 
     def _ept_flags(self):
         """ept_init: what the CPU offers, as far as the hw.vmm.ept.* tunables allow."""

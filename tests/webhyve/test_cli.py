@@ -29,3 +29,12 @@ def test_bad_image_is_one_clear_line(tmp_path):
     done = vmmctl("run", str(junk))
     assert done.returncode != 0
     assert "junk.img" in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+def test_too_many_vcpus_is_one_clear_line():
+    """More vCPUs than the engine models: its reason on one line, non-zero status, no VM run."""
+    from engine.tunables import VM_MAXCPU
+    done = vmmctl("run", SHELL, "--cpus", str(VM_MAXCPU + 1))
+    err = done.stderr.decode()
+    assert done.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "%d vCPUs requested; webhyve models at most %d (xAPIC IDs are 8 bits" % (VM_MAXCPU + 1, VM_MAXCPU) in err

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine import stats
+from engine import ConfigError, TunableError, stats
 from engine.io import vlapic as L
 from engine.native import HOST_CALLBACK, address
 from engine.tunables import VM_MAXCPU, Tunables
@@ -131,6 +131,21 @@ def test_each_target_gets_the_ipi_exactly_once(n, posted):
                 kind = {L.DM_NMI: L.CB_NMI, L.DM_INIT: L.CB_INIT, L.DM_SIPI: L.CB_SIPI}[mode]
                 vector = lo & 0xFF if mode == L.DM_SIPI else 0
                 assert sorted(vcpus.calls) == [(i, kind, vector) for i in sorted(want)], (n, name, sender)
+
+
+def test_a_vm_of_the_most_vcpus_and_no_more(hv):
+    """hw.vmm.maxcpu goes up to VM_MAXCPU and no further; a VM of VM_MAXCPU + 1 vCPUs is refused with why."""
+    hv.tunables.set("hw.vmm.maxcpu", VM_MAXCPU)
+    with pytest.raises(TunableError, match="outside 1..%d" % VM_MAXCPU):
+        hv.tunables.set("hw.vmm.maxcpu", VM_MAXCPU + 1)
+    with pytest.raises(ConfigError, match=r"%d vCPUs requested; webhyve models at most %d \(xAPIC IDs are 8 bits"
+                       % (VM_MAXCPU + 1, VM_MAXCPU)):
+        hv.create_vm("toomany", cpus=VM_MAXCPU + 1)
+    hv.tunables.set("hw.vmm.maxcpu", 16)
+    with pytest.raises(ConfigError, match="17 vCPUs requested; hw.vmm.maxcpu allows 1 to 16 "
+                                          r"\(it can be raised to %d\)" % VM_MAXCPU):
+        hv.create_vm("seventeen", cpus=17)
+    assert "toomany" not in hv.vms and "seventeen" not in hv.vms
 
 
 def test_a_64_vcpu_vm_broadcasts_to_each_once(hv):

@@ -332,7 +332,7 @@ def _promote_at(vm, region):
             return
         table = e & EPT.ADDR
     pde = table + ((region >> 21) & 0x1FF) * 8
-    EPT.promote(mem64, vm.pmap.st, vm.pmap.host_pool, np.uint64(pde))
+    EPT.promote(mem64, vm.pmap.st, vm.pmap.host_pool, np.uint64(pde), np.uint64(region))
 
 
 def load_device_state(vm, state):

@@ -8,20 +8,19 @@ from engine.errors import ConfigError
 from engine.mmu import ept as E
 from engine.mmu.pmap import MemoryCapError
 
+from tests.engine.mmu.conftest import new_pool, new_state
+
 HOST = 16 << 20
 SEG = 0x400000                  # guest-physical 0..4 MiB lives here
+PTP = 0x200000                  # the saved page-table slots
 
 
 def fresh(flags, cap_pages=1024):
     host = np.zeros(HOST, np.uint8)
     host[SEG:SEG + (4 << 20)] = 0xCC                 # stale bytes a new page must not show
     mem64 = host.view(np.uint64)
-    st = np.zeros(E.S_SIZE, np.uint64)
-    st[E.S_FLAGS], st[E.S_CAP] = flags, cap_pages
-    pool = np.zeros(33, np.uint64)
-    pool[1:] = 0x100000 + 0x1000 * np.arange(32, dtype=np.uint64)
-    pool[0] = 32
-    st[E.S_ROOT] = E._pool_pop(mem64, pool)
+    pool = new_pool(0x100000, 32)
+    st = new_state(mem64, pool, flags, cap_pages, PTP, 2)
     return host, mem64, st, pool, np.array([0, 4 << 20, SEG], np.uint64)
 
 
@@ -57,7 +56,8 @@ def test_a_full_2mib_region_is_promoted_and_a_change_inside_demotes_it():
     access(mem64, st, pool, segs, 0x200000 + 511 * 0x1000, E.READ)
     level, ea, e, rwx = E.walk(mem64, st[E.S_ROOT], 0x345678, False)
     assert level == 2 and e & E.EPT_PS and int(E.leaf_hpa(level, e, 0x345678)) == SEG + 0x345678
-    assert (st[E.S_SUPER], st[E.S_PROMOTIONS], int(pool[0])) == (1, 1, free_before + 1)   # the table went back
+    assert (st[E.S_SUPER], st[E.S_PROMOTIONS], int(pool[0])) == (1, 1, free_before)      # the table stays saved
+    assert mem64[(PTP >> 3) + 1] != 0
     assert E.change(mem64, st, pool, 0x201000, 0x1000, E.EPT_R | E.EPT_X, False) == 1
     assert (st[E.S_SUPER], st[E.S_DEMOTIONS]) == (0, 1)
     assert access(mem64, st, pool, segs, 0x201000, E.WRITE)[0] == E.DENIED

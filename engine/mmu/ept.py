@@ -4,7 +4,9 @@ The tables have the SDM layout (R/W/X bits 0-2, memory type 3-5, ignore-PAT 6, p
 dirty 9) and live in the modeled host memory beside the guests, so Unicorn, numba and the views read the
 same bytes. The kernels here are what vmm.ko's pmap does for a guest (pmap.c, ept.c, vm_handle_paging):
 map a guest page the first time it is touched, emulate accessed/dirty bits when the CPU lacks them,
-promote a fully populated 2 MiB region to a superpage and demote it when part of it changes.
+promote a fully populated 2 MiB region to a superpage and demote it when part of it changes. The walk
+checks every entry as the CPU does: a reserved setting is an EPT misconfiguration. (SDM vol. 3C §29.3;
+§28.3 in editions before the chapter was renumbered.)
 
 State is one small uint64 array per VM (S_* slots); page-table pages come from a pool array that the
 userspace side refills, so a kernel never allocates. Guest-physical memory is the VM's segments: rows
@@ -34,13 +36,14 @@ EPT_A = 1 << 8
 EPT_D = 1 << 9
 EMUL_V = 1 << 52              # PMAP_EMULATE_AD_BITS: software valid bit
 EMUL_RW = 1 << 53             # software writable bit
-BUSY = 1 << 55                # software: a first touch is filling this leaf (bits 62:52 are ignored)
+BUSY = 1 << 55                # software: a first touch is filling this leaf (bits 62:52 are ignored, SDM 29.3.2)
 ADDR = 0x000FFFFFFFFFF000
 LEAF_ATTRS = EPT_MT_WB | EPT_IPAT      # pmap_cache_bits(PT_EPT, write-back)
 PAGE, SUPERPAGE = 0x1000, 0x200000
 
 # EPT capabilities (MSR_VMX_EPT_VPID_CAP bits) that ept_init reads
-CAP_EXEC_ONLY, CAP_PWL4, CAP_WB, CAP_PDE_2M, CAP_INVEPT, CAP_AD = 1 << 0, 1 << 6, 1 << 14, 1 << 16, 1 << 20, 1 << 21
+CAP_EXEC_ONLY, CAP_PWL4, CAP_WB, CAP_PDE_2M, CAP_PDPTE_1G = 1 << 0, 1 << 6, 1 << 14, 1 << 16, 1 << 17
+CAP_INVEPT, CAP_AD = 1 << 20, 1 << 21
 
 # the per-VM state array
 S_ROOT = 0                    # host-physical address of the PML4
@@ -58,13 +61,21 @@ S_PTP = 11                    # host-physical address of the saved page-table pa
 S_NPTP = 12                   # how many regions that array covers
 S_YIELD = 13                  # address of sched_yield: a waiter gives its host CPU to the owner (0: spin)
 S_LOCK = 14                   # spinlock: promotion, demotion and the host's changes
+S_PHYS = 15                   # physical-address width N (MAXPHYADDR, CPUID.80000008H:EAX[7:0]), 32..52
 S_SIZE = 16
+# bhyve's choices (CPU capability and hw.vmm.ept.* tunable), then what the modeled CPU architecturally has
 F_HW_AD, F_SUPERPAGES, F_EXEC_ONLY = 1, 2, 4
+F_XO_OK = 8                   # EPT execute-only translations exist (cap bit 0); else 100b is a misconfiguration
+F_EPT_1G = 16                 # an EPT PDPTE may map 1 GiB (cap bit 17); else its bit 7 is reserved
+F_PAGE1GB = 32                # guest paging: CPUID.80000001H:EDX[26], 1-GByte pages (SDM 4.5.4)
 
 # handle_violation results
-HANDLED, NOT_MEMORY, NO_POOL, OVER_CAP, DENIED = 0, 1, 2, 3, 4
+HANDLED, NOT_MEMORY, NO_POOL, OVER_CAP, DENIED, MISCONFIG = 0, 1, 2, 3, 4, 5
 # what an access needs
 READ, WRITE, FETCH = 0, 1, 2
+# walk() levels that are not a leaf (1..3) or a missing entry (-4..-1)
+MISCONFIGURED = 0             # the entry at `ea` has a reserved setting: exit 49
+BEYOND = -5                   # the guest-physical address has bits at or above the physical-address width
 
 
 def eptp(root, ad):
@@ -121,13 +132,61 @@ def _or_bits(mem64, ea, e, bits):
 
 # -- the walk -----------------------------------------------------------------------------------------
 @njit(**NUMBA)
-def walk(mem64, root, gpa, set_a):
+def reserved_high(st):
+    """Bits 51:N of an entry, N the physical-address width: reserved in every EPT entry (SDM 29.3.2)."""
+    return np.uint64(0x000FFFFFFFFFFFFF) & ~((np.uint64(1) << st[S_PHYS]) - np.uint64(1))
+
+
+@njit(inline="always", **NUMBA)
+def misconfigured(e, level, flags, high):
+    """Whether a present entry (bits 2:0 not 000b) at `level` is an EPT misconfiguration (SDM 29.3.3.1):
+    write-only or write/execute; execute-only without the capability; a reserved bit (51:N everywhere,
+    7:3 in a PML4E, 7:3 / 6:3 in a PDPTE / PDE that references a table, 29:12 / 20:12 in a PDPTE / PDE that
+    maps a page, bit 7 of a PDPTE without 1-GByte pages); or a leaf whose memory type is 2, 3 or 7."""
+    u = np.uint64
+    rwx = e & u(EPT_RWX)
+    if rwx == u(EPT_W) or rwx == u(EPT_W | EPT_X):
+        return True
+    if rwx == u(EPT_X) and not flags & u(F_XO_OK):
+        return True
+    if e & high:
+        return True
+    large = level > 1 and (e & u(EPT_PS)) != 0
+    if level == 4:
+        rsvd = u(0xF8)
+    elif level == 3 and large:
+        if not flags & u(F_EPT_1G):
+            return True
+        rsvd = u(0x3FFFF000)
+    elif level == 2 and large:
+        rsvd = u(0x1FF000)
+    elif level == 3:
+        rsvd = u(0xF8)
+    elif level == 2:
+        rsvd = u(0x78)
+    else:
+        rsvd = u(0)
+    if e & rsvd:
+        return True
+    if level == 1 or large:
+        mt = (e >> u(3)) & u(7)
+        return mt == 2 or mt == 3 or mt == 7
+    return False
+
+
+@njit(**NUMBA)
+def walk(mem64, st, gpa, set_a):
     """→ (level, entry address, entry, R/W/X allowed). level 1/2/3 is a leaf (4 KiB/2 MiB/1 GiB); -4..-1
-    means the entry at that level is not present (bits 2:0 clear). With set_a, marks each entry used
-    accessed (the hardware's EPT A/D), atomically."""
+    means the entry at that level is not present (bits 2:0 clear); MISCONFIGURED, that the entry at `ea` is
+    an EPT misconfiguration; BEYOND, that `gpa` has a bit at or above the physical-address width, which no
+    entry translates (an EPT violation). With set_a, marks each entry used accessed (EPT A/D, SDM 29.3.5)."""
     u = np.uint64
     gpa = u(gpa)
-    table = u(root)
+    if gpa >> st[S_PHYS]:
+        return np.int64(BEYOND), u(0), u(0), u(0)
+    flags = st[S_FLAGS]
+    high = reserved_high(st)
+    table = st[S_ROOT]
     rwx = u(EPT_RWX)
     limit = u(mem64.size * 8)
     for level in range(4, 0, -1):
@@ -137,6 +196,8 @@ def walk(mem64, root, gpa, set_a):
         e = mem64[ea >> u(3)]
         if e & u(EPT_RWX) == 0:
             return np.int64(-level), ea, e, u(0)
+        if misconfigured(e, level, flags, high):
+            return np.int64(MISCONFIGURED), ea, e, u(0)
         if set_a and not e & u(EPT_A):
             now = _or_bits(mem64, ea, e, u(EPT_A))
             if now != 0:                               # else it changed under us: this walk read it just before
@@ -156,7 +217,7 @@ def mapped_level(level, e):
     u = np.uint64
     if level > 0:
         return level
-    if level < 0 and not e & u(BUSY) and e & u(ADDR | EMUL_V):
+    if level < 0 and level != BEYOND and not e & u(BUSY) and e & u(ADDR | EMUL_V):
         if level == -1 or e & u(EPT_PS):
             return -level
     return np.int64(0)
@@ -258,13 +319,14 @@ def _leaf_bits(flags, write):
 def populate(mem64, st, pool, segs, nsegs, gpa, write):
     """vm_fault for a guest page not yet mapped: zero-fill it and map it. write: 1 store, 0 load or fetch,
     -1 the host holding the page. Returns HANDLED (also when another vCPU mapped it first), NOT_MEMORY,
-    NO_POOL, OVER_CAP or DENIED (the page is the guest's with no access)."""
+    NO_POOL, OVER_CAP, DENIED (the page is the guest's with no access) or MISCONFIG."""
     u = np.uint64
     gpa = u(gpa) & ~u(0xFFF)
     hpa = segment_hpa(segs, nsegs, gpa)
-    if hpa < 0 or hpa + PAGE > mem64.size * 8:
+    if hpa < 0 or gpa >> st[S_PHYS] or hpa + PAGE > mem64.size * 8:
         return NOT_MEMORY
     flags = st[S_FLAGS]
+    high = reserved_high(st)
     limit = u(mem64.size * 8)
     table = st[S_ROOT]
     pde = u(0)
@@ -285,6 +347,8 @@ def populate(mem64, st, pool, segs, nsegs, gpa, write):
                 e = found
         if e & u(EPT_RWX) == 0:
             return DENIED                              # a superpage with no access: the guest's, not new
+        if misconfigured(e, level, flags, high):
+            return MISCONFIG
         if level < 4 and e & u(EPT_PS):
             return HANDLED                             # a superpage already maps it
         if level == 2:
@@ -386,7 +450,7 @@ def _fold_into_superpage(mem64, st, gpa, bits):
     """A walker set `bits` on a 4 KiB leaf: if its region was promoted meanwhile, the PDE gets them too
     (the promotion may have read the leaf before they were set)."""
     u = np.uint64
-    level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, False)
+    level, ea, e, rwx = walk(mem64, st, gpa, False)
     if level != 2 or e & bits == bits:
         return
     if bits & u(EPT_W) and not st[S_FLAGS] & u(F_HW_AD) and not e & u(EMUL_RW):
@@ -465,7 +529,9 @@ def allowed(rwx, access):
 def handle_violation(mem64, st, pool, segs, nsegs, gpa, access):
     """vm_handle_paging: emulate A/D on a software-valid leaf, else back the page on first touch. HANDLED
     also when another vCPU has mapped the page since this one's walk."""
-    level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, False)
+    level, ea, e, rwx = walk(mem64, st, gpa, False)
+    if level == MISCONFIGURED:
+        return MISCONFIG
     if level > 0 and allowed(rwx, access):
         return HANDLED
     write = access == WRITE
@@ -489,7 +555,9 @@ def translate(mem64, st, pool, segs, nsegs, gpa, access, tries):
     hw_ad = (st[S_FLAGS] & u(F_HW_AD)) != 0
     faults = 0
     for _ in range(tries):
-        level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, hw_ad)
+        level, ea, e, rwx = walk(mem64, st, gpa, hw_ad)
+        if level == MISCONFIGURED:
+            return MISCONFIG, u(0), u(0), faults, u(0)
         if level > 0 and allowed(rwx, access):
             perms = rwx
             if hw_ad and not e & u(EPT_D):
@@ -533,7 +601,7 @@ def change(mem64, st, pool, gpa, size, rwx, remove):
 def _change_one(mem64, st, pool, g, end, rwx, remove):
     """One step of change() at g, under the lock: (bytes to advance, pages changed or -1)."""
     u = np.uint64
-    level, ea, e, old = walk(mem64, st[S_ROOT], g, False)
+    level, ea, e, old = walk(mem64, st, g, False)
     level = mapped_level(level, e)
     if level == 2 and not ((g & u(SUPERPAGE - 1)) == 0 and g + u(SUPERPAGE) <= end):
         return u(0), (np.int64(0) if _demote(mem64, st, pool, ea, g) else np.int64(-1))
@@ -578,12 +646,12 @@ def remap(mem64, st, pool, gpa, hpa):
     superpage is demoted first. Returns 1, 0 when nothing is mapped there, -1 when the pool ran out."""
     u = np.uint64
     _lock(st)
-    level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, False)
+    level, ea, e, rwx = walk(mem64, st, gpa, False)
     level = mapped_level(level, e)
     result = 0
     if level == 2:
         result = -1 if not _demote(mem64, st, pool, ea, gpa) else 0
-        level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, False)
+        level, ea, e, rwx = walk(mem64, st, gpa, False)
         level = mapped_level(level, e)
     if level == 1 and result == 0:
         while True:
@@ -607,7 +675,7 @@ def harvest_dirty(mem64, st, pool, gpa, size, out, clear):
     end = u(gpa) + u(size)
     g = u(gpa) & ~u(0xFFF)
     while g < end:
-        level, ea, e, rwx = walk(mem64, st[S_ROOT], g, False)
+        level, ea, e, rwx = walk(mem64, st, g, False)
         step = u(SUPERPAGE) if level == 2 else u(PAGE)
         if level > 0 and e & dirty_bit:
             if level == 2:
@@ -641,7 +709,7 @@ def fill_pages(mem8, mem64, st, pool, segs, nsegs, gpas, bits, data, start):
         if result != HANDLED:
             reached = np.int64(i) if result == NO_POOL else np.int64(-1 - i)
             break
-        level, ea, e, rwx = walk(mem64, st[S_ROOT], gpa, False)
+        level, ea, e, rwx = walk(mem64, st, gpa, False)
         if mapped_level(level, e) != 1:
             reached = np.int64(-1 - i)
             break

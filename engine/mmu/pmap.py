@@ -28,7 +28,7 @@ class GuestPmap:
     """Legend: `st` and the tables are shared with the vCPU kernels, which change entries atomically and
     take st[S_LOCK] for promotions; host-side callers also take `lock` among themselves."""
 
-    def __init__(self, hypervisor, owner, segments, flags, cap_pages):
+    def __init__(self, hypervisor, owner, segments, flags, cap_pages, profile):
         self.hv, self.owner = hypervisor, owner
         self.mem64 = hypervisor.memory.view(np.uint64)
         self.segments = segments
@@ -36,8 +36,9 @@ class GuestPmap:
         self.lock = threading.RLock()
         self.chunks = []
         self.st = np.zeros(E.S_SIZE, np.uint64)
-        self.st[E.S_FLAGS] = flags
+        self.st[E.S_FLAGS] = flags | cpu_facts(profile)
         self.st[E.S_CAP] = cap_pages
+        self.st[E.S_PHYS] = profile.maxphyaddr
         self.st[E.S_YIELD] = SCHED_YIELD
         self._save_tables_per_region(max(s.gpa + s.size for s in segments))
         self.host_pool = self.new_pool()
@@ -101,6 +102,9 @@ class GuestPmap:
                     self.refill(self.host_pool)
                 elif result == E.NOT_MEMORY:
                     raise ConfigError("guest-physical %#x is outside %s's memory" % (gpa, self.owner))
+                elif result == E.MISCONFIG:
+                    raise EngineError("%s: the EPT entries for guest-physical %#x are misconfigured (%s)"
+                                      % (self.owner, gpa, "; ".join(s["flags"] for s in self.chain(gpa))))
                 elif result == E.OVER_CAP:
                     raise MemoryCapError("%s: guest-physical %#x needs a page beyond the memory cap of %d MiB"
                                          % (self.owner, gpa, int(self.st[E.S_CAP]) * E.PAGE // MiB))
@@ -109,7 +113,7 @@ class GuestPmap:
     def lookup(self, gpa):
         """The host-physical address mapped at `gpa` now, whatever the guest may do with it, or None
         (nothing is backed by looking)."""
-        level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
+        level, ea, e, rwx = E.walk(self.mem64, self.st, gpa, False)
         leaf = E.mapped_level(level, e)
         return int(E.leaf_hpa(leaf, e, gpa)) if leaf > 0 else None
 
@@ -127,7 +131,7 @@ class GuestPmap:
             raise ConfigError("execute-only mappings need a CPU with EPT execute-only support and "
                               "hw.vmm.ept.use_exec_only=1")
         if rwx & E.EPT_W and not rwx & E.EPT_R:
-            raise ConfigError("write without read is an EPT misconfiguration (SDM 28.3.3.1)")
+            raise ConfigError("write without read is an EPT misconfiguration (SDM 29.3.3.1)")
         return self._pooled(E.change, gpa, size, rwx, False)
 
     def unmap(self, gpa, size):
@@ -163,7 +167,7 @@ class GuestPmap:
     # -- views ----------------------------------------------------------------------------------------
     def chain(self, gpa):
         """The EPT entries translating `gpa`, PML4 first (bhyvectl --get-gpa-pmap)."""
-        steps, hpa, rwx = explain.ept_walk(self.mem64, int(self.st[E.S_ROOT]), gpa)
+        steps, hpa, rwx, fault = explain.ept_walk(self.mem64, self.st, gpa)
         return [{"level": s["level"], "entry_hpa": s["entry_hpa"], "entry": s["entry"],
                  "flags": describe(s["entry"], s["level"])} for s in steps]
 
@@ -173,7 +177,7 @@ class GuestPmap:
         for s in self.segments:
             pages = supers = 0
             for region in range(s.gpa, s.gpa + s.size, E.SUPERPAGE):
-                level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], region, False)
+                level, ea, e, rwx = E.walk(self.mem64, self.st, region, False)
                 level = E.mapped_level(level, e) or level
                 if level == 2:
                     supers += 1
@@ -187,7 +191,7 @@ class GuestPmap:
         return out
 
     def _resident_in_table(self, region):
-        level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], region, False)
+        level, ea, e, rwx = E.walk(self.mem64, self.st, region, False)
         if level != 1 and level != -1:
             return 0
         table = (int(ea) & ~0xFFF)
@@ -200,6 +204,16 @@ class GuestPmap:
                 "superpages": int(st[E.S_SUPER]), "promotions": int(st[E.S_PROMOTIONS]),
                 "demotions": int(st[E.S_DEMOTIONS]), "first_touch": int(st[E.S_FIRST_TOUCH]),
                 "ad_faults": int(st[E.S_AD_FAULTS]), "eptgen": int(st[E.S_GEN]), "eptp": self.eptp}
+
+
+def cpu_facts(profile):
+    """What the modeled CPU's EPT and paging architecturally allow (F_* bits the walks check)."""
+    cap = profile.facts.get("ept_vpid_cap", 0)
+    if not 32 <= profile.maxphyaddr <= 52:
+        raise ConfigError("CPU profile %s: MAXPHYADDR %d is outside 32..52 (CPUID.80000008H:EAX[7:0])"
+                          % (profile.name, profile.maxphyaddr))
+    return ((E.F_XO_OK if cap & E.CAP_EXEC_ONLY else 0) | (E.F_EPT_1G if cap & E.CAP_PDPTE_1G else 0)
+            | (E.F_PAGE1GB if profile.page1gb else 0))
 
 
 def describe(e, level):

@@ -104,6 +104,10 @@ def exit_process(c, err):
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     c[C.RIP] = rd(c, X.UC_X86_REG_RIP)
     why = c[C.EXIT]
+    if why == C.X_EPT and c[C.FAULT_STATUS] == EPT.MISCONFIG:   # exit 49: no qualification (SDM 28.2.1)
+        record(c, E.EPT_MISCONFIG, 0, 0, S.VMEXIT_UNKNOWN)      # bhyve counts it as unknown
+        vmcs[V.GUEST_PHYSICAL_ADDRESS] = c[C.FAULT_GPA]
+        return EXITCODE_PAGING
     if why == C.X_EPT or why == C.X_EXEC or why == C.X_POOL:
         record(c, E.EPT_VIOLATION, c[C.FAULT_QUAL], 0, S.VMEXIT_NESTED_FAULT)
         vmcs[V.GUEST_PHYSICAL_ADDRESS] = c[C.FAULT_GPA]

@@ -11,6 +11,7 @@ import pytest
 from numba import njit
 
 from engine.mmu import ept as E
+from engine.mmu import explain
 
 from tests.engine.mmu.conftest import new_pool, new_state
 
@@ -28,7 +29,7 @@ def twin_populate(mem, st, pool, segs, gpa, write):
     """What populate does on one vCPU, in plain Python over the same arrays."""
     gpa &= ~0xFFF
     base, size, hpa = (int(x) for x in segs)
-    if not base <= gpa < base + size:
+    if not base <= gpa < base + size or gpa >> int(st[E.S_PHYS]):
         return E.NOT_MEMORY
     table, pde = int(st[E.S_ROOT]), None
     for level in (4, 3, 2):
@@ -42,6 +43,8 @@ def twin_populate(mem, st, pool, segs, gpa, write):
             mem[ea >> 3] = e
         if not e & E.EPT_RWX:
             return E.DENIED
+        if explain.ept_misconfiguration(e, level, int(st[E.S_PHYS]), int(st[E.S_FLAGS])):
+            return E.MISCONFIG
         if level < 4 and e & E.EPT_PS:
             return E.HANDLED
         pde = ea if level == 2 else pde
@@ -103,12 +106,12 @@ def twin_promote(mem, st, pool, pde, gpa):
     st[E.S_PROMOTIONS] += 1
 
 
-def setup(flags, cap, pools=1):
+def setup(flags, cap, pools=1, phys=39):
     host = np.zeros(HOST, np.uint8)
     host[SEG:SEG + SEG_SIZE] = 0xCC                                  # stale bytes a new page must not show
     mem64 = host.view(np.uint64)
     ps = [new_pool(POOL + POOL_PAGES * 0x1000 * i, POOL_PAGES) for i in range(pools)]
-    st = new_state(mem64, ps[0], flags, cap, PTP, REGIONS)
+    st = new_state(mem64, ps[0], flags, cap, PTP, REGIONS, phys)
     return mem64, st, ps, np.array([0, SEG_SIZE, SEG], np.uint64)
 
 
@@ -127,7 +130,7 @@ def test_populate_matches_twin(flags):
             gpas, writes = [region + (p << 12) for p in rng.sample(range(512), 512)], [1]
         else:
             gpas = [rng.choice([rng.randrange(0, 24 << 20), rng.randrange(SEG_SIZE, SEG_SIZE + (1 << 20))]) |
-                    rng.choice([0, 0, 0, 1 << rng.randrange(39, 48)])]
+                    rng.choice([0, 0, 0, 1 << rng.randrange(39, 52)])]
             writes = [-1, 0, 1, 1]
         for gpa in gpas:
             write = rng.choice(writes)
@@ -186,7 +189,7 @@ def test_threads_racing_populate_lose_nothing(flags, shared):
     assert (int(st[E.S_RESIDENT]), int(st[E.S_FIRST_TOUCH])) == (pages, pages)
     tables = set()
     for gpa in range(0, SEG_SIZE, 0x1000):
-        level, ea, e, rwx = E.walk(mem64, st[E.S_ROOT], gpa, False)
+        level, ea, e, rwx = E.walk(mem64, st, gpa, False)
         assert level > 0 and int(E.leaf_hpa(level, e, gpa)) == SEG + gpa
         if level == 1:
             tables.add(int(ea) & ~0xFFF)
@@ -207,7 +210,7 @@ def test_a_leaf_being_filled_is_waited_for_and_never_filled_twice():
     takes it as it is: the data the owner's guest already wrote survives, nothing is counted twice."""
     mem64, st, pools, segs = setup(E.F_HW_AD, cap=100, pools=2)
     assert E.populate(mem64, st, pools[0], segs, 1, 0x5000, 1) == E.HANDLED       # builds the tables
-    level, ea, e, rwx = E.walk(mem64, st[E.S_ROOT], 0x6000, False)
+    level, ea, e, rwx = E.walk(mem64, st, 0x6000, False)
     assert level == -1 and e == 0
     mem64[int(ea) >> 3] = E.BUSY                                      # the owner has claimed 0x6000
     waiting = threading.Event()

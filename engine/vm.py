@@ -97,7 +97,7 @@ class VM:
         self.segments = [MemorySegment("lowmem", 0, self.mem_size, hpa)]
         try:
             self.pmap = GuestPmap(hypervisor, "VM %r" % name, self.segments, self._ept_flags(),
-                                  (mem_cap_mb or mem_mb) * MiB // EPT.PAGE)
+                                  (mem_cap_mb or mem_mb) * MiB // EPT.PAGE, self.profile)
         except Exception:
             hypervisor.allocator.free(hpa)
             raise

@@ -77,7 +77,7 @@ def gpa_to_hpa(c, gpa):
     """The host address behind a guest-physical byte as the host sees it (no side effects), or -1."""
     mem8, mem64, mem32, segs = views(c)
     st, pool = ept_views(c)
-    level, ea, e, rwx = EPT.walk(mem64, st[EPT.S_ROOT], gpa, False)
+    level, ea, e, rwx = EPT.walk(mem64, st, gpa, False)
     if level > 0:
         return np.int64(EPT.leaf_hpa(level, e, gpa))
     if c[C.APIC_PAGE] != 0 and np.uint64(gpa) & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):

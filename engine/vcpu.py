@@ -386,6 +386,10 @@ class Vcpu:
         if status == EPT.OVER_CAP:
             cap = int(self.vm.pmap.st[EPT.S_CAP]) * EPT.PAGE >> 20
             self.suspend("ept_violation", "guest memory cap of %d MiB reached backing a new page: %s" % (cap, where))
+        elif status == EPT.MISCONFIG:
+            chain = "; ".join("L%d %#x: %s" % (s["level"], s["entry"], s["flags"]) for s in self.vm.gpa_pmap(gpa))
+            self.suspend("error", "EPT misconfiguration (exit 49) translating guest-physical %#x (rip %#x): %s"
+                         % (gpa, int(self.ctx[C.RIP]), chain))
         elif status == EPT.DENIED:
             allowed = "".join(c for c, k in (("r", "readable"), ("w", "writable"), ("x", "executable")) if q[k])
             self.suspend("ept_violation", "guest %s access denied by EPT (entry allows %r): %s"
@@ -673,7 +677,7 @@ class Vcpu:
     def translate(self, linear, access=W.ACCESS_READ):
         """guest-linear → guest-physical → host-physical with each entry on the way (a view: no side effects)."""
         uc = self.uc
-        return explain.translate(self.vm.hypervisor.memory.view(np.uint64), int(self.vm.pmap.st[EPT.S_ROOT]),
+        return explain.translate(self.vm.hypervisor.memory.view(np.uint64), self.vm.pmap.st,
                                  uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3),
                                  uc.reg_read(X.UC_X86_REG_CR4), self.efer(), self.cpl(), linear, access)
 

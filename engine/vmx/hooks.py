@@ -261,7 +261,10 @@ def tlb_fill(c, vaddr, access):
         if faults:
             nested_fault(c, gpa, vaddr, ept_qualification(kind, q_rwx, True), faults)
         if status == EPT.NOT_MEMORY and c[C.APIC_PAGE] != 0 and gpa & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):
-            status, hpa, rwx = EPT.HANDLED, c[C.APIC_PAGE] + (gpa & np.uint64(0xFFF)), np.uint64(3)
+            if kind == W.ACCESS_FETCH:          # the APIC page is never code (an APIC-access exit, SDM 29.4.1)
+                status, q_rwx = EPT.DENIED, np.uint64(3)
+            else:
+                status, hpa, rwx = EPT.HANDLED, c[C.APIC_PAGE] + (gpa & np.uint64(0xFFF)), np.uint64(3)
         counters[S.EPT_FIRST_TOUCH] += st[EPT.S_FIRST_TOUCH] - touched
         counters[S.EPT_AD_EMUL] += st[EPT.S_AD_FAULTS] - emulated
         if status != EPT.HANDLED:

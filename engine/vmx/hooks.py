@@ -124,9 +124,18 @@ def xtab_find(xtab, mask, linear_page):
     return np.int64(-1)
 
 
+@njit(**INLINE)
+def canonical(linear):
+    """Bits 63:47 all equal (SDM 3.3.7.1). 4-level paging translates bits 47:0 only, so a non-canonical
+    address would alias a canonical one; the CPU raises #GP(0) instead (#SS(0) for a stack access)."""
+    return (np.uint64(linear) + np.uint64(1 << 47)) >> np.uint64(48) == 0
+
+
 @njit(**NUMBA)
 def linear_to_hpa(c, linear):
     """Host address of a guest-linear byte for the host's own reads (no A/D side effects), or -1."""
+    if not canonical(linear):
+        return np.int64(-1)
     mem8, mem64, mem32, segs = views(c)
     st, pool = ept_views(c)
     cs = rd(c, X.UC_X86_REG_CS)
@@ -232,6 +241,9 @@ def tlb_fill(c, vaddr, access):
     kind = W.ACCESS_WRITE if access == 17 else W.ACCESS_FETCH if access == 18 else W.ACCESS_READ
     need = W.PROT_X if kind == W.ACCESS_FETCH else W.PROT_W if kind == W.ACCESS_WRITE else W.PROT_R
     c[C.FAULT_GLA] = vaddr
+    if not canonical(vaddr):                    # Unicorn does not check (reference/unicorn.md §3): #GP(0)
+        c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
+        return False, 0, 0
     i = TLB.lookup(tlb, c[C.VPID], c[C.EPTP], vaddr)
     if i >= 0 and tlb[i + 5] & np.uint64(need):
         counters[S.TLB_HITS] += 1

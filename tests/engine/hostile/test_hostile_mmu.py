@@ -1,8 +1,10 @@
 """Hostile addresses through the TLB fill, the host's own walk (linear_to_hpa) and the EPT: guest page tables
-pointing near and past the end of guest memory, at the local APIC, across 4 GiB and up to 2^52. Each gives
-a translation inside the VM, an EPT violation or a #PF, and no host address outside the buffers the VM owns.
+pointing near and past the end of guest memory, at the local APIC, across 4 GiB and up to 2^52, and
+non-canonical linear addresses. Each gives a translation inside the VM, an EPT violation, a #PF or a #GP,
+and no host address outside the buffers the VM owns.
 """
 import numpy as np
+import pytest
 from unicorn import x86_const as X
 
 from engine.io import vlapic as L
@@ -11,7 +13,7 @@ from engine.mmu import walk as W
 from engine.vmx import ctx as C
 from engine.vmx import hooks
 from tests.engine.conftest import assemble
-from tests.engine.hostile.conftest import END, MEM_MB, assert_only_inside, host_outside
+from tests.engine.hostile.conftest import END, MEM_MB, assert_only_inside, faults, host_outside
 
 APIC = L.APIC_BASE_GPA
 LINEAR = 32 << 20          # PD entry 16 of the flat64 identity map points at a page table of hostile entries
@@ -99,6 +101,60 @@ def test_host_walk_through_hostile_page_tables(hv, tmp_path):
             got = int(hooks.linear_to_hpa(v.ctx, np.uint64(LINEAR + 0x1000 * i + offset)))
             assert got == (want[1] + offset if want[0] == "ok" else -1), (hex(gpa), offset)
     assert (hv.memory == before).all()
+
+
+NONCANONICAL = [1 << 47, 1 << 48, (1 << 48) + 0x200000, 0xFFFF7FFFFFFFF000, 0x8000000000000000,
+                0x7FFFFFFFFFFFF000]
+
+
+@pytest.mark.parametrize("access", [READ, WRITE, FETCH])
+def test_noncanonical_linear_addresses_are_gp(hv, tmp_path, access):
+    """A linear address whose bits 63:47 differ is #GP(0) (SDM 3.3.7.1), never a walk of its low 48 bits:
+    (1 << 48) + 0x200000 would otherwise reach guest-physical 0x200000 through PML4 entry 0."""
+    vm, v = hostile_vm(hv, tmp_path)
+    for linear in NONCANONICAL:
+        v.ctx[C.EXIT] = C.X_NONE
+        ok, hpa, perms = hooks.tlb_fill(v.ctx, np.uint64(linear), access)
+        assert (bool(ok), int(v.ctx[C.EXIT]), int(v.ctx[C.ERRCODE])) == (False, C.X_GP, 0), hex(linear)
+        assert hooks.linear_to_hpa(v.ctx, np.uint64(linear)) == -1
+
+
+def test_accesses_across_the_canonical_boundary(guest):
+    """A guest's loads at non-canonical addresses, and one that starts on the last canonical page of the
+    lower half and ends past it, take #GP(0); a non-present canonical page is a #PF (SDM 3.3.7.1, 4.7)."""
+    vm = guest("""
+    mov rax, cr3
+    and rax, -4096
+    mov rbx, [rax]
+    mov [rax + 255 * 8], rbx                 # linear 0x7FFF_FFFF_F000 reaches guest-physical 0x1FF000
+    and rbx, -4096
+    mov rcx, [rbx]
+    mov [rbx + 511 * 8], rcx
+    and rcx, -4096
+    mov rdx, [rcx]
+    or rdx, 4
+    mov [rcx + 511 * 8], rdx
+    mov cr3, rax
+    lea r14, [rip + 1f]
+    mov rax, 0x0001000000200000
+    mov rbx, [rax]
+1:  lea r14, [rip + 1f]
+    mov rax, 0xFFFF7FFFFFFFFFF8
+    mov rbx, [rax]
+1:  lea r14, [rip + 1f]
+    mov rax, 0x00007FFFFFFFFFF8
+    mov rbx, [rax]
+1:  lea r14, [rip + 1f]
+    mov rax, 0x00007FFFFFFFFFFC
+    mov rbx, [rax]
+1:  lea r14, [rip + 1f]
+    mov rax, 0xFFFFFFFFFFFFF000
+    mov rbx, [rax]
+1:  xor r14, r14
+    cli
+    hlt
+""")
+    assert [(v, err) for v, err, _ in faults(vm)] == [(13, 0), (13, 0), (13, 0), (14, 0)]
 
 
 def test_ept_translate_of_hostile_guest_physical_addresses(hv, tmp_path):

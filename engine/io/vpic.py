@@ -8,7 +8,7 @@ for the vector (the INTA cycle) when no local-APIC interrupt is ahead of it.
 """
 import threading
 
-ICW1_INIT, ICW1_IC4 = 0x10, 0x01
+ICW1_INIT, ICW1_SNGL, ICW1_IC4 = 0x10, 0x02, 0x01
 ICW4_AEOI = 0x02
 OCW2_EOI, OCW2_SPECIFIC = 0x20, 0x40
 OCW3_SELECT, OCW3_RR, OCW3_RIS = 0x08, 0x02, 0x01
@@ -24,7 +24,7 @@ class I8259:
 
     def reset(self):
         self.irr = self.isr = self.imr = 0
-        self.vector_base, self.icw_step, self.icw4_wanted, self.aeoi = 0, 0, False, False
+        self.vector_base, self.icw_step, self.icw4_wanted, self.single, self.aeoi = 0, 0, False, False, False
         self.read_isr = False
         self.lines = 0                                  # input levels, for edge detection
 
@@ -46,6 +46,7 @@ class I8259:
         if value & ICW1_INIT:                           # ICW1: start the initialization sequence
             self.irr = self.isr = self.imr = 0
             self.icw_step, self.icw4_wanted, self.read_isr = 2, bool(value & ICW1_IC4), False
+            self.single = bool(value & ICW1_SNGL)
         elif value & OCW3_SELECT:                       # OCW3
             if value & OCW3_RR:
                 self.read_isr = bool(value & OCW3_RIS)
@@ -56,8 +57,9 @@ class I8259:
                 self.isr &= ~(self.isr & -self.isr)     # the highest-priority (lowest-numbered) in service
 
     def _icw(self, value):
-        if self.icw_step == 2:                          # ICW2: vector base (bits 7:3)
-            self.vector_base, self.icw_step = value & 0xF8, 3
+        if self.icw_step == 2:                          # ICW2: vector base (bits 7:3); ICW3 only when cascaded
+            self.vector_base = value & 0xF8
+            self.icw_step = 3 if not self.single else 4 if self.icw4_wanted else 0
         elif self.icw_step == 3:                        # ICW3: cascade wiring (fixed here)
             self.icw_step = 4 if self.icw4_wanted else 0
         else:                                           # ICW4

@@ -435,7 +435,8 @@ class Vcpu:
         elif why == C.X_GP:
             event = inject.Event(13, error_code=int(self.ctx[C.ERRCODE]))
         else:
-            event = inject.Event(vector, software=self._is_software_interrupt(vector))
+            length = self._software_interrupt_length(vector)
+            event = inject.Event(vector, software=length > 0, length=length)
         if not event.software and int(self.vmcs["EXCEPTION_BITMAP"]) >> event.vector & 1:
             self._record(E.EXCEPTION_NMI, 0, S.VMEXIT_EXCEPTION,
                          intr_info=E.interruption_info(event.vector, E.TYPE_HWEXC, event.error_code is not None))
@@ -580,14 +581,16 @@ class Vcpu:
             self.suspend("triplefault", "triple fault (%s) at rip %#x" % (why, self.uc.reg_read(X.UC_X86_REG_RIP)))
             return False
 
-    def _is_software_interrupt(self, vector):
+    def _software_interrupt_length(self, vector):
+        """The length of the INT n (2), INT3 or INTO (1) that raised `vector`, RIP being past it; 0 for a fault."""
         if vector >= 32:
-            return True
+            return 2
         code = np.zeros(2, np.uint8)
         if hooks.fetch_code(self.ctx, self.linear_pc() - 2, code) < 2:      # the two bytes may straddle pages
-            return False
-        return (code[0] == 0xCD and code[1] == vector) or (vector == 3 and code[1] == 0xCC) or \
-            (vector == 4 and code[1] == 0xCE)
+            return 0
+        if code[0] == 0xCD and code[1] == vector:
+            return 2
+        return 1 if (vector == 3 and code[1] == 0xCC) or (vector == 4 and code[1] == 0xCE) else 0
 
     def scan_page(self, linear_page, gpa_page):
         """EPT execute violation: hook every HLT/RDMSR/WRMSR candidate on the page, then grant execute."""

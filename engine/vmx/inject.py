@@ -42,14 +42,15 @@ class TripleFault(Exception):
 
 
 class Event:
-    """An event to deliver: vector, interruption type (E.TYPE_*), error code, CR2 for #PF."""
-    __slots__ = ("vector", "kind", "error_code", "cr2")
+    """An event to deliver: vector, interruption type (E.TYPE_*), error code, CR2 for #PF, and for INT n, INT3
+    and INTO the instruction's length (the VM-entry instruction length, SDM 24.8.3): RIP is already past it."""
+    __slots__ = ("vector", "kind", "error_code", "cr2", "length")
 
-    def __init__(self, vector, software=False, error_code=None, cr2=None, kind=None):
+    def __init__(self, vector, software=False, error_code=None, cr2=None, kind=None, length=0):
         if kind is None:
             kind = (E.TYPE_SWEXC if vector in (3, 4) else E.TYPE_SWINTR) if software else \
                 E.TYPE_NMI if vector == NMI else E.TYPE_HWEXC
-        self.vector, self.kind, self.error_code, self.cr2 = vector, kind, error_code, cr2
+        self.vector, self.kind, self.error_code, self.cr2, self.length = vector, kind, error_code, cr2, length
         if self.error_code is None and kind == E.TYPE_HWEXC and vector in ERROR_CODE_VECTORS:
             self.error_code = 0
 
@@ -90,6 +91,8 @@ def deliver(vcpu, event):
         _deliver(vcpu, event)
     except DeliveryFault as second:
         vcpu.uc.context_restore(saved)
+        if event.length:                         # a fault of the INT n itself: its RIP, not the next one's
+            vcpu.uc.reg_write(X.UC_X86_REG_RIP, vcpu.uc.reg_read(X.UC_X86_REG_RIP) - event.length)
         vmcs["IDT_VECTORING_INFO"] = event.info()
         vmcs["IDT_VECTORING_ERROR"] = event.error_code or 0
         if event.vector == DF and event.kind == E.TYPE_HWEXC:

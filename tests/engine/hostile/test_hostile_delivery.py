@@ -11,7 +11,8 @@ from unicorn import x86_const as X
 
 from engine.vmx import deliver, inject
 from engine.vmx import exits as E
-from tests.engine.hostile.conftest import END, assert_only_inside, host_outside
+from tests.engine.hostile.conftest import END, MAP_PAST_END, assert_only_inside, faults, host_outside
+from tests.engine.test_inject import TO_USER
 
 RFLAGS_CLEARED = inject.RFLAGS_TF | inject.RFLAGS_NT | inject.RFLAGS_RF | inject.RFLAGS_VM | inject.RFLAGS_IF
 EVERY_GATE = """
@@ -213,3 +214,31 @@ def test_idt_and_stack_at_hostile_addresses(hv, stopped, where):
             restore(vm, state)
         restore(vm, saved)
     assert_only_inside(hv, before, regions + [(c, 64 * 4096) for c in vm.pmap.chunks])
+
+
+def test_faulting_software_interrupts_report_their_own_rip(guest):
+    """INT n and INT3 from CPL 3 through gates that are not there: #GP(vector * 8 + 2), EXT clear as software
+    interrupts have it (SDM 6.13), with the saved RIP on the INT instruction, a fault of the INT itself
+    (SDM 6.5) — also for CD 03 split over the end of guest memory. Before, RIP pointed past the INT."""
+    vm = guest(MAP_PAST_END + """
+    or qword ptr [rbx + 7 * 8], 4                # the last 2 MiB of guest memory: user pages too
+    mov rax, cr3
+    mov cr3, rax
+    mov byte ptr [%#x], 0xCD
+    mov byte ptr [%#x], 0x03
+""" % (END - 1, END) + TO_USER + """
+user:
+    lea r14, [rip + 1f]
+    lea r8, [rip]
+    int 0x81
+1:  lea r14, [rip + 1f]
+    lea r9, [rip]
+    int3
+1:  lea r14, [rip + 1f]
+    mov rax, %#x
+    jmp rax
+1:  xor r14, r14
+    int3
+""" % (END - 1))
+    r = vm.registers()
+    assert faults(vm)[:3] == [(13, 0x81 * 8 + 2, r["r8"]), (13, 3 * 8 + 2, r["r9"]), (13, 3 * 8 + 2, END - 1)]

@@ -152,7 +152,7 @@ def test_split_instruction_bytes_are_the_guests(hv, tmp_path):
     assert L.block(v.ctx)[L.IB_LAST_OPCODE] == 0xCF
     v = parked_past_end(hv, tmp_path, [0xCD], [0x03])
     v.uc.reg_write(X.UC_X86_REG_RIP, END + 1)                 # after INT n, as Unicorn reports it
-    assert v._is_software_interrupt(3)
+    assert v._software_interrupt_length(3) == 2
 
 
 def msr_indices(rng, table):

@@ -537,7 +537,7 @@ class Vcpu:
         """The first run of a LOCK-prefixed instruction: hook the instruction after it to release the bus lock."""
         after = int(self.ctx[C.FAULT_GLA])
         table = self.lapic.lock_table
-        slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, after)
+        slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, hooks.u64(after))
         if slot < 0:
             raise UnsupportedByModel("more than %d distinct LOCK-prefixed instructions" % buslock.TABLE_PAIRS)
         hook_add(self.uc, UC_HOOK_CODE, buslock.release_hook.address, self.ctx.ctypes.data, after, after)
@@ -583,7 +583,7 @@ class Vcpu:
     def _is_software_interrupt(self, vector):
         if vector >= 32:
             return True
-        hpa = hooks.linear_to_hpa(self.ctx, self.linear_pc() - 2)
+        hpa = hooks.linear_to_hpa(self.ctx, hooks.u64(self.linear_pc() - 2))
         mem = self.vm.hypervisor.memory
         return hpa >= 0 and ((mem[hpa] == 0xCD and mem[hpa + 1] == vector) or
                              (vector == 3 and mem[hpa + 1] == 0xCC) or (vector == 4 and mem[hpa + 1] == 0xCE))
@@ -607,10 +607,10 @@ class Vcpu:
         cachesim.scan_clflush(self, linear_page, hpa, bool(self.efer() & W.EFER_LMA))
         page = gpa_page >> 12
         self.vm.code_state[page] |= 1
-        slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)
+        slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
         if slot < 0:                             # the table is full: start over, pages rescan on demand
             self.xtab[:] = 0
-            slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)
+            slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
         self.xtab[2 * slot] = linear_page | 1
         self.xtab[2 * slot + 1] = gpa_page | ((int(self.vm.code_state[page]) >> 1) & 0xFFF)
         self.uc.ctl_remove_cache(linear_page, linear_page + 0x1000)
@@ -633,7 +633,7 @@ class Vcpu:
     def _linear_pages(self, linear, size):
         while size > 0:
             chunk = min(size, 0x1000 - (linear & 0xFFF))
-            hpa = hooks.linear_to_hpa(self.ctx, linear)
+            hpa = hooks.linear_to_hpa(self.ctx, hooks.u64(linear))
             if hpa < 0:
                 hpa = self._back_linear(linear)
             yield hpa, chunk

@@ -120,9 +120,10 @@ def load_linux(data, filename, mem_size, cmdline="", initrd=None):
     kernel_offset = (hdr["setup_sects"] + 1) * SECTOR
     kernel_bytes = bytes(data[kernel_offset:kernel_offset + hdr["syssize"] * 16])
     area, notes = _boot_area(raw_cmdline, mem_size, filename)
-    notes.insert(0, f"linux: boot protocol {hdr['version'] >> 8}.{hdr['version'] & 0xFF:02d}, {len(kernel_bytes):#x}-byte "
-                    f"protected-mode kernel at {start:#x} (init_size {hdr['init_size']:#x}: up to {kernel[1]:#x}), "
-                    f"entered at {start + ENTRY_64_OFFSET:#x} in long mode")
+    notes.insert(0, f"linux: boot protocol {hdr['version'] >> 8}.{hdr['version'] & 0xFF:02d}, "
+                    f"{len(kernel_bytes):#x}-byte protected-mode kernel at {start:#x} (init_size "
+                    f"{hdr['init_size']:#x}: up to {kernel[1]:#x}), entered at {start + ENTRY_64_OFFSET:#x} "
+                    "in long mode")
     segments = [Segment(start, kernel_bytes, name="kernel")] + area
     initrd_addr = 0
     if initrd is not None:

@@ -23,7 +23,8 @@ def qemu_boot(append, mem_mb=256, cpus=1):
     try:
         done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=HANG)
     except subprocess.TimeoutExpired as hung:
-        raise AssertionError("QEMU did not power off within %d s; console tail: %r" % (HANG, (hung.stdout or b"")[-2000:]))
+        raise AssertionError("QEMU did not power off within %d s; console tail: %r"
+                             % (HANG, (hung.stdout or b"")[-2000:])) from None
     print("QEMU boot to poweroff: %.1f s wall" % (time.monotonic() - started))
     return done.returncode, done.stdout
 

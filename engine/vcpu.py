@@ -596,22 +596,18 @@ class Vcpu:
     def _is_software_interrupt(self, vector):
         if vector >= 32:
             return True
-        hpa = hooks.linear_to_hpa(self.ctx, hooks.u64(self.linear_pc() - 2))
-        mem = self.vm.hypervisor.memory
-        return hpa >= 0 and ((mem[hpa] == 0xCD and mem[hpa + 1] == vector) or
-                             (vector == 3 and mem[hpa + 1] == 0xCC) or (vector == 4 and mem[hpa + 1] == 0xCE))
+        code = np.zeros(2, np.uint8)
+        if hooks.fetch_code(self.ctx, hooks.u64(self.linear_pc() - 2), code) < 2:      # the two bytes may straddle pages
+            return False
+        return (code[0] == 0xCD and code[1] == vector) or (vector == 3 and code[1] == 0xCC) or \
+            (vector == 4 and code[1] == 0xCE)
 
     def scan_page(self, linear_page, gpa_page):
         """EPT execute violation: hook every HLT/RDMSR/WRMSR candidate on the page, then grant execute."""
         hpa = self.vm.gpa_to_hpa(gpa_page)
-        code = self.vm.hypervisor.memory[hpa:hpa + 0x1000 + 1]
-        hits = np.flatnonzero(code[:0x1000] == 0xF4).tolist()
-        twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32) |
-                                                     (code[1:] == 0x01) | (code[1:] == 0x22))).tolist()
-        twos += np.flatnonzero((code[:-1] == 0xF3) & (code[1:] == 0x90)).tolist()          # PAUSE
-        prefixed = [o - 1 for o in twos if o > 0 and (0x40 <= code[o - 1] <= 0x4F or code[o - 1] == 0x67)]
-        locks = np.flatnonzero(code[:0x1000] == 0xF0).tolist()
-        for cfunc, offsets in ((hooks.code_hook, hits + twos + prefixed), (buslock.lock_hook, locks)):
+        code = self.vm.hypervisor.memory[hpa:hpa + 0x1000]
+        for cfunc, offsets in ((hooks.code_hook, candidates(code)), (buslock.lock_hook,
+                                                                       np.flatnonzero(code == 0xF0).tolist())):
             for offset in offsets:
                 where = linear_page + offset
                 if (cfunc, where) not in self.hooked:
@@ -747,6 +743,29 @@ class Vcpu:
                 v["GUEST_%s_SELECTOR" % table], v["GUEST_%s_ACCESS_RIGHTS" % table] = sel, flags
         v["GUEST_IA32_EFER"] = self.efer()
         v["GUEST_ACTIVITY"] = 1 if self.state == HALTED else 0
+
+
+PREFIXES = np.zeros(256, bool)       # legacy prefixes (SDM 2.1.1) and REX (2.2.1): an instruction may start at any
+PREFIXES[[0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3] + list(range(0x40, 0x50))] = True
+
+
+def candidates(code):
+    """Offsets in a code page where an instruction the code hook handles may start: HLT (F4), RDMSR/WRMSR
+    (0F 32/30), INVLPG and the like (0F 01), MOV to CR (0F 22), PAUSE (F3 90), and every prefix byte
+    before one of them. The next page's bytes are not known here (it may map anywhere): an opcode's first
+    byte, or prefixes, at the end of the page are candidates whatever follows; the hook reads the real bytes."""
+    nxt = np.append(code[1:], 0)
+    last = np.arange(code.size) == code.size - 1
+    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x01) | (nxt == 0x22)
+    starts = (code == 0xF4) | ((code == 0x0F) & second) | ((code == 0xF3) & (last | (nxt == 0x90)))
+    starts[-1] |= PREFIXES[code[-1]]
+    found = set(np.flatnonzero(starts).tolist())
+    for start in sorted(found):
+        at = start - 1
+        while at >= 0 and start - at < 15 and PREFIXES[code[at]]:
+            found.add(at)
+            at -= 1
+    return sorted(found)
 
 
 class ResetImage:

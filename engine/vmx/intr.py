@@ -22,7 +22,7 @@ from . import ctx as C
 from . import deliver
 from . import exits as E
 from . import vmcs as V
-from .hooks import code_to_hpa, log_exit, pc_linear, rd, record_exit, wr
+from .hooks import fetch_code, log_exit, pc_linear, rd, record_exit, wr
 
 EXITCODE_INJECT = 29        # webhyve: deliver ctx[INJECT] through the guest's IDT (userspace side)
 EXITCODE_IPI = 24           # bhyve's VM_EXITCODE_IPI: INIT, SIPI or NMI for this vCPU
@@ -110,11 +110,11 @@ def nmi_window_open(c):
 @njit(**NUMBA)
 def note_opcode(c):
     """Under NMI-window exiting: remember the opcode (past a REX.W) of the instruction about to be stepped."""
-    hpa = code_to_hpa(c, pc_linear(c)[1])
+    code = np.zeros(2, np.uint8)
+    n = fetch_code(c, pc_linear(c)[1], code)
     op = np.uint64(0)
-    if 0 <= hpa < np.int64(c[C.MEMSIZE]) - 1:
-        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
-        op = np.uint64(mem8[hpa + 1] if mem8[hpa] == 0x48 else mem8[hpa])
+    if n == 2 or (n == 1 and code[0] != 0x48):
+        op = np.uint64(code[1] if code[0] == 0x48 else code[0])
     L.block(c)[L.IB_LAST_OPCODE] = op
 
 

@@ -149,6 +149,7 @@ class Vcpu:
             uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | W.CR4_PAE)
             uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | W.CR0_PG | W.CR0_PE)
             self._apply_regs(image.regs, segments=False)
+            self._load_boot_segments(image)
             return
         if image.mode == "real":
             uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))     # the IVT, as at reset
@@ -157,6 +158,18 @@ class Vcpu:
         uc.reg_write(X.UC_X86_REG_RSP, firmware.STUB_BASE)
         uc.reg_write(X.UC_X86_REG_RIP, firmware.STUB_BASE)
         self.boot = (done, image)
+
+    def _load_boot_segments(self, image):
+        """CS, SS, DS, ES as the loader's GDT describes them, selector and descriptor cache, as a far jump and
+        segment loads by a boot loader leave them (a 64-bit instance's reg_write would set only selectors)."""
+        loads = []
+        for name, seg in (("cs", segcache.CS), ("ss", segcache.SS), ("ds", segcache.DS), ("es", segcache.ES)):
+            selector = image.regs.get(name)
+            if selector is not None:
+                index = selector & ~7
+                desc = segcache.Descriptor(image.gdt.data[index:index + 8])
+                loads.append((seg, selector, desc.base, desc.limit, desc.flags | segcache.DESC_A))
+        segcache.load(self.uc, loads)
 
     def _apply_regs(self, regs, segments):
         for name, value in regs.items():
@@ -538,7 +551,7 @@ class Vcpu:
         """The first run of a LOCK-prefixed instruction: hook the instruction after it to release the bus lock."""
         after = int(self.ctx[C.FAULT_GLA])
         table = self.lapic.lock_table
-        slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, after)
+        slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, hooks.u64(after))
         if slot < 0:
             raise UnsupportedByModel("more than %d distinct LOCK-prefixed instructions" % buslock.TABLE_PAIRS)
         hook_add(self.uc, UC_HOOK_CODE, buslock.release_hook.address, self.ctx.ctypes.data, after, after)
@@ -586,7 +599,7 @@ class Vcpu:
         if vector >= 32:
             return 2
         code = np.zeros(2, np.uint8)
-        if hooks.fetch_code(self.ctx, self.linear_pc() - 2, code) < 2:      # the two bytes may straddle pages
+        if hooks.fetch_code(self.ctx, hooks.u64(self.linear_pc() - 2), code) < 2:   # the bytes may straddle pages
             return 0
         if code[0] == 0xCD and code[1] == vector:
             return 2
@@ -606,10 +619,10 @@ class Vcpu:
         cachesim.scan_clflush(self, linear_page, hpa, bool(self.efer() & W.EFER_LMA))
         page = gpa_page >> 12
         self.vm.code_state[page] |= 1
-        slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)
+        slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
         if slot < 0:                             # the table is full: start over, pages rescan on demand
             self.xtab[:] = 0
-            slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, linear_page)
+            slot = hooks.xtab_find(self.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
         self.xtab[2 * slot] = linear_page | 1
         self.xtab[2 * slot + 1] = gpa_page | ((int(self.vm.code_state[page]) >> 1) & 0xFFF)
         self.uc.ctl_remove_cache(linear_page, linear_page + 0x1000)
@@ -632,7 +645,7 @@ class Vcpu:
     def _linear_pages(self, linear, size):
         while size > 0:
             chunk = min(size, 0x1000 - (linear & 0xFFF))
-            hpa = hooks.linear_to_hpa(self.ctx, linear)
+            hpa = hooks.linear_to_hpa(self.ctx, hooks.u64(linear))
             if hpa < 0:
                 hpa = self._back_linear(linear)
             yield hpa, chunk

@@ -108,6 +108,7 @@ class VM:
         self.memory_access = GuestMemory(self)
         self.console, self.debug_console = Console(), Console()    # outlive resets: history stays
         self._load_args = None
+        self.initrd = None                       # the Linux initrd (bytes) loaded with the image, for reset
         self._input_listening = False
         self._attach_devices()
         self.intr_callback = HOST_CALLBACK(self._intr_request)
@@ -233,11 +234,14 @@ class VM:
                 vcpu.uc.ctl_flush_tb()
 
     # -- loading ------------------------------------------------------------------------------------
-    def load(self, data, filename, kind=None, cmdline="", load_addr=None):
-        """Load a guest image (bytes) into memory and prepare vCPU 0 to boot it; ImageError if it is bad."""
+    def load(self, data, filename, kind=None, cmdline="", load_addr=None, initrd=None):
+        """Load a guest image (bytes) into memory and prepare vCPU 0 to boot it; ImageError if it is bad.
+        `initrd` (bytes) goes with a Linux kernel."""
         if self.state != IDLE:
             raise StateError("VM %r is %s: load an image before starting it" % (self.name, self.state))
-        image = loaders.load_image(bytes(data), filename, self.mem_size, kind=kind, cmdline=cmdline, load_addr=load_addr)
+        initrd = None if initrd is None else bytes(initrd)
+        image = loaders.load_image(bytes(data), filename, self.mem_size, kind=kind, cmdline=cmdline,
+                                   load_addr=load_addr, initrd=initrd)
         if image.mode == "real":
             if self.mem_size < MiB:
                 raise ImageError("%s: a boot sector needs at least 1 MiB of guest memory" % filename)
@@ -246,7 +250,7 @@ class VM:
             if not self._input_listening:
                 self.console.on_input(self._input_arrived)
                 self._input_listening = True
-        if image.mode != "long64":
+        if image.mode != "long64" or len(self.vcpus) > 1:   # the BSP's way to its boot mode, the APs' to real mode
             self.memory_access.write(firmware.GDT_BASE, firmware.GDT)
             self.memory_access.write(firmware.STUB_BASE, firmware.STUB)
             for gpa, entry in firmware.PAGE_TABLES.items():
@@ -254,7 +258,7 @@ class VM:
         for seg in image.segments:
             self.memory_access.write(seg.gpa, seg.data + bytes(seg.size - len(seg.data)))
         self.vcpus[0].prepare(image)
-        self.image, self._load_args = image, (bytes(data), filename, kind, cmdline, load_addr)
+        self.image, self._load_args, self.initrd = image, (bytes(data), filename, kind, cmdline, load_addr), initrd
         self.log("loaded %s (%s): %s" % (filename, image.kind, "; ".join(image.notes) or "entry %#x" % image.entry))
         return image
 
@@ -369,7 +373,7 @@ class VM:
             uart.clear_irq_listeners()
         self._attach_interrupt_controllers()            # a new PIC pair and PIT at power-on state
         self.log("reset")
-        self.load(*self._load_args)
+        self.load(*self._load_args, initrd=self.initrd)
         self.start()
 
     def destroy(self):

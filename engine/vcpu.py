@@ -2,7 +2,8 @@
 
 The thread's driver loop is short: wait while parked, else call the vmx_run kernel and dispatch the
 VM_EXITCODE it returns to a handler (bhyve's vm_run userspace dispatch table). Other threads never touch
-the Unicorn instance while it runs: they post a message and kick the vCPU (an external-interrupt exit).
+the Unicorn instance: they post a message and kick the vCPU (an external-interrupt exit), or visit it
+(`visit`: the vCPU's own thread runs their read or change and hands back the result).
 """
 import ctypes
 import queue
@@ -58,9 +59,32 @@ class UnsupportedByModel(Exception):
     """The guest did something the model does not implement yet: the VM suspends, naming it."""
 
 
+class Call:
+    """A function a vCPU's thread runs for another thread (a visit), and what came of it."""
+
+    def __init__(self, fn):
+        self.fn, self.done = fn, threading.Event()
+        self.value = self.error = None
+
+    def __call__(self, vcpu):
+        try:
+            self.value = self.fn(vcpu)
+        except Exception as problem:             # the caller's to handle, never the vCPU loop's
+            self.error = problem
+        finally:
+            self.done.set()
+
+    def result(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 class Vcpu:
     """Legend: `state`, `suspend_reason` change only on the vCPU's own thread (SUSPENDED with the VM's reason, under
-    the VM's lock: vm.vcpu_suspended); `mailbox` is any thread's."""
+    the VM's lock: vm.vcpu_suspended); `mailbox` and `tb_stale` are any thread's; `unstarted` is held by a thread
+    that uses the Unicorn instance before the vCPU's own thread exists."""
 
     def __init__(self, vm, index):
         self.vm, self.index = vm, index
@@ -88,6 +112,8 @@ class Vcpu:
         self.halt_interruptible = False          # RFLAGS.IF at the last HLT: may an interrupt wake it
         self.halt_for_input = False              # halted in a BIOS keyboard wait, not at a guest HLT
         self.paused_from = RUNNING               # what a resume returns to: RUNNING, or HALTED (still in its HLT)
+        self.tb_stale = False                    # the host wrote guest code: drop translated blocks before entering
+        self.unstarted = threading.RLock()
         self._make_uc()
         self.hostcpu.assign(self)
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
@@ -142,6 +168,10 @@ class Vcpu:
 
     def prepare(self, image):
         """Set up the boot: the reset stub for real/protected32, registers directly for long64."""
+        with self.unstarted:
+            self._prepare(image)
+
+    def _prepare(self, image):
         uc = self.uc
         if image.mode == "long64":
             uc.reg_write(X.UC_X86_REG_GDTR, (0, image.gdt.gpa, image.gdt.size - 1, 0))
@@ -168,23 +198,26 @@ class Vcpu:
 
     # -- control from other threads ----------------------------------------------------------------
     def start(self):
-        self.state = IDLE if self.waiting_sipi else RUNNING
-        self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
-        self.thread.start()
+        self._start(RUNNING)
 
     def start_paused(self, state=PAUSED):
         """Start the thread without running the guest: paused, or halted as a restored vCPU was."""
-        self.state = IDLE if self.waiting_sipi else HALTED if state == HALTED else PAUSED
-        self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index), daemon=True)
-        self.thread.start()
+        self._start(HALTED if state == HALTED else PAUSED)
 
-    def post(self, message):
+    def _start(self, state):
+        with self.unstarted:
+            self.state = IDLE if self.waiting_sipi else state
+            self.thread = threading.Thread(target=self._main, name="%s-vcpu%d" % (self.vm.name, self.index),
+                                           daemon=True)
+            self.thread.start()
+
+    def post(self, message, visit=False):
         """Queue a message and kick the vCPU out of the guest until its thread has taken it.
 
         Waiting for the message to leave the mailbox, not for the vCPU to park: a message that sets the
         vCPU running ("continue", "resume") is taken and the vCPU is back in the guest before a waiter
         could see it parked, and a kick with no request pending is only an external-interrupt exit."""
-        self.request(message)
+        self.request(message, visit)
         while self.thread is not None and self.thread.is_alive() and self._queued(message):
             time.sleep(0.0005)
 
@@ -192,11 +225,29 @@ class Vcpu:
         with self.mailbox.mutex:
             return any(m is message for m in self.mailbox.queue)
 
-    def request(self, message):
-        """Queue a message and make the vCPU's loop come out to its thread for it, without waiting."""
+    def request(self, message, visit=False):
+        """Queue a message and make the vCPU's loop come out to its thread for it, without waiting. A visit's
+        message leaves the guest without a VM exit (REQ_PEEK): looking must not change what is looked at."""
         self.mailbox.put(message)
-        self.ctx[C.REQ] = C.REQ_STOP
+        self.ctx[C.REQ] = int(self.ctx[C.REQ]) | (C.REQ_PEEK if visit else C.REQ_STOP)
         self._leave_kernel()
+
+    def visit(self, fn):
+        """fn(self) run on this vCPU's own thread, its result (or its exception) handed back here: the one way
+        another thread reads or changes what the thread owns (the Unicorn instance, the VMCS, the exit log).
+
+        A parked vCPU runs it from its mailbox; a running one leaves the guest at its next block boundary, runs
+        it and goes straight back in; one halted in the kernel loop halts in userspace instead. Before the thread
+        starts, and after it has ended, nothing else uses the instance and fn runs right here."""
+        with self.unstarted:
+            if self.thread is None or threading.current_thread() is self.thread:
+                return fn(self)
+        call = Call(fn)
+        message = ("call", call)
+        self.post(message, visit=True)
+        if self._queued(message):                # the thread ended before it took the call
+            return fn(self)
+        return call.result()
 
     def kick(self):
         """The host IPI: leave the guest at once and come back through the loop's checks."""
@@ -308,6 +359,9 @@ class Vcpu:
                 self.parked.set()
                 return
             self._set_pcpu_defaults()
+            if self.tb_stale:                    # the host wrote guest code meanwhile (vm.code_written)
+                self.tb_stale = False
+                self.uc.ctl_flush_tb()
             start = time.perf_counter_ns()
             code = vmx.vmx_run(self.ctx)
             self.counters[S.VCPU_TOTAL_RUNTIME] += time.perf_counter_ns() - start
@@ -522,11 +576,12 @@ class Vcpu:
 
     def reset_to_real_mode(self):
         """Walk this (not yet started) vCPU down to real mode with the reset stub, as firmware would at power on."""
-        self.prepare(ResetImage())
-        for _ in range(100):
-            if self.boot is None:
-                return
-            self._run_once()
+        with self.unstarted:
+            self.prepare(ResetImage())
+            for _ in range(100):
+                if self.boot is None:
+                    return
+                self._run_once()
         raise UnsupportedByModel("vcpu%d did not reach real mode through the reset stub" % self.index)
 
     def _exit_buslock(self):
@@ -656,54 +711,91 @@ class Vcpu:
             mem[hpa:hpa + n] = np.frombuffer(data[done:done + n], np.uint8)
             done += n
 
-    # -- state for readers --------------------------------------------------------------------------
+    # -- reads and changes for other threads: each is a visit (the vCPU's own thread does it) ------------
+    def registers(self):
+        """{name: value} of every register in REG_IDS and EFER, read by the vCPU's thread at one moment."""
+        return self.visit(Vcpu.read_registers)
+
+    def read_registers(self):
+        regs = {name: self.uc.reg_read(rid) for name, rid in REG_IDS.items()}
+        regs["efer"] = self.efer()
+        return regs
+
+    def paging_registers(self):
+        """(CR0, CR3, CR4, EFER, CPL): what a guest-linear walk needs, read together."""
+        uc = self.uc
+        return (uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4),
+                self.efer(), self.cpl())
+
+    def translate(self, linear, access=W.ACCESS_READ):
+        """guest-linear → guest-physical → host-physical with each entry on the way (a view: no side effects),
+        through the paging registers of one visit."""
+        cr0, cr3, cr4, efer, cpl = self.visit(Vcpu.paging_registers)
+        return explain.translate(self.vm.hypervisor.memory.view(np.uint64), int(self.vm.pmap.st[EPT.S_ROOT]),
+                                 cr0, cr3, cr4, efer, cpl, linear, access)
+
     def exit_log(self):
         """The last exits, oldest first: dicts of reason (number and name), qualification, length, rip."""
+        return self.visit(Vcpu.read_exit_log)
+
+    def read_exit_log(self):
         head = int(self.ctx[C.RING_HEAD])
         rows = self.ring.reshape(-1, 4)
         order = [i % C.RING_ROWS for i in range(max(0, head - C.RING_ROWS), head)]
         return [{"reason": int(rows[i][0]), "name": E.reason_name(int(rows[i][0])), "qualification": int(rows[i][1]),
                  "length": int(rows[i][2]), "rip": int(rows[i][3])} for i in order]
 
-    def registers(self):
-        """{name: value}; live when the vCPU is parked, else as of its last exit to userspace."""
-        if not self.parked.is_set():
-            snap = self.vmcs.snapshot()
-            return {"rip": snap["GUEST_RIP"], "rsp": snap["GUEST_RSP"], "rflags": snap["GUEST_RFLAGS"]}
-        regs = {name: self.uc.reg_read(rid) for name, rid in REG_IDS.items()}
-        regs["efer"] = self.efer()
-        return regs
+    def read_counters(self):
+        """This vCPU's statistics as plain ints, in stats.py's slot order; vCPU 0's carry the VM's memory
+        figures, computed when they are read as vmm.c does."""
+        counters = [int(v) for v in self.counters]
+        if self.index == 0:
+            counters[S.VMM_MEM_RESIDENT] = int(self.vm.pmap.st[EPT.S_RESIDENT]) * EPT.PAGE
+            counters[S.VMM_MEM_WIRED] = 0
+        return counters
 
-    def translate(self, linear, access=W.ACCESS_READ):
-        """guest-linear → guest-physical → host-physical with each entry on the way (a view: no side effects)."""
-        uc = self.uc
-        return explain.translate(self.vm.hypervisor.memory.view(np.uint64), int(self.vm.pmap.st[EPT.S_ROOT]),
-                                 uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3),
-                                 uc.reg_read(X.UC_X86_REG_CR4), self.efer(), self.cpl(), linear, access)
+    def read_vmcs(self, sync=False):
+        """{field: value} of the VMCS; with `sync`, the guest-state area first saved as a VM exit saves it."""
+        if sync:
+            self.sync_vmcs()
+        return self.vmcs.snapshot()
 
     def tlb_info(self):
         """The TLB model of this vCPU's host CPU: counters, and the entries tagged with this vCPU's VPID."""
-        c = self.counters
-        mine = [e for e in self.hostcpu.tlb_entries() if e["vpid"] == self.index + 1]
-        return {"hostcpu": self.hostcpu.index, "vpid": self.index + 1, "eptp": self.vm.pmap.eptp,
+        return self.visit(Vcpu.read_tlb)
+
+    def read_tlb(self):
+        """tlb_info on the vCPU's thread, between two turns on its host CPU: no vCPU fills that TLB meanwhile."""
+        c, host = self.counters, self.hostcpu
+        with host.turn():
+            mine = [e for e in host.tlb_entries() if e["vpid"] == self.index + 1]
+            capacity, generation = int(host.tlb[TLB.H_SETS] * host.tlb[TLB.H_WAYS]), int(host.tlb[TLB.H_GEN])
+        return {"hostcpu": host.index, "vpid": self.index + 1, "eptp": self.vm.pmap.eptp,
                 "hits": int(c[S.TLB_HITS]), "misses": int(c[S.TLB_MISSES]), "walks": int(c[S.TLB_WALKS]),
                 "guest_flushes": int(c[S.TLB_GUEST_FLUSHES]), "invept": int(c[S.VCPU_INVEPT]),
                 "invept_saved": int(c[S.VCPU_INVEPT_SAVED]),
                 "invvpid_done": int(c[S.VCPU_INVVPID_DONE]), "invvpid_saved": int(c[S.VCPU_INVVPID_SAVED]),
-                "entries": len(mine), "capacity": int(self.hostcpu.tlb[TLB.H_SETS] * self.hostcpu.tlb[TLB.H_WAYS]),
-                "flush_generation": int(self.hostcpu.tlb[TLB.H_GEN]), "contents": mine[:64]}
+                "entries": len(mine), "capacity": capacity, "flush_generation": generation, "contents": mine[:64]}
 
     def l1d_info(self):
         """The L1D model of this vCPU's host CPU: who holds its lines, the guest's hits and misses, the flushes."""
+        return self.visit(Vcpu.read_l1d)
+
+    def read_l1d(self):
         c, l1d = self.counters, self.vm.hypervisor.l1d
-        owners, free = l1d.occupancy(self.hostcpu.index)
+        with self.hostcpu.turn():
+            owners, free = l1d.occupancy(self.hostcpu.index)
         return {"hostcpu": self.hostcpu.index, "occupancy": owners, "free_lines": free,
                 "guest_hits": int(c[S.L1D_GUEST_HITS]), "guest_misses": int(c[S.L1D_GUEST_MISSES]),
                 "flushes_msr": int(c[S.L1D_FLUSH_MSR]), "flushes_sw": int(c[S.L1D_FLUSH_SW]),
                 "flush_cycles": int(c[S.L1D_FLUSH_CYCLES]), "l1tf_windows": int(c[S.L1D_L1TF_WINDOWS])}
 
     def set_register(self, name, value):
-        if not self.parked.is_set() or self.state == RUNNING:
+        """bhyvectl --set-REG, done by the vCPU's thread; refused while the vCPU runs."""
+        self.visit(lambda vcpu: vcpu.write_register(name, value))
+
+    def write_register(self, name, value):
+        if self.state == RUNNING:
             raise StateError("vcpu%d of %s is running: pause it before setting %s" % (self.index, self.vm.name, name))
         if name == "efer":
             self.uc.reg_write(X.UC_X86_REG_MSR, (0xC0000080, value))

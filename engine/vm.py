@@ -9,7 +9,6 @@ import threading
 import numpy as np
 
 from . import debug, firmware, loaders, snapshot
-from . import stats as S
 from .cpu import profiles
 from .devices import bios as bios_mod
 from .devices.console import Console
@@ -228,8 +227,7 @@ class VM:
         scanned = self.code_state[first:last + 1] & 1
         self.code_state[first:last + 1] += scanned     # odd → even: a new generation, not executable
         for vcpu in self.vcpus:
-            if vcpu.parked.is_set():
-                vcpu.uc.ctl_flush_tb()
+            vcpu.tb_stale = True                       # its thread drops translated code before its next entry
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self, data, filename, kind=None, cmdline="", load_addr=None):
@@ -523,8 +521,5 @@ class VM:
         return self.vcpus[vcpu].registers()
 
     def stats(self, vcpu=0):
-        counters = self.vcpus[vcpu].counters
-        if vcpu == 0:                                   # vmm.c computes these when they are read
-            counters[S.VMM_MEM_RESIDENT] = int(self.pmap.st[EPT.S_RESIDENT]) * EPT.PAGE
-            counters[S.VMM_MEM_WIRED] = 0
-        return counters
+        """A vCPU's counters in stats.py's slot order, read by its thread at one moment."""
+        return self.vcpus[vcpu].visit(Vcpu.read_counters)

@@ -12,7 +12,7 @@ from flask import Flask, request
 from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
 
-from engine import Hypervisor
+from engine.door import Host
 
 from . import api_ctl, api_demo, logs
 from .access import new_token
@@ -66,7 +66,7 @@ def create_app(config=None):
     # rejects the whole POST beyond 16 and fast typing was lost (python-engineio #142's workaround). The
     # POST body stays bounded by max_http_buffer_size.
     Payload.max_decode_packets = 1024
-    fleet = Fleet(Hypervisor(host_mem_mb=app.config["HOST_MEM_MB"]),
+    fleet = Fleet(Host(host_mem_mb=app.config["HOST_MEM_MB"]),
                   lambda event, data, to, ns: socketio.emit(event, data, to=to, namespace=ns),
                   app.config["RECORDINGS_DIR"], app.config["PUMP_INTERVAL"])
     inspector = InspectNamespace(fleet, socketio, app.config["PANEL_INTERVAL"])

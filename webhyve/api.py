@@ -75,7 +75,7 @@ def create_vm():
 @bp.get("/vms/<name>")
 def get_vm(name):
     session = fleet().get(name)
-    return {**session.summary(), "events": list(session.vm.events)[-50:]}
+    return {**session.summary(), "events": session.vm.events(50)}
 
 
 @bp.delete("/vms/<name>")
@@ -104,30 +104,30 @@ def console_text(name):
 @control_required
 def console_input(name):
     data = g.body["data"]
-    fleet().get(name).vm.console.send_input(data.encode("utf-8"))
+    fleet().get(name).vm.send_input(data.encode("utf-8"))
     return {"sent": len(data)}
 
 
 @bp.get("/vms/<name>/vga")
 def vga(name):
-    vga = fleet().get(name).vm.vga
-    return {"lines": vga.text(), "cursor": list(vga.cursor)}
+    screen = fleet().get(name).vm.vga()
+    return {"lines": screen["lines"], "cursor": screen["cursor"]}
 
 
 # -- state panels -------------------------------------------------------------------------------------------
 @bp.get("/vms/<name>/vcpus/<int:index>/registers")
 def registers(name, index):
-    return panels.registers(fleet().get(name).vm, index)
+    return panels.vcpu_panels(fleet().get(name).vm, index, ("registers",))["registers"]
 
 
 @bp.get("/vms/<name>/vcpus/<int:index>/vmcs")
 def vmcs(name, index):
-    return panels.vmcs(fleet().get(name).vm, index)
+    return panels.vcpu_panels(fleet().get(name).vm, index, ("vmcs",))["vmcs"]
 
 
 @bp.get("/vms/<name>/vcpus/<int:index>/stats")
 def stats(name, index):
-    return panels.stats(fleet().get(name).vm, index)
+    return panels.vcpu_panels(fleet().get(name).vm, index, ("stats",))["stats"]
 
 
 @bp.get("/vms/<name>/vcpus/<int:index>/translate")
@@ -159,7 +159,7 @@ def exit_history(name):
 # -- tunables -----------------------------------------------------------------------------------------------
 @bp.get("/tunables")
 def tunables():
-    return {"tunables": fleet().hv.tunables.describe()}
+    return {"tunables": fleet().host.tunables()}
 
 
 @bp.put("/tunables/<name>")
@@ -173,7 +173,7 @@ def set_tunable(name):
 def take_screenshot(name, which):
     session = fleet().get(name)
     if which == "vga":
-        png = screenshot.vga_png(session.vm.vga)
+        png = screenshot.vga_png(session.vm.vga())
     elif which == "serial":
         png = screenshot.serial_png(session.pump.terminal)
     else:

@@ -7,7 +7,8 @@ import time
 
 from flask import Blueprint, current_app, g
 
-from engine.snapshot import SnapshotError, read_header
+from engine.door.tables import SnapshotError
+from engine.door.tables import read_snapshot_header as read_header
 
 from . import demo
 from .access import control_required

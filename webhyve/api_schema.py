@@ -10,8 +10,7 @@ import json
 
 from flask import g, request
 
-from engine.cpu import profiles
-from engine.loaders import KINDS
+from engine.door.tables import DEFAULT_PROFILE, KINDS, PROFILES
 
 from .access import authenticate
 from .schema import NOTHING, Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, shown
@@ -23,7 +22,7 @@ SNAPSHOT = Name("snapshot name")
 WORD = Text(1, 64)               # a path segment the view looks up and answers 404 for when unknown
 VM_CONFIG = dict(name=VM, kind=Text(choices=KINDS, default=None, nullable=True),
                  mem_mb=Int(1, MAX_MEM_MB, default=64), cpus=Int(1, 64, default=1),
-                 profile=Text(choices=tuple(profiles.PROFILES), default=profiles.DEFAULT),
+                 profile=Text(choices=PROFILES, default=DEFAULT_PROFILE),
                  cmdline=Text(0, 4096, default=""), start=Bool(default=True))
 
 

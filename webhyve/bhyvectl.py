@@ -3,9 +3,9 @@
 GETTERS is the ordered table `--get-all` walks: (option, what it needs, print function). Each print
 function takes the vCPU state the server returned (GET /api/v1/ctl/vms/NAME/vcpus/I) and returns lines.
 """
-from engine.vcpu import GPRS, SEGMENTS
-from engine.vmx import exits as E
-from engine.vmx import vmcs as V
+from engine.door.tables import GPRS, SEGMENTS
+from engine.door.tables import exits as E
+from engine.door.tables import vmcs as V
 
 REGISTERS = GPRS + ("efer",)                     # printed 0x%016lx
 SELECTORS = SEGMENTS + ("ldtr", "tr")            # printed 0x%04lx; ldtr and tr are read-only here
@@ -45,22 +45,13 @@ BHYVECTL_VMCS = (
 INTINFO_TYPES = {0: "extint", 2: "nmi", 4: "swint"}      # anything else prints "exception"
 
 
-class NotReadable(Exception):
-    """A getter needs what the server could not read now (registers of a running vCPU)."""
-
-
 def line(label, vcpu, value, digits=16):
     return "%s[%d]\t\t0x%0*x" % (label, vcpu, digits, value)
 
 
 def register_getter(name):
     def get(state):
-        regs = state["registers"]
-        if name not in regs:
-            raise NotReadable("%s of vcpu%d: the vCPU is %s, only rip, rsp and rflags are readable while it "
-                              "runs; pause it (vmmctl --vm=%s --pause)"
-                              % (name, state["vcpu"], state["state"], state["vm"]))
-        return [line(name, state["vcpu"], regs[name])]
+        return [line(name, state["vcpu"], state["registers"][name])]
     return get
 
 
@@ -68,16 +59,12 @@ def selector_getter(name):
     def get(state):
         if name in state["registers"]:
             return [line(name, state["vcpu"], state["registers"][name], 4)]
-        if not state["complete"]:
-            return register_getter(name)(state)
         return [line(name, state["vcpu"], state["vmcs"]["GUEST_%s_SELECTOR" % name.upper()], 4)]
     return get
 
 
 def descriptor_getter(name):
     def get(state):
-        if not state["complete"]:
-            return register_getter("desc-" + name)(state)
         d = state["descriptors"][name]
         if name in ("gdtr", "idtr"):
             return ["%s desc[%d]\t0x%016x/0x%08x" % (name, state["vcpu"], d["base"], d["limit"])]

@@ -14,12 +14,11 @@ import urllib.parse
 
 import click
 
-from engine import ConfigError, EngineError, Hypervisor, names
-from engine import stats as engine_stats
-from engine.loaders import KINDS
+from engine.door import Host
+from engine.door.tables import KINDS, ConfigError, EngineError, names
 
 from . import bhyvectl as B
-from .ctl_client import Client, ServerError, settings
+from .ctl_client import Client, settings
 from .ctl_console import run_console
 
 ESCAPE = b"\x1d"            # Ctrl-], as telnet and virsh console use
@@ -131,7 +130,7 @@ def main(ctx, url, vm_name, **options):
         return
     if not given:
         raise click.UsageError("nothing to do for VM %r: add an option such as --get-stats or --get-all" % vm_name)
-    sys.exit(bhyvectl(client(ctx), vm_name, options))
+    bhyvectl(client(ctx), vm_name, options)
 
 
 main.params.extend(_bhyvectl_params())
@@ -146,7 +145,7 @@ def vm_url(name):
 
 
 def bhyvectl(api, name, o):
-    """bhyvectl's main(): create, pause, setters, getters, capabilities, run, resume, reset, destroy; the status."""
+    """bhyvectl's main(): create, pause, setters, getters, capabilities, run, resume, reset, destroy."""
     cpu, setters = o["cpu"], checked_input(o)            # bad input is refused before anything changes
     vm_path, vcpu_path = vm_url(name), "/api/v1/ctl/vms/%s/vcpus/%d" % (urllib.parse.quote(name, safe=""), cpu)
     if o["create"]:
@@ -159,7 +158,7 @@ def bhyvectl(api, name, o):
         api.put("%s/capabilities/%s" % (vcpu_path, o["capname"]), json={"value": o["setcap"]})
     if o["inject_nmi"]:
         api.post(vcpu_path + "/nmi")
-    status = print_getters(api, vm_path, vcpu_path, cpu, o)
+    print_getters(api, vm_path, vcpu_path, cpu, o)
     if o["run_once"]:
         click.echo("\n".join(B.run_dump(cpu, api.post(vcpu_path + "/run"))))
     for key, suspend in (("checkpoint", False), ("suspend", True)):
@@ -176,7 +175,6 @@ def bhyvectl(api, name, o):
         api.post(vm_path + "/poweroff")
     if o["destroy"]:
         api.delete(vm_path)
-    return status
 
 
 def checked_input(o):
@@ -202,40 +200,22 @@ def create(api, name, o):
 
 
 def print_getters(api, vm_path, vcpu_path, cpu, o):
-    """Each requested getter's lines, in bhyvectl's order; 0, or 1 when one could not be read."""
+    """Each requested getter's lines, in bhyvectl's order."""
     everything = o["get_all"]
     wanted = [(option, get) for option, get in B.GETTERS if everything or o[option.replace("-", "_")]]
-    status = 0
     if wanted or o["getcap"]:
         state = api.get(vcpu_path)
-        skipped = []
-        for option, get in wanted:
-            try:
-                click.echo("\n".join(get(state)))
-            except B.NotReadable as why:
-                if not everything:
-                    click.echo("vmmctl: --%s: %s" % (option, why), err=True)
-                    status = 1
-                skipped.append(option)
-        if everything and skipped:
-            click.echo("vmmctl: vcpu%d is %s: registers and descriptors other than rip, rsp, rflags are left out; "
-                       "pause the VM for them" % (cpu, state["state"]), err=True)
+        for _, get in wanted:
+            click.echo("\n".join(get(state)))
         if o["getcap"]:
             click.echo("\n".join(B.getcap_lines(state, o["capname"])))
     if everything or o["get_memmap"]:
-        memmap = api.get(vm_path + "/ept")
-        if not memmap["available"]:
-            raise ServerError("--get-memmap: " + memmap["reason"])
-        click.echo("\n".join(B.memmap_lines(memmap["value"])))
+        click.echo("\n".join(B.memmap_lines(api.get(vm_path + "/ept")["value"])))
     if o["get_gpa_pmap"] is not None:
         gpa = o["get_gpa_pmap"]
-        chain = api.get(vm_path + "/ept/lookup", params={"gpa": gpa})
-        if not chain["available"]:
-            raise ServerError("--get-gpa-pmap: " + chain["reason"])
-        click.echo(B.gpa_pmap_line(gpa, chain["value"]))
+        click.echo(B.gpa_pmap_line(gpa, api.get(vm_path + "/ept/lookup", params={"gpa": gpa})["value"]))
     if everything or o["get_stats"]:
         click.echo(api.get("%s/vcpus/%d/stats" % (vm_path, cpu))["text"])
-    return status
 
 
 # -- subcommands on the server ----------------------------------------------------------------------
@@ -420,8 +400,7 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
     input is typed into the guest and vmmctl waits for the VM to stop (or --timeout).
     """
     try:
-        hv = Hypervisor(host_mem_mb=host_mem_mb)
-        vm = hv.create_vm(names.from_file(image), mem_mb=mem_mb, cpus=cpus)
+        vm = Host(host_mem_mb=host_mem_mb).create_vm(names.from_file(image), mem_mb=mem_mb, cpus=cpus)
         with open(image, "rb") as f:
             vm.load(f.read(), image, kind=kind, cmdline=cmdline, load_addr=load_addr)
         if gdb is not None:
@@ -433,7 +412,7 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
     interactive = sys.stdin.isatty()
     if interactive:
         click.echo("vmmctl: console of %s; press %s to power off and leave" % (vm.name, ESCAPE_NAME), err=True)
-    reader = vm.console.reader()
+    reader = vm.console_reader()
     done = threading.Event()
     threading.Thread(target=_pump_output, args=(reader, done), daemon=True).start()
     vm.start()
@@ -445,8 +424,8 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
     reason = vm.suspend_reason
     click.echo("\r\nvmmctl: VM %s stopped: %s" % (vm.name, vm.suspend_message or state), err=True)
     if show_stats:
-        for vcpu in vm.vcpus:
-            click.echo(engine_stats.format_stats(vcpu.index, vcpu.counters))
+        for vcpu in vm.vcpus():
+            click.echo(vcpu.stats()["text"])
     sys.exit(0 if reason in CLEAN_STOPS else 2)
 
 
@@ -494,10 +473,10 @@ def _type_until_stopped(vm, fd, timeout):
             if not data:
                 open_input = False             # end of piped input: the guest runs on until it stops
             elif ESCAPE in data:
-                vm.console.send_input(data.split(ESCAPE)[0])
+                vm.send_input(data.split(ESCAPE)[0])
                 return "left with %s" % ESCAPE_NAME
             else:
-                vm.console.send_input(data.replace(b"\n", b"\r"))
+                vm.send_input(data.replace(b"\n", b"\r"))
 
 
 if __name__ == "__main__":

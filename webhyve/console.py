@@ -63,7 +63,7 @@ class ConsoleNamespace(CheckedNamespace):
             raise ApiError(403, "read-only viewer: typing needs the control token")
         session, data = self.fleet.get(payload["vm"]), payload["data"]
         data = data.encode("utf-8") if isinstance(data, str) else data
-        session.vm.console.send_input(data)
+        session.vm.send_input(data)
         return {"sent": len(data)}
 
     @handler

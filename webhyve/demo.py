@@ -12,11 +12,12 @@ import re
 import time
 import tomllib
 
-from engine import names
-from engine import stats as S
+from engine.door import Host
+from engine.door.tables import names
 
 from . import screenshot
 from .errors import ApiError
+from .fleet import Fleet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
@@ -116,17 +117,17 @@ class Run:
         self.secret = None
         if "l1tf_secret" in cfg:                   # the host's secret page, and where the attack aims
             self.secret = cfg["l1tf_secret"].encode().ljust(64, b".")[:64]
-            hpa = self.fleet.hv.l1d.place_secret(self.secret)
+            hpa = self.fleet.host.place_secret(self.secret)
             cmdline = "secret=%#x len=%d %s" % (hpa, len(self.secret), cmdline)
         session = self.fleet.create(self.vm_name, data, cfg["guest"], kind=cfg.get("kind"),
                                     mem_mb=cfg.get("mem_mb", 64), cpus=cfg.get("cpus", 1),
                                     profile=cfg.get("profile", "haswell"), cmdline=cmdline,
                                     start=False)
         if "pin" in cfg:
-            for vcpu in session.vm.vcpus:
+            for vcpu in session.vm.vcpus():
                 vcpu.pin(cfg["pin"])
         for gpa, value in cfg.get("memory", {}).items():
-            session.vm.memory_access.write(int(gpa, 0), int(value).to_bytes(8, "little"))
+            session.vm.write_memory(int(gpa, 0), int(value).to_bytes(8, "little"))
         try:
             session.vm.start(all_vcpus=cfg.get("all_vcpus", False))
         except Exception as problem:
@@ -136,7 +137,7 @@ class Run:
     def _step(self, step):
         vm = self.session.vm
         if "type" in step:
-            vm.console.send_input(step["type"].encode())
+            vm.send_input(step["type"].encode())
         elif "wait" in step:
             self._wait_for(step["wait"], step.get("timeout", 30))
         elif "tunable" in step:
@@ -176,12 +177,12 @@ class Run:
             hpa = vm.replace_page(int(step["gpa"], 0), int(step["value"]).to_bytes(8, "little"))
             self._note("host moved guest page %s to host-physical %#x holding %#x" % (step["gpa"], hpa, step["value"]))
         elif action == "write":
-            vm.memory_access.write(int(step["gpa"], 0), int(step["value"]).to_bytes(8, "little"))
+            vm.write_memory(int(step["gpa"], 0), int(step["value"]).to_bytes(8, "little"))
         elif action == "pin":
-            for vcpu in vm.vcpus:
+            for vcpu in vm.vcpus():
                 vcpu.pin(step["cpu"])
         elif action == "invalidate":
-            vm.pmap_invalidate_ept("scenario step")
+            vm.invalidate_ept("scenario step")
             self._note("host: pmap_invalidate_ept")
         elif action == "interrupts":
             self._interrupts(step)
@@ -206,7 +207,7 @@ class Run:
 
     def _screenshot(self, step):
         kind = step["screenshot"]
-        png = screenshot.vga_png(self.session.vm.vga) if kind == "vga" else \
+        png = screenshot.vga_png(self.session.vm.vga()) if kind == "vga" else \
             screenshot.serial_png(self.session.pump.terminal)
         path = os.path.join(self.outdir, "%s-%s.png" % (self.scenario["name"], step.get("name", len(self.files))))
         with open(path, "wb") as f:
@@ -215,17 +216,17 @@ class Run:
         self._note("screenshot: %s" % os.path.basename(path))
 
     def _stat(self, ident):
-        return sum(int(v.counters[S.SLOTS[ident]]) for v in self.session.vm.vcpus)
+        return self.session.vm.counter_totals()[ident]
 
     def _measure(self, step):
         if "stat" in step:
             return self._stat(step["stat"])
         if "ept" in step:
-            return self.session.vm.pmap.stats()[step["ept"]]
+            return self.session.vm.ept_stats()[step["ept"]]
         if "console_count" in step:
             return self.session.pump.terminal.text().count(step["console_count"])
         if "leaked_bytes" in step:
-            found = re.search(r"l1tf: leaked ([0-9a-f]+)", self.session.vm.console.contents().decode(errors="replace"))
+            found = re.search(r"l1tf: leaked ([0-9a-f]+)", self.session.vm.console_contents().decode(errors="replace"))
             leaked = bytes.fromhex(found.group(1)) if found else b""
             return sum(a == b for a, b in zip(leaked, self.secret or b""))
         raise ScenarioError("figure %r needs stat, ept or console_count" % step["figure"])
@@ -245,14 +246,11 @@ class Run:
                 "summary": text}
 
 
-def run_headless(name, outdir, hypervisor_args=None):
-    """`vmmctl demo NAME`: a private hypervisor and fleet, no server; returns the run's summary."""
-    from engine import Hypervisor
-
-    from .fleet import Fleet
+def run_headless(name, outdir, host_args=None):
+    """`vmmctl demo NAME`: a private host and fleet, no server; returns the run's summary."""
     scenario = load(name)
-    hv = Hypervisor(**(hypervisor_args or {"host_mem_mb": 1024}))
-    fleet = Fleet(hv, lambda *args, **kwargs: None, os.path.join(outdir, ".recordings"))
+    host = Host(**(host_args or {"host_mem_mb": 1024}))
+    fleet = Fleet(host, lambda *args, **kwargs: None, os.path.join(outdir, ".recordings"))
     try:
         return Run(fleet, scenario, outdir).run()
     except ApiError as problem:

@@ -1,23 +1,22 @@
 """The web server's VMs: each engine VM with its output pump, its image (for reset) and its exit history.
 
 Everything the REST API and the namespaces do to a VM goes through here, and from here only through the
-engine's public API. Engine refusals become ApiErrors with the engine's own message.
+engine's door (engine/door: Host, VmView, VcpuView). Engine refusals become ApiErrors with the engine's own
+message.
 """
 import collections
 import os
 import threading
 import time
 
-from engine import ConfigError, ImageError, StateError, TunableError
-from engine import stats as S
-from engine.cpu import profiles
-from engine.snapshot import SnapshotError
+from engine.door.tables import (DEFAULT_PROFILE, STATS, ConfigError, ImageError, SnapshotError, StateError,
+                                TunableError)
 
 from .errors import ApiError
 from .pump import OutputPump
 from .recording import Recording, new_path
 
-EXIT_STATS = [ident for ident, _, n in S.TABLE if ident.startswith("VMEXIT_") and n == 1]
+EXIT_STATS = [ident for ident, _, n in STATS if ident.startswith("VMEXIT_") and n == 1]
 HISTORY_SAMPLES = 120
 LIFECYCLE = ("start", "pause", "resume", "reset", "poweroff")
 MAX_MEM_MB = 4096
@@ -49,19 +48,17 @@ class VmSession:
     def name(self):
         return self.vm.name
 
-    def exit_count(self):
-        return sum(int(v.counters[S.VMEXIT_COUNT]) for v in self.vm.vcpus)
-
     def summary(self):
         vm = self.vm
-        return {"name": vm.name, "state": vm.state, "mem_mb": vm.mem_size >> 20, "cpus": len(vm.vcpus),
-                "profile": vm.profile.name, "image": self.image[1], "kind": vm.image.kind if vm.image else None,
-                "exits": self.exit_count(), "suspend_reason": vm.suspend_reason,
-                "suspend_message": vm.suspend_message, "recording": self.recording.id if self.recording else None}
+        return {"name": vm.name, "state": vm.state, "mem_mb": vm.mem_mb, "cpus": vm.cpus, "profile": vm.profile,
+                "image": self.image[1], "kind": vm.image_kind, "exits": vm.counter_totals()["VMEXIT_COUNT"],
+                "suspend_reason": vm.suspend_reason, "suspend_message": vm.suspend_message,
+                "recording": self.recording.id if self.recording else None}
 
     def sample_exits(self):
         """One point of the exit-reason histogram over time: VMEXIT_* counts since the last sample."""
-        now = {ident: sum(int(v.counters[S.SLOTS[ident]]) for v in self.vm.vcpus) for ident in EXIT_STATS}
+        totals = self.vm.counter_totals()
+        now = {ident: totals[ident] for ident in EXIT_STATS}
         if self._last_exits is not None:
             delta = {k: now[k] - self._last_exits[k] for k in now if now[k] != self._last_exits[k]}
             self.exit_history.append({"t": round(time.time(), 3), "exits": delta})
@@ -69,17 +66,17 @@ class VmSession:
 
 
 class Fleet:
-    """Legend: `sessions` is guarded by `lock`; the hypervisor and its tunables are shared by every VM."""
+    """Legend: `sessions` is guarded by `lock`; the host and its tunables are shared by every VM."""
 
-    def __init__(self, hypervisor, emit, recordings_dir, pump_interval=0.02):
-        self.hv = hypervisor
+    def __init__(self, host, emit, recordings_dir, pump_interval=0.02):
+        self.host = host
         self._emit = emit
         self.recordings_dir = recordings_dir
         self.pump_interval = pump_interval
         self.sessions = {}
         self.lock = threading.Lock()
         os.makedirs(recordings_dir, exist_ok=True)
-        self.hv.tunables.listeners.append(self._tunable_changed)
+        host.on_tunable_change(self._tunable_changed)
 
     # -- VMs --------------------------------------------------------------------------------------------
     def get(self, name):
@@ -93,19 +90,19 @@ class Fleet:
         with self.lock:
             return list(self.sessions.values())
 
-    def create(self, name, data, filename, kind=None, mem_mb=64, cpus=1, profile=profiles.DEFAULT, cmdline="",
+    def create(self, name, data, filename, kind=None, mem_mb=64, cpus=1, profile=DEFAULT_PROFILE, cmdline="",
                start=True):
         """Create, load and (by default) start a VM; a bad image leaves no VM behind."""
         if not 1 <= mem_mb <= MAX_MEM_MB:
             raise ApiError(400, "mem_mb must be 1 to %d, not %s" % (MAX_MEM_MB, mem_mb))
         try:
-            vm = self.hv.create_vm(name, mem_mb=mem_mb, cpus=cpus, profile=profile)
+            vm = self.host.create_vm(name, mem_mb=mem_mb, cpus=cpus, profile=profile)
         except Exception as problem:
             raise engine_error(problem) from None
         try:
             vm.load(data, filename, kind=kind, cmdline=cmdline)
         except Exception as problem:
-            self.hv.destroy_vm(name)
+            self.host.destroy_vm(name)
             raise engine_error(problem) from None
         session = VmSession(vm, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)
         with self.lock:
@@ -117,7 +114,7 @@ class Fleet:
     def restore(self, path, name=None, start=True):
         """A VM from a snapshot file, held like one created here (reset boots the saved image again)."""
         try:
-            vm = self.hv.restore_vm(path, name=name, start=start)
+            vm = self.host.restore_vm(path, name=name, start=start)
         except SnapshotError:
             raise
         except Exception as problem:
@@ -134,7 +131,7 @@ class Fleet:
             self.sessions.pop(name, None)
         self.stop_recording(session)
         session.pump.stop()
-        self.hv.destroy_vm(name)
+        self.host.destroy_vm(name)
         self._emit("vm_state", {"vm": name, "state": "destroyed"}, "vm:" + name, "/console")
 
     def lifecycle(self, name, action):
@@ -143,8 +140,6 @@ class Fleet:
         if action not in LIFECYCLE:
             raise ApiError(400, "unknown action %r: use one of %s" % (action, ", ".join(LIFECYCLE)))
         vm = session.vm
-        if action == "reset" and not hasattr(vm, "reset"):
-            raise ApiError(409, "reset not supported by this engine yet: power the VM off and create it again")
         try:
             getattr(vm, action)()
         except Exception as problem:
@@ -159,14 +154,13 @@ class Fleet:
     # -- tunables -------------------------------------------------------------------------------------------
     def set_tunable(self, name, value):
         try:
-            tunable, old, new = self.hv.tunables.set(name, value)
+            return self.host.set_tunable(name, value)
         except TunableError as problem:
             raise ApiError(400, str(problem)) from None
-        return {"name": tunable.name, "old": old, "value": new}
 
-    def _tunable_changed(self, tunable, old, new):
+    def _tunable_changed(self, name, old, new):
         """Every change is a marker in each console and each recording (bhyve would need a reboot for most)."""
-        label = "%s: %d -> %d" % (tunable.name, old, new)
+        label = "%s: %d -> %d" % (name, old, new)
         for session in self.list():
             session.pump.marker(label)
             self._emit("marker", {"vm": session.name, "label": label, "t": time.time()}, "vm:" + session.name,

@@ -16,15 +16,14 @@ from .access import connection_role
 from .events import CheckedNamespace, handler
 
 
-def snapshot(session, tunables):
-    """Every panel of one VM as plain JSON values."""
+def snapshot(session, host):
+    """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread."""
     vm = session.vm
-    out = {"summary": session.summary(), "tunables": tunables.describe(), "caches": panels.caches(vm),
+    out = {"summary": session.summary(), "tunables": host.tunables(), "caches": panels.caches(vm),
            "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:]}
-    for i in range(len(vm.vcpus)):
-        out["registers/%d" % i] = panels.registers(vm, i)
-        out["vmcs/%d" % i] = panels.vmcs(vm, i)
-        out["stats/%d" % i] = panels.stats(vm, i)
+    for i in range(vm.cpus):
+        for name, value in panels.vcpu_panels(vm, i).items():
+            out["%s/%d" % (name, i)] = value
     return out
 
 
@@ -62,7 +61,7 @@ class InspectNamespace(CheckedNamespace):
         join_room("inspect:" + name)
         with self.lock:
             self.watchers.setdefault(name, set()).add(request.sid)
-        return {"panels": snapshot(session, self.fleet.hv.tunables)}
+        return {"panels": snapshot(session, self.fleet.host)}
 
     @handler
     def on_unwatch(self, payload):
@@ -87,7 +86,7 @@ class InspectNamespace(CheckedNamespace):
             if not watched:
                 self.last.pop(session.name, None)
                 continue
-            panels = snapshot(session, self.fleet.hv.tunables)
+            panels = snapshot(session, self.fleet.host)
             current = {k: json.dumps(v, sort_keys=True) for k, v in panels.items()}
             previous = self.last.get(session.name, {})
             changed = {k: panels[k] for k, v in current.items() if previous.get(k) != v}

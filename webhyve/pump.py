@@ -13,8 +13,6 @@ interleave them; a text event is one frame. The browser turns the characters bac
 import threading
 import time
 
-from engine.devices.console import ConsoleReader
-
 from .access import CONTROL
 from .terminal import ServerTerminal
 
@@ -42,7 +40,7 @@ class OutputPump:
         self.lock = threading.RLock()
         self.viewers = {}
         self.recordings = []
-        self._reader = vm.console.reader()
+        self._reader = vm.console_reader()
         self.position = self._reader.position
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="%s-pump" % vm.name, daemon=True)
@@ -92,7 +90,7 @@ class OutputPump:
 
     def ring_slice(self, start, end):
         """Console bytes [start, end) still held in the ring, or None if the ring no longer has `start`."""
-        reader = ConsoleReader(self.vm.console, start)
+        reader = self.vm.console_reader(start)
         data = reader.read(0)
         return None if reader.lost else data[:end - start]
 

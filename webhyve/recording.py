@@ -10,7 +10,7 @@ import re
 import threading
 import time
 
-from engine import names
+from engine.door.tables import names
 
 NAME = re.compile(r"(?P<vm>%s)-\d{8}T\d{6}-\d+\.cast" % names.PATTERN)      # VM-YYYYmmddTHHMMSS-N.cast
 

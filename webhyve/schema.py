@@ -9,7 +9,7 @@ is a SchemaError whose message names the field and the problem.
 import json
 import re
 
-from engine import names
+from engine.door.tables import names
 
 from .errors import ApiError
 

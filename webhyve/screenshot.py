@@ -8,7 +8,7 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.devices import vga_text
+from engine.door.tables import VGA_CURSOR, VGA_PALETTE
 
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu",)
 FONT_SIZE = 15
@@ -58,16 +58,17 @@ class Grid:
         return out.getvalue()
 
 
-def vga_png(vga):
-    """The 80x25 text screen in its attribute colours, with the hardware cursor unless the guest hid it."""
-    grid = Grid(vga_text.COLS, vga_text.ROWS)
-    for r, row in enumerate(vga.cells()):
+def vga_png(screen):
+    """The 80x25 text screen (a VM's vga()) in its attribute colours, with the hardware cursor unless the guest
+    hid it."""
+    cells = screen["cells"]
+    grid = Grid(len(cells[0]), len(cells))
+    for r, row in enumerate(cells):
         for c, (ch, attr) in enumerate(row):
-            grid.cell(r, c, bytes((ch or 0x20,)).decode("cp437"), vga_text.PALETTE[attr & 0xF],
-                      vga_text.PALETTE[(attr >> 4) & 0x7])
-    row, col = vga.cursor
-    if row < vga_text.ROWS and not vga.cursor_shape[0] & 0x20:
-        grid.cursor(row, col, vga_text.LIGHT_GREY)
+            grid.cell(r, c, bytes((ch or 0x20,)).decode("cp437"), VGA_PALETTE[attr & 0xF], VGA_PALETTE[(attr >> 4) & 0x7])
+    row, col = screen["cursor"]
+    if row < len(cells) and not screen["cursor_hidden"]:
+        grid.cursor(row, col, VGA_CURSOR)
     return grid.png()
 
 

@@ -125,6 +125,8 @@ RING_ROWS = 256
 X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL, X_BUSLOCK, X_PAUSE = range(10)
 # REQ bits
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
+REQ_PEEK = 2        # a visit (vcpu.visit): leave the loop for the vCPU's thread to run a read or a change for another
+                    # thread, then go back in; an observation, not an event: no VM exit is recorded or counted
 # RUNSTATE values: in the host (the vCPU checks its IRR before it enters), in the guest or about to enter
 # (kick it), halted (wake it)
 RUN_HOST, RUN_GUEST, RUN_HALTED = 0, 1, 2

@@ -124,7 +124,8 @@ def exit_process(c, err):
             c[C.RIP] += np.uint64(1)                   # Unicorn already stands after the HLT
             return EXITCODE_HLT                        # (an armed interrupt window opens at the next entry)
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
-            record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
+            if c[C.REQ] & np.uint64(C.REQ_STOP):       # (a visit alone is no exit: the loop's checks take it)
+                record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
         if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
             intr.host_interrupt(c)
@@ -165,9 +166,10 @@ def _run(c):
         code = intr.inject(c)
         if code != 0:
             return code
-        # 2. checks that leave the loop: suspend, pause or kick (the AST)
+        # 2. checks that leave the loop: suspend, pause or kick (the AST), or a visit
         if c[C.REQ] != 0:
-            counters[S.VMEXIT_ASTPENDING] += 1
+            if c[C.REQ] & np.uint64(C.REQ_STOP):
+                counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
         # 3. pmap activate: a stale eptgen on this host CPU means one INVEPT
         pmap_activate(c)

@@ -99,7 +99,7 @@ def state(app):
     fleet, config = app.extensions["webhyve.fleet"], app.config
     listing = lambda folder: sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     return ({s.name: "live" if s.vm.state in LIVE else s.vm.state for s in fleet.list()},
-            {t["name"]: t["value"] for t in fleet.hv.tunables.describe()},
+            {t["name"]: t["value"] for t in fleet.host.tunables()},
             listing(config["RECORDINGS_DIR"]), listing(config["SNAPSHOTS_DIR"]))
 
 

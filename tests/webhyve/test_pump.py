@@ -25,9 +25,11 @@ class Inbox:
 
 
 def make_pump(history=1 << 20):
-    vm = types.SimpleNamespace(name="t", console=Console(history=history))
+    console = Console(history=history)
+    vm = types.SimpleNamespace(name="t", console_reader=lambda position=None:         # as engine/door's VmView
+                               console.reader() if position is None else console.reader_at(position))
     inbox = Inbox()
-    return vm.console, OutputPump(vm, inbox, interval=0.005), inbox
+    return console, OutputPump(vm, inbox, interval=0.005), inbox
 
 
 def test_slow_viewer_is_held_back_then_caught_up_without_loss():

@@ -84,11 +84,11 @@ def _pages(vm):
     """(gpa pages, leaf bits, data) of every populated guest page, read through the EPT."""
     mem64, mem8 = vm.hypervisor.memory.view(np.uint64), vm.hypervisor.memory
     gpas, bits, chunks = [], [], []
-    root = int(vm.pmap.st[EPT.S_ROOT])
+    st = vm.pmap.st
     for seg in vm.segments:
         gpa = seg.gpa
         while gpa < seg.gpa + seg.size:
-            level, ea, e, rwx = EPT.walk(mem64, root, gpa, False)
+            level, ea, e, rwx = EPT.walk(mem64, st, gpa, False)
             if level == 2:
                 for i in range(512):
                     gpas.append(gpa + i * EPT.PAGE)
@@ -349,7 +349,7 @@ def _promote_full_regions(vm):
     mem64 = vm.hypervisor.memory.view(np.uint64)
     for seg in vm.segments:
         for region in range(seg.gpa, seg.gpa + seg.size, EPT.SUPERPAGE):
-            level, ea, e, rwx = EPT.walk(mem64, vm.pmap.st[EPT.S_ROOT], region, False)
+            level, ea, e, rwx = EPT.walk(mem64, vm.pmap.st, region, False)
             if level in (1, -1):
                 _promote_at(vm, region)
 
@@ -364,7 +364,7 @@ def _promote_at(vm, region):
             return
         table = e & EPT.ADDR
     pde = table + ((region >> 21) & 0x1FF) * 8
-    EPT.promote(mem64, vm.pmap.st, vm.pmap.host_pool, np.uint64(pde))
+    EPT.promote(mem64, vm.pmap.st, vm.pmap.host_pool, np.uint64(pde), np.uint64(region))
 
 
 def load_device_state(vm, state):

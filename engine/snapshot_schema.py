@@ -210,7 +210,8 @@ MANIFEST = record({
                      "bytes": integer(0, MAX_IMAGE)}),
     "memory": record({"pages": integer(0, MAX_MEM_MB << 8)}),
     "tlb_entries": integer(0, MAX_TLB_ROWS),
-    "ept": record({"flags": bits(EPT.F_HW_AD | EPT.F_SUPERPAGES | EPT.F_EXEC_ONLY), "eptp": integer(0, U64),
+    "ept": record({"flags": bits(EPT.F_HW_AD | EPT.F_SUPERPAGES | EPT.F_EXEC_ONLY | EPT.F_XO_OK | EPT.F_EPT_1G
+                           | EPT.F_PAGE1GB), "eptp": integer(0, U64),
                    "counters": record({"promotions": COUNT, "demotions": COUNT, "first_touch": COUNT,
                                        "ad_faults": COUNT})}),
     "tunables": tunable_values,

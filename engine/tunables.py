@@ -40,6 +40,11 @@ class Tunable:
 
 
 AUTO = -1                 # "let the CPU decide", for the tunables whose bhyve default is computed at boot
+# The most vCPUs a VM can have, whatever hw.vmm.maxcpu says (bhyve's VM_MAXCPU; hw.vmm.maxcpu is clamped to
+# it). The modeled local APIC is an xAPIC: its ID is 8 bits (APIC ID register bits 31:24, CPUID.1:EBX[31:24],
+# an ICR's physical destination) and 0xFF is the broadcast destination, so IDs 0-254 name 255 vCPUs; a 256th
+# could not be sent an IPI or told apart at all. Going further needs x2APIC (32-bit IDs), not modeled.
+VM_MAXCPU = 255
 
 
 def _bool(name, default, description, boot_only, owner, aliases=()):
@@ -50,7 +55,8 @@ TABLE = (
     _bool("hw.vmm.halt_detection", 1, "Halt VM if all vcpus execute HLT with interrupts disabled", True, "vm.py"),
     _bool("hw.vmm.trace_guest_exceptions", 0, "Map all guest exceptions into the exception bitmap", True, "vmx/vmx.py"),
     _bool("hw.vmm.topology.cpuid_leaf_b", 1, "Provide topology information via CPUID leaf 0xB", True, "cpu/cpuid.py"),
-    Tunable("hw.vmm.maxcpu", "int", 16, "Maximum number of vCPUs", True, 1, 64, owner="vm.py"),
+    Tunable("hw.vmm.maxcpu", "int", 16, "Maximum number of vCPUs (at most %d: the xAPIC's 8-bit IDs)" % VM_MAXCPU,
+            True, 1, VM_MAXCPU, owner="vm.py"),
     _bool("hw.vmm.ept.use_superpages", 1, "Use superpages with EPT", True, "mmu/ept.py"),
     _bool("hw.vmm.ept.use_hw_ad_bits", 1, "Use hardware access/dirty bits with EPT", True, "mmu/ept.py"),
     _bool("hw.vmm.ept.use_exec_only", 1, "Use execute-only mappings with EPT", True, "mmu/ept.py"),

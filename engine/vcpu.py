@@ -440,6 +440,10 @@ class Vcpu:
         if status == EPT.OVER_CAP:
             cap = int(self.vm.pmap.st[EPT.S_CAP]) * EPT.PAGE >> 20
             self.suspend("ept_violation", "guest memory cap of %d MiB reached backing a new page: %s" % (cap, where))
+        elif status == EPT.MISCONFIG:
+            chain = "; ".join("L%d %#x: %s" % (s["level"], s["entry"], s["flags"]) for s in self.vm.gpa_pmap(gpa))
+            self.suspend("error", "EPT misconfiguration (exit 49) translating guest-physical %#x (rip %#x): %s"
+                         % (gpa, int(self.ctx[C.RIP]), chain))
         elif status == EPT.DENIED:
             allowed = "".join(c for c, k in (("r", "readable"), ("w", "writable"), ("x", "executable")) if q[k])
             self.suspend("ept_violation", "guest %s access denied by EPT (entry allows %r): %s"
@@ -731,7 +735,7 @@ class Vcpu:
         """guest-linear → guest-physical → host-physical with each entry on the way (a view: no side effects),
         through the paging registers of one visit."""
         cr0, cr3, cr4, efer, cpl = self.visit(Vcpu.paging_registers)
-        return explain.translate(self.vm.hypervisor.memory.view(np.uint64), int(self.vm.pmap.st[EPT.S_ROOT]),
+        return explain.translate(self.vm.hypervisor.memory.view(np.uint64), self.vm.pmap.st,
                                  cr0, cr3, cr4, efer, cpl, linear, access)
 
     def exit_log(self):

@@ -14,12 +14,14 @@ from .devices import bios as bios_mod
 from .devices.console import Console
 from .devices.debugcon import DebugCon
 from .devices.uart_ns16550 import Uart16550
-from .devices.vga_text import VgaText
+from .devices.vga_text import CRTC_INDEX, VgaText
 from .errors import ConfigError, ImageError, StateError
+from .tunables import VM_MAXCPU
 from .mmu import ept as EPT
 from .mmu.pmap import GuestPmap
 from .io import vlapic
 from .io.hosttimer import HostTimer
+from .io.portbus import OWNER_POST, PortBus
 from .io.vpic import Vpic
 from .io.vpit import Vpit
 from .io.sync import full_fence
@@ -79,9 +81,7 @@ class VM:
     def __init__(self, hypervisor, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT, mem_cap_mb=None):
         self.hypervisor, self.name = hypervisor, name
         self.profile = profiles.get(profile)
-        maxcpu = hypervisor.tunables.get("hw.vmm.maxcpu")
-        if not 1 <= cpus <= maxcpu:
-            raise ConfigError("VM %r: %d vCPUs requested; hw.vmm.maxcpu allows 1 to %d" % (name, cpus, maxcpu))
+        self._check_cpus(name, cpus, hypervisor.tunables.get("hw.vmm.maxcpu"))
         if mem_mb < 1:
             raise ConfigError("VM %r: memory must be at least 1 MiB, not %s MiB" % (name, mem_mb))
         self.mem_size = mem_mb * MiB
@@ -96,7 +96,7 @@ class VM:
         self.segments = [MemorySegment("lowmem", 0, self.mem_size, hpa)]
         try:
             self.pmap = GuestPmap(hypervisor, "VM %r" % name, self.segments, self._ept_flags(),
-                                  (mem_cap_mb or mem_mb) * MiB // EPT.PAGE)
+                                  (mem_cap_mb or mem_mb) * MiB // EPT.PAGE, self.profile)
         except Exception:
             hypervisor.allocator.free(hpa)
             raise
@@ -115,6 +115,18 @@ class VM:
         self.vcpu_table = vlapic.connect(self.vcpus)
         self.host_timer = HostTimer(self)
         self._attach_interrupt_controllers()
+
+    @staticmethod
+    def _check_cpus(name, cpus, maxcpu):
+        """vm_create's vCPU count check: at least one, at most hw.vmm.maxcpu, never beyond VM_MAXCPU."""
+        if cpus < 1:
+            raise ConfigError("VM %r: %d vCPUs requested; a VM needs at least 1" % (name, cpus))
+        if cpus > VM_MAXCPU:
+            raise ConfigError("VM %r: %d vCPUs requested; webhyve models at most %d (xAPIC IDs are 8 bits and 0xFF "
+                              "is the broadcast address)" % (name, cpus, VM_MAXCPU))
+        if cpus > maxcpu:
+            raise ConfigError("VM %r: %d vCPUs requested; hw.vmm.maxcpu allows 1 to %d (it can be raised to %d)"
+                              % (name, cpus, maxcpu, VM_MAXCPU))
 
     def _ept_flags(self):
         """ept_init: what the CPU offers, as far as the hw.vmm.ept.* tunables allow."""
@@ -135,41 +147,30 @@ class VM:
         self.debugcon = DebugCon(self.debug_console)
         self.vga = VgaText(self.memory_access)
         self.bios = None
-        self.portmap = np.zeros(65536, np.uint8)
-        self.ports = {}
-        for base, device in ((COM1, self.com1), (COM2, self.com2)):
-            for offset in range(8):
-                self.ports[base + offset] = (device.read, device.write, offset)
-        self.ports[DEBUGCON] = (self.debugcon.read, self.debugcon.write, 0)
-        for port in (0x3D4, 0x3D5):
-            self.ports[port] = (lambda offset, p=port: self.vga.port_read(p),
-                                lambda offset, value, p=port: self.vga.port_write(p, value), 0)
-        for port in self.ports:
-            self.portmap[port] = C.PORT_USER
-        self.portmap[POST] = C.PORT_POST
+        self.io = PortBus()
+        self.portmap = self.io.portmap                     # the exit hooks' view of it (ctx slot PORTS)
+        for name, base, device in (("com1", COM1, self.com1), ("com2", COM2, self.com2)):
+            self.io.attach(name, base, 8, device.read, device.write)
+        self.io.attach("debugcon", DEBUGCON, 1, self.debugcon.read, self.debugcon.write)
+        self.io.attach("vga crtc", CRTC_INDEX, 2, lambda offset: self.vga.port_read(CRTC_INDEX + offset),
+                       lambda offset, value: self.vga.port_write(CRTC_INDEX + offset, value))
+        self.io.attach_kernel("post", POST, 1, OWNER_POST)
         self.port_callback = HOST_CALLBACK(self._port_exit)
 
     def _port_exit(self, vcpu_id, how, value, _):
-        """VM_EXITCODE_INOUT handled in userspace: byte-wide devices see each byte of a wider access."""
+        """VM_EXITCODE_INOUT handled in userspace: one piece of an access, as the port bus cut it."""
         port, size, is_in = how & 0xFFFF, (how >> 16) & 0xFF, bool(how >> 24 & 1)
         try:
-            result = 0
-            for i in range(size):
-                read, write, offset = self.ports[(port + i) & 0xFFFF]
-                if is_in:
-                    result |= read(offset) << (8 * i)
-                else:
-                    write(offset, (value >> (8 * i)) & 0xFF)
-            return result
+            return self.io.dispatch(port, size, is_in, value)
         except Exception as problem:           # a device bug must not take the process down
             self._device_failed(vcpu_id, port, problem)
-            return 0
+            return (1 << 8 * size) - 1 if is_in else 0
 
     def _device_failed(self, vcpu_id, port, problem):
         vcpu = self.vcpus[vcpu_id]
         vcpu.ctx[C.EXIT] = C.X_USER_STOP
         kick.kick(vcpu.ctx)                     # from inside the port hook: leave at the next block boundary
-        self._set_suspended("error", "device at port %#x failed: %s" % (port, problem))
+        self._set_suspended("error", "device %s at port %#x failed: %r" % (self.io.device_at(port), port, problem))
 
     # -- memory ---------------------------------------------------------------------------------------
     def gpa_to_hpa(self, gpa):
@@ -418,14 +419,10 @@ class VM:
         self.pic = Vpic(self._extint_changed)
         self.pit = Vpit(lambda: self.pic.pulse(0))
         self.host_timer.devices.append(self.pit)
-        for chip, base in ((0, 0x20), (1, 0xA0)):
-            for offset in (0, 1):
-                self.ports[base + offset] = (lambda off, c=chip: self.pic.port_read(c, off),
-                                             lambda off, value, c=chip: self.pic.port_write(c, off, value), offset)
-        for offset in range(4):
-            self.ports[0x40 + offset] = (self.pit.read, self._pit_write, offset)
-        for port in list(range(0x20, 0x22)) + list(range(0xA0, 0xA2)) + list(range(0x40, 0x44)):
-            self.portmap[port] = C.PORT_USER
+        for name, chip, base in (("8259 master", 0, 0x20), ("8259 slave", 1, 0xA0)):
+            self.io.attach(name, base, 2, lambda offset, c=chip: self.pic.port_read(c, offset),
+                           lambda offset, value, c=chip: self.pic.port_write(c, offset, value))
+        self.io.attach("8254", 0x40, 4, self.pit.read, self._pit_write)
         self.com1.on_irq_change(lambda level: self.pic.set_irq(4, level))
         self.com2.on_irq_change(lambda level: self.pic.set_irq(3, level))
 

@@ -52,6 +52,7 @@ def config_from_env():
 
 def create_app(config=None):
     app = Flask(__name__, static_folder=os.path.join(ROOT, "static"), template_folder=os.path.join(ROOT, "templates"))
+    app.url_map.merge_slashes = False     # a name that is "/" is a bad name (4xx), not a 308 to another route
     app.config.from_mapping(DEFAULTS)
     app.config.update(config_from_env() if config is None else config)
     announce = not app.config["CONTROL_TOKEN"]

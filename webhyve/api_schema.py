@@ -21,7 +21,7 @@ VM = Name("VM name")
 SNAPSHOT = Name("snapshot name")
 WORD = Text(1, 64)               # a path segment the view looks up and answers 404 for when unknown
 VM_CONFIG = dict(name=VM, kind=Text(choices=KINDS, default=None, nullable=True),
-                 mem_mb=Int(1, MAX_MEM_MB, default=64), cpus=Int(1, 64, default=1),
+                 mem_mb=Int(1, MAX_MEM_MB, default=64), cpus=Int(1, 1 << 16, default=1),       # the engine judges the upper bound and says why (VM_MAXCPU)
                  profile=Text(choices=PROFILES, default=DEFAULT_PROFILE),
                  cmdline=Text(0, 4096, default=""), start=Bool(default=True))
 

@@ -30,6 +30,15 @@ MSR_NAMES = {
     0xC0000102: "IA32_KERNEL_GS_BASE", 0xC0000103: "IA32_TSC_AUX",
 }
 
+# CPUID.80000008H:EAX: linear-address width 48 in bits 15:8, MAXPHYADDR in bits 7:0. The walks enforce the
+# same number (mmu/pmap.py reads it back through CpuProfile.maxphyaddr): an i7-4770 or i7-6700 has 39 bits,
+# a Xeon Gold 6230 46.
+def _address_sizes(maxphyaddr):
+    return (48 << 8 | maxphyaddr, 0, 0, 0)
+
+
+CPUID_80000001_EDX_PAGE1GB = 1 << 26     # 1-GByte pages in 4-level paging (SDM 4.1.4)
+
 _HASWELL_CPUID = {
     (0x0, ANY): (0xD, 0x756E6547, 0x6C65746E, 0x49656E69),               # "GenuineIntel"
     (0x1, ANY): (0x306C4, 0x800, 0xCED82203 | 1 << 31, 0x78BFBFD),       # + hypervisor present
@@ -40,8 +49,10 @@ _HASWELL_CPUID = {
     (0xD, 0): (0x7, 0x240, 0x340, 0x0),
     (0x40000000, ANY): (0x40000000, 0x76796862, 0x68622065, 0x20657679),   # "bhyve bhyve "
     (0x80000000, ANY): (0x80000008, 0, 0, 0),
-    (0x80000001, ANY): (0x306C4, 0x0, 0x21, 0x28100800),
-    (0x80000008, ANY): (0x3028, 0, 0, 0),
+    # Unicorn's Haswell lacks Page1GB; the walk that translates for it here (mmu/walk.py) has 1 GiB pages,
+    # as a real i7-4770 does
+    (0x80000001, ANY): (0x306C4, 0x0, 0x21, 0x28100800 | CPUID_80000001_EDX_PAGE1GB),
+    (0x80000008, ANY): _address_sizes(39),
 }
 
 _COMMON_MSRS = {
@@ -81,6 +92,16 @@ class CpuProfile:
         return np.array(rows, np.uint64).reshape(-1, 6)
 
     @property
+    def maxphyaddr(self):
+        """The physical-address width: CPUID.80000008H:EAX[7:0], which the guest and EPT walks enforce."""
+        return self.cpuid[(0x80000008, ANY)][0] & 0xFF
+
+    @property
+    def page1gb(self):
+        """CPUID.80000001H:EDX[26]: a PDPTE may map a 1-GByte page (else its PS bit is reserved)."""
+        return bool(self.cpuid.get((0x80000001, ANY), (0, 0, 0, 0))[3] & CPUID_80000001_EDX_PAGE1GB)
+
+    @property
     def has_flush_cmd(self):
         """CPUID.7.0:EDX[28]: the L1D can be flushed with IA32_FLUSH_CMD."""
         return bool(self.cpuid.get((0x7, 0), (0, 0, 0, 0))[3] & CPUID7_EDX_L1D_FLUSH)
@@ -110,10 +131,12 @@ ARCH_CAP_SKIP_L1DFL_VMENTRY = 1 << 3  # the hypervisor need not flush the L1D on
 FLUSH_CMD_L1D = 1                     # IA32_FLUSH_CMD bit 0
 
 
-def _variant(family_model, edx7, brand, arch_caps=None, tlb=(128, 12)):
-    """Haswell's leaves (what Unicorn executes) with another signature, leaf-7 EDX and brand; the same EPT
-    and VPID capabilities; `tlb` is the second-level TLB's (sets, ways) (Skylake's: 1536 entries, 12-way)."""
+def _variant(family_model, edx7, brand, arch_caps=None, tlb=(128, 12), maxphyaddr=39):
+    """Haswell's leaves (what Unicorn executes) with another signature, leaf-7 EDX, brand and physical-address
+    width; the same EPT and VPID capabilities; `tlb` is the second-level TLB's (sets, ways) (Skylake's: 1536
+    entries, 12-way)."""
     cpuid = dict(_HASWELL_CPUID)
+    cpuid[(0x80000008, ANY)] = _address_sizes(maxphyaddr)
     eax, ebx, ecx, edx = cpuid[(0x1, ANY)]
     cpuid[(0x1, ANY)] = (family_model, ebx, ecx, edx)
     a, b, c, _ = cpuid[(0x7, 0)]
@@ -144,7 +167,7 @@ PROFILES = {
         "not L1TF-vulnerable, no flush needed",
         *_variant(0x50657, CPUID7_EDX_L1D_FLUSH | CPUID7_EDX_ARCH_CAPABILITIES,
                   "webhyve modeled Intel(R) Xeon(R) Gold 6230 (Cascade Lake)",
-                  arch_caps=ARCH_CAP_RDCL_NO | ARCH_CAP_IBRS_ALL | ARCH_CAP_SKIP_L1DFL_VMENTRY)),
+                  arch_caps=ARCH_CAP_RDCL_NO | ARCH_CAP_IBRS_ALL | ARCH_CAP_SKIP_L1DFL_VMENTRY, maxphyaddr=46)),
 }
 DEFAULT = "haswell"
 

@@ -11,7 +11,6 @@ import threading
 import capstone
 import numpy as np
 
-from ..mmu import ept as EPT
 from ..mmu import explain
 from ..mmu import walk as W
 
@@ -40,8 +39,7 @@ def pc(regs):
 
 def translate(vm, regs, linear, access=W.ACCESS_READ):
     """mmu/explain.py's walk of `linear` under the visit's paging registers."""
-    return explain.translate(vm.hypervisor.memory.view(np.uint64), int(vm.pmap.st[EPT.S_ROOT]), *paging(regs),
-                             linear, access)
+    return explain.translate(vm.hypervisor.memory.view(np.uint64), vm.pmap.st, *paging(regs), linear, access)
 
 
 def read_linear(vm, regs, linear, size):

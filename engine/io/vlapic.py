@@ -330,33 +330,46 @@ def timer_check(c, now):
 
 # -- IPIs (SDM §10.6) ---------------------------------------------------------------------------------
 @njit(**NUMBA)
-def ipi_targets(icr_lo, icr_hi, self_index, ids, ldrs, dfrs, n):
-    """Bitmask of the vCPUs an ICR write addresses: shorthand, or physical / logical (flat, cluster)."""
+def ipi_targets(icr_lo, icr_hi, self_index, ids, ldrs, dfrs, n, hits):
+    """The vCPUs an ICR write addresses, as a flag per vCPU in `hits` (uint8[n], cleared here); returns how
+    many. Shorthand, physical, or logical flat / cluster (vlapic_calcdest). A flag array, not a bitmask, so
+    any vCPU count works: `1 << 64` is undefined in numba's int64 and uint64 alike."""
+    n = min(np.int64(n), np.int64(len(hits)))
+    hits[:n] = 0
     shorthand = (icr_lo >> 18) & 3
-    everyone = (np.int64(1) << n) - 1
-    me = np.int64(1) << self_index
     if shorthand == SH_SELF:
-        return me
-    if shorthand == SH_ALL:
-        return everyone
-    if shorthand == SH_OTHERS:
-        return everyone & ~me
+        if not 0 <= self_index < n:
+            return np.int64(0)
+        hits[self_index] = 1
+        return np.int64(1)
+    if shorthand == SH_ALL or shorthand == SH_OTHERS:
+        hits[:n] = 1
+        if shorthand == SH_ALL or not 0 <= self_index < n:
+            return n
+        hits[self_index] = 0
+        return n - 1
     dest = (icr_hi >> 24) & 0xFF
-    mask = np.int64(0)
+    count = np.int64(0)
     for i in range(n):
-        if icr_lo & DEST_LOGICAL:
+        if dest == 0xFF:                                       # broadcast, physical or logical
+            hit = True
+        elif icr_lo & DEST_LOGICAL:
             logical = (ldrs[i] >> 24) & 0xFF
-            if (dfrs[i] >> 28) & 0xF == 0xF:                   # flat model
+            model = (dfrs[i] >> 28) & 0xF
+            if model == 0xF:                                   # flat: a bit per APIC
                 hit = (logical & dest) != 0
-            else:                                              # cluster model
+            elif model == 0:                                   # cluster: 4-bit cluster, a bit per APIC in it
                 hit = (logical >> 4) == (dest >> 4) and (logical & dest & 0xF) != 0
+            else:                                              # a model the SDM does not define: not addressed
+                hit = False
         else:
-            hit = dest == 0xFF or ((ids[i] >> 24) & 0xFF) == dest
+            hit = ((ids[i] >> 24) & 0xFF) == dest
         if hit:
-            mask |= np.int64(1) << i
-    if (icr_lo >> 8) & 7 == DM_LOWPRI and mask != 0:           # lowest priority: the first match
-        mask &= -mask
-    return mask
+            hits[i] = 1
+            count += 1
+            if (icr_lo >> 8) & 7 == DM_LOWPRI:                 # lowest priority: the first match
+                break
+    return count
 
 
 @njit(**NUMBA)
@@ -371,12 +384,13 @@ def send_ipi(c, icr_lo):
         regs = page_of(other)
         ids[i], ldrs[i], dfrs[i] = regs[ID >> 2], regs[LDR >> 2], regs[DFR >> 2]
     regs = page_of(c)
-    targets = ipi_targets(np.int64(icr_lo), np.int64(regs[ICR_HI >> 2]), np.int64(c[C.VCPUID]), ids, ldrs, dfrs, n)
+    hits = np.zeros(n, np.uint8)
+    ipi_targets(np.int64(icr_lo), np.int64(regs[ICR_HI >> 2]), np.int64(c[C.VCPUID]), ids, ldrs, dfrs, n, hits)
     mode, vector = (icr_lo >> 8) & 7, icr_lo & 0xFF
     counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
     params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
     for i in range(n):
-        if not targets >> i & 1:
+        if hits[i] == 0:
             continue
         other = carray(u64_ptr(vcpus[i]), C.SIZE)
         counters[S.VLAPIC_IPI_SEND] += 1

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 
 from ..errors import ConfigError, EngineError
+from ..io.sync import SCHED_YIELD
 from . import ept as E
 from . import explain
 
@@ -24,9 +25,10 @@ class MemoryCapError(EngineError):
 
 
 class GuestPmap:
-    """Legend: `st` and the tables are shared with the vCPU kernels; host-side changes take `lock`."""
+    """Legend: `st` and the tables are shared with the vCPU kernels, which change entries atomically and
+    take st[S_LOCK] for promotions; host-side callers also take `lock` among themselves."""
 
-    def __init__(self, hypervisor, owner, segments, flags, cap_pages):
+    def __init__(self, hypervisor, owner, segments, flags, cap_pages, profile):
         self.hv, self.owner = hypervisor, owner
         self.mem64 = hypervisor.memory.view(np.uint64)
         self.segments = segments
@@ -34,21 +36,38 @@ class GuestPmap:
         self.lock = threading.RLock()
         self.chunks = []
         self.st = np.zeros(E.S_SIZE, np.uint64)
-        self.st[E.S_FLAGS] = flags
+        self.st[E.S_FLAGS] = flags | cpu_facts(profile)
         self.st[E.S_CAP] = cap_pages
+        self.st[E.S_PHYS] = profile.maxphyaddr
+        self.st[E.S_YIELD] = SCHED_YIELD
+        self._save_tables_per_region(max(s.gpa + s.size for s in segments))
         self.host_pool = self.new_pool()
         root = self._pop_host_page()
         self.st[E.S_ROOT] = root
         self.eptp = E.eptp(root, flags & E.F_HW_AD)
 
+    def _save_tables_per_region(self, top):
+        """The slots where a promotion keeps a region's page table (pmap_insert_pt_page), in host memory."""
+        regions = -(-top // E.SUPERPAGE)
+        size = -(-regions * 8 // E.PAGE) * E.PAGE
+        start = self.hv.allocator.allocate(size, "saved EPT tables of %s" % self.owner)
+        self.chunks.append(start)
+        self.hv.memory[start:start + size] = 0
+        self.st[E.S_PTP], self.st[E.S_NPTP] = start, regions
+
     # -- pools of page-table pages ------------------------------------------------------------------
     def new_pool(self):
-        pool = np.zeros(1 + POOL_CAP, np.uint64)
+        """A pool with room for POOL_CAP more pages than refills put in: a vCPU gets back pages that other
+        vCPUs built (the loser of a race returns its own; a promotion may return another's)."""
+        pool = np.zeros(1 + 2 * POOL_CAP, np.uint64)
         self.refill(pool)
         return pool
 
     def refill(self, pool):
-        """Top a pool up with REFILL fresh pages from the host allocator."""
+        """Top a pool up with REFILL fresh pages from the host allocator (a pool holding POOL_CAP or more,
+        pages given back included, is left as it is)."""
+        if int(pool[0]) >= POOL_CAP:
+            return
         start = self.hv.allocator.allocate(REFILL * E.PAGE, "EPT tables of %s" % self.owner)
         with self.lock:
             self.chunks.append(start)
@@ -75,27 +94,28 @@ class GuestPmap:
         """vm_gpa_hold: the host-physical address of a guest-physical byte, backing its page if needed."""
         with self.lock:
             for _ in range(3):
-                level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
-                if level > 0 or (level == -1 and e & E.EMUL_V):
-                    if level < 0:
-                        level = 1
-                    return int(E.leaf_hpa(level, e, gpa))
+                hpa = self.lookup(gpa)
+                if hpa is not None:
+                    return hpa
                 result = E.populate(self.mem64, self.st, self.host_pool, self.segtab, len(self.segments), gpa, -1)
                 if result == E.NO_POOL:
                     self.refill(self.host_pool)
                 elif result == E.NOT_MEMORY:
                     raise ConfigError("guest-physical %#x is outside %s's memory" % (gpa, self.owner))
+                elif result == E.MISCONFIG:
+                    raise EngineError("%s: the EPT entries for guest-physical %#x are misconfigured (%s)"
+                                      % (self.owner, gpa, "; ".join(s["flags"] for s in self.chain(gpa))))
                 elif result == E.OVER_CAP:
                     raise MemoryCapError("%s: guest-physical %#x needs a page beyond the memory cap of %d MiB"
                                          % (self.owner, gpa, int(self.st[E.S_CAP]) * E.PAGE // MiB))
         raise EngineError("%s: guest-physical %#x could not be backed" % (self.owner, gpa))
 
     def lookup(self, gpa):
-        """The host-physical address mapped at `gpa` now, or None (nothing is backed by looking)."""
-        level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
-        if level > 0 or (level == -1 and e & E.EMUL_V):
-            return int(E.leaf_hpa(max(level, 1), e, gpa))
-        return None
+        """The host-physical address mapped at `gpa` now, whatever the guest may do with it, or None
+        (nothing is backed by looking)."""
+        level, ea, e, rwx = E.walk(self.mem64, self.st, gpa, False)
+        leaf = E.mapped_level(level, e)
+        return int(E.leaf_hpa(leaf, e, gpa)) if leaf > 0 else None
 
     # -- changing mappings (the caller invalidates) -------------------------------------------------
     def _pooled(self, kernel, *args):
@@ -111,7 +131,7 @@ class GuestPmap:
             raise ConfigError("execute-only mappings need a CPU with EPT execute-only support and "
                               "hw.vmm.ept.use_exec_only=1")
         if rwx & E.EPT_W and not rwx & E.EPT_R:
-            raise ConfigError("write without read is an EPT misconfiguration (SDM 28.3.3.1)")
+            raise ConfigError("write without read is an EPT misconfiguration (SDM 29.3.3.1)")
         return self._pooled(E.change, gpa, size, rwx, False)
 
     def unmap(self, gpa, size):
@@ -123,17 +143,13 @@ class GuestPmap:
             raise ConfigError("a page holds %d bytes, not %d" % (E.PAGE, len(data)))
         with self.lock:
             self.hold(gpa)
-            level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
-            if level == 2:                            # the superpage is no longer contiguous: demote it
-                while not E.demote(self.mem64, self.st, self.host_pool, ea):
-                    self.refill(self.host_pool)
-                level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], gpa, False)
             page = self.hv.allocator.allocate(E.PAGE, "page moved from %s gpa %#x" % (self.owner, gpa))
             self.chunks.append(page)
             mem = self.hv.memory
             mem[page:page + E.PAGE] = 0
             mem[page:page + len(data)] = np.frombuffer(bytes(data), np.uint8)
-            self.mem64[int(ea) >> 3] = np.uint64(page) | (e & ~np.uint64(E.ADDR))
+            while E.remap(self.mem64, self.st, self.host_pool, gpa, page) < 0:   # a superpage is demoted first
+                self.refill(self.host_pool)
             return page
 
     def dirty_log(self, clear):
@@ -151,7 +167,7 @@ class GuestPmap:
     # -- views ----------------------------------------------------------------------------------------
     def chain(self, gpa):
         """The EPT entries translating `gpa`, PML4 first (bhyvectl --get-gpa-pmap)."""
-        steps, hpa, rwx = explain.ept_walk(self.mem64, int(self.st[E.S_ROOT]), gpa)
+        steps, hpa, rwx, fault = explain.ept_walk(self.mem64, self.st, gpa)
         return [{"level": s["level"], "entry_hpa": s["entry_hpa"], "entry": s["entry"],
                  "flags": describe(s["entry"], s["level"])} for s in steps]
 
@@ -161,7 +177,8 @@ class GuestPmap:
         for s in self.segments:
             pages = supers = 0
             for region in range(s.gpa, s.gpa + s.size, E.SUPERPAGE):
-                level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], region, False)
+                level, ea, e, rwx = E.walk(self.mem64, self.st, region, False)
+                level = E.mapped_level(level, e) or level
                 if level == 2:
                     supers += 1
                     pages += 512
@@ -174,12 +191,12 @@ class GuestPmap:
         return out
 
     def _resident_in_table(self, region):
-        level, ea, e, rwx = E.walk(self.mem64, self.st[E.S_ROOT], region, False)
+        level, ea, e, rwx = E.walk(self.mem64, self.st, region, False)
         if level != 1 and level != -1:
             return 0
         table = (int(ea) & ~0xFFF)
         leaves = self.mem64[table >> 3:(table >> 3) + 512]
-        return int(np.count_nonzero((leaves & np.uint64(E.EPT_RWX)) | (leaves & np.uint64(E.EMUL_V))))
+        return int(np.count_nonzero(leaves & np.uint64(E.EPT_RWX | E.EMUL_V | E.ADDR)))
 
     def stats(self):
         st = self.st
@@ -189,12 +206,22 @@ class GuestPmap:
                 "ad_faults": int(st[E.S_AD_FAULTS]), "eptgen": int(st[E.S_GEN]), "eptp": self.eptp}
 
 
+def cpu_facts(profile):
+    """What the modeled CPU's EPT and paging architecturally allow (F_* bits the walks check)."""
+    cap = profile.facts.get("ept_vpid_cap", 0)
+    if not 32 <= profile.maxphyaddr <= 52:
+        raise ConfigError("CPU profile %s: MAXPHYADDR %d is outside 32..52 (CPUID.80000008H:EAX[7:0])"
+                          % (profile.name, profile.maxphyaddr))
+    return ((E.F_XO_OK if cap & E.CAP_EXEC_ONLY else 0) | (E.F_EPT_1G if cap & E.CAP_PDPTE_1G else 0)
+            | (E.F_PAGE1GB if profile.page1gb else 0))
+
+
 def describe(e, level):
     """An EPT entry's bits as text: 'RWX WB IPAT PS A D' and the software bits."""
-    if not e & (E.EPT_RWX | E.EMUL_V):
-        return "not present"
-    bits = "".join(c if e & b else "-" for c, b in (("R", E.EPT_R), ("W", E.EPT_W), ("X", E.EPT_X)))
     leaf = level == 1 or e & E.EPT_PS
+    if not e & (E.EPT_RWX | E.EMUL_V) and not (leaf and e & E.ADDR and not e & E.BUSY):
+        return "filling" if e & E.BUSY else "not present"
+    bits = "".join(c if e & b else "-" for c, b in (("R", E.EPT_R), ("W", E.EPT_W), ("X", E.EPT_X)))
     words = [bits]
     if leaf:
         words.append({6: "WB", 0: "UC", 1: "WC", 4: "WT", 5: "WP"}.get((e >> 3) & 7, "MT%d" % ((e >> 3) & 7)))

@@ -13,12 +13,13 @@ from unicorn import x86_const as X
 from .. import stats as S
 from .. import tunables as T
 from ..cpu import l1d
+from ..io import portbus
 from ..cpu.profiles import (ANY, FLUSH_CMD_L1D, MSR_FLUSH_CMD, MSR_NATIVE, MSR_READONLY, MSR_VALUE,
                             MSR_WRITEONLY)
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
-from ..native import (FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, NFN, NUMBA, call_host, call_reg, call_uc,
+from ..native import (FN_EMU_STOP, FN_REG_READ, FN_REG_WRITE, NFN, NUMBA, call_reg, call_uc,
                       u64_ptr, u8_ptr)
 from . import ctx as C
 from . import exits as E
@@ -76,7 +77,7 @@ def gpa_to_hpa(c, gpa):
     """The host address behind a guest-physical byte as the host sees it (no side effects), or -1."""
     mem8, mem64, mem32, segs = views(c)
     st, pool = ept_views(c)
-    level, ea, e, rwx = EPT.walk(mem64, st[EPT.S_ROOT], gpa, False)
+    level, ea, e, rwx = EPT.walk(mem64, st, gpa, False)
     if level > 0:
         return np.int64(EPT.leaf_hpa(level, e, gpa))
     if c[C.APIC_PAGE] != 0 and np.uint64(gpa) & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):
@@ -322,7 +323,7 @@ def cpuid_hook(uc, ud):
 # -- IN/OUT (exit 30) ---------------------------------------------------------------------------------
 @njit(**INLINE)
 def io_exit(c, port, size, is_in, value):
-    """Record the exit with its qualification and dispatch it; returns the value an IN reads."""
+    """Record the exit with its qualification and dispatch it on the port bus; returns the value an IN reads."""
     rip, linear = pc_linear(c)
     hpa = code_to_hpa(c, linear)
     string = rep = imm = False
@@ -347,18 +348,7 @@ def io_exit(c, port, size, is_in, value):
     if not continuing:
         record_exit(c, E.INOUT, E.io_qualification(port, size, is_in, string, rep, imm), length, rip,
                     S.VMEXIT_INOUT)
-    ports = carray(u8_ptr(c[C.PORTS]), 65536)
-    kind = ports[port & 0xFFFF]
-    if kind == C.PORT_POST:
-        if not is_in:
-            c[C.POST] = value
-        return c[C.POST] if is_in else np.uint64(0)
-    if kind == C.PORT_USER:
-        counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
-        counters[S.VMEXIT_USERSPACE] += 1
-        how = port | (size << np.uint64(16)) | (np.uint64(1 if is_in else 0) << np.uint64(24))
-        return call_host(c[C.HOSTCB], c[C.VCPUID], how, value, np.uint64(0))
-    return np.uint64(0xFFFFFFFF) >> (np.uint64(32) - np.uint64(8) * size) if is_in else np.uint64(0)
+    return portbus.access(c, port, size, is_in, value)
 
 
 @cfunc(types.uint32(types.voidptr, types.uint32, types.int32, U64P), **NUMBA)

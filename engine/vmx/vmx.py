@@ -103,6 +103,10 @@ def exit_process(c, err):
     if c[C.LAPIC_STEP] != 0:                           # an APIC write the guest left after (io/vlapic.py mmio_write)
         intr.apic_write_exit(c)
     why = c[C.EXIT]
+    if why == C.X_EPT and c[C.FAULT_STATUS] == EPT.MISCONFIG:   # exit 49: no qualification (SDM 28.2.1)
+        record(c, E.EPT_MISCONFIG, 0, 0, S.VMEXIT_UNKNOWN)      # bhyve counts it as unknown
+        vmcs[V.GUEST_PHYSICAL_ADDRESS] = c[C.FAULT_GPA]
+        return EXITCODE_PAGING
     if why == C.X_EPT or why == C.X_EXEC or why == C.X_POOL:
         record(c, E.EPT_VIOLATION, c[C.FAULT_QUAL], 0, S.VMEXIT_NESTED_FAULT)
         vmcs[V.GUEST_PHYSICAL_ADDRESS] = c[C.FAULT_GPA]

@@ -82,6 +82,8 @@ def test_bad_images_and_memory_requests_are_refused(hv):
         vm.load(b"\x00" * 100, "short.img")
     with pytest.raises(ConfigError, match="cannot give"):
         hv.create_vm("huge", mem_mb=100000)
-    with pytest.raises(ConfigError, match="maxcpu"):
+    with pytest.raises(ConfigError, match="models at most"):
         hv.create_vm("many", cpus=1000)
+    with pytest.raises(ConfigError, match="hw.vmm.maxcpu allows"):
+        hv.create_vm("many", cpus=17)
     assert vm.state == "idle" and "huge" not in hv.vms

@@ -87,6 +87,18 @@ def test_upload_a_bad_image_is_refused_and_leaves_nothing(client, shell_vm):
     assert [v["name"] for v in client.get("/api/v1/vms").json["vms"]] == ["sh"]
 
 
+def test_too_many_vcpus_is_refused_with_the_engines_reason(client):
+    """cpus beyond VM_MAXCPU, or beyond hw.vmm.maxcpu: 400 with the engine's message, no VM created."""
+    from engine.tunables import VM_MAXCPU
+    response = client.post("/api/v1/vms", json={"name": "many", "guest": "shell", "cpus": VM_MAXCPU + 1})
+    assert response.status_code == 400
+    assert "%d vCPUs requested; webhyve models at most %d (xAPIC IDs are 8 bits" % (VM_MAXCPU + 1, VM_MAXCPU) \
+        in response.json["error"]
+    response = client.post("/api/v1/vms", json={"name": "many", "guest": "shell", "cpus": 17})
+    assert response.status_code == 400 and "hw.vmm.maxcpu allows 1 to 16" in response.json["error"]
+    assert client.get("/api/v1/vms").json["vms"] == []
+
+
 def test_upload_a_boot_sector(client):
     """A real boot sector uploaded as a file is detected, booted and writes through the BIOS."""
     import io

@@ -55,3 +55,12 @@ def test_names_against_the_rule_are_refused_before_reaching_the_server():
         assert result.exit_code == 2, (args, result.stderr)
         assert "ASCII letters, digits, '-' and '_', 1 to 64 characters" in result.stderr
         assert "cannot reach" not in result.stderr
+
+
+def test_too_many_vcpus_is_one_clear_line():
+    """More vCPUs than the engine models: its reason on one line, non-zero status, no VM run."""
+    from engine.tunables import VM_MAXCPU
+    done = vmmctl("run", SHELL, "--cpus", str(VM_MAXCPU + 1))
+    err = done.stderr.decode()
+    assert done.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "%d vCPUs requested; webhyve models at most %d (xAPIC IDs are 8 bits" % (VM_MAXCPU + 1, VM_MAXCPU) in err

@@ -270,3 +270,9 @@ def test_one_bad_field_at_an_event_is_a_400_naming_it(served, namespace, event, 
     sc.disconnect(namespace=namespace)
     assert answer["status"] == 400 and "field %r" % key in answer["error"], answer
     assert state(served) == before
+
+
+def test_a_slash_as_a_name_is_refused_not_redirected(served):
+    """Found by test_any_text_as_a_path_name: "/" quoted in a path became a 308 to another route."""
+    response = request(served, CONTROL, "GET", "/api/v1/vms/%2F/caches")
+    assert response.status_code == 404 and response.get_json()["error"]

@@ -264,6 +264,14 @@ def test_sysctl_read_write_and_refusal(env):
     assert "control token" in one_line_error(cli(viewer, "sysctl", "hw.vmm.halt_detection=0"))
 
 
+def test_create_with_too_many_vcpus_is_refused(env):
+    """--create --cpus beyond what the engine models: the engine's reason on one line; no VM."""
+    from engine.tunables import VM_MAXCPU
+    done = cli(env, "--vm=many", "--create", "--guest=shell", "--cpus=%d" % (VM_MAXCPU + 1))
+    assert "webhyve models at most %d (xAPIC IDs are 8 bits" % VM_MAXCPU in one_line_error(done)
+    assert "many" not in [v["name"] for v in rest(env, "GET", "/api/v1/vms").json()["vms"]]
+
+
 def test_screenshot_writes_a_png(env, tmp_path):
     path = tmp_path / "demo.png"
     assert cli(env, "screenshot", "demo", "-o", str(path)).exit_code == 0

@@ -39,6 +39,8 @@ def twin_pending(irr, isr, tpr):
 
 
 def twin_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs):
+    """SDM §10.6.2 as bhyve's vlapic_calcdest reads it: 0xFF broadcasts in either destination mode; a DFR
+    model other than flat (0xF) or cluster (0x0) addresses nothing; lowest priority takes the first match."""
     n = len(ids)
     shorthand = (icr_lo >> 18) & 3
     if shorthand == 1:
@@ -50,19 +52,32 @@ def twin_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs):
     dest = icr_hi >> 24
     hits = set()
     for i in range(n):
-        if icr_lo & (1 << 11):
-            logical = ldrs[i] >> 24
-            if dfrs[i] >> 28 == 0xF:
+        if dest == 0xFF:
+            hit = True
+        elif icr_lo & (1 << 11):
+            logical, model = ldrs[i] >> 24, dfrs[i] >> 28
+            if model == 0xF:
                 hit = logical & dest != 0
-            else:
+            elif model == 0:
                 hit = logical >> 4 == dest >> 4 and logical & dest & 0xF != 0
+            else:
+                hit = False
         else:
-            hit = dest == 0xFF or ids[i] >> 24 == dest
+            hit = ids[i] >> 24 == dest
         if hit:
             hits.add(i)
     if (icr_lo >> 8) & 7 == 1 and hits:
         hits = {min(hits)}
     return hits
+
+
+def kernel_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs):
+    """ipi_targets' flags as a set, checked against the count it returns."""
+    hits = np.full(len(ids), 7, np.uint8)                       # not cleared: the kernel must clear it
+    count = L.ipi_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs, len(ids), hits)
+    found = {i for i in range(len(ids)) if hits[i]}
+    assert set(hits.tolist()) <= {0, 1} and count == len(found)
+    return found
 
 
 def regs_with(irr=(), isr=(), tpr=0):
@@ -111,10 +126,11 @@ def test_ipi_destinations(seed):
         ldrs = np.array([(1 << (i % 8)) << 24 if flat else ((i // 4) << 28 | (1 << (i % 4)) << 24)
                          for i in range(n)], np.int64)
         dfrs = np.array([0xFFFFFFFF if flat else 0x0FFFFFFF] * n, np.int64)
+        if rng.random() < 0.1:
+            dfrs[rng.randrange(n)] = 0x5FFFFFFF                   # an undefined model: never addressed
         icr_lo = rng.randrange(256) | rng.choice((0, 1, 4, 5, 6)) << 8 | rng.choice((0, 1 << 11)) | \
             rng.randrange(4) << 18
         icr_hi = rng.choice((rng.randrange(256), 0xFF, rng.randrange(n))) << 24
         me = rng.randrange(n)
-        mask = L.ipi_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs, n)
-        assert {i for i in range(n) if mask >> i & 1} == twin_targets(icr_lo, icr_hi, me, ids.tolist(),
-                                                                       ldrs.tolist(), dfrs.tolist())
+        assert kernel_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs) == twin_targets(icr_lo, icr_hi, me, ids.tolist(),
+                                                                                  ldrs.tolist(), dfrs.tolist())

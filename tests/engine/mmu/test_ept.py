@@ -8,20 +8,19 @@ from engine.errors import ConfigError
 from engine.mmu import ept as E
 from engine.mmu.pmap import MemoryCapError
 
+from tests.engine.mmu.conftest import new_pool, new_state
+
 HOST = 16 << 20
 SEG = 0x400000                  # guest-physical 0..4 MiB lives here
+PTP = 0x200000                  # the saved page-table slots
 
 
 def fresh(flags, cap_pages=1024):
     host = np.zeros(HOST, np.uint8)
     host[SEG:SEG + (4 << 20)] = 0xCC                 # stale bytes a new page must not show
     mem64 = host.view(np.uint64)
-    st = np.zeros(E.S_SIZE, np.uint64)
-    st[E.S_FLAGS], st[E.S_CAP] = flags, cap_pages
-    pool = np.zeros(33, np.uint64)
-    pool[1:] = 0x100000 + 0x1000 * np.arange(32, dtype=np.uint64)
-    pool[0] = 32
-    st[E.S_ROOT] = E._pool_pop(mem64, pool)
+    pool = new_pool(0x100000, 32)
+    st = new_state(mem64, pool, flags, cap_pages, PTP, 2)
     return host, mem64, st, pool, np.array([0, 4 << 20, SEG], np.uint64)
 
 
@@ -52,12 +51,13 @@ def test_a_full_2mib_region_is_promoted_and_a_change_inside_demotes_it():
     host, mem64, st, pool, segs = fresh(E.F_HW_AD | E.F_SUPERPAGES)
     for page in range(511):
         access(mem64, st, pool, segs, 0x200000 + page * 0x1000, E.WRITE)
-    assert E.walk(mem64, st[E.S_ROOT], 0x200000, False)[0] == 1 and st[E.S_SUPER] == 0
+    assert E.walk(mem64, st, 0x200000, False)[0] == 1 and st[E.S_SUPER] == 0
     free_before = int(pool[0])
     access(mem64, st, pool, segs, 0x200000 + 511 * 0x1000, E.READ)
-    level, ea, e, rwx = E.walk(mem64, st[E.S_ROOT], 0x345678, False)
+    level, ea, e, rwx = E.walk(mem64, st, 0x345678, False)
     assert level == 2 and e & E.EPT_PS and int(E.leaf_hpa(level, e, 0x345678)) == SEG + 0x345678
-    assert (st[E.S_SUPER], st[E.S_PROMOTIONS], int(pool[0])) == (1, 1, free_before + 1)   # the table went back
+    assert (st[E.S_SUPER], st[E.S_PROMOTIONS], int(pool[0])) == (1, 1, free_before)      # the table stays saved
+    assert mem64[(PTP >> 3) + 1] != 0
     assert E.change(mem64, st, pool, 0x201000, 0x1000, E.EPT_R | E.EPT_X, False) == 1
     assert (st[E.S_SUPER], st[E.S_DEMOTIONS]) == (0, 1)
     assert access(mem64, st, pool, segs, 0x201000, E.WRITE)[0] == E.DENIED
@@ -69,7 +69,7 @@ def test_without_superpage_support_nothing_is_promoted():
     host, mem64, st, pool, segs = fresh(E.F_HW_AD)
     for page in range(512):
         access(mem64, st, pool, segs, page * 0x1000, E.READ)
-    assert E.walk(mem64, st[E.S_ROOT], 0, False)[0] == 1 and st[E.S_SUPER] == 0
+    assert E.walk(mem64, st, 0, False)[0] == 1 and st[E.S_SUPER] == 0
 
 
 def test_hardware_ad_bits_set_by_the_walk_and_harvested_into_the_dirty_log():
@@ -77,7 +77,7 @@ def test_hardware_ad_bits_set_by_the_walk_and_harvested_into_the_dirty_log():
     status, hpa, rwx, faults, _ = access(mem64, st, pool, segs, 0x5000, E.READ)
     assert not rwx & E.EPT_W                         # clean: the first write must come back to set D
     access(mem64, st, pool, segs, 0x6000, E.WRITE)
-    level, ea, e, _ = E.walk(mem64, st[E.S_ROOT], 0x5000, False)
+    level, ea, e, _ = E.walk(mem64, st, 0x5000, False)
     assert e & E.EPT_A and not e & E.EPT_D
     out = np.zeros(16, np.uint64)
     assert E.harvest_dirty(mem64, st, pool, 0, 4 << 20, out, True) == 1 and out[0] == 6
@@ -90,13 +90,13 @@ def test_emulated_ad_bits_fault_on_first_read_and_first_write():
     """PMAP_EMULATE_AD_BITS: bits 52/53 say valid and writable, R and W stand for accessed and dirty."""
     host, mem64, st, pool, segs = fresh(0)
     assert access(mem64, st, pool, segs, 0x7000, E.READ)[3] == 1            # first touch
-    level, ea, e, _ = E.walk(mem64, st[E.S_ROOT], 0x7000, False)
+    level, ea, e, _ = E.walk(mem64, st, 0x7000, False)
     assert e & E.EMUL_V and e & E.EMUL_RW and e & E.EPT_R and not e & E.EPT_W
     status, hpa, rwx, faults, qual = access(mem64, st, pool, segs, 0x7000, E.WRITE)
     assert (status, faults, int(st[E.S_AD_FAULTS])) == (E.HANDLED, 1, 1)
     out = np.zeros(4, np.uint64)
     assert E.harvest_dirty(mem64, st, pool, 0, 4 << 20, out, True) == 1 and out[0] == 7
-    assert not E.walk(mem64, st[E.S_ROOT], 0x7000, False)[2] & E.EPT_W
+    assert not E.walk(mem64, st, 0x7000, False)[2] & E.EPT_W
     assert access(mem64, st, pool, segs, 0x7000, E.WRITE)[3] == 1            # dirty again: one more fault
     E.change(mem64, st, pool, 0x7000, 0x1000, E.EPT_R | E.EPT_X, False)      # read-only in software
     assert access(mem64, st, pool, segs, 0x7000, E.WRITE)[0] == E.DENIED

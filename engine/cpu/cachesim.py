@@ -6,7 +6,7 @@ the modeled cycle counter (hit or miss); every instruction adds one cycle; RDTSC
 counter. With it off the hooks are not registered at all, so they cost nothing (Unicorn drops translated
 code when hooks change, so the next blocks are translated without the calls).
 
-CLFLUSH is hooked where the exec-scan finds it (`scan_clflush`, called from Vcpu.scan_page): capstone
+CLFLUSH is hooked where the exec-scan finds it (`scan_clflush`, called from vcpu/paging.py scan_page): capstone
 decodes the operand once, and the site's hook computes the address from the registers and evicts that
 line, whether or not the simulation is on (the host's lines are in the model either way). A rescanned page
 (its code was written) is decoded again.

@@ -14,6 +14,7 @@ from .. import stats as S
 from ..errors import StateError
 from ..native import hook_add, hook_del
 from ..vcpu import HALTED, PAUSED, RUNNING
+from ..vcpu import halting
 from ..vmx import ctx as C
 from ..vmx import exits as E
 from ..vmx import hooks
@@ -77,7 +78,7 @@ class VcpuDebug:
             self._update_trace()
             vcpu.state = RUNNING         # a step out of a halt runs the next instruction
         elif self.resume_state == HALTED:
-            vcpu.back_into_halt()
+            halting.back_into_halt(vcpu)
         else:
             vcpu.state = RUNNING
         self.stop_reason = None

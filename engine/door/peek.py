@@ -68,8 +68,8 @@ def next_instructions(vm, regs, count):
 
 
 def _decoder(bits):
-    if not hasattr(_decoders, "by_bits"):
-        _decoders.by_bits = {}
-    if bits not in _decoders.by_bits:
-        _decoders.by_bits[bits] = capstone.Cs(capstone.CS_ARCH_X86, _BITS[bits])
-    return _decoders.by_bits[bits]
+    """A capstone decoder per mode and thread."""
+    made = _decoders.__dict__
+    if bits not in made:
+        made[bits] = capstone.Cs(capstone.CS_ARCH_X86, _BITS[bits])
+    return made[bits]

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps run console test stress guests static bench clean
+.PHONY: deps run console test stress guests linux static bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ deps:
 guests:
 	$(MAKE) -C guests
 
+# The Linux guest: Debian's kernel and busybox-static, downloaded once into .cache/debian, and our initramfs.
+linux: deps
+	$(MAKE) -C guests linux
+
 # Browser libraries (xterm.js, socket.io-client, asciinema-player) into static/node_modules, never committed.
 static/node_modules/.package-lock.json: static/package.json static/package-lock.json
 	cd static && npm ci --no-audit --no-fund --silent
@@ -31,7 +35,7 @@ run: deps $(STAMP) guests static
 console: $(STAMP) guests
 	$(VENV)/bin/vmmctl run guests/build/shell.elf
 
-test: deps $(STAMP) guests static
+test: deps $(STAMP) guests linux static
 	$(PY) -m pytest -q
 
 # The timing-sensitive tests RUNS times under two CPU burners; prints how many runs passed (tools/stress.py).

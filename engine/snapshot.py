@@ -42,6 +42,9 @@ def save(vm, path):
     """Write the VM (which must be paused, halted, suspended or idle: not running) to `path`, atomically."""
     if any(v.thread is not None and v.thread.is_alive() and not v.parked.is_set() for v in vm.vcpus):
         raise SnapshotError("VM %r is running: pause it before taking a snapshot" % vm.name)
+    if vm.initrd is not None:
+        raise SnapshotError("VM %r was booted with an initrd, which snapshot format version %d does not hold yet: "
+                            "a restored VM could not be reset" % (vm.name, VERSION))
     vcpus = [{"index": v.index, "state": v.state, "started": v.thread is not None,
               "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
               "cycles": int(v.ctx[C.CYCLES]),                   # the modeled TSC (cpu/cachesim.py)

@@ -385,7 +385,8 @@ def stop_on_signals():
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--mem", "mem_mb", default=64, show_default=True, help="Guest memory in MiB.")
 @click.option("--cpus", default=1, show_default=True, help="Number of vCPUs.")
-@click.option("--cmdline", default="", help="Kernel command line (multiboot).")
+@click.option("--cmdline", default="", help="Kernel command line (multiboot, Linux).")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), help="Initial ramdisk of a Linux kernel.")
 @click.option("--kind", type=click.Choice(KINDS), help="Image kind, when it cannot be detected (flat64).")
 @click.option("--load-addr", type=lambda s: int(s, 0), help="Load address of a flat64 image.")
 @click.option("--host-mem", "host_mem_mb", default=2048, show_default=True, help="Modeled host memory in MiB.")
@@ -393,8 +394,8 @@ def stop_on_signals():
 @click.option("--timeout", type=float, help="Power the VM off after this many seconds.")
 @click.option("--gdb", "gdb", metavar="[w]PORT", callback=lambda ctx, param, value: _gdb_port(value),
               help="Serve gdb on 127.0.0.1:PORT (bhyve's -G); wPORT holds the guest at its entry for gdb.")
-def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, timeout, gdb):
-    """Boot IMAGE (multiboot kernel, boot sector / raw disk, or --kind flat64) with its console here.
+def run(image, mem_mb, cpus, cmdline, initrd, kind, load_addr, host_mem_mb, show_stats, timeout, gdb):
+    """Boot IMAGE (multiboot kernel, Linux bzImage, boot sector / raw disk, or --kind flat64) with its console here.
 
     On a terminal the console is raw; press Ctrl-] to power the VM off and leave. With piped stdin the
     input is typed into the guest and vmmctl waits for the VM to stop (or --timeout).
@@ -402,7 +403,12 @@ def run(image, mem_mb, cpus, cmdline, kind, load_addr, host_mem_mb, show_stats, 
     try:
         vm = Host(host_mem_mb=host_mem_mb).create_vm(names.from_file(image), mem_mb=mem_mb, cpus=cpus)
         with open(image, "rb") as f:
-            vm.load(f.read(), image, kind=kind, cmdline=cmdline, load_addr=load_addr)
+            data = f.read()
+        ramdisk = None
+        if initrd is not None:
+            with open(initrd, "rb") as f:
+                ramdisk = f.read()
+        vm.load(data, image, kind=kind, cmdline=cmdline, load_addr=load_addr, initrd=ramdisk)
         if gdb is not None:
             port = vm.gdb_listen(gdb[1], wait=gdb[0])
             click.echo("vmmctl: gdb stub on 127.0.0.1:%d; in gdb: target remote 127.0.0.1:%d%s"

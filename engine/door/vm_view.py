@@ -70,9 +70,9 @@ class VmView:
         return [VcpuView(v) for v in self._vm.vcpus]
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def load(self, data, filename, kind=None, cmdline="", load_addr=None):
-        """Load an image; returns its kind, notes and entry point."""
-        image = self._vm.load(data, filename, kind=kind, cmdline=cmdline, load_addr=load_addr)
+    def load(self, data, filename, kind=None, cmdline="", load_addr=None, initrd=None):
+        """Load an image (and a Linux kernel's initrd); returns its kind, notes and entry point."""
+        image = self._vm.load(data, filename, kind=kind, cmdline=cmdline, load_addr=load_addr, initrd=initrd)
         return {"kind": image.kind, "entry": image.entry, "notes": list(image.notes)}
 
     def start(self, all_vcpus=False):

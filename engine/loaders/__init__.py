@@ -1,38 +1,48 @@
-"""Guest image loaders: Multiboot v1 kernels, boot sectors / raw disks, flat 64-bit images.
+"""Guest image loaders: Multiboot v1 kernels, Linux bzImages, boot sectors / raw disks, flat 64-bit images.
 
 `load_image` turns image bytes into a `BootImage` (segments to copy, registers at entry); the engine
 does the copying and the vCPU setup. Detection looks for a multiboot header in the first 8 KiB, then for
-a boot signature; a flat 64-bit image has no magic and must be asked for with kind="flat64".
+Linux's setup header ("HdrS" at 0x202: a bzImage also ends its first sector with 0x55AA), then for a boot
+signature; a flat 64-bit image has no magic and must be asked for with kind="flat64".
 """
 from engine.errors import ImageError
 from engine.loaders.bootsector import has_boot_signature, load_bootsector
 from engine.loaders.flat import load_flat64
 from engine.loaders.image import BootImage, Segment
+from engine.loaders.linux import is_bzimage, load_linux
 from engine.loaders.multiboot import find_magic, load_multiboot
 
-KINDS = ("multiboot", "bootsector", "flat64")
+KINDS = ("multiboot", "linux", "bootsector", "flat64")
 
 __all__ = ["KINDS", "BootImage", "ImageError", "Segment", "detect_kind", "load_image"]
 
 
 def detect_kind(data, filename):
-    """"multiboot" or "bootsector", from the image's magic numbers; ImageError if it has neither."""
+    """"multiboot", "linux" or "bootsector", from the image's magic numbers; ImageError if it has none."""
     if find_magic(data):
         return "multiboot"
+    if is_bzimage(data):
+        return "linux"
     if has_boot_signature(data):
         return "bootsector"
-    raise ImageError(f"{filename}: neither a multiboot header in the first 8 KiB nor a boot signature 0x55AA "
-                     "at offset 510 was found; --kind flat64 loads a flat 64-bit image")
+    raise ImageError(f"{filename}: neither a multiboot header in the first 8 KiB, a Linux setup header (\"HdrS\" at "
+                     "0x202) nor a boot signature 0x55AA at offset 510 was found; --kind flat64 loads a flat 64-bit "
+                     "image")
 
 
-def load_image(data, filename, mem_size, kind=None, cmdline="", load_addr=None):
-    """Describe `data` as a BootImage for a guest of `mem_size` bytes; `kind` None means detect it."""
+def load_image(data, filename, mem_size, kind=None, cmdline="", load_addr=None, initrd=None):
+    """Describe `data` as a BootImage for a guest of `mem_size` bytes; `kind` None means detect it.
+    `initrd` (bytes) is the initial ramdisk of a Linux kernel."""
     kind = detect_kind(data, filename) if kind is None else kind
     if kind not in KINDS:
         raise ImageError(f"{filename}: unknown image kind {kind!r}; use one of {', '.join(KINDS)}")
     if load_addr is not None and kind != "flat64":
         raise ImageError(f"{filename}: a load address applies only to --kind flat64; a {kind} image "
                          "says where it loads")
+    if initrd is not None and kind != "linux":
+        raise ImageError(f"{filename}: an initrd goes only with a Linux kernel (bzImage); this is a {kind} image")
+    if kind == "linux":
+        return load_linux(data, filename, mem_size, cmdline, initrd)
     if kind == "multiboot":
         return load_multiboot(data, filename, mem_size, cmdline)
     if kind == "flat64":
@@ -40,5 +50,5 @@ def load_image(data, filename, mem_size, kind=None, cmdline="", load_addr=None):
     else:
         image = load_bootsector(data, filename, mem_size)
     if cmdline:
-        image.notes.append(f"{kind}: command line {cmdline!r} ignored: only multiboot kernels receive one")
+        image.notes.append(f"{kind}: command line {cmdline!r} ignored: only multiboot and Linux kernels receive one")
     return image

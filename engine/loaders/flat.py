@@ -13,7 +13,9 @@ from engine.loaders.image import (PAGE_SIZE, GiB, MiB, BootImage, Segment, check
 
 DEFAULT_LOAD_ADDR = 0x200000
 STACK_SIZE = 0x10000                    # reserved between the tables and the image; RSP starts at load_addr
-GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)   # null, code64 (L=1, DPL 0), data (flat, RW)
+CODE64_DESCRIPTOR = 0x00AF9A000000FFFF  # 64-bit code: L=1, DPL 0, execute/read (SDM Vol. 3A 3.4.5)
+DATA_DESCRIPTOR = 0x00CF92000000FFFF    # flat 4 GiB data: read/write, G=1, B=1
+GDT_ENTRIES = (0, CODE64_DESCRIPTOR, DATA_DESCRIPTOR)
 CODE_SELECTOR, DATA_SELECTOR = 0x08, 0x10
 PTE_P, PTE_RW, PDE_PS = 1 << 0, 1 << 1, 1 << 7
 ENTRIES_PER_TABLE = 512

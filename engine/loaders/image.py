@@ -24,6 +24,19 @@ VGA_TEXT_BUFFER = 0xB8000
 HIGH_MEM_BASE = 0x100000                        # 1 MiB: where kernels normally load
 EBDA_BASE = 0x9FC00                             # top 1 KiB of conventional memory, reserved in the e820 map
 BIOS_ROM_BASE = 0xF0000                         # reserved in the e820 map up to HIGH_MEM_BASE
+LINUX_BOOT_BASE = 0x10000                       # Linux: boot_params, GDT, page tables, command line (linux.py)
+
+E820_RAM, E820_RESERVED = 1, 2                  # address range types (ACPI "AddressRangeMemory"/"Reserved")
+
+
+def e820_map(mem_size):
+    """[(base, length, type)]: the machine's physical memory map as its firmware reports it (INT 15h E820h),
+    the same as QEMU's SeaBIOS: low RAM, the EBDA, the BIOS ROM, RAM from 1 MiB to the top. The VGA hole
+    0xA0000-0xF0000 is absent from the map, as there."""
+    return [(0, EBDA_BASE, E820_RAM),
+            (EBDA_BASE, VGA_BIOS_HOLE_BASE - EBDA_BASE, E820_RESERVED),
+            (BIOS_ROM_BASE, HIGH_MEM_BASE - BIOS_ROM_BASE, E820_RESERVED),
+            (HIGH_MEM_BASE, mem_size - HIGH_MEM_BASE, E820_RAM)]
 
 
 @dataclass
@@ -48,7 +61,7 @@ class Segment:
 @dataclass
 class BootImage:
     """A loaded guest: memory contents and the registers its boot protocol promises at the first instruction."""
-    kind: str                       # "multiboot" | "bootsector" | "flat64"
+    kind: str                       # "multiboot" | "linux" | "bootsector" | "flat64"
     mode: str                       # "real" | "protected32" | "long64": CPU mode at the first guest instruction
     segments: list[Segment]         # everything to write into guest-physical memory before start
     regs: dict[str, int]            # register values at entry, lower-case names ("rip", "rax", "cr3", "cs"...)

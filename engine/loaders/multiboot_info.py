@@ -6,8 +6,7 @@ Every address inside is guest-physical and inside [MBI_BASE, MBI_END).
 import struct
 
 from engine.errors import ImageError
-from engine.loaders.image import (BIOS_ROM_BASE, EBDA_BASE, HIGH_MEM_BASE, KiB, MBI_BASE, MBI_END,
-                                  VGA_BIOS_HOLE_BASE, Segment)
+from engine.loaders.image import EBDA_BASE, HIGH_MEM_BASE, KiB, MBI_BASE, MBI_END, Segment, e820_map
 
 BOOTLOADER_MAGIC = 0x2BADB002           # EAX at entry
 BOOT_LOADER_NAME = b"webhyve\0"
@@ -22,23 +21,14 @@ MBI_FLAG_LOADER_NAME = 1 << 9
 OFF_FLAGS, OFF_MEM_LOWER, OFF_MEM_UPPER, OFF_CMDLINE = 0, 4, 8, 16
 OFF_MMAP_LENGTH, OFF_MMAP_ADDR, OFF_BOOT_LOADER_NAME = 44, 48, 64
 
-E820_RAM, E820_RESERVED = 1, 2
 _MMAP_ENTRY = struct.Struct("<IQQI")    # size (20, not counting itself), base, length, type
 MEM_LOWER_KIB = EBDA_BASE // KiB        # 639
-
-
-def memory_map(mem_size):
-    """The e820-style map QEMU's SeaBIOS reports: low RAM, EBDA, BIOS ROM, RAM from 1 MiB."""
-    return [(0, EBDA_BASE, E820_RAM),
-            (EBDA_BASE, VGA_BIOS_HOLE_BASE - EBDA_BASE, E820_RESERVED),
-            (BIOS_ROM_BASE, HIGH_MEM_BASE - BIOS_ROM_BASE, E820_RESERVED),
-            (HIGH_MEM_BASE, mem_size - HIGH_MEM_BASE, E820_RAM)]
 
 
 def build_mbi(mem_size, cmdline, filename):
     """One Segment at MBI_BASE holding the structure, memory map, loader name and NUL-terminated command line."""
     mmap = b"".join(_MMAP_ENTRY.pack(_MMAP_ENTRY.size - 4, base, length, kind)
-                    for base, length, kind in memory_map(mem_size))
+                    for base, length, kind in e820_map(mem_size))
     mmap_addr = MBI_BASE + MBI_SIZE
     name_addr = mmap_addr + len(mmap)
     cmdline_addr = name_addr + len(BOOT_LOADER_NAME)

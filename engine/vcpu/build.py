@@ -100,6 +100,7 @@ def prepare(vcpu, image):
         uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | W.CR4_PAE)
         uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | W.CR0_PG | W.CR0_PE)
         vcpu.apply_regs(image.regs, segments=False)
+        load_boot_segments(vcpu, image)
         return
     if image.mode == "real":
         uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))         # the IVT, as at reset
@@ -108,3 +109,16 @@ def prepare(vcpu, image):
     uc.reg_write(X.UC_X86_REG_RSP, firmware.STUB_BASE)
     uc.reg_write(X.UC_X86_REG_RIP, firmware.STUB_BASE)
     vcpu.boot = (done, image)
+
+
+def load_boot_segments(vcpu, image):
+    """CS, SS, DS, ES as the loader's GDT describes them, selector and descriptor cache, as a far jump and
+    segment loads by a boot loader leave them (a 64-bit instance's reg_write would set only selectors)."""
+    loads = []
+    for name, seg in (("cs", segcache.CS), ("ss", segcache.SS), ("ds", segcache.DS), ("es", segcache.ES)):
+        selector = image.regs.get(name)
+        if selector is not None:
+            index = selector & ~7
+            desc = segcache.Descriptor(image.gdt.data[index:index + 8])
+            loads.append((seg, selector, desc.base, desc.limit, desc.flags | segcache.DESC_A))
+    segcache.load(vcpu.uc, loads)

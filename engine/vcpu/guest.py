@@ -117,7 +117,7 @@ class GuestState:
     def _linear_pages(self, linear, size):
         while size > 0:
             chunk = min(size, 0x1000 - (linear & 0xFFF))
-            hpa = hooks.linear_to_hpa(self.ctx, linear)
+            hpa = hooks.linear_to_hpa(self.ctx, hooks.u64(linear))
             if hpa < 0:
                 hpa = self._back_linear(linear)
             yield hpa, chunk

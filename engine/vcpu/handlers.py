@@ -85,7 +85,7 @@ def exit_buslock(vcpu):
     """The first run of a LOCK-prefixed instruction: hook the instruction after it to release the bus lock."""
     after = int(vcpu.ctx[C.FAULT_GLA])
     table = vcpu.lapic.lock_table
-    slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, after)
+    slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, hooks.u64(after))
     if slot < 0:
         raise UnsupportedByModel("more than %d distinct LOCK-prefixed instructions" % buslock.TABLE_PAIRS)
     hook_add(vcpu.uc, UC_HOOK_CODE, buslock.release_hook.address, vcpu.ctx.ctypes.data, after, after)
@@ -139,7 +139,7 @@ def deliver(vcpu, event):
 def is_software_interrupt(vcpu, vector):
     if vector >= 32:
         return True
-    hpa = hooks.linear_to_hpa(vcpu.ctx, vcpu.linear_pc() - 2)
+    hpa = hooks.linear_to_hpa(vcpu.ctx, hooks.u64(vcpu.linear_pc() - 2))
     mem = vcpu.vm.hypervisor.memory
     return hpa >= 0 and ((mem[hpa] == 0xCD and mem[hpa + 1] == vector) or
                          (vector == 3 and mem[hpa + 1] == 0xCC) or (vector == 4 and mem[hpa + 1] == 0xCE))

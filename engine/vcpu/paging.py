@@ -86,10 +86,10 @@ def grant_execute(vcpu, linear_page, gpa_page):
     """Mark the page scanned in this generation, in the VM's code state and this vCPU's exec-scan table."""
     page = gpa_page >> 12
     vcpu.vm.code_state[page] |= 1
-    slot = hooks.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, linear_page)
+    slot = hooks.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
     if slot < 0:                                 # the table is full: start over, pages rescan on demand
         vcpu.xtab[:] = 0
-        slot = hooks.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, linear_page)
+        slot = hooks.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
     vcpu.xtab[2 * slot] = linear_page | 1
     vcpu.xtab[2 * slot + 1] = gpa_page | ((int(vcpu.vm.code_state[page]) >> 1) & 0xFFF)
     vcpu.uc.ctl_remove_cache(linear_page, linear_page + 0x1000)

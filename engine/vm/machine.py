@@ -37,6 +37,7 @@ class VM(VmMemory, Platform):
         self.cpuid = self.profile.cpuid_table().reshape(-1)
         self.console, self.debug_console = Console(), Console()    # outlive resets: history stays
         self._load_args = None
+        self.initrd = None                       # the Linux initrd (bytes) loaded with the image, for reset
         self._attach_devices()
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
         self.debugger = self.gdb = None          # debug.Debugger and its GdbStub, once asked for
@@ -55,16 +56,19 @@ class VM(VmMemory, Platform):
                               % (name, cpus, maxcpu, VM_MAXCPU))
 
     # -- loading ------------------------------------------------------------------------------------
-    def load(self, data, filename, kind=None, cmdline="", load_addr=None):
-        """Load a guest image (bytes) into memory and prepare vCPU 0 to boot it; ImageError if it is bad."""
+    def load(self, data, filename, kind=None, cmdline="", load_addr=None, initrd=None):
+        """Load a guest image (bytes) into memory and prepare vCPU 0 to boot it; ImageError if it is bad.
+        `initrd` (bytes) goes with a Linux kernel."""
         if self.state != IDLE:
             raise StateError("VM %r is %s: load an image before starting it" % (self.name, self.state))
-        image = loaders.load_image(bytes(data), filename, self.mem_size, kind=kind, cmdline=cmdline, load_addr=load_addr)
+        initrd = None if initrd is None else bytes(initrd)
+        image = loaders.load_image(bytes(data), filename, self.mem_size, kind=kind, cmdline=cmdline,
+                                   load_addr=load_addr, initrd=initrd)
         if image.mode == "real":
             if self.mem_size < MiB:
                 raise ImageError("%s: a boot sector needs at least 1 MiB of guest memory" % filename)
             self._attach_bios(image)
-        if image.mode != "long64":
+        if image.mode != "long64" or len(self.vcpus) > 1:   # the BSP's way to its boot mode, the APs' to real mode
             self.memory_access.write(firmware.GDT_BASE, firmware.GDT)
             self.memory_access.write(firmware.STUB_BASE, firmware.STUB)
             for gpa, entry in firmware.PAGE_TABLES.items():
@@ -72,7 +76,7 @@ class VM(VmMemory, Platform):
         for seg in image.segments:
             self.memory_access.write(seg.gpa, seg.data + bytes(seg.size - len(seg.data)))
         self.vcpus[0].prepare(image)
-        self.image, self._load_args = image, (bytes(data), filename, kind, cmdline, load_addr)
+        self.image, self._load_args, self.initrd = image, (bytes(data), filename, kind, cmdline, load_addr), initrd
         self.log("loaded %s (%s): %s" % (filename, image.kind, "; ".join(image.notes) or "entry %#x" % image.entry))
         return image
 
@@ -178,7 +182,7 @@ class VM(VmMemory, Platform):
         self.vcpus = [Vcpu(self, i) for i in range(len(self.vcpus))]
         self._wire_interrupts()                        # a new PIC pair and PIT at power-on state
         self.log("reset")
-        self.load(*self._load_args)
+        self.load(*self._load_args, initrd=self.initrd)
         self.start()
 
     def destroy(self):

@@ -109,6 +109,12 @@ def log_exit(c, reason, qualification, length, rip):
     c[C.RING_HEAD] += np.uint64(1)
 
 
+def u64(address):
+    """A guest address as the kernels below take it from Python. A plain int above 2**63 (a higher-half
+    kernel's) would be converted to the int64 specialization an earlier call compiled, and overflow."""
+    return np.uint64(address & 0xFFFFFFFFFFFFFFFF)
+
+
 @njit(**NUMBA)
 def xtab_find(xtab, mask, linear_page):
     """Slot of a linear page in the exec-scan table (open addressing), or the empty slot it would use."""

@@ -62,6 +62,25 @@ def test_hlt_exit_and_halt_detection(flat64):
     assert vm.suspend_reason == "halt"
 
 
+def test_higher_half_code_is_scanned_and_runs(flat64):
+    """Code run at a linear address above 2**63, where higher-half kernels live, is scanned for exits like any
+    other: its HLT exits there (the scan once handed numba such an address as an int64 and overflowed)."""
+    vm = flat64("""
+        mov rax, cr3
+        mov rbx, [rax]
+        mov [rax + 511 * 8], rbx          # PML4[511] = PML4[0]: 0xFFFFFF8000000000 + x maps to x
+        lea rcx, [rip + high]
+        mov rax, 0xFFFFFF8000000000
+        add rax, rcx
+        jmp rax
+    high:
+        mov r8, 42
+    """ + HALT)
+    assert vm.suspend_reason == "halt", vm.suspend_message
+    assert vm.registers()["r8"] == 42
+    assert vm.vcpus[0].exit_log()[-1]["rip"] >> 39 == (1 << 25) - 1
+
+
 def test_rdmsr_known_and_unknown(flat64):
     """RDMSR of IA32_APIC_BASE reads bhyve's value; an unknown MSR raises #GP in the guest (no IDT: triple fault)."""
     vm = flat64("mov ecx, 0x1b\nrdmsr\nmov r8, rax\n" + HALT)

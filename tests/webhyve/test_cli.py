@@ -6,6 +6,7 @@ import sys
 
 from click.testing import CliRunner
 
+from tests.guests.linux_images import linux_images
 from webhyve.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,3 +65,18 @@ def test_too_many_vcpus_is_one_clear_line():
     err = done.stderr.decode()
     assert done.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "%d vCPUs requested; webhyve models at most %d (xAPIC IDs are 8 bits" % (VM_MAXCPU + 1, VM_MAXCPU) in err
+
+
+def test_linux_kernel_takes_an_initrd():
+    """`--initrd` goes with a Linux bzImage: too little memory for the kernel, or an initrd beside a multiboot
+    kernel, is one line naming the file; with both right the kernel runs until --timeout powers it off."""
+    vmlinuz, initrd = (str(path) for path in linux_images())
+    small = vmmctl("run", vmlinuz, "--initrd", initrd, "--mem", "32")
+    assert small.returncode == 1 and "Traceback" not in small.stderr.decode()
+    assert "vmlinuz: guest memory of 32 MiB is too small for this kernel" in small.stderr.decode()
+    wrong = vmmctl("run", SHELL, "--initrd", initrd)
+    assert wrong.returncode == 1
+    assert ("shell.elf: an initrd goes only with a Linux kernel (bzImage); this is a multiboot image"
+            in wrong.stderr.decode())
+    booted = vmmctl("run", vmlinuz, "--initrd", initrd, "--mem", "256", "--cmdline", "console=ttyS0", "--timeout", "3")
+    assert booted.returncode == 0 and "VM vmlinuz stopped: powered off" in booted.stderr.decode(), booted.stderr

@@ -26,8 +26,9 @@ def test_neither_points_to_flat64():
     """Random bytes are neither; the message says how to load a flat image."""
     with pytest.raises(ImageError) as info:
         load_image(b"\x90" * 600, "blob.bin", MEM)
-    assert str(info.value) == ("blob.bin: neither a multiboot header in the first 8 KiB nor a boot signature "
-                               "0x55AA at offset 510 was found; --kind flat64 loads a flat 64-bit image")
+    assert str(info.value) == ("blob.bin: neither a multiboot header in the first 8 KiB, a Linux setup header "
+                               "(\"HdrS\" at 0x202) nor a boot signature 0x55AA at offset 510 was found; --kind "
+                               "flat64 loads a flat 64-bit image")
 
 
 def test_explicit_kind_skips_detection():
@@ -40,7 +41,7 @@ def test_explicit_kind_skips_detection():
 def test_cmdline_noted_when_ignored():
     """A command line for a boot sector is ignored with a note, not silently."""
     image = load_image(BOOT_SECTOR, "boot.img", MEM, cmdline="quiet")
-    assert "bootsector: command line 'quiet' ignored: only multiboot kernels receive one" in image.notes
+    assert "bootsector: command line 'quiet' ignored: only multiboot and Linux kernels receive one" in image.notes
 
 
 def _patched(data, offset, fmt, value):

@@ -22,10 +22,11 @@ from unicorn import x86_const as X
 
 from .. import stats as S
 from .. import tunables as T
-from ..native import NUMBA, call_reg, hook_add, hook_del, u64_ptr
+from ..core import ctx as C
+from ..core.regs import rd, wr
+from ..mmu.access import linear_to_hpa
 from ..native import FN_REG_READ
-from ..vmx import ctx as C
-from ..vmx.hooks import linear_to_hpa, rd, wr
+from ..native import NUMBA, call_reg, hook_add, hook_del, u64_ptr
 from . import l1d
 
 U64P = types.CPointer(types.uint64)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import StateError
+from ..mmu import access
 from ..vcpu import RUNNING
-from ..vmx import hooks
 from . import target, traps
 from .vcpu_debug import VcpuDebug
 
@@ -223,7 +223,7 @@ def _host_pieces(vcpu, linear, size):
     """(hpa, length) per page of a guest-linear range, on the vCPU's thread; StateError if a page is not mapped."""
     while size > 0:
         n = min(size, 0x1000 - (linear & 0xFFF))
-        hpa = hooks.linear_to_hpa(vcpu.ctx, hooks.u64(linear))
+        hpa = access.linear_to_hpa(vcpu.ctx, access.u64(linear))
         if hpa < 0:
             raise StateError("guest-linear %#x is not mapped by vcpu%d's page tables" % (linear, vcpu.index))
         yield int(hpa), n

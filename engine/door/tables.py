@@ -4,6 +4,7 @@ Front ends generate their options, panels and formats from these (STYLE.md: tabl
 them from here, the door, rather than from the modules that own them.
 """
 from .. import names
+from ..core import vmcs
 from ..cpu import profiles as _profiles
 from ..devices.vga_text import LIGHT_GREY as VGA_CURSOR
 from ..devices.vga_text import PALETTE as VGA_PALETTE
@@ -16,7 +17,6 @@ from ..stats import format_stats
 from ..stats import rows as stats_rows
 from ..vcpu import GPRS, SEGMENTS
 from ..vmx import exits
-from ..vmx import vmcs
 
 PROFILES, DEFAULT_PROFILE = tuple(_profiles.PROFILES), _profiles.DEFAULT
 REGISTERS = GPRS + SEGMENTS + ("efer",)            # what a vCPU's registers() holds, and --set-REG may change

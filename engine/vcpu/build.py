@@ -13,13 +13,14 @@ from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_INSN, UC_HOOK_INTR, UC_H
 from unicorn import x86_const as X
 
 from .. import firmware
+from ..core import ctx as C
+from ..core import kick
 from ..cpu import cachesim
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
-from ..vmx import ctx as C
-from ..vmx import hooks, kick, segcache
+from ..vmx import hooks, segcache
 
-XTAB_PAIRS = 4096                                # the exec-scan table's slots (vmx/ctx.py XTAB)
+XTAB_PAIRS = 4096                                # the exec-scan table's slots (core/ctx.py XTAB)
 
 
 class ResetImage:

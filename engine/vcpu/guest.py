@@ -9,15 +9,16 @@ import numpy as np
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..core import ctx as C
 from ..errors import EngineError, StateError
+from ..mmu import access
 from ..mmu import ept as EPT
 from ..mmu import explain
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
 from ..native import load_real_mode_segment
-from ..vmx import ctx as C
 from ..vmx import exits as E
-from ..vmx import hooks, inject
+from ..vmx import inject
 from .states import HALTED, RUNNING
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
@@ -117,7 +118,7 @@ class GuestState:
     def _linear_pages(self, linear, size):
         while size > 0:
             chunk = min(size, 0x1000 - (linear & 0xFFF))
-            hpa = hooks.linear_to_hpa(self.ctx, hooks.u64(linear))
+            hpa = access.linear_to_hpa(self.ctx, access.u64(linear))
             if hpa < 0:
                 hpa = self._back_linear(linear)
             yield hpa, chunk

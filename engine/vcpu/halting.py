@@ -6,9 +6,9 @@ halt. A pause, a debugger stop or a snapshot interrupts a halt without ending it
 """
 import time
 
+from ..core import ctx as C
+from ..core.sync import full_fence
 from ..io import vlapic as L
-from ..io.sync import full_fence
-from ..vmx import ctx as C
 from ..vmx import halt
 from .states import HALTED, RUNNING
 

@@ -8,12 +8,13 @@ from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..core import ctx as C
 from ..cpu import l1tf
 from ..errors import UnsupportedByModel
 from ..io import buslock
 from ..io import vlapic as L
+from ..mmu import access
 from ..native import hook_add
-from ..vmx import ctx as C
 from ..vmx import exits as E
 from ..vmx import hooks, inject, vmx
 from . import halting
@@ -85,7 +86,7 @@ def exit_buslock(vcpu):
     """The first run of a LOCK-prefixed instruction: hook the instruction after it to release the bus lock."""
     after = int(vcpu.ctx[C.FAULT_GLA])
     table = vcpu.lapic.lock_table
-    slot = hooks.xtab_find(table, buslock.TABLE_PAIRS - 1, hooks.u64(after))
+    slot = access.xtab_find(table, buslock.TABLE_PAIRS - 1, access.u64(after))
     if slot < 0:
         raise UnsupportedByModel("more than %d distinct LOCK-prefixed instructions" % buslock.TABLE_PAIRS)
     hook_add(vcpu.uc, UC_HOOK_CODE, buslock.release_hook.address, vcpu.ctx.ctypes.data, after, after)
@@ -139,7 +140,7 @@ def deliver(vcpu, event):
 def is_software_interrupt(vcpu, vector):
     if vector >= 32:
         return True
-    hpa = hooks.linear_to_hpa(vcpu.ctx, hooks.u64(vcpu.linear_pc() - 2))
+    hpa = access.linear_to_hpa(vcpu.ctx, access.u64(vcpu.linear_pc() - 2))
     mem = vcpu.vm.hypervisor.memory
     return hpa >= 0 and ((mem[hpa] == 0xCD and mem[hpa + 1] == vector) or
                          (vector == 3 and mem[hpa + 1] == 0xCC) or (vector == 4 and mem[hpa + 1] == 0xCE))

@@ -13,12 +13,13 @@ from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..core import ctx as C
 from ..cpu import cachesim
 from ..io import buslock
+from ..mmu import access
 from ..mmu import ept as EPT
 from ..mmu import walk as W
 from ..native import hook_add
-from ..vmx import ctx as C
 from ..vmx import exits as E
 from ..vmx import hooks, inject
 from .build import XTAB_PAIRS
@@ -86,10 +87,10 @@ def grant_execute(vcpu, linear_page, gpa_page):
     """Mark the page scanned in this generation, in the VM's code state and this vCPU's exec-scan table."""
     page = gpa_page >> 12
     vcpu.vm.code_state[page] |= 1
-    slot = hooks.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
+    slot = access.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, access.u64(linear_page))
     if slot < 0:                                 # the table is full: start over, pages rescan on demand
         vcpu.xtab[:] = 0
-        slot = hooks.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, hooks.u64(linear_page))
+        slot = access.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, access.u64(linear_page))
     vcpu.xtab[2 * slot] = linear_page | 1
     vcpu.xtab[2 * slot + 1] = gpa_page | ((int(vcpu.vm.code_state[page]) >> 1) & 0xFFF)
     vcpu.uc.ctl_remove_cache(linear_page, linear_page + 0x1000)

@@ -14,14 +14,15 @@ import numpy as np
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..core import ctx as C
+from ..core import kick
+from ..core import vmcs as V
 from ..errors import StateError, UnsupportedByModel
 from ..io import vlapic as L
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..native import address, load_real_mode_segment
-from ..vmx import ctx as C
-from ..vmx import kick, vmx
-from ..vmx import vmcs as V
+from ..vmx import vmx
 from . import build, halting, handlers
 from .guest import GuestState
 from .states import HALTED, IDLE, PAUSED, RUNNING
@@ -161,7 +162,7 @@ class Vcpu(GuestState):
             self._leave_kernel()
 
     def _leave_kernel(self):
-        """Out of the guest at the next block boundary (vmx/kick.py; the reason is already in REQ) or out of a
+        """Out of the guest at the next block boundary (core/kick.py; the reason is already in REQ) or out of a
         wait for an interrupt in the kernel loop (vmx/halt.py)."""
         kick.kick(self.ctx)
         if int(self.ctx[C.HALT_IN_KERNEL]):

@@ -7,6 +7,9 @@ mixed into VM (machine.py).
 """
 import threading
 
+from ..core import ctx as C
+from ..core import kick
+from ..core.sync import full_fence
 from ..devices import bios as bios_mod
 from ..devices.console import Console
 from ..devices.debugcon import DebugCon
@@ -16,13 +19,10 @@ from ..errors import ConfigError
 from ..io import vlapic
 from ..io.hosttimer import HostTimer
 from ..io.portbus import OWNER_POST, PortBus
-from ..io.sync import full_fence
 from ..io.vpic import Vpic
 from ..io.vpit import Vpit
 from ..native import HOST_CALLBACK
 from ..vcpu import HALTED, RUNNING
-from ..vmx import ctx as C
-from ..vmx import kick
 
 COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
 

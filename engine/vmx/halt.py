@@ -15,11 +15,11 @@ from numba import carray, njit
 from unicorn import x86_const as X
 
 from .. import tunables as T
+from ..core import ctx as C
+from ..core.regs import rd
+from ..core.sync import fence, futex_wait
 from ..io import vlapic as L
-from ..io.sync import fence, futex_wait
 from ..native import NUMBA, u64_ptr
-from . import ctx as C
-from .hooks import rd
 
 EXITCODE_HLT = 5            # bhyve's VM_EXITCODE_HLT: the userspace side halts the vCPU
 RFLAGS_IF = 1 << 9

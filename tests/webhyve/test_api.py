@@ -3,7 +3,7 @@ import pytest
 
 from tests.webhyve.conftest import LIVE, ready_or_fail, wait_for
 
-from engine.vmx import vmcs as V
+from engine.core import vmcs as V
 
 
 def console_text(client, name):

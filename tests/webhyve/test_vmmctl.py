@@ -14,7 +14,7 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
-from engine.vmx import vmcs as V
+from engine.core import vmcs as V
 from tests.webhyve.conftest import LIVE, ready_or_fail, wait_for
 from tests.webhyve.live import CONTROL, VIEWER, auth, free_port, start_server, stop_server
 from webhyve.cli import main

@@ -1,6 +1,6 @@
 """bhyvectl's output formats as webhyve/bhyvectl.py prints them, from bhyvectl.c's printf formats."""
 from engine.vmx import exits as E
-from engine.vmx import vmcs as V
+from engine.core import vmcs as V
 from webhyve import bhyvectl as B
 
 

@@ -35,7 +35,7 @@ HALT_SEQ = 23       # [any] a halted vCPU waiting in the kernel sleeps on this w
                     #     bump it (vmx/halt.py)
 HALT_IN_KERNEL = 24  # [k] 1 while the vCPU waits for an interrupt in the kernel loop rather than in userspace
 LAPIC_STEP_OFFSET = 25  # [k] the APIC register offset of the write LAPIC_STEP exits after: the exit 56 qualification
-KICK = 26           # [any] nonzero: leave the guest at the next translated-block boundary (vmx/kick.py). Set
+KICK = 26           # [any] nonzero: leave the guest at the next translated-block boundary (core/kick.py). Set
                     #     after the reason (REQ, NOTIFY, RESCHED, an IRR bit) is visible; the block hook clears it
 RESCHED = 27        # [any] the host scheduler's tick: the timeslice of a shared host CPU is over (hosttimer.py)
 LAPIC_AT = 28       # [k] RIP of the MOV whose APIC write stopped the guest on it (Unicorn restarts it after the

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from engine.vmx.decode import MAX_LENGTH, mov_store_length
+from engine.io.decode import MAX_LENGTH, mov_store_length
 
 SEGMENTS = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65}
 

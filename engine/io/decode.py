@@ -4,15 +4,16 @@ An APIC write that exits (exit 56) is trap-like (SDM 29.4.3.3): the guest leaves
 instruction. The write hook cannot end the instruction itself — Unicorn restarts it after a stop — so the
 hook stops the guest and the loop moves RIP past it: exact when the instruction does nothing but the
 store, which a MOV to memory is (SDM vol. 2, MOV: 88, 89, C6 /0, C7 /0, A2, A3). Other forms (an RMW
-such as `or [apic], eax`) leave at the next block boundary instead (vmx/kick.py).
+such as `or [apic], eax`) leave at the next block boundary instead (core/kick.py).
 """
 import numpy as np
 from numba import carray, njit
 
+from ..core import ctx as C
+from ..core.regs import rd_efer
 from ..mmu import walk as W
+from ..mmu.access import code_to_hpa, pc_linear
 from ..native import NUMBA, u8_ptr
-from . import ctx as C
-from .hooks import code_to_hpa, pc_linear, rd_efer
 
 MODE_REAL, MODE_PROT32, MODE_LONG = 16, 32, 64
 MAX_LENGTH = 15                     # SDM 2.3.11: longer is #GP

@@ -16,9 +16,9 @@ accesses at 0.85-0.97x).
 """
 from numba import carray, cfunc, njit, types
 
-from ..io.sync import fence
 from ..native import FN_EMU_STOP, NFN, NUMBA, call_uc, u64_ptr
 from . import ctx as C
+from .sync import fence
 
 
 @njit(inline="always")

@@ -40,6 +40,8 @@ KICK = 26           # [any] nonzero: leave the guest at the next translated-bloc
 RESCHED = 27        # [any] the host scheduler's tick: the timeslice of a shared host CPU is over (hosttimer.py)
 LAPIC_AT = 28       # [k] RIP of the MOV whose APIC write stopped the guest on it (Unicorn restarts it after the
 LAPIC_RESUME = 29   #     store), and the RIP after it, where the loop resumes; 0 when it left at a block boundary
+LAPIC_ZERO = 30     # [k] a store that reached reserved bytes of the APIC page: offset + 1 | size << 16; they
+                    #     read as 0 again from the next access on (io/vlapic.py)
 # -- exit record [k] -------------------------------------------------------------------------------
 EXIT = 32           # what a hook asks the loop to do (X_*)
 FAULT_GLA = 33

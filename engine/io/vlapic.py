@@ -23,7 +23,7 @@ from ..core import ctx as C
 from ..core import kick
 from ..core.regs import rd, stop
 from ..core.sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
-                   call_clock, fence, futex_wake)
+                         call_clock, fence, futex_wake)
 from ..native import NUMBA, address, call_host, hook_add, u64_ptr, u8_ptr
 from . import decode
 
@@ -413,19 +413,60 @@ def send_ipi(c, icr_lo):
 
 # -- the page's memory hooks (APIC-register virtualization) --------------------------------------------
 @njit(**NUMBA)
-def undo_readonly_write(c):
-    """A store to a read-only register landed after the write hook: put the register's value back."""
-    if c[C.LAPIC_FIX] != 0:
-        page_of(c)[(np.int64(c[C.LAPIC_FIX]) - 1) >> 2] = np.uint32(c[C.LAPIC_FIXVAL])
-        c[C.LAPIC_FIX] = 0
+def is_register(reg):
+    """A register's 16-byte slot in the xAPIC page (SDM Table 10-1); the other slots are reserved."""
+    return reg == ID or reg == VER or TPR <= reg <= SVR or ISR <= reg <= ESR or reg == LVT_CMCI or \
+        ICR_LO <= reg <= TIMER_CCR or reg == TIMER_DCR
 
 
 @njit(**NUMBA)
-def mmio_read(c, offset):
+def reached(offset, size):
+    """The register an access of `size` (up to 8) bytes at `offset` reaches, or -1 when it touches reserved
+    bytes only. A register is the first 32 bits of its 16-byte slot, so at most one is reached."""
+    first = offset & ~0xF
+    if offset & 0xF < 4:
+        reg = first
+    elif offset + size > first + 16:
+        reg = first + 16
+    else:
+        return np.int64(-1)
+    return reg if reg < 0x1000 and is_register(reg) else np.int64(-1)
+
+
+@njit(**NUMBA)
+def merged(old, reg, offset, size, value):
+    """The register's 32 bits once a store of `size` bytes of `value` at `offset` has landed on part of them."""
+    lo, hi = max(offset, reg), min(offset + size, reg + 4)
+    keep = ((U(1) << U(8 * (hi - lo))) - U(1)) << U(8 * (lo - reg))
+    part = (U(value) >> U(8 * (lo - offset))) << U(8 * (lo - reg))
+    return np.int64((U(old) & ~keep) | (part & keep))
+
+
+@njit(**NUMBA)
+def undo_readonly_write(c):
+    """A store landed after the write hook where the guest cannot write: put back the read-only register's value
+    (LAPIC_FIX), and zeros in the reserved bytes it reached (LAPIC_ZERO; reserved offsets read as 0, as
+    bhyve's vlapic_read answers them)."""
+    if c[C.LAPIC_FIX] != 0:
+        page_of(c)[(np.int64(c[C.LAPIC_FIX]) - 1) >> 2] = np.uint32(c[C.LAPIC_FIXVAL])
+        c[C.LAPIC_FIX] = 0
+    if c[C.LAPIC_ZERO] != 0:
+        span = np.int64(c[C.LAPIC_ZERO])
+        c[C.LAPIC_ZERO] = 0
+        first = (span & 0xFFFF) - 1
+        page = page_of(c).view(np.uint8)
+        for at in range(max(first, 0), min(first + (span >> 16), 0x1000)):
+            if at & 0xF >= 4 or not is_register(at & ~0xF):
+                page[at] = 0
+
+
+@njit(**NUMBA)
+def mmio_read(c, offset, size):
     undo_readonly_write(c)
-    if offset & ~0xF == TIMER_CCR:
+    reg = reached(offset, size)
+    if reg == TIMER_CCR:
         page_of(c)[TIMER_CCR >> 2] = np.uint32(timer_ccr(c, now_ns(c)))
-    elif offset & ~0xF == PPR:
+    elif reg == PPR:
         update_ppr(page_of(c))
 
 
@@ -449,8 +490,10 @@ def exits_after(c, reg, value):
 
 
 @njit(**NUMBA)
-def mmio_write(c, offset, value):
-    """The write hook runs before the store; the store then leaves `value` in the page (trap-like).
+def mmio_write(c, offset, size, value):
+    """The write hook runs before the store; the store then leaves `value` in the page (trap-like). It writes
+    the register it reaches (reached: a store may start in reserved bytes and end in the next register, or
+    cover part of one); whatever it leaves in reserved bytes or a read-only register is undone.
 
     The hook acts once, here. A write after which the vCPU must leave the guest (exits_after) is trap-like
     (exit 56 with this offset, then what became deliverable is injected): when the instruction is a MOV,
@@ -458,8 +501,14 @@ def mmio_write(c, offset, value):
     (io/decode.py) — exactly after the write, as VT-x exits. Any other form leaves at the next block
     boundary (core/kick.py), never by a restart that would run it, and this hook, twice.
     """
-    reg = offset & ~0xF
-    value = np.int64(value) & 0xFFFFFFFF
+    undo_readonly_write(c)
+    regs = page_of(c)
+    reg = reached(offset, size)
+    if reg < 0 or offset < reg or offset + size > reg + 4:
+        c[C.LAPIC_ZERO] = (offset + 1) | (size << 16)
+    if reg < 0:
+        return
+    value = merged(regs[reg >> 2], reg, offset, size, value)
     if exits_after(c, reg, value):
         c[C.LAPIC_STEP] = 1
         c[C.LAPIC_STEP_OFFSET] = np.uint64(offset)
@@ -469,8 +518,6 @@ def mmio_write(c, offset, value):
             stop(c)
         else:
             kick.kick(c)
-    undo_readonly_write(c)
-    regs = page_of(c)
     if is_read_only(reg) or reg == EOI:
         c[C.LAPIC_FIX] = reg + 1
         c[C.LAPIC_FIXVAL] = 0 if reg == EOI else regs[reg >> 2]
@@ -500,13 +547,13 @@ MEM_HOOK = types.void(types.voidptr, types.int32, types.uint64, types.int32, typ
 @cfunc(MEM_HOOK, **NUMBA)
 def read_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
-    mmio_read(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF)
+    mmio_read(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF, np.int64(size))
 
 
 @cfunc(MEM_HOOK, **NUMBA)
 def write_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
-    mmio_write(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF, value)
+    mmio_write(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF, np.int64(size), value)
 
 
 # -- the userspace side: setup, registers for readers, requests from other threads ---------------------
@@ -552,7 +599,8 @@ class Vlapic:
         for lvt in LVT_INDEX:
             r[lvt >> 2] = LVT_MASKED
         c = self.vcpu.ctx
-        for slot in (C.TIMER_DEADLINE, C.TIMER_PERIOD, C.TIMER_START, C.INTR_WINDOW, C.NMI_WINDOW, C.LAPIC_FIX):
+        for slot in (C.TIMER_DEADLINE, C.TIMER_PERIOD, C.TIMER_START, C.INTR_WINDOW, C.NMI_WINDOW, C.LAPIC_FIX,
+                     C.LAPIC_ZERO):
             c[slot] = 0
 
     def register(self, offset):

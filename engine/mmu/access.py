@@ -1,6 +1,7 @@
 """The kernels' own way to guest memory through a vCPU's context block: guest-physical and guest-linear
 addresses to host-physical ones, without side effects (no A/D bits, nothing backed), the exec-scan table
-that finds the host page of an instruction, and the linear address of the current instruction.
+that finds the host page of an instruction, instruction bytes fetched page by page, and the linear address
+of the current instruction.
 
 Walks read the guest's registers with core/regs.py, so only the vCPU's own thread calls these.
 """
@@ -64,9 +65,18 @@ def xtab_find(xtab, mask, linear_page):
     return np.int64(-1)
 
 
+@njit(**INLINE)
+def canonical(linear):
+    """Bits 63:47 all equal (SDM 3.3.7.1). 4-level paging translates bits 47:0 only, so a non-canonical
+    address would alias a canonical one; the CPU raises #GP(0) instead (#SS(0) for a stack access)."""
+    return (np.uint64(linear) + np.uint64(1 << 47)) >> np.uint64(48) == 0
+
+
 @njit(**NUMBA)
 def linear_to_hpa(c, linear):
     """Host address of a guest-linear byte for the host's own reads (no A/D side effects), or -1."""
+    if not canonical(linear):
+        return np.int64(-1)
     mem8, mem64, mem32, segs = views(c)
     st, pool = ept_views(c)
     cs = rd(c, X.UC_X86_REG_CS)
@@ -103,6 +113,24 @@ def code_page_to_hpa(c, linear):
             c[C.CODE_GEN] = st[EPT.S_GEN] + c[C.TLB_SEEN]
             return hpa + np.int64(np.uint64(linear) & np.uint64(0xFFF))
     return linear_to_hpa(c, linear)
+
+
+@njit(**NUMBA)
+def fetch_code(c, linear, out):
+    """Copy the instruction bytes at guest-linear `linear` into `out`, each page through its own translation:
+    an instruction may go on into a page mapped anywhere, or nowhere (its fetch faults there, SDM 6.15 #PF).
+    Returns how many bytes were copied; never a byte of host memory that is not the guest's."""
+    mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
+    n = np.int64(0)
+    while n < out.size:
+        at = np.uint64(linear) + np.uint64(n)
+        hpa = code_to_hpa(c, at)
+        chunk = min(out.size - n, 0x1000 - np.int64(at & np.uint64(0xFFF)), np.int64(c[C.MEMSIZE]) - hpa)
+        if hpa < 0 or chunk <= 0:
+            break
+        out[n:n + chunk] = mem8[hpa:hpa + chunk]
+        n += chunk
+    return n
 
 
 @njit(**INLINE)

@@ -4,6 +4,7 @@ the kernel loop hands back, run on the vCPU's thread.
 Each takes the vCPU, does what the exit needs and returns; the driver loop (thread.py) goes on by the
 vCPU's run state. Paging exits are in paging.py, halts in halting.py.
 """
+import numpy as np
 from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 
@@ -140,10 +141,11 @@ def deliver(vcpu, event):
 def is_software_interrupt(vcpu, vector):
     if vector >= 32:
         return True
-    hpa = access.linear_to_hpa(vcpu.ctx, access.u64(vcpu.linear_pc() - 2))
-    mem = vcpu.vm.hypervisor.memory
-    return hpa >= 0 and ((mem[hpa] == 0xCD and mem[hpa + 1] == vector) or
-                         (vector == 3 and mem[hpa + 1] == 0xCC) or (vector == 4 and mem[hpa + 1] == 0xCE))
+    code = np.zeros(2, np.uint8)
+    if access.fetch_code(vcpu.ctx, access.u64(vcpu.linear_pc() - 2), code) < 2:     # the two bytes may straddle pages
+        return False
+    return (code[0] == 0xCD and code[1] == vector) or (vector == 3 and code[1] == 0xCC) or \
+        (vector == 4 and code[1] == 0xCE)
 
 
 EXIT_HANDLERS = {

@@ -25,6 +25,8 @@ from ..vmx import hooks, inject
 from .build import XTAB_PAIRS
 
 _decoders = threading.local()                   # capstone handles are not to be shared between threads
+PREFIXES = np.zeros(256, bool)       # legacy prefixes (SDM 2.1.1) and REX (2.2.1): an instruction may start at any
+PREFIXES[[0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3] + list(range(0x40, 0x50))] = True
 
 
 def exit_paging(vcpu):
@@ -66,14 +68,9 @@ def stop_at_fault(vcpu, gla, gpa):
 def scan_page(vcpu, linear_page, gpa_page):
     """EPT execute violation: hook every HLT/RDMSR/WRMSR candidate on the page, then grant execute."""
     hpa = vcpu.vm.gpa_to_hpa(gpa_page)
-    code = vcpu.vm.hypervisor.memory[hpa:hpa + 0x1000 + 1]
-    hits = np.flatnonzero(code[:0x1000] == 0xF4).tolist()
-    twos = np.flatnonzero((code[:-1] == 0x0F) & ((code[1:] == 0x30) | (code[1:] == 0x32) |
-                                                 (code[1:] == 0x01) | (code[1:] == 0x22))).tolist()
-    twos += np.flatnonzero((code[:-1] == 0xF3) & (code[1:] == 0x90)).tolist()          # PAUSE
-    prefixed = [o - 1 for o in twos if o > 0 and (0x40 <= code[o - 1] <= 0x4F or code[o - 1] == 0x67)]
-    locks = np.flatnonzero(code[:0x1000] == 0xF0).tolist()
-    for cfunc, offsets in ((hooks.code_hook, hits + twos + prefixed), (buslock.lock_hook, locks)):
+    code = vcpu.vm.hypervisor.memory[hpa:hpa + 0x1000]
+    for cfunc, offsets in ((hooks.code_hook, candidates(code)), (buslock.lock_hook,
+                                                                   np.flatnonzero(code == 0xF0).tolist())):
         for offset in offsets:
             where = linear_page + offset
             if (cfunc, where) not in vcpu.hooked:
@@ -81,6 +78,25 @@ def scan_page(vcpu, linear_page, gpa_page):
                 vcpu.hooked.add((cfunc, where))
     cachesim.scan_clflush(vcpu, linear_page, hpa, bool(vcpu.efer() & W.EFER_LMA))
     grant_execute(vcpu, linear_page, gpa_page)
+
+
+def candidates(code):
+    """Offsets in a code page where an instruction the code hook handles may start: HLT (F4), RDMSR/WRMSR
+    (0F 32/30), INVLPG and the like (0F 01), MOV to CR (0F 22), PAUSE (F3 90), and every prefix byte
+    before one of them. The next page's bytes are not known here (it may map anywhere): an opcode's first
+    byte, or prefixes, at the end of the page are candidates whatever follows; the hook reads the real bytes."""
+    nxt = np.append(code[1:], 0)
+    last = np.arange(code.size) == code.size - 1
+    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x01) | (nxt == 0x22)
+    starts = (code == 0xF4) | ((code == 0x0F) & second) | ((code == 0xF3) & (last | (nxt == 0x90)))
+    starts[-1] |= PREFIXES[code[-1]]
+    found = set(np.flatnonzero(starts).tolist())
+    for start in sorted(found):
+        at = start - 1
+        while at >= 0 and start - at < 15 and PREFIXES[code[at]]:
+            found.add(at)
+            at -= 1
+    return sorted(found)
 
 
 def grant_execute(vcpu, linear_page, gpa_page):

@@ -22,7 +22,7 @@ from ..io import portbus
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
-from ..mmu.access import APIC_GPA, code_to_hpa, ept_views, pc_linear, views, xtab_find
+from ..mmu.access import APIC_GPA, canonical, code_to_hpa, ept_views, fetch_code, pc_linear, views, xtab_find
 from ..native import INLINE, NUMBA, u64_ptr, u8_ptr
 from . import exits as E
 
@@ -91,6 +91,9 @@ def tlb_fill(c, vaddr, access):
     kind = W.ACCESS_WRITE if access == 17 else W.ACCESS_FETCH if access == 18 else W.ACCESS_READ
     need = W.PROT_X if kind == W.ACCESS_FETCH else W.PROT_W if kind == W.ACCESS_WRITE else W.PROT_R
     c[C.FAULT_GLA] = vaddr
+    if not canonical(vaddr):                    # Unicorn does not check (reference/unicorn.md §3): #GP(0)
+        c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
+        return False, 0, 0
     i = TLB.lookup(tlb, c[C.VPID], c[C.EPTP], vaddr)
     if i >= 0 and tlb[i + 5] & np.uint64(need):
         counters[S.TLB_HITS] += 1
@@ -120,7 +123,10 @@ def tlb_fill(c, vaddr, access):
         if faults:
             nested_fault(c, gpa, vaddr, ept_qualification(kind, q_rwx, True), faults)
         if status == EPT.NOT_MEMORY and c[C.APIC_PAGE] != 0 and gpa & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):
-            status, hpa, rwx = EPT.HANDLED, c[C.APIC_PAGE] + (gpa & np.uint64(0xFFF)), np.uint64(3)
+            if kind == W.ACCESS_FETCH:          # the APIC page is never code (an APIC-access exit, SDM 29.4.1)
+                status, q_rwx = EPT.DENIED, np.uint64(3)
+            else:
+                status, hpa, rwx = EPT.HANDLED, c[C.APIC_PAGE] + (gpa & np.uint64(0xFFF)), np.uint64(3)
         counters[S.EPT_FIRST_TOUCH] += st[EPT.S_FIRST_TOUCH] - touched
         counters[S.EPT_AD_EMUL] += st[EPT.S_AD_FAULTS] - emulated
         if status != EPT.HANDLED:
@@ -165,12 +171,41 @@ def tlb_fill_hook(uc, vaddr, access, entry, ud):
 
 # -- CPUID (exit 10), handled in the kernel as x86_emulate_cpuid ------------------------------------
 @njit(**NUMBA)
-def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b):
-    a = b = cc = d = np.uint64(0)
+def cpuid_row(table, n, leaf, subleaf):
+    """The profile's row for a leaf and subleaf (a subleaf of its own first, else its ANY row), or -1."""
     for i in range(np.int64(n)):
         if table[6 * i] == leaf and (table[6 * i + 1] == ANY or table[6 * i + 1] == subleaf):
-            a, b, cc, d = table[6 * i + 2], table[6 * i + 3], table[6 * i + 4], table[6 * i + 5]
-            break
+            return i
+    return np.int64(-1)
+
+
+@njit(**NUMBA)
+def cpuid_leaf(table, n, leaf):
+    """The leaf CPUID answers for `leaf`. Above the highest basic (CPUID.0:EAX) or extended (CPUID.80000000H:
+    EAX) leaf, the highest basic leaf's data (SDM vol. 2A, CPUID, "If a value entered for CPUID.EAX is higher
+    than the maximum input value..."); bhyve's x86_emulate_cpuid clamps the same way except that it answers
+    an extended leaf with the highest extended one. 40000000H-4FFFFFFFH belong to the hypervisor: above its
+    highest (CPUID.40000000H:EAX), the highest, as x86_emulate_cpuid does with CPUID_VM_HIGH."""
+    u = np.uint64
+    leaf = u(leaf)
+    top = u(0x40000000) if leaf >> u(28) == u(4) else u(0x80000000) if leaf >= u(0x80000000) else u(0)
+    row = cpuid_row(table, n, top, u(0))
+    high = table[6 * row + 2] if row >= 0 else u(0)
+    if leaf <= high:
+        return leaf
+    if top == u(0x40000000) and row >= 0:
+        return high
+    row = cpuid_row(table, n, u(0), u(0))
+    return table[6 * row + 2] if row >= 0 else u(0)
+
+
+@njit(**NUMBA)
+def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b):
+    a = b = cc = d = np.uint64(0)
+    leaf = cpuid_leaf(table, n, leaf)
+    i = cpuid_row(table, n, leaf, subleaf)
+    if i >= 0:
+        a, b, cc, d = table[6 * i + 2], table[6 * i + 3], table[6 * i + 4], table[6 * i + 5]
     if leaf == 1:
         b = (b & np.uint64(0x00FFFFFF)) | (np.uint64(vcpu_id) << np.uint64(24))   # initial APIC ID
     elif leaf == 0xB and params_leaf_b:
@@ -199,25 +234,41 @@ def cpuid_hook(uc, ud):
 
 # -- IN/OUT (exit 30) ---------------------------------------------------------------------------------
 @njit(**INLINE)
+def io_decode(code):
+    """(length, string, REP, immediate) of an IN/OUT from its first bytes: prefixes, then the opcode (SDM
+    Table 28-5; the instruction length, SDM 28.2.5)."""
+    string = rep = imm = False
+    i = 0
+    while i < code.size:
+        op = code[i]
+        if op == 0xF3 or op == 0xF2:
+            rep = True
+        elif op != 0x66 and op != 0x67:
+            string = 0x6C <= op <= 0x6F
+            imm = 0xE4 <= op <= 0xE7
+            break
+        i += 1
+    return i + (2 if imm else 1), string, rep, imm
+
+
+@njit(**NUMBA)
+def io_decode_across(c, linear):
+    """io_decode of an instruction near a page's end, its bytes fetched page by page."""
+    code = np.zeros(4, np.uint8)
+    return io_decode(code[:fetch_code(c, linear, code)])
+
+
+@njit(**INLINE)
 def io_exit(c, port, size, is_in, value):
     """Record the exit with its qualification and dispatch it on the port bus; returns the value an IN reads."""
     rip, linear = pc_linear(c)
     hpa = code_to_hpa(c, linear)
     string = rep = imm = False
     length = 1
-    if hpa >= 0:
-        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
-        i = 0
-        while i < 4 and hpa + i < np.int64(c[C.MEMSIZE]):
-            op = mem8[hpa + i]
-            if op == 0xF3 or op == 0xF2:
-                rep = True
-            elif op != 0x66 and op != 0x67:
-                string = 0x6C <= op <= 0x6F
-                imm = 0xE4 <= op <= 0xE7
-                break
-            i += 1
-        length = i + (2 if imm else 1)
+    if hpa >= 0 and linear & np.uint64(0xFFF) <= np.uint64(0x1000 - 4):
+        length, string, rep, imm = io_decode(carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])[hpa:hpa + 4])
+    elif hpa >= 0:                              # the instruction may go on into the next page
+        length, string, rep, imm = io_decode_across(c, linear)
     rcx = rd(c, X.UC_X86_REG_RCX) if rep else np.uint64(0)
     one = np.uint64(1)
     continuing = rep and c[C.IO_RIP] == rip + one and c[C.IO_RCX] == rcx + one   # the next round of one REP
@@ -255,9 +306,32 @@ def msr_find(table, n, index):
 
 
 @njit(**NUMBA)
-def msr_exit(c, address, is_write):
+def cpl_nonzero(c):
+    """CPL > 0: protected mode with CS.RPL > 0, or virtual-8086 mode (RFLAGS.VM), which runs at CPL 3."""
+    if not rd(c, X.UC_X86_REG_CR0) & np.uint64(W.CR0_PE):
+        return False
+    return rd(c, X.UC_X86_REG_CS) & np.uint64(3) != 0 or rd(c, X.UC_X86_REG_EFLAGS) & np.uint64(1 << 17) != 0
+
+
+@njit(**NUMBA)
+def raise_fault(c, vector):
+    """An exception for the loop to deliver, with RIP still on the instruction (precise from a code hook)."""
+    if vector == 13:
+        c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
+    else:
+        c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, vector
+    stop(c)
+
+
+@njit(**NUMBA)
+def msr_exit(c, address, is_write, length):
+    """RDMSR/WRMSR of `length` bytes (prefixes included). At CPL > 0 the #GP(0) comes before any VM exit
+    (SDM vol. 2B RDMSR/WRMSR; faults based on privilege level have priority over VM exits, SDM 26.1.1)."""
+    if cpl_nonzero(c):
+        raise_fault(c, 13)
+        return
     rip = rd(c, X.UC_X86_REG_RIP)
-    record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, 2, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
+    record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, length, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
     table = carray(u64_ptr(c[C.MSR]), 3 * np.int64(c[C.NMSR]))
     index = rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF
     row = msr_find(table, c[C.NMSR], index)
@@ -275,10 +349,9 @@ def msr_exit(c, address, is_write):
         wr(c, X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
         wr(c, X.UC_X86_REG_RDX, value >> np.uint64(32))
     else:                                           # unknown MSR, or the wrong direction: #GP(0)
-        c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
-        stop(c)                                     # precise from a code hook: RIP stays on the instruction
+        raise_fault(c, 13)
         return
-    wr(c, X.UC_X86_REG_RIP, rip + np.uint64(2))
+    wr(c, X.UC_X86_REG_RIP, rip + np.uint64(length))
 
 
 # -- guest TLB maintenance: INVLPG and MOV to CR0/CR3/CR4, found by the same page scan ---------------
@@ -298,11 +371,20 @@ def guest_tlb_flush(c, kind, linear):
     counters[S.TLB_GUEST_FLUSHES] += 1
 
 
+@njit(**INLINE)
+def disp32(code, at):
+    return np.int64(np.int32(code[at] | (np.int64(code[at + 1]) << 8) | (np.int64(code[at + 2]) << 16) |
+                             (np.int64(code[at + 3]) << 24)))
+
+
 @njit(**NUMBA)
-def tlb_insn(c, mem8, hpa, address, rex, long_mode):
+def tlb_insn(c, code, address, prefixes, rex, long_mode, addr32):
     """INVLPG m (0F 01 /7) drops that page; MOV CR3 drops non-global entries; MOV CR0/CR4 drop all of
-    this VPID's. An INVLPG operand this decoder does not follow (SIB) drops all: allowed by the SDM."""
-    op1, modrm = mem8[hpa + 1], mem8[hpa + 2]
+    this VPID's. An INVLPG operand this decoder does not follow (SIB) drops all: allowed by the SDM.
+    `code` starts at the 0F opcode, after `prefixes` prefix bytes."""
+    if code.size < 3:
+        return
+    op1, modrm = code[1], code[2]
     mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
     if op1 == 0x22 and mod == 3:
         if reg == 3:
@@ -315,19 +397,21 @@ def tlb_insn(c, mem8, hpa, address, rex, long_mode):
     if rm == 4:
         guest_tlb_flush(c, TLB.INV_SINGLE, 0)
         return
+    if (mod == 0 and rm == 5) or mod == 2:
+        if code.size < 7:
+            return                                             # its fetch faults: the instruction never runs
+    elif mod == 1 and code.size < 4:
+        return
     if mod == 0 and rm == 5:                                   # disp32: RIP-relative in long mode
-        disp = np.int64(np.int32(mem8[hpa + 3] | (np.int64(mem8[hpa + 4]) << 8) | (np.int64(mem8[hpa + 5]) << 16) |
-                                 (np.int64(mem8[hpa + 6]) << 24)))
-        base = np.uint64(address) + np.uint64(7 + (1 if rex else 0)) if long_mode else np.uint64(0)
-        ea = base + np.uint64(disp)
+        base = np.uint64(address) + np.uint64(prefixes + 7) if long_mode else np.uint64(0)
+        ea = base + np.uint64(disp32(code, 3))
     else:
         ea = rd(c, REG64[rm + (8 if rex & 1 else 0)])
         if mod == 1:
-            ea += np.uint64(np.int64(np.int8(mem8[hpa + 3])))
+            ea += np.uint64(np.int64(np.int8(code[3])))
         elif mod == 2:
-            ea += np.uint64(np.int64(np.int32(mem8[hpa + 3] | (np.int64(mem8[hpa + 4]) << 8) |
-                                              (np.int64(mem8[hpa + 5]) << 16) | (np.int64(mem8[hpa + 6]) << 24))))
-    if not long_mode:
+            ea += np.uint64(disp32(code, 3))
+    if not long_mode or addr32:
         ea &= np.uint64(0xFFFFFFFF)
     guest_tlb_flush(c, TLB.INV_ADDRESS, ea)
 
@@ -349,33 +433,61 @@ def pause_exit(c, address):
     stop(c)                                         # precise from a code hook: RIP stays on the PAUSE
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
-def code_hook(uc, address, size, ud):
-    c = carray(ud, C.SIZE)
-    hpa = code_to_hpa(c, address)
-    if hpa < 0 or hpa + 8 >= np.int64(c[C.MEMSIZE]):
-        return
-    mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
-    rex = np.uint64(0)
+INSN_MAX = 15                       # SDM 2.3.11: an instruction is at most 15 bytes
+
+
+@njit(**NUMBA)
+def is_prefix(b, long_mode):
+    """A legacy prefix (SDM 2.1.1) or, in 64-bit mode, a REX prefix (SDM 2.2.1)."""
+    return b == 0xF0 or b == 0xF2 or b == 0xF3 or b == 0x2E or b == 0x36 or b == 0x3E or b == 0x26 or \
+        b == 0x64 or b == 0x65 or b == 0x66 or b == 0x67 or (long_mode and 0x40 <= b <= 0x4F)
+
+
+@njit(**NUMBA)
+def hooked_insn(c, address, code):
+    """The instruction at a scanned candidate address, from its bytes (`code`, fetched page by page):
+    HLT, RDMSR/WRMSR, INVLPG/MOV CR, PAUSE, each with any prefixes before it; LOCK with any of them is
+    #UD (SDM vol. 2A, LOCK). Bytes that are something else (data the scan took for code) do nothing."""
     long_mode = (rd_efer(c) & np.uint64(W.EFER_LMA)) != 0
-    if long_mode and 0x40 <= mem8[hpa] <= 0x4F:
-        rex = np.uint64(mem8[hpa])
-        hpa += 1
-    elif mem8[hpa] == 0x67:
-        hpa += 1
-    op0, op1 = mem8[hpa], mem8[hpa + 1]
-    if op0 == 0xF4:
-        c[C.HLT_AT] = np.uint64(address) + np.uint64(1)   # the HLT runs natively and ends emu_start
-    elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30):
-        msr_exit(c, address, op1 == 0x30)
+    i, rex, lock, rep, addr32 = 0, np.uint64(0), False, False, False
+    while i < code.size - 1 and i < INSN_MAX - 1 and is_prefix(code[i], long_mode):
+        b = code[i]
+        rex = np.uint64(b) if 0x40 <= b <= 0x4F and long_mode else np.uint64(0)   # REX counts only last
+        lock = lock or b == 0xF0
+        rep = rep or b == 0xF3
+        addr32 = addr32 or b == 0x67
+        i += 1
+    if i >= code.size:
+        return
+    op0 = code[i]
+    op1 = code[i + 1] if i + 1 < code.size else np.uint8(0)
+    known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22))
+    if lock and known:
+        raise_fault(c, 6)
+    elif op0 == 0xF4:
+        c[C.HLT_AT] = np.uint64(address) + np.uint64(i + 1)   # the HLT runs natively and ends emu_start
+    elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30) and i + 1 < code.size:
+        msr_exit(c, address, op1 == 0x30, i + 2)
         if c[C.EXIT] == C.X_NONE:
             l1d.entry_flush(c)
     elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
         c[C.GUEST_PE] = 0                             # MOV CR0 or LMSW may be about to change CR0.PE
-        tlb_insn(c, mem8, hpa, address, rex, long_mode)
-    elif op0 == 0xF3 and op1 == 0x90:
+        tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
+    elif op0 == 0x90 and rep and not rex & np.uint64(1):
         pause_exit(c, address)
 
+
+@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+def code_hook(uc, address, size, ud):
+    c = carray(ud, C.SIZE)
+    hpa = code_to_hpa(c, address)
+    if hpa < 0:
+        return
+    if np.uint64(address) & np.uint64(0xFFF) <= np.uint64(0x1000 - INSN_MAX):    # on one page: read in place
+        hooked_insn(c, address, carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])[hpa:hpa + INSN_MAX])
+    else:
+        code = np.zeros(INSN_MAX, np.uint8)
+        hooked_insn(c, address, code[:fetch_code(c, address, code)])
 
 
 # -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -

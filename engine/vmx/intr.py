@@ -20,7 +20,7 @@ from ..core import vmcs as V
 from ..core.regs import rd, wr
 from ..core.sync import call_ctl2, call_uc_ptr
 from ..io import vlapic as L
-from ..mmu.access import code_to_hpa, pc_linear
+from ..mmu.access import fetch_code, pc_linear
 from ..native import NUMBA, u64_ptr, u8_ptr
 from . import deliver
 from . import exits as E
@@ -112,11 +112,11 @@ def nmi_window_open(c):
 @njit(**NUMBA)
 def note_opcode(c):
     """Under NMI-window exiting: remember the opcode (past a REX.W) of the instruction about to be stepped."""
-    hpa = code_to_hpa(c, pc_linear(c)[1])
+    code = np.zeros(2, np.uint8)
+    n = fetch_code(c, pc_linear(c)[1], code)
     op = np.uint64(0)
-    if 0 <= hpa < np.int64(c[C.MEMSIZE]) - 1:
-        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
-        op = np.uint64(mem8[hpa + 1] if mem8[hpa] == 0x48 else mem8[hpa])
+    if n == 2 or (n == 1 and code[0] != 0x48):
+        op = np.uint64(code[1] if code[0] == 0x48 else code[0])
     L.block(c)[L.IB_LAST_OPCODE] = op
 
 

@@ -18,9 +18,8 @@ from ..cpu import l1d
 from ..io import buslock
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
-from ..mmu.access import linear_to_hpa, pc_linear
-from ..native import (CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr,
-                      u8_ptr)
+from ..mmu.access import fetch_code, pc_linear
+from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr
 from . import exits as E
 from . import halt, intr
 from .hooks import record_exit
@@ -151,9 +150,8 @@ def exit_process(c, err):
             return EXITCODE_BOGUS
         return 0                                       # a stepped instruction: re-enter
     if err == UC_ERR_INSN_INVALID:
-        hpa = linear_to_hpa(c, current_linear(c))
-        mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
-        if 0 <= hpa < np.int64(c[C.MEMSIZE]) - 3 and mem8[hpa] == 0x0F and mem8[hpa + 1] == 0x01 and mem8[hpa + 2] == 0xC1:
+        code = np.zeros(3, np.uint8)
+        if fetch_code(c, current_linear(c), code) == 3 and code[0] == 0x0F and code[1] == 0x01 and code[2] == 0xC1:
             record(c, E.VMCALL, 0, 3, S.VMEXIT_INST_EMUL)
             return EXITCODE_VMINSN
         c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, 6   # #UD, delivered to the guest

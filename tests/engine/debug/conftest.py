@@ -32,7 +32,9 @@ def debugme(hv):
 
 def gdb_args(port, commands, elf=DEBUGME):
     """gdb -batch connecting to the stub, then `commands` one -ex each."""
-    args = ["gdb", "-nx", "-batch", "-iex", "set debuginfod enabled off"]
+    # gdb gives a remote 2 s per reply by default; under `make stress` a reply can take longer, and gdb then
+    # reads it as the answer to its next packet ("Remote replied unexpectedly to 'vMustReplyEmpty'")
+    args = ["gdb", "-nx", "-batch", "-iex", "set debuginfod enabled off", "-iex", "set remotetimeout 120"]
     for command in GDB_SETUP + ("target remote 127.0.0.1:%d" % port,) + tuple(commands):
         args += ["-ex", command]
     return args + ([elf] if elf else [])

@@ -10,12 +10,12 @@ from flask import Blueprint, current_app, g
 from engine.door.tables import SnapshotError
 from engine.door.tables import read_snapshot_header as read_header
 
-from . import demo
+from ..demos import scenario as demo
+from ..sessions.errors import ApiError
+from ..sessions.fleet import engine_error
 from .access import control_required
 from .api import fleet
 from .api_schema import guard
-from .errors import ApiError
-from .fleet import engine_error
 
 bp = Blueprint("snapdemo", __name__, url_prefix="/api/v1")
 bp.before_request(guard)

@@ -6,12 +6,12 @@ from flask import Blueprint, g
 from engine.door import CAPABILITIES
 from engine.door.tables import REGISTERS
 
+from ..sessions.errors import ApiError
+from ..sessions.fleet import engine_error
 from . import panels
 from .access import control_required
 from .api import fleet
 from .api_schema import guard
-from .errors import ApiError
-from .fleet import engine_error
 
 bp = Blueprint("ctl", __name__, url_prefix="/api/v1/ctl")
 bp.before_request(guard)

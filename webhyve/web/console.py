@@ -12,8 +12,8 @@ Server → browser: output {data, start, end} (bytes), replay {data, position}, 
 from flask import request
 from flask_socketio import join_room, leave_room
 
+from ..sessions.errors import ApiError
 from .access import CONTROL, connection_role
-from .errors import ApiError
 from .events import CheckedNamespace, handler
 
 
@@ -45,7 +45,7 @@ class ConsoleNamespace(CheckedNamespace):
     def on_attach(self, payload):
         session, sid = self.fleet.get(payload["vm"]), request.sid
         role = self.roles[sid]
-        first = session.pump.attach(sid, role, payload["since"])
+        first = session.pump.attach(sid, role == CONTROL, payload["since"])
         join_room("vm:" + session.name)
         self.attached[sid].add(session.name)
         return {**first, "role": role, "state": session.vm.state}

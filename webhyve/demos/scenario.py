@@ -15,13 +15,13 @@ import tomllib
 from engine.door import Host
 from engine.door.tables import names
 
-from . import screenshot
-from .errors import ApiError
-from .fleet import Fleet
+from ..sessions import screenshot
+from ..sessions.errors import ApiError
+from ..sessions.fleet import Fleet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
-GUESTS = os.path.join(os.path.dirname(HERE), "guests", "build")
+GUESTS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "guests", "build")
 STEP_KINDS = ("type", "wait", "tunable", "host", "mark", "screenshot", "sleep", "figure", "rate")
 HOST_ACTIONS = ("replace_page", "pin", "invalidate", "write", "interrupts")
 

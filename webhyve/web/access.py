@@ -9,7 +9,7 @@ import secrets
 
 from flask import current_app, g, request
 
-from .errors import ApiError
+from ..sessions.errors import ApiError
 
 CONTROL, VIEW = "control", "view"
 COOKIE = "webhyve_token"

@@ -18,8 +18,8 @@ from engine.door import Host
 from engine.door.tables import KINDS, ConfigError, EngineError, names
 
 from . import bhyvectl as B
-from .ctl_client import Client, settings
-from .ctl_console import run_console
+from .client import Client, settings
+from .console import run_console
 
 ESCAPE = b"\x1d"            # Ctrl-], as telnet and virsh console use
 ESCAPE_NAME = "Ctrl-]"
@@ -357,7 +357,7 @@ def snapshot_delete(ctx, name):
               help="Where the .cast, the screenshots and the summary go.")
 def demo(name, output):
     """Run a bundled scenario headless, here (no server needed); without NAME, list them."""
-    from . import demo as scenarios
+    from ..demos import scenario as scenarios
     if not name:
         for key, title in scenarios.bundled().items():
             click.echo("%-18s %s" % (key, title))
@@ -483,7 +483,3 @@ def _type_until_stopped(vm, fd, timeout):
                 return "left with %s" % ESCAPE_NAME
             else:
                 vm.send_input(data.replace(b"\n", b"\r"))
-
-
-if __name__ == "__main__":
-    main()

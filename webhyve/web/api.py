@@ -5,13 +5,14 @@ import os
 
 from flask import Blueprint, Response, current_app, g, request, send_file
 
-from . import panels, screenshot
+from ..sessions import screenshot
+from ..sessions.errors import ApiError
+from ..sessions.fleet import LIFECYCLE
+from ..sessions.recording import NAME as RECORDING_NAME
+from ..sessions.recording import list_recordings
+from . import panels
 from .access import control_required
 from .api_schema import guard
-from .errors import ApiError
-from .fleet import LIFECYCLE
-from .recording import NAME as RECORDING_NAME
-from .recording import list_recordings
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(guard)

@@ -14,7 +14,7 @@ import tty
 
 import socketio
 
-from .ctl_client import ServerError
+from .client import ServerError
 
 ESCAPE = b"\x1d"            # Ctrl-], as telnet, virsh console and `vmmctl run` use
 ESCAPE_NAME = "Ctrl-]"

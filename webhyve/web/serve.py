@@ -1,4 +1,4 @@
-"""`python -m webhyve.serve`: start gunicorn (one worker, threads) on 127.0.0.1 and print the URLs with tokens.
+"""`python -m webhyve.web.serve`: start gunicorn (one worker, threads) on 127.0.0.1 and print the URLs with tokens.
 
 The tokens are made here and handed to the app through the environment, so the printed URL is the one
 that works. `make run` calls this with --demo shell.
@@ -11,7 +11,7 @@ from .access import new_token
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m webhyve.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m webhyve.web.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--demo", metavar="GUEST", help="boot this bundled guest as VM 'demo' (e.g. shell)")
@@ -29,7 +29,7 @@ def main(argv=None):
         url, page, env["WEBHYVE_CONTROL_TOKEN"], url, page, env["WEBHYVE_VIEWER_TOKEN"]), flush=True)
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     os.execve(gunicorn, [gunicorn, "--workers", "1", "--threads", str(args.threads), "--bind", "%s:%d" % (args.host, args.port),
-                         "webhyve:create_app()"], env)
+                         "webhyve.web:create_app()"], env)
 
 
 if __name__ == "__main__":

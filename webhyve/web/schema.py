@@ -11,7 +11,7 @@ import re
 
 from engine.door.tables import names
 
-from .errors import ApiError
+from ..sessions.errors import ApiError
 
 MISSING = object()
 DECIMAL = re.compile(r"-?[0-9]{1,20}")                # ASCII digits only: int() also takes "٣" and "1_0"

@@ -8,7 +8,7 @@ namespace both serve these, so a panel and `curl` always agree.
 from engine.door.tables import exits as E
 from engine.door.tables import vmcs as V
 
-from .errors import ApiError
+from ..sessions.errors import ApiError
 
 VCPU_PANELS = ("registers", "vmcs", "stats")
 READS = {"registers": ("state", "registers"), "vmcs": ("vmcs",), "stats": ("counters", "exit_log")}

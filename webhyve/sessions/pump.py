@@ -13,7 +13,6 @@ interleave them; a text event is one frame. The browser turns the characters bac
 import threading
 import time
 
-from .access import CONTROL
 from .terminal import ServerTerminal
 
 HIGH_WATER = 256 * 1024
@@ -25,10 +24,10 @@ def as_text(data):
 
 
 class Viewer:
-    __slots__ = ("sid", "role", "sent", "acked")
+    __slots__ = ("sid", "typist", "sent", "acked")
 
-    def __init__(self, sid, role, position):
-        self.sid, self.role, self.sent, self.acked = sid, role, position, position
+    def __init__(self, sid, typist, position):
+        self.sid, self.typist, self.sent, self.acked = sid, typist, position, position
 
 
 class OutputPump:
@@ -67,7 +66,7 @@ class OutputPump:
             self.terminal.feed(data)
             for recording in self.recordings:
                 recording.output(data)
-            for viewer in sorted(self.viewers.values(), key=lambda v: v.role != CONTROL):   # the typist first
+            for viewer in sorted(self.viewers.values(), key=lambda v: not v.typist):   # the typist's echo first
                 self._send(viewer, start, end, data)
 
     def _send(self, viewer, start, end, data):
@@ -95,11 +94,12 @@ class OutputPump:
         return None if reader.lost else data[:end - start]
 
     # -- viewers --------------------------------------------------------------------------------------
-    def attach(self, sid, role, since=None):
-        """Register a viewer; returns what it needs first: the missed bytes (reconnect) or a replay."""
+    def attach(self, sid, typist, since=None):
+        """Register a viewer (`typist`: it may type, so its echo goes out first); returns what it needs first:
+        the missed bytes (reconnect) or a replay."""
         with self.lock:
             gap = self.ring_slice(since, self.position) if isinstance(since, int) and 0 <= since <= self.position else None
-            self.viewers[sid] = Viewer(sid, role, self.position)
+            self.viewers[sid] = Viewer(sid, typist, self.position)
             if gap is not None:
                 return {"mode": "resume", "data": as_text(gap), "start": since, "position": self.position}
             return {"mode": "replay", "data": self.terminal.replay(), "position": self.position}

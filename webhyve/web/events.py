@@ -8,8 +8,8 @@ argument or a bad payload before any handler runs, answering through the event's
 from flask import current_app
 from flask_socketio import Namespace
 
+from ..sessions.errors import ApiError
 from .api_schema import MAX_INPUT, VM
-from .errors import ApiError
 from .schema import Int, Schema, SchemaError, Typed
 
 MAX_POSITION = (1 << 63) - 1                      # positions are absolute byte offsets in a VM's console stream

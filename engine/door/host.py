@@ -21,13 +21,6 @@ class Host:
     def destroy_vm(self, name):
         self._hv.destroy_vm(name)
 
-    def vm(self, name):
-        return VmView(self._hv.vm(name))
-
-    def vm_names(self):
-        with self._hv.lock:
-            return list(self._hv.vms)
-
     # -- tunables ---------------------------------------------------------------------------------------
     def tunables(self):
         """Every hw.vmm.* tunable: name, type, value, default, description, boot_only, aliases."""

@@ -67,20 +67,11 @@ class VcpuView:
     def vmcs(self):
         return self.read("vmcs")["vmcs"]
 
-    def exit_log(self):
-        return self.read("exit_log")["exit_log"]
-
     def stats(self, counters=None):
         """{rows, by_id, text} of bhyve's stats, from `counters` (a visit's) or a visit of its own."""
         counters = self.read("counters")["counters"] if counters is None else counters
         return {"rows": stats_rows(counters), "by_id": stats_by_id(counters),
                 "text": format_stats(self.index, counters)}
-
-    def tlb(self):
-        return self.read("tlb")["tlb"]
-
-    def l1d(self):
-        return self.read("l1d")["l1d"]
 
     def bhyve_state(self):
         """What bhyvectl's getters print, from one visit: registers, the VMCS with the guest-state area saved,

@@ -174,7 +174,5 @@ class VmView:
 
     # -- the GDB stub -----------------------------------------------------------------------------------
     def gdb_listen(self, port, wait=False):
+        """Serve gdb's remote protocol on 127.0.0.1:port (bhyve's -G); the port. Closed when the VM is destroyed."""
         return self._vm.gdb_listen(port, wait=wait)
-
-    def gdb_close(self):
-        self._vm.gdb_close()

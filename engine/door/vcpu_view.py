@@ -39,10 +39,6 @@ class VcpuView:
     def index(self):
         return self._vcpu.index
 
-    @property
-    def state(self):
-        return self._vcpu.state
-
     # -- reads ------------------------------------------------------------------------------------------
     def read(self, *parts):
         """{part: value} for the named PARTS, all read by the vCPU's thread in one visit."""

@@ -30,7 +30,7 @@ static/node_modules/.package-lock.json: static/package.json static/package-lock.
 static: static/node_modules/.package-lock.json
 
 run: deps $(STAMP) guests static
-	$(PY) -m webhyve.serve --host 127.0.0.1 --port 8080 --demo shell
+	$(PY) -m webhyve.web.serve --host 127.0.0.1 --port 8080 --demo shell
 
 console: $(STAMP) guests
 	$(VENV)/bin/vmmctl run guests/build/shell.elf

@@ -13,7 +13,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from engine import Hypervisor, stats  # noqa: E402
-from engine.vmx import ctx as C  # noqa: E402
+from engine.core import ctx as C  # noqa: E402
 from run import assemble  # noqa: E402  (bench/run.py, beside this script)
 
 RUNS = 3

@@ -24,3 +24,7 @@ class StateError(EngineError):
 class SnapshotError(EngineError):
     """A snapshot file that cannot be restored (damaged, truncated, foreign or crafted), or one that cannot be
     written; the message names the file and the problem."""
+
+
+class UnsupportedByModel(Exception):
+    """The guest did something the model does not implement yet: its vCPU's thread suspends the VM, naming it."""

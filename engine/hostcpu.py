@@ -4,6 +4,7 @@ vCPUs pinned to the same host CPU never run at once, as on hardware: each holds 
 through the vcpu loop, and while others wait the loop runs in timeslices (the host scheduler's quantum),
 so a spinning guest cannot starve them. Turns are handed out in order of arrival.
 """
+import contextlib
 import threading
 
 from .cpu import profiles
@@ -50,6 +51,15 @@ class HostCpu:
         with self._cond:
             self._serving += 1
             self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def turn(self):
+        """Hold this CPU for a moment: no vCPU runs here meanwhile, so its TLB and L1D stand still."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def tlb_entries(self):
         return tlb.entries(self.tlb)

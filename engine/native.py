@@ -14,6 +14,7 @@ from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UcError
 from unicorn.unicorn_py3.unicorn import uclib
 
 NUMBA = dict(cache=True, nogil=True)        # the one place compiler options come from
+INLINE = dict(inline="always")              # for the small helpers of hot paths: no call between kernels
 
 _P8 = ir.IntType(8).as_pointer()
 _I32 = ir.IntType(32)

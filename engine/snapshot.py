@@ -16,11 +16,11 @@ import unicorn
 from . import firmware, loaders
 from . import snapshot_file as F
 from . import snapshot_schema as SCHEMA
+from .core import ctx as C
 from .cpu import ucstate
 from .errors import ConfigError, ImageError, SnapshotError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
-from .vmx import ctx as C
 
 __all__ = ["FORMAT", "VERSION", "SnapshotError", "read_header", "restore", "save"]
 

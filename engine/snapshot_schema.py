@@ -14,13 +14,13 @@ import numpy as np
 from . import loaders, tunables
 from . import stats as S
 from . import vcpu as V
+from .core import ctx as C
+from .core import vmcs as VMCS
 from .cpu import profiles, ucstate
 from .io import vlapic as L
 from .mmu import ept as EPT
 from .mmu import walk as W
-from .vmx import ctx as C
 from .vmx import intr
-from .vmx import vmcs as VMCS
 
 MAX_MEM_MB = 1 << 20             # 1 TiB: more than any modeled host; snapshot.py checks the actual host
 MAX_CPUS = 64                    # hw.vmm.maxcpu's upper bound
@@ -188,7 +188,7 @@ DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255),
                   "pit": PIT, "com1": UART, "com2": UART},
                  {"bios": record({"elapsed": number(0, MAX_NS), "disk_last": BYTE,
                                   "peeked": optional(integer(0, 0xFFFF))})})
-# vLAPIC context slots (vmx/ctx.py): LAPIC_FIX indexes the virtual-APIC page, so it stays within the page;
+# vLAPIC context slots (core/ctx.py): LAPIC_FIX indexes the virtual-APIC page, so it stays within the page;
 # INJECT is a vector or EXTINT (the 8259 gives the vector)
 LAPIC = record({str(C.TIMER_PERIOD): integer(0, MAX_NS), str(C.INTR_WINDOW): one_of(0, 1),
                 str(C.INJECT): integer(0, intr.EXTINT), str(C.PENDING): bits(L.PEND_NMI | L.PEND_INIT | L.PEND_SIPI),

@@ -52,16 +52,16 @@ def _bool(name, default, description, boot_only, owner, aliases=()):
 
 
 TABLE = (
-    _bool("hw.vmm.halt_detection", 1, "Halt VM if all vcpus execute HLT with interrupts disabled", True, "vm.py"),
+    _bool("hw.vmm.halt_detection", 1, "Halt VM if all vcpus execute HLT with interrupts disabled", True, "vm/machine.py"),
     _bool("hw.vmm.trace_guest_exceptions", 0, "Map all guest exceptions into the exception bitmap", True, "vmx/vmx.py"),
     _bool("hw.vmm.topology.cpuid_leaf_b", 1, "Provide topology information via CPUID leaf 0xB", True, "cpu/cpuid.py"),
     Tunable("hw.vmm.maxcpu", "int", 16, "Maximum number of vCPUs (at most %d: the xAPIC's 8-bit IDs)" % VM_MAXCPU,
-            True, 1, VM_MAXCPU, owner="vm.py"),
+            True, 1, VM_MAXCPU, owner="vm/machine.py"),
     _bool("hw.vmm.ept.use_superpages", 1, "Use superpages with EPT", True, "mmu/ept.py"),
     _bool("hw.vmm.ept.use_hw_ad_bits", 1, "Use hardware access/dirty bits with EPT", True, "mmu/ept.py"),
     _bool("hw.vmm.ept.use_exec_only", 1, "Use execute-only mappings with EPT", True, "mmu/ept.py"),
     _bool("hw.vmm.ept.skip_invalidation", 0, "webhyve debug: mapping changes skip pmap_invalidate_ept, "
-          "so vCPUs keep stale translations", False, "vm.py"),
+          "so vCPUs keep stale translations", False, "vm/memory.py"),
     # vmx_modinit: in bhyve both are boot-time (RDTUN); here they apply from the next VM entry
     Tunable("hw.vmm.l1d_flush", "int", AUTO, "Flush the L1D on VM entry (CVE-2018-3646); -1/auto: on unless "
             "the CPU reports SKIP_L1DFL_VMENTRY", False, AUTO, 1, ("hw.vmm.vmx.l1d_flush",), "cpu/l1d.py"),

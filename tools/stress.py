@@ -9,15 +9,18 @@ import subprocess
 import sys
 import time
 
-# Interrupts, timers, SMP, kicks, halts, snapshots of running VMs, gdb, the web console and the browser.
+# Interrupts, timers, SMP, kicks, visits, halts, snapshots of running VMs, gdb, the web console, panels polled
+# while an SMP guest counts, and the browser.
 TIMING_SENSITIVE = [
     "tests/engine/io",
     "tests/engine/test_kicks.py",
+    "tests/engine/test_visit.py",
     "tests/engine/test_hostcpu_sharing.py",
     "tests/engine/test_snapshot.py",
     "tests/engine/test_reset.py",
     "tests/engine/debug",
     "tests/webhyve/test_namespaces.py",
+    "tests/webhyve/test_polling.py",
     "tests/webhyve/test_server.py",
     "tests/webhyve/test_vmmctl.py",
     "tests/browser",

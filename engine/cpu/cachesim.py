@@ -6,7 +6,7 @@ the modeled cycle counter (hit or miss); every instruction adds one cycle; RDTSC
 counter. With it off the hooks are not registered at all, so they cost nothing (Unicorn drops translated
 code when hooks change, so the next blocks are translated without the calls).
 
-CLFLUSH is hooked where the exec-scan finds it (`scan_clflush`, called from Vcpu.scan_page): capstone
+CLFLUSH is hooked where the exec-scan finds it (`scan_clflush`, called from vcpu/paging.py scan_page): capstone
 decodes the operand once, and the site's hook computes the address from the registers and evicts that
 line, whether or not the simulation is on (the host's lines are in the model either way). A rescanned page
 (its code was written) is decoded again.
@@ -22,10 +22,11 @@ from unicorn import x86_const as X
 
 from .. import stats as S
 from .. import tunables as T
-from ..native import NUMBA, call_reg, hook_add, hook_del, u64_ptr
+from ..core import ctx as C
+from ..core.regs import rd, wr
+from ..mmu.access import linear_to_hpa
 from ..native import FN_REG_READ
-from ..vmx import ctx as C
-from ..vmx.hooks import linear_to_hpa, rd, wr
+from ..native import NUMBA, call_reg, hook_add, hook_del, u64_ptr
 from . import l1d
 
 U64P = types.CPointer(types.uint64)

@@ -21,10 +21,10 @@ from numba import carray, njit
 
 from .. import stats as S
 from .. import tunables as T
+from ..core import ctx as C
+from ..core import vmcs as V
 from ..errors import ConfigError
 from ..native import NUMBA, u64_ptr
-from ..vmx import ctx as C
-from ..vmx import vmcs as V
 from . import profiles as P
 
 SETS, WAYS, LINE = 64, 8, 64

@@ -24,10 +24,11 @@ from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_MEM
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..core import ctx as C
+from ..core.regs import rd, rd_efer
 from ..mmu import walk as W
+from ..mmu.access import ept_views, gpa_to_hpa, views
 from ..native import NUMBA, function_table, hook_add, u64_ptr
-from ..vmx import ctx as C
-from ..vmx.hooks import ept_views, gpa_to_hpa, rd, rd_efer, views
 from . import l1d
 
 WINDOW = 16                      # instructions run transiently, the faulting load included

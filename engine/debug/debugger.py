@@ -2,7 +2,8 @@
 
 What bhyve's gdb stub does around vmm: all vCPUs stop together (all-stop), a stop event names the
 vCPU and why, memory is read and written at guest-linear addresses through that vCPU's page tables.
-The protocol (gdbstub.py) and any other front end drive the VM through this class only.
+The protocol (gdbstub.py) and any other front end drive the VM through this class only; it touches a
+vCPU's Unicorn instance, hooks and page walks only by a visit (vcpu.visit), on the vCPU's own thread.
 """
 import queue
 from dataclasses import dataclass
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import StateError
+from ..mmu import access
 from ..vcpu import RUNNING
-from ..vmx import hooks
-from . import traps
+from . import target, traps
 from .vcpu_debug import VcpuDebug
 
 MAX_WATCHPOINTS = 16
@@ -76,7 +77,7 @@ class Debugger:
             raise StateError("VM %r has started: waiting for gdb at the entry point is asked for before "
                              "the start" % self.vm.name)
         self.entry = self.vm.image.entry
-        self.vm.vcpus[0].debug.add_breakpoint(self.entry)
+        self.vm.vcpus[0].visit(lambda vcpu: vcpu.debug.add_breakpoint(self.entry))
 
     def stop_all(self, timeout=10):
         """Stop every vCPU; returns once none is running (halted ones count as stopped)."""
@@ -116,7 +117,7 @@ class Debugger:
         """Drop every breakpoint and watchpoint and let the guest run on."""
         self._require_stopped()
         for vcpu in self.vm.vcpus:
-            vcpu.debug.detach()
+            vcpu.visit(lambda v: v.debug.detach())
         self.breakpoints.clear()
         self.watchpoints, self.watch_pieces = [], []
         self.resume()
@@ -130,14 +131,14 @@ class Debugger:
         self._require_stopped()
         self.breakpoints.add(address)
         for vcpu in self.vm.vcpus:
-            vcpu.debug.add_breakpoint(address)
+            vcpu.visit(lambda v: v.debug.add_breakpoint(address))
 
     def remove_breakpoint(self, address):
         self._require_stopped()
         self.breakpoints.discard(address)
         if address != self.entry:
             for vcpu in self.vm.vcpus:
-                vcpu.debug.remove_breakpoint(address)
+                vcpu.visit(lambda v: v.debug.remove_breakpoint(address))
 
     def add_watchpoint(self, kind, address, length, vcpu=0):
         """Watch guest-linear [address, address+length) for `kind` accesses; mapped through vcpu's tables."""
@@ -145,7 +146,7 @@ class Debugger:
         if len(self.watchpoints) >= MAX_WATCHPOINTS:
             raise StateError("at most %d watchpoints" % MAX_WATCHPOINTS)
         pieces = [(len(self.watchpoints), hpa, hpa + n)
-                  for hpa, n in self._host_pieces(self.vm.vcpus[vcpu], address, length)]
+                  for hpa, n in self.vm.vcpus[vcpu].visit(lambda v: list(_host_pieces(v, address, length)))]
         if len(self.watch_pieces) + len(pieces) > len(self.watch_rows) // 3:
             raise StateError("watchpoints cover too many pages: at most %d page pieces" % (len(self.watch_rows) // 3))
         self.watchpoints.append(Watchpoint(kind, address, length))
@@ -167,32 +168,44 @@ class Debugger:
             self.watch_rows[3 * row:3 * row + 3] = (first, end, kinds)
             ranges.append((first, end, kinds))
         for vcpu in self.vm.vcpus:
-            vcpu.debug.set_watches(ranges)
+            vcpu.visit(lambda v: v.debug.set_watches(ranges))
 
-    def _host_pieces(self, vcpu, linear, size):
-        """(hpa, length) per page of a guest-linear range; StateError if a page is not mapped."""
-        while size > 0:
-            n = min(size, 0x1000 - (linear & 0xFFF))
-            hpa = hooks.linear_to_hpa(vcpu.ctx, hooks.u64(linear))
-            if hpa < 0:
-                raise StateError("guest-linear %#x is not mapped by vcpu%d's page tables" % (linear, vcpu.index))
-            yield int(hpa), n
-            linear, size = linear + n, size - n
+    # -- registers, by the selected vCPU's thread ----------------------------------------------------------
+    def vcpu_count(self):
+        return len(self.vm.vcpus)
+
+    def describe(self, vcpu):
+        """`vcpuN state (why it stopped)`: what gdb's `info threads` shows."""
+        v = self.vm.vcpus[vcpu]
+        why = v.debug.stop_reason
+        return "vcpu%d %s%s" % (v.index, v.state, " (%s)" % why[0] if why else "")
+
+    def architecture(self, vcpu):
+        """The target description the vCPU's mode needs now (target.py)."""
+        return self.vm.vcpus[vcpu].visit(lambda v: target.architecture_of(v.uc))
+
+    def read_registers(self, vcpu, arch, number=None):
+        """gdb's bytes of every register of `arch` (a `g` packet), or of register `number` (a `p` packet)."""
+        if number is None:
+            return self.vm.vcpus[vcpu].visit(lambda v: target.read_all(v.uc, arch))
+        return self.vm.vcpus[vcpu].visit(lambda v: target.read_register(v.uc, target.ARCHITECTURES[arch][number]))
+
+    def write_registers(self, vcpu, arch, data, number=None):
+        if number is None:
+            self.vm.vcpus[vcpu].visit(lambda v: target.write_all(v.uc, arch, data))
+        else:
+            self.vm.vcpus[vcpu].visit(lambda v: target.write_register(v.uc, target.ARCHITECTURES[arch][number], data))
 
     # -- guest memory ----------------------------------------------------------------------------------
     def read_memory(self, vcpu, linear, size):
         """Bytes at guest-linear addresses, up to the first unmapped page (b"" if the first one is)."""
-        mem, out = self.vm.hypervisor.memory, []
-        try:
-            for hpa, n in self._host_pieces(self.vm.vcpus[vcpu], linear, size):
-                out.append(mem[hpa:hpa + n].tobytes())
-        except StateError:
-            pass
-        return b"".join(out)
+        mem = self.vm.hypervisor.memory
+        pieces = self.vm.vcpus[vcpu].visit(lambda v: _mapped_pieces(v, linear, size))
+        return b"".join(mem[hpa:hpa + n].tobytes() for hpa, n in pieces)
 
     def write_memory(self, vcpu, linear, data):
         """Write guest-linear bytes; translated code for them is dropped, as after any host write."""
-        pieces = list(self._host_pieces(self.vm.vcpus[vcpu], linear, len(data)))
+        pieces = self.vm.vcpus[vcpu].visit(lambda v: list(_host_pieces(v, linear, len(data))))
         done = 0
         for hpa, n in pieces:
             self.vm.hypervisor.memory[hpa:hpa + n] = np.frombuffer(data[done:done + n], np.uint8)
@@ -204,3 +217,25 @@ class Debugger:
             if s.hpa <= hpa < s.hpa + s.size:
                 return s.gpa + hpa - s.hpa
         raise StateError("host-physical %#x is outside VM %r's memory" % (hpa, self.vm.name))
+
+
+def _host_pieces(vcpu, linear, size):
+    """(hpa, length) per page of a guest-linear range, on the vCPU's thread; StateError if a page is not mapped."""
+    while size > 0:
+        n = min(size, 0x1000 - (linear & 0xFFF))
+        hpa = access.linear_to_hpa(vcpu.ctx, access.u64(linear))
+        if hpa < 0:
+            raise StateError("guest-linear %#x is not mapped by vcpu%d's page tables" % (linear, vcpu.index))
+        yield int(hpa), n
+        linear, size = linear + n, size - n
+
+
+def _mapped_pieces(vcpu, linear, size):
+    """_host_pieces up to the first page that is not mapped."""
+    out = []
+    try:
+        for piece in _host_pieces(vcpu, linear, size):
+            out.append(piece)
+    except StateError:
+        pass
+    return out

@@ -151,31 +151,30 @@ class GdbStub:
             return b"E16"
 
     def _vcpu(self, tid=None):
+        """The vCPU index of gdb thread `tid` (1..N; 0 or none: the selected one, else the first)."""
         tid = self.g_thread if tid is None else tid
-        return self.vm.vcpus[max(tid, 1) - 1]
+        return max(tid, 1) - 1
 
     def _query(self, packet):
         name, _, args = packet.partition(":")
         if name == "qSupported":
             return b"PacketSize=%x;qXfer:features:read+;swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE
         if name == "qXfer" and args.startswith("features:read:target.xml:"):
-            self.arch = target.architecture_of(self._vcpu().uc)
+            self.arch = self.debugger.architecture(self._vcpu())
             offset, length = (int(x, 16) for x in args.rsplit(":", 1)[1].split(","))
             xml = target.description(self.arch).encode()
             chunk = xml[offset:offset + length]
             return (b"l" if offset + length >= len(xml) else b"m") + chunk
         if packet == "qfThreadInfo":
-            return b"m" + b",".join(b"%x" % (v.index + 1) for v in self.vm.vcpus)
+            return b"m" + b",".join(b"%x" % (i + 1) for i in range(self.debugger.vcpu_count()))
         if packet == "qsThreadInfo":
             return b"l"
         if packet == "qC":
-            return b"QC%x" % (self._vcpu().index + 1)
+            return b"QC%x" % (self._vcpu() + 1)
         if name == "qAttached":
             return b"1"
         if packet.startswith("qThreadExtraInfo,"):
-            vcpu = self._vcpu(int(packet.split(",")[1], 16))
-            why = vcpu.debug.stop_reason
-            text = "vcpu%d %s%s" % (vcpu.index, vcpu.state, " (%s)" % why[0] if why else "")
+            text = self.debugger.describe(self._vcpu(int(packet.split(",")[1], 16)))
             return text.encode().hex().encode()
         return b""
 
@@ -221,7 +220,7 @@ class GdbStub:
         if self.arch is not None:
             self._note_mode_change()
         if event is None:
-            self.last_stop = b"T%02xthread:%x;" % (signo, self._vcpu().index + 1)
+            self.last_stop = b"T%02xthread:%x;" % (signo, self._vcpu() + 1)
         elif event.reason == "watchpoint":
             self.last_stop = b"T05%s:%x;thread:%x;" % (event.watch_kind.encode(), event.address, event.vcpu + 1)
         else:
@@ -230,11 +229,11 @@ class GdbStub:
 
     def _note_mode_change(self):
         """gdb keeps the description it read on connecting: say so (an O packet) once the vCPU left that mode."""
-        now = target.architecture_of(self._vcpu().uc)
+        now = self.debugger.architecture(self._vcpu())
         if now != self.arch and not self.mode_noted:
             self.mode_noted = True
             text = ("webhyve: vcpu%d switched to %s; gdb still has the %s registers of when it connected: "
-                    "reconnect (target remote) to see the whole register file\n" % (self._vcpu().index, now, self.arch))
+                    "reconnect (target remote) to see the whole register file\n" % (self._vcpu(), now, self.arch))
             self._send(b"O" + text.encode().hex().encode())
 
     def _continue(self, args):
@@ -248,7 +247,7 @@ class GdbStub:
 
     def _set_thread(self, args):
         which, tid = args[0], int(args[1:], 16) if args[1:] not in ("", "-1") else 0
-        if tid > len(self.vm.vcpus):
+        if tid > self.debugger.vcpu_count():
             return b"E22"
         if which == "g":
             self.g_thread = tid
@@ -257,37 +256,35 @@ class GdbStub:
         return b"OK"
 
     def _thread_alive(self, args):
-        return b"OK" if 1 <= int(args, 16) <= len(self.vm.vcpus) else b"E22"
+        return b"OK" if 1 <= int(args, 16) <= self.debugger.vcpu_count() else b"E22"
 
     # -- registers and memory -----------------------------------------------------------------------
     def _arch(self):
         if self.arch is None:
-            self.arch = target.architecture_of(self._vcpu().uc)
+            self.arch = self.debugger.architecture(self._vcpu())
         return self.arch
 
     def _read_registers(self, args):
-        return target.read_all(self._vcpu().uc, self._arch()).hex().encode()
+        return self.debugger.read_registers(self._vcpu(), self._arch()).hex().encode()
 
     def _write_registers(self, args):
-        target.write_all(self._vcpu().uc, self._arch(), bytes.fromhex(args))
+        self.debugger.write_registers(self._vcpu(), self._arch(), bytes.fromhex(args))
         return b"OK"
 
     def _read_register(self, args):
-        regs = target.ARCHITECTURES[self._arch()]
         number = int(args, 16)
-        if number >= len(regs):
+        if number >= len(target.ARCHITECTURES[self._arch()]):
             return b"E45"
-        return target.read_register(self._vcpu().uc, regs[number]).hex().encode()
+        return self.debugger.read_registers(self._vcpu(), self._arch(), number).hex().encode()
 
     def _write_register(self, args):
         number, value = args.split("=")
-        regs = target.ARCHITECTURES[self._arch()]
-        target.write_register(self._vcpu().uc, regs[int(number, 16)], bytes.fromhex(value))
+        self.debugger.write_registers(self._vcpu(), self._arch(), bytes.fromhex(value), int(number, 16))
         return b"OK"
 
     def _read_memory(self, args):
         address, length = (int(x, 16) for x in args.split(","))
-        data = self.debugger.read_memory(self._vcpu().index, address, min(length, MAX_READ))
+        data = self.debugger.read_memory(self._vcpu(), address, min(length, MAX_READ))
         return data.hex().encode() if data else b"E14"
 
     def _write_memory_hex(self, args):
@@ -297,7 +294,7 @@ class GdbStub:
     def _write_memory(self, header, data):
         address, length = (int(x, 16) for x in header.split(","))
         if data:
-            self.debugger.write_memory(self._vcpu().index, address, data[:length])
+            self.debugger.write_memory(self._vcpu(), address, data[:length])
         return b"OK"
 
     # -- breakpoints and watchpoints -----------------------------------------------------------------
@@ -316,7 +313,7 @@ class GdbStub:
         elif kind in (2, 3, 4):
             name = {2: "watch", 3: "rwatch", 4: "awatch"}[kind]
             if insert:
-                d.add_watchpoint(name, address, length, self._vcpu().index)
+                d.add_watchpoint(name, address, length, self._vcpu())
             else:
                 d.remove_watchpoint(name, address, length)
         else:

@@ -11,9 +11,9 @@ the way a device does (X_USER_STOP); DBG_STOP tells the vCPU's thread it was the
 import numpy as np
 from numba import carray, cfunc, njit, types
 
-from ..native import NUMBA, u64_ptr
-from ..vmx import ctx as C
-from ..vmx.hooks import INLINE, stop
+from ..core import ctx as C
+from ..core.regs import stop
+from ..native import INLINE, NUMBA, u64_ptr
 
 U64P = types.CPointer(types.uint64)
 STOP_BREAKPOINT, STOP_STEP, STOP_WATCH = 1, 2, 3

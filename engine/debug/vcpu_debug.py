@@ -11,10 +11,11 @@ from unicorn import (UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_CODE, UC_HOOK_ME
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..core import ctx as C
 from ..errors import StateError
 from ..native import hook_add, hook_del
 from ..vcpu import HALTED, PAUSED, RUNNING
-from ..vmx import ctx as C
+from ..vcpu import halting
 from ..vmx import exits as E
 from ..vmx import hooks
 from . import traps
@@ -77,7 +78,7 @@ class VcpuDebug:
             self._update_trace()
             vcpu.state = RUNNING         # a step out of a halt runs the next instruction
         elif self.resume_state == HALTED:
-            vcpu.back_into_halt()
+            halting.back_into_halt(vcpu)
         else:
             vcpu.state = RUNNING
         self.stop_reason = None

@@ -72,6 +72,10 @@ class Console:
         with self._cond:
             return ConsoleReader(self, self._start if from_start else self._start + len(self._ring))
 
+    def reader_at(self, position):
+        """A follower from absolute `position`; one the ring no longer holds skips ahead, counting `lost`."""
+        return ConsoleReader(self, position)
+
     def contents(self):
         """Everything still held, oldest first (scrollback for a late joiner or a screenshot)."""
         with self._cond:

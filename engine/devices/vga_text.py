@@ -88,14 +88,18 @@ class VgaText:
         self._mem.write(BASE + 2 * (row * COLS + col), bytes((ch & 0xFF, attr & 0xFF)))
 
     def cells(self):
-        raw = self._mem.read(BASE, ROWS * COLS * 2)
-        return [[(raw[i], raw[i + 1]) for i in range(r * COLS * 2, (r + 1) * COLS * 2, 2)] for r in range(ROWS)]
+        return _cells(self._mem.read(BASE, ROWS * COLS * 2))
 
     def text(self):
         """25 lines of 80 characters; NUL cells show blank, as on the screen."""
+        return _lines(self._mem.read(BASE, ROWS * COLS * 2))
+
+    def screen(self):
+        """The screen as plain values from one read of its memory: lines, cells [[char, attr]...], the cursor
+        (row, col) and whether the guest hid it."""
         raw = self._mem.read(BASE, ROWS * COLS * 2)
-        chars = bytes(raw[0::2]).replace(b"\0", b" ")
-        return [chars[r * COLS:(r + 1) * COLS].decode("cp437") for r in range(ROWS)]
+        return {"lines": _lines(raw), "cells": [[list(cell) for cell in row] for row in _cells(raw)],
+                "cursor": list(self.cursor), "cursor_hidden": bool(self.cursor_shape[0] & 0x20)}
 
     def clear(self, attr=DEFAULT_ATTR):
         self._mem.write(BASE, bytes((0x20, attr)) * (ROWS * COLS))
@@ -125,3 +129,12 @@ class VgaText:
 
     def _row_span(self, row, left, width):
         return self._mem.read(BASE + 2 * (row * COLS + left), 2 * width)
+
+
+def _cells(raw):
+    return [[(raw[i], raw[i + 1]) for i in range(r * COLS * 2, (r + 1) * COLS * 2, 2)] for r in range(ROWS)]
+
+
+def _lines(raw):
+    chars = bytes(raw[0::2]).replace(b"\0", b" ")
+    return [chars[r * COLS:(r + 1) * COLS].decode("cp437") for r in range(ROWS)]

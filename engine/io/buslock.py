@@ -11,11 +11,12 @@ runs, the vCPU exits (precisely, before it) so the userspace side can hook the i
 import numpy as np
 from numba import carray, cfunc, njit, types
 
+from ..core import ctx as C
+from ..core.regs import stop
+from ..core.sync import atomic_cas, atomic_xchg, call_void
+from ..mmu.access import code_to_hpa, xtab_find
 from ..native import NUMBA, u64_ptr, u8_ptr
-from ..vmx import ctx as C
-from ..vmx.hooks import code_to_hpa, stop, xtab_find
 from . import vlapic as L
-from .sync import atomic_cas, atomic_xchg, call_void
 
 TABLE_PAIRS = L.LOCK_TABLE_PAIRS
 SPIN_LIMIT = 1 << 22                # a holder that never releases (a bug) does not hang the others forever

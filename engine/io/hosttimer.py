@@ -10,8 +10,8 @@ vCPUs share a host CPU (hostcpu.py), it ends the turn of each one in the guest e
 import threading
 import time
 
-from ..vmx import ctx as C
-from ..vmx import kick
+from ..core import ctx as C
+from ..core import kick
 from . import vlapic
 
 HOST_TIMER_VECTOR = 0xEF          # the modeled host's local APIC timer vector

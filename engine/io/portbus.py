@@ -24,9 +24,9 @@ import numpy as np
 from numba import carray, njit
 
 from .. import stats as S
+from ..core import ctx as C
 from ..errors import ConfigError
 from ..native import NUMBA, call_host, u64_ptr, u8_ptr
-from ..vmx import ctx as C
 
 OWNER_MASK = 3
 OWNER_NONE, OWNER_USER, OWNER_POST = C.PORT_NONE, C.PORT_USER, C.PORT_POST

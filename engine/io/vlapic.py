@@ -19,12 +19,13 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import stats as S
 from .. import tunables as T
+from ..core import ctx as C
+from ..core import kick
+from ..core.regs import rd, stop
+from ..core.sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
+                         call_clock, fence, futex_wake)
 from ..native import NUMBA, address, call_host, hook_add, u64_ptr, u8_ptr
-from ..vmx import ctx as C
-from ..vmx import decode, kick
-from ..vmx.hooks import rd, stop
-from .sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
-                   call_clock, fence, futex_wake)
+from . import decode
 
 APIC_BASE_GPA = 0xFEE00000
 BUS_FREQ = 1 << 27                      # VLAPIC_BUS_FREQ
@@ -221,7 +222,7 @@ def notify(c, posted):
 
     A vCPU between injection and entry counts as in the guest (bhyve runs that stretch with host
     interrupts disabled, so the IPI stays pending until entry and forces an exit then): the kick is a
-    flag that stays set until the guest leaves (vmx/kick.py), so one that lands before the entry is not lost.
+    flag that stays set until the guest leaves (core/kick.py), so one that lands before the entry is not lost.
     """
     fence()
     state = c[C.RUNSTATE]
@@ -497,8 +498,8 @@ def mmio_write(c, offset, size, value):
     The hook acts once, here. A write after which the vCPU must leave the guest (exits_after) is trap-like
     (exit 56 with this offset, then what became deliverable is injected): when the instruction is a MOV,
     the hook stops the guest, Unicorn restarts the MOV after its store, and the loop moves RIP past it
-    (vmx/decode.py) — exactly after the write, as VT-x exits. Any other form leaves at the next block
-    boundary (vmx/kick.py), never by a restart that would run it, and this hook, twice.
+    (io/decode.py) — exactly after the write, as VT-x exits. Any other form leaves at the next block
+    boundary (core/kick.py), never by a restart that would run it, and this hook, twice.
     """
     undo_readonly_write(c)
     regs = page_of(c)

@@ -24,7 +24,7 @@ pmap_insert_pt_page), because a walker may still be reading it. Counters are ato
 import numpy as np
 from numba import njit
 
-from ..io.sync import atomic_add, atomic_and, atomic_cas, atomic_xchg, call_void
+from ..core.sync import atomic_add, atomic_and, atomic_cas, atomic_xchg, call_void
 from ..native import NUMBA
 
 EPT_R, EPT_W, EPT_X = 1, 2, 4

@@ -10,8 +10,8 @@ import threading
 
 import numpy as np
 
+from ..core.sync import SCHED_YIELD
 from ..errors import ConfigError, EngineError
-from ..io.sync import SCHED_YIELD
 from . import ept as E
 from . import explain
 

@@ -16,13 +16,14 @@ import numpy as np
 from numba import carray, njit
 from unicorn import x86_const as X
 
+from ..core import ctx as C
+from ..core import vmcs as V
+from ..core.regs import rd, wr
+from ..core.sync import call_uc_ptr
 from ..io import vlapic as L
-from ..io.sync import call_uc_ptr
+from ..mmu.access import linear_to_hpa
 from ..native import NUMBA, u64_ptr, u8_ptr
-from . import ctx as C
 from . import exits as E
-from . import vmcs as V
-from .hooks import linear_to_hpa, rd, wr
 
 # Offsets in Unicorn 2.1.4's uc_context (segcache.py): registers, hidden flags, then segment caches
 # {u32 selector; u64 base; u32 limit; u32 flags} for ES CS SS DS FS GS, LDTR, TR, GDTR, IDTR

@@ -1,7 +1,7 @@
 """vm_handle_hlt in the kernel loop: a HLT first waits here for an interrupt, then in userspace.
 
 bhyve handles HLT in vmm.c: the vCPU sleeps in the kernel until an interrupt can end the halt. Our
-userspace side does the same (vcpu.py, "halted" in every view), but the round trip costs tens of
+userspace side does the same (vcpu/halting.py, "halted" in every view), but the round trip costs tens of
 microseconds of Python per halt, and a guest taking a 10 kHz timer halts 10,000 times a second. So
 when RFLAGS.IF is set, the loop first sleeps right here on a futex (RUNSTATE halted, HALT_IN_KERNEL
 set) for up to hw.vmm.hlt_kernel_wait_us: until the LAPIC timer's deadline or a notifier's wake-up
@@ -15,11 +15,11 @@ from numba import carray, njit
 from unicorn import x86_const as X
 
 from .. import tunables as T
+from ..core import ctx as C
+from ..core.regs import rd
+from ..core.sync import fence, futex_wait
 from ..io import vlapic as L
-from ..io.sync import fence, futex_wait
 from ..native import NUMBA, u64_ptr
-from . import ctx as C
-from .hooks import rd
 
 EXITCODE_HLT = 5            # bhyve's VM_EXITCODE_HLT: the userspace side halts the vCPU
 RFLAGS_IF = 1 << 9
@@ -28,7 +28,7 @@ U = np.uint64
 
 @njit(**NUMBA)
 def can_end_halt(c, now):
-    """What ends a HLT with interrupts enabled, here and in userspace (vcpu._interrupt_pending): the timer
+    """What ends a HLT with interrupts enabled, here and in userspace (vcpu/halting.py interrupt_pending): the timer
     due with its LVT entry unmasked, a deliverable vector in the IRR, an ExtINT the LAPIC accepts, a posted
     request, or an NMI/INIT/SIPI for the userspace side."""
     deadline = L.timer_wakes(c)

@@ -12,6 +12,7 @@ import struct
 
 from unicorn import x86_const as X
 
+from ..errors import UnsupportedByModel
 from ..mmu import walk as W
 from ..native import load_real_mode_segment
 from . import exits as E
@@ -166,7 +167,7 @@ def _gate_checks(vcpu, event, present, dpl, gate_type, allowed):
     code = event.vector * 8 + 2 + event.external
     if gate_type not in allowed:
         if gate_type == GATE_TASK:
-            raise vcpu.unsupported("delivery of %r through a task gate" % event)
+            raise UnsupportedByModel("delivery of %r through a task gate" % event)
         raise DeliveryFault(GP, code)
     if event.software and dpl < vcpu.cpl():
         raise DeliveryFault(GP, code)

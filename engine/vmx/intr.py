@@ -15,14 +15,16 @@ from unicorn import x86_const as X
 
 from .. import stats as S
 from .. import tunables as T
+from ..core import ctx as C
+from ..core import vmcs as V
+from ..core.regs import rd, wr
+from ..core.sync import call_ctl2, call_uc_ptr
 from ..io import vlapic as L
-from ..io.sync import call_ctl2, call_uc_ptr
+from ..mmu.access import fetch_code, pc_linear
 from ..native import NUMBA, u64_ptr, u8_ptr
-from . import ctx as C
 from . import deliver
 from . import exits as E
-from . import vmcs as V
-from .hooks import fetch_code, log_exit, pc_linear, rd, record_exit, wr
+from .hooks import log_exit, record_exit
 
 EXITCODE_INJECT = 29        # webhyve: deliver ctx[INJECT] through the guest's IDT (userspace side)
 EXITCODE_IPI = 24           # bhyve's VM_EXITCODE_IPI: INIT, SIPI or NMI for this vCPU
@@ -133,7 +135,7 @@ def end_shadow(c):
 def apic_write_exit(c):
     """Exit 56 (APIC write, trap-like): the qualification is the register's offset. bhyve counts it only
     in the total. A MOV the write hook stopped on was restarted after its store (io/vlapic.py mmio_write):
-    it completed, so RIP moves past it (vmx/decode.py); otherwise the guest left at a block boundary."""
+    it completed, so RIP moves past it (io/decode.py); otherwise the guest left at a block boundary."""
     if c[C.LAPIC_RESUME] != 0 and c[C.RIP] == c[C.LAPIC_AT]:
         end_shadow(c)
         c[C.RIP] = c[C.LAPIC_RESUME]

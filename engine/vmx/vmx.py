@@ -10,16 +10,19 @@ from numba import carray, njit, types
 from unicorn import x86_const as X
 
 from .. import stats as S
+from ..core import ctx as C
+from ..core import kick
+from ..core import vmcs as V
+from ..core.regs import rd
 from ..cpu import l1d
-from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr
 from ..io import buslock
-from . import ctx as C
-from . import exits as E
-from . import halt, intr, kick
-from . import vmcs as V
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
-from .hooks import INLINE, fetch_code, pc_linear, rd, record_exit
+from ..mmu.access import fetch_code, pc_linear
+from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr
+from . import exits as E
+from . import halt, intr
+from .hooks import record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
 EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn error): details in ctx
@@ -56,7 +59,7 @@ def enter(c):
     fns = carray(u64_ptr(c[C.FN]), NFN)
     # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;
     # with interrupt- or NMI-window exiting armed, one instruction at a time (vmx/intr.py). No timeout:
-    # Unicorn's is a thread calling uc_emu_stop, which can replay an instruction (vmx/kick.py); a shared
+    # Unicorn's is a thread calling uc_emu_stop, which can replay an instruction (core/kick.py); a shared
     # host CPU's turns end by the host timer's tick (RESCHED)
     count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 else 0
     if c[C.NMI_WINDOW] != 0:
@@ -128,7 +131,8 @@ def exit_process(c, err):
             c[C.RIP] += np.uint64(1)                   # Unicorn already stands after the HLT
             return EXITCODE_HLT                        # (an armed interrupt window opens at the next entry)
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
-            record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
+            if c[C.REQ] & np.uint64(C.REQ_STOP):       # (a visit alone is no exit: the loop's checks take it)
+                record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
         if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
             intr.host_interrupt(c)
@@ -168,9 +172,10 @@ def _run(c):
         code = intr.inject(c)
         if code != 0:
             return code
-        # 2. checks that leave the loop: suspend, pause or kick (the AST)
+        # 2. checks that leave the loop: suspend, pause or kick (the AST), or a visit
         if c[C.REQ] != 0:
-            counters[S.VMEXIT_ASTPENDING] += 1
+            if c[C.REQ] & np.uint64(C.REQ_STOP):
+                counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
         # 3. pmap activate: a stale eptgen on this host CPU means one INVEPT
         pmap_activate(c)

@@ -36,12 +36,9 @@ const Panels = (() => {
     });
     previousRegs = regs;
     document.getElementById("registers").replaceChildren(...rows);
-    document.getElementById("regs-note").textContent = p.complete
-      ? p.state + ", " + p.bits + "-bit code"
-      : p.state + ": RIP/RSP/RFLAGS as of the last exit; pause for every register";
-    document.getElementById("disasm").textContent = p.disassembly.length
-      ? p.disassembly.map((i) => WH.hex(i.address, 8) + "  " + i.bytes.padEnd(20) + " " + i.text).join("\n")
-      : "(shown while the vCPU is paused or halted)";
+    document.getElementById("regs-note").textContent = p.state + ", " + p.bits + "-bit code";
+    document.getElementById("disasm").textContent =
+      p.disassembly.map((i) => WH.hex(i.address, 8) + "  " + i.bytes.padEnd(20) + " " + i.text).join("\n");
   }
 
   function renderVmcs(p) {

@@ -5,7 +5,7 @@ import numpy as np
 
 from engine import stats as S
 from engine.mmu import ept as E
-from engine.vmx import ctx as C
+from engine.core import ctx as C
 from engine.vmx import exits as X
 
 from tests.engine.conftest import assemble

@@ -6,11 +6,11 @@ import pytest
 from numba import carray, njit
 
 from engine import Hypervisor, stats
+from engine.core import ctx as C
+from engine.core import kick
+from engine.core.sync import CLOCK_GETTIME, CLOCK_MONOTONIC, call_clock
 from engine.io.hosttimer import HOST_TIMER_VECTOR
-from engine.vmx import ctx as C
-from engine.io.sync import CLOCK_GETTIME, CLOCK_MONOTONIC, call_clock
 from engine.native import u64_ptr
-from engine.vmx import kick
 from tests.engine.conftest import guest
 from tests.engine.debug.conftest import symbol
 

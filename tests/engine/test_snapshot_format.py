@@ -16,8 +16,8 @@ import pytest
 from engine import Hypervisor
 from engine.cpu import ucstate
 from engine.snapshot import SnapshotError, read_header
-from engine.vmx import ctx as C
-from engine.vmx import vmcs as VMCS
+from engine.core import ctx as C
+from engine.core import vmcs as VMCS
 from tests.engine.conftest import assemble
 
 COUNTER = 0x400000

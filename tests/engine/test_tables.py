@@ -4,8 +4,9 @@ import random
 import pytest
 
 from engine import ConfigError, ImageError, TunableError, stats, tunables
+from engine.core import vmcs
 from engine.cpu import profiles
-from engine.vmx import exits, hooks, vmcs
+from engine.vmx import exits, hooks
 
 
 def test_vmcs_fields_by_name_and_encoding():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from webhyve import create_app, shutdown
+from webhyve.web import create_app, shutdown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTROL, VIEWER = "control-token-for-tests", "viewer-token-for-tests"

@@ -31,7 +31,7 @@ def start_server(workdir, threads=100, access_log=False):
     log = open(os.path.join(workdir, "server.log"), "w+")
     logging = ["--access-logfile", "-"] if access_log else []
     process = subprocess.Popen([gunicorn, "--workers", "1", "--threads", str(threads), "--bind", "127.0.0.1:%d" % port,
-                                *logging, "webhyve:create_app()"], cwd=ROOT, env=env, stdout=log,
+                                *logging, "webhyve.web:create_app()"], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     url = "http://127.0.0.1:%d" % port
     try:

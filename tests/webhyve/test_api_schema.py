@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.webhyve.conftest import LIVE, VIEWER
-from webhyve.api_schema import ROUTES
+from webhyve.web.api_schema import ROUTES
 
 
 def send(client, method, path, body):

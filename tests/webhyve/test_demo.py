@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from tests.webhyve.conftest import ROOT, wait_for
-from webhyve import demo
+from webhyve.demos import scenario as demo
 
 
 def asciinema_cat(path):
@@ -173,9 +173,9 @@ def test_a_scenario_can_start_from_a_snapshot(tmp_path):
     scenario.write_text('title = "from a snapshot"\n[vm]\nsnapshot = "%s"\n[[step]]\ntype = "help\\r"\n'
                         '[[step]]\nwait = "cpuid"\n[[step]]\nfigure = "boots"\nconsole_count = "webhyve shell ready"\n'
                         % (tmp_path / "shell.snap"))
-    from webhyve.fleet import Fleet
-    hv2 = Hypervisor(host_mem_mb=256)
-    fleet = Fleet(hv2, lambda *a, **k: None, str(tmp_path / "rec"))
+    from engine.door import Host
+    from webhyve.sessions.fleet import Fleet
+    fleet = Fleet(Host(host_mem_mb=256), lambda *a, **k: None, str(tmp_path / "rec"))
     try:
         summary = demo.Run(fleet, demo.load(str(scenario)), str(tmp_path / "out")).run()
     finally:

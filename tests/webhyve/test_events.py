@@ -1,6 +1,6 @@
 """Every Socket.IO event is checked against events.EVENTS before its handler runs: an ack with a 4xx and a message."""
 from tests.webhyve.conftest import CONTROL, LIVE, VIEWER
-from webhyve.events import EVENTS
+from webhyve.web.events import EVENTS
 
 
 def sio(app, client, token=CONTROL, namespace="/console"):

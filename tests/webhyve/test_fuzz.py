@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.webhyve.conftest import CONTROL, LIVE, VIEWER, wait_for
-from webhyve import create_app, demo, shutdown
-from webhyve.api_schema import ROUTES
-from webhyve.events import EVENTS
-from webhyve.schema import Address, Bool, Int, Name, SchemaError, Setting, Text, Typed
+from webhyve.demos import scenario as demo
+from webhyve.web import create_app, shutdown
+from webhyve.web.api_schema import ROUTES
+from webhyve.web.events import EVENTS
+from webhyve.web.schema import Address, Bool, Int, Name, SchemaError, Setting, Text, Typed
 
 FUZZ = settings(max_examples=20, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -99,7 +100,7 @@ def state(app):
     fleet, config = app.extensions["webhyve.fleet"], app.config
     listing = lambda folder: sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     return ({s.name: "live" if s.vm.state in LIVE else s.vm.state for s in fleet.list()},
-            {t["name"]: t["value"] for t in fleet.hv.tunables.describe()},
+            {t["name"]: t["value"] for t in fleet.host.tunables()},
             listing(config["RECORDINGS_DIR"]), listing(config["SNAPSHOTS_DIR"]))
 
 

@@ -7,7 +7,7 @@ import requests
 from werkzeug.serving import make_server
 
 from tests.webhyve.conftest import CONTROL, VIEWER
-from webhyve.logs import redact
+from webhyve.web.logs import redact
 
 
 @pytest.mark.parametrize("line, shown", [

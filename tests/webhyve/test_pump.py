@@ -4,7 +4,7 @@ import types
 
 from engine.devices.console import Console
 from tests.webhyve.conftest import wait_for
-from webhyve.pump import HIGH_WATER, OutputPump
+from webhyve.sessions.pump import HIGH_WATER, OutputPump
 
 
 class Inbox:
@@ -25,17 +25,19 @@ class Inbox:
 
 
 def make_pump(history=1 << 20):
-    vm = types.SimpleNamespace(name="t", console=Console(history=history))
+    console = Console(history=history)
+    vm = types.SimpleNamespace(name="t", console_reader=lambda position=None:         # as engine/door's VmView
+                               console.reader() if position is None else console.reader_at(position))
     inbox = Inbox()
-    return vm.console, OutputPump(vm, inbox, interval=0.005), inbox
+    return console, OutputPump(vm, inbox, interval=0.005), inbox
 
 
 def test_slow_viewer_is_held_back_then_caught_up_without_loss():
     """A viewer that stops acknowledging gets at most HIGH_WATER more; its ack brings the rest, in order."""
     console, pump, inbox = make_pump()
     try:
-        pump.attach("slow", "view")
-        pump.attach("fast", "view")
+        pump.attach("slow", False)
+        pump.attach("fast", False)
         payload = bytes(range(256)) * 4096                       # 1 MiB, in batches the pump sees one by one
         fast, slow = bytearray(), bytearray()
 
@@ -66,7 +68,7 @@ def test_viewer_past_the_ring_gets_a_replay():
     """A viewer so far behind that the ring dropped its bytes gets the server terminal's screen instead."""
     console, pump, inbox = make_pump(history=4096)
     try:
-        pump.attach("slow", "view")
+        pump.attach("slow", False)
         pump.ack("slow", 0)
         for n in range(2000):
             console.output(b"line %d\r\n" % n)
@@ -76,6 +78,6 @@ def test_viewer_past_the_ring_gets_a_replay():
         pump.ack("slow", 0)
         (event, data), = inbox.take("slow")
         assert event == "replay" and "line 1999" in data["data"] and data["position"] == console.end
-        assert pump.attach("late", "view", since=10)["mode"] == "replay"   # the ring no longer has byte 10
+        assert pump.attach("late", False, since=10)["mode"] == "replay"   # the ring no longer has byte 10
     finally:
         pump.stop()

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from tests.webhyve.conftest import wait_for
-from webhyve.recording import Recording
+from webhyve.sessions.recording import Recording
 
 ASCIINEMA = os.path.join(os.path.dirname(sys.executable), "asciinema")
 
@@ -44,7 +44,7 @@ def test_record_type_mark_download_and_asciinema_cat(client, shell_vm, tmp_path)
 def test_recording_survives_a_crash(tmp_path):
     """A recorder process killed mid-recording: every event it wrote is on disk, and asciinema plays it."""
     path = tmp_path / "crash.cast"
-    script = ("import os, sys\nfrom webhyve.recording import Recording\n"
+    script = ("import os, sys\nfrom webhyve.sessions.recording import Recording\n"
               "r = Recording(sys.argv[1], 'crash', 80, 25)\n"
               "r.output(b'before the crash\\r\\n')\nr.marker('about to die')\nr.output('caf\\u00e9 \\u2713\\r\\n'.encode()[:-3])\n"
               "os.kill(os.getpid(), 9)\n")

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhyve.schema import Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, Typed
+from webhyve.web.schema import Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, Typed
 
 FIELDS = [Int(1, 4096), Int(0, 63), Bool(), Text(1, 64), Text(choices=("a", "b")), Name(), Address(), Setting(),
           Typed(1, 16)]

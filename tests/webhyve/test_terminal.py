@@ -1,7 +1,7 @@
 """The server terminal's replay rebuilds screen, scrollback, colours and cursor in a fresh terminal."""
 import pyte
 
-from webhyve.terminal import ServerTerminal
+from webhyve.sessions.terminal import ServerTerminal
 
 
 def replayed(terminal, rows):

@@ -1,7 +1,7 @@
 """bhyvectl's output formats as webhyve/bhyvectl.py prints them, from bhyvectl.c's printf formats."""
 from engine.vmx import exits as E
-from engine.vmx import vmcs as V
-from webhyve import bhyvectl as B
+from engine.core import vmcs as V
+from webhyve.cli import bhyvectl as B
 
 
 def test_intinfo_as_print_intinfo_prints_it():

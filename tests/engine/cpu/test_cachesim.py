@@ -4,7 +4,7 @@ import time
 from engine import Hypervisor
 from engine import stats as S
 from engine.cpu import l1d
-from engine.vmx import ctx as C
+from engine.core import ctx as C
 from tests.engine.conftest import FLAT_BASE, assemble
 
 # r12: a reload of a line just loaded; r13: a load after CLFLUSH [rip+x]; r14: after CLFLUSH [rbx+rcx*8+8].

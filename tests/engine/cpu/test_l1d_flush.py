@@ -7,7 +7,7 @@ from engine import ConfigError
 from engine.errors import StateError
 from engine import stats as S
 from engine.cpu import l1d
-from engine.vmx import ctx as C
+from engine.core import ctx as C
 from tests.engine.conftest import assemble
 
 CPUID_LOOP = """

@@ -2,7 +2,7 @@
 from engine import Hypervisor
 from engine import stats as S
 from engine.cpu import l1d, l1tf
-from engine.vmx import ctx as C
+from engine.core import ctx as C
 from tests.engine.conftest import FLAT_BASE, assemble
 
 # Real selectors first (the flat64 loader's GDT: code 0x08, data 0x10), for IRETQ. Own 4-level tables:

@@ -11,9 +11,10 @@ import random
 import numpy as np
 from unicorn import x86_const as X
 
+from engine.core import ctx as C
 from engine.cpu import profiles as P
 from engine.io import vlapic as L
-from engine.vmx import ctx as C
+from engine.vcpu import handlers
 from engine.vmx import exits as E
 from engine.vmx import hooks, intr, vmx
 from tests.engine.conftest import assemble
@@ -152,7 +153,7 @@ def test_split_instruction_bytes_are_the_guests(hv, tmp_path):
     assert L.block(v.ctx)[L.IB_LAST_OPCODE] == 0xCF
     v = parked_past_end(hv, tmp_path, [0xCD], [0x03])
     v.uc.reg_write(X.UC_X86_REG_RIP, END + 1)                 # after INT n, as Unicorn reports it
-    assert v._software_interrupt_length(3) == 2
+    assert handlers.software_interrupt_length(v, 3) == 2
 
 
 def msr_indices(rng, table):

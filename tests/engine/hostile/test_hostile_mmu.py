@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from unicorn import x86_const as X
 
+from engine.core import ctx as C
 from engine.io import vlapic as L
 from engine.mmu import ept as EPT
 from engine.mmu import walk as W
-from engine.vmx import ctx as C
+from engine.mmu.access import linear_to_hpa
 from engine.vmx import hooks
 from tests.engine.conftest import assemble
 from tests.engine.hostile.conftest import END, MEM_MB, assert_only_inside, faults, host_outside
@@ -98,7 +99,7 @@ def test_host_walk_through_hostile_page_tables(hv, tmp_path):
     for i, gpa in enumerate(GPAS):
         for offset in (0, 1, 0x7FF, 0xFF8, 0xFFF):
             want = architected(vm, gpa, READ)
-            got = int(hooks.linear_to_hpa(v.ctx, np.uint64(LINEAR + 0x1000 * i + offset)))
+            got = int(linear_to_hpa(v.ctx, np.uint64(LINEAR + 0x1000 * i + offset)))
             assert got == (want[1] + offset if want[0] == "ok" else -1), (hex(gpa), offset)
     assert (hv.memory == before).all()
 
@@ -116,7 +117,7 @@ def test_noncanonical_linear_addresses_are_gp(hv, tmp_path, access):
         v.ctx[C.EXIT] = C.X_NONE
         ok, hpa, perms = hooks.tlb_fill(v.ctx, np.uint64(linear), access)
         assert (bool(ok), int(v.ctx[C.EXIT]), int(v.ctx[C.ERRCODE])) == (False, C.X_GP, 0), hex(linear)
-        assert hooks.linear_to_hpa(v.ctx, np.uint64(linear)) == -1
+        assert linear_to_hpa(v.ctx, np.uint64(linear)) == -1
 
 
 def test_accesses_across_the_canonical_boundary(guest):

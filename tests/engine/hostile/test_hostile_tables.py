@@ -9,7 +9,9 @@ import collections
 import numpy as np
 import pytest
 
-from engine.vmx import ctx as C
+from engine.core import ctx as C
+from engine.mmu import access
+from engine.vcpu import paging
 from engine.vmx import hooks
 from tests.engine.conftest import assemble
 
@@ -17,7 +19,7 @@ from tests.engine.conftest import assemble
 def test_the_engines_kernels_are_bounds_checked():
     """A kernel handed a table smaller than its mask says raises IndexError: the checks are compiled in."""
     with pytest.raises(IndexError):
-        hooks.xtab_find(np.zeros(4, np.uint64), 1023, 0x1000)
+        access.xtab_find(np.zeros(4, np.uint64), 1023, 0x1000)
 
 
 def xtab_slot(page, mask):
@@ -43,13 +45,13 @@ def test_xtab_with_colliding_pages_and_full():
     pages = colliding_pages(mask, mask - 2, mask + 1)
     twin = {}
     for page in pages:
-        slot = int(hooks.xtab_find(xtab, mask, page))
+        slot = int(access.xtab_find(xtab, mask, page))
         assert slot == (xtab_slot(page, mask) + len(twin)) % (mask + 1)
         xtab[2 * slot], xtab[2 * slot + 1] = page | 1, page
         twin[page] = slot
     for page, slot in twin.items():
-        assert hooks.xtab_find(xtab, mask, page) == slot
-    assert hooks.xtab_find(xtab, mask, pages[-1] + 0x1000 * (mask + 1) * 97) == -1
+        assert access.xtab_find(xtab, mask, page) == slot
+    assert access.xtab_find(xtab, mask, pages[-1] + 0x1000 * (mask + 1) * 97) == -1
 
 
 def test_code_pages_sharing_a_slot_translate_each_to_its_own(hv, tmp_path):
@@ -63,12 +65,12 @@ def test_code_pages_sharing_a_slot_translate_each_to_its_own(hv, tmp_path):
     gpas = [0x400000 + 0x3000 * i for i in range(len(pages))]
     hpas = [vm.pmap.hold(gpa) for gpa in gpas]                # scanned pages are backed pages
     for page, gpa in zip(pages, gpas):
-        slot = int(hooks.xtab_find(v.xtab, mask, page))
+        slot = int(access.xtab_find(v.xtab, mask, page))
         v.xtab[2 * slot], v.xtab[2 * slot + 1] = page | 1, gpa
     for _ in range(2):
         for page, hpa in zip(pages, hpas):
             for offset in (0, 0x7FF, 0xFFF):
-                assert hooks.code_to_hpa(v.ctx, page + offset) == hpa + offset
+                assert access.code_to_hpa(v.ctx, page + offset) == hpa + offset
 
 
 def test_exec_scan_of_more_pages_than_the_table_holds(hv, tmp_path):
@@ -81,11 +83,11 @@ def test_exec_scan_of_more_pages_than_the_table_holds(hv, tmp_path):
     recent = collections.deque(maxlen=16)
     for i in range(5000):
         page = 0x40000000 + 0x1000 * i
-        v.scan_page(page, 0x200000)
+        paging.scan_page(v, page, 0x200000)
         recent.append(page)
         assert np.count_nonzero(v.xtab[0::2]) <= mask + 1
     for page in recent:
-        slot = int(hooks.xtab_find(v.xtab, mask, page))
+        slot = int(access.xtab_find(v.xtab, mask, page))
         assert slot >= 0 and v.xtab[2 * slot] == page | 1
 
 

@@ -9,8 +9,8 @@ import random
 
 import numpy as np
 
+from engine.core import ctx as C
 from engine.io import vlapic as L
-from engine.vmx import ctx as C
 from tests.engine.conftest import assemble
 from tests.engine.hostile.conftest import assert_only_inside, host_outside
 

@@ -4,7 +4,7 @@ import random
 import numpy as np
 
 from engine.io import portbus as P
-from engine.vmx import ctx as C
+from engine.core import ctx as C
 
 
 # -- the kernel's splitting rule, against a plain-Python twin ---------------------------------------------

@@ -6,7 +6,7 @@ from engine import ConfigError, TunableError, stats
 from engine.io import vlapic as L
 from engine.native import HOST_CALLBACK, address
 from engine.tunables import VM_MAXCPU, Tunables
-from engine.vmx import ctx as C
+from engine.core import ctx as C
 from tests.engine.io.test_vlapic_kernels import kernel_targets, twin_targets
 
 COUNTS = (1, 63, 64, VM_MAXCPU)

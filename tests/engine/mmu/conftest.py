@@ -1,7 +1,7 @@
 """EPT state for kernel tests over a bare host-memory array, laid out as GuestPmap lays it out."""
 import numpy as np
 
-from engine.io.sync import SCHED_YIELD
+from engine.core.sync import SCHED_YIELD
 from engine.mmu import ept as E
 
 ALL_CPU = E.F_XO_OK | E.F_EPT_1G | E.F_PAGE1GB      # what the modeled Haswell architecturally has

@@ -1,0 +1,4 @@
+"""`python -m webhyve.cli`: vmmctl, as the installed `vmmctl` script runs it."""
+from .vmmctl import main
+
+main()

@@ -1,0 +1,191 @@
+"""The web server's VMs: each engine VM with its output pump, its image (for reset) and its exit history.
+
+Everything the REST API and the namespaces do to a VM goes through here, and from here only through the
+engine's door (engine/door: Host, VmView, VcpuView). Engine refusals become ApiErrors with the engine's own
+message.
+"""
+import collections
+import os
+import threading
+import time
+
+from engine.door.tables import (DEFAULT_PROFILE, STATS, ConfigError, ImageError, SnapshotError, StateError,
+                                TunableError)
+
+from .errors import ApiError
+from .pump import OutputPump
+from .recording import Recording, new_path
+
+EXIT_STATS = [ident for ident, _, n in STATS if ident.startswith("VMEXIT_") and n == 1]
+HISTORY_SAMPLES = 120
+LIFECYCLE = ("start", "pause", "resume", "reset", "poweroff")
+MAX_MEM_MB = 4096
+
+
+def engine_error(problem):
+    """The HTTP status for an engine refusal: bad input 400, bad state 409, unknown VM 404."""
+    if isinstance(problem, StateError):
+        return ApiError(409, str(problem))
+    if isinstance(problem, ConfigError) and str(problem).startswith("no VM named"):
+        return ApiError(404, str(problem))
+    if isinstance(problem, (ImageError, ConfigError, TunableError)):
+        return ApiError(400, str(problem))
+    return ApiError(500, "engine error: %s" % problem)
+
+
+class VmSession:
+    """A VM as the web side holds it. Legend: `recording` and `exit_history` are guarded by the pump lock."""
+
+    def __init__(self, vm, image, emit, pump_interval):
+        self.vm = vm
+        self.image = image                      # (bytes, filename, kind, cmdline) for reset
+        self.pump = OutputPump(vm, emit, pump_interval)
+        self.recording = None
+        self.exit_history = collections.deque(maxlen=HISTORY_SAMPLES)
+        self._last_exits = None
+
+    @property
+    def name(self):
+        return self.vm.name
+
+    def summary(self):
+        vm = self.vm
+        return {"name": vm.name, "state": vm.state, "mem_mb": vm.mem_mb, "cpus": vm.cpus, "profile": vm.profile,
+                "image": self.image[1], "kind": vm.image_kind, "exits": vm.counter_totals()["VMEXIT_COUNT"],
+                "suspend_reason": vm.suspend_reason, "suspend_message": vm.suspend_message,
+                "recording": self.recording.id if self.recording else None}
+
+    def sample_exits(self):
+        """One point of the exit-reason histogram over time: VMEXIT_* counts since the last sample."""
+        totals = self.vm.counter_totals()
+        now = {ident: totals[ident] for ident in EXIT_STATS}
+        if self._last_exits is not None:
+            delta = {k: now[k] - self._last_exits[k] for k in now if now[k] != self._last_exits[k]}
+            self.exit_history.append({"t": round(time.time(), 3), "exits": delta})
+        self._last_exits = now
+
+
+class Fleet:
+    """Legend: `sessions` is guarded by `lock`; the host and its tunables are shared by every VM."""
+
+    def __init__(self, host, emit, recordings_dir, pump_interval=0.02):
+        self.host = host
+        self._emit = emit
+        self.recordings_dir = recordings_dir
+        self.pump_interval = pump_interval
+        self.sessions = {}
+        self.lock = threading.Lock()
+        os.makedirs(recordings_dir, exist_ok=True)
+        host.on_tunable_change(self._tunable_changed)
+
+    # -- VMs --------------------------------------------------------------------------------------------
+    def get(self, name):
+        with self.lock:
+            session = self.sessions.get(name)
+        if session is None:
+            raise ApiError(404, "no VM named %r" % name)
+        return session
+
+    def list(self):
+        with self.lock:
+            return list(self.sessions.values())
+
+    def create(self, name, data, filename, kind=None, mem_mb=64, cpus=1, profile=DEFAULT_PROFILE, cmdline="",
+               start=True):
+        """Create, load and (by default) start a VM; a bad image leaves no VM behind."""
+        if not 1 <= mem_mb <= MAX_MEM_MB:
+            raise ApiError(400, "mem_mb must be 1 to %d, not %s" % (MAX_MEM_MB, mem_mb))
+        try:
+            vm = self.host.create_vm(name, mem_mb=mem_mb, cpus=cpus, profile=profile)
+        except Exception as problem:
+            raise engine_error(problem) from None
+        try:
+            vm.load(data, filename, kind=kind, cmdline=cmdline)
+        except Exception as problem:
+            self.host.destroy_vm(name)
+            raise engine_error(problem) from None
+        session = VmSession(vm, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)
+        with self.lock:
+            self.sessions[name] = session
+        if start:
+            self.lifecycle(name, "start")
+        return session
+
+    def restore(self, path, name=None, start=True):
+        """A VM from a snapshot file, held like one created here (reset boots the saved image again)."""
+        try:
+            vm = self.host.restore_vm(path, name=name, start=start)
+        except SnapshotError:
+            raise
+        except Exception as problem:
+            raise engine_error(problem) from None
+        data, filename, kind, cmdline, _ = vm.load_args or (b"", "snapshot", None, "", None)
+        session = VmSession(vm, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)
+        with self.lock:
+            self.sessions[vm.name] = session
+        return session
+
+    def destroy(self, name):
+        session = self.get(name)
+        with self.lock:
+            self.sessions.pop(name, None)
+        self.stop_recording(session)
+        session.pump.stop()
+        self.host.destroy_vm(name)
+        self._emit("vm_state", {"vm": name, "state": "destroyed"}, "vm:" + name, "/console")
+
+    def lifecycle(self, name, action):
+        """start, pause, resume, reset or poweroff; a request not valid in the VM's state is a 409."""
+        session = self.get(name)
+        if action not in LIFECYCLE:
+            raise ApiError(400, "unknown action %r: use one of %s" % (action, ", ".join(LIFECYCLE)))
+        vm = session.vm
+        try:
+            getattr(vm, action)()
+        except Exception as problem:
+            raise engine_error(problem) from None
+        self._emit("vm_state", {"vm": name, "state": vm.state, "action": action}, "vm:" + name, "/console")
+        return session
+
+    def close(self):
+        for session in self.list():
+            self.destroy(session.name)
+
+    # -- tunables -------------------------------------------------------------------------------------------
+    def set_tunable(self, name, value):
+        try:
+            return self.host.set_tunable(name, value)
+        except TunableError as problem:
+            raise ApiError(400, str(problem)) from None
+
+    def _tunable_changed(self, name, old, new):
+        """Every change is a marker in each console and each recording (bhyve would need a reboot for most)."""
+        label = "%s: %d -> %d" % (name, old, new)
+        for session in self.list():
+            session.pump.marker(label)
+            self._emit("marker", {"vm": session.name, "label": label, "t": time.time()}, "vm:" + session.name,
+                       "/console")
+
+    # -- recordings -------------------------------------------------------------------------------------------
+    def start_recording(self, session):
+        with session.pump.lock:
+            if session.recording is not None:
+                raise ApiError(409, "VM %r is already being recorded to %s" % (session.name, session.recording.id))
+            cols, rows = session.pump.terminal.screen.columns, session.pump.terminal.screen.lines
+            session.recording = Recording(new_path(self.recordings_dir, session.name), session.name, cols, rows)
+            session.recording.output(session.pump.terminal.replay().encode())
+            session.pump.add_recording(session.recording)
+            return session.recording
+
+    def stop_recording(self, session):
+        with session.pump.lock:
+            recording, session.recording = session.recording, None
+        if recording is not None:
+            session.pump.remove_recording(recording)
+        return recording
+
+    def active_recordings(self):
+        return {s.recording.id for s in self.list() if s.recording is not None}
+
+    def _emit_console(self, event, data, sid):
+        self._emit(event, data, sid, "/console")

@@ -1,0 +1,212 @@
+"""The JSON REST API under /api/v1: VMs and their lifecycle, console input, state panels, tunables,
+screenshots and recordings. Every error is JSON {"error": message} with its HTTP status; what each route
+accepts is declared in api_schema.py and checked before the view runs (g.body, g.query)."""
+import os
+
+from flask import Blueprint, Response, current_app, g, request, send_file
+
+from ..sessions import screenshot
+from ..sessions.errors import ApiError
+from ..sessions.fleet import LIFECYCLE
+from ..sessions.recording import NAME as RECORDING_NAME
+from ..sessions.recording import list_recordings
+from . import panels
+from .access import control_required
+from .api_schema import guard
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp.before_request(guard)
+
+
+def fleet():
+    return current_app.extensions["webhyve.fleet"]
+
+
+# -- who am I ---------------------------------------------------------------------------------------
+@bp.get("/session")
+def whoami():
+    return {"role": g.role}
+
+
+# -- VMs ----------------------------------------------------------------------------------------------
+@bp.get("/guests")
+def guests():
+    return {"guests": sorted(bundled_guests())}
+
+
+def bundled_guests():
+    """{name: (path, kind)} for the images guests/Makefile builds; kind None means detect it."""
+    directory = current_app.config["GUESTS_DIR"]
+    if not os.path.isdir(directory):
+        return {}
+    found = {}
+    for name in os.listdir(directory):
+        stem, _, ext = name.rpartition(".")
+        if ext in ("elf", "img") and name != "flat64.elf":              # flat64.elf is only a step to flat64.bin
+            found[stem] = (os.path.join(directory, name), None)
+        elif ext == "bin":
+            found[stem] = (os.path.join(directory, name), "flat64")
+    return found
+
+
+@bp.get("/vms")
+def list_vms():
+    return {"vms": [s.summary() for s in fleet().list()]}
+
+
+@bp.post("/vms")
+@control_required
+def create_vm():
+    """JSON {name, guest, ...} for a bundled guest, or multipart with an `image` file for an upload."""
+    body = g.body
+    if "guest" in body:
+        path, kind = bundled_guests().get(body["guest"], (None, None))
+        if path is None:
+            raise ApiError(400, "no bundled guest %r (bundled: %s)" % (body["guest"], ", ".join(sorted(bundled_guests()))))
+        with open(path, "rb") as f:
+            data, filename = f.read(), os.path.basename(path)
+    else:
+        upload = request.files["image"]
+        data, filename, kind = upload.read(), os.path.basename(upload.filename or "upload.img"), None
+    session = fleet().create(body["name"], data, filename, kind=body["kind"] or kind, mem_mb=body["mem_mb"],
+                             cpus=body["cpus"], profile=body["profile"], cmdline=body["cmdline"], start=body["start"])
+    return session.summary(), 201
+
+
+@bp.get("/vms/<name>")
+def get_vm(name):
+    session = fleet().get(name)
+    return {**session.summary(), "events": session.vm.events(50)}
+
+
+@bp.delete("/vms/<name>")
+@control_required
+def destroy_vm(name):
+    fleet().destroy(name)
+    return {"destroyed": name}
+
+
+@bp.post("/vms/<name>/<action>")
+@control_required
+def lifecycle(name, action):
+    if action not in LIFECYCLE:
+        raise ApiError(404, "no action %r: use one of %s" % (action, ", ".join(LIFECYCLE)))
+    return fleet().lifecycle(name, action).summary()
+
+
+# -- console --------------------------------------------------------------------------------------------
+@bp.get("/vms/<name>/console")
+def console_text(name):
+    pump = fleet().get(name).pump
+    return {"text": pump.terminal.text(), "screen": pump.terminal.lines(), "position": pump.position}
+
+
+@bp.post("/vms/<name>/console")
+@control_required
+def console_input(name):
+    data = g.body["data"]
+    fleet().get(name).vm.send_input(data.encode("utf-8"))
+    return {"sent": len(data)}
+
+
+@bp.get("/vms/<name>/vga")
+def vga(name):
+    screen = fleet().get(name).vm.vga()
+    return {"lines": screen["lines"], "cursor": screen["cursor"]}
+
+
+# -- state panels -------------------------------------------------------------------------------------------
+@bp.get("/vms/<name>/vcpus/<int:index>/registers")
+def registers(name, index):
+    return panels.vcpu_panels(fleet().get(name).vm, index, ("registers",))["registers"]
+
+
+@bp.get("/vms/<name>/vcpus/<int:index>/vmcs")
+def vmcs(name, index):
+    return panels.vcpu_panels(fleet().get(name).vm, index, ("vmcs",))["vmcs"]
+
+
+@bp.get("/vms/<name>/vcpus/<int:index>/stats")
+def stats(name, index):
+    return panels.vcpu_panels(fleet().get(name).vm, index, ("stats",))["stats"]
+
+
+@bp.get("/vms/<name>/vcpus/<int:index>/translate")
+def translate(name, index):
+    return panels.translate(fleet().get(name).vm, index, g.query["gla"])
+
+
+@bp.get("/vms/<name>/ept")
+def ept(name):
+    return panels.ept(fleet().get(name).vm)
+
+
+@bp.get("/vms/<name>/ept/lookup")
+def ept_lookup(name):
+    return panels.ept_lookup(fleet().get(name).vm, g.query["gpa"])
+
+
+@bp.get("/vms/<name>/caches")
+def caches(name):
+    return panels.caches(fleet().get(name).vm)
+
+
+@bp.get("/vms/<name>/exits")
+def exit_history(name):
+    session = fleet().get(name)
+    return {"samples": list(session.exit_history)}
+
+
+# -- tunables -----------------------------------------------------------------------------------------------
+@bp.get("/tunables")
+def tunables():
+    return {"tunables": fleet().host.tunables()}
+
+
+@bp.put("/tunables/<name>")
+@control_required
+def set_tunable(name):
+    return fleet().set_tunable(name, g.body["value"])
+
+
+# -- screenshots and recordings ---------------------------------------------------------------------------------
+@bp.get("/vms/<name>/screenshot/<which>.png")
+def take_screenshot(name, which):
+    session = fleet().get(name)
+    if which == "vga":
+        png = screenshot.vga_png(session.vm.vga())
+    elif which == "serial":
+        png = screenshot.serial_png(session.pump.terminal)
+    else:
+        raise ApiError(404, "screenshots are vga.png and serial.png, not %s.png" % which)
+    filename = "%s-%s.png" % (name, which)
+    return Response(png, mimetype="image/png", headers={"Content-Disposition": "inline; filename=" + filename})
+
+
+@bp.post("/vms/<name>/recording")
+@control_required
+def start_recording(name):
+    return fleet().start_recording(fleet().get(name)).info(), 201
+
+
+@bp.delete("/vms/<name>/recording")
+@control_required
+def stop_recording(name):
+    recording = fleet().stop_recording(fleet().get(name))
+    if recording is None:
+        raise ApiError(409, "VM %r is not being recorded" % name)
+    return recording.info()
+
+
+@bp.get("/recordings")
+def recordings():
+    return {"recordings": list_recordings(fleet().recordings_dir, fleet().active_recordings())}
+
+
+@bp.get("/recordings/<rid>")
+def download_recording(rid):
+    path = os.path.join(fleet().recordings_dir, rid)
+    if not RECORDING_NAME.fullmatch(rid) or not os.path.isfile(path):
+        raise ApiError(404, "no recording %r" % rid)
+    return send_file(path, mimetype="application/x-asciicast", as_attachment=g.query["download"],
+                     download_name=rid, max_age=0)

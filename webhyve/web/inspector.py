@@ -1,0 +1,96 @@
+"""The /inspect Socket.IO namespace: state panels pushed at a fixed tick, only the panels that changed.
+
+  watch   {vm}  join the VM's inspect room; the ack carries every panel now
+  unwatch {vm}
+Server → browser: update {vm, panels: {name: value}} with the panels that differ from the last tick.
+One ticker thread serves every watched VM; it also samples each VM's exit counts for the histogram.
+"""
+import json
+import threading
+
+from flask import request
+from flask_socketio import join_room, leave_room
+
+from . import panels
+from .access import connection_role
+from .events import CheckedNamespace, handler
+
+
+def snapshot(session, host):
+    """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread."""
+    vm = session.vm
+    out = {"summary": session.summary(), "tunables": host.tunables(), "caches": panels.caches(vm),
+           "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:]}
+    for i in range(vm.cpus):
+        for name, value in panels.vcpu_panels(vm, i).items():
+            out["%s/%d" % (name, i)] = value
+    return out
+
+
+class InspectNamespace(CheckedNamespace):
+    """Legend: `watchers` (VM name → sids) and `last` (VM name → panel JSON) are guarded by `lock`."""
+
+    def __init__(self, fleet, socketio, interval=0.5, namespace="/inspect"):
+        super().__init__(namespace)
+        self.fleet, self.socketio, self.interval = fleet, socketio, interval
+        self.watchers, self.last = {}, {}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start_ticker(self):
+        self._thread = threading.Thread(target=self._tick_loop, name="inspect-ticker", daemon=True)
+        self._thread.start()
+
+    def stop_ticker(self):
+        self._stop.set()
+
+    def on_connect(self, auth=None):
+        if connection_role(auth) is None:
+            raise ConnectionRefusedError("a valid token is required")
+
+    def on_disconnect(self, *reason):
+        with self.lock:
+            for sids in self.watchers.values():
+                sids.discard(request.sid)
+
+    @handler
+    def on_watch(self, payload):
+        name = payload["vm"]
+        session = self.fleet.get(name)
+        join_room("inspect:" + name)
+        with self.lock:
+            self.watchers.setdefault(name, set()).add(request.sid)
+        return {"panels": snapshot(session, self.fleet.host)}
+
+    @handler
+    def on_unwatch(self, payload):
+        name = payload["vm"]
+        leave_room("inspect:" + name)
+        with self.lock:
+            self.watchers.get(name, set()).discard(request.sid)
+
+    def _tick_loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception as problem:        # a panel bug must not stop the other panels
+                self.socketio.server.logger.warning("inspect tick failed: %r", problem)
+
+    def tick(self):
+        """Sample exit counts of every VM, then send each watched VM's changed panels to its room."""
+        for session in self.fleet.list():
+            session.sample_exits()
+            with self.lock:
+                watched = bool(self.watchers.get(session.name))
+            if not watched:
+                self.last.pop(session.name, None)
+                continue
+            panels = snapshot(session, self.fleet.host)
+            current = {k: json.dumps(v, sort_keys=True) for k, v in panels.items()}
+            previous = self.last.get(session.name, {})
+            changed = {k: panels[k] for k, v in current.items() if previous.get(k) != v}
+            self.last[session.name] = current
+            if changed:
+                self.socketio.emit("update", {"vm": session.name, "panels": changed}, to="inspect:" + session.name,
+                                   namespace=self.namespace)

@@ -35,11 +35,14 @@ HALT_SEQ = 23       # [any] a halted vCPU waiting in the kernel sleeps on this w
                     #     bump it (vmx/halt.py)
 HALT_IN_KERNEL = 24  # [k] 1 while the vCPU waits for an interrupt in the kernel loop rather than in userspace
 LAPIC_STEP_OFFSET = 25  # [k] the APIC register offset of the write LAPIC_STEP exits after: the exit 56 qualification
-KICK = 26           # [any] nonzero: leave the guest at the next translated-block boundary (core/kick.py). Set
-                    #     after the reason (REQ, NOTIFY, RESCHED, an IRR bit) is visible; the block hook clears it
+KICK = 26           # [any] 1: leave the guest at the next translated-block boundary (core/kick.py). Set after the
+                    #     reason (REQ, NOTIFY, RESCHED, an IRR bit) is visible; the block hook clears it. [k] 2:
+                    #     interrupt-window exiting is armed: leave at the first block where RFLAGS.IF is set
 RESCHED = 27        # [any] the host scheduler's tick: the timeslice of a shared host CPU is over (hosttimer.py)
 LAPIC_AT = 28       # [k] RIP of the MOV whose APIC write stopped the guest on it (Unicorn restarts it after the
 LAPIC_RESUME = 29   #     store), and the RIP after it, where the loop resumes; 0 when it left at a block boundary
+WINDOW_SKIP = 31    # [k] linear address + 1 of a block in an STI/MOV-SS shadow the window check lets run once
+BLOCK_STOP = 60     # [k] 1: the block hook stopped this entry (a kick or the interrupt window), not a HLT
 LAPIC_ZERO = 30     # [k] a store that reached reserved bytes of the APIC page: offset + 1 | size << 16; they
                     #     read as 0 again from the next access on (io/vlapic.py)
 # -- exit record [k] -------------------------------------------------------------------------------
@@ -48,7 +51,6 @@ FAULT_GLA = 33
 FAULT_GPA = 34
 FAULT_QUAL = 35
 ERRCODE = 36        # guest #PF error code
-HLT_AT = 37         # address of a HLT about to execute (+1; 0 = none)
 VECTOR = 38         # vector reported by the interrupt hook
 REQ = 39            # [any] requests from other threads (REQ_*); the vcpu clears them when handled
 IO_RIP = 40         # the last I/O exit's RIP and RCX: one exit per REP string instruction
@@ -87,7 +89,7 @@ TIMER_START = 69    # [k] ns when the current count began
 RUNSTATE = 70       # [k] RUN_*: where a notification must reach the vCPU
 EXIT_SEQ = 71       # [k] bumped each time emu_start returns: a notifier sees its kick landed
 NOTIFY = 72         # [any] vector of a host interrupt sent to this vCPU (a kick), 0 = none
-INTR_WINDOW = 73    # [k] interrupt-window exiting: step until the guest can take an interrupt
+INTR_WINDOW = 73    # [k] interrupt-window exiting: leave at the first block boundary where the guest can take one
 INJECT = 74         # [k] the vector the loop asks userspace to deliver
 PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.py PEND_*)
 LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none

@@ -114,7 +114,7 @@ class Platform:
         full_fence()
         if threading.current_thread() is bsp.thread:
             bsp.ctx[C.NOTIFY] = self.hypervisor.tunables.get("hw.vmm.ipinum")
-            bsp.uc.emu_stop()                      # leaves after this instruction's block; no waiting on itself
+            kick.kick(bsp.ctx)                     # leaves at the next block; no waiting on itself
         else:
             vlapic.notify(bsp.ctx, False)
 

@@ -2,8 +2,9 @@
 
 These are the exits VT-x takes that vmm.ko handles without leaving the kernel. IN/OUT and CPUID are
 handled synchronously inside the hook (an emu_stop there is not precise: the rest of the translation
-block would still run). RDMSR/WRMSR/HLT are found by scanning a page the first time it is executed and
-hooking each candidate address; the TLB fill withholds execute permission until that scan is done.
+block would still run). RDMSR/WRMSR, MOV CR, INVLPG and PAUSE are found by scanning a page the first time
+it is executed and hooking each candidate address; the TLB fill withholds execute permission until that
+scan is done. HLT needs no hook: Unicorn runs it and emu_start returns after it (vmx/vmx.py ran_hlt).
 Each hook reaches its vCPU through the context block whose address is the hook's user data.
 """
 import numpy as np
@@ -446,7 +447,7 @@ def is_prefix(b, long_mode):
 @njit(**NUMBA)
 def hooked_insn(c, address, code):
     """The instruction at a scanned candidate address, from its bytes (`code`, fetched page by page):
-    HLT, RDMSR/WRMSR, INVLPG/MOV CR, PAUSE, each with any prefixes before it; LOCK with any of them is
+    RDMSR/WRMSR, INVLPG/LMSW/MOV CR, PAUSE, each with any prefixes before it; LOCK with any of them is
     #UD (SDM vol. 2A, LOCK). Bytes that are something else (data the scan took for code) do nothing."""
     long_mode = (rd_efer(c) & np.uint64(W.EFER_LMA)) != 0
     i, rex, lock, rep, addr32 = 0, np.uint64(0), False, False, False
@@ -464,8 +465,6 @@ def hooked_insn(c, address, code):
     known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22))
     if lock and known:
         raise_fault(c, 6)
-    elif op0 == 0xF4:
-        c[C.HLT_AT] = np.uint64(address) + np.uint64(i + 1)   # the HLT runs natively and ends emu_start
     elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30) and i + 1 < code.size:
         msr_exit(c, address, op1 == 0x30, i + 2)
         if c[C.EXIT] == C.X_NONE:

@@ -20,6 +20,7 @@ the guest cannot take yet): QEMU ends a translated block after every instruction
 start with IF set is exactly the instruction boundary where the hardware's window opens. Nothing is
 stepped and no translated block is flushed (docs/interrupts.md).
 """
+import numpy as np
 from numba import carray, cfunc, njit, types
 from unicorn import x86_const as X
 
@@ -56,7 +57,7 @@ def arm_window(c):
 def _window_check(ud, address):
     """KICK_WINDOW at a block start: stop if RFLAGS.IF is set, unless this block is the STI/MOV-SS shadow the
     loop entered in (WINDOW_SKIP), which runs first."""
-    if ud[C.WINDOW_SKIP] == address + 1:
+    if ud[C.WINDOW_SKIP] == address + np.uint64(1):            # uint64 + int would be a float64 in numba
         ud[C.WINDOW_SKIP] = 0
         return
     fns = carray(u64_ptr(ud[C.FN]), NFN)

@@ -224,3 +224,15 @@ def test_access_kernel_matches_its_twin(profile):
                 assert (int(result), int(read)) == (want, want_read), (hex(index), hex(value), is_write)
                 assert int(table[at, M.COL_VALUE]) == kept, (hex(index), hex(value))
                 row[2] = kept
+
+
+def test_mcg_ctl_exists_only_with_mcg_ctl_p():
+    """A CPU whose IA32_MCG_CAP has MCG_CTL_P (bit 8) has IA32_MCG_CTL, which takes all 0s or all 1s (SDM
+    15.3.1.3); the profiles' CPUs have none (a Haswell's MCG_CAP 0xC09 lacks the bit)."""
+    with_ctl = P._mca_msrs(P.MCG_CTL_P | 2)
+    table = np.array([(i,) + row for i, row in sorted(with_ctl.items())], np.uint64)
+    flat, n = table.reshape(-1), len(table)
+    assert sorted(with_ctl) == [0x179, 0x17A, 0x17B] + list(range(0x400, 0x408))
+    for value, want in ((U64, M.OK), (0, M.OK), (1, M.GP), (U64 - 1, M.GP)):
+        assert int(M.access(flat, n, np.uint64(0x17B), True, np.uint64(value))[0]) == want
+    assert all(0x17B not in p.msrs for p in P.PROFILES.values())

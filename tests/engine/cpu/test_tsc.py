@@ -56,6 +56,26 @@ def test_kernel_reads_the_clock_at_the_profiles_rate(hv):
         assert all(b > a for a, b in zip(reads, reads[1:]))
 
 
+def test_deadline_ns_matches_its_twin(hv):
+    """tsc.deadline_ns: a deadline the TSC has passed is now; one ahead is now plus its TSC ticks in ns rounded
+    up, whatever the vCPU's offset (a guest may set its TSC near 2^64). `now` is bracketed by the clock."""
+    vm = hv.create_vm("deadline", mem_mb=16)
+    c, hz = vm.vcpus[0].ctx, vm.profile.tsc_hz
+    rng = random.Random(19)
+    for _ in range(300):
+        tsc.set_value(vm.vcpus[0], rng.choice([rng.getrandbits(64), (1 << 64) - rng.getrandbits(40), 0]))
+        ahead = rng.choice([-rng.getrandbits(40), rng.getrandbits(34), 0, 1])
+        before = time.monotonic_ns()
+        target = (tsc.value(vm.vcpus[0]) + ahead) % (1 << 64)
+        got = int(tsc.deadline_ns(c, np.uint64(target)))
+        after = time.monotonic_ns()
+        if ahead <= 0:
+            assert before <= got <= after
+        else:
+            earliest = before + twin_ns_for(max(ahead - twin_ticks(after - before, hz) - 2, 0), hz)
+            assert earliest <= got <= after + twin_ns_for(ahead, hz), (ahead, got - before)
+
+
 def test_vcpus_share_one_tsc_from_power_on(hv):
     """Every vCPU of a VM has the same TSC offset (RESET clears their TSCs together); a reset VM starts again."""
     vm = hv.create_vm("smp", mem_mb=16, cpus=4)

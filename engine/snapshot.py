@@ -17,7 +17,8 @@ from . import firmware, loaders
 from . import snapshot_file as F
 from . import snapshot_schema as SCHEMA
 from .core import ctx as C
-from .cpu import ucstate
+from .cpu import msrs as MSRS
+from .cpu import tsc, ucstate
 from .errors import ConfigError, ImageError, SnapshotError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
@@ -47,7 +48,8 @@ def save(vm, path):
                             "a restored VM could not be reset" % (vm.name, VERSION))
     vcpus = [{"index": v.index, "state": v.state, "started": v.thread is not None,
               "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
-              "cycles": int(v.ctx[C.CYCLES]),                   # the modeled TSC (cpu/cachesim.py)
+              "cycles": int(v.ctx[C.CYCLES]),                   # the modeled cycle counter (cpu/cachesim.py)
+              "tsc": tsc.value(v),                              # the TSC goes on from here (cpu/tsc.py)
               "lapic": {str(slot): int(v.ctx[slot]) for slot in LAPIC_SLOTS},
               "lapic_clocks": {str(slot): _since(int(v.ctx[slot])) for slot in LAPIC_CLOCKS},
               "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
@@ -58,7 +60,7 @@ def save(vm, path):
     arrays = {"cpu": np.concatenate([ucstate.read(v.uc) for v in vm.vcpus]),
               "vmcs": np.stack([v.vmcs.store for v in vm.vcpus]),
               "counters": np.stack([v.counters for v in vm.vcpus]),
-              "msrs": np.stack([v.msrs.reshape(-1, 3) for v in vm.vcpus]),
+              "msrs": np.stack([v.msrs.reshape(-1, MSRS.COLUMNS) for v in vm.vcpus]),
               "lapic": np.stack([lapic_pages(v) for v in vm.vcpus]),
               "pages_gpa": gpas, "pages_bits": bits, "pages_data": data.reshape(-1, EPT.PAGE),
               "tlb": _tlb_rows(vm), "image": np.frombuffer(image_bytes, np.uint8)}
@@ -313,6 +315,7 @@ def _restore_into(vm, manifest, arrays, image):
             v.vmcs[f] = value
         v.counters[:] = arrays["counters"][i]
         v.msrs[:] = arrays["msrs"][i].reshape(v.msrs.shape)
+        tsc.set_value(v, info.get("tsc", 0))
         v.pin(info["hostcpu"] % len(vm.hypervisor.hostcpus))
         v.restored_state = info["state"]
         v.ctx[C.CYCLES] = info["cycles"]

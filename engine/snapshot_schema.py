@@ -16,6 +16,7 @@ from . import stats as S
 from . import vcpu as V
 from .core import ctx as C
 from .core import vmcs as VMCS
+from .cpu import msrs as MSRS
 from .cpu import profiles, ucstate
 from .io import vlapic as L
 from .mmu import ept as EPT
@@ -198,7 +199,8 @@ VCPU = record({"index": integer(0, MAX_CPUS - 1), "state": STATES, "started": bo
                "boot": boolean, "cycles": integer(0, U64),
                "lapic": LAPIC, "lapic_clocks": record({str(C.TIMER_DEADLINE): CLOCK, str(C.TIMER_START): CLOCK}),
                "nmi_blocked": boolean, "waiting_sipi": boolean, "halt_interruptible": boolean,
-               "halt_for_input": boolean, "paused_from": one_of(V.RUNNING, V.HALTED)})
+               "halt_for_input": boolean, "paused_from": one_of(V.RUNNING, V.HALTED)},
+              {"tsc": integer(0, U64)})
 MANIFEST = record({
     "format": text(64), "version": integer(0, U64), "unicorn": text(64), "saved_at": number(0, 1 << 35),
     "vm": record({"name": vm_name, "mem_mb": integer(1, MAX_MEM_MB), "cpus": integer(1, MAX_CPUS),
@@ -247,9 +249,10 @@ def members(manifest):
     """The array members a checked manifest implies: {name: (dtype, shape)}."""
     vm, n = manifest["vm"], manifest["vm"]["cpus"]
     pages, msrs = manifest["memory"]["pages"], len(profiles.get(vm["profile"]).msrs)
+    msr_columns = MSRS.COLUMNS
     u8, u64 = np.dtype(np.uint8), np.dtype(np.uint64)
     return {"cpu": (ucstate.RECORD, (n,)), "vmcs": (u64, (n, VMCS.NFIELDS)), "counters": (u64, (n, S.NSLOTS)),
-            "msrs": (u64, (n, msrs, 3)), "lapic": (u8, (n, LAPIC_BYTES)), "pages_gpa": (u64, (pages,)),
+            "msrs": (u64, (n, msrs, msr_columns)), "lapic": (u8, (n, LAPIC_BYTES)), "pages_gpa": (u64, (pages,)),
             "pages_bits": (u64, (pages,)), "pages_data": (u8, (pages, EPT.PAGE)),
             "tlb": (u64, (manifest["tlb_entries"], len(TLB_COLUMNS))), "image": (u8, (manifest["image"]["bytes"],))}
 
@@ -275,13 +278,16 @@ def _first(bad):
 
 
 def _check_msrs(profile, msrs):
-    """Each vCPU's copy has the profile's MSRs and kinds, and its read-only values (the guest cannot change them)."""
+    """Each vCPU's copy has the profile's MSRs, kinds and write rules, and its read-only values (the guest
+    cannot change them)."""
     expected = profiles.get(profile).msr_table()
-    readonly = expected[:, 1] == profiles.MSR_READONLY
+    readonly = expected[:, MSRS.COL_KIND] == MSRS.MSR_READONLY
+    rules = [MSRS.COL_INDEX, MSRS.COL_KIND, MSRS.COL_MASK, MSRS.COL_CHECK]
     for i, table in enumerate(msrs):
-        if not np.array_equal(table[:, :2], expected[:, :2]) or not np.array_equal(table[readonly], expected[readonly]):
-            raise Invalid("msrs[%d]" % i, "is not the %s profile's MSR table (indices, kinds and read-only values)"
-                          % profile)
+        if not np.array_equal(table[:, rules], expected[:, rules]) or \
+                not np.array_equal(table[readonly], expected[readonly]):
+            raise Invalid("msrs[%d]" % i, "is not the %s profile's MSR table (indices, kinds, rules and read-only "
+                          "values)" % profile)
 
 
 def _check_pages(mem_size, gpas, leaf_bits):

@@ -99,7 +99,7 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
                     #     the next block boundary
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
-# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)
+# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -108,6 +108,11 @@ DBG_WATCH_HIT = 99  # [k] watchpoint row + 1 that an access touched; the next in
 DBG_WATCHES = 100   # [py] watchpoint rows [host-physical first, end, access kinds]
 DBG_NWATCH = 101
 DBG_ADDR = 102      # [k] the breakpoint's address, or the host-physical address of the watched access
+# -- the TSC (cpu/tsc.py); its offset is the VMCS's TSC_OFFSET, TSC_ADJUST and TSC_DEADLINE are MSR table rows --
+TSC_HZ = 112        # [py] the TSC's frequency: the profile's (CPUID.15H), the modeled host's TSC runs at it too
+CLOCK_FN = 113      # [py] clock_gettime's address: CLOCK_MONOTONIC is the guest clock (the PIT, the LAPIC timer)
+TSC_LAST = 114      # [k] the last TSC this vCPU read (0: none since a write): each read is above it
+TSC_TIMESPEC = 115  # [k] 115-116: the timespec clock_gettime fills
 L1D = 80            # [py] address of this vCPU's host CPU's L1D model (cpu/l1d.py layout)
 L1D_OWNER = 81      # [py] the tag on lines this VM fills (the host's own lines are tagged 0)
 CYCLES = 82         # [k] the modeled cycle counter: what guest RDTSC reads when hw.vmm.l1d_sim is on

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine import Hypervisor
-from engine.cpu import ucstate
+from engine.cpu import tsc, ucstate
 from engine.snapshot import SnapshotError, read_header
 from engine.core import ctx as C
 from engine.core import vmcs as VMCS
@@ -134,16 +134,18 @@ def test_a_running_guest_comes_back_from_plain_data_exactly_as_it_was(hv, tmp_pa
         assert {i.filename for i in z.infolist()} == MEMBERS and z.infolist()[0].filename == "manifest.json"
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
         assert json.loads(z.read("manifest.json"))["version"] == 2
+        saved_tsc = [info["tsc"] for info in json.loads(z.read("manifest.json"))["vcpus"]]
     with np.load(path, allow_pickle=False) as plain:                  # plain numpy reads it, no pickle
         assert not any(plain[name].dtype.hasobject for name in plain.files if name != "manifest.json")
         assert plain["cpu"].dtype == ucstate.RECORD and plain["cpu"].shape == (2,)
     copy = Hypervisor(host_mem_mb=256).restore_vm(path, name="again", start=False)
     assert copy.state == "paused" and counter(copy) == saved
-    for a, b in zip(vm.vcpus, copy.vcpus):
+    for a, b, tsc_at_save in zip(vm.vcpus, copy.vcpus, saved_tsc):
         assert ucstate.read(a.uc).tobytes() == ucstate.read(b.uc).tobytes()
         assert a.registers() == b.registers()
         assert np.array_equal(a.counters, b.counters) and np.array_equal(a.msrs, b.msrs)
-        guest_fields = [f.slot for f in VMCS.FIELDS if f.name not in ("EPTP", "ENTRY_MSR_LOAD")]
+        assert tsc_at_save <= tsc.value(b) <= tsc.value(a)        # the TSC goes on from where it was saved
+        guest_fields = [f.slot for f in VMCS.FIELDS if f.name not in ("EPTP", "ENTRY_MSR_LOAD", "TSC_OFFSET")]
         assert np.array_equal(a.vmcs.store[guest_fields], b.vmcs.store[guest_fields])
         assert [int(a.ctx[s]) for s in (C.LAPIC_FIX, C.INJECT, C.PENDING)] == \
                [int(b.ctx[s]) for s in (C.LAPIC_FIX, C.INJECT, C.PENDING)]

@@ -73,6 +73,7 @@ class VM(VmMemory, Platform):
             self.memory_access.write(firmware.STUB_BASE, firmware.STUB)
             for gpa, entry in firmware.PAGE_TABLES.items():
                 self.memory_access.write(gpa, entry)
+        self._install_acpi_tables()
         for seg in image.segments:
             self.memory_access.write(seg.gpa, seg.data + bytes(seg.size - len(seg.data)))
         self.vcpus[0].prepare(image)

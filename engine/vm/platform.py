@@ -2,8 +2,9 @@
 CRTC, the POST latch), the BIOS of a boot sector, the 8259 pair and the 8254, and the interrupt paths from
 devices and the vLAPIC kernels into the vCPUs.
 
-The devices know only their registers; this is where they are placed (Firecracker's builder). Platform is
-mixed into VM (machine.py).
+The devices know only their registers; this is where they are placed (Firecracker's builder). The ACPI tables
+(acpi_tables.py) describe this platform: the ACPI fixed hardware and the reset register sit where they say.
+Platform is mixed into VM (machine.py).
 """
 import threading
 
@@ -11,6 +12,7 @@ from ..core import ctx as C
 from ..core import kick
 from ..core.sync import full_fence
 from ..devices import bios as bios_mod
+from ..devices.acpi_pm import AcpiPm, ResetControl
 from ..devices.console import Console
 from ..devices.debugcon import DebugCon
 from ..devices.uart_ns16550 import Uart16550
@@ -21,6 +23,7 @@ from ..io.hosttimer import HostTimer
 from ..io.portbus import OWNER_POST, PortBus
 from ..io.vpic import Vpic
 from ..io.vpit import Vpit
+from ..loaders import acpi_tables as ACPI
 from ..native import HOST_CALLBACK
 from ..vcpu import HALTED, RUNNING
 
@@ -47,15 +50,54 @@ class Platform:
         self.io.attach("vga crtc", CRTC_INDEX, 2, lambda offset: self.vga.port_read(CRTC_INDEX + offset),
                        lambda offset, value: self.vga.port_write(CRTC_INDEX + offset, value))
         self.io.attach_kernel("post", POST, 1, OWNER_POST)
+        self._attach_acpi()
         self.port_callback = HOST_CALLBACK(self._port_exit)
         self.intr_callback = HOST_CALLBACK(self._intr_request)
 
     def _power_on_devices(self):
-        """A reset: the UARTs back to their power-on registers, a blank VGA, no BIOS until the image loads."""
-        for uart in (self.com1, self.com2):
-            uart.reset()                                   # the same objects: they stay the consoles' listeners
+        """A reset: the UARTs and the ACPI registers back to their power-on state, a blank VGA, no BIOS until the
+        image loads."""
+        for device in (self.com1, self.com2, self.acpi_pm, self.reset_control):
+            device.reset()                                 # the same objects: they stay on the port bus
         self.vga = VgaText(self.memory_access)
         self.bios = None
+
+    def _attach_acpi(self):
+        """The ACPI fixed hardware and the reset register, at the ports the FADT names (bhyve's pm.c)."""
+        self.acpi_pm = AcpiPm(lambda: self._guest_power("poweroff", "the guest entered S5 (soft-off) through PM1a_CNT"))
+        self.reset_control = ResetControl(lambda: self._guest_power("reset", "the guest reset the platform "
+                                                                               "through the reset register at 0xCF9"))
+        pm = self.acpi_pm
+        for name, base, length, read, write in (
+                ("acpi pm1a_evt", ACPI.PM1A_EVT_BLK, ACPI.PM1_EVT_LEN, pm.event_read, pm.event_write),
+                ("acpi pm1a_cnt", ACPI.PM1A_CNT_BLK, ACPI.PM1_CNT_LEN, pm.control_read, pm.control_write),
+                ("acpi pm_tmr", ACPI.PM_TMR_BLK, ACPI.PM_TMR_LEN, pm.timer_read, pm.timer_write)):
+            self.io.attach(name, base, length, read, write, widths=(1, 2, 4))
+        self.io.attach("reset control", ACPI.RESET_REG_PORT, 1, self.reset_control.read, self.reset_control.write)
+
+    def _install_acpi_tables(self):
+        """acpi_build: the tables for these vCPUs' local APIC IDs, into the BIOS area (acpi_tables.py)."""
+        base, tables = ACPI.build([vcpu.lapic.register(vlapic.ID) >> 24 for vcpu in self.vcpus])
+        self.memory_access.write(base, tables)
+
+    def _guest_power(self, action, why):
+        """vm_suspend(VM_SUSPEND_POWEROFF or _RESET) from a device, on the vCPU thread that wrote the register:
+        every vCPU stops running the guest at once (one that VM.start has yet to start ends when it starts), and
+        the VM's own poweroff() or reset() runs on a thread of its own (both wait for the vCPU threads to end,
+        this one included). A soft-off's reason is the VM's
+        before this returns, so nothing the vCPUs do meanwhile (a HLT with interrupts off) can replace it."""
+        self.log(why)
+        if action == "poweroff":
+            with self.lock:
+                if self.suspend_reason is None:
+                    self.suspend_reason, self.suspend_message = "poweroff", "powered off"
+                self.changed.notify_all()
+        for vcpu in self.vcpus:
+            if vcpu.thread is None:                  # start() has not reached it yet: it ends as soon as it starts
+                vcpu.mailbox.put(("exit",))
+            else:
+                vcpu.request(("pause",))
+        threading.Thread(target=getattr(self, action), name="%s-%s" % (self.name, action), daemon=True).start()
 
     def _attach_bios(self, image):
         """A boot sector's BIOS (INT 10h/13h/16h/1Ah) over the VGA and the console; keys wake its waits."""

@@ -17,7 +17,7 @@ from ..devices.console import Console
 from ..devices.debugcon import DebugCon
 from ..devices.uart_ns16550 import Uart16550
 from ..devices.vga_text import CRTC_INDEX, VgaText
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineError
 from ..io import vlapic
 from ..io.hosttimer import HostTimer
 from ..io.portbus import OWNER_POST, PortBus
@@ -28,6 +28,7 @@ from ..native import HOST_CALLBACK
 from ..vcpu import HALTED, RUNNING
 
 COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
+GUEST_POWER = {"poweroff": ("poweroff", "powered off"), "reset": ("reset", "reset by the guest")}
 
 
 class Platform:
@@ -83,21 +84,36 @@ class Platform:
     def _guest_power(self, action, why):
         """vm_suspend(VM_SUSPEND_POWEROFF or _RESET) from a device, on the vCPU thread that wrote the register:
         every vCPU stops running the guest at once (one that VM.start has yet to start ends when it starts), and
-        the VM's own poweroff() or reset() runs on a thread of its own (both wait for the vCPU threads to end,
-        this one included). A soft-off's reason is the VM's
-        before this returns, so nothing the vCPUs do meanwhile (a HLT with interrupts off) can replace it."""
+        the VM's own poweroff or reset runs on a thread of its own (both wait for the vCPU threads to end, this
+        one included). The VM is suspended for `action` before this returns, as bhyve's VM is until it powers off or
+        its wrapper restarts it, so nothing the vCPUs do meanwhile (a HLT with interrupts off) can replace the
+        reason; a reset clears it when it boots the VM again."""
         self.log(why)
-        if action == "poweroff":
-            with self.lock:
-                if self.suspend_reason is None:
-                    self.suspend_reason, self.suspend_message = "poweroff", "powered off"
-                self.changed.notify_all()
+        with self.lock:
+            if self.suspend_reason is None:
+                self.suspend_reason, self.suspend_message = GUEST_POWER[action]
+            self.changed.notify_all()
         for vcpu in self.vcpus:
-            if vcpu.thread is None:                  # start() has not reached it yet: it ends as soon as it starts
-                vcpu.mailbox.put(("exit",))
+            if vcpu.thread is None or not vcpu.thread.is_alive():
+                vcpu.mailbox.put(("exit",))          # start() has yet to start it: it ends as soon as it starts
             else:
                 vcpu.request(("pause",))
-        threading.Thread(target=getattr(self, action), name="%s-%s" % (self.name, action), daemon=True).start()
+        threading.Thread(target=self._guest_lifecycle, args=(action, self.vcpus),
+                         name="%s-%s" % (self.name, action), daemon=True).start()
+
+    def _guest_lifecycle(self, action, asking):
+        """The poweroff or reset the vCPUs `asking` asked for, once the lifecycle changes before it are done: if
+        those vCPUs were stopped meanwhile (a power-off) or replaced (a reset), the guest that asked is gone and
+        nothing is done. A lifecycle change that fails is logged."""
+        with self._lifecycle:
+            if self.vcpus is not asking or not any(v.thread is not None and v.thread.is_alive() for v in asking):
+                self.log("the guest's %s was not done: the VM was %s first"
+                         % (action, "reset" if self.vcpus is not asking else "powered off"))
+                return
+            try:
+                getattr(self, "_" + action)()
+            except EngineError as problem:
+                self.log("the guest's %s failed: %s" % (action, problem))
 
     def _attach_bios(self, image):
         """A boot sector's BIOS (INT 10h/13h/16h/1Ah) over the VGA and the console; keys wake its waits."""

@@ -1,6 +1,7 @@
 """Guests that use ACPI as an OS does: they find the RSDP in the BIOS area, follow the XSDT to the FADT's PM timer
 port and count the MADT's processors, power the VM off through PM1a_CNT (S5) and reset it through 0xCF9."""
 import struct
+import threading
 
 import pytest
 
@@ -138,3 +139,20 @@ def test_reset_register_resets_the_vm(hv, tmp_path):
     vm.poweroff()
     assert vm.events.count("the guest reset the platform through the reset register at 0xCF9") >= 2
     assert vm.events.count("reset") >= 2
+
+
+def test_a_power_off_that_overtakes_a_guest_reset_stays_off(hv, tmp_path):
+    """The user's power-off while the guest keeps resetting: lifecycle changes happen one at a time, and a guest
+    reset that comes after the power-off is not done, so the VM stays off (suspended for the guest's last reset,
+    as bhyve's VM is until its wrapper restarts it, or powered off)."""
+    vm = boot(hv, tmp_path, RESET, name="resetting")
+    reader = vm.debug_console.reader()
+    assert reader.read(timeout=30), vm.events
+    vm.poweroff()
+    for thread in threading.enumerate():
+        if thread.name == "resetting-reset":
+            thread.join(30)
+    assert vm.suspend_reason in ("reset", "poweroff")
+    assert all(v.thread is None or not v.thread.is_alive() for v in vm.vcpus)
+    assert vm.state == "suspended"
+

@@ -79,6 +79,19 @@ class AcpiPm:
             self._timer_carries_seen = 0        # TMR_STS: set while the timer's MSB has changed since last cleared
             self._control = SCI_EN
 
+    def state(self):
+        """What a snapshot keeps (engine/snapshot.py): the registers, and the timer as time since power-on."""
+        with self._lock:
+            return {"elapsed": self.clock() - self._base, "status": self._status, "enable": self._enable,
+                    "control": self._control, "carries_seen": self._timer_carries_seen}
+
+    def load_state(self, state):
+        """A snapshot's registers; the timer goes on from where it was saved."""
+        with self._lock:
+            self._base = self.clock() - state["elapsed"]
+            self._status, self._enable = state["status"], state["enable"]
+            self._control, self._timer_carries_seen = state["control"], state["carries_seen"]
+
     # -- the PM timer ---------------------------------------------------------------------------------
     def _ticks(self):
         """Ticks since power-on, not wrapped."""
@@ -138,6 +151,14 @@ class ResetControl:
         """Power-on: 0."""
         with self._lock:
             self._value = 0
+
+    def state(self):
+        with self._lock:
+            return {"value": self._value}
+
+    def load_state(self, state):
+        with self._lock:
+            self._value = state["value"]
 
     def read(self, offset=0, size=1):
         with self._lock:

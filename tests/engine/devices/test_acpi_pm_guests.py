@@ -2,9 +2,12 @@
 port and count the MADT's processors, power the VM off through PM1a_CNT (S5) and reset it through 0xCF9."""
 import struct
 import threading
+import time
 
 import pytest
 
+from engine import Hypervisor
+from engine.devices.acpi_pm import PWRBTN_EN, SCI_EN, timer_count
 from engine.loaders import acpi_tables as A
 from tests.engine.conftest import assemble, stopped
 
@@ -156,3 +159,36 @@ def test_a_power_off_that_overtakes_a_guest_reset_stays_off(hv, tmp_path):
     assert all(v.thread is None or not v.thread.is_alive() for v in vm.vcpus)
     assert vm.state == "suspended"
 
+
+def test_a_snapshot_keeps_the_acpi_registers_and_the_timer_goes_on(hv, tmp_path):
+    """PM1_EN, PM1_CNT's SLP_TYP and RST_CNT come back from a snapshot as the guest left them, and the PM timer
+    goes on from where it was: never backwards, never more than the time the save and restore took."""
+    vm = boot(hv, tmp_path, """
+    mov dx, 0x402
+    mov ax, 1 << 8                  # PWRBTN_EN
+    out dx, ax
+    mov dx, 0x404
+    mov ax, 3 << 10                 # SLP_TYP 3, no SLP_EN
+    out dx, ax
+    mov dx, 0xCF9
+    mov al, 2                       # SYS_RST alone: no reset
+    out dx, al
+1:  pause
+    jmp 1b
+""")
+    deadline = time.monotonic() + 30
+    while vm.reset_control.read(0) != 2:
+        assert time.monotonic() < deadline, vm.events
+        time.sleep(0.01)
+    vm.pause()
+    before = time.monotonic_ns()
+    saved = vm.acpi_pm.timer_read(0, 4)
+    vm.snapshot(tmp_path / "acpi.snap")
+    copy = Hypervisor(host_mem_mb=256).restore_vm(tmp_path / "acpi.snap", name="again", start=False)
+    restored = copy.acpi_pm.timer_read(0, 4)
+    after = time.monotonic_ns()
+    assert 0 <= restored - saved <= timer_count(after - before) + 1
+    assert copy.acpi_pm.event_read(2, 2) == PWRBTN_EN
+    assert copy.acpi_pm.control_read(0, 2) == SCI_EN | 3 << 10
+    assert copy.reset_control.read(0) == 2
+    copy.poweroff()

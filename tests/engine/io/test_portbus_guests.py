@@ -16,7 +16,8 @@ DECODED_NEVER_WRITTEN = {0xCF9}
 # Where the bundled devices sit (datasheet addresses): the sweep asserts nothing about what they read.
 DEVICES = {"8259 master": (0x20, 2), "8259 slave": (0xA0, 2), "8254": (0x40, 4), "POST": (0x80, 1),
            "debugcon": (0xE9, 1), "VGA CRTC": (0x3D4, 2), "COM2": (0x2F8, 8), "COM1": (0x3F8, 8),
-           "ACPI PM1a_EVT, PM1a_CNT, PM_TMR": (0x400, 12), "reset control": (0xCF9, 1)}
+           "ACPI PM1a_EVT": (0x400, 4), "ACPI PM1a_CNT": (0x404, 2), "ACPI PM_TMR": (0x408, 4),
+           "reset control": (0xCF9, 1)}
 WIDTHS = {1: ("al", "b", "byte"), 2: ("ax", "w", "word"), 4: ("eax", "d", "dword")}
 # Guest-physical tables the sweep fills (16 MiB guest)
 IN_AT = {1: 0x400000, 2: 0x410000, 4: 0x430000}          # IN acc, dx
@@ -186,7 +187,7 @@ def test_wide_accesses_reach_byte_devices_as_consecutive_byte_accesses(hv, tmp_p
 
 
 def test_string_forms_split_like_their_single_forms(hv, tmp_path):
-    """REP INSB drains the loopback FIFO; INSW from the 8259 is IRR then IMR; INSD past COM1 ends in ones;
+    """REP INSB drains the loopback FIFO; INSW from the 8259 is IRR then IMR; INSD past COM1 ends in PM1_STS;
     REP OUTSW programs the CRTC in pairs and gives debugcon the low bytes."""
     src = PIC_INIT.format(mask=0x3C) + """
     mov dx, 0x3FA
@@ -205,7 +206,7 @@ def test_string_forms_split_like_their_single_forms(hv, tmp_path):
     mov dx, 0x20
     insw                        # IRR, IMR
     mov dx, 0x3FE
-    insd                        # MSR (the deltas of entering loopback), SCR, 0x400-0x401 unclaimed
+    insd                        # MSR (the deltas of entering loopback), SCR, 0x400-0x401 ACPI PM1_STS (0)
     mov dx, 0x3D4
     lea rsi, [rip + crtc]
     mov ecx, 2
@@ -224,13 +225,13 @@ got: .fill 16, 1, 0
     vm = boot(hv, tmp_path, src, "strings")
     image = assemble(src, tmp_path)
     got = vm.memory_access.read(0x200000 + image.index(b"HxIxJx") + 6, 10)
-    assert got == b"abc\xff\x00\x3c\x0b\x00\xff\xff"
+    assert got == b"abc\xff\x00\x3c\x0b\x00\x00\x00"
     assert vm.vga.cursor == divmod(0x1234, 80)
     assert vm.debug_console.contents() == b"HIJ"
 
 
 class Wide:
-    """A device that takes 1, 2 and 4 bytes (a PCI configuration-address latch, say): it records the accesses."""
+    """A device that takes 1, 2 and 4 bytes (a configuration-address latch, say): it records the accesses."""
 
     def __init__(self):
         self.seen, self.value = [], 0
@@ -249,21 +250,21 @@ def test_devices_taking_wider_accesses_get_them_whole(hv, tmp_path):
     """A device declaring 1, 2 and 4 bytes gets each access whole, cut only where the device ends."""
     device = Wide()
     src = """
-    mov dx, 0xCF8
+    mov dx, 0x510
     mov eax, 0x80001234
     out dx, eax
-    mov dx, 0xCFA
+    mov dx, 0x512
     in ax, dx
     mov r8, rax
-    in eax, dx                  # 0xCFA-0xCFB from the device (one word), 0xCFC-0xCFD unclaimed
+    in eax, dx                  # 0x512-0x513 from the device (one word), 0x514-0x515 unclaimed
     mov r9, rax
-    mov dx, 0xCF7
-    in eax, dx                  # 0xCF7 unclaimed; 0xCF8-0xCFA: a word, then a byte
+    mov dx, 0x50F
+    in eax, dx                  # 0x50F unclaimed; 0x510-0x512: a word, then a byte
     mov r10, rax
     cli
     hlt
 """
-    vm = boot(hv, tmp_path, src, "widedev", before=lambda vm: vm.io.attach("latch", 0xCF8, 4, device.read,
+    vm = boot(hv, tmp_path, src, "widedev", before=lambda vm: vm.io.attach("latch", 0x510, 4, device.read,
                                                                            device.write, widths=(1, 2, 4)))
     r = vm.registers()
     assert r["r8"] & 0xFFFF == 0x8000 and r["r9"] & 0xFFFFFFFF == 0xFFFF8000

@@ -157,6 +157,7 @@ def device_state(vm):
     if vm.bios is not None:
         state["bios"] = {"elapsed": vm.bios.clock() - vm.bios._start if vm.bios._start else 0.0,
                          "disk_last": vm.bios._disk_last, "peeked": vm.bios._peeked}
+    state["acpi"] = {"pm": vm.acpi_pm.state(), "reset_control": vm.reset_control.state()}
     return state
 
 
@@ -400,3 +401,6 @@ def load_device_state(vm, state):
         vm.bios = bios_mod.Bios(vm.vga, vm.console, vm.image.disk, drive=vm.image.regs.get("rdx", 0x80) & 0xFF)
         vm.bios._start = vm.bios.clock() - state["bios"]["elapsed"]
         vm.bios._disk_last, vm.bios._peeked = state["bios"]["disk_last"], state["bios"]["peeked"]
+    if "acpi" in state:
+        vm.acpi_pm.load_state(state["acpi"]["pm"])
+        vm.reset_control.load_state(state["acpi"]["reset_control"])

@@ -22,6 +22,7 @@ from .core import vmcs as VMCS
 from .cpu import msrs as MSRS
 from .cpu import profiles, ucstate
 from .io import nmisc
+from .devices import acpi_pm as ACPI_PM
 from .io import vlapic as L
 from .mmu import ept as EPT
 from .mmu import walk as W
@@ -221,12 +222,27 @@ PCI_STATE = record({"address": bits(PCI_HOST.ADDRESS_BITS),
 UART = record({"ier": bits(0x0F), "lcr": BYTE, "mcr": bits(0x1F), "lsr": BYTE, "fcr": BYTE, "scr": BYTE,
                "dll": BYTE, "dlm": BYTE, "msr": BYTE, "thre_int_pending": boolean, "_irq_level": boolean,
                "_claimed": boolean, "_rx_size": one_of(1, 16), "rx": items(BYTE, 16)})
+
+
+def pm1_control(value, field):
+    """PM1_CNT as the device leaves it: SCI_EN set, otherwise only the bits a write can change."""
+    bits(ACPI_PM.SCI_EN | ACPI_PM.CONTROL_BITS)(value, field)
+    if not value & ACPI_PM.SCI_EN:
+        raise Invalid(field, "= %#x has SCI_EN clear; the platform is always in ACPI mode" % value)
+
+
+ACPI = record({"pm": record({"elapsed": integer(0, MAX_NS), "status": bits(ACPI_PM.STATUS_BITS),
+                             "enable": bits(ACPI_PM.ENABLE_BITS), "control": pm1_control,
+                             "carries_seen": integer(0, MAX_NS)}),
+               "reset_control": record({"value": BYTE})})
+# optional: a snapshot from before the ACPI blocks existed restores them at power-on
 DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255), BYTE, 256)}),
                   "pic": record({"master": PIC_CHIP, "slave": PIC_CHIP, "output": boolean}),
                   "pit": PIT, "port61": record({"bits": bits(nmisc.WRITABLE)}), "com1": UART, "com2": UART,
                   "rtc": RTC_STATE, "kbc": KBC_STATE, "pci": PCI_STATE},
                  {"bios": record({"elapsed": number(0, MAX_NS), "disk_last": BYTE,
-                                  "peeked": optional(integer(0, 0xFFFF))})})
+                                  "peeked": optional(integer(0, 0xFFFF))}),
+                  "acpi": ACPI})
 # vLAPIC context slots (core/ctx.py): LAPIC_FIX indexes the virtual-APIC page, so it stays within the page;
 # INJECT is a vector or EXTINT (the 8259 gives the vector)
 LAPIC = record({str(C.TIMER_PERIOD): integer(0, MAX_NS), str(C.INTR_WINDOW): one_of(0, 1),

@@ -8,6 +8,7 @@ chromium|chromium|the browser tests drive headless Chromium with Playwright
 fonts-dejavu-core|/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf|screenshots render the consoles in DejaVu Sans Mono
 cpio|cpio|make linux packs the initramfs of the Linux guest (cpio -H newc)
 qemu-system-x86|qemu-system-x86_64|the reference for guest behaviour and speed
+acpica-tools|iasl|the ACPI table tests decompile the tables webhyve gives guests with the real iasl -d
 '
 
 present() {

@@ -4,13 +4,14 @@ A bzImage is the real-mode setup (a boot sector and `setup_sects` sectors, the s
 followed by the protected-mode kernel. Like a 64-bit boot loader ("64-bit Boot Protocol"), this loader
 skips the real-mode code: the protected-mode kernel goes to pref_address with init_size bytes of room,
 the initrd page-aligned as high as initrd_addr_max and RAM allow, boot_params (linux_params.py), the GDT,
-the page tables and the command line into the low boot area, and the kernel is entered at its load
-address + 0x200 in long mode: paging on over flat.py's identity map (at least 4 GiB), __BOOT_CS 0x10 and
-__BOOT_DS 0x18 flat, interrupts off, RSI = boot_params.
+the page tables and the command line into the low boot area (boot_params also names the RSDP of the ACPI tables
+the VM writes, acpi_tables.py), and the kernel is entered at its load address + 0x200 in long mode: paging on over
+flat.py's identity map (at least 4 GiB), __BOOT_CS 0x10 and __BOOT_DS 0x18 flat, interrupts off, RSI = boot_params.
 """
 import struct
 
 from engine.errors import ImageError
+from engine.loaders.acpi_tables import RSDP_ADDR
 from engine.loaders.flat import CODE64_DESCRIPTOR, DATA_DESCRIPTOR, page_tables
 from engine.loaders.image import (GiB, HIGH_MEM_BASE, LINUX_BOOT_BASE, MiB, PAGE_SIZE, BootImage, Segment,
                                   check_disjoint, check_placement, fmt_size)
@@ -134,7 +135,7 @@ def load_linux(data, filename, mem_size, cmdline="", initrd=None):
         notes.append(f"linux: initrd of {len(initrd):#x} bytes at {initrd_addr:#x}")
     gdt, tables, cmdline_seg = area
     params = Segment(LINUX_BOOT_BASE, build_boot_params(data, start, cmdline_seg.gpa, mem_size, initrd_addr,
-                                                        len(initrd or b"")), name="boot_params")
+                                                        len(initrd or b""), RSDP_ADDR), name="boot_params")
     segments.append(params)
     tail = len(data) - kernel_offset - len(kernel_bytes)
     if tail:

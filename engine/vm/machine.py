@@ -29,6 +29,7 @@ class VM(VmMemory, Platform):
             raise ConfigError("VM %r: memory must be at least 1 MiB, not %s MiB" % (name, mem_mb))
         self.mem_size = mem_mb * MiB
         self.lock = threading.RLock()
+        self._lifecycle = threading.Lock()       # one poweroff or reset at a time (the guest's own run on threads)
         self.changed = threading.Condition(self.lock)
         self.suspend_reason = self.suspend_message = None
         self.events = []
@@ -85,6 +86,7 @@ class VM(VmMemory, Platform):
             self.memory_access.write(firmware.STUB_BASE, firmware.STUB)
             for gpa, entry in firmware.PAGE_TABLES.items():
                 self.memory_access.write(gpa, entry)
+        self._install_acpi_tables()
         for seg in image.segments:
             self.memory_access.write(seg.gpa, seg.data + bytes(seg.size - len(seg.data)))
         self.vcpus[0].prepare(image)
@@ -148,6 +150,10 @@ class VM(VmMemory, Platform):
 
     def poweroff(self):
         """Stop every vCPU; the VM keeps its memory until destroyed."""
+        with self._lifecycle:
+            self._poweroff()
+
+    def _poweroff(self):
         for vcpu in self._started():
             vcpu.post(("exit",))
             vcpu.thread.join(5)
@@ -175,6 +181,10 @@ class VM(VmMemory, Platform):
         """bhyvectl --force-reset, then boot again: the vCPUs stop and are created afresh (new Unicorn
         instances), guest memory is released (zero-filled on next touch), the devices return to their
         power-on state, the image is loaded again and the VM runs. The consoles keep their history."""
+        with self._lifecycle:
+            self._reset()
+
+    def _reset(self):
         if self._load_args is None:
             raise StateError("VM %r has no image loaded: nothing to reset to" % self.name)
         if not self.segments:

@@ -3,8 +3,9 @@ CRTC, the POST latch, the RTC/CMOS, the 8042, PCI configuration mechanism #1 wit
 boot sector, the 8259 pair, the 8254 and port 0x61, the interrupt paths from devices (ISA IRQs) and the vLAPIC
 kernels into the vCPUs, and the reset line devices pull.
 
-The devices know only their registers; this is where they are placed (Firecracker's builder). Platform is
-mixed into VM (machine.py).
+The devices know only their registers; this is where they are placed (Firecracker's builder). The ACPI tables
+(acpi_tables.py) describe this platform: the ACPI fixed hardware and the reset register sit where they say.
+Platform is mixed into VM (machine.py).
 """
 import threading
 
@@ -12,6 +13,7 @@ from ..core import ctx as C
 from ..core import kick
 from ..core.sync import full_fence
 from ..devices import bios as bios_mod
+from ..devices.acpi_pm import AcpiPm, ResetControl
 from ..devices.console import Console
 from ..devices.debugcon import DebugCon
 from ..devices.kbc_i8042 import COMMAND as KBC_COMMAND_OFFSET
@@ -20,13 +22,14 @@ from ..devices.kbc_i8042 import I8042
 from ..devices.rtc_mc146818 import Mc146818
 from ..devices.uart_ns16550 import Uart16550
 from ..devices.vga_text import CRTC_INDEX, VgaText
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineError
 from ..io import vlapic
 from ..io.hosttimer import HostTimer
 from ..io.nmisc import NmiStatusControl
 from ..io.portbus import OWNER_POST, PortBus
 from ..io.vpic import Vpic
 from ..io.vpit import Vpit
+from ..loaders import acpi_tables as ACPI
 from ..native import HOST_CALLBACK
 from ..pci.host import PciHost
 from ..pci.hostbridge import HostBridge
@@ -36,6 +39,7 @@ COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
 RTC, KBC_DATA, PORT_B, KBC_COMMAND, PCI_ADDRESS, PCI_DATA = 0x70, 0x60, 0x61, 0x64, 0xCF8, 0xCFC
 RTC_IRQ = 8                                            # the 8042 raises IRQ 1 and 12 itself
 FOUR_GIB = 1 << 32
+GUEST_POWER = {"poweroff": ("poweroff", "powered off"), "reset": ("reset", "reset by the guest")}
 
 
 class Platform:
@@ -62,6 +66,7 @@ class Platform:
                        lambda offset, value: self.vga.port_write(CRTC_INDEX + offset, value))
         self.io.attach_kernel("post", POST, 1, OWNER_POST)
         self._attach_chipset()
+        self._attach_acpi()
         self.port_callback = HOST_CALLBACK(self._port_exit)
         self.intr_callback = HOST_CALLBACK(self._intr_request)
 
@@ -99,16 +104,76 @@ class Platform:
         self.host_timer.rearm()                            # an interrupt enabled or its rate changed
 
     def _power_on_devices(self):
-        """A reset: the UARTs back to their power-on registers, a blank VGA, no BIOS until the image loads; the
-        RTC's RESET pin and the memory-size bytes firmware writes at every boot; the 8042 and PCI at power-on."""
-        for uart in (self.com1, self.com2):
-            uart.reset()                                   # the same objects: they stay the consoles' listeners
+        """A reset: the UARTs and the ACPI registers back to their power-on state, a blank VGA, no BIOS until the
+        image loads; the RTC's RESET pin and the memory-size bytes firmware writes at every boot; the 8042 and PCI
+        at power-on."""
+        for device in (self.com1, self.com2, self.acpi_pm, self.reset_control):
+            device.reset()                                 # the same objects: they stay on the port bus
         self.vga = VgaText(self.memory_access)
         self.bios = None
         self.rtc.reset()
         self.rtc.set_memory_size(*self._ram_below_above_4g())
         self.kbc.reset()
         self.pci.reset()
+
+    def _attach_acpi(self):
+        """The ACPI fixed hardware and the reset register, at the ports the FADT names (bhyve's pm.c)."""
+        self.acpi_pm = AcpiPm(lambda: self._guest_power("poweroff", "the guest entered S5 (soft-off) through PM1a_CNT"))
+        self.reset_control = ResetControl(lambda: self._guest_power("reset", "the guest reset the platform "
+                                                                               "through the reset register at 0xCF9"))
+        pm = self.acpi_pm
+        for name, base, length, read, write in (
+                ("acpi pm1a_evt", ACPI.PM1A_EVT_BLK, ACPI.PM1_EVT_LEN, pm.event_read, pm.event_write),
+                ("acpi pm1a_cnt", ACPI.PM1A_CNT_BLK, ACPI.PM1_CNT_LEN, pm.control_read, pm.control_write),
+                ("acpi pm_tmr", ACPI.PM_TMR_BLK, ACPI.PM_TMR_LEN, pm.timer_read, pm.timer_write)):
+            self.io.attach(name, base, length, read, write, widths=(1, 2, 4))
+        # 0xCF9 lies inside CONFIG_ADDRESS (0xCF8-0xCFB): as on a PIIX, a byte access there is the reset control
+        # register and only a doubleword at 0xCF8 is CONFIG_ADDRESS, so PCI hands it the other accesses
+        self.pci.passthrough = self._reset_control_or_float
+
+    def _reset_control_or_float(self, offset, size, is_in, value):
+        if ACPI.RESET_REG_PORT == PCI_ADDRESS + offset and size == 1:
+            return self.reset_control.read() if is_in else self.reset_control.write(0, value)
+        return (1 << 8 * size) - 1 if is_in else 0
+
+    def _install_acpi_tables(self):
+        """acpi_build: the tables for these vCPUs' local APIC IDs, into the BIOS area (acpi_tables.py)."""
+        base, tables = ACPI.build([vcpu.lapic.register(vlapic.ID) >> 24 for vcpu in self.vcpus])
+        self.memory_access.write(base, tables)
+
+    def _guest_power(self, action, why):
+        """vm_suspend(VM_SUSPEND_POWEROFF or _RESET) from a device, on the vCPU thread that wrote the register:
+        every vCPU stops running the guest at once (one that VM.start has yet to start ends when it starts), and
+        the VM's own poweroff or reset runs on a thread of its own (both wait for the vCPU threads to end, this
+        one included). The VM is suspended for `action` before this returns, as bhyve's VM is until it powers off or
+        its wrapper restarts it, so nothing the vCPUs do meanwhile (a HLT with interrupts off) can replace the
+        reason; a reset clears it when it boots the VM again."""
+        self.log(why)
+        with self.lock:
+            if self.suspend_reason is None:
+                self.suspend_reason, self.suspend_message = GUEST_POWER[action]
+            self.changed.notify_all()
+        for vcpu in self.vcpus:
+            if vcpu.thread is None or not vcpu.thread.is_alive():
+                vcpu.mailbox.put(("exit",))          # start() has yet to start it: it ends as soon as it starts
+            else:
+                vcpu.request(("pause",))
+        threading.Thread(target=self._guest_lifecycle, args=(action, self.vcpus),
+                         name="%s-%s" % (self.name, action), daemon=True).start()
+
+    def _guest_lifecycle(self, action, asking):
+        """The poweroff or reset the vCPUs `asking` asked for, once the lifecycle changes before it are done: if
+        those vCPUs were stopped meanwhile (a power-off) or replaced (a reset), the guest that asked is gone and
+        nothing is done. A lifecycle change that fails is logged."""
+        with self._lifecycle:
+            if self.vcpus is not asking or not any(v.thread is not None and v.thread.is_alive() for v in asking):
+                self.log("the guest's %s was not done: the VM was %s first"
+                         % (action, "reset" if self.vcpus is not asking else "powered off"))
+                return
+            try:
+                getattr(self, "_" + action)()
+            except EngineError as problem:
+                self.log("the guest's %s failed: %s" % (action, problem))
 
     def _attach_bios(self, image):
         """A boot sector's BIOS (INT 10h/13h/16h/1Ah) over the VGA and the console; keys wake its waits."""

@@ -308,6 +308,8 @@ def _set(path, value):
     (_set(("devices", "pci", "address"), 3), "devices.pci.address = 0x3 has bits outside 0x80fffffc"),
     (_set(("devices", "com1", "rx"), list(range(17))), "devices.com1.rx is .*, not a list of at most 16 items"),
     (_set(("devices", "vga", "crtc", "999"), 1), "devices.vga.crtc key '999' is not a number in 0..255"),
+    (_set(("devices", "acpi", "pm", "control"), 5 << 10), "devices.acpi.pm.control = 0x1400 has SCI_EN clear"),
+    (_set(("devices", "acpi", "pm", "enable"), 1), "devices.acpi.pm.enable = 0x1 has bits outside 0x720"),
     (_set(("tunables", "hw.vmm.maxcpu"), 1000), r"tunables\[hw.vmm.maxcpu\] = 1000 is outside 1..255"),
     (_set(("tunables", "kernel.evil"), 1), r"tunables\[kernel.evil\] is not a tunable of this webhyve"),
     (_set(("saved_at",), float("inf")), "is not valid JSON"),

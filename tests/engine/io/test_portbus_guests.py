@@ -6,16 +6,19 @@ from tests.engine.conftest import assemble
 from tests.engine.io.test_vpic_vpit import PIC_INIT
 from tests.engine.test_inject import LONG_DATA, LONG_PROLOGUE
 
-# Ports whose write could stop or restart the machine: the sweep never writes them (at any width that touches
-# them). 0x64 (the 8042: command 0xFE pulses reset) and 0xCF9 (inside CONFIG_ADDRESS, the reset control register
-# of a PIIX) are decoded today; the others are skipped so the sweep stays safe once someone models them: 0x92
-# (fast A20 / INIT), 0xF4 and 0x501 (QEMU's isa-debug-exit), 0x604 and 0xB004 (ACPI / QEMU power-off).
+# Ports whose write could stop or restart the machine, or will once someone models them: the sweep never
+# writes them (at any width that touches them). 0x64 (the 8042: command 0xFE pulses reset) and 0xCF9 (the reset
+# control register) are decoded today; the others are skipped so the sweep stays safe once someone models them:
+# 0x92 (fast A20 / INIT), 0xF4 and 0x501 (QEMU's isa-debug-exit), 0x604 and 0xB004 (QEMU's ACPI power-off).
+# Zeros written to our own PM1a_CNT (0x404) do not set SLP_EN, so the ACPI blocks are swept like the rest.
 NEVER_WRITTEN = (0x64, 0xCF9, 0x92, 0xF4, 0x501, 0x604, 0xB004)
+DECODED_NEVER_WRITTEN = {0x64, 0xCF9}
 # Where the bundled devices sit (datasheet addresses): the sweep asserts nothing about what they read.
 DEVICES = {"8259 master": (0x20, 2), "8259 slave": (0xA0, 2), "8254": (0x40, 4), "POST": (0x80, 1),
            "debugcon": (0xE9, 1), "VGA CRTC": (0x3D4, 2), "COM2": (0x2F8, 8), "COM1": (0x3F8, 8),
            "8042": (0x60, 1), "port 0x61": (0x61, 1), "8042 command": (0x64, 1), "RTC": (0x70, 2),
-           "PCI configuration": (0xCF8, 8)}
+           "PCI configuration": (0xCF8, 8),
+           "ACPI PM1a_EVT": (0x400, 4), "ACPI PM1a_CNT": (0x404, 2), "ACPI PM_TMR": (0x408, 4)}
 WIDTHS = {1: ("al", "b", "byte"), 2: ("ax", "w", "word"), 4: ("eax", "d", "dword")}
 # Guest-physical tables the sweep fills (16 MiB guest)
 IN_AT = {1: 0x400000, 2: 0x410000, 4: 0x430000}          # IN acc, dx
@@ -100,7 +103,7 @@ def test_every_port_every_width_and_string_form(hv, tmp_path):
     claimed = {p for p in range(65536) if vm.io.claimed(p)}
     for name, (base, count) in DEVICES.items():
         assert set(range(base, base + count)) <= claimed, name
-    assert claimed & set(NEVER_WRITTEN) == {0x64, 0xCF9}
+    assert claimed & set(NEVER_WRITTEN) == DECODED_NEVER_WRITTEN
     for w, (_, _, kind) in WIDTHS.items():
         ones = (1 << 8 * w) - 1
         reads = {form: np.frombuffer(vm.memory_access.read(at[w], count * 65536 * w), "<u%d" % w).reshape(65536, count)
@@ -138,7 +141,7 @@ def test_wide_accesses_reach_byte_devices_as_consecutive_byte_accesses(hv, tmp_p
     in ax, dx                   # RBR now empty (0xFF), IER
     mov r11, rax
     mov dx, 0x3FE
-    in eax, dx                  # MSR (deltas of entering loopback), SCR, then 0x400-0x401: unclaimed
+    in eax, dx                  # MSR (deltas of entering loopback), SCR, then 0x400-0x401: ACPI PM1_STS
     mov r12, rax
     in al, dx                   # MSR again: the deltas were cleared by the first read, once
     mov r13, rax
@@ -174,7 +177,7 @@ def test_wide_accesses_reach_byte_devices_as_consecutive_byte_accesses(hv, tmp_p
     assert r["r8"] & 0xFFFF == 0xA500                      # IRR 0, IMR 0xA5
     assert r["r9"] & 0xFF == 0x5A
     assert r["r10"] & 0xFFFF == 0x055A and r["r11"] & 0xFFFF == 0x05FF
-    assert r["r12"] & 0xFFFFFFFF == 0xFFFF770B            # MSR: DCTS|DDSR|DDCD, no status in loopback
+    assert r["r12"] & 0xFFFFFFFF == 0x0000770B            # MSR: DCTS|DDSR|DDCD, no status in loopback; no PM1 event
     assert r["r13"] & 0xFF == 0x00
     assert r["r14"] & 0xFFFF == 0x59FF
     assert vm.debug_console.contents() == b"A"
@@ -185,7 +188,7 @@ def test_wide_accesses_reach_byte_devices_as_consecutive_byte_accesses(hv, tmp_p
 
 
 def test_string_forms_split_like_their_single_forms(hv, tmp_path):
-    """REP INSB drains the loopback FIFO; INSW from the 8259 is IRR then IMR; INSD past COM1 ends in ones;
+    """REP INSB drains the loopback FIFO; INSW from the 8259 is IRR then IMR; INSD past COM1 ends in PM1_STS;
     REP OUTSW programs the CRTC in pairs and gives debugcon the low bytes."""
     src = PIC_INIT.format(mask=0x3C) + """
     mov dx, 0x3FA
@@ -204,7 +207,7 @@ def test_string_forms_split_like_their_single_forms(hv, tmp_path):
     mov dx, 0x20
     insw                        # IRR, IMR
     mov dx, 0x3FE
-    insd                        # MSR (the deltas of entering loopback), SCR, 0x400-0x401 unclaimed
+    insd                        # MSR (the deltas of entering loopback), SCR, 0x400-0x401 ACPI PM1_STS (0)
     mov dx, 0x3D4
     lea rsi, [rip + crtc]
     mov ecx, 2
@@ -223,13 +226,13 @@ got: .fill 16, 1, 0
     vm = boot(hv, tmp_path, src, "strings")
     image = assemble(src, tmp_path)
     got = vm.memory_access.read(0x200000 + image.index(b"HxIxJx") + 6, 10)
-    assert got == b"abc\xff\x00\x3c\x0b\x00\xff\xff"
+    assert got == b"abc\xff\x00\x3c\x0b\x00\x00\x00"
     assert vm.vga.cursor == divmod(0x1234, 80)
     assert vm.debug_console.contents() == b"HIJ"
 
 
 class Wide:
-    """A device that takes 1, 2 and 4 bytes (a PCI configuration-address latch, say): it records the accesses."""
+    """A device that takes 1, 2 and 4 bytes (a configuration-address latch, say): it records the accesses."""
 
     def __init__(self):
         self.seen, self.value = [], 0

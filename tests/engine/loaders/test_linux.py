@@ -5,6 +5,7 @@ import struct
 import pytest
 
 from engine.errors import ImageError
+from engine.loaders.acpi_tables import RSDP_ADDR
 from engine.loaders import detect_kind, load_image
 from engine.loaders.linux import load_linux, parse_header
 from tests.engine.loaders.bzimage import FIELDS, crafted
@@ -113,7 +114,8 @@ def test_identity_map_covers_what_the_kernel_touches(vmlinuz, initrd):
 
 def test_boot_params_bytes(vmlinuz, initrd):
     """The zero page: the setup header copied to 0x1F1 with type_of_loader, vid_mode, code32_start, cmd_line_ptr and
-    the ramdisk fields written; the E820 table at 0x2D0; everything else zero."""
+    the ramdisk fields written; acpi_rsdp_addr at 0x070 (Debian's 6.1 speaks protocol 2.15); the E820 table at
+    0x2D0; everything else zero."""
     image = load_linux(vmlinuz, "vmlinuz", MEM, CMDLINE, initrd)
     params, kernel, rd = segment(image, "boot_params"), segment(image, "kernel"), segment(image, "initrd")
     zp = params.data
@@ -126,12 +128,13 @@ def test_boot_params_bytes(vmlinuz, initrd):
     for offset in range(0x1F1, end):
         if not any(o <= offset < o + size for o, (size, _) in written.items()):
             assert zp[offset] == vmlinuz[offset], hex(offset)
+    assert struct.unpack_from("<Q", zp, 0x070)[0] == RSDP_ADDR
     assert zp[0x0C0:0x0CC] == bytes(12)                        # ext_ramdisk_image/size, ext_cmd_line_ptr: below 4 GiB
     assert zp[0x1E8] == 4 and zp[0x1EF] == 0                    # e820_entries; the sentinel stays 0
     table = [struct.unpack_from("<QQI", zp, 0x2D0 + 20 * i) for i in range(zp[0x1E8])]
     assert table == E820 + [(MiB, MEM - MiB, 1)]
-    outside = bytes(zp[:0x0C0]) + bytes(zp[0x0CC:0x1E8]) + bytes(zp[0x1E9:0x1F1]) + bytes(zp[end:0x2D0]) + \
-        bytes(zp[0x2D0 + 20 * 4:])
+    outside = bytes(zp[:0x070]) + bytes(zp[0x078:0x0C0]) + bytes(zp[0x0CC:0x1E8]) + bytes(zp[0x1E9:0x1F1]) + \
+        bytes(zp[end:0x2D0]) + bytes(zp[0x2D0 + 20 * 4:])
     assert outside == bytes(len(outside))
     cmdline = segment(image, "command line")
     assert cmdline.gpa < 0xA0000 and cmdline.data == CMDLINE.encode() + b"\0"
@@ -153,6 +156,14 @@ def test_crafted_image_loads():
     image = load_linux(crafted(), "k", 64 * MiB, "quiet")
     assert segment(image, "kernel").gpa == 0x1000000
     assert segment(image, "boot_params").data[0x264:0x268] == bytes(4)
+
+
+@pytest.mark.parametrize("version, rsdp", [(0x020C, 0), (0x020D, 0), (0x020E, RSDP_ADDR), (0x020F, RSDP_ADDR)])
+def test_acpi_rsdp_addr_from_protocol_2_14(version, rsdp):
+    """acpi_rsdp_addr (boot_params 0x070) names the RSDP for kernels of boot protocol 2.14 and later, which read it;
+    for older ones those bytes were padding and stay zero."""
+    zp = segment(load_linux(crafted(version=version), "k", 64 * MiB), "boot_params").data
+    assert struct.unpack_from("<Q", zp, 0x070)[0] == rsdp
 
 
 def test_initrd_below_initrd_addr_max():

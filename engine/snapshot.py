@@ -148,6 +148,7 @@ def device_state(vm):
     state["pic"]["output"] = vm.pic.output
     state["pit"] = {f: getattr(vm.pit, f) for f in PIT_FIELDS}
     state["pit"].update(start=_since(vm.pit.start), deadline=_since(vm.pit.deadline), period=vm.pit.period)
+    state["ioapic"] = vm.ioapic.state()
     for name in ("com1", "com2"):
         uart = getattr(vm, name)
         state[name] = {f: getattr(uart, f) for f in UART_FIELDS}
@@ -381,6 +382,8 @@ def load_device_state(vm, state):
         setattr(vm.pit, f, state["pit"][f])
     vm.pit.start, vm.pit.deadline, vm.pit.period = (_at(state["pit"]["start"]), _at(state["pit"]["deadline"]),
                                                     state["pit"]["period"])
+    if "ioapic" in state:
+        vm.ioapic.load_state(state["ioapic"])
     for name in ("com1", "com2"):
         uart = getattr(vm, name)
         with uart._lock:

@@ -17,6 +17,7 @@ from . import vcpu as V
 from .core import ctx as C
 from .core import vmcs as VMCS
 from .cpu import profiles, ucstate
+from .io import vioapic as IOAPIC
 from .io import vlapic as L
 from .mmu import ept as EPT
 from .mmu import walk as W
@@ -183,11 +184,25 @@ PIT = record({"mode": integer(0, 5), "access": integer(0, 3), "reload": integer(
 UART = record({"ier": bits(0x0F), "lcr": BYTE, "mcr": bits(0x1F), "lsr": BYTE, "fcr": BYTE, "scr": BYTE,
                "dll": BYTE, "dlm": BYTE, "msr": BYTE, "thre_int_pending": boolean, "_irq_level": boolean,
                "_claimed": boolean, "_rx_size": one_of(1, 16), "rx": items(BYTE, 16)})
+
+
+def ioapic_entry(value, field):
+    """A redirection entry as the I/O APIC leaves it: delivery status never set (delivery is immediate), remote
+    IRR only with the level trigger mode (writing edge clears it)."""
+    bits(U64 & ~IOAPIC.DELIVERY_STATUS)(value, field)
+    if value & IOAPIC.REMOTE_IRR and not value & IOAPIC.TRIGGER_LEVEL:
+        raise Invalid(field, "= %#x has remote IRR set in an edge-triggered entry" % value)
+
+
+IOAPIC_STATE = record({"id": integer(0, 0xF), "ioregsel": BYTE, "lines": bits((1 << IOAPIC.PINS) - 1),
+                       "entries": items(ioapic_entry, IOAPIC.PINS, length=IOAPIC.PINS)})
+# optional: a snapshot from before the I/O APIC existed restores it at power-on, as its guest last saw it
 DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255), BYTE, 256)}),
                   "pic": record({"master": PIC_CHIP, "slave": PIC_CHIP, "output": boolean}),
                   "pit": PIT, "com1": UART, "com2": UART},
                  {"bios": record({"elapsed": number(0, MAX_NS), "disk_last": BYTE,
-                                  "peeked": optional(integer(0, 0xFFFF))})})
+                                  "peeked": optional(integer(0, 0xFFFF))}),
+                  "ioapic": IOAPIC_STATE})
 # vLAPIC context slots (core/ctx.py): LAPIC_FIX indexes the virtual-APIC page, so it stays within the page;
 # INJECT is a vector or EXTINT (the 8259 gives the vector)
 LAPIC = record({str(C.TIMER_PERIOD): integer(0, MAX_NS), str(C.INTR_WINDOW): one_of(0, 1),

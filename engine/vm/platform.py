@@ -1,6 +1,6 @@
 """A VM's platform as bhyve wires it: the userspace devices on the port bus (the UARTs, port 0xE9, the VGA
-CRTC, the POST latch), the BIOS of a boot sector, the 8259 pair and the 8254, and the interrupt paths from
-devices and the vLAPIC kernels into the vCPUs.
+CRTC, the POST latch), the BIOS of a boot sector, the 8259 pair, the 8254 and the I/O APIC, and the interrupt
+paths from devices and the vLAPIC kernels into the vCPUs.
 
 The devices know only their registers; this is where they are placed (Firecracker's builder). Platform is
 mixed into VM (machine.py).
@@ -17,19 +17,22 @@ from ..devices.uart_ns16550 import Uart16550
 from ..devices.vga_text import CRTC_INDEX, VgaText
 from ..errors import ConfigError
 from ..io import vlapic
+from ..io.apicbus import ApicBus
 from ..io.hosttimer import HostTimer
 from ..io.portbus import OWNER_POST, PortBus
+from ..io.vioapic import Vioapic
 from ..io.vpic import Vpic
 from ..io.vpit import Vpit
 from ..native import HOST_CALLBACK
 from ..vcpu import HALTED, RUNNING
 
 COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
+IOAPIC = 0xFEC00000                                  # the I/O APIC's page (the MP spec's and ACPI's default)
 
 
 class Platform:
     """Legend: the devices and the port bus are made at creation; a reset makes the VGA, the BIOS, the 8259
-    pair, the 8254 and the host timer afresh and keeps the UARTs (the consoles' listeners)."""
+    pair, the 8254, the I/O APIC and the host timer afresh and keeps the UARTs (the consoles' listeners)."""
 
     # -- devices on the port bus --------------------------------------------------------------------
     def _attach_devices(self):
@@ -90,16 +93,31 @@ class Platform:
         self._attach_interrupt_controllers()
 
     def _attach_interrupt_controllers(self):
-        """The 8259 pair and the 8254 on the I/O bus; the UARTs on IRQ 4 (COM1) and IRQ 3 (COM2)."""
+        """The 8259 pair and the 8254 on the I/O bus, the I/O APIC at 0xFEC00000; ISA IRQs reach both interrupt
+        controllers (isa_irq): the 8254 on IRQ 0 (I/O APIC pin 2), the UARTs on IRQ 4 (COM1) and IRQ 3 (COM2)."""
+        self.apic_bus = ApicBus(self, self._intr_request)
+        self.ioapic = Vioapic(self.apic_bus.deliver)
         self.pic = Vpic(self._extint_changed)
-        self.pit = Vpit(lambda: self.pic.pulse(0))
+        self.pit = Vpit(lambda: self.isa_pulse(0))
         self.host_timer.devices.append(self.pit)
         for name, chip, base in (("8259 master", 0, 0x20), ("8259 slave", 1, 0xA0)):
             self.io.attach(name, base, 2, lambda offset, c=chip: self.pic.port_read(c, offset),
                            lambda offset, value, c=chip: self.pic.port_write(c, offset, value))
         self.io.attach("8254", 0x40, 4, self.pit.read, self._pit_write)
-        self.com1.on_irq_change(lambda level: self.pic.set_irq(4, level))
-        self.com2.on_irq_change(lambda level: self.pic.set_irq(3, level))
+        self.com1.on_irq_change(lambda level: self.isa_irq(4, level))
+        self.com2.on_irq_change(lambda level: self.isa_irq(3, level))
+
+    def isa_irq(self, irq, level):
+        """An ISA device drives IRQ `irq` (0-15) to `level`: the 8259 input and the I/O APIC pin it is wired to,
+        IRQ 0 on pin 2 as the MADT's interrupt source override says, every other on the pin of its number
+        (bhyve's vm_isa_assert_irq / vm_isa_deassert_irq). The RTC's IRQ 8 and the ACPI SCI's IRQ 9 come here."""
+        self.pic.set_irq(irq, level)
+        self.ioapic.set_pin(2 if irq == 0 else irq, level)
+
+    def isa_pulse(self, irq):
+        """An edge-triggered ISA source's pulse (the 8254's output): both controllers see a rising edge."""
+        self.isa_irq(irq, True)
+        self.isa_irq(irq, False)
 
     def _pit_write(self, offset, value):
         self.pit.write(offset, value)
@@ -111,6 +129,7 @@ class Platform:
         bsp.lapic.block[vlapic.IB_EXTINT] = int(level)
         if not level:
             return
+        self.ioapic.pulse_pin(0)                   # and to I/O APIC pin 0 (virtual wire through the I/O APIC)
         full_fence()
         if threading.current_thread() is bsp.thread:
             bsp.ctx[C.NOTIFY] = self.hypervisor.tunables.get("hw.vmm.ipinum")
@@ -132,6 +151,8 @@ class Platform:
             target.mailbox.put(("wake",))
         elif kind == vlapic.CB_TIMER:
             self.host_timer.rearm()
+        elif kind == vlapic.CB_EOI:
+            self.ioapic.eoi(vector)                      # a level-triggered vector's EOI, broadcast
         else:
             message = {vlapic.CB_INIT: ("init",), vlapic.CB_SIPI: ("sipi", vector), vlapic.CB_NMI: ("nmi",)}[kind]
             if target.thread is None:

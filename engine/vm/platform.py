@@ -52,6 +52,8 @@ class Platform:
         self.io.attach_kernel("post", POST, 1, OWNER_POST)
         self.port_callback = HOST_CALLBACK(self._port_exit)
         self.intr_callback = HOST_CALLBACK(self._intr_request)
+        self.mmio_callback = HOST_CALLBACK(self._mmio_exit)
+        self.mmio_gpa = IOAPIC                             # the page each vCPU's MMIO window stands for (vmx/mmio.py)
 
     def _power_on_devices(self):
         """A reset: the UARTs back to their power-on registers, a blank VGA, no BIOS until the image loads."""
@@ -77,11 +79,24 @@ class Platform:
             self._device_failed(vcpu_id, port, problem)
             return (1 << 8 * size) - 1 if is_in else 0
 
-    def _device_failed(self, vcpu_id, port, problem):
+    def _device_failed(self, vcpu_id, port, problem, where=None):
         vcpu = self.vcpus[vcpu_id]
         vcpu.ctx[C.EXIT] = C.X_USER_STOP
         kick.kick(vcpu.ctx)                     # from inside the port hook: leave at the next block boundary
-        self._set_suspended("error", "device %s at port %#x failed: %r" % (self.io.device_at(port), port, problem))
+        where = where or "%s at port %#x" % (self.io.device_at(port), port)
+        self._set_suspended("error", "device %s failed: %r" % (where, problem))
+
+    def _mmio_exit(self, vcpu_id, gpa, how, value):
+        """An access to the I/O APIC's page (vmx/mmio.py): a load returns the bytes the device answers."""
+        size, write = how & 0xFF, bool(how >> 8 & 1)
+        try:
+            if write:
+                self.ioapic.mmio_write(gpa - IOAPIC, size, value)
+                return 0
+            return self.ioapic.mmio_read(gpa - IOAPIC, size) & (1 << 64) - 1
+        except Exception as problem:           # a device bug must not take the process down
+            self._device_failed(vcpu_id, None, problem, "I/O APIC at %#x" % gpa)
+            return 0
 
     # -- interrupts ---------------------------------------------------------------------------------
     def _wire_interrupts(self):

@@ -35,3 +35,27 @@ REAL_DONE = 0x11A7
 # Identity page tables for the stub's paging toggle: PML4 0x2000 -> PDPT 0x3000 -> PD 0x4000, one 2 MiB page.
 PAGE_TABLES = {0x2000: struct.pack("<Q", 0x3003), 0x3000: struct.pack("<Q", 0x4003), 0x4000: struct.pack("<Q", 0x83)}
 TARGETS = {"protected32": (0, PROTECTED32_DONE), "real": (1, REAL_DONE)}
+
+
+# -- what the firmware sets up on every CPU before any guest code runs -------------------------------------------
+MTRR_UC, MTRR_WB = 0, 6
+MTRR_DEF_E, MTRR_DEF_FE = 1 << 11, 1 << 10
+MTRR_VALID = 1 << 11
+MTRR_FIXED_WB = 0x0606060606060606
+
+
+def mtrr_settings(mem_size, maxphyaddr):
+    """{MSR: value} for the MTRRs as a PC BIOS leaves them (SeaBIOS's mtrr_setup): write-back by default and in
+    the fixed ranges but for the VGA window 0xA0000-0xBFFFF (uncacheable), and one variable range making the
+    device hole below 4 GiB uncacheable (the LAPIC and IOAPIC pages, PCI memory): 1 GiB from 3 GiB, or the
+    naturally aligned block above the end of RAM. Every vCPU gets the same (Linux compares them across CPUs)."""
+    size = 1 << 30
+    while 4 * (1 << 30) - size < mem_size and size > 1 << 25:
+        size >>= 1
+    base = 4 * (1 << 30) - size
+    settings = {0x250: MTRR_FIXED_WB, 0x258: MTRR_FIXED_WB, 0x259: 0}
+    settings.update({0x268 + i: MTRR_FIXED_WB for i in range(8)})
+    settings[0x200] = base | MTRR_UC
+    settings[0x201] = (-size & ((1 << maxphyaddr) - 1)) | MTRR_VALID
+    settings[0x2FF] = MTRR_DEF_E | MTRR_DEF_FE | MTRR_WB
+    return settings

@@ -1,6 +1,6 @@
 """VM snapshots: a paused VM's whole state in one file, and a VM rebuilt from it (bhyvectl --checkpoint).
 
-The file (format version 2, snapshot_file.py) is a zip: `manifest.json` holds the configuration a fresh
+The file (format version 3, snapshot_file.py) is a zip: `manifest.json` holds the configuration a fresh
 server needs, the tunables, device and vCPU state; `.npy` arrays hold each vCPU's CPU state (cpu/ucstate.py),
 VMCS, counters, MSRs and virtual-APIC page, the populated guest pages with their EPT bits, the TLB model's
 entries and the boot image. Only pages the guest (or the host for it) touched are written, so a large
@@ -17,7 +17,8 @@ from . import firmware, loaders
 from . import snapshot_file as F
 from . import snapshot_schema as SCHEMA
 from .core import ctx as C
-from .cpu import ucstate
+from .cpu import msrs as MSRS
+from .cpu import tsc, ucstate
 from .errors import ConfigError, ImageError, SnapshotError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
@@ -25,9 +26,8 @@ from .mmu import tlb as TLB
 __all__ = ["FORMAT", "VERSION", "SnapshotError", "read_header", "restore", "save"]
 
 FORMAT = "webhyve-snapshot"
-VERSION = 2
+VERSION = 3
 PIC_FIELDS = ("irr", "isr", "imr", "vector_base", "icw_step", "icw4_wanted", "aeoi", "read_isr", "lines")
-PIT_FIELDS = ("mode", "access", "reload", "low_written", "latched", "read_high")
 # vLAPIC context slots that are state, not addresses; the two clock readings are saved relative to now
 LAPIC_SLOTS = (C.TIMER_PERIOD, C.INTR_WINDOW, C.INJECT, C.PENDING, C.LAPIC_FIX, C.LAPIC_FIXVAL,
                C.NMI_WINDOW, C.LAPIC_STEP)
@@ -47,7 +47,8 @@ def save(vm, path):
                             "a restored VM could not be reset" % (vm.name, VERSION))
     vcpus = [{"index": v.index, "state": v.state, "started": v.thread is not None,
               "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
-              "cycles": int(v.ctx[C.CYCLES]),                   # the modeled TSC (cpu/cachesim.py)
+              "cycles": int(v.ctx[C.CYCLES]),                   # the modeled cycle counter (cpu/cachesim.py)
+              "tsc": tsc.value(v),                              # the TSC goes on from here (cpu/tsc.py)
               "lapic": {str(slot): int(v.ctx[slot]) for slot in LAPIC_SLOTS},
               "lapic_clocks": {str(slot): _since(int(v.ctx[slot])) for slot in LAPIC_CLOCKS},
               "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
@@ -58,7 +59,7 @@ def save(vm, path):
     arrays = {"cpu": np.concatenate([ucstate.read(v.uc) for v in vm.vcpus]),
               "vmcs": np.stack([v.vmcs.store for v in vm.vcpus]),
               "counters": np.stack([v.counters for v in vm.vcpus]),
-              "msrs": np.stack([v.msrs.reshape(-1, 3) for v in vm.vcpus]),
+              "msrs": np.stack([v.msrs.reshape(-1, MSRS.COLUMNS) for v in vm.vcpus]),
               "lapic": np.stack([lapic_pages(v) for v in vm.vcpus]),
               "pages_gpa": gpas, "pages_bits": bits, "pages_data": data.reshape(-1, EPT.PAGE),
               "tlb": _tlb_rows(vm), "image": np.frombuffer(image_bytes, np.uint8)}
@@ -146,8 +147,9 @@ def device_state(vm):
     state = {"vga": {"index": vm.vga._index, "crtc": {str(k): v for k, v in vm.vga._crtc.items()}}}
     state["pic"] = {name: {f: getattr(getattr(vm.pic, name), f) for f in PIC_FIELDS} for name in ("master", "slave")}
     state["pic"]["output"] = vm.pic.output
-    state["pit"] = {f: getattr(vm.pit, f) for f in PIT_FIELDS}
-    state["pit"].update(start=_since(vm.pit.start), deadline=_since(vm.pit.deadline), period=vm.pit.period)
+    state["pit"] = vm.pit.state()
+    state["port61"] = {"bits": vm.nmisc.bits}
+    state["rtc"], state["kbc"], state["pci"] = vm.rtc.state(), vm.kbc.state(), vm.pci.state()
     state["ioapic"] = vm.ioapic.state()
     for name in ("com1", "com2"):
         uart = getattr(vm, name)
@@ -314,6 +316,7 @@ def _restore_into(vm, manifest, arrays, image):
             v.vmcs[f] = value
         v.counters[:] = arrays["counters"][i]
         v.msrs[:] = arrays["msrs"][i].reshape(v.msrs.shape)
+        tsc.set_value(v, info.get("tsc", 0))
         v.pin(info["hostcpu"] % len(vm.hypervisor.hostcpus))
         v.restored_state = info["state"]
         v.ctx[C.CYCLES] = info["cycles"]
@@ -378,10 +381,14 @@ def load_device_state(vm, state):
         for f in PIC_FIELDS:
             setattr(getattr(vm.pic, name), f, state["pic"][name][f])
     vm.pic.output = state["pic"]["output"]
-    for f in PIT_FIELDS:
-        setattr(vm.pit, f, state["pit"][f])
-    vm.pit.start, vm.pit.deadline, vm.pit.period = (_at(state["pit"]["start"]), _at(state["pit"]["deadline"]),
-                                                    state["pit"]["period"])
+    vm.pit.load_state(state["pit"])
+    vm.nmisc.bits = state["port61"]["bits"]
+    vm.rtc.load_state(state["rtc"])
+    vm.kbc.load_state(state["kbc"])
+    try:
+        vm.pci.load_state(state["pci"])
+    except ConfigError as problem:
+        raise SnapshotError(str(problem)) from None
     if "ioapic" in state:
         vm.ioapic.load_state(state["ioapic"])
     for name in ("com1", "com2"):

@@ -109,7 +109,7 @@ class Reader:
         names = [info.filename for info in z.infolist()]
         if "header.npy" in names:
             raise self.refuse("is a version 1 snapshot, whose CPU contexts are pickled Python objects; this "
-                              "webhyve reads version 2 only and does not unpickle: take the snapshot again")
+                              "webhyve reads version 3 only and does not unpickle: take the snapshot again")
         if not names or names[0] != MANIFEST:
             raise self.refuse("is not a webhyve snapshot: a zip without %s as its first member" % MANIFEST)
         twice = sorted({n for n in names if names.count(n) > 1})

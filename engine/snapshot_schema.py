@@ -1,4 +1,4 @@
-"""What a snapshot (format version 2) may hold: every manifest field's type and range, declared as data, the
+"""What a snapshot (format version 3) may hold: every manifest field's type and range, declared as data, the
 array members the manifest implies, and what their contents may be; all checked before anything is built
 from the file, so that a crafted one is refused naming the field.
 
@@ -8,19 +8,26 @@ within that bound, because the kernels that read it do not check array bounds. W
 file is restored into (its memory, its CPUs) is checked by snapshot.py against that host.
 """
 import math
+import re
 
 import numpy as np
 
 from . import loaders, tunables
 from . import stats as S
 from . import vcpu as V
+from .devices import kbc_i8042 as KBC
+from .devices import rtc_mc146818 as RTC
 from .core import ctx as C
 from .core import vmcs as VMCS
+from .cpu import msrs as MSRS
 from .cpu import profiles, ucstate
+from .io import nmisc
 from .io import vioapic as IOAPIC
 from .io import vlapic as L
 from .mmu import ept as EPT
 from .mmu import walk as W
+from .pci import config as PCI_CONFIG
+from .pci import host as PCI_HOST
 from .vmx import intr
 
 MAX_MEM_MB = 1 << 20             # 1 TiB: more than any modeled host; snapshot.py checks the actual host
@@ -155,6 +162,22 @@ def decimal(lo, hi):
     return check
 
 
+def fixed(*checks):
+    """A JSON list of exactly these items, each with its own check."""
+    def check(value, field):
+        if type(value) is not list or len(value) != len(checks):
+            raise Invalid(field, "is %s, not a list of %d items" % (_show(value), len(checks)))
+        for i, (item, inner) in enumerate(zip(value, checks)):
+            inner(item, "%s[%d]" % (field, i))
+    return check
+
+
+def pci_function_name(value, field):
+    """bus:device.function as host.bdf spells it (00:1f.3)."""
+    if type(value) is not str or not re.fullmatch(r"[0-9a-f]{2}:[01][0-9a-f]\.[0-7]", value):    # device 0-31
+        raise Invalid(field, "%s is not a PCI function's place bb:dd.f" % _show(value))
+
+
 def tunable_values(value, field):
     """Saved tunables: names this webhyve has, each value within the tunable's range."""
     if type(value) is not dict:
@@ -178,9 +201,24 @@ STATES = one_of(V.IDLE, V.RUNNING, V.HALTED, V.PAUSED, V.SUSPENDED)
 BYTE, COUNT, CLOCK = integer(0, 0xFF), integer(0, (1 << 63) - 1), optional(integer(-MAX_NS, MAX_NS))
 PIC_CHIP = record({"irr": BYTE, "isr": BYTE, "imr": BYTE, "vector_base": bits(0xF8), "icw_step": integer(0, 4),
                    "icw4_wanted": boolean, "aeoi": boolean, "read_isr": boolean, "lines": BYTE})
-PIT = record({"mode": integer(0, 5), "access": integer(0, 3), "reload": integer(1, 0x10000),
-              "low_written": optional(BYTE), "latched": optional(integer(0, 0x10000)), "read_high": boolean,
-              "start": CLOCK, "deadline": CLOCK, "period": integer(0, MAX_NS)})
+PIT_COUNTER = record({"gate": boolean, "mode": integer(0, 5), "access": integer(1, 3), "bcd": one_of(0, 1),
+                      "reload": integer(1, 0x10000), "low_written": optional(BYTE),
+                      "latched": optional(integer(0, 0xFFFF)), "status": optional(BYTE), "read_high": boolean,
+                      "null_count": boolean, "frozen": optional(integer(0, MAX_NS)), "out_before": boolean,
+                      "start": CLOCK})
+PIT = record({"counters": items(PIT_COUNTER, 3, length=3)})
+RTC_STATE = record({"ram": items(BYTE, RTC.CMOS_BYTES, length=RTC.CMOS_BYTES), "index": integer(0, RTC.INDEX_MASK),
+                    "nmi_masked": boolean, "held": boolean, "dow_offset": integer(0, 6),
+                    "flags": bits(RTC.C_PF | RTC.C_AF | RTC.C_UF), "line": boolean,
+                    "secs": integer(-(1 << 38), 1 << 38), "origin": integer(-MAX_NS, MAX_NS)})
+KBC_STATE = record({"ram": items(BYTE, 32, length=32), "output_port": BYTE,
+                    "queue": items(fixed(BYTE, boolean, boolean), KBC.QUEUE_MAX), "last": BYTE,
+                    "pending": optional(one_of(*range(0x60, 0x80), KBC.WRITE_OUTPUT, KBC.WRITE_KBD_OBF,
+                                               KBC.WRITE_AUX_OBF, KBC.WRITE_AUX)),
+                    "last_was_command": boolean, "sys_flag": boolean, "irq1": boolean, "irq12": boolean})
+PCI_STATE = record({"address": bits(PCI_HOST.ADDRESS_BITS),
+                    "functions": mapping(pci_function_name, items(BYTE, PCI_CONFIG.CONFIG_SIZE,
+                                                                  length=PCI_CONFIG.CONFIG_SIZE), 256)})
 UART = record({"ier": bits(0x0F), "lcr": BYTE, "mcr": bits(0x1F), "lsr": BYTE, "fcr": BYTE, "scr": BYTE,
                "dll": BYTE, "dlm": BYTE, "msr": BYTE, "thre_int_pending": boolean, "_irq_level": boolean,
                "_claimed": boolean, "_rx_size": one_of(1, 16), "rx": items(BYTE, 16)})
@@ -199,7 +237,8 @@ IOAPIC_STATE = record({"id": integer(0, 0xF), "ioregsel": BYTE, "lines": bits((1
 # optional: a snapshot from before the I/O APIC existed restores it at power-on, as its guest last saw it
 DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255), BYTE, 256)}),
                   "pic": record({"master": PIC_CHIP, "slave": PIC_CHIP, "output": boolean}),
-                  "pit": PIT, "com1": UART, "com2": UART},
+                  "pit": PIT, "port61": record({"bits": bits(nmisc.WRITABLE)}), "com1": UART, "com2": UART,
+                  "rtc": RTC_STATE, "kbc": KBC_STATE, "pci": PCI_STATE},
                  {"bios": record({"elapsed": number(0, MAX_NS), "disk_last": BYTE,
                                   "peeked": optional(integer(0, 0xFFFF))}),
                   "ioapic": IOAPIC_STATE})
@@ -213,7 +252,8 @@ VCPU = record({"index": integer(0, MAX_CPUS - 1), "state": STATES, "started": bo
                "boot": boolean, "cycles": integer(0, U64),
                "lapic": LAPIC, "lapic_clocks": record({str(C.TIMER_DEADLINE): CLOCK, str(C.TIMER_START): CLOCK}),
                "nmi_blocked": boolean, "waiting_sipi": boolean, "halt_interruptible": boolean,
-               "halt_for_input": boolean, "paused_from": one_of(V.RUNNING, V.HALTED)})
+               "halt_for_input": boolean, "paused_from": one_of(V.RUNNING, V.HALTED)},
+              {"tsc": integer(0, U64)})
 MANIFEST = record({
     "format": text(64), "version": integer(0, U64), "unicorn": text(64), "saved_at": number(0, 1 << 35),
     "vm": record({"name": vm_name, "mem_mb": integer(1, MAX_MEM_MB), "cpus": integer(1, MAX_CPUS),
@@ -262,9 +302,10 @@ def members(manifest):
     """The array members a checked manifest implies: {name: (dtype, shape)}."""
     vm, n = manifest["vm"], manifest["vm"]["cpus"]
     pages, msrs = manifest["memory"]["pages"], len(profiles.get(vm["profile"]).msrs)
+    msr_columns = MSRS.COLUMNS
     u8, u64 = np.dtype(np.uint8), np.dtype(np.uint64)
     return {"cpu": (ucstate.RECORD, (n,)), "vmcs": (u64, (n, VMCS.NFIELDS)), "counters": (u64, (n, S.NSLOTS)),
-            "msrs": (u64, (n, msrs, 3)), "lapic": (u8, (n, LAPIC_BYTES)), "pages_gpa": (u64, (pages,)),
+            "msrs": (u64, (n, msrs, msr_columns)), "lapic": (u8, (n, LAPIC_BYTES)), "pages_gpa": (u64, (pages,)),
             "pages_bits": (u64, (pages,)), "pages_data": (u8, (pages, EPT.PAGE)),
             "tlb": (u64, (manifest["tlb_entries"], len(TLB_COLUMNS))), "image": (u8, (manifest["image"]["bytes"],))}
 
@@ -290,13 +331,16 @@ def _first(bad):
 
 
 def _check_msrs(profile, msrs):
-    """Each vCPU's copy has the profile's MSRs and kinds, and its read-only values (the guest cannot change them)."""
+    """Each vCPU's copy has the profile's MSRs, kinds and write rules, and its read-only values (the guest
+    cannot change them)."""
     expected = profiles.get(profile).msr_table()
-    readonly = expected[:, 1] == profiles.MSR_READONLY
+    readonly = expected[:, MSRS.COL_KIND] == MSRS.MSR_READONLY
+    rules = [MSRS.COL_INDEX, MSRS.COL_KIND, MSRS.COL_MASK, MSRS.COL_CHECK]
     for i, table in enumerate(msrs):
-        if not np.array_equal(table[:, :2], expected[:, :2]) or not np.array_equal(table[readonly], expected[readonly]):
-            raise Invalid("msrs[%d]" % i, "is not the %s profile's MSR table (indices, kinds and read-only values)"
-                          % profile)
+        if not np.array_equal(table[:, rules], expected[:, rules]) or \
+                not np.array_equal(table[readonly], expected[readonly]):
+            raise Invalid("msrs[%d]" % i, "is not the %s profile's MSR table (indices, kinds, rules and read-only "
+                          "values)" % profile)
 
 
 def _check_pages(mem_size, gpas, leaf_bits):

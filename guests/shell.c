@@ -259,6 +259,104 @@ static void cmd_irqs(const char *args)
 	serial_puts(read_key == serial_getc ? " (polling: poll=1)\r\n" : "\r\n");
 }
 
+/* The RTC (MC146818 at 0x70/0x71): wait while an update is in progress, then read the time and date. */
+static uint8_t cmos_read(uint8_t index)
+{
+	outb(0x70, index);
+	return inb(0x71);
+}
+
+static void print_2digits(unsigned value)
+{
+	serial_putc((char)('0' + value / 10 % 10));
+	serial_putc((char)('0' + value % 10));
+}
+
+static void cmd_date(const char *args)
+{
+	static const uint8_t index[] = { 0x32, 0x09, 0x08, 0x07, 0x04, 0x02, 0x00 };
+	static const char sep[] = "?-- ::";
+	unsigned field[7];
+	uint8_t reg_b, pm = 0;
+
+	(void)args;
+	while (cmos_read(0x0A) & 0x80)
+		;
+	reg_b = cmos_read(0x0B);
+	for (int i = 0; i < 7; i++) {
+		uint8_t v = cmos_read(index[i]);
+
+		if (i == 4 && !(reg_b & 0x02)) {	/* 12-hour mode: bit 7 is PM */
+			pm = v & 0x80;
+			v &= 0x7F;
+		}
+		field[i] = (reg_b & 0x04) ? v : (unsigned)(v >> 4) * 10 + (v & 0xF);
+	}
+	if (!(reg_b & 0x02))
+		field[4] = field[4] % 12 + (pm ? 12 : 0);
+	for (int i = 0; i < 7; i++) {
+		if (i > 1)
+			serial_putc(sep[i - 1]);
+		print_2digits(field[i]);
+	}
+	serial_puts(" UTC\r\n");
+}
+
+/* PCI configuration mechanism #1: every function on bus 0 that answers. */
+static uint32_t pci_read32(unsigned device, unsigned function, unsigned reg)
+{
+	outl(0xCF8, 0x80000000u | device << 11 | function << 8 | reg);
+	return inl(0xCFC);
+}
+
+static void print_hex_digits(uint32_t value, int digits)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	while (digits--)
+		serial_putc(hex[(value >> 4 * digits) & 0xF]);
+}
+
+static void cmd_lspci(const char *args)
+{
+	(void)args;
+	for (unsigned device = 0; device < 32; device++) {
+		for (unsigned function = 0; function < 8; function++) {
+			uint32_t id = pci_read32(device, function, 0);
+
+			if ((id & 0xFFFF) == 0xFFFF) {
+				if (function == 0)
+					break;
+				continue;
+			}
+			serial_puts("00:");
+			print_hex_digits(device, 2);
+			serial_putc('.');
+			print_hex_digits(function, 1);
+			serial_putc(' ');
+			print_hex_digits(id & 0xFFFF, 4);
+			serial_putc(':');
+			print_hex_digits(id >> 16, 4);
+			serial_puts(" class ");
+			print_hex_digits(pci_read32(device, function, 8) >> 8, 6);
+			newline();
+			if (function == 0 && !(pci_read32(device, 0, 0x0C) & 0x00800000))
+				break;		/* header type bit 7 clear: a single-function device */
+		}
+	}
+}
+
+/* The 8042's pulse of its output port bit 0, the CPU's reset line (Linux's reboot=k). */
+static void cmd_reboot(const char *args)
+{
+	(void)args;
+	serial_puts("rebooting\r\n");
+	while (inb(0x64) & 0x02)
+		;
+	outb(0x64, 0xFE);
+	halt();
+}
+
 static void cmd_triple(const char *args)
 {
 	(void)args;
@@ -286,6 +384,9 @@ static const struct command {
 	{ "mbinfo", "mbinfo               show the multiboot info",    cmd_mbinfo },
 	{ "peek",   "peek ADDR            read 32 bits at ADDR (hex)", cmd_peek },
 	{ "irqs",   "irqs                 UART interrupts taken",      cmd_irqs },
+	{ "date",   "date                 the RTC's date and time",    cmd_date },
+	{ "lspci",  "lspci                PCI functions on bus 0",     cmd_lspci },
+	{ "reboot", "reboot               reset through the 8042",     cmd_reboot },
 	{ "triple", "triple               cause a triple fault",       cmd_triple },
 	{ "halt",   "halt                 cli; hlt",                   cmd_halt },
 };

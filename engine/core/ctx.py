@@ -35,11 +35,14 @@ HALT_SEQ = 23       # [any] a halted vCPU waiting in the kernel sleeps on this w
                     #     bump it (vmx/halt.py)
 HALT_IN_KERNEL = 24  # [k] 1 while the vCPU waits for an interrupt in the kernel loop rather than in userspace
 LAPIC_STEP_OFFSET = 25  # [k] the APIC register offset of the write LAPIC_STEP exits after: the exit 56 qualification
-KICK = 26           # [any] nonzero: leave the guest at the next translated-block boundary (core/kick.py). Set
-                    #     after the reason (REQ, NOTIFY, RESCHED, an IRR bit) is visible; the block hook clears it
+KICK = 26           # [any] 1: leave the guest at the next translated-block boundary (core/kick.py). Set after the
+                    #     reason (REQ, NOTIFY, RESCHED, an IRR bit) is visible; the block hook clears it. [k] 2:
+                    #     interrupt-window exiting is armed: leave at the first block where RFLAGS.IF is set
 RESCHED = 27        # [any] the host scheduler's tick: the timeslice of a shared host CPU is over (hosttimer.py)
 LAPIC_AT = 28       # [k] RIP of the MOV whose APIC write stopped the guest on it (Unicorn restarts it after the
 LAPIC_RESUME = 29   #     store), and the RIP after it, where the loop resumes; 0 when it left at a block boundary
+WINDOW_SKIP = 31    # [k] linear address + 1 of a block in an STI/MOV-SS shadow the window check lets run once
+BLOCK_STOP = 60     # [k] 1: the block hook stopped this entry (a kick or the interrupt window), not a HLT
 LAPIC_ZERO = 30     # [k] a store that reached reserved bytes of the APIC page: offset + 1 | size << 16; they
                     #     read as 0 again from the next access on (io/vlapic.py)
 # -- exit record [k] -------------------------------------------------------------------------------
@@ -48,7 +51,6 @@ FAULT_GLA = 33
 FAULT_GPA = 34
 FAULT_QUAL = 35
 ERRCODE = 36        # guest #PF error code
-HLT_AT = 37         # address of a HLT about to execute (+1; 0 = none)
 VECTOR = 38         # vector reported by the interrupt hook
 REQ = 39            # [any] requests from other threads (REQ_*); the vcpu clears them when handled
 IO_RIP = 40         # the last I/O exit's RIP and RCX: one exit per REP string instruction
@@ -87,7 +89,7 @@ TIMER_START = 69    # [k] ns when the current count began
 RUNSTATE = 70       # [k] RUN_*: where a notification must reach the vCPU
 EXIT_SEQ = 71       # [k] bumped each time emu_start returns: a notifier sees its kick landed
 NOTIFY = 72         # [any] vector of a host interrupt sent to this vCPU (a kick), 0 = none
-INTR_WINDOW = 73    # [k] interrupt-window exiting: step until the guest can take an interrupt
+INTR_WINDOW = 73    # [k] interrupt-window exiting: leave at the first block boundary where the guest can take one
 INJECT = 74         # [k] the vector the loop asks userspace to deliver
 PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.py PEND_*)
 LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none
@@ -97,8 +99,8 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
                     #     the next block boundary
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
-# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/),
-# 112-119 the MMIO page served in userspace (vmx/mmio.py)
+# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),
+# 120-127 the MMIO page served in userspace (vmx/mmio.py)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -107,6 +109,11 @@ DBG_WATCH_HIT = 99  # [k] watchpoint row + 1 that an access touched; the next in
 DBG_WATCHES = 100   # [py] watchpoint rows [host-physical first, end, access kinds]
 DBG_NWATCH = 101
 DBG_ADDR = 102      # [k] the breakpoint's address, or the host-physical address of the watched access
+# -- the TSC (cpu/tsc.py); its offset is the VMCS's TSC_OFFSET, TSC_ADJUST and TSC_DEADLINE are MSR table rows --
+TSC_HZ = 112        # [py] the TSC's frequency: the profile's (CPUID.15H), the modeled host's TSC runs at it too
+CLOCK_FN = 113      # [py] clock_gettime's address: CLOCK_MONOTONIC is the guest clock (the PIT, the LAPIC timer)
+TSC_LAST = 114      # [k] the last TSC this vCPU read (0: none since a write): each read is above it
+TSC_TIMESPEC = 115  # [k] 115-116: the timespec clock_gettime fills
 L1D = 80            # [py] address of this vCPU's host CPU's L1D model (cpu/l1d.py layout)
 L1D_OWNER = 81      # [py] the tag on lines this VM fills (the host's own lines are tagged 0)
 CYCLES = 82         # [k] the modeled cycle counter: what guest RDTSC reads when hw.vmm.l1d_sim is on
@@ -122,10 +129,10 @@ DEVICE_TOUCH = 92   # [py] lines an I/O or MMIO exit touches as well: the VM's d
 L1D_SEEN = 93       # [k] that L1D's clock + 1 right after this vCPU's exit path last touched it (0: never)
 L1D_SEEN_KIND = 94  # [k] what that touch covered: 1 the exit path, 2 with the device state
 # -- the MMIO page served in userspace: the I/O APIC's (vmx/mmio.py) ----------------------------------------
-MMIO_PAGE = 112     # [py] host-physical address of this vCPU's window page (0 = none): the TLB fill maps MMIO_GPA's
+MMIO_PAGE = 120     # [py] host-physical address of this vCPU's window page (0 = none): the TLB fill maps MMIO_GPA's
                     #      page there, never executable, and every load or store in it is an exit to the device
-MMIO_GPA = 113      # [py] the guest-physical page the window stands for (the I/O APIC's 0xFEC00000)
-MMIO_CALLBACK = 114  # [py] address of the userspace MMIO callback (the VM's platform dispatches to the device)
+MMIO_GPA = 121      # [py] the guest-physical page the window stands for (the I/O APIC's 0xFEC00000)
+MMIO_CALLBACK = 122  # [py] address of the userspace MMIO callback (the VM's platform dispatches to the device)
 SIZE = 128
 RING_ROWS = 256
 

@@ -13,19 +13,31 @@ set until that hook takes it, so a kick that lands before the entry has begun is
 such a `uc_emu_stop`); the loop clears it before it reads the reasons, so a stale one costs no exit.
 The block hook costs about 2 ns a block (a 5-instruction ALU loop runs at 0.55x; code with memory
 accesses at 0.85-0.97x).
-"""
-from numba import carray, cfunc, njit, types
 
-from ..native import FN_EMU_STOP, NFN, NUMBA, call_uc, u64_ptr
+The same hook is interrupt-window exiting (KICK_WINDOW, set by the loop when it enters with an interrupt
+the guest cannot take yet): QEMU ends a translated block after every instruction that can set RFLAGS.IF
+(STI, POPF, IRET, and the one instruction of an STI shadow gets a block of its own), so the first block
+start with IF set is exactly the instruction boundary where the hardware's window opens. Nothing is
+stepped and no translated block is flushed (docs/interrupts.md).
+"""
+import numpy as np
+from numba import carray, cfunc, njit, types
+from unicorn import x86_const as X
+
+from ..native import FN_EMU_STOP, FN_REG_READ, NFN, NUMBA, call_reg, call_uc, u64_ptr
 from . import ctx as C
-from .sync import fence
+from .sync import atomic_cas, fence
+
+KICK_STOP = 1           # ctx[KICK]: another thread (or a hook) wants the vCPU out
+KICK_WINDOW = 2         # ctx[KICK]: the loop armed interrupt-window exiting
+RFLAGS_IF = 1 << 9
 
 
 @njit(inline="always")
 def kick(c):
     """Leave the guest at the next block boundary; the caller has already made its reason visible."""
     fence()
-    c[C.KICK] = 1
+    c[C.KICK] = KICK_STOP
 
 
 @njit(inline="always")
@@ -35,11 +47,37 @@ def clear(c):
     fence()
 
 
+@njit(inline="always")
+def arm_window(c):
+    """Entering with interrupt-window exiting: KICK 0 becomes KICK_WINDOW; a kick already there stays a kick."""
+    atomic_cas(c.ctypes.data + 8 * C.KICK, 0, KICK_WINDOW)
+
+
+@njit(**NUMBA)
+def _window_check(ud, address):
+    """KICK_WINDOW at a block start: stop if RFLAGS.IF is set, unless this block is the STI/MOV-SS shadow the
+    loop entered in (WINDOW_SKIP), which runs first."""
+    if ud[C.WINDOW_SKIP] == address + np.uint64(1):            # uint64 + int would be a float64 in numba
+        ud[C.WINDOW_SKIP] = 0
+        return
+    fns = carray(u64_ptr(ud[C.FN]), NFN)
+    call_reg(fns[FN_REG_READ], ud[C.UC], X.UC_X86_REG_EFLAGS, ud[C.SCRATCH])
+    if carray(u64_ptr(ud[C.SCRATCH]), 1)[0] & RFLAGS_IF:
+        ud[C.KICK] = 0
+        ud[C.BLOCK_STOP] = 1
+        call_uc(fns[FN_EMU_STOP], ud[C.UC])
+
+
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, types.CPointer(types.uint64)), **NUMBA)
 def block_hook(uc, address, size, ud):
-    if ud[C.KICK] != 0:                        # every block runs this: the pointer, not an array around it
-        ud[C.KICK] = 0
-        call_uc(carray(u64_ptr(ud[C.FN]), NFN)[FN_EMU_STOP], ud[C.UC])
+    k = ud[C.KICK]                             # every block runs this: the pointer, not an array around it
+    if k != 0:
+        if k == KICK_WINDOW:
+            _window_check(ud, address)
+        else:
+            ud[C.KICK] = 0
+            ud[C.BLOCK_STOP] = 1                # not a HLT: the loop tells the two apart by this
+            call_uc(carray(u64_ptr(ud[C.FN]), NFN)[FN_EMU_STOP], ud[C.UC])
 
 
 def host_interrupt(c, vector):

@@ -1,4 +1,4 @@
-"""A vCPU's registers from numba, through its context block: rd, wr, rd_efer, and stop (uc_emu_stop).
+"""A vCPU's registers from numba, through its context block: rd, wr, rd_msr, rd_efer, and stop (uc_emu_stop).
 
 Each goes through libunicorn's function table (native.py) and the vCPU's own 8-word scratch buffer, so
 only the vCPU's own thread may call them: another thread's call would share that buffer (docs/engine.md,
@@ -28,11 +28,17 @@ def wr(c, reg, value):
 
 
 @njit(**INLINE)
-def rd_efer(c):
+def rd_msr(c, index):
+    """An MSR Unicorn keeps (EFER, TSC_AUX...), as its register accessor reads it."""
     scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
-    scratch[0] = MSR_EFER                  # struct uc_x86_msr {u32 rid; u64 value;}
+    scratch[0] = index                     # struct uc_x86_msr {u32 rid; u64 value;}
     call_reg(carray(u64_ptr(c[C.FN]), NFN)[FN_REG_READ], c[C.UC], X.UC_X86_REG_MSR, c[C.SCRATCH])
     return scratch[1]
+
+
+@njit(**INLINE)
+def rd_efer(c):
+    return rd_msr(c, MSR_EFER)
 
 
 @njit(**INLINE)

@@ -1,37 +1,34 @@
-"""Guest accesses through the L1D model (hw.vmm.l1d_sim): memory hooks, the modeled cycle counter, RDTSC, CLFLUSH.
+"""Guest accesses through the L1D model (hw.vmm.l1d_sim): memory hooks, the modeled cycle counter, CLFLUSH.
 
-With the tunable on, each vCPU carries four more hooks, all numba cfuncs: guest loads and stores fill the
+With the tunable on, each vCPU carries two more hooks, both numba cfuncs: guest loads and stores fill the
 L1D of the host CPU the vCPU runs on (tagged with the VM's owner tag) and each load adds its latency to
 the modeled cycle counter (hit or miss); every instruction adds one cycle; RDTSC and RDTSCP return the
-counter. With it off the hooks are not registered at all, so they cost nothing (Unicorn drops translated
-code when hooks change, so the next blocks are translated without the calls).
+counter (tsc.py's hooks read it while the tunable is on). With it off the hooks are not registered at all,
+so they cost nothing (Unicorn drops translated code when hooks change, so the next blocks are translated
+without the calls).
 
 CLFLUSH is hooked where the exec-scan finds it (`scan_clflush`, called from vcpu/paging.py scan_page): capstone
 decodes the operand once, and the site's hook computes the address from the registers and evicts that
 line, whether or not the simulation is on (the host's lines are in the model either way). A rescanned page
 (its code was written) is decoded again.
 """
-import ctypes
-
 import numpy as np
 from capstone import CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
 from capstone import x86_const as CX
 from numba import carray, cfunc, njit, types
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as X
 
 from .. import stats as S
 from .. import tunables as T
 from ..core import ctx as C
-from ..core.regs import rd, wr
+from ..core.regs import rd
 from ..mmu.access import linear_to_hpa
-from ..native import FN_REG_READ
-from ..native import NUMBA, call_reg, hook_add, hook_del, u64_ptr
+from ..native import NUMBA, hook_add, hook_del, u64_ptr
 from . import l1d
 
 U64P = types.CPointer(types.uint64)
 UC_MEM_READ = 16
-MSR_TSC_AUX = 0xC0000103
 PREFIXES = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3}
 SITE_CTX, SITE_BASE, SITE_INDEX, SITE_SCALE, SITE_DISP, SITE_SEG, SITE_WIDTH = range(7)
 BASE_RIP = 0xFFFF                      # SITE_BASE value for RIP-relative operands
@@ -68,34 +65,6 @@ def insn_hook(uc, address, size, ud):
     ud[C.CYCLES] += np.uint64(1)                 # one cycle per instruction; loads add their latency
 
 
-@njit(**NUMBA)
-def rd_msr(c, index):
-    scratch = carray(u64_ptr(c[C.SCRATCH]), 8)
-    scratch[0] = index                           # struct uc_x86_msr {u32 rid; u64 value;}
-    call_reg(carray(u64_ptr(c[C.FN]), 4)[FN_REG_READ], c[C.UC], X.UC_X86_REG_MSR, c[C.SCRATCH])
-    return scratch[1]
-
-
-@njit(**NUMBA)
-def read_counter(c):
-    wr(c, X.UC_X86_REG_RAX, c[C.CYCLES] & np.uint64(0xFFFFFFFF))
-    wr(c, X.UC_X86_REG_RDX, c[C.CYCLES] >> np.uint64(32))
-
-
-@cfunc(types.uint32(types.voidptr, U64P), **NUMBA)
-def rdtsc_hook(uc, ud):
-    read_counter(carray(ud, C.SIZE))
-    return 1                                     # skip Unicorn's own RDTSC (host time)
-
-
-@cfunc(types.uint32(types.voidptr, U64P), **NUMBA)
-def rdtscp_hook(uc, ud):
-    c = carray(ud, C.SIZE)
-    read_counter(c)
-    wr(c, X.UC_X86_REG_RCX, rd_msr(c, MSR_TSC_AUX) & np.uint64(0xFFFFFFFF))
-    return 1
-
-
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
 def clflush_hook(uc, address, size, ud):
     """CLFLUSH/CLFLUSHOPT m8 at a scanned site: the operand's line leaves this host CPU's L1D."""
@@ -127,9 +96,7 @@ def apply(vcpu):
     uc, ud = vcpu.uc, vcpu.ctx.ctypes.data
     if want:
         handles = [hook_add(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, mem_hook.address, ud),
-                   hook_add(uc, UC_HOOK_CODE, insn_hook.address, ud),
-                   hook_add(uc, UC_HOOK_INSN, rdtsc_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC)),
-                   hook_add(uc, UC_HOOK_INSN, rdtscp_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSCP))]
+                   hook_add(uc, UC_HOOK_CODE, insn_hook.address, ud)]
     else:
         for handle in handles:
             hook_del(uc, handle)

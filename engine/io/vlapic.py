@@ -9,7 +9,12 @@ access. IRR, ISR and TMR are eight 32-bit registers 16 bytes apart: bit v of the
 
 Other vCPUs and threads set IRR bits (or, with posted interrupts, PIR bits) with atomic operations and
 then notify the vCPU (vcpu_notify_event): a kick if it is in the guest, a wake-up if it is halted.
-The timer counts down at bhyve's 2^27 Hz bus frequency divided by the DCR, against the host clock.
+The timer counts down at the core crystal clock divided by the DCR, against the host clock: the
+profile's CPUID.15H:ECX (SDM 10.5.4: the APIC timer runs at the bus or core crystal clock frequency), so a
+guest that reads it there programs the timer right; bhyve counts at 2^27 Hz and hides leaf 0x15 instead. In
+TSC-deadline mode (LVT timer bits 18:17 = 10b, SDM 10.5.4.1) the timer is armed by WRMSR IA32_TSC_DEADLINE
+(vmx/hooks.py, cpu/tsc.py turns the TSC value into a clock time); the initial count is ignored and the
+current count reads 0.
 """
 import numpy as np
 from numba import carray, cfunc, njit, types
@@ -28,7 +33,6 @@ from ..native import NUMBA, address, call_host, hook_add, u64_ptr, u8_ptr
 from . import decode
 
 APIC_BASE_GPA = 0xFEE00000
-BUS_FREQ = 1 << 27                      # VLAPIC_BUS_FREQ
 VERSION = 0x14 | (6 << 16)              # VLAPIC_VERSION, max LVT index 6 (CMCI)
 # Register offsets (SDM Table 10-1)
 ID, VER, TPR, APR, PPR, EOI, RRD, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0, 0xE0, 0xF0
@@ -42,6 +46,7 @@ LVT_INDEX = {LVT_LINT0: 0, LVT_LINT1: 1, LVT_TIMER: 2, LVT_ERROR: 3, LVT_PMC: 4,
 LVT_TIMER_INDEX = LVT_INDEX[LVT_TIMER]
 LVT_MASKED = 1 << 16
 TIMER_PERIODIC = 1 << 17
+TIMER_MODE_SHIFT, TIMER_MODE_MASK, TIMER_TSC_DEADLINE = 17, 3, 2   # LVT timer bits 18:17 (SDM Figure 10-8)
 SVR_ENABLE = 1 << 8
 ESR_SEND_ILLEGAL, ESR_RECV_ILLEGAL = 1 << 5, 1 << 6
 # ICR fields (SDM §10.6.1)
@@ -68,7 +73,8 @@ IB_SCHED_YIELD = 16         # sched_yield's address: a vCPU waiting for the bus 
 IB_SYSCALL = 17             # libc syscall's address: the futex a vCPU halted in the kernel sleeps on (vmx/halt.py)
 IB_HALT_TS = 18             # 18-19: the timespec of that sleep's absolute deadline
 IB_CONTEXT_RESTORE = 20     # uc_context_restore's address: puts IB_CONTEXT back (vmx/intr.py end_shadow)
-IB_EXTINT_MSG = 21          # an ExtINT message from the I/O APIC waits for this vCPU's INTA cycle (io/vioapic.py)
+IB_TIMER_HZ = 21            # the timer's input clock: the profile's core crystal (CPUID.15H:ECX)
+IB_EXTINT_MSG = 22          # an ExtINT message from the I/O APIC waits for this vCPU's INTA cycle (io/vioapic.py)
 IB_SIZE = 24
 
 
@@ -85,17 +91,17 @@ def divisor(dcr):
 
 
 @njit(**NUMBA)
-def count_to_ns(count, div):
-    """Nanoseconds for `count` ticks of the bus clock divided by `div` (no float: exact to the ns)."""
+def count_to_ns(count, div, hz):
+    """Nanoseconds for `count` ticks of the `hz` clock divided by `div` (no float: exact to the ns)."""
     ticks = U(count) * U(div)
-    return np.int64((ticks // U(BUS_FREQ)) * U(NS) + ((ticks % U(BUS_FREQ)) * U(NS)) // U(BUS_FREQ))
+    return np.int64((ticks // U(hz)) * U(NS) + ((ticks % U(hz)) * U(NS)) // U(hz))
 
 
 @njit(**NUMBA)
-def ns_to_count(ns, div):
-    """Ticks of the divided bus clock in `ns` nanoseconds, rounded down."""
+def ns_to_count(ns, div, hz):
+    """Ticks of the `hz` clock divided by `div` in `ns` nanoseconds, rounded down."""
     ns = U(ns)
-    per = U(BUS_FREQ) // U(div)
+    per = U(hz) // U(div)
     return np.int64((ns // U(NS)) * per + ((ns % U(NS)) * per) // U(NS))
 
 
@@ -290,12 +296,23 @@ def set_intr(c, vector, posted, level):
 
 # -- the timer (SDM §10.5.4) -------------------------------------------------------------------------
 @njit(**NUMBA)
+def timer_mode(lvt):
+    """The LVT timer entry's mode: 0 one-shot, 1 periodic, 2 TSC-deadline."""
+    return (np.int64(lvt) >> TIMER_MODE_SHIFT) & TIMER_MODE_MASK
+
+
+@njit(**NUMBA)
+def tsc_deadline_mode(c):
+    return timer_mode(page_of(c)[LVT_TIMER >> 2]) == TIMER_TSC_DEADLINE
+
+
+@njit(**NUMBA)
 def timer_start(c, count, now):
     regs = page_of(c)
     if count == 0:
         c[C.TIMER_DEADLINE] = 0
         return
-    period = max(count_to_ns(count, divisor(regs[TIMER_DCR >> 2])), np.int64(1))
+    period = max(count_to_ns(count, divisor(regs[TIMER_DCR >> 2]), block(c)[IB_TIMER_HZ]), np.int64(1))
     c[C.TIMER_START] = now
     c[C.TIMER_PERIOD] = period if regs[LVT_TIMER >> 2] & TIMER_PERIODIC else 0
     c[C.TIMER_DEADLINE] = now + period
@@ -323,7 +340,20 @@ def timer_ccr(c, now):
         if period == 0:
             return np.int64(0)
         remaining = period - (now - deadline) % period
-    return ns_to_count(remaining, divisor(page_of(c)[TIMER_DCR >> 2]))
+    return ns_to_count(remaining, divisor(page_of(c)[TIMER_DCR >> 2]), block(c)[IB_TIMER_HZ])
+
+
+@njit(**NUMBA)
+def tsc_deadline_arm(c, when):
+    """IA32_TSC_DEADLINE written in TSC-deadline mode (SDM 10.5.4.1): fire once at guest-clock time `when`
+    (ns), or disarm for 0. A deadline already passed fires at the next injection step."""
+    c[C.TIMER_PERIOD] = 0
+    if when == 0:
+        c[C.TIMER_DEADLINE] = 0
+        return
+    c[C.TIMER_START] = when
+    c[C.TIMER_DEADLINE] = max(np.int64(when), np.int64(1))
+    call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_TIMER), U(0), U(0))   # the host timer rearms
 
 
 @njit(**NUMBA)
@@ -501,7 +531,7 @@ def mmio_read(c, offset, size):
     undo_readonly_write(c)
     reg = reached(offset, size)
     if reg == TIMER_CCR:
-        page_of(c)[TIMER_CCR >> 2] = np.uint32(timer_ccr(c, now_ns(c)))
+        page_of(c)[TIMER_CCR >> 2] = np.uint32(0 if tsc_deadline_mode(c) else timer_ccr(c, now_ns(c)))
     elif reg == PPR:
         update_ppr(page_of(c))
 
@@ -566,10 +596,16 @@ def mmio_write(c, offset, size, value):
         regs[ICR_LO >> 2] = value & ~(1 << 12)
         send_ipi(c, value)
     elif reg == TIMER_ICR:
-        timer_start(c, value, now_ns(c))
-        call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_TIMER), U(0), U(0))   # the host timer rearms
+        if tsc_deadline_mode(c):                          # ignored in TSC-deadline mode (SDM 10.5.4.1)
+            c[C.LAPIC_FIX] = reg + 1
+            c[C.LAPIC_FIXVAL] = regs[reg >> 2]
+        else:
+            timer_start(c, value, now_ns(c))
+            call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_TIMER), U(0), U(0))   # the host timer rearms
     elif reg == LVT_TIMER:
-        if c[C.TIMER_DEADLINE] != 0:
+        if (timer_mode(regs[LVT_TIMER >> 2]) == TIMER_TSC_DEADLINE) != (timer_mode(value) == TIMER_TSC_DEADLINE):
+            c[C.TIMER_DEADLINE] = 0                       # into or out of TSC-deadline mode: disarmed
+        elif c[C.TIMER_DEADLINE] != 0 and timer_mode(value) != TIMER_TSC_DEADLINE:
             period = np.int64(c[C.TIMER_DEADLINE]) - np.int64(c[C.TIMER_START])
             c[C.TIMER_PERIOD] = period if value & TIMER_PERIODIC else 0
     elif reg == ESR:
@@ -610,6 +646,7 @@ class Vlapic:
         self.block = np.zeros(IB_SIZE, np.uint64)
         self._context = vcpu.uc.context_save()          # the buffer intr.shadowed() saves into
         self.block[IB_CLOCK] = CLOCK_GETTIME
+        self.block[IB_TIMER_HZ] = vcpu.vm.profile.crystal_hz
         self.block[IB_CONTEXT] = address(self._context.context)
         self.block[IB_CONTEXT_SAVE] = address(uclib.uc_context_save)
         self.block[IB_CONTEXT_RESTORE] = address(uclib.uc_context_restore)
@@ -666,7 +703,4 @@ def connect(vcpus):
     for v in vcpus:
         v.lapic.block[IB_VCPUS], v.lapic.block[IB_NVCPUS] = table.ctypes.data, len(vcpus)
         v.lapic.block[IB_BUS_WORD] = table.ctypes.data + 8 * len(vcpus)
-        if v.index > 0:                                  # IA32_APIC_BASE: only the BSP has bit 8 set
-            rows = v.msrs.reshape(-1, 3)
-            rows[rows[:, 0] == 0x1B, 2] &= ~np.uint64(1 << 8)
     return table

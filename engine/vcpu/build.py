@@ -15,7 +15,7 @@ from unicorn import x86_const as X
 from .. import firmware
 from ..core import ctx as C
 from ..core import kick
-from ..cpu import cachesim
+from ..cpu import cachesim, tsc
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
 from ..vmx import hooks, segcache
@@ -55,6 +55,7 @@ def make_uc(vcpu):
         c[slot] = value
     attach_hostcpu(vcpu, vcpu.hostcpu)
     add_exit_hooks(uc, c.ctypes.data)
+    tsc.attach(vcpu)                             # RDTSC and RDTSCP at the profile's frequency, in numba
     init_vmcs(vcpu)
     hv.l1d.attach_vcpu(vcpu)
     cachesim.apply(vcpu)

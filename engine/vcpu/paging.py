@@ -1,7 +1,7 @@
 """VM_EXITCODE_PAGING in userspace: the execute-permission scan, the page-table pool's refill, and the EPT
 violations a guest cannot continue from, reported to the byte.
 
-The scan is how RDMSR/WRMSR, HLT, PAUSE, LOCK and CLFLUSH become exits (docs/engine.md): the TLB fill
+The scan is how RDMSR/WRMSR, MOV CR, INVLPG, PAUSE, LOCK and CLFLUSH become exits (docs/engine.md): the TLB fill
 withholds execute permission from a page until every candidate instruction on it is hooked; a store into a
 scanned page takes execute away again (a new generation), so changed code is scanned again.
 """
@@ -66,11 +66,14 @@ def stop_at_fault(vcpu, gla, gpa):
 
 
 def scan_page(vcpu, linear_page, gpa_page):
-    """EPT execute violation: hook every HLT/RDMSR/WRMSR candidate on the page, then grant execute."""
+    """EPT execute violation: hook every RDMSR/WRMSR/MOV CR/INVLPG/PAUSE candidate on the page and, with more
+    than one vCPU, every LOCK prefix (io/buslock.py: one vCPU needs no bus lock); then grant execute."""
     hpa = vcpu.vm.gpa_to_hpa(gpa_page)
     code = vcpu.vm.hypervisor.memory[hpa:hpa + 0x1000]
-    for cfunc, offsets in ((hooks.code_hook, candidates(code)), (buslock.lock_hook,
-                                                                   np.flatnonzero(code == 0xF0).tolist())):
+    hooks_wanted = [(hooks.code_hook, candidates(code))]
+    if len(vcpu.vm.vcpus) > 1:
+        hooks_wanted.append((buslock.lock_hook, np.flatnonzero(code == 0xF0).tolist()))
+    for cfunc, offsets in hooks_wanted:
         for offset in offsets:
             where = linear_page + offset
             if (cfunc, where) not in vcpu.hooked:
@@ -81,14 +84,21 @@ def scan_page(vcpu, linear_page, gpa_page):
 
 
 def candidates(code):
-    """Offsets in a code page where an instruction the code hook handles may start: HLT (F4), RDMSR/WRMSR
-    (0F 32/30), INVLPG and the like (0F 01), MOV to CR (0F 22), PAUSE (F3 90), and every prefix byte
-    before one of them. The next page's bytes are not known here (it may map anywhere): an opcode's first
-    byte, or prefixes, at the end of the page are candidates whatever follows; the hook reads the real bytes."""
+    """Offsets in a code page where an instruction the code hook handles may start: RDMSR/WRMSR (0F 32/30),
+    INVLPG m and LMSW (0F 01 /7 with a memory operand, /6), MOV to CR (0F 22), PAUSE (F3 90), and every
+    prefix byte before one of them. Not HLT (Unicorn runs it and leaves emu_start: vmx/vmx.py ran_hlt), nor
+    the rest of group 7 (SWAPGS, STAC/CLAC, RDTSCP...: nothing to model). Each hook costs every instruction
+    Unicorn translates a walk of the hook list, so fewer is faster (docs/engine.md). The next page's bytes are
+    not known here (it may map anywhere): an opcode's first bytes, or prefixes, at the end of the page are
+    candidates whatever follows; the hook reads the real bytes."""
     nxt = np.append(code[1:], 0)
-    last = np.arange(code.size) == code.size - 1
-    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x01) | (nxt == 0x22)
-    starts = (code == 0xF4) | ((code == 0x0F) & second) | ((code == 0xF3) & (last | (nxt == 0x90)))
+    modrm = np.append(code[2:], [0, 0])
+    offsets = np.arange(code.size)
+    last, last2 = offsets == code.size - 1, offsets >= code.size - 2
+    reg, mod = (modrm >> 3) & 7, modrm >> 6
+    group7 = (nxt == 0x01) & (last2 | ((reg == 7) & (mod != 3)) | (reg == 6))
+    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x22) | group7
+    starts = ((code == 0x0F) & second) | ((code == 0xF3) & (last | (nxt == 0x90)))
     starts[-1] |= PREFIXES[code[-1]]
     found = set(np.flatnonzero(starts).tolist())
     for start in sorted(found):

@@ -8,7 +8,7 @@ explicit StateError.
 import threading
 
 from .. import debug, firmware, loaders, snapshot
-from ..cpu import profiles
+from ..cpu import msrs, profiles, tsc
 from ..devices.console import Console
 from ..errors import ConfigError, ImageError, StateError
 from ..tunables import VM_MAXCPU
@@ -40,8 +40,20 @@ class VM(VmMemory, Platform):
         self.initrd = None                       # the Linux initrd (bytes) loaded with the image, for reset
         self._attach_devices()
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
+        self._power_on_cpus()
         self.debugger = self.gdb = None          # debug.Debugger and its GdbStub, once asked for
         self._wire_interrupts()
+
+    def _power_on_cpus(self):
+        """RESET of every vCPU at once: the TSCs start from 0 together (cpu/tsc.py); an application processor's
+        IA32_APIC_BASE lacks the BSP flag (bit 8); then the firmware's MTRR setup, the same on each."""
+        tsc.power_on(self.vcpus)
+        mtrrs = firmware.mtrr_settings(self.mem_size, self.profile.maxphyaddr)
+        for vcpu in self.vcpus:
+            if vcpu.index > 0:
+                msrs.put(vcpu.msrs, 0x1B, msrs.get(vcpu.msrs, 0x1B) & ~(1 << 8))
+            for index, value in mtrrs.items():
+                msrs.put(vcpu.msrs, index, value)
 
     @staticmethod
     def _check_cpus(name, cpus, maxcpu):
@@ -180,6 +192,7 @@ class VM(VmMemory, Platform):
         self._power_on_devices()
         self.host_timer.stop()
         self.vcpus = [Vcpu(self, i) for i in range(len(self.vcpus))]
+        self._power_on_cpus()
         self._wire_interrupts()                        # a new PIC pair and PIT at power-on state
         self.log("reset")
         self.load(*self._load_args, initrd=self.initrd)

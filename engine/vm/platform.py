@@ -1,6 +1,7 @@
 """A VM's platform as bhyve wires it: the userspace devices on the port bus (the UARTs, port 0xE9, the VGA
-CRTC, the POST latch), the BIOS of a boot sector, the 8259 pair, the 8254 and the I/O APIC, and the interrupt
-paths from devices and the vLAPIC kernels into the vCPUs.
+CRTC, the POST latch, the RTC/CMOS, the 8042, PCI configuration mechanism #1 with the host bridge), the BIOS of a
+boot sector, the 8259 pair, the 8254 and port 0x61, the I/O APIC, the interrupt paths from devices (ISA IRQs) and
+the vLAPIC kernels into the vCPUs, and the reset line devices pull.
 
 The devices know only their registers; this is where they are placed (Firecracker's builder). Platform is
 mixed into VM (machine.py).
@@ -13,26 +14,39 @@ from ..core.sync import full_fence
 from ..devices import bios as bios_mod
 from ..devices.console import Console
 from ..devices.debugcon import DebugCon
+from ..devices.kbc_i8042 import COMMAND as KBC_COMMAND_OFFSET
+from ..devices.kbc_i8042 import DATA as KBC_DATA_OFFSET
+from ..devices.kbc_i8042 import I8042
+from ..devices.rtc_mc146818 import Mc146818
 from ..devices.uart_ns16550 import Uart16550
 from ..devices.vga_text import CRTC_INDEX, VgaText
 from ..errors import ConfigError
 from ..io import vlapic
 from ..io.apicbus import ApicBus
 from ..io.hosttimer import HostTimer
+from ..io.nmisc import NmiStatusControl
 from ..io.portbus import OWNER_POST, PortBus
 from ..io.vioapic import Vioapic
 from ..io.vpic import Vpic
 from ..io.vpit import Vpit
 from ..native import HOST_CALLBACK
+from ..pci.host import PciHost
+from ..pci.hostbridge import HostBridge
 from ..vcpu import HALTED, RUNNING
 
 COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
-IOAPIC = 0xFEC00000                                  # the I/O APIC's page (the MP spec's and ACPI's default)
+RTC, KBC_DATA, PORT_B, KBC_COMMAND, PCI_ADDRESS, PCI_DATA = 0x70, 0x60, 0x61, 0x64, 0xCF8, 0xCFC
+RTC_IRQ = 8                                            # the 8042 raises IRQ 1 and 12 itself
+FOUR_GIB = 1 << 32
+IOAPIC = 0xFEC00000                                    # the I/O APIC's page (the MP spec's and ACPI's default)
 
 
 class Platform:
     """Legend: the devices and the port bus are made at creation; a reset makes the VGA, the BIOS, the 8259
-    pair, the 8254, the I/O APIC and the host timer afresh and keeps the UARTs (the consoles' listeners)."""
+    pair, the 8254 (with port 0x61), the I/O APIC and the host timer afresh, and puts the UARTs (the consoles'
+    listeners), the RTC (as its RESET pin does: the battery keeps its time and RAM), the 8042 and the PCI functions
+    back to their power-on state. `reboot_on_reset`: whether a reset the guest asks for boots it again (otherwise
+    the VM stops with reason "reset", as bhyve does)."""
 
     # -- devices on the port bus --------------------------------------------------------------------
     def _attach_devices(self):
@@ -50,17 +64,56 @@ class Platform:
         self.io.attach("vga crtc", CRTC_INDEX, 2, lambda offset: self.vga.port_read(CRTC_INDEX + offset),
                        lambda offset, value: self.vga.port_write(CRTC_INDEX + offset, value))
         self.io.attach_kernel("post", POST, 1, OWNER_POST)
+        self._attach_chipset()
         self.port_callback = HOST_CALLBACK(self._port_exit)
         self.intr_callback = HOST_CALLBACK(self._intr_request)
         self.mmio_callback = HOST_CALLBACK(self._mmio_exit)
         self.mmio_gpa = IOAPIC                             # the page each vCPU's MMIO window stands for (vmx/mmio.py)
 
+    def _attach_chipset(self):
+        """The RTC/CMOS (IRQ 8, the memory-size bytes as firmware fills them), the 8042 (IRQ 1 and 12, the reset
+        line) and PCI configuration mechanism #1 with the host bridge at 00:00.0."""
+        self.reboot_on_reset = False
+        self.rtc = Mc146818(lambda level: self.isa_irq(RTC_IRQ, level))
+        self.rtc.set_memory_size(*self._ram_below_above_4g())
+        self.kbc = I8042(self.isa_irq, lambda: self.guest_reset("the 8042 keyboard controller (output port bit 0)"))
+        self.pci = PciHost()
+        self.pci.attach(0, 0, HostBridge())
+        self.io.attach("rtc", RTC, 2, self._rtc_read, self._rtc_write)
+        for name, base, offset in (("8042 data", KBC_DATA, KBC_DATA_OFFSET),
+                                   ("8042 status/command", KBC_COMMAND, KBC_COMMAND_OFFSET)):
+            self.io.attach(name, base, 1, lambda _, o=offset: self.kbc.read(o),
+                           lambda _, value, o=offset: self.kbc.write(o, value))
+        self.io.attach("pci config address", PCI_ADDRESS, 4, self.pci.address_read, self.pci.address_write,
+                       widths=(1, 2, 4))
+        self.io.attach("pci config data", PCI_DATA, 4, self.pci.data_read, self.pci.data_write, widths=(1, 2, 4))
+
+    def _ram_below_above_4g(self):
+        below = sum(max(min(s.gpa + s.size, FOUR_GIB) - s.gpa, 0) for s in self.segments)
+        return below, sum(s.size for s in self.segments) - below
+
+    def _rtc_read(self, offset):
+        deadline = self.rtc.deadline_ns()
+        value = self.rtc.read(offset)
+        if self.rtc.deadline_ns() != deadline:             # reading register C re-arms the next interrupt
+            self.host_timer.rearm()
+        return value
+
+    def _rtc_write(self, offset, value):
+        self.rtc.write(offset, value)
+        self.host_timer.rearm()                            # an interrupt enabled or its rate changed
+
     def _power_on_devices(self):
-        """A reset: the UARTs back to their power-on registers, a blank VGA, no BIOS until the image loads."""
+        """A reset: the UARTs back to their power-on registers, a blank VGA, no BIOS until the image loads; the
+        RTC's RESET pin and the memory-size bytes firmware writes at every boot; the 8042 and PCI at power-on."""
         for uart in (self.com1, self.com2):
             uart.reset()                                   # the same objects: they stay the consoles' listeners
         self.vga = VgaText(self.memory_access)
         self.bios = None
+        self.rtc.reset()
+        self.rtc.set_memory_size(*self._ram_below_above_4g())
+        self.kbc.reset()
+        self.pci.reset()
 
     def _attach_bios(self, image):
         """A boot sector's BIOS (INT 10h/13h/16h/1Ah) over the VGA and the console; keys wake its waits."""
@@ -108,24 +161,32 @@ class Platform:
         self._attach_interrupt_controllers()
 
     def _attach_interrupt_controllers(self):
-        """The 8259 pair and the 8254 on the I/O bus, the I/O APIC at 0xFEC00000; ISA IRQs reach both interrupt
-        controllers (isa_irq): the 8254 on IRQ 0 (I/O APIC pin 2), the UARTs on IRQ 4 (COM1) and IRQ 3 (COM2)."""
+        """The 8259 pair, the 8254 and its port 0x61 on the I/O bus, the I/O APIC at 0xFEC00000; ISA IRQs reach
+        both interrupt controllers (isa_irq): the 8254 on IRQ 0 (I/O APIC pin 2), the UARTs on IRQ 4 (COM1) and
+        IRQ 3 (COM2); the 8254 and the RTC on the host timer."""
         self.apic_bus = ApicBus(self, self._intr_request)
         self.ioapic = Vioapic(self.apic_bus.deliver)
         self.pic = Vpic(self._extint_changed)
         self.pit = Vpit(lambda: self.isa_pulse(0))
-        self.host_timer.devices.append(self.pit)
+        self.nmisc = NmiStatusControl(self.pit)
+        self.host_timer.devices += [self.pit, self.rtc]
         for name, chip, base in (("8259 master", 0, 0x20), ("8259 slave", 1, 0xA0)):
             self.io.attach(name, base, 2, lambda offset, c=chip: self.pic.port_read(c, offset),
                            lambda offset, value, c=chip: self.pic.port_write(c, offset, value))
         self.io.attach("8254", 0x40, 4, self.pit.read, self._pit_write)
+        self.io.attach("port 0x61", PORT_B, 1, self.nmisc.read, self.nmisc.write)
         self.com1.on_irq_change(lambda level: self.isa_irq(4, level))
         self.com2.on_irq_change(lambda level: self.isa_irq(3, level))
 
+    def _pit_write(self, offset, value):
+        self.pit.write(offset, value)
+        self.host_timer.rearm()
+
     def isa_irq(self, irq, level):
-        """An ISA device drives IRQ `irq` (0-15) to `level`: the 8259 input and the I/O APIC pin it is wired to,
-        IRQ 0 on pin 2 as the MADT's interrupt source override says, every other on the pin of its number
-        (bhyve's vm_isa_assert_irq / vm_isa_deassert_irq). The RTC's IRQ 8 and the ACPI SCI's IRQ 9 come here."""
+        """ISA IRQ `irq` (0-15) driven to `level` by a device: the 8259 pair's input and the I/O APIC pin it is
+        wired to, IRQ 0 on pin 2 as the MADT's interrupt source override says, every other on the pin of its number
+        (bhyve's vm_isa_assert_irq and vm_isa_deassert_irq, which drive the vatpic and the vioapic together). The
+        RTC's IRQ 8, the 8042's 1 and 12 and the ACPI SCI's 9 come here."""
         self.pic.set_irq(irq, level)
         self.ioapic.set_pin(2 if irq == 0 else irq, level)
 
@@ -134,9 +195,29 @@ class Platform:
         self.isa_irq(irq, True)
         self.isa_irq(irq, False)
 
-    def _pit_write(self, offset, value):
-        self.pit.write(offset, value)
-        self.host_timer.rearm()
+    def guest_reset(self, source):
+        """The CPU's RESET line pulled by a device (the 8042's output port; port 0xCF9 likewise): the VM stops with
+        reason "reset", as bhyve's vm_suspend(VM_SUSPEND_RESET) stops bhyve, and with `reboot_on_reset` boots
+        again through VM.reset, on a thread of its own (the caller may be the vCPU VM.reset waits for)."""
+        message = "reset by %s" % source
+        vcpu = next((v for v in self.vcpus if v.thread is threading.current_thread()), None)
+        if vcpu is not None:
+            vcpu.ctx[C.EXIT] = C.X_USER_STOP
+            kick.kick(vcpu.ctx)                            # from inside the port hook: leave at the block boundary
+            vcpu.suspend("reset", message)
+        else:
+            self._set_suspended("reset", message)
+            for other in self.vcpus:
+                if other.thread is not None:
+                    other.request(("pause",))
+        if self.reboot_on_reset:
+            threading.Thread(target=self._reboot, name="%s-reboot" % self.name, daemon=True).start()
+
+    def _reboot(self):
+        try:
+            self.reset()
+        except Exception as problem:                       # a VM powered off or destroyed meanwhile stays stopped
+            self.log("reboot after a guest reset failed: %s" % problem)
 
     def _extint_changed(self, level):
         """The master 8259's INT output, wired to the bootstrap vCPU (bhyve's vatpic_notify_intr)."""
@@ -148,7 +229,7 @@ class Platform:
         full_fence()
         if threading.current_thread() is bsp.thread:
             bsp.ctx[C.NOTIFY] = self.hypervisor.tunables.get("hw.vmm.ipinum")
-            bsp.uc.emu_stop()                      # leaves after this instruction's block; no waiting on itself
+            kick.kick(bsp.ctx)                     # leaves at the next block; no waiting on itself
         else:
             vlapic.notify(bsp.ctx, False)
 

@@ -2,8 +2,9 @@
 
 These are the exits VT-x takes that vmm.ko handles without leaving the kernel. IN/OUT and CPUID are
 handled synchronously inside the hook (an emu_stop there is not precise: the rest of the translation
-block would still run). RDMSR/WRMSR/HLT are found by scanning a page the first time it is executed and
-hooking each candidate address; the TLB fill withholds execute permission until that scan is done.
+block would still run). RDMSR/WRMSR, MOV CR, INVLPG and PAUSE are found by scanning a page the first time
+it is executed and hooking each candidate address; the TLB fill withholds execute permission until that
+scan is done. HLT needs no hook: Unicorn runs it and emu_start returns after it (vmx/vmx.py ran_hlt).
 Each hook reaches its vCPU through the context block whose address is the hook's user data.
 """
 import numpy as np
@@ -14,11 +15,14 @@ from .. import stats as S
 from .. import tunables as T
 from ..core import ctx as C
 from ..core import vmcs as V
-from ..core.regs import rd, rd_efer, stop, wr
+from ..core.regs import MSR_EFER, rd, rd_efer, stop, wr
 from ..cpu import l1d
-from ..cpu.profiles import (ANY, FLUSH_CMD_L1D, MSR_FLUSH_CMD, MSR_NATIVE, MSR_READONLY, MSR_VALUE,
-                            MSR_WRITEONLY)
+from ..cpu import msrs as M
+from ..cpu import tsc
+from ..cpu.profiles import (ANY, CPUID1_ECX_OSXSAVE, CPUID1_ECX_XSAVE, CR4_OSXSAVE, EFER_LME, FLUSH_CMD_L1D,
+                            MSR_FLUSH_CMD)
 from ..io import portbus
+from ..io import vlapic as L
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
@@ -213,7 +217,7 @@ def cpuid_leaf(table, n, leaf):
 
 
 @njit(**NUMBA)
-def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b):
+def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b, cr4):
     a = b = cc = d = np.uint64(0)
     leaf = cpuid_leaf(table, n, leaf)
     i = cpuid_row(table, n, leaf, subleaf)
@@ -221,6 +225,8 @@ def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b):
         a, b, cc, d = table[6 * i + 2], table[6 * i + 3], table[6 * i + 4], table[6 * i + 5]
     if leaf == 1:
         b = (b & np.uint64(0x00FFFFFF)) | (np.uint64(vcpu_id) << np.uint64(24))   # initial APIC ID
+        if cc & np.uint64(CPUID1_ECX_XSAVE) and np.uint64(cr4) & np.uint64(CR4_OSXSAVE):
+            cc |= np.uint64(CPUID1_ECX_OSXSAVE)          # OSXSAVE mirrors CR4.OSXSAVE (x86_emulate_cpuid)
     elif leaf == 0xB and params_leaf_b:
         a, b = np.uint64(0), np.uint64(1)
         cc = (np.uint64(subleaf) & np.uint64(0xFF)) | np.uint64(0x100 if subleaf == 0 else 0)
@@ -236,7 +242,8 @@ def cpuid_hook(uc, ud):
     table = carray(u64_ptr(c[C.CPUID]), 6 * np.int64(c[C.NCPUID]))
     params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
     a, b, cc, d = emulate_cpuid(table, c[C.NCPUID], rd(c, X.UC_X86_REG_RAX) & 0xFFFFFFFF,
-                                rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF, c[C.VCPUID], params[T.CPUID_LEAF_B])
+                                rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF, c[C.VCPUID], params[T.CPUID_LEAF_B],
+                                rd(c, X.UC_X86_REG_CR4))
     wr(c, X.UC_X86_REG_RAX, a)
     wr(c, X.UC_X86_REG_RBX, b)
     wr(c, X.UC_X86_REG_RCX, cc)
@@ -311,14 +318,6 @@ def out_hook(uc, port, size, value, ud):
 
 # -- RDMSR/WRMSR (exits 31/32) and HLT, at the candidate addresses a page scan found ----------------
 @njit(**NUMBA)
-def msr_find(table, n, index):
-    for i in range(np.int64(n)):
-        if table[3 * i] == index:
-            return i
-    return np.int64(-1)
-
-
-@njit(**NUMBA)
 def cpl_nonzero(c):
     """CPL > 0: protected mode with CS.RPL > 0, or virtual-8086 mode (RFLAGS.VM), which runs at CPL 3."""
     if not rd(c, X.UC_X86_REG_CR0) & np.uint64(W.CR0_PE):
@@ -337,33 +336,71 @@ def raise_fault(c, vector):
 
 
 @njit(**NUMBA)
+def efer_write_ok(c, value):
+    """Beyond EFER's reserved bits (the table's rule): changing LME while CR0.PG = 1 is #GP (SDM vol. 4,
+    IA32_EFER; vol. 3A 9.8.5)."""
+    if not rd(c, X.UC_X86_REG_CR0) & np.uint64(W.CR0_PG):
+        return True
+    return (np.uint64(value) ^ rd_efer(c)) & np.uint64(EFER_LME) == 0
+
+
+@njit(**NUMBA)
+def tsc_msr(c, table, row, is_write, value):
+    """The TSC family (msrs.SPECIAL): IA32_TIME_STAMP_COUNTER, IA32_TSC_ADJUST, IA32_TSC_DEADLINE. Returns
+    what a read gives. IA32_TSC_DEADLINE reads 0 and ignores writes unless the LAPIC timer is in TSC-deadline
+    mode, and reads 0 once its deadline has fired (SDM 10.5.4.1)."""
+    at = M.COLUMNS * row
+    kind = table[at + M.COL_KIND]
+    if kind == M.MSR_TSC:
+        if not is_write:
+            return tsc.read(c)
+        tsc.write_tsc(c, table, M.find(table, c[C.NMSR], np.uint64(0x3B)), value)
+    elif kind == M.MSR_TSC_ADJUST:
+        if not is_write:
+            return table[at + M.COL_VALUE]
+        tsc.write_adjust(c, table, row, value)
+    elif c[C.APIC_PAGE] != 0 and L.tsc_deadline_mode(c):
+        if not is_write:
+            return table[at + M.COL_VALUE] if c[C.TIMER_DEADLINE] != 0 else np.uint64(0)
+        table[at + M.COL_VALUE] = value
+        L.tsc_deadline_arm(c, tsc.deadline_ns(c, value) if value != 0 else np.uint64(0))
+    return np.uint64(0)
+
+
+@njit(**NUMBA)
 def msr_exit(c, address, is_write, length):
-    """RDMSR/WRMSR of `length` bytes (prefixes included). At CPL > 0 the #GP(0) comes before any VM exit
-    (SDM vol. 2B RDMSR/WRMSR; faults based on privilege level have priority over VM exits, SDM 26.1.1)."""
+    """RDMSR/WRMSR of `length` bytes (prefixes included), decided on the vCPU's MSR table (cpu/msrs.py). At
+    CPL > 0 the #GP(0) comes before any VM exit (SDM vol. 2B RDMSR/WRMSR; faults based on privilege level have
+    priority over VM exits, SDM 26.1.1). An MSR the CPU does not have is #GP(0) and counted."""
     if cpl_nonzero(c):
         raise_fault(c, 13)
         return
     rip = rd(c, X.UC_X86_REG_RIP)
     record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, length, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
-    table = carray(u64_ptr(c[C.MSR]), 3 * np.int64(c[C.NMSR]))
+    table = carray(u64_ptr(c[C.MSR]), M.COLUMNS * np.int64(c[C.NMSR]))
     index = rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF
-    row = msr_find(table, c[C.NMSR], index)
-    kind = table[3 * row + 1] if row >= 0 else np.uint64(99)
-    if kind == MSR_NATIVE:
-        return                                      # Unicorn keeps this register: let the instruction run
-    if is_write and (kind == MSR_VALUE or kind == MSR_WRITEONLY):
+    value = np.uint64(0)
+    if is_write:
         value = (rd(c, X.UC_X86_REG_RDX) << np.uint64(32)) | (rd(c, X.UC_X86_REG_RAX) & np.uint64(0xFFFFFFFF))
-        if kind == MSR_VALUE:
-            table[3 * row + 2] = value
-        elif index == MSR_FLUSH_CMD and value & np.uint64(FLUSH_CMD_L1D):   # the guest flushes its host CPU's L1D
-            l1d.invalidate(carray(u64_ptr(c[C.L1D]), l1d.STATE_SIZE))
-    elif not is_write and (kind == MSR_VALUE or kind == MSR_READONLY):
-        value = table[3 * row + 2]
-        wr(c, X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-        wr(c, X.UC_X86_REG_RDX, value >> np.uint64(32))
-    else:                                           # unknown MSR, or the wrong direction: #GP(0)
+    result, row, got = M.access(table, c[C.NMSR], index, is_write, value)
+    if result == M.NATIVE:
+        if not is_write or index != MSR_EFER or efer_write_ok(c, value):
+            return                                  # Unicorn keeps this register: let the instruction run
+        result = M.GP
+    elif result == M.SPECIAL:
+        got = tsc_msr(c, table, row, is_write, value)
+        result = M.OK
+    if result == M.UNKNOWN:
+        counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+        counters[S.MSR_UNKNOWN] += 1
+    if result != M.OK:
         raise_fault(c, 13)
         return
+    if not is_write:
+        wr(c, X.UC_X86_REG_RAX, got & 0xFFFFFFFF)
+        wr(c, X.UC_X86_REG_RDX, got >> np.uint64(32))
+    elif index == MSR_FLUSH_CMD and value & np.uint64(FLUSH_CMD_L1D):   # the guest flushes its host CPU's L1D
+        l1d.invalidate(carray(u64_ptr(c[C.L1D]), l1d.STATE_SIZE))
     wr(c, X.UC_X86_REG_RIP, rip + np.uint64(length))
 
 
@@ -459,7 +496,7 @@ def is_prefix(b, long_mode):
 @njit(**NUMBA)
 def hooked_insn(c, address, code):
     """The instruction at a scanned candidate address, from its bytes (`code`, fetched page by page):
-    HLT, RDMSR/WRMSR, INVLPG/MOV CR, PAUSE, each with any prefixes before it; LOCK with any of them is
+    RDMSR/WRMSR, INVLPG/LMSW/MOV CR, PAUSE, each with any prefixes before it; LOCK with any of them is
     #UD (SDM vol. 2A, LOCK). Bytes that are something else (data the scan took for code) do nothing."""
     long_mode = (rd_efer(c) & np.uint64(W.EFER_LMA)) != 0
     i, rex, lock, rep, addr32 = 0, np.uint64(0), False, False, False
@@ -477,8 +514,6 @@ def hooked_insn(c, address, code):
     known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22))
     if lock and known:
         raise_fault(c, 6)
-    elif op0 == 0xF4:
-        c[C.HLT_AT] = np.uint64(address) + np.uint64(i + 1)   # the HLT runs natively and ends emu_start
     elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30) and i + 1 < code.size:
         msr_exit(c, address, op1 == 0x30, i + 2)
         if c[C.EXIT] == C.X_NONE:

@@ -5,9 +5,10 @@ bhyve's vmx_inject_interrupts runs with host interrupts disabled: the vCPU is ma
 entry (vlapic.notify). Here the LAPIC timer is checked against the host clock, posted requests move
 from the PIR to the IRR, and the highest deliverable vector goes through the guest's IDT: here in the
 common case (vmx/deliver.py), else by the userspace side (vmx/inject.py). When RFLAGS.IF is clear or
-an STI/MOV-SS shadow is in effect, interrupt-window exiting is set instead: the loop then steps the
-guest one instruction at a time until the window opens (exit 7), as the hardware would exit at that
-instruction boundary.
+an STI/MOV-SS shadow is in effect, interrupt-window exiting is set instead: the guest then leaves at the
+first translated-block start where it can take the interrupt (core/kick.py), which is the instruction
+boundary where the hardware's window opens (exit 7). NMI-window exiting still steps (rare: an NMI while
+one is being handled).
 """
 import numpy as np
 from numba import carray, njit
@@ -16,6 +17,7 @@ from unicorn import x86_const as X
 from .. import stats as S
 from .. import tunables as T
 from ..core import ctx as C
+from ..core import kick
 from ..core import vmcs as V
 from ..core.regs import rd, wr
 from ..core.sync import call_ctl2, call_uc_ptr
@@ -82,8 +84,20 @@ def inject(c):
 
 @njit(**NUMBA)
 def window_open(c):
-    """After one stepped instruction: can the pending interrupt go in now?"""
+    """After a window stop (or a stepped instruction): can the pending interrupt go in now?"""
     return can_take_interrupt(c)
+
+
+@njit(**NUMBA)
+def arm_window(c):
+    """Entering with the window armed. The loop enters with it only while the guest cannot take an interrupt;
+    with RFLAGS.IF set that is an STI/MOV-SS shadow, whose block (one instruction: QEMU gives a shadowed
+    instruction a block of its own) runs before the block hook may stop."""
+    if rd(c, X.UC_X86_REG_EFLAGS) & np.uint64(RFLAGS_IF):
+        c[C.WINDOW_SKIP] = pc_linear(c)[1] + np.uint64(1)
+    else:
+        c[C.WINDOW_SKIP] = 0
+    kick.arm_window(c)
 
 
 @njit(**NUMBA)

@@ -50,20 +50,32 @@ def current_linear(c):
 
 
 @njit(**NUMBA)
+def ran_hlt(c, linear):
+    """Unicorn ran a HLT natively: emu_start returns right after it (EXCP_HLT), and nothing else marks the
+    entry. Every other way out leaves a mark: the exit record (EXIT), the block hook's BLOCK_STOP, an APIC
+    write's LAPIC_STEP, a stepped instruction under NMI-window exiting. So an unmarked return with an F4
+    byte (HLT, after any prefixes) right before RIP is a HLT; no hook per HLT is needed."""
+    code = np.zeros(1, np.uint8)
+    return fetch_code(c, linear - np.uint64(1), code) == 1 and code[0] == 0xF4
+
+
+@njit(**NUMBA)
 def enter(c):
     """Step 5: one VM entry; returns Unicorn's status."""
     c[C.EXIT] = C.X_NONE
-    c[C.HLT_AT] = 0
+    c[C.BLOCK_STOP] = 0
     c[C.GUEST_PE] = 0                              # the host may have changed CR0 since the last entry
     c[C.ENTRIES] += 1
     fns = carray(u64_ptr(c[C.FN]), NFN)
     # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;
-    # with interrupt- or NMI-window exiting armed, one instruction at a time (vmx/intr.py). No timeout:
-    # Unicorn's is a thread calling uc_emu_stop, which can replay an instruction (core/kick.py); a shared
-    # host CPU's turns end by the host timer's tick (RESCHED)
-    count = 1 if c[C.INTR_WINDOW] != 0 or c[C.NMI_WINDOW] != 0 else 0
+    # with NMI-window exiting armed, one instruction at a time (vmx/intr.py); interrupt-window exiting is
+    # the block hook's (core/kick.py). No timeout: Unicorn's is a thread calling uc_emu_stop, which can
+    # replay an instruction (core/kick.py); a shared host CPU's turns end by the host timer's tick (RESCHED)
+    count = 1 if c[C.NMI_WINDOW] != 0 else 0
     if c[C.NMI_WINDOW] != 0:
         intr.note_opcode(c)
+    elif c[C.INTR_WINDOW] != 0:
+        intr.arm_window(c)
     intr.prepare_entry(c, count)
     err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, count)
     c[C.EXIT_SEQ] += 1
@@ -103,6 +115,7 @@ def exit_process(c, err):
     """vmx_exit_process: decode why emu_start returned; 0 if handled here, else a VM_EXITCODE."""
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     c[C.RIP] = rd(c, X.UC_X86_REG_RIP)
+    unmarked = c[C.BLOCK_STOP] == 0 and c[C.LAPIC_STEP] == 0 and c[C.NMI_WINDOW] == 0
     if c[C.LAPIC_STEP] != 0:                           # an APIC write the guest left after (io/vlapic.py mmio_write)
         intr.apic_write_exit(c)
     why = c[C.EXIT]
@@ -119,13 +132,11 @@ def exit_process(c, err):
         return EXITCODE_EXCEPTION
     if why == C.X_USER_STOP:
         return EXITCODE_USER
-    if why == C.X_PAUSE:                               # give the shared host CPU to the next vCPU
-        return EXITCODE_PAUSE
     if why == C.X_BUSLOCK:
         return EXITCODE_BUSLOCK
     if err == UC_ERR_OK:
         linear = current_linear(c)
-        if c[C.HLT_AT] != 0 and c[C.HLT_AT] == linear:
+        if unmarked and ran_hlt(c, linear):
             c[C.RIP] -= np.uint64(1)
             record(c, E.HLT, 0, 1, S.VMEXIT_HLT)
             c[C.RIP] += np.uint64(1)                   # Unicorn already stands after the HLT
@@ -148,7 +159,7 @@ def exit_process(c, err):
             counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
             counters[S.VMEXIT_ASTPENDING] += 1
             return EXITCODE_BOGUS
-        return 0                                       # a stepped instruction: re-enter
+        return 0                                       # a window stop or a stepped instruction: re-enter
     if err == UC_ERR_INSN_INVALID:
         code = np.zeros(3, np.uint8)
         if fetch_code(c, current_linear(c), code) == 3 and code[0] == 0x0F and code[1] == 0x01 and code[2] == 0xC1:

@@ -1,4 +1,8 @@
 """The bundled guests boot under the engine and do what they print."""
+import calendar
+import re
+import time
+
 from engine import stats
 from tests.guests.spin_reference import spin_checksum
 
@@ -23,6 +27,20 @@ def test_shell_answers_commands(boot_guest):
     assert "msr 0x1b = 0x00000000fee00900" in out
     counters = vm.vcpus[0].counters
     assert counters[stats.VMEXIT_CPUID] >= 1 and counters[stats.VMEXIT_RDMSR] >= 2
+
+
+def test_shell_reads_the_rtc_lists_pci_and_reboots_through_the_8042(boot_guest):
+    """shell: `date` reads the RTC through ports 0x70/0x71 and shows the host's UTC time; `lspci` scans bus 0
+    through 0xCF8/0xCFC and finds only the host bridge; `reboot` pulses the 8042's reset line and the VM stops
+    with reason "reset"."""
+    before = time.time()
+    vm, out = boot_guest("shell.elf", typed=b"date\rlspci\rreboot\r", ready=b"webhyve> ")
+    after = time.time()
+    shown = re.search(r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d) UTC", out)
+    assert shown, out
+    assert before - 2 <= calendar.timegm(tuple(int(g) for g in shown.groups())) <= after + 2
+    assert re.findall(r"00:[0-9a-f]{2}\.\d .*", out) == ["00:00.0 1275:1275 class 060000\r"]
+    assert "rebooting" in out and vm.suspend_reason == "reset"
 
 
 def test_shell_line_editing(boot_guest):

@@ -91,7 +91,7 @@ def test_damaged_truncated_and_foreign_files_are_refused(hv, tmp_path):
     with zipfile.ZipFile(good) as z, zipfile.ZipFile(old, "w") as out:
         for info in z.infolist():
             data = z.read(info)
-            out.writestr(info, data.replace(b'"version": 2', b'"version": 0') if info.filename == "manifest.json" else data)
+            out.writestr(info, data.replace(b'"version": 3', b'"version": 0') if info.filename == "manifest.json" else data)
     with pytest.raises(SnapshotError, match="version 0"):
         hv.restore_vm(old, name="x")
     assert set(hv.vms) == {"small"} and vm.suspend_reason == "halt"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine import Hypervisor
-from engine.cpu import ucstate
+from engine.cpu import tsc, ucstate
 from engine.snapshot import SnapshotError, read_header
 from engine.core import ctx as C
 from engine.core import vmcs as VMCS
@@ -133,17 +133,19 @@ def test_a_running_guest_comes_back_from_plain_data_exactly_as_it_was(hv, tmp_pa
     with zipfile.ZipFile(path) as z:
         assert {i.filename for i in z.infolist()} == MEMBERS and z.infolist()[0].filename == "manifest.json"
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
-        assert json.loads(z.read("manifest.json"))["version"] == 2
+        assert json.loads(z.read("manifest.json"))["version"] == 3
+        saved_tsc = [info["tsc"] for info in json.loads(z.read("manifest.json"))["vcpus"]]
     with np.load(path, allow_pickle=False) as plain:                  # plain numpy reads it, no pickle
         assert not any(plain[name].dtype.hasobject for name in plain.files if name != "manifest.json")
         assert plain["cpu"].dtype == ucstate.RECORD and plain["cpu"].shape == (2,)
     copy = Hypervisor(host_mem_mb=256).restore_vm(path, name="again", start=False)
     assert copy.state == "paused" and counter(copy) == saved
-    for a, b in zip(vm.vcpus, copy.vcpus):
+    for a, b, tsc_at_save in zip(vm.vcpus, copy.vcpus, saved_tsc):
         assert ucstate.read(a.uc).tobytes() == ucstate.read(b.uc).tobytes()
         assert a.registers() == b.registers()
         assert np.array_equal(a.counters, b.counters) and np.array_equal(a.msrs, b.msrs)
-        guest_fields = [f.slot for f in VMCS.FIELDS if f.name not in ("EPTP", "ENTRY_MSR_LOAD")]
+        assert tsc_at_save <= tsc.value(b) <= tsc.value(a)        # the TSC goes on from where it was saved
+        guest_fields = [f.slot for f in VMCS.FIELDS if f.name not in ("EPTP", "ENTRY_MSR_LOAD", "TSC_OFFSET")]
         assert np.array_equal(a.vmcs.store[guest_fields], b.vmcs.store[guest_fields])
         assert [int(a.ctx[s]) for s in (C.LAPIC_FIX, C.INJECT, C.PENDING)] == \
                [int(b.ctx[s]) for s in (C.LAPIC_FIX, C.INJECT, C.PENDING)]
@@ -181,7 +183,7 @@ def test_foreign_files_and_other_formats_are_refused(good, tmp_path):
     refused(write_zip(tmp_path / "other.snap", content), "not a webhyve snapshot .format 'qemu-savevm'", host)
     refused(write_zip(tmp_path / "deflated.snap", members(good), zipfile.ZIP_DEFLATED), "compressed", host)
     content = members(good)
-    content["manifest.json"] = b'{"format": "webhyve-snapshot", "version": 2' + b"[" * 100000
+    content["manifest.json"] = b'{"format": "webhyve-snapshot", "version": 3' + b"[" * 100000
     refused(write_zip(tmp_path / "notjson.snap", content), "manifest.json is not valid JSON", host)
 
 
@@ -297,7 +299,13 @@ def _set(path, value):
     (_set(("vcpus", 1, "index"), 0), r"vcpus\[1\].index = 0, not its position 1"),
     (_set(("vcpus", 0, "state"), "exploding"), r"vcpus\[0\].state is 'exploding'"),
     (_set(("vcpus", 1, "boot"), True), r"vcpus\[1\] is to boot through the reset stub, which its flat64 image"),
-    (_set(("devices", "pit", "reload"), 0), "devices.pit.reload = 0 is outside 1..65536"),
+    (_set(("devices", "pit", "counters", 0, "reload"), 0), r"devices.pit.counters\[0\].reload = 0 is outside 1..65536"),
+    (_set(("devices", "rtc", "index"), 200), "devices.rtc.index = 200 is outside 0..127"),
+    (_set(("devices", "rtc", "ram"), [0] * 127), "devices.rtc.ram is .*, not a list of 128 items"),
+    (_set(("devices", "kbc", "pending"), 0x20), "devices.kbc.pending is 32, not one of"),
+    (_set(("devices", "kbc", "queue"), [[1, 2, 3]]), r"devices.kbc.queue\[0\]\[1\] is 2, not true or false"),
+    (_set(("devices", "pci", "functions", "00:20.0"), [0] * 256), "'00:20.0' is not a PCI function's place"),
+    (_set(("devices", "pci", "address"), 3), "devices.pci.address = 0x3 has bits outside 0x80fffffc"),
     (_set(("devices", "com1", "rx"), list(range(17))), "devices.com1.rx is .*, not a list of at most 16 items"),
     (_set(("devices", "vga", "crtc", "999"), 1), "devices.vga.crtc key '999' is not a number in 0..255"),
     (_set(("tunables", "hw.vmm.maxcpu"), 1000), r"tunables\[hw.vmm.maxcpu\] = 1000 is outside 1..255"),

@@ -36,17 +36,20 @@ def test_io_qualification_kernel_matches_decoder():
 
 
 def test_cpuid_kernel_matches_the_profile_table():
-    """The in-kernel CPUID emulation answers from the profile, with the vCPU's APIC ID in leaf 1."""
+    """The in-kernel CPUID emulation answers from the profile, with the vCPU's APIC ID in leaf 1 and OSXSAVE
+    (CPUID.1:ECX[27]) as CR4.OSXSAVE says."""
     p = profiles.get("haswell")
     table = p.cpuid_table().reshape(-1)
     for (leaf, sub), regs in p.cpuid.items():
-        got = hooks.emulate_cpuid(table, len(p.cpuid), leaf, 0 if sub == profiles.ANY else sub, 3, 1)
-        want = list(regs)
-        if leaf == 1:
-            want[1] = (want[1] & 0x00FFFFFF) | 3 << 24
-        assert [int(x) for x in got] == want
-    highest = list(p.cpuid[(0xD, 0)])               # beyond the basic leaves: the highest one (SDM vol. 2A CPUID)
-    assert [int(x) for x in hooks.emulate_cpuid(table, len(p.cpuid), 0x12345678, 0, 0, 1)] == highest
+        for cr4 in (0, profiles.CR4_OSXSAVE):
+            got = hooks.emulate_cpuid(table, len(p.cpuid), leaf, 0 if sub == profiles.ANY else sub, 3, 1, cr4)
+            want = list(regs)
+            if leaf == 1:
+                want[1] = (want[1] & 0x00FFFFFF) | 3 << 24
+                want[2] |= profiles.CPUID1_ECX_OSXSAVE if cr4 else 0
+            assert [int(x) for x in got] == want
+    highest = list(p.cpuid[(0x16, profiles.ANY)])   # beyond the basic leaves: the highest one (SDM vol. 2A CPUID)
+    assert [int(x) for x in hooks.emulate_cpuid(table, len(p.cpuid), 0x12345678, 0, 0, 1, 0)] == highest
 
 
 def test_stats_print_like_bhyvectl():

@@ -23,7 +23,7 @@ from .console import run_console
 
 ESCAPE = b"\x1d"            # Ctrl-], as telnet and virsh console use
 ESCAPE_NAME = "Ctrl-]"
-CLEAN_STOPS = ("halt", "poweroff")
+CLEAN_STOPS = ("halt", "poweroff", "reset")   # a guest reboot ends `vmmctl run` cleanly, as bhyve exits 0
 
 
 class Vmmctl(click.Group):

@@ -156,12 +156,13 @@ handler:
 
 
 def test_periodic_timer_wakes_hlt(hv, tmp_path):
-    """Periodic LAPIC timer, divide by 1, 2^27/1000 counts (1 ms): ten ticks taken in sti;hlt; then masked,
-    and the final HLT with interrupts off suspends the VM although the (masked) timer keeps counting."""
+    """Periodic LAPIC timer, divide by 1, 100 MHz/1000 counts (1 ms at the Haswell's crystal, CPUID.15H:ECX):
+    ten ticks taken in sti;hlt; then masked, and the final HLT with interrupts off suspends the VM although the
+    (masked) timer keeps counting."""
     src = LONG_PROLOGUE + MAP_APIC + gate64(0x30, "tick") + """
     mov dword ptr [r15 + 0x3E0], 0xB        # DCR: divide by 1
     mov dword ptr [r15 + 0x320], 0x20030    # LVT timer: periodic, vector 0x30
-    mov dword ptr [r15 + 0x380], 134217     # initial count: 1 ms at 2^27 Hz
+    mov dword ptr [r15 + 0x380], 100000     # initial count: 1 ms at 100 MHz
 1:  sti
     hlt
     cmp qword ptr [rip + count], 10
@@ -181,7 +182,7 @@ tick:
     elapsed = time.monotonic() - started
     r = vm.registers()
     assert vm.suspend_reason == "halt", vm.suspend_message
-    assert r["r9"] >= 10 and 0 < r["r8"] <= 134217         # a tick may land between the compare and cli
+    assert r["r9"] >= 10 and 0 < r["r8"] <= 100000         # a tick may land between the compare and cli
     v = vm.vcpus[0]
     assert v.counters[stats.VLAPIC_INTR_TIMER] >= 10
     assert v.counters[stats.VLAPIC_INTR_LVT + 2] >= 10
@@ -195,7 +196,7 @@ def test_a_masked_timer_does_not_end_a_halt(hv, tmp_path):
     src = LONG_PROLOGUE + MAP_APIC + gate64(0x30, "tick") + """
     mov dword ptr [r15 + 0x3E0], 0xB        # DCR: divide by 1
     mov dword ptr [r15 + 0x320], 0x20030    # LVT timer: periodic, vector 0x30
-    mov dword ptr [r15 + 0x380], 134217     # 1 ms
+    mov dword ptr [r15 + 0x380], 100000     # 1 ms
 1:  sti
     hlt
     cmp qword ptr [rip + count], 3

@@ -6,7 +6,7 @@ import pytest
 
 from engine.io import vlapic as L
 
-BUS = 1 << 27
+CLOCKS = (1 << 27, 100000000, 25000000, 24000000)       # bhyve's bus, and the profiles' crystals (CPUID.15H:ECX)
 
 
 def twin_divisor(dcr):
@@ -14,12 +14,12 @@ def twin_divisor(dcr):
     return 1 if code == 7 else 2 << code
 
 
-def twin_count_to_ns(count, div):
-    return count * div * 10**9 // BUS
+def twin_count_to_ns(count, div, hz):
+    return count * div * 10**9 // hz
 
 
-def twin_ns_to_count(ns, div):
-    return ns * (BUS // div) // 10**9
+def twin_ns_to_count(ns, div, hz):
+    return ns * (hz // div) // 10**9
 
 
 def twin_highest(bits):
@@ -90,15 +90,15 @@ def regs_with(irr=(), isr=(), tpr=0):
 
 
 def test_divisor_and_timer_arithmetic():
-    """DCR decoding for all 16 values; counts ↔ ns at 2^27 Hz for random counts and divisors."""
+    """DCR decoding for all 16 values; counts ↔ ns at each input clock for random counts and divisors."""
     rng = random.Random(4)
     for dcr in range(16):
         assert L.divisor(dcr) == twin_divisor(dcr)
     for _ in range(2000):
-        count, div = rng.randrange(1 << 32), twin_divisor(rng.randrange(16))
-        assert L.count_to_ns(count, div) == twin_count_to_ns(count, div)
+        count, div, hz = rng.randrange(1 << 32), twin_divisor(rng.randrange(16)), rng.choice(CLOCKS)
+        assert L.count_to_ns(count, div, hz) == twin_count_to_ns(count, div, hz)
         ns = rng.randrange(1 << 40)
-        assert L.ns_to_count(ns, div) == twin_ns_to_count(ns, div)
+        assert L.ns_to_count(ns, div, hz) == twin_ns_to_count(ns, div, hz)
 
 
 def test_highest_ppr_and_pending_on_random_register_sets():

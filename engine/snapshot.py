@@ -150,6 +150,7 @@ def device_state(vm):
     state["pit"] = vm.pit.state()
     state["port61"] = {"bits": vm.nmisc.bits}
     state["rtc"], state["kbc"], state["pci"] = vm.rtc.state(), vm.kbc.state(), vm.pci.state()
+    state["ioapic"] = vm.ioapic.state()
     for name in ("com1", "com2"):
         uart = getattr(vm, name)
         state[name] = {f: getattr(uart, f) for f in UART_FIELDS}
@@ -389,6 +390,8 @@ def load_device_state(vm, state):
         vm.pci.load_state(state["pci"])
     except ConfigError as problem:
         raise SnapshotError(str(problem)) from None
+    if "ioapic" in state:
+        vm.ioapic.load_state(state["ioapic"])
     for name in ("com1", "com2"):
         uart = getattr(vm, name)
         with uart._lock:

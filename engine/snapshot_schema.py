@@ -23,6 +23,7 @@ from .cpu import msrs as MSRS
 from .cpu import profiles, ucstate
 from .io import nmisc
 from .devices import acpi_pm as ACPI_PM
+from .io import vioapic as IOAPIC
 from .io import vlapic as L
 from .mmu import ept as EPT
 from .mmu import walk as W
@@ -236,13 +237,27 @@ ACPI = record({"pm": record({"elapsed": integer(0, MAX_NS), "status": bits(ACPI_
                              "carries_seen": integer(0, MAX_NS)}),
                "reset_control": record({"value": BYTE})})
 # optional: a snapshot from before the ACPI blocks existed restores them at power-on
+
+
+def ioapic_entry(value, field):
+    """A redirection entry as the I/O APIC leaves it: delivery status never set (delivery is immediate), remote
+    IRR only with the level trigger mode (writing edge clears it)."""
+    bits(U64 & ~IOAPIC.DELIVERY_STATUS)(value, field)
+    if value & IOAPIC.REMOTE_IRR and not value & IOAPIC.TRIGGER_LEVEL:
+        raise Invalid(field, "= %#x has remote IRR set in an edge-triggered entry" % value)
+
+
+IOAPIC_STATE = record({"id": integer(0, 0xF), "ioregsel": BYTE, "lines": bits((1 << IOAPIC.PINS) - 1),
+                       "entries": items(ioapic_entry, IOAPIC.PINS, length=IOAPIC.PINS)})
+# optional: a snapshot from before the I/O APIC existed restores it at power-on, as its guest last saw it
 DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255), BYTE, 256)}),
                   "pic": record({"master": PIC_CHIP, "slave": PIC_CHIP, "output": boolean}),
                   "pit": PIT, "port61": record({"bits": bits(nmisc.WRITABLE)}), "com1": UART, "com2": UART,
                   "rtc": RTC_STATE, "kbc": KBC_STATE, "pci": PCI_STATE},
                  {"bios": record({"elapsed": number(0, MAX_NS), "disk_last": BYTE,
                                   "peeked": optional(integer(0, 0xFFFF))}),
-                  "acpi": ACPI})
+                  "acpi": ACPI,
+                  "ioapic": IOAPIC_STATE})
 # vLAPIC context slots (core/ctx.py): LAPIC_FIX indexes the virtual-APIC page, so it stays within the page;
 # INJECT is a vector or EXTINT (the 8259 gives the vector)
 LAPIC = record({str(C.TIMER_PERIOD): integer(0, MAX_NS), str(C.INTR_WINDOW): one_of(0, 1),

@@ -99,7 +99,8 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
                     #     the next block boundary
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
-# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py)
+# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),
+# 120-127 the MMIO page served in userspace (vmx/mmio.py)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -127,6 +128,11 @@ SPEC_HPA = 91       # [py] transient window only: host page with what the L1D ga
 DEVICE_TOUCH = 92   # [py] lines an I/O or MMIO exit touches as well: the VM's device state, same layout
 L1D_SEEN = 93       # [k] that L1D's clock + 1 right after this vCPU's exit path last touched it (0: never)
 L1D_SEEN_KIND = 94  # [k] what that touch covered: 1 the exit path, 2 with the device state
+# -- the MMIO page served in userspace: the I/O APIC's (vmx/mmio.py) ----------------------------------------
+MMIO_PAGE = 120     # [py] host-physical address of this vCPU's window page (0 = none): the TLB fill maps MMIO_GPA's
+                    #      page there, never executable, and every load or store in it is an exit to the device
+MMIO_GPA = 121      # [py] the guest-physical page the window stands for (the I/O APIC's 0xFEC00000)
+MMIO_CALLBACK = 122  # [py] address of the userspace MMIO callback (the VM's platform dispatches to the device)
 SIZE = 128
 RING_ROWS = 256
 

@@ -57,7 +57,7 @@ SH_NONE, SH_SELF, SH_ALL, SH_OTHERS = 0, 1, 2, 3
 PIR_ON_WORD = 4
 # Requests for the userspace side (ctx slot PENDING) and the callback's kinds
 PEND_NMI, PEND_INIT, PEND_SIPI = 1, 2, 4
-CB_WAKE, CB_INIT, CB_SIPI, CB_NMI, CB_TIMER = 1, 2, 3, 4, 5
+CB_WAKE, CB_INIT, CB_SIPI, CB_NMI, CB_TIMER, CB_EOI = 1, 2, 3, 4, 5, 6
 NS = 1000000000
 U = np.uint64
 # The interrupt block (ctx slot INTR): what the kernels need beyond the context block
@@ -74,6 +74,7 @@ IB_SYSCALL = 17             # libc syscall's address: the futex a vCPU halted in
 IB_HALT_TS = 18             # 18-19: the timespec of that sleep's absolute deadline
 IB_CONTEXT_RESTORE = 20     # uc_context_restore's address: puts IB_CONTEXT back (vmx/intr.py end_shadow)
 IB_TIMER_HZ = 21            # the timer's input clock: the profile's core crystal (CPUID.15H:ECX)
+IB_EXTINT_MSG = 22          # an ExtINT message from the I/O APIC waits for this vCPU's INTA cycle (io/vioapic.py)
 IB_SIZE = 24
 
 
@@ -150,6 +151,14 @@ def extint_accepted(regs):
 
 
 @njit(**NUMBA)
+def extint_pending(c, regs):
+    """An ExtINT waits for the INTA cycle: the 8259's INT on LINT0 where the LAPIC lets it through, or an ExtINT
+    message from the I/O APIC, which the LAPIC takes whatever LINT0 says (bhyve's vm_inject_extint)."""
+    ib = block(c)
+    return (ib[IB_EXTINT] != 0 and extint_accepted(regs)) or ib[IB_EXTINT_MSG] != 0
+
+
+@njit(**NUMBA)
 def page_of(c):
     """The vCPU's virtual-APIC page as 1024 uint32 registers (a view of host memory)."""
     mem8 = carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])
@@ -173,7 +182,9 @@ def accept(c, vector):
 
 @njit(**NUMBA)
 def eoi(c):
-    """EOI: the highest in-service vector is done (vlapic_process_eoi); an EOI with none is counted."""
+    """EOI: the highest in-service vector is done (vlapic_process_eoi); an EOI with none is counted. A vector
+    whose TMR bit is set was level-triggered: its EOI is broadcast to the I/O APIC (SDM §10.8.5; the VER
+    register offers no EOI-broadcast suppression), which clears that vector's remote IRR."""
     regs = page_of(c)
     isrv = highest(regs, ISR)
     if isrv < 0:
@@ -181,17 +192,31 @@ def eoi(c):
         return
     atomic_and(bit_address(c, ISR, isrv), ~(U(1) << U(isrv & 31)))
     update_ppr(regs)
+    if is_level(regs, isrv) and block(c)[IB_CALLBACK] != 0:
+        call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_EOI), U(isrv), U(0))
 
 
 @njit(**NUMBA)
-def set_ready(c, vector, posted):
-    """vlapic_set_intr_ready on the target's context: returns True if the target must be notified."""
+def is_level(regs, vector):
+    """The vector's TMR bit: it was accepted as a level-triggered interrupt."""
+    return (np.uint32(regs[(TMR >> 2) + 4 * (vector >> 5)]) >> np.uint32(vector & 31)) & np.uint32(1) != 0
+
+
+@njit(**NUMBA)
+def set_ready(c, vector, posted, level):
+    """vlapic_set_intr_ready on the target's context: returns True if the target must be notified. The TMR bit
+    takes the trigger mode as the vector is accepted (SDM §10.8.4): set for a level-triggered interrupt, whose
+    EOI then goes to the I/O APIC, cleared for an edge-triggered one."""
     regs = page_of(c)
     if vector < 16:
         regs[ESR >> 2] |= np.uint32(ESR_RECV_ILLEGAL)
         return False
     if not regs[SVR >> 2] & SVR_ENABLE:
         return False                                     # software-disabled: the interrupt is dropped
+    if level:
+        atomic_or(bit_address(c, TMR, vector), U(1) << U(vector & 31))
+    elif is_level(regs, vector):
+        atomic_and(bit_address(c, TMR, vector), ~(U(1) << U(vector & 31)))
     if posted:
         pir = U(c[C.MEM]) + U(c[C.PIR_DESC])
         atomic_or(pir + U(8) * U(vector >> 6), U(1) << U(vector & 63))
@@ -252,10 +277,21 @@ def wake_halted(c):
 @njit(**NUMBA)
 def intr_edge(c, vector, posted):
     """lapic_intr_edge from any thread: set the request, then notify."""
-    if set_ready(c, vector, posted):
+    if set_ready(c, vector, posted, False):
         notify(c, posted)
         return True
     return False
+
+
+@njit(**NUMBA)
+def set_intr(c, vector, posted, level):
+    """lapic_set_intr from any thread, for an interrupt message (the I/O APIC's): the request with its trigger
+    mode, then notify. Returns whether the local APIC accepted it: not an illegal vector, not software-disabled
+    (the I/O APIC sets remote IRR only for an accepted level-triggered interrupt)."""
+    accepted = vector >= 16 and (page_of(c)[SVR >> 2] & SVR_ENABLE) != 0
+    if set_ready(c, vector, posted, level):
+        notify(c, posted)
+    return accepted
 
 
 # -- the timer (SDM §10.5.4) -------------------------------------------------------------------------
@@ -334,7 +370,7 @@ def fire_lvt(c, lvt, index):
         c[C.PENDING] |= PEND_NMI
         return True
     params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
-    return set_ready(c, np.int64(value & 0xFF), params[T.POSTED_INTERRUPTS] != 0)
+    return set_ready(c, np.int64(value & 0xFF), params[T.POSTED_INTERRUPTS] != 0, False)
 
 
 
@@ -430,7 +466,7 @@ def send_ipi(c, icr_lo):
             if vector < 16:
                 regs[ESR >> 2] |= np.uint32(ESR_SEND_ILLEGAL)
             elif i == np.int64(c[C.VCPUID]):             # a self-IPI: the write's exit injects it
-                set_ready(c, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0)
+                set_ready(c, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0, False)
             else:
                 intr_edge(other, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0)
         elif mode == DM_INIT and icr_lo & ICR_LEVEL_ASSERT:

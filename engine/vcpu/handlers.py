@@ -62,6 +62,7 @@ def exit_inject(vcpu):
     """Deliver the interrupt the kernel found deliverable (vmx_inject_interrupts step 7) and accept it."""
     vector = int(vcpu.ctx[C.INJECT])
     if vector == vmx.intr.EXTINT:                        # the 8259's INTA cycle gives the vector
+        vcpu.lapic.block[L.IB_EXTINT_MSG] = 0            # (and answers an ExtINT message from the I/O APIC)
         vector = vcpu.vm.pic.acknowledge()
         if vector is not None and deliver(vcpu, inject.external_interrupt(vector)):
             vcpu.counters[S.VCPU_EXTINT_COUNT] += 1

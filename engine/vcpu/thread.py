@@ -22,7 +22,7 @@ from ..io import vlapic as L
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..native import address, load_real_mode_segment
-from ..vmx import vmx
+from ..vmx import mmio, vmx
 from . import build, halting, handlers
 from .guest import GuestState
 from .states import HALTED, IDLE, PAUSED, RUNNING
@@ -86,6 +86,7 @@ class Vcpu(GuestState):
         build.make_uc(self)
         self.hostcpu.assign(self)
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
+        self.mmio = mmio.Window(self, vm.mmio_gpa, address(vm.mmio_callback))    # the I/O APIC's page
 
     def prepare(self, image):
         """Set up the boot: the reset stub for real/protected32, registers directly for long64."""

@@ -217,6 +217,7 @@ class VM(VmMemory, Platform):
         self.hypervisor.l1d.release_vm(self)
         for vcpu in self.vcpus:
             vcpu.lapic.free()
+            vcpu.mmio.free()
 
     def _started(self):
         return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]

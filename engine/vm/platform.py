@@ -1,7 +1,7 @@
 """A VM's platform as bhyve wires it: the userspace devices on the port bus (the UARTs, port 0xE9, the VGA
 CRTC, the POST latch, the RTC/CMOS, the 8042, PCI configuration mechanism #1 with the host bridge), the BIOS of a
-boot sector, the 8259 pair, the 8254 and port 0x61, the interrupt paths from devices (ISA IRQs) and the vLAPIC
-kernels into the vCPUs, and the reset line devices pull.
+boot sector, the 8259 pair, the 8254 and port 0x61, the I/O APIC, the interrupt paths from devices (ISA IRQs) and
+the vLAPIC kernels into the vCPUs, and the reset line devices pull.
 
 The devices know only their registers; this is where they are placed (Firecracker's builder). The ACPI tables
 (acpi_tables.py) describe this platform: the ACPI fixed hardware and the reset register sit where they say.
@@ -24,9 +24,11 @@ from ..devices.uart_ns16550 import Uart16550
 from ..devices.vga_text import CRTC_INDEX, VgaText
 from ..errors import ConfigError, EngineError
 from ..io import vlapic
+from ..io.apicbus import ApicBus
 from ..io.hosttimer import HostTimer
 from ..io.nmisc import NmiStatusControl
 from ..io.portbus import OWNER_POST, PortBus
+from ..io.vioapic import Vioapic
 from ..io.vpic import Vpic
 from ..io.vpit import Vpit
 from ..loaders import acpi_tables as ACPI
@@ -40,14 +42,15 @@ RTC, KBC_DATA, PORT_B, KBC_COMMAND, PCI_ADDRESS, PCI_DATA = 0x70, 0x60, 0x61, 0x
 RTC_IRQ = 8                                            # the 8042 raises IRQ 1 and 12 itself
 FOUR_GIB = 1 << 32
 GUEST_POWER = {"poweroff": ("poweroff", "powered off"), "reset": ("reset", "reset by the guest")}
+IOAPIC = 0xFEC00000                                    # the I/O APIC's page (the MP spec's and ACPI's default)
 
 
 class Platform:
     """Legend: the devices and the port bus are made at creation; a reset makes the VGA, the BIOS, the 8259
-    pair, the 8254 (with port 0x61) and the host timer afresh, and puts the UARTs (the consoles' listeners), the
-    RTC (as its RESET pin does: the battery keeps its time and RAM), the 8042 and the PCI functions back to
-    their power-on state. `reboot_on_reset`: whether a reset the guest asks for boots it again (otherwise the VM
-    stops with reason "reset", as bhyve does)."""
+    pair, the 8254 (with port 0x61), the I/O APIC and the host timer afresh, and puts the UARTs (the consoles'
+    listeners), the RTC (as its RESET pin does: the battery keeps its time and RAM), the 8042 and the PCI functions
+    back to their power-on state. `reboot_on_reset`: whether a reset the guest asks for boots it again (otherwise
+    the VM stops with reason "reset", as bhyve does)."""
 
     # -- devices on the port bus --------------------------------------------------------------------
     def _attach_devices(self):
@@ -69,6 +72,8 @@ class Platform:
         self._attach_acpi()
         self.port_callback = HOST_CALLBACK(self._port_exit)
         self.intr_callback = HOST_CALLBACK(self._intr_request)
+        self.mmio_callback = HOST_CALLBACK(self._mmio_exit)
+        self.mmio_gpa = IOAPIC                             # the page each vCPU's MMIO window stands for (vmx/mmio.py)
 
     def _attach_chipset(self):
         """The RTC/CMOS (IRQ 8, the memory-size bytes as firmware fills them), the 8042 (IRQ 1 and 12, the reset
@@ -192,11 +197,24 @@ class Platform:
             self._device_failed(vcpu_id, port, problem)
             return (1 << 8 * size) - 1 if is_in else 0
 
-    def _device_failed(self, vcpu_id, port, problem):
+    def _device_failed(self, vcpu_id, port, problem, where=None):
         vcpu = self.vcpus[vcpu_id]
         vcpu.ctx[C.EXIT] = C.X_USER_STOP
         kick.kick(vcpu.ctx)                     # from inside the port hook: leave at the next block boundary
-        self._set_suspended("error", "device %s at port %#x failed: %r" % (self.io.device_at(port), port, problem))
+        where = where or "%s at port %#x" % (self.io.device_at(port), port)
+        self._set_suspended("error", "device %s failed: %r" % (where, problem))
+
+    def _mmio_exit(self, vcpu_id, gpa, how, value):
+        """An access to the I/O APIC's page (vmx/mmio.py): a load returns the bytes the device answers."""
+        size, write = how & 0xFF, bool(how >> 8 & 1)
+        try:
+            if write:
+                self.ioapic.mmio_write(gpa - IOAPIC, size, value)
+                return 0
+            return self.ioapic.mmio_read(gpa - IOAPIC, size) & (1 << 64) - 1
+        except Exception as problem:           # a device bug must not take the process down
+            self._device_failed(vcpu_id, None, problem, "I/O APIC at %#x" % gpa)
+            return 0
 
     # -- interrupts ---------------------------------------------------------------------------------
     def _wire_interrupts(self):
@@ -208,11 +226,13 @@ class Platform:
         self._attach_interrupt_controllers()
 
     def _attach_interrupt_controllers(self):
-        """The 8259 pair, the 8254 and its port 0x61 on the I/O bus; the UARTs on IRQ 4 (COM1) and IRQ 3 (COM2);
-        the 8254 and the RTC on the host timer."""
+        """The 8259 pair, the 8254 and its port 0x61 on the I/O bus, the I/O APIC at 0xFEC00000; ISA IRQs reach
+        both interrupt controllers (isa_irq): the 8254 on IRQ 0 (I/O APIC pin 2), the UARTs on IRQ 4 (COM1) and
+        IRQ 3 (COM2); the 8254 and the RTC on the host timer."""
+        self.apic_bus = ApicBus(self, self._intr_request)
+        self.ioapic = Vioapic(self.apic_bus.deliver)
         self.pic = Vpic(self._extint_changed)
-        self.isa_routes = []                               # where else ISA IRQs go (isa_irq)
-        self.pit = Vpit(lambda: self.pic.pulse(0))
+        self.pit = Vpit(lambda: self.isa_pulse(0))
         self.nmisc = NmiStatusControl(self.pit)
         self.host_timer.devices += [self.pit, self.rtc]
         for name, chip, base in (("8259 master", 0, 0x20), ("8259 slave", 1, 0xA0)):
@@ -220,21 +240,25 @@ class Platform:
                            lambda offset, value, c=chip: self.pic.port_write(c, offset, value))
         self.io.attach("8254", 0x40, 4, self.pit.read, self._pit_write)
         self.io.attach("port 0x61", PORT_B, 1, self.nmisc.read, self.nmisc.write)
-        self.com1.on_irq_change(lambda level: self.pic.set_irq(4, level))
-        self.com2.on_irq_change(lambda level: self.pic.set_irq(3, level))
+        self.com1.on_irq_change(lambda level: self.isa_irq(4, level))
+        self.com2.on_irq_change(lambda level: self.isa_irq(3, level))
 
     def _pit_write(self, offset, value):
         self.pit.write(offset, value)
         self.host_timer.rearm()
 
     def isa_irq(self, irq, level):
-        """ISA IRQ `irq` (0-15) driven to `level` by a device: the 8259 pair's input (bhyve's vm_isa_assert_irq
-        and vm_isa_deassert_irq, which drive the vatpic and the vioapic together). The I/O APIC's pins take the
-        same lines: it adds its `set_pin(irq, level)` (ISA IRQ n on pin n, IRQ 0 on pin 2 as the MADT's
-        interrupt source override says) to `isa_routes`, and every device that calls this reaches both."""
+        """ISA IRQ `irq` (0-15) driven to `level` by a device: the 8259 pair's input and the I/O APIC pin it is
+        wired to, IRQ 0 on pin 2 as the MADT's interrupt source override says, every other on the pin of its number
+        (bhyve's vm_isa_assert_irq and vm_isa_deassert_irq, which drive the vatpic and the vioapic together). The
+        RTC's IRQ 8, the 8042's 1 and 12 and the ACPI SCI's 9 come here."""
         self.pic.set_irq(irq, level)
-        for route in self.isa_routes:
-            route(irq, level)
+        self.ioapic.set_pin(2 if irq == 0 else irq, level)
+
+    def isa_pulse(self, irq):
+        """An edge-triggered ISA source's pulse (the 8254's output): both controllers see a rising edge."""
+        self.isa_irq(irq, True)
+        self.isa_irq(irq, False)
 
     def guest_reset(self, source):
         """The CPU's RESET line pulled by a device (the 8042's output port; port 0xCF9 likewise): the VM stops with
@@ -266,6 +290,7 @@ class Platform:
         bsp.lapic.block[vlapic.IB_EXTINT] = int(level)
         if not level:
             return
+        self.ioapic.pulse_pin(0)                   # and to I/O APIC pin 0 (virtual wire through the I/O APIC)
         full_fence()
         if threading.current_thread() is bsp.thread:
             bsp.ctx[C.NOTIFY] = self.hypervisor.tunables.get("hw.vmm.ipinum")
@@ -287,6 +312,8 @@ class Platform:
             target.mailbox.put(("wake",))
         elif kind == vlapic.CB_TIMER:
             self.host_timer.rearm()
+        elif kind == vlapic.CB_EOI:
+            self.ioapic.eoi(vector)                      # a level-triggered vector's EOI, broadcast
         else:
             message = {vlapic.CB_INIT: ("init",), vlapic.CB_SIPI: ("sipi", vector), vlapic.CB_NMI: ("nmi",)}[kind]
             if target.thread is None:

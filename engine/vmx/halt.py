@@ -37,7 +37,7 @@ def can_end_halt(c, now):
     regs = L.page_of(c)
     if L.pending(regs) >= 0 or c[C.PENDING] != 0:
         return True
-    if L.block(c)[L.IB_EXTINT] != 0 and L.extint_accepted(regs):
+    if L.extint_pending(c, regs):
         return True
     pir = carray(u64_ptr(U(c[C.MEM]) + U(c[C.PIR_DESC])), L.PIR_ON_WORD + 1)
     return (pir[L.PIR_ON_WORD] & U(1)) != 0

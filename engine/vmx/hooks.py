@@ -86,6 +86,18 @@ def ept_unhandled(c, status, gpa, qualification):
 
 
 @njit(**NUMBA)
+def device_page(c, gpa):
+    """The host page a guest-physical page without memory stands for: this vCPU's virtual-APIC page at
+    0xFEE00000, its MMIO window at the userspace device's page (vmx/mmio.py), else 0."""
+    page = np.uint64(gpa) & ~np.uint64(0xFFF)
+    if c[C.APIC_PAGE] != 0 and page == np.uint64(APIC_GPA):
+        return c[C.APIC_PAGE]
+    if c[C.MMIO_PAGE] != 0 and page == c[C.MMIO_GPA]:
+        return c[C.MMIO_PAGE]
+    return np.uint64(0)
+
+
+@njit(**NUMBA)
 def tlb_fill(c, vaddr, access):
     """Returns (ok, hpa, perms); on failure the exit record in the context says why."""
     mem8, mem64, mem32, segs = views(c)
@@ -126,11 +138,12 @@ def tlb_fill(c, vaddr, access):
                                                         EPT.WRITE if kind == W.ACCESS_WRITE else EPT.READ, 4)
         if faults:
             nested_fault(c, gpa, vaddr, ept_qualification(kind, q_rwx, True), faults)
-        if status == EPT.NOT_MEMORY and c[C.APIC_PAGE] != 0 and gpa & ~np.uint64(0xFFF) == np.uint64(APIC_GPA):
-            if kind == W.ACCESS_FETCH:          # the APIC page is never code (an APIC-access exit, SDM 29.4.1)
-                status, q_rwx = EPT.DENIED, np.uint64(3)
-            else:
-                status, hpa, rwx = EPT.HANDLED, c[C.APIC_PAGE] + (gpa & np.uint64(0xFFF)), np.uint64(3)
+        if status == EPT.NOT_MEMORY:
+            device = device_page(c, gpa)        # the APIC page, or the MMIO page a userspace device serves
+            if device != 0 and kind == W.ACCESS_FETCH:     # never code (an APIC-access exit, SDM 29.4.1; a fetch
+                status, q_rwx = EPT.DENIED, np.uint64(3)   # from the I/O APIC's page: bhyve cannot emulate it)
+            elif device != 0:
+                status, hpa, rwx = EPT.HANDLED, device + (gpa & np.uint64(0xFFF)), np.uint64(3)
         counters[S.EPT_FIRST_TOUCH] += st[EPT.S_FIRST_TOUCH] - touched
         counters[S.EPT_AD_EMUL] += st[EPT.S_AD_FAULTS] - emulated
         if status != EPT.HANDLED:

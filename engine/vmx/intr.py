@@ -69,7 +69,7 @@ def inject(c):
     regs = L.page_of(c)
     vector = L.pending(regs)
     if vector < 0:
-        if L.block(c)[L.IB_EXTINT] == 0 or not L.extint_accepted(regs):
+        if not L.extint_pending(c, regs):
             return 0
         vector = EXTINT                            # the vector comes from the 8259's INTA cycle
     if can_take_interrupt(c):

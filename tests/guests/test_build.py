@@ -11,7 +11,7 @@ from tests.guests.spin_reference import spin_checksum, spin_line
 GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
 BUILD_DIR = GUESTS_DIR / "build"
 MULTIBOOT_KERNELS = ["hello.elf", "shell.elf", "spin.elf", "longmode.elf", "memtouch.elf", "debugme.elf", "l1tf.elf",
-                     "timer.elf", "smp.elf", "ipi.elf", "kickstress.elf"]
+                     "timer.elf", "smp.elf", "ipi.elf", "kickstress.elf", "ioapic.elf"]
 ALL_OUTPUTS = MULTIBOOT_KERNELS + ["flat64.bin", "readers.bin", "bootsec.img", "firsttouch.bin"]
 
 MULTIBOOT_MAGIC = 0x1BADB002

@@ -134,3 +134,83 @@ def test_ipi_destinations(seed):
         me = rng.randrange(n)
         assert kernel_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs) == twin_targets(icr_lo, icr_hi, me, ids.tolist(),
                                                                                   ldrs.tolist(), dfrs.tolist())
+
+
+# -- trigger mode, the EOI broadcast and ExtINT (the I/O APIC's side of the local APIC) --------------------------
+def parked_vcpu(hv, tmp_path):
+    from tests.engine.conftest import assemble
+    vm = hv.create_vm("kern%d" % len(hv.vms), mem_mb=8)
+    vm.load(assemble("cli\nhlt", tmp_path), "g.bin", kind="flat64")
+    return vm, vm.vcpus[0]
+
+
+class EoiRecorder:
+    """Stands in for the VM's I/O APIC: the vectors whose EOI the local APIC broadcast."""
+
+    def __init__(self):
+        self.vectors = []
+
+    def eoi(self, vector):
+        self.vectors.append(vector)
+
+
+def test_set_ready_accept_and_eoi_against_a_twin(hv, tmp_path):
+    """Random requests (any vector, posted or not, edge or level), acceptances and EOIs on one local APIC, enabled
+    or software-disabled: IRR, ISR and TMR as SDM 10.8.4 says (TMR set for a level-triggered vector when it is
+    accepted into the IRR, cleared for an edge-triggered one), ESR's receive-illegal bit for vectors below 16,
+    and the EOI reaching the I/O APIC exactly when the vector it ends has its TMR bit set (SDM 10.8.5)."""
+    vm, v = parked_vcpu(hv, tmp_path)
+    vm.ioapic = recorder = EoiRecorder()
+    rng = random.Random(11)
+    irr, isr, tmr, eois, illegal, gratuitous = set(), set(), set(), [], False, 0
+    for _ in range(4000):
+        what = rng.randrange(5)
+        enabled = bool(v.lapic.regs[L.SVR >> 2] & L.SVR_ENABLE)
+        if what == 0:
+            v.lapic.regs[L.SVR >> 2] = 0x1FF if rng.random() < 0.9 else 0xFF
+        elif what in (1, 2):
+            vector, posted, level = rng.randrange(256), rng.random() < 0.5, rng.random() < 0.5
+            L.set_ready(v.ctx, vector, posted, level)
+            if vector < 16:
+                illegal = True
+            elif enabled:
+                irr.add(vector)
+                tmr.discard(vector)
+                if level:
+                    tmr.add(vector)
+        elif what == 3:
+            L.pir_to_irr(v.ctx)
+            if irr:
+                vector = rng.choice(sorted(irr))
+                L.accept(v.ctx, vector)
+                irr.discard(vector)
+                isr.add(vector)
+        else:
+            L.eoi(v.ctx)
+            if isr:
+                vector = max(isr)
+                isr.discard(vector)
+                if vector in tmr:
+                    eois.append(vector)
+            else:
+                gratuitous += 1
+        L.pir_to_irr(v.ctx)
+        assert (set(v.lapic.vector_set(L.IRR)), set(v.lapic.vector_set(L.ISR))) == (irr, isr)
+        assert set(v.lapic.vector_set(L.TMR)) == tmr and recorder.vectors == eois
+        assert bool(v.lapic.regs[L.ESR >> 2] & L.ESR_RECV_ILLEGAL) == illegal
+    import engine.stats as S
+    assert int(v.counters[S.VLAPIC_GRATUITOUS_EOI]) == gratuitous and eois
+
+
+def test_extint_pending_against_a_twin(hv, tmp_path):
+    """An ExtINT waits when the 8259's INT is up and LINT0 lets it through (APIC software-disabled, or LINT0 unmasked
+    in ExtINT mode), or when the I/O APIC sent an ExtINT message, whatever LINT0 says."""
+    vm, v = parked_vcpu(hv, tmp_path)
+    rng = random.Random(12)
+    for _ in range(2000):
+        line, message = rng.randrange(2), rng.randrange(2)
+        svr, lint0 = rng.choice((0xFF, 0x1FF)), rng.choice((0x700, 0x10700, 0, 0x400, rng.getrandbits(32)))
+        v.lapic.block[L.IB_EXTINT], v.lapic.block[L.IB_EXTINT_MSG] = line, message
+        v.lapic.regs[L.SVR >> 2], v.lapic.regs[L.LVT_LINT0 >> 2] = svr, lint0
+        through = not svr & 0x100 or lint0 & 0x10700 == 0x700
+        assert L.extint_pending(v.ctx, v.lapic.regs) == (bool(line) and through or bool(message))

@@ -1,0 +1,54 @@
+"""Interrupt messages to the local APICs: what the I/O APIC sends (bhyve's vlapic_deliver_intr, lapic_set_intr).
+
+A message names a destination (an APIC ID in physical mode, a set of logical IDs in logical mode, 0xFF for all),
+a delivery mode and a vector. The local APICs it reaches are found as an IPI's are (vlapic.ipi_targets: physical,
+logical flat or cluster, lowest priority to the first that matches, as bhyve's vlapic_calcdest does); then
+fixed and lowest-priority messages set the vector in the IRR (or PIR) with its trigger mode in the TMR, NMI and
+INIT reach the vCPU as its own ICR's would, ExtINT asks the vCPU for an INTA cycle on the 8259 (the vector comes
+from there), and SMI is dropped: no SMM is modeled.
+"""
+import numpy as np
+
+from ..core.sync import full_fence
+from . import vlapic as L
+from .vioapic import EXTINT, FIXED, INIT, LOWEST_PRIORITY, NMI
+
+
+class ApicBus:
+    """The VM's APIC bus. `request(vcpu_index, kind, vector, _)` is the platform's way to hand a vCPU an NMI or
+    INIT (vlapic.CB_*), the same one the local APICs' ICR uses."""
+
+    def __init__(self, vm, request):
+        self.vm, self.request = vm, request
+
+    def targets(self, dest, physical, mode):
+        """The vCPU indexes a message reaches, from the local APICs' ID, LDR and DFR as they are now."""
+        vcpus = self.vm.vcpus
+        n = len(vcpus)
+        ids, ldrs, dfrs = (np.array([int(v.lapic.regs[reg >> 2]) for v in vcpus], np.int64)
+                           for reg in (L.ID, L.LDR, L.DFR))
+        hits = np.zeros(n, np.uint8)
+        icr_lo = (mode & 7) << 8 | (0 if physical else L.DEST_LOGICAL)
+        L.ipi_targets(np.int64(icr_lo), np.int64((dest & 0xFF) << 24), np.int64(-1), ids, ldrs, dfrs, n, hits)
+        return np.flatnonzero(hits).tolist()
+
+    def deliver(self, dest, physical, mode, vector, level):
+        """Send the message; returns how many local APICs accepted it."""
+        posted = bool(self.vm.hypervisor.tunables.get("hw.vmm.vmx.cap.posted_interrupts"))
+        accepted = 0
+        for i in self.targets(dest, physical, mode):
+            vcpu = self.vm.vcpus[i]
+            if mode in (FIXED, LOWEST_PRIORITY):
+                accepted += bool(L.set_intr(vcpu.ctx, np.int64(vector), posted, level))
+            elif mode == NMI:
+                self.request(i, L.CB_NMI, 0, 0)
+                accepted += 1
+            elif mode == INIT:
+                self.request(i, L.CB_INIT, 0, 0)
+                accepted += 1
+            elif mode == EXTINT:
+                vcpu.lapic.block[L.IB_EXTINT_MSG] = 1
+                full_fence()
+                L.notify(vcpu.ctx, False)
+                accepted += 1
+        return accepted

@@ -1,0 +1,106 @@
+"""The MMIO page served by a userspace device (the I/O APIC's at 0xFEC00000): each vCPU's window page, and the
+exit every load or store in it is.
+
+On VT-x a guest-physical page with no memory behind it is an EPT violation (exit 48) on every access; bhyve
+decodes the instruction (vm_handle_inst_emul, VM_EXITCODE_INST_EMUL) and calls the device's read or write
+handler with the address, the width and the value. Here Unicorn does the decoding: the TLB fill maps the page
+(never executable) to a host page of the vCPU's own, its window, and memory hooks on the window's host range
+run for every access in it, whatever the instruction. The read hook runs before the load: it asks the device
+for the value and puts those bytes in the window, where the load then finds them. The write hook runs before
+the store: it hands the device the value, and the store lands in the window, where nothing reads it (every
+read is answered afresh). Each access is recorded as the EPT violation it is and counted as bhyve counts an
+instruction-emulation exit handled in userspace. A window per vCPU: two vCPUs reading at once never see each
+other's answer.
+
+Memory hooks report host-physical addresses only, so the exit's guest-linear address is not known: the
+qualification leaves bit 7 (linear address valid) clear.
+"""
+import numpy as np
+from numba import carray, cfunc, njit
+from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn import x86_const as X
+
+from .. import stats as S
+from ..core import ctx as C
+from ..core import vmcs as V
+from ..core.regs import rd
+from ..io.vlapic import MEM_HOOK
+from ..native import NUMBA, call_host, hook_add, u64_ptr, u8_ptr
+from . import exits as E
+from .hooks import record_exit
+
+PAGE = 4096
+WRITE = 1 << 8              # the callback's `how`: size in bits 7:0, a store when bit 8 is set
+U = np.uint64
+
+
+@njit(**NUMBA)
+def qualification(write):
+    """Exit 48's qualification for an access to a page the EPT does not map (SDM Table 28-7): a read or a write,
+    the entry's permissions (bits 3-5) all clear; no guest-linear address (bits 7-8 clear)."""
+    return U(E.EPT_WRITE) if write else U(E.EPT_READ)
+
+
+@njit(**NUMBA)
+def fill(window, offset, size, value):
+    """Put the `size` bytes of `value` (little-endian; bytes past its 8 are 0) at `offset` of the window, the part
+    inside the page only."""
+    end = min(np.int64(offset) + np.int64(size), np.int64(PAGE))
+    for at in range(max(np.int64(offset), np.int64(0)), end):
+        shift = 8 * (at - np.int64(offset))
+        window[at] = np.uint8((U(value) >> U(shift)) & U(0xFF)) if shift < 64 else np.uint8(0)
+
+
+@njit(**NUMBA)
+def exit_for(c, gpa, write):
+    """The access as VT-x reports it and bhyve counts it: exit 48 at the device's guest-physical address,
+    instruction emulation, handled in userspace."""
+    record_exit(c, E.EPT_VIOLATION, qualification(write), 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_INST_EMUL)
+    carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VMEXIT_USERSPACE] += 1
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    vmcs[V.GUEST_PHYSICAL_ADDRESS] = gpa
+    vmcs[V.GUEST_LINEAR_ADDRESS] = 0
+
+
+@njit(**NUMBA)
+def window_of(c):
+    return carray(u8_ptr(U(c[C.MEM]) + U(c[C.MMIO_PAGE])), PAGE)
+
+
+@cfunc(MEM_HOOK, **NUMBA)
+def read_hook(uc, access, address, size, value, ud):
+    c = carray(ud, C.SIZE)
+    offset = np.int64(address - c[C.MMIO_PAGE]) & (PAGE - 1)
+    gpa = c[C.MMIO_GPA] + U(offset)
+    exit_for(c, gpa, False)
+    got = call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size), U(0))
+    fill(window_of(c), offset, np.int64(size), got)
+
+
+@cfunc(MEM_HOOK, **NUMBA)
+def write_hook(uc, access, address, size, value, ud):
+    c = carray(ud, C.SIZE)
+    offset = np.int64(address - c[C.MMIO_PAGE]) & (PAGE - 1)
+    gpa = c[C.MMIO_GPA] + U(offset)
+    exit_for(c, gpa, True)
+    call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size) | U(WRITE), U(value))
+
+
+class Window:
+    """One vCPU's window on the MMIO page at guest-physical `gpa`: a host page, its two hooks, the context slots.
+
+    Legend: made by the vCPU's constructor, freed with the VM; only the vCPU's own hooks touch the page."""
+
+    def __init__(self, vcpu, gpa, callback_address):
+        hv = vcpu.vm.hypervisor
+        self.vcpu = vcpu
+        self.hpa = hv.allocator.allocate(PAGE, "vcpu%d MMIO window" % vcpu.index)
+        hv.memory[self.hpa:self.hpa + PAGE] = 0
+        c = vcpu.ctx
+        c[C.MMIO_PAGE], c[C.MMIO_GPA], c[C.MMIO_CALLBACK] = self.hpa, gpa, callback_address
+        for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):
+            hook_add(vcpu.uc, kind, hook.address, c.ctypes.data, self.hpa, self.hpa + PAGE - 1)
+
+    def free(self):
+        self.vcpu.ctx[C.MMIO_PAGE] = 0
+        self.vcpu.vm.hypervisor.allocator.free(self.hpa)

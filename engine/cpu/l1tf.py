@@ -57,7 +57,7 @@ def shadow_fill(c, vaddr, access):
     hpa = gpa_to_hpa(c, gpa)                         # through the EPT, backing nothing
     if hpa < 0:
         return False, np.uint64(0), np.uint64(0)
-    return True, np.uint64(hpa) & ~np.uint64(0xFFF), np.uint64(perms) & ~np.uint64(W.PROT_W)
+    return True, np.uint64(hpa) & ~np.uint64(0xFFF), np.uint64(perms) & np.uint64(W.PROT_R | W.PROT_X)
 
 
 @cfunc(types.boolean(types.voidptr, types.uint64, types.int32, U64P, U64P), **NUMBA)

@@ -95,7 +95,8 @@ def tlb_fill(c, vaddr, access):
         c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
         return False, 0, 0
     i = TLB.lookup(tlb, c[C.VPID], c[C.EPTP], vaddr)
-    if i >= 0 and tlb[i + 5] & np.uint64(need):
+    if i >= 0 and tlb[i + 5] & np.uint64(need) and \
+            (tlb[i + 5] & np.uint64(W.PROT_USER) != 0 or rd(c, X.UC_X86_REG_CS) & np.uint64(3) != 3):   # CPL 3: U/S
         counters[S.TLB_HITS] += 1
         gpa = tlb[i + 3] | (np.uint64(vaddr) & np.uint64(0xFFF))
         hpa = tlb[i + 4]
@@ -134,7 +135,8 @@ def tlb_fill(c, vaddr, access):
             return False, 0, 0
         hpa &= ~np.uint64(0xFFF)
         perms = np.int64(gperms) & np.int64(rwx) & 7
-        TLB.insert(tlb, c[C.VPID], c[C.EPTP], vaddr, gpa, hpa, perms, (gperms & W.PROT_GLOBAL) != 0)
+        TLB.insert(tlb, c[C.VPID], c[C.EPTP], vaddr, gpa, hpa, perms | (np.int64(gperms) & W.PROT_USER),
+                   (gperms & W.PROT_GLOBAL) != 0)
     page = gpa >> 12
     code_state = carray(u64_ptr(c[C.CODE]), c[C.NPAGES])
     if page < c[C.NPAGES]:

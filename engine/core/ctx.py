@@ -97,7 +97,8 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
                     #     the next block boundary
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
-# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/)
+# 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-127 exceptions and system
+# calls (vmx/faults.py, vmx/deliver.py, vmx/syscall.py)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -120,6 +121,19 @@ SPEC_HPA = 91       # [py] transient window only: host page with what the L1D ga
 DEVICE_TOUCH = 92   # [py] lines an I/O or MMIO exit touches as well: the VM's device state, same layout
 L1D_SEEN = 93       # [k] that L1D's clock + 1 right after this vCPU's exit path last touched it (0: never)
 L1D_SEEN_KIND = 94  # [k] what that touch covered: 1 the exit path, 2 with the device state
+# -- exceptions and system calls (vmx/faults.py, vmx/deliver.py, vmx/syscall.py) -------------------------
+EV_FROM_CPU = 112   # [k] the interrupt hook's vector is Unicorn's own exception: its error code and whether it is INT n
+                    #     are in the CPU context (vmx/cpuctx.py); faults.exception_exit clears it
+EV_VECTOR = 113     # [k] the exception exit's event as faults.exception_exit classified it, for userspace when the
+EV_KIND = 114       #     kernel leaves its delivery there (vmx/inject.py): vector, interruption type (exits.TYPE_*),
+EV_FLAGS = 115      #     EV_HAS_* flags, error code, CR2 for #PF, and the length of the INT n/INT3/INTO that raised it
+EV_ERROR = 116
+EV_CR2 = 117
+EV_LENGTH = 118
+DELIVERED_KERNEL = 119  # [k] events the kernel delivered through the guest's IDT (vmx/deliver.py)
+DELIVERED_USER = 120    # [py] events userspace delivered (vmx/inject.py): real mode, NMIs, triple faults, L1TF windows
+SYSCALLS = 121      # [k] SYSCALL and SYSENTER executed (vmx/syscall.py)
+SYSRETS = 122       # [k] SYSRET and SYSEXIT executed by the exec scan's code hook (vmx/syscall.py)
 SIZE = 128
 RING_ROWS = 256
 
@@ -129,6 +143,8 @@ X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL, X_BUS
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
 REQ_PEEK = 2        # a visit (vcpu.visit): leave the loop for the vCPU's thread to run a read or a change for another
                     # thread, then go back in; an observation, not an event: no VM exit is recorded or counted
+# EV_FLAGS bits
+EV_HAS_ERROR, EV_HAS_CR2 = 1, 2
 # RUNSTATE values: in the host (the vCPU checks its IRR before it enters), in the guest or about to enter
 # (kick it), halted (wake it)
 RUN_HOST, RUN_GUEST, RUN_HALTED = 0, 1, 2

@@ -18,7 +18,7 @@ from ..core import kick
 from ..cpu import cachesim
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
-from ..vmx import hooks, segcache
+from ..vmx import cpuctx, hooks, segcache
 
 XTAB_PAIRS = 4096                                # the exec-scan table's slots (core/ctx.py XTAB)
 
@@ -37,6 +37,7 @@ def make_uc(vcpu):
     uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
     uc.mem_map_ptr(0, hv.memory.size, UC_PROT_ALL, hv.memory.ctypes.data)
     segcache.check(uc)                           # the context layout the delivery kernel reads (vmx/deliver.py)
+    cpuctx.check()
     vcpu.xtab = np.zeros(2 * XTAB_PAIRS, np.uint64)
     c = vcpu.ctx = C.new()
     vcpu.fns = function_table()

@@ -497,4 +497,5 @@ def code_hook(uc, address, size, ud):
 def intr_hook(uc, intno, ud):
     c = carray(ud, C.SIZE)
     c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, intno
+    c[C.EV_FROM_CPU] = 1                    # its error code and INT-n-ness are in the CPU context (vmx/faults.py)
     stop(c)

@@ -18,7 +18,7 @@ from ..core import kick
 from ..cpu import cachesim
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
-from ..vmx import cpuctx, hooks, segcache
+from ..vmx import cpuctx, hooks, segcache, syscall
 
 XTAB_PAIRS = 4096                                # the exec-scan table's slots (core/ctx.py XTAB)
 
@@ -62,11 +62,14 @@ def make_uc(vcpu):
 
 
 def add_exit_hooks(uc, ud):
-    """The in-kernel exits as numba cfuncs (vmx/hooks.py), and the block hook that turns kicks into stops."""
+    """The in-kernel exits as numba cfuncs (vmx/hooks.py), SYSCALL and SYSENTER (vmx/syscall.py), and the block
+    hook that turns kicks into stops."""
     hook_add(uc, UC_HOOK_TLB_FILL, hooks.tlb_fill_hook.address, ud)
     hook_add(uc, UC_HOOK_INSN, hooks.in_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_IN))
     hook_add(uc, UC_HOOK_INSN, hooks.out_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))
     hook_add(uc, UC_HOOK_INSN, hooks.cpuid_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_CPUID))
+    hook_add(uc, UC_HOOK_INSN, syscall.syscall_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_SYSCALL))
+    hook_add(uc, UC_HOOK_INSN, syscall.sysenter_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_SYSENTER))
     hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
     hook_add(uc, UC_HOOK_BLOCK, kick.block_hook.address, ud)           # kicks leave at block boundaries
 

@@ -82,12 +82,13 @@ def scan_page(vcpu, linear_page, gpa_page):
 
 def candidates(code):
     """Offsets in a code page where an instruction the code hook handles may start: HLT (F4), RDMSR/WRMSR
-    (0F 32/30), INVLPG and the like (0F 01), MOV to CR (0F 22), PAUSE (F3 90), and every prefix byte
+    (0F 32/30), INVLPG and the like (0F 01), MOV to CR (0F 22), SYSRET and SYSEXIT (0F 07/35, vmx/syscall.py),
+    PAUSE (F3 90), and every prefix byte
     before one of them. The next page's bytes are not known here (it may map anywhere): an opcode's first
     byte, or prefixes, at the end of the page are candidates whatever follows; the hook reads the real bytes."""
     nxt = np.append(code[1:], 0)
     last = np.arange(code.size) == code.size - 1
-    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x01) | (nxt == 0x22)
+    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x01) | (nxt == 0x22) | (nxt == 0x07) | (nxt == 0x35)
     starts = (code == 0xF4) | ((code == 0x0F) & second) | ((code == 0xF3) & (last | (nxt == 0x90)))
     starts[-1] |= PREFIXES[code[-1]]
     found = set(np.flatnonzero(starts).tolist())

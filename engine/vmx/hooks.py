@@ -25,6 +25,7 @@ from ..mmu import walk as W
 from ..mmu.access import APIC_GPA, canonical, code_to_hpa, ept_views, fetch_code, pc_linear, views, xtab_find
 from ..native import INLINE, NUMBA, u64_ptr, u8_ptr
 from . import exits as E
+from . import syscall
 
 U64P = types.CPointer(types.uint64)
 
@@ -463,7 +464,8 @@ def hooked_insn(c, address, code):
         return
     op0 = code[i]
     op1 = code[i + 1] if i + 1 < code.size else np.uint8(0)
-    known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22))
+    known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22 or
+                                             op1 == 0x07 or op1 == 0x35))
     if lock and known:
         raise_fault(c, 6)
     elif op0 == 0xF4:
@@ -477,6 +479,11 @@ def hooked_insn(c, address, code):
         tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
     elif op0 == 0x90 and rep and not rex & np.uint64(1):
         pause_exit(c, address)
+    elif op0 == 0x0F and (op1 == 0x07 or op1 == 0x35) and i + 1 < code.size:     # Intel's SYSRET and SYSEXIT
+        if op1 == 0x07:
+            syscall.sysret(c, (rex & np.uint64(8)) != 0)
+        else:
+            syscall.sysexit(c, (rex & np.uint64(8)) != 0)
 
 
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)

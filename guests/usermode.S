@@ -447,10 +447,10 @@ user_main:
 1:	int $0x81				/* a DPL-0 gate: #GP(0x81 * 8 + 2) */
 2:	leaq 1f(%rip), %rbp
 	leaq 2f(%rip), %rbx
-1:	movq 0x100000, %rax			/* the kernel's page: #PF(P|U) */
+1:	movq 0x100010, %rax			/* the kernel's page: #PF(P|U), CR2 to the byte */
 2:	leaq 1f(%rip), %rbp
 	leaq 2f(%rip), %rbx
-1:	movb $0, USER_BASE			/* its own code, read-only: #PF(P|W|U) */
+1:	movb $0, USER_BASE + 0x11		/* its own code, read-only: #PF(P|W|U) */
 2:	leaq 1f(%rip), %rbp
 	leaq 2f(%rip), %rbx
 	movabsq $0x0000800000000000, %rax

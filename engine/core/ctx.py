@@ -134,6 +134,7 @@ DELIVERED_KERNEL = 119  # [k] events the kernel delivered through the guest's ID
 DELIVERED_USER = 120    # [py] events userspace delivered (vmx/inject.py): real mode, NMIs, triple faults, L1TF windows
 SYSCALLS = 121      # [k] SYSCALL and SYSENTER executed (vmx/syscall.py)
 SYSRETS = 122       # [k] SYSRET and SYSEXIT executed by the exec scan's code hook (vmx/syscall.py)
+CPU_ENV = 123       # [py] address of the vCPU's live CPUX86State in Unicorn (vmx/cpuctx.py), 0: use saved copies
 SIZE = 128
 RING_ROWS = 256
 

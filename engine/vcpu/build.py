@@ -54,6 +54,7 @@ def make_uc(vcpu):
                         (C.POOL_SIZE, len(vcpu.pool)), (C.VPID, vcpu.index + 1), (C.EPTP, vm.pmap.eptp),
                         (C.EPTGEN, vm.eptgen.ctypes.data)):
         c[slot] = value
+    c[C.CPU_ENV] = cpuctx.env_address(uc)        # the kernels' way to segment caches and hidden flags
     attach_hostcpu(vcpu, vcpu.hostcpu)
     add_exit_hooks(uc, c.ctypes.data)
     init_vmcs(vcpu)

@@ -49,19 +49,25 @@ def software_event(c, vector):
 
 
 @njit(**NUMBA)
-def classify(c, raw):
-    """Fill EV_* with the event behind an exception exit; returns (vector, kind, flags, error code, CR2, length)."""
+def classify(c):
+    """Fill EV_* with the event behind an exception exit; returns (vector, kind, flags, error code, CR2, length).
+    Only Unicorn's own exceptions need the saved CPU context."""
     why, vector = c[C.EXIT], np.int64(c[C.VECTOR])
     kind, flags, err, cr2, length = E.TYPE_HWEXC, U(0), U(0), U(0), 0
     if why == C.X_GUEST_PF:
-        vector, flags, err, cr2 = D.PF, U(C.EV_HAS_ERROR | C.EV_HAS_CR2), c[C.ERRCODE], c[C.FAULT_GLA]
+        vector, flags, err, cr2 = D.PF, U(C.EV_HAS_ERROR | C.EV_HAS_CR2), c[C.ERRCODE], K.fill_failed_at(c)
+        if cr2 & ~U(0xFFF) != c[C.FAULT_GLA] & ~U(0xFFF):
+            cr2 = c[C.FAULT_GLA]                                # (not this fill's: the page, at least)
     elif why == C.X_GP:
         vector, flags, err = D.GP, U(C.EV_HAS_ERROR), c[C.ERRCODE]
-    elif c[C.EV_FROM_CPU] and K.lo32(raw, K.EXCEPTION_IS_INT):
-        kind, length = software_event(c, vector)
+    elif c[C.EV_FROM_CPU]:
+        raw = K.save(c)
+        if K.lo32(raw, K.EXCEPTION_IS_INT):
+            kind, length = software_event(c, vector)
+        elif D.has_error_code(vector):
+            flags, err = U(C.EV_HAS_ERROR), K.lo32(raw, K.ERROR_CODE)
     elif D.has_error_code(vector):
         flags = U(C.EV_HAS_ERROR)
-        err = K.lo32(raw, K.ERROR_CODE) if c[C.EV_FROM_CPU] else U(0)
     c[C.EV_FROM_CPU] = 0
     c[C.EV_VECTOR], c[C.EV_KIND], c[C.EV_FLAGS], c[C.EV_ERROR], c[C.EV_CR2], c[C.EV_LENGTH] = \
         vector, kind, flags, err, cr2, length
@@ -98,7 +104,7 @@ def l1tf_window(c, err):
 def exception_exit(c):
     """EXITCODE_EXCEPTION from exit processing: True when the event went through the guest's IDT here, False
     when userspace must deliver it (EV_* say what it is)."""
-    vector, kind, flags, err, cr2, length = classify(c, K.save(c))
+    vector, kind, flags, err, cr2, length = classify(c)
     if kind == E.TYPE_HWEXC:
         bitmap_exit(c, vector, flags, err, cr2)
     if c[C.EXIT] == C.X_GUEST_PF and l1tf_window(c, err):

@@ -7,7 +7,10 @@ SDM lists, CPL 0, RIP from IA32_LSTAR or IA32_SYSENTER_EIP — and they write RI
 length, which Unicorn adds back. SYSRET and SYSEXIT Unicorn does execute, but as QEMU models them (an AMD
 SYSRET that loads RF and VM from R11 and returns to a non-canonical RCX in ring 3; a SYSEXIT to a code
 segment with both L and D set, and no canonical checks): the exec scan hooks them like RDMSR (vcpu/paging.py)
-and the code hook performs Intel's instead and skips the native one. SWAPGS Unicorn executes natively
+and the code hook performs Intel's instead and skips the native one — except for the common SYSRETQ, whose
+checks pass, whose R11 has RF and VM clear and VIF/VIP as they are (and RFLAGS no reserved bit, STAR no
+selector that wraps): there QEMU's result is Intel's to the bit (the same caches, RFLAGS from R11 under the
+same mask) and the native instruction runs, which spares leaving the translated block. SWAPGS Unicorn executes natively
 (QEMU's translation swaps GS.base with its KERNEL_GS_BASE, #GP at CPL > 0 and #UD outside 64-bit mode),
 which is the register the guest's WRMSR/RDMSR of 0xC0000102 reach: nothing to do here.
 
@@ -29,8 +32,9 @@ from . import cpuctx as K
 U = np.uint64
 U64P = types.CPointer(types.uint64)
 EFER_SCE, EFER_LMA = 1, 1 << 10
-RFLAGS_IF, RFLAGS_RF, RFLAGS_VM = 1 << 9, 1 << 16, 1 << 17
+RFLAGS_IF, RFLAGS_RF, RFLAGS_VM, RFLAGS_VIF, RFLAGS_VIP = 1 << 9, 1 << 16, 1 << 17, 1 << 19, 1 << 20
 SYSRET_RFLAGS = 0x3C7FD7           # the RFLAGS bits SYSRET takes from R11; RF and VM come back clear
+RESERVED_FLAGS = (1 << 3) | (1 << 5) | (1 << 15)   # SYSRET clears them; QEMU's keeps what RFLAGS had
 RCX, RDX, R11 = (K.REGS + 8 * 1) // 8, (K.REGS + 8 * 2) // 8, (K.REGS + 8 * 11) // 8
 # The descriptor caches the SDM gives these instructions: base 0, limit FFFFFH with G (4 GiB), present, S,
 # code type 11 (execute/read, accessed) with L (64-bit) or D (32-bit), data type 3 (read/write, accessed), B
@@ -65,20 +69,21 @@ def fault(c, vector, rip_after):
 
 @njit(**NUMBA)
 def enter_kernel(c, raw, selector, long_mode, rsp, rflags, target):
-    """CS and SS for CPL 0 (SYSCALL, SYSENTER), then RFLAGS and RIP."""
+    """CS and SS for CPL 0 (SYSCALL, SYSENTER), then RFLAGS and RIP. RIP goes in with the context, not through
+    uc_reg_write (which would also leave the translation loop): the instruction ends its block anyway."""
     K.load_segment(raw, K.CS, selector & U(0xFFFC), 0, LIMIT, CODE64 if long_mode else CODE32)
     K.load_segment(raw, K.SS, (selector + U(8)) & U(0xFFFF), 0, LIMIT, DATA)
     raw[K.RSP // 8] = rsp
     raw[K.EIP // 8] = target
     K.restore(c)
     wr(c, X.UC_X86_REG_EFLAGS, rflags)
-    wr(c, X.UC_X86_REG_RIP, target)
     c[C.SYSCALLS] += 1
 
 
 @njit(**NUMBA)
 def leave_kernel(c, raw, cs, ss, long_mode, rsp, rflags, target):
-    """CS and SS for CPL 3 (SYSRET, SYSEXIT), then RFLAGS and RIP; the native instruction is skipped."""
+    """CS and SS for CPL 3 (SYSRET, SYSEXIT), then RFLAGS and RIP; writing RIP through uc_reg_write from the code
+    hook ends the block before the native instruction runs."""
     K.load_segment(raw, K.CS, cs | U(3), 0, LIMIT, (CODE64 if long_mode else CODE32) | DPL3)
     K.load_segment(raw, K.SS, ss | U(3), 0, LIMIT, DATA | DPL3)
     raw[K.RSP // 8] = rsp
@@ -141,10 +146,14 @@ def sysret(c, rex_w):
     if hf & U(K.HF_CPL_MASK) or (rex_w and not canonical(rcx)):
         fault(c, 13, rip)
         return
-    selector = raw[K.STAR // 8] >> U(48)
+    r11, selector, flags = raw[R11], raw[K.STAR // 8] >> U(48), raw[K.EFLAGS // 8]
+    if rex_w and not r11 & U(RFLAGS_RF | RFLAGS_VM) and selector < U(0xFFF0) and not flags & U(RESERVED_FLAGS) and \
+            r11 & U(RFLAGS_VIF | RFLAGS_VIP) == flags & U(RFLAGS_VIF | RFLAGS_VIP):
+        c[C.SYSRETS] += 1                       # QEMU's SYSRETQ gives Intel's result here: let it run
+        return
     cs = (selector + U(16 if rex_w else 0)) & U(0xFFFF)
     leave_kernel(c, raw, cs, (selector + U(8)) & U(0xFFFF), rex_w, raw[K.RSP // 8],
-                 (raw[R11] & U(SYSRET_RFLAGS)) | U(2), rcx if rex_w else rcx & U(0xFFFFFFFF))
+                 (r11 & U(SYSRET_RFLAGS)) | U(2), rcx if rex_w else rcx & U(0xFFFFFFFF))
 
 
 @njit(**NUMBA)

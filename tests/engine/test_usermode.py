@@ -17,8 +17,8 @@ PROBES = [(6, 0, 0, 1),                     # ud2
           (0, 0, 0, 1),                     # div by zero
           (3, 0, 0, 2),                     # int3: a trap
           (13, 0x81 * 8 + 2, 0, 1),         # int 0x81 through a DPL-0 gate: the gate's index, IDT bit (SDM 6.13)
-          (14, 5, 0x100000, 1),             # a read of the kernel's page: P|U
-          (14, 7, 0x40000000, 1),           # a write to its own read-only code: P|W|U
+          (14, 5, 0x100010, 1),             # a read of the kernel's page: P|U, CR2 the byte's address
+          (14, 7, 0x40000011, 1),           # a write to its own read-only code: P|W|U
           (13, 0, 0, 1),                    # a non-canonical address
           (13, 0, 0, 1)]                    # swapgs at CPL 3
 HARDWARE_PROBES = 7                         # all but int3 and int 0x81 (a software interrupt whose delivery faults)

@@ -379,7 +379,7 @@ def _check_tlb(cpus, rows):
     """TLB model rows [hostcpu, vpid, linear, gpa, perms, global] for this VM's VPIDs. A gpa need not be guest
     memory (the APIC page is not): the restore keeps only the rows whose gpa its EPT maps."""
     limits = {"hostcpu": 64, "vpid": cpus + 1, "gpa": 1 << 52, "perms": W.PROT_R | W.PROT_W | W.PROT_X |
-              W.PROT_GLOBAL, "global": 1}
+              W.PROT_GLOBAL | W.PROT_USER, "global": 1}
     for column, name in enumerate(TLB_COLUMNS):
         if name not in limits:
             continue

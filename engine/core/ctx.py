@@ -100,7 +100,8 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),
-# 120-127 the MMIO page served in userspace (vmx/mmio.py)
+# 120-127 the MMIO page served in userspace (vmx/mmio.py), 128-143 exceptions and system calls (vmx/faults.py,
+# vmx/deliver.py, vmx/syscall.py)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -133,7 +134,21 @@ MMIO_PAGE = 120     # [py] host-physical address of this vCPU's window page (0 =
                     #      page there, never executable, and every load or store in it is an exit to the device
 MMIO_GPA = 121      # [py] the guest-physical page the window stands for (the I/O APIC's 0xFEC00000)
 MMIO_CALLBACK = 122  # [py] address of the userspace MMIO callback (the VM's platform dispatches to the device)
-SIZE = 128
+# -- exceptions and system calls (vmx/faults.py, vmx/deliver.py, vmx/syscall.py) -------------------------
+EV_FROM_CPU = 128   # [k] the interrupt hook's vector is Unicorn's own exception: its error code and whether it is INT n
+                    #     are in the CPU context (vmx/cpuctx.py); faults.exception_exit clears it
+EV_VECTOR = 129     # [k] the exception exit's event as faults.exception_exit classified it, for userspace when the
+EV_KIND = 130       #     kernel leaves its delivery there (vmx/inject.py): vector, interruption type (exits.TYPE_*),
+EV_FLAGS = 131      #     EV_HAS_* flags, error code, CR2 for #PF, and the length of the INT n/INT3/INTO that raised it
+EV_ERROR = 132
+EV_CR2 = 133
+EV_LENGTH = 134
+DELIVERED_KERNEL = 135  # [k] events the kernel delivered through the guest's IDT (vmx/deliver.py)
+DELIVERED_USER = 136    # [py] events userspace delivered (vmx/inject.py): real mode, NMIs, triple faults, L1TF windows
+SYSCALLS = 137      # [k] SYSCALL and SYSENTER executed (vmx/syscall.py)
+SYSRETS = 138       # [k] SYSRET and SYSEXIT executed by the exec scan's code hook (vmx/syscall.py)
+CPU_ENV = 139       # [py] address of the vCPU's live CPUX86State in Unicorn (vmx/cpuctx.py), 0: use saved copies
+SIZE = 144
 RING_ROWS = 256
 
 # EXIT values
@@ -142,6 +157,8 @@ X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL, X_BUS
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
 REQ_PEEK = 2        # a visit (vcpu.visit): leave the loop for the vCPU's thread to run a read or a change for another
                     # thread, then go back in; an observation, not an event: no VM exit is recorded or counted
+# EV_FLAGS bits
+EV_HAS_ERROR, EV_HAS_CR2 = 1, 2
 # RUNSTATE values: in the host (the vCPU checks its IRR before it enters), in the guest or about to enter
 # (kick it), halted (wake it)
 RUN_HOST, RUN_GUEST, RUN_HALTED = 0, 1, 2

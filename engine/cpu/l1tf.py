@@ -57,7 +57,7 @@ def shadow_fill(c, vaddr, access):
     hpa = gpa_to_hpa(c, gpa)                         # through the EPT, backing nothing
     if hpa < 0:
         return False, np.uint64(0), np.uint64(0)
-    return True, np.uint64(hpa) & ~np.uint64(0xFFF), np.uint64(perms) & ~np.uint64(W.PROT_W)
+    return True, np.uint64(hpa) & ~np.uint64(0xFFF), np.uint64(perms) & np.uint64(W.PROT_R | W.PROT_X)
 
 
 @cfunc(types.boolean(types.voidptr, types.uint64, types.int32, U64P, U64P), **NUMBA)
@@ -169,9 +169,11 @@ class ShadowCore:
 
 
 def transient_window(vcpu):
-    """Called at a guest #PF exit before delivery. Runs the window if the CPU is affected and the fault
-    is a read through a not-present entry; returns how many lines of the target page the L1D held (or None)."""
-    if not vcpu.vm.profile.l1tf_vulnerable:
+    """Called at a guest #PF exit before delivery. Runs the window if the CPU is affected, the L1D is simulated
+    (hw.vmm.l1d_sim: without it guest loads never reach the L1D model and RDTSC times nothing, so a window has
+    nothing to be seen against; vmx/faults.py then delivers the #PF in the kernel) and the fault is a read
+    through a not-present entry; returns how many lines of the target page the L1D held (or None)."""
+    if not vcpu.vm.profile.l1tf_vulnerable or not vcpu.vm.hypervisor.tunables.get("hw.vmm.l1d_sim"):
         return None
     if int(vcpu.ctx[C.ERRCODE]) & (W.PF_P | W.PF_W | W.PF_I):
         return None

@@ -24,6 +24,7 @@ PF_P, PF_W, PF_U, PF_RSVD, PF_I = 1, 2, 4, 8, 16
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = 0, 1, 2
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 PROT_GLOBAL = 8             # not a Unicorn permission: the translation came from a global (G=1) entry
+PROT_USER = 16              # nor this: U/S set at every level, CPL 3 may use it (the TLB keeps it, SDM 4.10.2.2)
 
 # walk() result codes
 OK, GUEST_PF, EPT_FAULT = 0, 1, 2
@@ -89,7 +90,7 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
     u = np.uint64
     va, cr0, cr3, cr4, efer = u(va), u(cr0), u(cr3), u(cr4), u(efer)
     if not cr0 & CR0_PG:
-        return OK, va, PROT_R | PROT_W | PROT_X, 0, u(0), 0, 0
+        return OK, va, PROT_R | PROT_W | PROT_X | PROT_USER, 0, u(0), 0, 0
     write, fetch, user = access == ACCESS_WRITE, access == ACCESS_FETCH, cpl == 3
     nxe = (efer & EFER_NXE) != 0
     m = st[EPT.S_PHYS]
@@ -164,4 +165,6 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
         perms |= PROT_X
     if e & u(PG_G) and cr4 & u(CR4_PGE):
         perms |= PROT_GLOBAL
+    if us:
+        perms |= PROT_USER
     return OK, gpa, perms, 0, u(0), faults, 0

@@ -18,7 +18,7 @@ from ..core import kick
 from ..cpu import cachesim, tsc
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
-from ..vmx import hooks, segcache
+from ..vmx import cpuctx, hooks, segcache, syscall
 
 XTAB_PAIRS = 4096                                # the exec-scan table's slots (core/ctx.py XTAB)
 
@@ -37,6 +37,7 @@ def make_uc(vcpu):
     uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
     uc.mem_map_ptr(0, hv.memory.size, UC_PROT_ALL, hv.memory.ctypes.data)
     segcache.check(uc)                           # the context layout the delivery kernel reads (vmx/deliver.py)
+    cpuctx.check()
     vcpu.xtab = np.zeros(2 * XTAB_PAIRS, np.uint64)
     c = vcpu.ctx = C.new()
     vcpu.fns = function_table()
@@ -53,6 +54,7 @@ def make_uc(vcpu):
                         (C.POOL_SIZE, len(vcpu.pool)), (C.VPID, vcpu.index + 1), (C.EPTP, vm.pmap.eptp),
                         (C.EPTGEN, vm.eptgen.ctypes.data)):
         c[slot] = value
+    c[C.CPU_ENV] = cpuctx.env_address(uc)        # the kernels' way to segment caches and hidden flags
     attach_hostcpu(vcpu, vcpu.hostcpu)
     add_exit_hooks(uc, c.ctypes.data)
     tsc.attach(vcpu)                             # RDTSC and RDTSCP at the profile's frequency, in numba
@@ -62,11 +64,14 @@ def make_uc(vcpu):
 
 
 def add_exit_hooks(uc, ud):
-    """The in-kernel exits as numba cfuncs (vmx/hooks.py), and the block hook that turns kicks into stops."""
+    """The in-kernel exits as numba cfuncs (vmx/hooks.py), SYSCALL and SYSENTER (vmx/syscall.py), and the block
+    hook that turns kicks into stops."""
     hook_add(uc, UC_HOOK_TLB_FILL, hooks.tlb_fill_hook.address, ud)
     hook_add(uc, UC_HOOK_INSN, hooks.in_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_IN))
     hook_add(uc, UC_HOOK_INSN, hooks.out_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))
     hook_add(uc, UC_HOOK_INSN, hooks.cpuid_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_CPUID))
+    hook_add(uc, UC_HOOK_INSN, syscall.syscall_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_SYSCALL))
+    hook_add(uc, UC_HOOK_INSN, syscall.sysenter_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_SYSENTER))
     hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
     hook_add(uc, UC_HOOK_BLOCK, kick.block_hook.address, ud)           # kicks leave at block boundaries
 

@@ -4,7 +4,6 @@ the kernel loop hands back, run on the vCPU's thread.
 Each takes the vCPU, does what the exit needs and returns; the driver loop (thread.py) goes on by the
 vCPU's run state. Paging exits are in paging.py, halts in halting.py.
 """
-import numpy as np
 from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 
@@ -43,18 +42,15 @@ def exit_hlt(vcpu):
 
 
 def exit_exception(vcpu):
-    why, vector = int(vcpu.ctx[C.EXIT]), int(vcpu.ctx[C.VECTOR])
-    if why == C.X_GUEST_PF:
+    """An exception the kernel left to userspace, classified there (vmx/faults.py, which also recorded the VM exit
+    the exception bitmap asks for): real mode, a triple fault, an L1TF transient window first (cpu/l1tf.py)."""
+    c = vcpu.ctx
+    flags = int(c[C.EV_FLAGS])
+    event = inject.Event(int(c[C.EV_VECTOR]), kind=int(c[C.EV_KIND]),
+                         error_code=int(c[C.EV_ERROR]) if flags & C.EV_HAS_ERROR else None,
+                         cr2=int(c[C.EV_CR2]) if flags & C.EV_HAS_CR2 else None, length=int(c[C.EV_LENGTH]))
+    if int(c[C.EXIT]) == C.X_GUEST_PF:
         l1tf.transient_window(vcpu)              # an affected CPU runs ahead before the #PF retires
-        event = inject.Event(14, error_code=int(vcpu.ctx[C.ERRCODE]), cr2=int(vcpu.ctx[C.FAULT_GLA]))
-    elif why == C.X_GP:
-        event = inject.Event(13, error_code=int(vcpu.ctx[C.ERRCODE]))
-    else:
-        length = software_interrupt_length(vcpu, vector)
-        event = inject.Event(vector, software=length > 0, length=length)
-    if not event.software and int(vcpu.vmcs["EXCEPTION_BITMAP"]) >> event.vector & 1:
-        record(vcpu, E.EXCEPTION_NMI, 0, S.VMEXIT_EXCEPTION,
-               intr_info=E.interruption_info(event.vector, E.TYPE_HWEXC, event.error_code is not None))
     deliver(vcpu, event)
 
 
@@ -138,18 +134,6 @@ def deliver(vcpu, event):
         record(vcpu, E.TRIPLE_FAULT, 0, S.VMEXIT_UNKNOWN)
         vcpu.suspend("triplefault", "triple fault (%s) at rip %#x" % (why, vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
         return False
-
-
-def software_interrupt_length(vcpu, vector):
-    """The length of the INT n (2), INT3 or INTO (1) that raised `vector`, RIP being past it; 0 for a fault."""
-    if vector >= 32:
-        return 2
-    code = np.zeros(2, np.uint8)
-    if access.fetch_code(vcpu.ctx, access.u64(vcpu.linear_pc() - 2), code) < 2:     # the bytes may straddle pages
-        return 0
-    if code[0] == 0xCD and code[1] == vector:
-        return 2
-    return 1 if (vector == 3 and code[1] == 0xCC) or (vector == 4 and code[1] == 0xCE) else 0
 
 
 EXIT_HANDLERS = {

@@ -85,7 +85,8 @@ def scan_page(vcpu, linear_page, gpa_page):
 
 def candidates(code):
     """Offsets in a code page where an instruction the code hook handles may start: RDMSR/WRMSR (0F 32/30),
-    INVLPG m and LMSW (0F 01 /7 with a memory operand, /6), MOV to CR (0F 22), PAUSE (F3 90), and every
+    INVLPG m and LMSW (0F 01 /7 with a memory operand, /6), MOV to CR (0F 22), SYSRET and SYSEXIT (0F 07/35,
+    vmx/syscall.py), PAUSE (F3 90), and every
     prefix byte before one of them. Not HLT (Unicorn runs it and leaves emu_start: vmx/vmx.py ran_hlt), nor
     the rest of group 7 (SWAPGS, STAC/CLAC, RDTSCP...: nothing to model). Each hook costs every instruction
     Unicorn translates a walk of the hook list, so fewer is faster (docs/engine.md). The next page's bytes are
@@ -97,7 +98,7 @@ def candidates(code):
     last, last2 = offsets == code.size - 1, offsets >= code.size - 2
     reg, mod = (modrm >> 3) & 7, modrm >> 6
     group7 = (nxt == 0x01) & (last2 | ((reg == 7) & (mod != 3)) | (reg == 6))
-    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x22) | group7
+    second = last | (nxt == 0x30) | (nxt == 0x32) | (nxt == 0x22) | (nxt == 0x07) | (nxt == 0x35) | group7
     starts = ((code == 0x0F) & second) | ((code == 0xF3) & (last | (nxt == 0x90)))
     starts[-1] |= PREFIXES[code[-1]]
     found = set(np.flatnonzero(starts).tolist())

@@ -29,6 +29,7 @@ from ..mmu import walk as W
 from ..mmu.access import APIC_GPA, canonical, code_to_hpa, ept_views, fetch_code, pc_linear, views, xtab_find
 from ..native import INLINE, NUMBA, u64_ptr, u8_ptr
 from . import exits as E
+from . import syscall
 
 U64P = types.CPointer(types.uint64)
 
@@ -111,7 +112,8 @@ def tlb_fill(c, vaddr, access):
         c[C.EXIT], c[C.VECTOR], c[C.ERRCODE] = C.X_GP, 13, 0
         return False, 0, 0
     i = TLB.lookup(tlb, c[C.VPID], c[C.EPTP], vaddr)
-    if i >= 0 and tlb[i + 5] & np.uint64(need):
+    if i >= 0 and tlb[i + 5] & np.uint64(need) and \
+            (tlb[i + 5] & np.uint64(W.PROT_USER) != 0 or rd(c, X.UC_X86_REG_CS) & np.uint64(3) != 3):   # CPL 3: U/S
         counters[S.TLB_HITS] += 1
         gpa = tlb[i + 3] | (np.uint64(vaddr) & np.uint64(0xFFF))
         hpa = tlb[i + 4]
@@ -151,7 +153,8 @@ def tlb_fill(c, vaddr, access):
             return False, 0, 0
         hpa &= ~np.uint64(0xFFF)
         perms = np.int64(gperms) & np.int64(rwx) & 7
-        TLB.insert(tlb, c[C.VPID], c[C.EPTP], vaddr, gpa, hpa, perms, (gperms & W.PROT_GLOBAL) != 0)
+        TLB.insert(tlb, c[C.VPID], c[C.EPTP], vaddr, gpa, hpa, perms | (np.int64(gperms) & W.PROT_USER),
+                   (gperms & W.PROT_GLOBAL) != 0)
     page = gpa >> 12
     code_state = carray(u64_ptr(c[C.CODE]), c[C.NPAGES])
     if page < c[C.NPAGES]:
@@ -511,7 +514,8 @@ def hooked_insn(c, address, code):
         return
     op0 = code[i]
     op1 = code[i + 1] if i + 1 < code.size else np.uint8(0)
-    known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22))
+    known = op0 == 0xF4 or (op0 == 0x0F and (op1 == 0x30 or op1 == 0x32 or op1 == 0x01 or op1 == 0x22 or
+                                             op1 == 0x07 or op1 == 0x35))
     if lock and known:
         raise_fault(c, 6)
     elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30) and i + 1 < code.size:
@@ -523,6 +527,11 @@ def hooked_insn(c, address, code):
         tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
     elif op0 == 0x90 and rep and not rex & np.uint64(1):
         pause_exit(c, address)
+    elif op0 == 0x0F and (op1 == 0x07 or op1 == 0x35) and i + 1 < code.size:     # Intel's SYSRET and SYSEXIT
+        if op1 == 0x07:
+            syscall.sysret(c, (rex & np.uint64(8)) != 0)
+        else:
+            syscall.sysexit(c, (rex & np.uint64(8)) != 0)
 
 
 @cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
@@ -543,4 +552,5 @@ def code_hook(uc, address, size, ud):
 def intr_hook(uc, intno, ud):
     c = carray(ud, C.SIZE)
     c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, intno
+    c[C.EV_FROM_CPU] = 1                    # its error code and INT-n-ness are in the CPU context (vmx/faults.py)
     stop(c)

@@ -1,20 +1,29 @@
-"""Event delivery as VM entry performs it: through the IVT (real mode), 8-byte IDT gates (protected mode)
-or 16-byte gates with IST (long mode), with privilege-changing stack switches and error codes where the
-architecture pushes them (SDM §6.12, §6.14).
+"""Event delivery as VM entry performs it, in Python: through the IVT (real mode), 8-byte IDT gates (protected
+mode) or 16-byte gates with IST (long mode), with privilege-changing stack switches and error codes where the
+architecture pushes them (SDM §6.12, §6.14; vol. 2A INT n).
 
-Unicorn never consults the guest's IDT (reference/unicorn.md §3), so the engine delivers every exception
-and interrupt itself. Delivery is all-or-nothing: the CPU state is saved first and restored if any
-step faults. A fault while delivering becomes a double fault, and a fault while delivering that is a
-triple fault: the VM suspends (vmx_inject_interrupts' nested-fault rule, SDM Table 6-5). Each delivery
-is written to the VMCS entry-interruption-information fields the way VM entry reads them (SDM §24.8.3).
+The kernel delivers every event it can (vmx/deliver.py); this is its plain-Python twin and what it leaves to
+userspace: real mode, NMIs, task and 16-bit gates (UnsupportedByModel), a triple fault, a guest-physical address
+outside memory. Delivery is all-or-nothing: the CPU state is saved first and restored if any step faults, and a
+frame is written only once all its pages translate. A fault while delivering becomes a double fault, and a
+fault while delivering that is a triple fault: the VM suspends (SDM Table 6-5). The CPU's own accesses go
+through deliver.cpu_access, the kernel's walk: implicit supervisor accesses that set A/D bits (SDM 4.6, 4.8).
+Each delivery is written to the VMCS entry-interruption-information fields the way VM entry reads them
+(SDM §24.8.3).
 """
 import struct
 
+import numpy as np
+
 from unicorn import x86_const as X
 
+from ..core import ctx as C
 from ..errors import UnsupportedByModel
+from ..mmu import ept as EPT
 from ..mmu import walk as W
+from ..mmu.access import u64
 from ..native import load_real_mode_segment
+from . import deliver as D
 from . import exits as E
 from . import segcache as S
 
@@ -27,7 +36,7 @@ NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7
 RFLAGS_TF, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_VM, RFLAGS_AC = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17, 1 << 18
 # Guest interruptibility state (SDM Table 24-3)
 BLOCKING_STI, BLOCKING_MOV_SS, BLOCKING_NMI = 1, 2, 8
-GATE_INTR32, GATE_TRAP32, GATE_TASK = 0xE, 0xF, 0x5
+GATE_INTR32, GATE_TRAP32, GATE_TASK, GATE_INTR16, GATE_TRAP16 = 0xE, 0xF, 0x5, 0x6, 0x7
 
 
 class DeliveryFault(Exception):
@@ -84,6 +93,7 @@ def nmi():
 
 def deliver(vcpu, event):
     """Deliver `event`, folding faults during delivery into #DF and #DF faults into TripleFault."""
+    vcpu.ctx[C.DELIVERED_USER] += 1
     vmcs = vcpu.vmcs
     vmcs["ENTRY_INTR_INFO"] = event.info()
     vmcs["ENTRY_EXCEPTION_ERROR"] = event.error_code or 0
@@ -102,6 +112,8 @@ def deliver(vcpu, event):
             deliver(vcpu, Event(DF, error_code=0))
         else:
             deliver(vcpu, Event(second.vector, error_code=second.error_code, cr2=second.cr2))
+    else:
+        S.delivered(vcpu.uc)                     # no exception in flight for QEMU (vmx/cpuctx.py)
     if event.kind == E.TYPE_NMI:
         vcpu.nmi_blocked = True                  # until the next IRET (SDM §6.7.1)
 
@@ -125,11 +137,58 @@ def _deliver(vcpu, event):
     return _deliver_protected(vcpu, event)
 
 
+# -- the CPU's own accesses, through the kernel's walk (vmx/deliver.py cpu_translate) ----------------------
+def _wrap(vcpu, linear):
+    return linear & ((1 << 64) - 1 if vcpu.efer() & W.EFER_LMA else 0xFFFFFFFF)
+
+
+def _page(vcpu, linear, write, user, vector, code):
+    """The host address of one byte: a guest #PF, `vector`(`code`) when non-canonical, the pool refilled."""
+    for _ in range(3):
+        status, hpa, detail = D.cpu_access(vcpu.ctx, u64(linear), write, user)
+        if status == D.T_OK:
+            return int(hpa)
+        if status == D.T_PF:
+            raise DeliveryFault(PF, int(detail), cr2=linear)
+        if status == D.T_NONCANONICAL:
+            raise DeliveryFault(vector, code)
+        if int(detail) != EPT.NO_POOL:
+            break
+        vcpu.vm.pmap.refill(vcpu.pool)
+    raise DeliveryFault(PF, 0, cr2=linear)           # outside guest memory
+
+
+def _pieces(vcpu, linear, size, write, user, vector, code):
+    """[(host address, length)] page by page, every page translated before anything is written."""
+    pieces, done = [], 0
+    while done < size:
+        at = _wrap(vcpu, linear + done)
+        chunk = min(size - done, 0x1000 - (at & 0xFFF))
+        pieces.append((_page(vcpu, at, write, user, vector, code), chunk))
+        done += chunk
+    return pieces
+
+
+def _cpu_read(vcpu, linear, size, vector, code):
+    """A descriptor-table or TSS read (an implicit supervisor access)."""
+    mem = vcpu.vm.hypervisor.memory
+    return b"".join(mem[hpa:hpa + n].tobytes() for hpa, n in _pieces(vcpu, linear, size, False, False, vector, code))
+
+
+def _cpu_write(vcpu, linear, data, user, vector, code):
+    """The frame's pushes, at the new CPL."""
+    mem, done = vcpu.vm.hypervisor.memory, 0
+    for hpa, n in _pieces(vcpu, linear, len(data), True, user, vector, code):
+        mem[hpa:hpa + n] = np.frombuffer(data[done:done + n], np.uint8)
+        done += n
+
+
 def _idt_entry(vcpu, size, event):
     _, base, limit, _ = vcpu.uc.reg_read(X.UC_X86_REG_IDTR)
+    code = event.vector * 8 + 2 + event.external
     if event.vector * size + size - 1 > limit:
-        raise DeliveryFault(GP, event.vector * 8 + 2 + event.external)
-    return vcpu.read_linear(base + event.vector * size, size)
+        raise DeliveryFault(GP, code)
+    return _cpu_read(vcpu, base + event.vector * size, size, GP, code)
 
 
 def _deliver_real(vcpu, event):
@@ -138,12 +197,12 @@ def _deliver_real(vcpu, event):
     _, base, limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
     if event.vector * 4 + 3 > limit:
         raise DeliveryFault(GP, 0)
-    ip, cs = struct.unpack("<HH", vcpu.read_linear(base + event.vector * 4, 4))
+    ip, cs = struct.unpack("<HH", _cpu_read(vcpu, base + event.vector * 4, 4, GP, 0))
     flags = uc.reg_read(X.UC_X86_REG_EFLAGS)
     old_cs, old_ip = uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_RIP)
     ss, sp = uc.reg_read(X.UC_X86_REG_SS), uc.reg_read(X.UC_X86_REG_SP)
     sp = (sp - 6) & 0xFFFF
-    vcpu.write_linear((ss << 4) + sp, struct.pack("<HHH", old_ip & 0xFFFF, old_cs, flags & 0xFFFF))
+    _cpu_write(vcpu, (ss << 4) + sp, struct.pack("<HHH", old_ip & 0xFFFF, old_cs, flags & 0xFFFF), False, SS_, 0)
     uc.reg_write(X.UC_X86_REG_SP, sp)
     uc.reg_write(X.UC_X86_REG_EFLAGS, flags & ~(RFLAGS_IF | RFLAGS_TF | RFLAGS_AC))
     load_real_mode_segment(uc, X.UC_X86_REG_CS, cs)
@@ -160,29 +219,37 @@ def _descriptor(vcpu, selector, event, fault=GP):
         _, base, limit, _ = vcpu.uc.reg_read(X.UC_X86_REG_GDTR)
     if (selector & ~7) + 7 > limit:
         raise DeliveryFault(fault, code)
-    return S.Descriptor(vcpu.read_linear(base + (selector & ~7), 8))
+    return S.Descriptor(_cpu_read(vcpu, base + (selector & ~7), 8, fault, code))
 
 
-def _gate_checks(vcpu, event, present, dpl, gate_type, allowed):
+def _gate(vcpu, event, size):
+    """The IDT entry, checked: a type other than an interrupt or trap gate (32-bit or 64-bit), INT n through a gate
+    whose DPL is below CPL: #GP(vector*8+2+EXT); not present: #NP(same) (SDM 6.12.1.1, INT n)."""
+    raw = _idt_entry(vcpu, size, event)
+    hi = struct.unpack_from("<I", raw, 4)[0]
+    gate_type, dpl, present = (hi >> 8) & 0xF, (hi >> 13) & 3, hi & 0x8000
     code = event.vector * 8 + 2 + event.external
-    if gate_type not in allowed:
-        if gate_type == GATE_TASK:
-            raise UnsupportedByModel("delivery of %r through a task gate" % event)
+    if size == 8 and gate_type in (GATE_TASK, GATE_INTR16, GATE_TRAP16):
+        raise UnsupportedByModel("delivery of %r through a %s gate" % (event, "task" if gate_type == GATE_TASK
+                                                                        else "16-bit"))
+    if gate_type not in (GATE_INTR32, GATE_TRAP32):
         raise DeliveryFault(GP, code)
     if event.software and dpl < vcpu.cpl():
         raise DeliveryFault(GP, code)
     if not present:
         raise DeliveryFault(NP_, code)
+    return raw, gate_type
 
 
 def _target_code(vcpu, event, selector, long_mode):
-    """The handler's code segment (SDM §6.12.1.1): its DPL decides whether the privilege level changes."""
+    """The handler's code segment (SDM §6.12.1.1): its DPL decides whether the privilege level changes. In
+    IA-32e mode it must be 64-bit code: L set, D clear."""
     code = (selector & ~3) + event.external
     if selector & ~3 == 0:
         raise DeliveryFault(GP, event.external)
     desc = _descriptor(vcpu, selector, event)
     cpl = vcpu.cpl()
-    if desc.system or not desc.code or desc.dpl > cpl or (long_mode and not desc.long):
+    if desc.system or not desc.code or desc.dpl > cpl or (long_mode and (not desc.long or desc.flags & S.DESC_B)):
         raise DeliveryFault(GP, code)
     if not desc.present:
         raise DeliveryFault(NP_, code)
@@ -191,10 +258,11 @@ def _target_code(vcpu, event, selector, long_mode):
 
 
 def _tss(vcpu, offset, size):
-    _, base, limit, _ = vcpu.uc.reg_read(X.UC_X86_REG_TR)
+    """A stack pointer from the current TSS; past its limit (or unreadable) is #TS(TSS selector)."""
+    selector, base, limit, _ = vcpu.uc.reg_read(X.UC_X86_REG_TR)
     if offset + size - 1 > limit:
-        raise DeliveryFault(TS, vcpu.uc.reg_read(X.UC_X86_REG_TR)[0] & ~3)
-    return vcpu.read_linear(base + offset, size)
+        raise DeliveryFault(TS, selector & ~3)
+    return _cpu_read(vcpu, base + offset, size, TS, selector & ~3)
 
 
 def _frame_flags(vcpu, trap_gate):
@@ -228,58 +296,71 @@ def _cs_load(uc, selector, new_cpl, desc):
 def _deliver_protected(vcpu, event):
     """32-bit interrupt and trap gates, to the same or an inner privilege level (SDM §6.12.1)."""
     uc = vcpu.uc
-    lo, hi = struct.unpack("<II", _idt_entry(vcpu, 8, event))
-    gate_type = (hi >> 8) & 0xF
-    _gate_checks(vcpu, event, bool(hi & 0x8000), (hi >> 13) & 3, gate_type, (GATE_INTR32, GATE_TRAP32))
+    raw, gate_type = _gate(vcpu, event, 8)
+    lo, hi = struct.unpack("<II", raw)
     selector = lo >> 16
     code_desc, new_cpl = _target_code(vcpu, event, selector, long_mode=False)
     flags, new_flags = _frame_flags(vcpu, gate_type == GATE_TRAP32)
     old_ss, old_esp = uc.reg_read(X.UC_X86_REG_SS), uc.reg_read(X.UC_X86_REG_ESP)
     frame = [uc.reg_read(X.UC_X86_REG_EIP), uc.reg_read(X.UC_X86_REG_CS), flags & 0xFFFFFFFF]
     loads = _cs_load(uc, selector, new_cpl, code_desc)
+    stack_base = S.base(uc, S.SS)
     if new_cpl < vcpu.cpl():
         ss, esp, ss_desc = _inner_stack32(vcpu, event, new_cpl)
         frame += [old_esp, old_ss]
         loads.insert(0, (S.SS, ss, ss_desc.base, ss_desc.limit, ss_desc.flags | S.DESC_A))
+        stack_base = ss_desc.base
     else:
         esp = old_esp
+    target = (hi & 0xFFFF0000) | (lo & 0xFFFF)
+    if target > code_desc.limit:
+        raise DeliveryFault(GP, event.external)
     if event.error_code is not None:
         frame.insert(0, event.error_code)
     esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
+    _cpu_write(vcpu, (stack_base + esp) & 0xFFFFFFFF, struct.pack("<%dI" % len(frame), *frame), new_cpl == 3, SS_,
+               event.external)
     if loads:
         S.load(uc, loads)
-    vcpu.write_linear(S.base(uc, S.SS) + esp, struct.pack("<%dI" % len(frame), *frame))
     uc.reg_write(X.UC_X86_REG_ESP, esp)
     uc.reg_write(X.UC_X86_REG_EFLAGS, new_flags)
-    uc.reg_write(X.UC_X86_REG_RIP, (hi & 0xFFFF0000) | (lo & 0xFFFF))
+    uc.reg_write(X.UC_X86_REG_RIP, target)
 
 
 def _deliver_long(vcpu, event):
-    """64-bit gates: SS:RSP, RFLAGS, CS, RIP and the error code, on a 16-byte-aligned stack, RSPn or an IST."""
+    """64-bit gates: SS:RSP, RFLAGS, CS, RIP and the error code, on a 16-byte-aligned stack: the current one, the
+    gate's IST stack, or RSPn from the TSS on a privilege change; a non-canonical handler is #GP(EXT), a
+    non-canonical stack #SS(EXT)."""
     uc = vcpu.uc
-    w0, w1, w2, _ = struct.unpack("<IIII", _idt_entry(vcpu, 16, event))
-    gate_type, ist = (w1 >> 8) & 0xF, w1 & 7
-    _gate_checks(vcpu, event, bool(w1 & 0x8000), (w1 >> 13) & 3, gate_type, (GATE_INTR32, GATE_TRAP32))
+    raw, gate_type = _gate(vcpu, event, 16)
+    w0, w1, w2, _ = struct.unpack("<IIII", raw)
+    ist = w1 & 7
     selector = w0 >> 16
     code_desc, new_cpl = _target_code(vcpu, event, selector, long_mode=True)
     flags, new_flags = _frame_flags(vcpu, gate_type == GATE_TRAP32)
     rsp = uc.reg_read(X.UC_X86_REG_RSP)
     frame = [uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_CS), flags, rsp, uc.reg_read(X.UC_X86_REG_SS)]
     loads = _cs_load(uc, selector, new_cpl, code_desc)
-    if new_cpl < vcpu.cpl():
-        rsp = struct.unpack("<Q", _tss(vcpu, 4 + 8 * new_cpl, 8))[0]
+    inner = new_cpl < vcpu.cpl()
+    if inner:
         loads.insert(0, (S.SS, new_cpl, 0, 0, new_cpl << 13))   # SS is NULL with RPL = new CPL
     if ist:
         rsp = struct.unpack("<Q", _tss(vcpu, 0x24 + 8 * (ist - 1), 8))[0]
+    elif inner:
+        rsp = struct.unpack("<Q", _tss(vcpu, 4 + 8 * new_cpl, 8))[0]
+    target = (w2 << 32) | (w1 & 0xFFFF0000) | (w0 & 0xFFFF)
+    if ((target + (1 << 47)) & ((1 << 64) - 1)) >> 48:   # not canonical (SDM 3.3.7.1)
+        raise DeliveryFault(GP, event.external)
     if event.error_code is not None:
         frame.insert(0, event.error_code)
     rsp = (rsp & ~0xF) - 8 * len(frame)
+    _cpu_write(vcpu, rsp & ((1 << 64) - 1), struct.pack("<%dQ" % len(frame), *frame), new_cpl == 3, SS_,
+               event.external)
     if loads:
         S.load(uc, loads)
-    vcpu.write_linear(rsp, struct.pack("<%dQ" % len(frame), *frame))
-    uc.reg_write(X.UC_X86_REG_RSP, rsp)
+    uc.reg_write(X.UC_X86_REG_RSP, rsp & ((1 << 64) - 1))
     uc.reg_write(X.UC_X86_REG_EFLAGS, new_flags)
-    uc.reg_write(X.UC_X86_REG_RIP, (w2 << 32) | (w1 & 0xFFFF0000) | (w0 & 0xFFFF))
+    uc.reg_write(X.UC_X86_REG_RIP, target)
 
 
 # -- interruptibility (SDM §24.4.2) ------------------------------------------------------------------

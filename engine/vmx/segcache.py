@@ -22,6 +22,7 @@ _RAX = 40                 # uc_context header, then CPUX86State: regs[16], eip, 
 _HFLAGS = _RAX + 176      # hflags, hflags2, then segs[6] of {u32 selector; u64 base; u32 limit; u32 flags}
 _SEGS = _HFLAGS + 8
 _SEG_SIZE = 24
+_OLD_EXCEPTION = 5536     # int old_exception (vmx/cpuctx.py OLD_EXCEPTION, checked there)
 HF_CPL_MASK, HF_INHIBIT_IRQ = 3, 1 << 3
 HF_CS32, HF_SS32, HF_ADDSEG, HF_LMA, HF_CS64 = 1 << 4, 1 << 5, 1 << 6, 1 << 14, 1 << 15
 DESC_B, DESC_L, DESC_A = 1 << 22, 1 << 21, 1 << 8
@@ -102,6 +103,15 @@ def load(uc, loads):
             hf = (hf & ~HF_CPL_MASK) | ((flags >> 13) & 3)
         hf = _addseg(mem, hf)
     struct.pack_into("<I", mem, _HFLAGS, hf)
+    uc.context_restore(ctx)
+
+
+def delivered(uc):
+    """An event went through the guest's IDT: QEMU's old_exception back to -1, as its own delivery leaves it
+    (vmx/cpuctx.py explains why)."""
+    check(uc)
+    ctx = saved(uc)
+    struct.pack_into("<i", _view(ctx), _OLD_EXCEPTION, -1)
     uc.context_restore(ctx)
 
 

@@ -21,7 +21,7 @@ from ..mmu import tlb as TLB
 from ..mmu.access import fetch_code, pc_linear
 from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr
 from . import exits as E
-from . import halt, intr
+from . import faults, halt, intr
 from .hooks import record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
@@ -194,6 +194,8 @@ def _run(c):
         l1d.entry_flush(c)
         # 5. enter, then exit processing; a HLT whose wake-up is near waits here (vm_handle_hlt)
         code = exit_process(c, enter(c))
+        if code == EXITCODE_EXCEPTION and faults.exception_exit(c):
+            code = 0                                # delivered through the guest's IDT in the kernel
         if code == EXITCODE_HLT:
             code = halt.wait(c)
         if code != 0:

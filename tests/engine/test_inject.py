@@ -206,6 +206,28 @@ pf:
     assert r["r8"] == 7 and r["r9"] == 0x600000 and r["r10"] == 0x290000 - 48
 
 
+def test_user_read_of_a_supervisor_page_the_kernel_just_read_faults(hv, tmp_path):
+    """The kernel reads a supervisor page (its translation goes into the TLB model), then ring 3 reads it: #PF with
+    P|U (5), as the TLB's cached U/S bit says (SDM 4.10.2.2), not the kernel's permission served from the TLB."""
+    src = LONG_PROLOGUE + gate64(14, "pf") + """
+    mov rax, 0x600000
+    mov rbx, [rax]
+""" + TO_USER + """
+user:
+    mov rax, 0x600008
+    mov rcx, [rax]
+    hlt
+pf:
+    mov r8, [rsp]
+    mov r9, cr2
+    cli
+    hlt
+""" + LONG_DATA
+    vm = boot(hv, tmp_path, src)
+    r = vm.registers()
+    assert r["r8"] == 5 and r["r9"] == 0x600008
+
+
 def test_fault_during_delivery_becomes_double_fault(hv, tmp_path):
     """#GP whose gate is not present raises #NP: two contributory faults make #DF (SDM Table 6-5), error code 0."""
     src = LONG_PROLOGUE + gate64(8, "df") + """

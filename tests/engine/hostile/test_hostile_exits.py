@@ -15,8 +15,8 @@ from engine.core import ctx as C
 from engine.cpu import msrs as MSRS
 from engine.cpu import profiles as P
 from engine.io import vlapic as L
-from engine.vcpu import handlers
 from engine.vmx import exits as E
+from engine.vmx import faults as fault_kinds
 from engine.vmx import hooks, intr, vmx
 from tests.engine.conftest import assemble
 from tests.engine.cpu.test_msrs import twin_access
@@ -147,7 +147,7 @@ def parked_past_end(hv, tmp_path, before, after):
 def test_split_instruction_bytes_are_the_guests(hv, tmp_path):
     """Every reader of instruction bytes follows the guest's next page, never the host's bytes after the
     guest's last page: VMCALL found by the #UD exit (0F 01 C1), the IRETQ that ends NMI blocking (48 CF),
-    INT3 as CD 03 told from a #BP fault (SDM 6.12.1.1: software interrupts check the gate's DPL)."""
+    INT n as CD 03 (a software interrupt of 2 bytes) told from INT3 (CC, a software exception of 1, SDM 24.8.3)."""
     v = parked_past_end(hv, tmp_path, [0x0F, 0x01], [0xC1])
     assert vmx.exit_process(v.ctx, vmx.UC_ERR_INSN_INVALID) == vmx.EXITCODE_VMINSN
     v = parked_past_end(hv, tmp_path, [0x48], [0xCF])
@@ -155,7 +155,7 @@ def test_split_instruction_bytes_are_the_guests(hv, tmp_path):
     assert L.block(v.ctx)[L.IB_LAST_OPCODE] == 0xCF
     v = parked_past_end(hv, tmp_path, [0xCD], [0x03])
     v.uc.reg_write(X.UC_X86_REG_RIP, END + 1)                 # after INT n, as Unicorn reports it
-    assert handlers.software_interrupt_length(v, 3) == 2
+    assert fault_kinds.software_event(v.ctx, 3) == (E.TYPE_SWINTR, 2)
 
 
 def msr_indices(rng, table):

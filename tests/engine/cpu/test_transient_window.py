@@ -92,7 +92,7 @@ LEAK = """movzx eax, byte ptr [rbx]
 
 def run(tmp_path, gadget, profile="haswell", flush=0, secret=bytes(range(100, 164))):
     """Boot the gadget against a host secret; returns (vm, probe values whose line the L1D holds, marker bytes)."""
-    hv = Hypervisor(host_mem_mb=128, tunables={"hw.vmm.l1d_flush": flush})
+    hv = Hypervisor(host_mem_mb=128, tunables={"hw.vmm.l1d_flush": flush, "hw.vmm.l1d_sim": 1})   # windows need it (vmx/faults.py)
     hpa = hv.l1d.place_secret(secret)
     vm = hv.create_vm("w", mem_mb=16, profile=profile)
     image = bytearray(assemble(GUEST.replace("GADGET", gadget).replace("OFFSET", str(hpa % 4096 + 5)), tmp_path))

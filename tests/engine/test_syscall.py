@@ -301,7 +301,7 @@ compat:
 
 def test_swapgs_exchanges_gs_base_with_kernel_gs_base(hv, tmp_path):
     """SWAPGS (native in Unicorn) swaps GS.base and IA32_KERNEL_GS_BASE at CPL 0 and is #GP(0) at CPL 3."""
-    body = wrmsr(0xC0000101, 0x1111222233334444) + wrmsr(0xC0000102, 0x5555666677778888) + """
+    body = wrmsr(0xC0000101, 0x0000122233334444) + wrmsr(0xC0000102, 0xFFFF866677778888) + """   # canonical
     swapgs
     mov ecx, 0xC0000101
     rdmsr
@@ -321,7 +321,7 @@ user:
 1:  int 0x80
 """
     vm, r = run(hv, tmp_path, body)
-    assert (r["r8"], r["r9"]) == (0x5555666677778888, 0x1111222233334444)
+    assert (r["r8"], r["r9"]) == (0xFFFF866677778888, 0x0000122233334444)
     assert log(vm, r) == [(13, 0, r["r10"], 0x33)]
 
 

@@ -111,7 +111,8 @@ def test_the_ports_the_fadt_names_are_decoded_by_the_acpi_blocks(hv, tmp_path):
     evt_len, cnt_len, tmr_len = fadt[88], fadt[89], fadt[91]
     reset_port = struct.unpack_from("<Q", fadt, 120)[0]
     for name, base, length in (("acpi pm1a_evt", evt, evt_len), ("acpi pm1a_cnt", cnt, cnt_len),
-                               ("acpi pm_tmr", tmr, tmr_len), ("reset control", reset_port, 1)):
+                               ("acpi pm_tmr", tmr, tmr_len),
+                               ("pci config address", reset_port, 1)):    # 0xCF9: its byte access, as on a PIIX
         assert [vm.io.device_at(p) for p in range(base, base + length)] == [name] * length
 
 

@@ -197,8 +197,8 @@ PCI_READS = """
     in eax, dx
     mov dword ptr [rdi + 20], eax
     mov dx, 0xCF9
-    mov al, 0x55
-    out dx, al                      # a byte at 0xCF9 is not CONFIG_ADDRESS
+    mov al, 0x01
+    out dx, al                      # a byte at 0xCF9 is not CONFIG_ADDRESS (it is the reset register: no RST_CPU)
     mov dx, 0xCF8
     in eax, dx
     mov dword ptr [rdi + 24], eax

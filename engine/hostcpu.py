@@ -23,6 +23,7 @@ class HostCpu:
         self.vcpus = set()
         self._cond = threading.Condition()
         self._next = self._serving = 0
+        self._holder = None              # the thread whose turn it is
 
     def assign(self, vcpu):
         with self._cond:
@@ -46,15 +47,21 @@ class HostCpu:
             ticket = self._next
             self._next += 1
             self._cond.wait_for(lambda: self._serving == ticket)
+            self._holder = threading.get_ident()
 
     def release(self):
         with self._cond:
+            self._holder = None
             self._serving += 1
             self._cond.notify_all()
 
     @contextlib.contextmanager
     def turn(self):
-        """Hold this CPU for a moment: no vCPU runs here meanwhile, so its TLB and L1D stand still."""
+        """Hold this CPU for a moment: no vCPU runs here meanwhile, so its TLB and L1D stand still. A vCPU's
+        thread that holds it already (a visit run during its turn) just goes on."""
+        if self._holder == threading.get_ident():
+            yield
+            return
         self.acquire()
         try:
             yield

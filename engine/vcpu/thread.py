@@ -271,22 +271,45 @@ class Vcpu(GuestState):
         self._migrate()
         self.hostcpu.acquire()
         try:
-            self.ctx[C.REQ] = 0
-            self.parked.clear()
-            if not self.mailbox.empty():         # a message raced the clear: leave it for the driver loop
+            while True:
+                self.ctx[C.REQ] = 0
+                self.parked.clear()
+                if not self._take_visits():      # a message raced the clear: leave it for the driver loop
+                    self.parked.set()
+                    return
+                self._set_pcpu_defaults()
+                if self.tb_stale:                # the host wrote guest code meanwhile (vm.code_written)
+                    self.tb_stale = False
+                    self.uc.ctl_flush_tb()
+                start = time.perf_counter_ns()
+                code = vmx.vmx_run(self.ctx)
+                self.counters[S.VCPU_TOTAL_RUNTIME] += time.perf_counter_ns() - start
                 self.parked.set()
-                return
-            self._set_pcpu_defaults()
-            if self.tb_stale:                    # the host wrote guest code meanwhile (vm.code_written)
-                self.tb_stale = False
-                self.uc.ctl_flush_tb()
-            start = time.perf_counter_ns()
-            code = vmx.vmx_run(self.ctx)
-            self.counters[S.VCPU_TOTAL_RUNTIME] += time.perf_counter_ns() - start
-            self.parked.set()
+                if code != vmx.EXITCODE_BOGUS or int(self.ctx[C.REQ]) != C.REQ_PEEK:
+                    break                        # a visit alone does not end the turn: back in after it
         finally:
             self.hostcpu.release()
         handlers.handle(self, code)
+
+    def _take_visits(self):
+        """Run the visits waiting in the mailbox during this turn; False if the vCPU is not to enter now (another
+        message waits behind them, or a visit changed its state).
+
+        A visit must not cost the vCPU its turn on a shared host CPU: a panel that looks at a vCPU more often
+        than the other vCPUs' turns go round would otherwise keep it out of the guest for good."""
+        while True:
+            try:
+                message = self.mailbox.get_nowait()
+            except queue.Empty:
+                return True
+            if message[0] != "call":
+                with self.mailbox.mutex:                     # first in line again, for the driver loop
+                    self.mailbox.queue.appendleft(message)
+                    self.mailbox.not_empty.notify()
+                return False
+            self._handle(message)
+            if self.state != RUNNING:
+                return False
 
     def _migrate(self):
         want = self.want_hostcpu

@@ -26,3 +26,25 @@ def test_vcpus_spread_over_host_cpus_across_vms(hv):
     """The modeled scheduler places each new vCPU on the least loaded host CPU."""
     a, b = hv.create_vm("a", mem_mb=8), hv.create_vm("b", mem_mb=8, cpus=2)
     assert [v.hostcpu.index for v in a.vcpus + b.vcpus] == [0, 1, 0]
+
+
+def test_a_vcpu_looked_at_without_pause_still_gets_its_turns(hv, tmp_path):
+    """Three counting vCPUs take turns on host CPU 0 while another thread reads vCPU 0's registers as fast as it
+    can (a panel polling it): each read runs during vCPU 0's turn, and vCPU 0 keeps counting. Before, every
+    visit cost vCPU 0 its turn and it stood still for as long as the reads went on."""
+    import time
+    from tests.engine.conftest import assemble
+    vm = hv.create_vm("looked-at", mem_mb=8, cpus=3)
+    vm.load(assemble("xor eax, eax\n1: inc rax\n pause\n jmp 1b", tmp_path), "g.bin", kind="flat64")
+    for vcpu in vm.vcpus:
+        vcpu.pin(0)
+    vm.start(all_vcpus=True)
+    first = vm.vcpus[0].registers()["rax"]
+    deadline = time.monotonic() + 20                      # for a hang, not a speed claim
+    seen = [first]
+    while len(set(seen)) < 20 and time.monotonic() < deadline:
+        seen.append(vm.vcpus[0].registers()["rax"])
+    assert len(set(seen)) >= 20, "vcpu0 stood still at RAX=%d for %d reads" % (seen[-1], len(seen))
+    while not all(v.registers()["rax"] > 0 for v in vm.vcpus):         # and the others count too
+        assert time.monotonic() < deadline, "a vCPU never got a turn"
+    vm.poweroff()

@@ -100,8 +100,8 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),
-# 120-127 the MMIO page served in userspace (vmx/mmio.py), 128-143 exceptions and system calls (vmx/faults.py,
-# vmx/deliver.py, vmx/syscall.py)
+# 120-127 the MMIO page served in userspace (vmx/mmio.py), 128-139 exceptions and system calls (vmx/faults.py,
+# vmx/deliver.py, vmx/syscall.py; 140-143 the bus lock, io/buslock.py)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -148,11 +148,14 @@ DELIVERED_USER = 136    # [py] events userspace delivered (vmx/inject.py): real 
 SYSCALLS = 137      # [k] SYSCALL and SYSENTER executed (vmx/syscall.py)
 SYSRETS = 138       # [k] SYSRET and SYSEXIT executed by the exec scan's code hook (vmx/syscall.py)
 CPU_ENV = 139       # [py] address of the vCPU's live CPUX86State in Unicorn (vmx/cpuctx.py), 0: use saved copies
+# -- the bus lock (io/buslock.py) ----------------------------------------------------------------------
+LOCKBITS = 140      # [py] address of the vCPU's LOCK map beside its exec-scan table; 0: one vCPU, no bus lock
 SIZE = 144
 RING_ROWS = 256
 
 # EXIT values
-X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL, X_BUSLOCK, X_PAUSE = range(10)
+X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL = range(8)
+X_PAUSE = 9         # (8 was the bus lock's first-run exit, gone: io/buslock.py)
 # REQ bits
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
 REQ_PEEK = 2        # a visit (vcpu.visit): leave the loop for the vCPU's thread to run a read or a change for another

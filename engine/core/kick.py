@@ -7,7 +7,8 @@ beginning with the store already done (`helper_check_exit_request` → `cpu_loop
 `inc [m]` then increments twice, an `xchg` loses a register, an APIC write hook acts twice — measured: an
 `inc dword [m]` loop kicked 4,042 times counted 3,857 increments too many. So nothing calls `uc_emu_stop`
 asynchronously. A kicker makes its reason visible (REQ, NOTIFY, RESCHED, an IRR bit), then sets KICK; a
-UC_HOOK_BLOCK hook, which Unicorn runs at every block's start right before its exit check, turns KICK into
+UC_HOOK_BLOCK hook (io/buslock.py's: the same hook takes the bus lock), which Unicorn runs at every block's
+start right before its exit check, turns KICK into
 a stop there: the guest leaves with RIP on the block's first instruction and nothing of it done. KICK stays
 set until that hook takes it, so a kick that lands before the entry has begun is not lost (Unicorn forgets
 such a `uc_emu_stop`); the loop clears it before it reads the reasons, so a stale one costs no exit.
@@ -21,7 +22,7 @@ start with IF set is exactly the instruction boundary where the hardware's windo
 stepped and no translated block is flushed (docs/interrupts.md).
 """
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit
 from unicorn import x86_const as X
 
 from ..native import FN_EMU_STOP, FN_REG_READ, NFN, NUMBA, call_reg, call_uc, u64_ptr
@@ -56,28 +57,30 @@ def arm_window(c):
 @njit(**NUMBA)
 def _window_check(ud, address):
     """KICK_WINDOW at a block start: stop if RFLAGS.IF is set, unless this block is the STI/MOV-SS shadow the
-    loop entered in (WINDOW_SKIP), which runs first."""
+    loop entered in (WINDOW_SKIP), which runs first. Returns whether it stopped."""
     if ud[C.WINDOW_SKIP] == address + np.uint64(1):            # uint64 + int would be a float64 in numba
         ud[C.WINDOW_SKIP] = 0
-        return
+        return False
     fns = carray(u64_ptr(ud[C.FN]), NFN)
     call_reg(fns[FN_REG_READ], ud[C.UC], X.UC_X86_REG_EFLAGS, ud[C.SCRATCH])
     if carray(u64_ptr(ud[C.SCRATCH]), 1)[0] & RFLAGS_IF:
         ud[C.KICK] = 0
         ud[C.BLOCK_STOP] = 1
         call_uc(fns[FN_EMU_STOP], ud[C.UC])
+        return True
+    return False
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, types.CPointer(types.uint64)), **NUMBA)
-def block_hook(uc, address, size, ud):
-    k = ud[C.KICK]                             # every block runs this: the pointer, not an array around it
-    if k != 0:
-        if k == KICK_WINDOW:
-            _window_check(ud, address)
-        else:
-            ud[C.KICK] = 0
-            ud[C.BLOCK_STOP] = 1                # not a HLT: the loop tells the two apart by this
-            call_uc(carray(u64_ptr(ud[C.FN]), NFN)[FN_EMU_STOP], ud[C.UC])
+@njit(**NUMBA)
+def at_block(ud, address):
+    """The block hook's first duty (io/buslock.py block_hook), when KICK is set: True if it stopped the entry."""
+    k = ud[C.KICK]
+    if k == KICK_WINDOW:
+        return _window_check(ud, address)
+    ud[C.KICK] = 0
+    ud[C.BLOCK_STOP] = 1                        # not a HLT: the loop tells the two apart by this
+    call_uc(carray(u64_ptr(ud[C.FN]), NFN)[FN_EMU_STOP], ud[C.UC])
+    return True
 
 
 def host_interrupt(c, vector):

@@ -1,27 +1,67 @@
-"""LOCK-prefixed instructions made atomic across vCPUs: the bus lock, modeled with a VM-wide lock word.
+"""LOCK-prefixed instructions made atomic across vCPUs: the bus lock, held for a translated block that has one.
 
 Unicorn runs each vCPU in its own instance and thread; it translates a LOCK prefix as a plain
-read-modify-write (QEMU emits host atomics only for parallel vCPUs in one instance), so two vCPUs
-doing `lock xchg` on one spinlock both win (measured: two threads doing 2M `lock inc` each lose
-half the increments). The execute-permission scan hooks every 0xF0 byte; when a LOCK prefix is
-executed the hook takes the VM's bus lock, and a hook on the next instruction gives it back — the
-lock is held for exactly one instruction, as the LOCK# signal is. The first time a locked instruction
-runs, the vCPU exits (precisely, before it) so the userspace side can hook the instruction after it.
+read-modify-write (QEMU emits host atomics only for parallel vCPUs in one instance, and Unicorn's
+`curr_cflags` is always 0), so two vCPUs doing `lock xchg` on one spinlock both win (measured: two threads
+doing 2M `lock inc` each lose half the increments). So a VM with more than one vCPU has a VM-wide lock word,
+the LOCK# signal: the block hook, which Unicorn runs at every translated block's start, takes it for a block
+that holds a LOCK-prefixed instruction and gives it back at the next block's start (or when emu_start
+returns). Which blocks hold one comes from the execute-permission scan (vcpu/paging.py): for each scanned
+page a 256-bit map of its 16-byte chunks with a LOCK prefix that starts a lockable instruction, kept beside
+the vCPU's exec-scan table slot for that linear page (LOCKBITS).
+
+Not a code hook per LOCK prefix, as before: Unicorn walks every code hook for each hooked instruction it
+runs and for each instruction it translates, and Debian's kernel has over 6,000 LOCK sites on the pages it
+runs before its APs start; that walk made a 2-vCPU boot several times slower than a 1-vCPU one.
 """
 import numpy as np
 from numba import carray, cfunc, njit, types
 
 from ..core import ctx as C
-from ..core.regs import stop
+from ..core import kick
 from ..core.sync import atomic_cas, atomic_xchg, call_void
-from ..mmu.access import code_to_hpa, xtab_find
-from ..native import NUMBA, u64_ptr, u8_ptr
+from ..mmu.access import xtab_find
+from ..native import NUMBA, u64_ptr
 from . import vlapic as L
 
-TABLE_PAIRS = L.LOCK_TABLE_PAIRS
 SPIN_LIMIT = 1 << 22                # a holder that never releases (a bug) does not hang the others forever
 SPINS_BEFORE_YIELD = 256            # the holder's thread may be off its host CPU: give ours to it
+CHUNK_SHIFT = 4                     # 16-byte chunks: 256 per page, 4 words of bits beside each exec-scan slot
+WORDS = 4
 U = np.uint64
+
+# What may follow a LOCK prefix (SDM vol. 2A, LOCK): ADD, OR, ADC, SBB, AND, SUB, XOR (00-31 r/m forms,
+# group 1 at 80/81/83), XCHG (86/87), NOT/NEG (F6/F7), INC/DEC (FE/FF); 0F: BTS/BTR/BTC (AB/B3/BB/BA),
+# CMPXCHG (B0/B1), XADD (C0/C1), CMPXCHG8B/16B (C7). All take a ModR/M byte with a memory operand (mod != 3).
+ONE_BYTE = np.zeros(256, bool)
+ONE_BYTE[[0x00, 0x01, 0x08, 0x09, 0x10, 0x11, 0x18, 0x19, 0x20, 0x21, 0x28, 0x29, 0x30, 0x31,
+          0x80, 0x81, 0x83, 0x86, 0x87, 0xF6, 0xF7, 0xFE, 0xFF]] = True
+TWO_BYTE = np.zeros(256, bool)
+TWO_BYTE[[0xAB, 0xB3, 0xBB, 0xBA, 0xB0, 0xB1, 0xC0, 0xC1, 0xC7]] = True
+OTHER_PREFIX = np.zeros(256, bool)
+OTHER_PREFIX[[0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65] + list(range(0x40, 0x50))] = True
+
+
+def lock_chunks(code):
+    """The page's map: bit i of the 4 words is set when 16-byte chunk i holds an F0 byte that can start a
+    locked instruction (other prefixes, then a lockable opcode with a memory ModR/M). A LOCK the page's end cuts
+    off counts (the next page may map anywhere). An F0 inside another instruction may pass: it costs a lock."""
+    bits = np.zeros(WORDS, np.uint64)
+    padded = np.append(code, np.zeros(8, np.uint8))
+    for at in np.flatnonzero(code == 0xF0).tolist():
+        i = at + 1
+        while i < at + 5 and OTHER_PREFIX[padded[i]]:
+            i += 1
+        if i + 2 >= code.size:
+            locked = True                              # too near the end to tell
+        elif padded[i] == 0x0F:
+            locked = TWO_BYTE[padded[i + 1]] and padded[i + 2] >> 6 != 3
+        else:
+            locked = ONE_BYTE[padded[i]] and padded[i + 1] >> 6 != 3
+        if locked:
+            chunk = at >> CHUNK_SHIFT
+            bits[chunk >> 6] |= np.uint64(1) << np.uint64(chunk & 63)
+    return bits
 
 
 @njit(**NUMBA)
@@ -44,32 +84,56 @@ def release(c):
 
 
 @njit(**NUMBA)
-def on_lock_prefix(c, address, size):
-    """At an instruction that starts with 0xF0: take the bus lock, or exit once to hook its successor."""
-    hpa = code_to_hpa(c, address)
-    if hpa < 0 or hpa >= np.int64(c[C.MEMSIZE]) or carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])[hpa] != 0xF0:
+def page_has_lock(xtab, bits, mask, page, first, last):
+    """Whether chunks first..last (0-255) of a scanned linear page hold a LOCK, as its scan found them."""
+    slot = xtab_find(xtab, mask, page)
+    if slot < 0 or xtab[2 * slot] != (page | U(1)):
+        return False
+    for w in range(first >> 6, (last >> 6) + 1):
+        lo = max(first, w << 6) & 63
+        hi = min(last, (w << 6) + 63) & 63
+        span = (U(2) << U(hi)) - U(1) if hi < 63 else ~U(0)
+        if bits[WORDS * slot + w] & span & ~((U(1) << U(lo)) - U(1)):
+            return True
+    return False
+
+
+@njit(**NUMBA)
+def block_has_lock(c, address, size):
+    """Whether the translated block at `address` of `size` bytes holds a LOCK (it may cross a page)."""
+    mask = np.int64(c[C.XMASK])
+    xtab = carray(u64_ptr(c[C.XTAB]), 2 * (mask + 1))
+    bits = carray(u64_ptr(c[C.LOCKBITS]), WORDS * (mask + 1))
+    end = U(address) + U(max(np.int64(size), 1) - 1)
+    page, last_page = U(address) & ~U(0xFFF), end & ~U(0xFFF)
+    first = np.int64((U(address) & U(0xFFF)) >> U(CHUNK_SHIFT))
+    if last_page == page:
+        return page_has_lock(xtab, bits, mask, page, first, np.int64((end & U(0xFFF)) >> U(CHUNK_SHIFT)))
+    return page_has_lock(xtab, bits, mask, page, first, 255) or \
+        page_has_lock(xtab, bits, mask, last_page, 0, np.int64((end & U(0xFFF)) >> U(CHUNK_SHIFT)))
+
+
+@njit(**NUMBA)
+def at_block(c, address, size):
+    """At a block start on a VM with more than one vCPU: the last block's bus lock goes back, this one's is taken."""
+    release(c)
+    if block_has_lock(c, address, size):
+        ib = L.block(c)
+        if acquire(ib[L.IB_BUS_WORD], U(c[C.VCPUID]) + U(1), ib[L.IB_SCHED_YIELD]):
+            ib[L.IB_BUS_HELD] = 1
+
+
+@cfunc(types.void(types.voidptr, types.uint64, types.uint32, types.CPointer(types.uint64)), **NUMBA)
+def block_hook(uc, address, size, ud):
+    """Every translated block's start: a kick or an open interrupt window stops here (core/kick.py); else,
+    with more than one vCPU, the bus lock (a pointer read and nothing more for one vCPU)."""
+    if ud[C.KICK] != 0 and kick.at_block(ud, address):
         return
-    ib = L.block(c)
-    table = carray(u64_ptr(ib[L.IB_LOCK_TABLE]), 2 * TABLE_PAIRS)
-    after = U(address) + U(size)
-    slot = xtab_find(table, TABLE_PAIRS - 1, after)
-    if slot < 0 or table[2 * slot] == 0:
-        c[C.EXIT], c[C.FAULT_GLA] = C.X_BUSLOCK, after
-        stop(c)                                     # precise from a code hook: the instruction has not run
-        return
-    if acquire(ib[L.IB_BUS_WORD], U(c[C.VCPUID]) + U(1), ib[L.IB_SCHED_YIELD]):
-        ib[L.IB_BUS_HELD] = 1
+    if ud[C.LOCKBITS] != 0:
+        at_block(carray(ud, C.SIZE), address, size)
 
 
-CODE_HOOK = types.void(types.voidptr, types.uint64, types.uint32, types.CPointer(types.uint64))
-
-
-@cfunc(CODE_HOOK, **NUMBA)
-def lock_hook(uc, address, size, ud):
-    on_lock_prefix(carray(ud, C.SIZE), address, size)
-
-
-@cfunc(CODE_HOOK, **NUMBA)
-def release_hook(uc, address, size, ud):
-    release(carray(ud, C.SIZE))
-
+def attach(vcpus):
+    """A VM's vCPUs share the bus lock when there is more than one of them (the word comes from vlapic.connect)."""
+    for v in vcpus:
+        v.ctx[C.LOCKBITS] = v.lockbits.ctypes.data if len(vcpus) > 1 else 0

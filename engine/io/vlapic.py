@@ -66,8 +66,7 @@ IB_HOST_INTR = 8            # host interrupts whose handler ran "by hand" after 
 IB_LAST_OPCODE = 9          # the opcode of the instruction being stepped under NMI-window exiting
 IB_UC_CTL = 10              # uc_ctl's address (flushing translated blocks before single steps)
 IB_STEPPING = 11            # the last entry was a single step (Unicorn's count mode)
-IB_BUS_WORD, IB_BUS_HELD, IB_LOCK_TABLE = 12, 13, 14    # io/buslock.py: the VM's lock word, held, hooked
-LOCK_TABLE_PAIRS = 1024     # instructions after a LOCK this vCPU has hooked (open addressing, as the exec scan)
+IB_BUS_WORD, IB_BUS_HELD = 12, 13    # io/buslock.py: the VM's lock word, and whether this vCPU holds it
 IB_EXTINT = 15              # the 8259's INT output reaches this vCPU (io/vpic.py): an ExtINT is pending
 IB_SCHED_YIELD = 16         # sched_yield's address: a vCPU waiting for the bus lock gives its host CPU away
 IB_SYSCALL = 17             # libc syscall's address: the futex a vCPU halted in the kernel sleeps on (vmx/halt.py)
@@ -654,8 +653,6 @@ class Vlapic:
         self.block[IB_UC_CTL] = address(uclib.uc_ctl)
         self.block[IB_SCHED_YIELD] = SCHED_YIELD
         self.block[IB_SYSCALL] = SYSCALL
-        self.lock_table = np.zeros(2 * LOCK_TABLE_PAIRS, np.uint64)
-        self.block[IB_LOCK_TABLE] = self.lock_table.ctypes.data
         c = vcpu.ctx
         c[C.APIC_PAGE], c[C.PIR_DESC], c[C.INTR] = self.hpa, self.pir_hpa, self.block.ctypes.data
         for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):

@@ -14,8 +14,8 @@ from unicorn import x86_const as X
 
 from .. import firmware
 from ..core import ctx as C
-from ..core import kick
 from ..cpu import cachesim, tsc
+from ..io import buslock
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
 from ..vmx import cpuctx, hooks, segcache, syscall
@@ -39,6 +39,7 @@ def make_uc(vcpu):
     segcache.check(uc)                           # the context layout the delivery kernel reads (vmx/deliver.py)
     cpuctx.check()
     vcpu.xtab = np.zeros(2 * XTAB_PAIRS, np.uint64)
+    vcpu.lockbits = np.zeros(buslock.WORDS * XTAB_PAIRS, np.uint64)    # io/buslock.py, per exec-scan slot
     c = vcpu.ctx = C.new()
     vcpu.fns = function_table()
     for slot, value in ((C.UC, uc._uch.value), (C.FN, vcpu.fns.ctypes.data), (C.MEM, hv.memory.ctypes.data),
@@ -73,7 +74,7 @@ def add_exit_hooks(uc, ud):
     hook_add(uc, UC_HOOK_INSN, syscall.syscall_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_SYSCALL))
     hook_add(uc, UC_HOOK_INSN, syscall.sysenter_hook.address, ud, 1, 0, ctypes.c_int(X.UC_X86_INS_SYSENTER))
     hook_add(uc, UC_HOOK_INTR, hooks.intr_hook.address, ud)
-    hook_add(uc, UC_HOOK_BLOCK, kick.block_hook.address, ud)           # kicks leave at block boundaries
+    hook_add(uc, UC_HOOK_BLOCK, buslock.block_hook.address, ud)        # kicks leave at block boundaries; the bus lock
 
 
 def init_vmcs(vcpu):

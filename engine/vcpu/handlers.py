@@ -4,17 +4,14 @@ the kernel loop hands back, run on the vCPU's thread.
 Each takes the vCPU, does what the exit needs and returns; the driver loop (thread.py) goes on by the
 vCPU's run state. Paging exits are in paging.py, halts in halting.py.
 """
-from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 
 from .. import stats as S
 from ..core import ctx as C
 from ..cpu import l1tf
 from ..errors import UnsupportedByModel
-from ..io import buslock
 from ..io import vlapic as L
 from ..mmu import access
-from ..native import hook_add
 from ..vmx import exits as E
 from ..vmx import hooks, inject, vmx
 from . import halting
@@ -81,18 +78,6 @@ def exit_ipi(vcpu):
             c[C.NMI_WINDOW] = 1
 
 
-def exit_buslock(vcpu):
-    """The first run of a LOCK-prefixed instruction: hook the instruction after it to release the bus lock."""
-    after = int(vcpu.ctx[C.FAULT_GLA])
-    table = vcpu.lapic.lock_table
-    slot = access.xtab_find(table, buslock.TABLE_PAIRS - 1, access.u64(after))
-    if slot < 0:
-        raise UnsupportedByModel("more than %d distinct LOCK-prefixed instructions" % buslock.TABLE_PAIRS)
-    hook_add(vcpu.uc, UC_HOOK_CODE, buslock.release_hook.address, vcpu.ctx.ctypes.data, after, after)
-    table[2 * slot] = after | 1
-    vcpu.uc.ctl_remove_cache(vcpu.linear_pc(), after + 1)
-
-
 def exit_vminsn(vcpu):
     """VMCALL: the BIOS stubs' way into the userspace firmware; anywhere else a #UD."""
     bios = vcpu.vm.bios
@@ -140,7 +125,6 @@ EXIT_HANDLERS = {
     vmx.EXITCODE_BOGUS: exit_bogus, vmx.EXITCODE_PAUSE: exit_bogus, vmx.EXITCODE_HLT: exit_hlt,
     vmx.EXITCODE_PAGING: exit_paging, vmx.EXITCODE_EXCEPTION: exit_exception, vmx.EXITCODE_VMINSN: exit_vminsn,
     vmx.EXITCODE_USER: exit_user, vmx.EXITCODE_INJECT: exit_inject, vmx.EXITCODE_IPI: exit_ipi,
-    vmx.EXITCODE_BUSLOCK: exit_buslock,
 }
 
 

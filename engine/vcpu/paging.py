@@ -9,7 +9,7 @@ import threading
 
 import capstone
 import numpy as np
-from unicorn import UC_HOOK_CODE
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_CODE
 from unicorn import x86_const as X
 
 from .. import stats as S
@@ -67,20 +67,17 @@ def stop_at_fault(vcpu, gla, gpa):
 
 def scan_page(vcpu, linear_page, gpa_page):
     """EPT execute violation: hook every RDMSR/WRMSR/MOV CR/INVLPG/PAUSE candidate on the page and, with more
-    than one vCPU, every LOCK prefix (io/buslock.py: one vCPU needs no bus lock); then grant execute."""
+    than one vCPU, map its LOCK prefixes for the bus lock (io/buslock.py: one vCPU needs none); then grant
+    execute."""
     hpa = vcpu.vm.gpa_to_hpa(gpa_page)
     code = vcpu.vm.hypervisor.memory[hpa:hpa + 0x1000]
-    hooks_wanted = [(hooks.code_hook, candidates(code))]
-    if len(vcpu.vm.vcpus) > 1:
-        hooks_wanted.append((buslock.lock_hook, np.flatnonzero(code == 0xF0).tolist()))
-    for cfunc, offsets in hooks_wanted:
-        for offset in offsets:
-            where = linear_page + offset
-            if (cfunc, where) not in vcpu.hooked:
-                hook_add(vcpu.uc, UC_HOOK_CODE, cfunc.address, vcpu.ctx.ctypes.data, where, where)
-                vcpu.hooked.add((cfunc, where))
+    for where in (linear_page + offset for offset in candidates(code)):
+        if (hooks.code_hook, where) not in vcpu.hooked:
+            hook_add(vcpu.uc, UC_HOOK_CODE, hooks.code_hook.address, vcpu.ctx.ctypes.data, where, where)
+            vcpu.hooked.add((hooks.code_hook, where))
+    locks = buslock.lock_chunks(code) if int(vcpu.ctx[C.LOCKBITS]) else np.zeros(buslock.WORDS, np.uint64)
     cachesim.scan_clflush(vcpu, linear_page, hpa, bool(vcpu.efer() & W.EFER_LMA))
-    grant_execute(vcpu, linear_page, gpa_page)
+    grant_execute(vcpu, linear_page, gpa_page, locks)
 
 
 def candidates(code):
@@ -110,16 +107,21 @@ def candidates(code):
     return sorted(found)
 
 
-def grant_execute(vcpu, linear_page, gpa_page):
-    """Mark the page scanned in this generation, in the VM's code state and this vCPU's exec-scan table."""
+def grant_execute(vcpu, linear_page, gpa_page, locks):
+    """Mark the page scanned in this generation, in the VM's code state and this vCPU's exec-scan table, with
+    its LOCK map beside the slot (io/buslock.py)."""
     page = gpa_page >> 12
     vcpu.vm.code_state[page] |= 1
     slot = access.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, access.u64(linear_page))
     if slot < 0:                                 # the table is full: start over, pages rescan on demand
         vcpu.xtab[:] = 0
+        vcpu.lockbits[:] = 0
+        vcpu.uc.ctl_flush_tb()                   # no block may run from a page the table no longer maps
+        vcpu.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         slot = access.xtab_find(vcpu.xtab, XTAB_PAIRS - 1, access.u64(linear_page))
     vcpu.xtab[2 * slot] = linear_page | 1
     vcpu.xtab[2 * slot + 1] = gpa_page | ((int(vcpu.vm.code_state[page]) >> 1) & 0xFFF)
+    vcpu.lockbits[buslock.WORDS * slot:buslock.WORDS * (slot + 1)] = locks
     vcpu.uc.ctl_remove_cache(linear_page, linear_page + 0x1000)
 
 

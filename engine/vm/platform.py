@@ -23,7 +23,7 @@ from ..devices.rtc_mc146818 import Mc146818
 from ..devices.uart_ns16550 import Uart16550
 from ..devices.vga_text import CRTC_INDEX, VgaText
 from ..errors import ConfigError, EngineError
-from ..io import vlapic
+from ..io import buslock, vlapic
 from ..io.apicbus import ApicBus
 from ..io.hosttimer import HostTimer
 from ..io.nmisc import NmiStatusControl
@@ -220,6 +220,7 @@ class Platform:
     def _wire_interrupts(self):
         """The vCPUs' local APICs to each other, the host timer, the 8259 pair and the 8254 at power-on state."""
         self.vcpu_table = vlapic.connect(self.vcpus)
+        buslock.attach(self.vcpus)
         self.host_timer = HostTimer(self)
         for uart in (self.com1, self.com2):
             uart.clear_irq_listeners()

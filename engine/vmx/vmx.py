@@ -29,7 +29,6 @@ EXITCODE_VMX = 1            # an entry or exit the model cannot process (Unicorn
 EXITCODE_BOGUS = 2          # AST: a request from another thread (pause, kick) is pending
 EXITCODE_IPI = intr.EXITCODE_IPI        # INIT, SIPI or an NMI for this vCPU (userspace side)
 EXITCODE_INJECT = intr.EXITCODE_INJECT  # webhyve: an interrupt to deliver through the guest's IDT
-EXITCODE_BUSLOCK = 30       # webhyve: a LOCK-prefixed instruction seen for the first time (io/buslock.py)
 EXITCODE_HLT = halt.EXITCODE_HLT
 EXITCODE_PAUSE = 7
 EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
@@ -38,7 +37,7 @@ EXITCODE_EXCEPTION = 27     # webhyve: an exception or interrupt for the userspa
 EXITCODE_USER = 28          # webhyve: a userspace device asked the vcpu to stop (power off, error)
 NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAUSE: "PAUSE", EXITCODE_PAGING: "PAGING",
          EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER",
-         EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT", EXITCODE_BUSLOCK: "BUSLOCK"}
+         EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT"}
 
 UC_ERR_OK, UC_ERR_INSN_INVALID, UC_ERR_EXCEPTION = 0, 10, 21
 
@@ -132,8 +131,6 @@ def exit_process(c, err):
         return EXITCODE_EXCEPTION
     if why == C.X_USER_STOP:
         return EXITCODE_USER
-    if why == C.X_BUSLOCK:
-        return EXITCODE_BUSLOCK
     if err == UC_ERR_OK:
         linear = current_linear(c)
         if unmarked and ran_hlt(c, linear):

@@ -208,3 +208,33 @@ def test_a_guest_that_never_gets_ready_is_destroyed_and_fails_the_test(client):
         ready_or_fail(lambda: "hello" in console(), "VM 'late' never said hello", console,
                       lambda: client.delete("/api/v1/vms/late"), timeout=0.5)
     assert client.get("/api/v1/vms").json["vms"] == []
+
+
+def test_the_bundled_linux_guest_and_an_uploaded_kernel_with_its_initrd(client):
+    """The VM list offers Debian's kernel with the busybox initramfs as bundled guest "linux" (256 MiB and
+    console=ttyS0 unless the request says otherwise); a kernel and an initrd uploaded as files load the same way;
+    an initrd the memory cannot hold and a truncated kernel are refused with the loader's reason, no VM left."""
+    import io
+    import os
+    from tests.webhyve.conftest import ROOT
+    assert "linux" in client.get("/api/v1/guests").json["guests"]
+    response = client.post("/api/v1/vms", json={"name": "lx", "guest": "linux", "start": False})
+    assert response.status_code == 201 and response.json["kind"] == "linux", response.json
+    with open(os.path.join(ROOT, "guests", "build", "linux", "vmlinuz"), "rb") as f:
+        kernel = f.read()
+    with open(os.path.join(ROOT, "guests", "build", "linux", "initrd.gz"), "rb") as f:
+        initrd = f.read()
+    response = client.post("/api/v1/vms", data={"name": "up", "mem_mb": "128", "cmdline": "console=ttyS0 quiet",
+                                                "start": "false", "image": (io.BytesIO(kernel), "vmlinuz"),
+                                                "initrd": (io.BytesIO(initrd), "initrd.gz")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 201 and response.json["kind"] == "linux", response.json
+    big = client.post("/api/v1/vms", data={"name": "big", "mem_mb": "90", "image": (io.BytesIO(kernel), "vmlinuz"),
+                                           "initrd": (io.BytesIO(bytes(40 << 20)), "huge.gz")},
+                      content_type="multipart/form-data")
+    assert big.status_code == 400 and "does not fit in guest memory" in big.json["error"], big.json
+    cut = client.post("/api/v1/vms", data={"name": "cut", "mem_mb": "100",
+                                           "image": (io.BytesIO(kernel[:len(kernel) // 2]), "vmlinuz")},
+                      content_type="multipart/form-data")
+    assert cut.status_code == 400 and "truncated" in cut.json["error"], cut.json
+    assert sorted(v["name"] for v in client.get("/api/v1/vms").json["vms"]) == ["lx", "up"]

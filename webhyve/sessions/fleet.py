@@ -91,8 +91,8 @@ class Fleet:
             return list(self.sessions.values())
 
     def create(self, name, data, filename, kind=None, mem_mb=64, cpus=1, profile=DEFAULT_PROFILE, cmdline="",
-               start=True):
-        """Create, load and (by default) start a VM; a bad image leaves no VM behind."""
+               start=True, initrd=None):
+        """Create, load and (by default) start a VM; a bad image leaves no VM behind. `initrd`: a Linux kernel's."""
         if not 1 <= mem_mb <= MAX_MEM_MB:
             raise ApiError(400, "mem_mb must be 1 to %d, not %s" % (MAX_MEM_MB, mem_mb))
         try:
@@ -100,7 +100,7 @@ class Fleet:
         except Exception as problem:
             raise engine_error(problem) from None
         try:
-            vm.load(data, filename, kind=kind, cmdline=cmdline)
+            vm.load(data, filename, kind=kind, cmdline=cmdline, initrd=initrd)
         except Exception as problem:
             self.host.destroy_vm(name)
             raise engine_error(problem) from None

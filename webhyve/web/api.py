@@ -12,7 +12,7 @@ from ..sessions.recording import NAME as RECORDING_NAME
 from ..sessions.recording import list_recordings
 from . import panels
 from .access import control_required
-from .api_schema import guard
+from .api_schema import DEFAULT_MEM_MB, guard
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(guard)
@@ -29,9 +29,23 @@ def whoami():
 
 
 # -- VMs ----------------------------------------------------------------------------------------------
+# Debian's own kernel with the busybox initramfs `make linux` builds (guests/linux.mk): what the VM list offers
+# as "Linux (Debian kernel + busybox)", booted as `vmmctl run vmlinuz --initrd initrd.gz --cmdline ...` would.
+LINUX_GUEST = "linux"
+LINUX_CMDLINE = "console=ttyS0 panic=-1"
+LINUX_MEM_MB = 256            # the kernel's init_size above its 16 MiB load address, and room for the initramfs
+
+
 @bp.get("/guests")
 def guests():
-    return {"guests": sorted(bundled_guests())}
+    return {"guests": sorted(bundled_guests()) + ([LINUX_GUEST] if bundled_linux() else [])}
+
+
+def bundled_linux():
+    """(kernel path, initrd path) of the bundled Linux guest, or None when `make linux` has not built it."""
+    directory = os.path.join(current_app.config["GUESTS_DIR"], "linux")
+    kernel, initrd = os.path.join(directory, "vmlinuz"), os.path.join(directory, "initrd.gz")
+    return (kernel, initrd) if os.path.isfile(kernel) and os.path.isfile(initrd) else None
 
 
 def bundled_guests():
@@ -59,17 +73,26 @@ def list_vms():
 def create_vm():
     """JSON {name, guest, ...} for a bundled guest, or multipart with an `image` file for an upload."""
     body = g.body
-    if "guest" in body:
+    initrd, cmdline, mem_mb = None, body["cmdline"], body["mem_mb"]
+    if body.get("guest") == LINUX_GUEST and bundled_linux():
+        kernel, ramdisk = bundled_linux()
+        with open(kernel, "rb") as f, open(ramdisk, "rb") as r:
+            data, filename, kind, initrd = f.read(), "vmlinuz", "linux", r.read()
+        cmdline, mem_mb = cmdline or LINUX_CMDLINE, mem_mb or LINUX_MEM_MB
+    elif "guest" in body:
         path, kind = bundled_guests().get(body["guest"], (None, None))
         if path is None:
-            raise ApiError(400, "no bundled guest %r (bundled: %s)" % (body["guest"], ", ".join(sorted(bundled_guests()))))
+            raise ApiError(400, "no bundled guest %r (bundled: %s)" % (body["guest"], ", ".join(guests()["guests"])))
         with open(path, "rb") as f:
             data, filename = f.read(), os.path.basename(path)
     else:
         upload = request.files["image"]
         data, filename, kind = upload.read(), os.path.basename(upload.filename or "upload.img"), None
-    session = fleet().create(body["name"], data, filename, kind=body["kind"] or kind, mem_mb=body["mem_mb"],
-                             cpus=body["cpus"], profile=body["profile"], cmdline=body["cmdline"], start=body["start"])
+        if "initrd" in request.files:                # a Linux kernel's initial ramdisk, as --initrd
+            initrd = request.files["initrd"].read()
+    session = fleet().create(body["name"], data, filename, kind=body["kind"] or kind, mem_mb=mem_mb or DEFAULT_MEM_MB,
+                             cpus=body["cpus"], profile=body["profile"], cmdline=cmdline, start=body["start"],
+                             initrd=initrd)
     return session.summary(), 201
 
 

@@ -17,21 +17,24 @@ from .schema import NOTHING, Address, Bool, Int, Invalid, Name, Schema, SchemaEr
 
 MAX_INPUT = 4096                 # characters typed in one request or event
 MAX_MEM_MB = 4096
+DEFAULT_MEM_MB = 64             # when a create names none (the bundled Linux guest takes 256: api.py)
 VM = Name("VM name")
 SNAPSHOT = Name("snapshot name")
 WORD = Text(1, 64)               # a path segment the view looks up and answers 404 for when unknown
 VM_CONFIG = dict(name=VM, kind=Text(choices=KINDS, default=None, nullable=True),
-                 mem_mb=Int(1, MAX_MEM_MB, default=64), cpus=Int(1, 1 << 16, default=1),       # the engine judges the upper bound and says why (VM_MAXCPU)
+                 mem_mb=Int(1, MAX_MEM_MB, default=None, nullable=True), cpus=Int(1, 1 << 16, default=1),       # the engine judges the upper bound and says why (VM_MAXCPU)
                  profile=Text(choices=PROFILES, default=DEFAULT_PROFILE),
                  cmdline=Text(0, 4096, default=""), start=Bool(default=True))
 
 
 class Route:
     """One route: `path` fields (by their name in the URL rule), `query` and `body` Schemas; `form`, the
-    Schema of a multipart upload's fields, whose `files` are the names of its file fields."""
+    Schema of a multipart upload's fields, whose `files` are the names of its file fields (`optional_files`
+    may be left out)."""
 
-    def __init__(self, path=None, query=NOTHING, body=NOTHING, form=None, files=()):
+    def __init__(self, path=None, query=NOTHING, body=NOTHING, form=None, files=(), optional_files=()):
         self.path, self.query, self.body, self.form, self.files = path or {}, query, body, form, files
+        self.optional_files = optional_files
 
 
 def vm_route(**kwargs):
@@ -46,7 +49,8 @@ ROUTES = {
     "api.whoami": Route(),
     "api.guests": Route(),
     "api.list_vms": Route(),
-    "api.create_vm": Route(body=Schema(**VM_CONFIG, guest=Text(1, 64)), form=Schema(**VM_CONFIG), files=("image",)),
+    "api.create_vm": Route(body=Schema(**VM_CONFIG, guest=Text(1, 64)), form=Schema(**VM_CONFIG), files=("image",),
+                            optional_files=("initrd",)),
     "api.get_vm": vm_route(),
     "api.destroy_vm": vm_route(),
     "api.lifecycle": Route(path={"name": VM, "action": WORD}),
@@ -110,11 +114,13 @@ def check_request():
 
 def body(route, where):
     if request.mimetype == "multipart/form-data" and route.form is not None:
-        unknown = [k for k in request.files if k not in route.files]
+        unknown = [k for k in request.files if k not in route.files + route.optional_files]
         missing = [k for k in route.files if k not in request.files]
         if unknown or missing:
-            raise SchemaError("%s: the upload needs exactly the file field%s %s, not %s" % (
-                where, "s" if len(route.files) > 1 else "", ", ".join(route.files), ", ".join(request.files) or "none"))
+            raise SchemaError("%s: the upload needs the file field%s %s%s, not %s" % (
+                where, "s" if len(route.files) > 1 else "", ", ".join(route.files),
+                " (and may have %s)" % ", ".join(route.optional_files) if route.optional_files else "",
+                ", ".join(request.files) or "none"))
         fields = {k: v for k, v in request.form.items() if v != ""}      # an empty form input means "not given"
         return route.form.check(fields, where + " (form)", from_text=True)
     raw = request.get_data(cache=True)

@@ -71,12 +71,25 @@ def nested_fault(c, gpa, gla, qualification, counted):
 
 @njit(**NUMBA)
 def ept_qualification(kind, rwx, translation):
+    """Exit 48's qualification (SDM Table 28-7): bits 2:0 the access (read, write, fetch); bits 5:3 what the EPT
+    allowed, the AND of bits 2:0 of the entries the walk used (0 when one was not present); bit 7 the
+    guest-linear address is valid (every access here comes from one); bit 8 the access was to the linear
+    address's translation (1) or to a guest paging-structure entry during its walk (0)."""
     q = E.EPT_FETCH if kind == W.ACCESS_FETCH else E.EPT_WRITE if kind == W.ACCESS_WRITE else E.EPT_READ
-    q |= np.int64(rwx & np.uint64(7)) << 3                     # the entry's R/W/X into bits 3-5
+    q |= np.int64(rwx & np.uint64(7)) << 3
     q |= E.EPT_GLA_VALID
     if translation:
         q |= E.EPT_TRANSLATION
     return np.uint64(q)
+
+
+@njit(**NUMBA)
+def walk_qualification(st, rwx):
+    """Exit 48 on a guest paging-structure entry: with EPT A/D enabled (EPTP bit 6) the CPU treats those
+    accesses as writes (SDM 29.3.3.2); without, the entry is read first, so only an entry the EPT lets it read
+    faults on the write that sets an accessed or dirty bit."""
+    write = (st[EPT.S_FLAGS] & np.uint64(EPT.F_HW_AD)) != 0 or (rwx & np.uint64(EPT.EPT_R)) != 0
+    return ept_qualification(W.ACCESS_WRITE if write else W.ACCESS_READ, rwx, False)
 
 
 @njit(**NUMBA)
@@ -124,16 +137,16 @@ def tlb_fill(c, vaddr, access):
         cr0 = rd(c, X.UC_X86_REG_CR0)
         cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
         touched, emulated = st[EPT.S_FIRST_TOUCH], st[EPT.S_AD_FAULTS]
-        code, gpa, gperms, err, fault_gpa, faults, status = W.walk(
+        code, gpa, gperms, err, fault_gpa, faults, status, walk_rwx = W.walk(
             mem64, mem32, st, pool, segs, c[C.NSEGS], cr0, rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4),
             rd_efer(c), cpl, vaddr, kind, True)
         if faults:
-            nested_fault(c, fault_gpa, vaddr, ept_qualification(W.ACCESS_WRITE, 7, False), faults)
+            nested_fault(c, fault_gpa, vaddr, walk_qualification(st, walk_rwx), faults)
         if code == W.GUEST_PF:
             c[C.EXIT], c[C.ERRCODE] = C.X_GUEST_PF, err
             return False, 0, 0
         if code == W.EPT_FAULT:                # a guest paging structure the EPT does not let it reach
-            ept_unhandled(c, status, fault_gpa, ept_qualification(W.ACCESS_WRITE, 0, False))
+            ept_unhandled(c, status, fault_gpa, walk_qualification(st, walk_rwx))
             return False, 0, 0
         status, hpa, rwx, faults, q_rwx = EPT.translate(mem64, st, pool, segs, c[C.NSEGS], gpa,
                                                         EPT.FETCH if kind == W.ACCESS_FETCH else
@@ -173,7 +186,10 @@ def tlb_fill(c, vaddr, access):
         if kind == W.ACCESS_FETCH:
             if not scanned:                             # EPT execute violation: scan this page first
                 c[C.EXIT], c[C.FAULT_GPA] = C.X_EXEC, gpa
-                c[C.FAULT_QUAL] = E.EPT_FETCH | E.EPT_READABLE | E.EPT_WRITABLE | E.EPT_GLA_VALID | E.EPT_TRANSLATION
+                # the page's entry as the model keeps it until the scan: its R/W, execute withheld
+                level, ea, e, ept_rwx = EPT.walk(mem64, st, gpa, False)
+                ept_rwx = ept_rwx & np.uint64(EPT.EPT_R | EPT.EPT_W) if level > 0 else np.uint64(0)
+                c[C.FAULT_QUAL] = ept_qualification(W.ACCESS_FETCH, ept_rwx, True)
                 return False, 0, 0
             perms |= W.PROT_X
     return True, hpa & ~np.uint64(0xFFF), perms

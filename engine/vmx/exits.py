@@ -86,6 +86,7 @@ BY_NAME = {name: number for number, name in REASONS.items()}
 EXCEPTION_NMI, EXTERNAL_INTERRUPT, TRIPLE_FAULT = 0, 1, 2
 INTERRUPT_WINDOW, NMI_WINDOW, APIC_WRITE = 7, 8, 56
 CPUID, HLT, VMCALL, IO_INSTRUCTION, RDMSR, WRMSR, PAUSE, EPT_VIOLATION, EPT_MISCONFIG = 10, 12, 18, 30, 31, 32, 40, 48, 49
+CR_ACCESS = 28
 INOUT = IO_INSTRUCTION      # bhyve's name (EXIT_REASON_INOUT), kept for the kernels
 
 
@@ -121,6 +122,22 @@ def decode_io(q):
     """As bhyve's vmx_exit_process reads it: size = (q&7)+1, in = bit 3, string = bit 4, rep = bit 5."""
     return {"port": (q >> 16) & 0xFFFF, "size": (q & 7) + 1, "in": bool(q & IO_IN),
             "string": bool(q & IO_STRING), "rep": bool(q & IO_REP), "immediate": bool(q & IO_IMMEDIATE)}
+
+
+# -- control-register access (exit 28, SDM Table 28-3) -------------------------------------------------
+CR_MOV_TO, CR_MOV_FROM, CR_CLTS, CR_LMSW = 0, 1, 2, 3
+
+
+@njit(**NUMBA)
+def cr_qualification(cr, access, gpr):
+    """Bits 3:0 the control register, 5:4 the access type (0 MOV to CR, 1 MOV from CR, 2 CLTS, 3 LMSW), 11:8
+    the general-purpose register of a MOV (0 RAX ... 15 R15)."""
+    return (cr & 0xF) | (access & 3) << 4 | (gpr & 0xF) << 8
+
+
+def decode_cr(q):
+    return {"cr": q & 0xF, "access": ("mov to cr", "mov from cr", "clts", "lmsw")[(q >> 4) & 3],
+            "gpr": (q >> 8) & 0xF, "lmsw_memory": bool(q & 1 << 6), "lmsw_data": (q >> 16) & 0xFFFF}
 
 
 # -- EPT violation (exit 48, SDM Table 28-7) --------------------------------------------------------

@@ -447,6 +447,33 @@ def disp32(code, at):
 
 
 @njit(**NUMBA)
+def mov_to_cr(c, code, address, prefixes, rex, long_mode):
+    """MOV to CR0 or CR4 (0F 22 /r; the mod bits are ignored, the operand is always a register) exits when it
+    would change a bit the CR0/CR4 guest/host mask owns from its read shadow (SDM 25.1.3): exit 28, counted as
+    VMEXIT_CR_ACCESS, handled as vmx_emulate_cr0_access/cr4_access do: the value becomes the read shadow the
+    guest reads back (Unicorn then runs the MOV itself). CR3 and CR8 moves do not exit (bhyve clears CR3-load/
+    store exiting and, with the TPR shadow, CR8 exiting)."""
+    if code.size < 3:
+        return
+    modrm = code[2]
+    cr = ((modrm >> 3) & 7) + (8 if rex & np.uint64(4) else 0)
+    gpr = (modrm & 7) + (8 if rex & np.uint64(1) else 0)
+    if cr != 0 and cr != 4:
+        return
+    value = rd(c, REG64[gpr])
+    if not long_mode:
+        value &= np.uint64(0xFFFFFFFF)
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    mask_at, shadow_at = (V.CR0_MASK, V.CR0_SHADOW) if cr == 0 else (V.CR4_MASK, V.CR4_SHADOW)
+    if (value ^ vmcs[shadow_at]) & vmcs[mask_at] == 0:
+        return
+    record_exit(c, E.CR_ACCESS, np.uint64(E.cr_qualification(cr, E.CR_MOV_TO, gpr)), prefixes + 3,
+                np.uint64(address), S.VMEXIT_CR_ACCESS)
+    vmcs[shadow_at] = value
+    l1d.entry_flush(c)                              # handled in the kernel: the entry that resumes the guest
+
+
+@njit(**NUMBA)
 def tlb_insn(c, code, address, prefixes, rex, long_mode, addr32):
     """INVLPG m (0F 01 /7) drops that page; MOV CR3 drops non-global entries; MOV CR0/CR4 drop all of
     this VPID's. An INVLPG operand this decoder does not follow (SIB) drops all: allowed by the SDM.
@@ -540,6 +567,8 @@ def hooked_insn(c, address, code):
             l1d.entry_flush(c)
     elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
         c[C.GUEST_PE] = 0                             # MOV CR0 or LMSW may be about to change CR0.PE
+        if op1 == 0x22:
+            mov_to_cr(c, code[i:], address, i, rex, long_mode)
         tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
     elif op0 == 0x90 and rep and not rex & np.uint64(1):
         pause_exit(c, address)

@@ -285,3 +285,34 @@ def test_exception_exit_information(tmp_path, insn, vector, error, address):
     finally:
         for vm in list(hv.vms.values()):
             vm.poweroff()
+
+
+# -- exit-reason names: SDM Vol. 3D Appendix C, Table C-1 "Basic Exit Reasons" ---------------------------------
+SDM_TABLE_C1 = {
+    0: "Exception or non-maskable interrupt (NMI)", 1: "External interrupt", 2: "Triple fault", 3: "INIT signal",
+    4: "Start-up IPI (SIPI)", 5: "I/O system-management interrupt (SMI)", 6: "Other SMI", 7: "Interrupt window",
+    8: "NMI window", 9: "Task switch", 10: "CPUID", 11: "GETSEC", 12: "HLT", 13: "INVD", 14: "INVLPG",
+    15: "RDPMC", 16: "RDTSC", 17: "RSM", 18: "VMCALL", 19: "VMCLEAR", 20: "VMLAUNCH", 21: "VMPTRLD",
+    22: "VMPTRST", 23: "VMREAD", 24: "VMRESUME", 25: "VMWRITE", 26: "VMXOFF", 27: "VMXON",
+    28: "Control-register accesses", 29: "MOV DR", 30: "I/O instruction", 31: "RDMSR", 32: "WRMSR",
+    33: "VM-entry failure due to invalid guest state", 34: "VM-entry failure due to MSR loading", 36: "MWAIT",
+    37: "Monitor trap flag", 39: "MONITOR", 40: "PAUSE", 41: "VM-entry failure due to machine-check event",
+    43: "TPR below threshold", 44: "APIC access", 45: "Virtualized EOI", 46: "Access to GDTR or IDTR",
+    47: "Access to LDTR or TR", 48: "EPT violation", 49: "EPT misconfiguration", 50: "INVEPT", 51: "RDTSCP",
+    52: "VMX-preemption timer expired", 53: "INVVPID", 54: "WBINVD or WBNOINVD", 55: "XSETBV", 56: "APIC write",
+    57: "RDRAND", 58: "INVPCID", 59: "VMFUNC", 60: "ENCLS", 61: "RDSEED", 62: "Page-modification log full",
+    63: "XSAVES", 64: "XRSTORS", 65: "PCONFIG", 66: "SPP-related event", 67: "UMWAIT", 68: "TPAUSE",
+    69: "LOADIWKEY",
+}
+
+
+def test_exit_reasons_are_the_sdms():
+    """Every basic exit reason 0-69 the SDM defines (35, 38 and 42 unused), with its title; each name is the
+    title's words (an abbreviation of the long ones), and the five that bhyve-style names got wrong are the
+    SDM's now."""
+    assert E.TITLES == SDM_TABLE_C1
+    assert sorted(E.REASONS) == sorted(SDM_TABLE_C1) and set(range(70)) - set(E.REASONS) == {35, 38, 42}
+    assert [E.reason_name(n) for n in (29, 30, 33, 34, 43)] == [
+        "MOV_DR", "IO_INSTRUCTION", "ENTRY_FAILURE_GUEST_STATE", "ENTRY_FAILURE_MSR_LOADING", "TPR_BELOW_THRESHOLD"]
+    assert E.reason_name(70) == "UNKNOWN_70" and E.reason_title(70) == ""
+    assert len(set(E.REASONS.values())) == len(E.REASONS)

@@ -13,12 +13,13 @@ import weakref
 import numpy as np
 
 from . import names, snapshot
-from .cpu import cachesim
+from .cpu import cachesim, profiles
 from .cpu.l1d import HostCaches
 from .errors import ConfigError
 from .hostcpu import HostCpu
 from .tunables import Tunables
 from .vm import VM
+from .vmx.vpid import VpidPool
 
 PAGE = 0x1000
 MiB = 1 << 20
@@ -102,8 +103,12 @@ class Hypervisor:
             raise ConfigError("the modeled host has 1 to 64 CPUs, not %s" % ncpu)
         self.ncpu = ncpu
         self.hostcpus = [HostCpu(i) for i in range(ncpu)]
-        self.tunables = Tunables(tunables)
+        host = profiles.get(profiles.DEFAULT)         # the modeled host CPU, which the read-only sysctls describe
+        self.tunables = Tunables(tunables, host_cpu=(host.has_flush_cmd,
+                                                     bool(host.arch_capabilities & profiles.ARCH_CAP_SKIP_L1DFL_VMENTRY)))
         self.l1d = HostCaches(self)                   # per-host-CPU L1D state, the flush buffer, host data
+        # vpid_init: unique VPIDs above vm_maxcpu, which bhyve reads at boot (vmx/vpid.py)
+        self.vpids = VpidPool(self.tunables.get("hw.vmm.maxcpu") + 1)
         self.tunables.listeners.append(functools.partial(cachesim.on_tunable, self))
         self.vms = {}
         self.lock = threading.Lock()

@@ -76,7 +76,7 @@ def save(vm, path):
         "ept": {"flags": int(st[EPT.S_FLAGS]), "eptp": vm.pmap.eptp,
                 "counters": {k: int(st[s]) for k, s in (("promotions", EPT.S_PROMOTIONS), ("demotions", EPT.S_DEMOTIONS),
                                                        ("first_touch", EPT.S_FIRST_TOUCH), ("ad_faults", EPT.S_AD_FAULTS))}},
-        "tunables": {t["name"]: t["value"] for t in vm.hypervisor.tunables.describe()},
+        "tunables": {t["name"]: t["value"] for t in vm.hypervisor.tunables.describe() if not t["read_only"]},
         "devices": device_state(vm),
         "vcpus": vcpus,
     }
@@ -117,11 +117,11 @@ def _pages(vm):
 def _tlb_rows(vm):
     """The TLB model's entries for this VM's vCPUs: rows [hostcpu, vpid, linear, gpa, perms, global]."""
     rows = []
-    vpids = {v.index + 1 for v in vm.vcpus}
+    tags = {v.vpid: v.index + 1 for v in vm.vcpus}    # saved as vcpuid + 1: the restoring host allocates its own
     for host in vm.hypervisor.hostcpus:
         for e in host.tlb_entries():
-            if e["eptp"] == vm.pmap.eptp and e["vpid"] in vpids:
-                rows.append((host.index, e["vpid"], e["linear"], e["gpa"], e["perms"], int(e["global"])))
+            if e["eptp"] == vm.pmap.eptp and e["vpid"] in tags:
+                rows.append((host.index, tags[e["vpid"]], e["linear"], e["gpa"], e["perms"], int(e["global"])))
     return np.array(rows, np.uint64).reshape(-1, 6)
 
 
@@ -328,7 +328,8 @@ def _restore_into(vm, manifest, arrays, image):
         if host < len(vm.hypervisor.hostcpus):
             hpa = vm.pmap.lookup(gpa)
             if hpa is not None:
-                TLB.insert(vm.hypervisor.hostcpus[host].tlb, vpid, vm.pmap.eptp, linear, gpa, hpa, perms, bool(glob))
+                TLB.insert(vm.hypervisor.hostcpus[host].tlb, vm.vcpus[vpid - 1].vpid, vm.pmap.eptp, linear, gpa, hpa,
+                           perms, bool(glob))             # saved as vcpuid + 1 (_tlb_rows)
     load_device_state(vm, manifest["devices"])
     with vm.lock:
         vm.suspend_reason, vm.suspend_message = manifest["vm"]["suspend"]

@@ -80,6 +80,21 @@ SLOTS, NSLOTS = _slots()
 globals().update(SLOTS)          # VMEXIT_HLT etc. as module constants: kernels use them as slots
 
 
+PAGE_SIZE = 4096
+HZ = 1000                        # kern.hz, FreeBSD's default: VCPU_IDLE_TICKS counts these ticks
+
+
+def ticks(ns):
+    """The kernel's `ticks` at CLOCK_MONOTONIC `ns`: hz per second."""
+    return ns * HZ // 1000000000
+
+
+def resident_bytes(pages):
+    """VMM_MEM_RESIDENT: vm_get_rescnt sets it on vCPU 0 only, PAGE_SIZE * vmspace_resident_count: the guest
+    pages backed now (the EPT's populated 4 KiB pages, a superpage counting 512)."""
+    return PAGE_SIZE * pages
+
+
 def new_counters():
     return np.zeros(NSLOTS, np.uint64)
 

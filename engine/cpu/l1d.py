@@ -241,11 +241,16 @@ def exit_path_touch(c, l1, want):
 
 @njit(**NUMBA)
 def flush_wanted(params, cpu_flags, arch_caps):
-    """(flush, by software) for this entry, from the tunables and the CPU (bhyve's vmx_modinit rules)."""
+    """(flush, by software) for this entry, from the tunables and the CPU: vmx_modinit's guest_l1d_flush and
+    guest_l1d_flush_sw, exactly (tunables.effective_l1d is the twin). A tunable not set (-1, read as uint64)
+    takes bhyve's default: the flush is on unless SKIP_L1DFL_VMENTRY; hw.vmm.l1d_flush_sw is read only when the
+    flush is on and the CPU lacks IA32_FLUSH_CMD, and then defaults to 1."""
     flush = params[T.L1D_FLUSH]
-    if flush > 1:                                   # auto (-1 read as uint64): on unless SKIP_L1DFL_VMENTRY
+    if flush > 1:
         flush = np.uint64(0) if arch_caps & np.uint64(P.ARCH_CAP_SKIP_L1DFL_VMENTRY) else np.uint64(1)
-    software = params[T.L1D_FLUSH_SW] != 0 or (cpu_flags & np.uint64(CPUF_FLUSH_CMD)) == 0
+    software = False
+    if flush != 0 and (cpu_flags & np.uint64(CPUF_FLUSH_CMD)) == 0:
+        software = params[T.L1D_FLUSH_SW] != 0
     return flush != 0, software
 
 

@@ -49,7 +49,7 @@ def shadow_fill(c, vaddr, access):
     cr0 = rd(c, X.UC_X86_REG_CR0)
     cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
     kind = W.ACCESS_FETCH if access == 18 else W.ACCESS_READ
-    code, gpa, perms, err, fgpa, faults, status = W.walk(mem64, mem32, st, pool, segs, c[C.NSEGS], cr0,
+    code, gpa, perms, err, fgpa, faults, status, _ = W.walk(mem64, mem32, st, pool, segs, c[C.NSEGS], cr0,
                                                          rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4),
                                                          rd_efer(c), cpl, vaddr, kind, False)
     if code != W.OK:

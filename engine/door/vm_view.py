@@ -123,8 +123,11 @@ class VmView:
         """{stat ID: sum over the vCPUs} of the single-slot stats, read without stopping anyone: each counter
         is one 64-bit word only its vCPU's thread adds to, so each is exact, though not all from one moment
         (for one moment, read a vCPU's "counters" in a visit)."""
-        return {ident: sum(int(v.counters[S.SLOTS[ident]]) for v in self._vm.vcpus)
-                for ident, _, n in S.TABLE if n == 1}
+        totals = {ident: sum(int(v.counters[S.SLOTS[ident]]) for v in self._vm.vcpus)
+                  for ident, _, n in S.TABLE if n == 1}
+        totals["VMM_MEM_RESIDENT"] = S.resident_bytes(self._vm.pmap.stats()["resident_pages"])   # computed when read
+        totals["VMM_MEM_WIRED"] = 0
+        return totals
 
     # -- console and screen -----------------------------------------------------------------------------
     def console_reader(self, position=None):

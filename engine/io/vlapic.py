@@ -203,13 +203,38 @@ def is_level(regs, vector):
 
 @njit(**NUMBA)
 def set_ready(c, vector, posted, level):
-    """vlapic_set_intr_ready on the target's context: returns True if the target must be notified. The TMR bit
-    takes the trigger mode as the vector is accepted (SDM §10.8.4): set for a level-triggered interrupt, whose
-    EOI then goes to the I/O APIC, cleared for an edge-triggered one."""
-    regs = page_of(c)
+    """vlapic_set_intr_ready on the target's context: returns True if the target must be notified. A vector
+    below 16 is a receive-illegal-vector error instead (SDM 10.5.3)."""
     if vector < 16:
-        regs[ESR >> 2] |= np.uint32(ESR_RECV_ILLEGAL)
+        return set_error(c, ESR_RECV_ILLEGAL)
+    return into_irr(c, vector, posted, level)
+
+
+@njit(**NUMBA)
+def set_error(c, mask):
+    """vlapic_set_error: the error's bit into the ESR, and the error LVT fires (vlapic_fire_lvt, always in fixed
+    mode) unless masked, counted as VLAPIC_INTR_ERROR. An error LVT whose own vector is below 16 only adds
+    send-illegal-vector to the ESR (no second error: bhyve's lvt_error). True if the vCPU must be notified."""
+    regs = page_of(c)
+    regs[ESR >> 2] |= np.uint32(mask)
+    value = regs[LVT_ERROR >> 2]
+    if value & LVT_MASKED:
         return False
+    vector = np.int64(value & 0xFF)
+    if vector < 16:
+        regs[ESR >> 2] |= np.uint32(ESR_SEND_ILLEGAL)
+        return False
+    carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VLAPIC_INTR_ERROR] += 1
+    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    return into_irr(c, vector, params[T.POSTED_INTERRUPTS] != 0, False)
+
+
+@njit(**NUMBA)
+def into_irr(c, vector, posted, level):
+    """A vector from 16 up into the IRR (or the PIR): True if the target must be notified. The TMR bit takes
+    the trigger mode as the vector is accepted (SDM §10.8.4): set for a level-triggered interrupt, whose EOI
+    then goes to the I/O APIC, cleared for an edge-triggered one."""
+    regs = page_of(c)
     if not regs[SVR >> 2] & SVR_ENABLE:
         return False                                     # software-disabled: the interrupt is dropped
     if level:
@@ -455,6 +480,7 @@ def send_ipi(c, icr_lo):
     mode, vector = (icr_lo >> 8) & 7, icr_lo & 0xFF
     counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
     params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
+    illegal = False
     for i in range(n):
         if hits[i] == 0:
             continue
@@ -463,7 +489,7 @@ def send_ipi(c, icr_lo):
         carray(u64_ptr(other[C.STATS]), S.NSLOTS)[S.VLAPIC_IPI_RECV] += 1
         if mode == DM_FIXED or mode == DM_LOWPRI:
             if vector < 16:
-                regs[ESR >> 2] |= np.uint32(ESR_SEND_ILLEGAL)
+                illegal = True
             elif i == np.int64(c[C.VCPUID]):             # a self-IPI: the write's exit injects it
                 set_ready(c, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0, False)
             else:
@@ -474,6 +500,8 @@ def send_ipi(c, icr_lo):
             call_host(ib[IB_CALLBACK], U(i), U(CB_SIPI), U(vector), U(0))
         elif mode == DM_NMI:
             call_host(ib[IB_CALLBACK], U(i), U(CB_NMI), U(0), U(0))
+    if illegal:                                          # one send-illegal-vector error per ICR write
+        set_error(c, ESR_SEND_ILLEGAL)
 
 
 # -- the page's memory hooks (APIC-register virtualization) --------------------------------------------

@@ -80,7 +80,7 @@ def linear_to_hpa(c, linear):
     mem8, mem64, mem32, segs = views(c)
     st, pool = ept_views(c)
     cs = rd(c, X.UC_X86_REG_CS)
-    code, gpa, perms, err, fgpa, faults, status = W.walk(mem64, mem32, st, pool, segs, c[C.NSEGS],
+    code, gpa, perms, err, fgpa, faults, status, _ = W.walk(mem64, mem32, st, pool, segs, c[C.NSEGS],
                                                          rd(c, X.UC_X86_REG_CR0), rd(c, X.UC_X86_REG_CR3),
                                                          rd(c, X.UC_X86_REG_CR4), rd_efer(c), cs & 3, linear,
                                                          W.ACCESS_READ, False)

@@ -548,16 +548,18 @@ def handle_violation(mem64, st, pool, segs, nsegs, gpa, access):
 @njit(**NUMBA)
 def translate(mem64, st, pool, segs, nsegs, gpa, access, tries):
     """Guest-physical → host-physical for `access`, handling first-touch and A/D faults in place (each one
-    a nested page fault, counted by the caller through `faults`). Returns (status, hpa, rwx, faults, ea-rwx):
-    status HANDLED with the address and the R/W/X to cache, or why not; the last value is the walk's R/W/X for
-    the exit qualification."""
+    a nested page fault, counted by the caller through `faults`). Returns (status, hpa, rwx, faults, q):
+    status HANDLED with the address and the R/W/X to cache, or why not; q is what the EPT allowed at the last
+    violation (the logical AND of bits 2:0 of the entries its walk used, 0 when one was not present): bits
+    5:3 of that exit's qualification (SDM Table 28-7)."""
     u = np.uint64
     hw_ad = (st[S_FLAGS] & u(F_HW_AD)) != 0
     faults = 0
+    q = u(0)
     for _ in range(tries):
         level, ea, e, rwx = walk(mem64, st, gpa, hw_ad)
         if level == MISCONFIGURED:
-            return MISCONFIG, u(0), u(0), faults, u(0)
+            return MISCONFIG, u(0), u(0), faults, q
         if level > 0 and allowed(rwx, access):
             perms = rwx
             if hw_ad and not e & u(EPT_D):
@@ -567,12 +569,13 @@ def translate(mem64, st, pool, segs, nsegs, gpa, access, tries):
                     continue                           # the leaf changed under us: walk again
                 elif level == 1 and st[S_FLAGS] & u(F_SUPERPAGES):
                     _fold_into_superpage(mem64, st, gpa, u(EPT_D))
-            return HANDLED, leaf_hpa(level, e, gpa), perms, faults, rwx
+            return HANDLED, leaf_hpa(level, e, gpa), perms, faults, q
         faults += 1
+        q = rwx if level > 0 else u(0)                 # a missing entry allows nothing
         result = handle_violation(mem64, st, pool, segs, nsegs, gpa, access)
         if result != HANDLED:
-            return result, u(0), u(0), faults, rwx
-    return DENIED, u(0), u(0), faults, u(0)
+            return result, u(0), u(0), faults, q
+    return DENIED, u(0), u(0), faults, q
 
 
 # -- the host's changes (under S_LOCK) -------------------------------------------------------------------

@@ -32,7 +32,9 @@ OK, GUEST_PF, EPT_FAULT = 0, 1, 2
 
 @njit(**NUMBA)
 def _entry(mem64, mem32, st, pool, segs, nsegs, gpa, wide, guest):
-    """(host address, value, EPT status, nested faults) of a paging-structure entry."""
+    """(host address, value, EPT status, nested faults, the EPT's R/W/X at the last of them) of a
+    paging-structure entry."""
+    q = np.uint64(0)
     if guest:
         status, hpa, rwx, faults, q = EPT.translate(mem64, st, pool, segs, nsegs, gpa, EPT.WRITE, 4)
     else:
@@ -41,10 +43,10 @@ def _entry(mem64, mem32, st, pool, segs, nsegs, gpa, wide, guest):
                           EPT.MISCONFIG if level == EPT.MISCONFIGURED else EPT.DENIED), 0
         hpa = EPT.leaf_hpa(level, e, gpa) if status == EPT.HANDLED else np.uint64(0)
     if status != EPT.HANDLED or hpa + np.uint64(8) > np.uint64(mem64.size * 8):
-        return np.int64(-1), np.uint64(0), status, faults
+        return np.int64(-1), np.uint64(0), status, faults, q
     if wide:
-        return np.int64(hpa), mem64[hpa >> np.uint64(3)], status, faults
-    return np.int64(hpa), np.uint64(mem32[hpa >> np.uint64(2)]), status, faults
+        return np.int64(hpa), mem64[hpa >> np.uint64(3)], status, faults, q
+    return np.int64(hpa), np.uint64(mem32[hpa >> np.uint64(2)]), status, faults, q
 
 
 @njit(inline="always", **NUMBA)
@@ -83,14 +85,16 @@ def reserved(e, level, levels, pse, nxe, m, page1gb):
 @njit(**NUMBA)
 def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, access, set_ad):
     """Guest-linear → guest-physical. Returns (code, gpa, perms, error code, faulting entry gpa, nested
-    faults taken, EPT status of the faulting entry). set_ad: a guest access (A/D set, pages backed).
+    faults taken, EPT status of the faulting entry, the EPT's R/W/X for the paging-structure entry at the last
+    nested fault: bits 5:3 of its exit qualification, SDM Table 28-7). set_ad: a guest access (A/D set, pages
+    backed).
 
     Everything is uint64: numba turns mixed signed/unsigned 64-bit arithmetic into floats.
     """
     u = np.uint64
     va, cr0, cr3, cr4, efer = u(va), u(cr0), u(cr3), u(cr4), u(efer)
     if not cr0 & CR0_PG:
-        return OK, va, PROT_R | PROT_W | PROT_X | PROT_USER, 0, u(0), 0, 0
+        return OK, va, PROT_R | PROT_W | PROT_X | PROT_USER, 0, u(0), 0, 0, u(0)
     write, fetch, user = access == ACCESS_WRITE, access == ACCESS_FETCH, cpl == 3
     nxe = (efer & EFER_NXE) != 0
     m = st[EPT.S_PHYS]
@@ -109,6 +113,7 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
     shift = u(12)
     e = u(0)
     faults = 0
+    q = u(0)
     for level in range(levels, 0, -1):
         pdpt = levels == 3 and level == 3             # PAE PDPTEs: 4 of them, no R/W, U/S or NX
         if wide:
@@ -117,16 +122,18 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
         else:
             shift = u(12 + 10 * (level - 1))
             gpa = table + ((va >> shift) & u(0x3FF)) * u(4)
-        hpa, e, status, taken = _entry(mem64, mem32, st, pool, segs, nsegs, gpa, wide, set_ad)
+        hpa, e, status, taken, rwx = _entry(mem64, mem32, st, pool, segs, nsegs, gpa, wide, set_ad)
+        if taken or hpa < 0:
+            q = rwx
         faults += taken
         if hpa < 0:
-            return EPT_FAULT, u(0), 0, 0, gpa, faults, status
+            return EPT_FAULT, u(0), 0, 0, gpa, faults, status, q
         if not e & u(PG_P):
             code = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
-            return GUEST_PF, u(0), 0, code, u(0), faults, 0
+            return GUEST_PF, u(0), 0, code, u(0), faults, 0, q
         if reserved(e, level, levels, pse, nxe, m, page1gb):
             code = PF_P | PF_RSVD | (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
-            return GUEST_PF, u(0), 0, code, u(0), faults, 0
+            return GUEST_PF, u(0), 0, code, u(0), faults, 0, q
         last = hpa
         if set_ad and not pdpt and not e & u(PG_A):   # A in each entry used (SDM 4.8; PAE PDPTEs have none)
             if wide:
@@ -144,7 +151,7 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
     writable = rw if (user or (cr0 & CR0_WP) != 0) else True
     if (write and not writable) or (user and not us) or (fetch and nx):
         code = PF_P | (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch and nxe else 0)
-        return GUEST_PF, u(0), 0, code, u(0), faults, 0
+        return GUEST_PF, u(0), 0, code, u(0), faults, 0, q
     offset_mask = (u(1) << shift) - u(1)
     if shift == 22:                                   # 4 MiB page: PSE-36 puts bits 39:32 in 20:13
         frame = (e & u(0xFFC00000)) | (((e >> u(13)) & u(0xFF)) << u(32))
@@ -167,4 +174,4 @@ def walk(mem64, mem32, st, pool, segs, nsegs, cr0, cr3, cr4, efer, cpl, va, acce
         perms |= PROT_GLOBAL
     if us:
         perms |= PROT_USER
-    return OK, gpa, perms, 0, u(0), faults, 0
+    return OK, gpa, perms, 0, u(0), faults, 0, q

@@ -52,7 +52,7 @@ def make_uc(vcpu):
                         (C.CODE, vm.code_state.ctypes.data), (C.NPAGES, len(vm.code_state)),
                         (C.SCRATCH, vcpu.scratch.ctypes.data), (C.RING, vcpu.ring.ctypes.data),
                         (C.EPT, vm.pmap.st.ctypes.data), (C.POOL, vcpu.pool.ctypes.data),
-                        (C.POOL_SIZE, len(vcpu.pool)), (C.VPID, vcpu.index + 1), (C.EPTP, vm.pmap.eptp),
+                        (C.POOL_SIZE, len(vcpu.pool)), (C.VPID, vcpu.vpid), (C.EPTP, vm.pmap.eptp),
                         (C.EPTGEN, vm.eptgen.ctypes.data)):
         c[slot] = value
     c[C.CPU_ENV] = cpuctx.env_address(uc)        # the kernels' way to segment caches and hidden flags
@@ -77,14 +77,22 @@ def add_exit_hooks(uc, ud):
     hook_add(uc, UC_HOOK_BLOCK, buslock.block_hook.address, ud)        # kicks leave at block boundaries; the bus lock
 
 
+# vmx_modinit's CR0/CR4 guest/host masks, from a Haswell's IA32_VMX_CR0_FIXED0/1 (0x80000021, 0xFFFFFFFF) and
+# IA32_VMX_CR4_FIXED0/1 (0x2000, 0x1767FF): the bits fixed to 1 (CR0.PE and PG dropped: unrestricted guest) and to
+# 0 (everything FIXED1 clears, bits 63:32 included), plus CR0.CD and NW, which bhyve never lets the guest set.
+CR0_MASK = (0x80000021 & ~0x80000001) | (~0x80000021 & ~0xFFFFFFFF & (1 << 64) - 1) | 0x60000000
+CR4_MASK = 0x2000 | (~0x1767FF & (1 << 64) - 1)
+
+
 def init_vmcs(vcpu):
     """Controls as bhyve's vmx_vcpu_init sets them."""
     v, index = vcpu.vmcs, vcpu.index
-    v["VPID"] = index + 1                                              # vpid_alloc: vcpuid + 1
+    v["VPID"] = vcpu.vpid                                              # vpid_alloc (vmx/vpid.py)
     v["EPTP"] = vcpu.vm.pmap.eptp
     v["LINK_POINTER"] = (1 << 64) - 1
     v["EXCEPTION_BITMAP"] = 0xFFFFFFFF if vcpu.vm.hypervisor.tunables.get("hw.vmm.trace_guest_exceptions") else 1 << 18
-    v["CR0_SHADOW"] = 0x60000010
+    v["CR0_SHADOW"] = 0x60000010                                       # vmx_setup_cr0_shadow(vmcs, 0x60000010)
+    v["CR0_MASK"], v["CR4_MASK"] = CR0_MASK, CR4_MASK                  # vmx_setup_cr_shadow; CR4's shadow is 0
     v["APIC_ACCESS"] = 0xFFFFF000
     v["HOST_RIP"] = 0xFFFFFFFF80000000 + 0x1000 * index               # vmx_exit_guest in the modeled host
     v["HOST_CR3"] = 0x1000

@@ -144,21 +144,21 @@ class GuestState:
                  "length": int(rows[i][2]), "rip": int(rows[i][3])} for i in order]
 
     def read_counters(self):
-        """This vCPU's statistics as plain ints, in stats.py's slot order; vCPU 0's carry the VM's memory
-        figures, computed when they are read as vmm.c does."""
-        counters = [int(v) for v in self.counters]
+        """This vCPU's statistics as plain ints, in stats.py's slot order. vCPU 0's memory figures are set
+        when they are read, as vmm.c's vm_get_rescnt/vm_get_wiredcnt set them (vmm_stat_set) on every copy:
+        stored, so that a reader of the raw counters (the VM's totals) sees them too."""
         if self.index == 0:
-            counters[S.VMM_MEM_RESIDENT] = int(self.vm.pmap.st[EPT.S_RESIDENT]) * EPT.PAGE
-            counters[S.VMM_MEM_WIRED] = 0
-        return counters
+            self.counters[S.VMM_MEM_RESIDENT] = S.resident_bytes(int(self.vm.pmap.st[EPT.S_RESIDENT]))
+            self.counters[S.VMM_MEM_WIRED] = 0
+        return [int(v) for v in self.counters]
 
     def read_tlb(self):
         """tlb_info on the vCPU's thread, between two turns on its host CPU: no vCPU fills that TLB meanwhile."""
         c, host = self.counters, self.hostcpu
         with host.turn():
-            mine = [e for e in host.tlb_entries() if e["vpid"] == self.index + 1]
+            mine = [e for e in host.tlb_entries() if e["vpid"] == self.vpid]
             capacity, generation = int(host.tlb[TLB.H_SETS] * host.tlb[TLB.H_WAYS]), int(host.tlb[TLB.H_GEN])
-        return {"hostcpu": host.index, "vpid": self.index + 1, "eptp": self.vm.pmap.eptp,
+        return {"hostcpu": host.index, "vpid": self.vpid, "eptp": self.vm.pmap.eptp,
                 "hits": int(c[S.TLB_HITS]), "misses": int(c[S.TLB_MISSES]), "walks": int(c[S.TLB_WALKS]),
                 "guest_flushes": int(c[S.TLB_GUEST_FLUSHES]), "invept": int(c[S.VCPU_INVEPT]),
                 "invept_saved": int(c[S.VCPU_INVEPT_SAVED]),

@@ -17,12 +17,14 @@ from .. import stats as S
 from ..core import ctx as C
 from ..core import kick
 from ..core import vmcs as V
+from ..cpu import tsc
 from ..errors import StateError, UnsupportedByModel
 from ..io import vlapic as L
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..native import address, load_real_mode_segment
 from ..vmx import mmio, vmx
+from ..vmx.vpid import vpid_alloc, vpid_free
 from . import build, halting, handlers
 from .guest import GuestState
 from .states import HALTED, IDLE, PAUSED, RUNNING
@@ -83,6 +85,7 @@ class Vcpu(GuestState):
         self.paused_from = RUNNING               # what a resume returns to: RUNNING, or HALTED (still in its HLT)
         self.tb_stale = False                    # the host wrote guest code: drop translated blocks before entering
         self.unstarted = threading.RLock()
+        self.vpid = vpid_alloc(vm.hypervisor.vpids, index)    # vmx_vcpu_init: unique across VMs (vmx/vpid.py)
         build.make_uc(self)
         self.hostcpu.assign(self)
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
@@ -205,10 +208,13 @@ class Vcpu(GuestState):
     def _drive(self):
         while True:
             if self.state != RUNNING:
+                asleep = time.monotonic_ns() if self.state == HALTED else None
                 try:
                     message = self.mailbox.get(timeout=halting.timeout(self))
                 except queue.Empty:                  # halted until the LAPIC timer's deadline: it is due
                     message = ("wake",)
+                if asleep is not None:               # vm_handle_hlt's sleep: VCPU_IDLE_TICKS
+                    self.counters[S.VCPU_IDLE_TICKS] += S.ticks(time.monotonic_ns()) - S.ticks(asleep)
                 if self._handle(message) == "exit":
                     return
                 continue
@@ -281,9 +287,11 @@ class Vcpu(GuestState):
                 if self.tb_stale:                # the host wrote guest code meanwhile (vm.code_written)
                     self.tb_stale = False
                     self.uc.ctl_flush_tb()
-                start = time.perf_counter_ns()
+                start = time.monotonic_ns()
                 code = vmx.vmx_run(self.ctx)
-                self.counters[S.VCPU_TOTAL_RUNTIME] += time.perf_counter_ns() - start
+                # vm_run: vmm_stat_incr(VCPU_TOTAL_RUNTIME, rdtsc() - tscval), in ticks of the modeled host's TSC
+                hz = self.vm.profile.tsc_hz
+                self.counters[S.VCPU_TOTAL_RUNTIME] += tsc.host_tsc(hz) - tsc.host_tsc(hz, start)
                 self.parked.set()
                 if code != vmx.EXITCODE_BOGUS or int(self.ctx[C.REQ]) != C.REQ_PEEK:
                     break                        # a visit alone does not end the turn: back in after it
@@ -333,10 +341,17 @@ class Vcpu(GuestState):
         combined mappings of this EPTP), else a single-context INVVPID."""
         host = self.hostcpu.index
         if int(self.vm.pmap.st[EPT.S_GEN]) == int(self.vm.eptgen[host]):
-            TLB.invalidate(self.hostcpu.tlb, TLB.INV_SINGLE, self.index + 1, 0, 0, False)
+            TLB.invalidate(self.hostcpu.tlb, TLB.INV_SINGLE, self.vpid, 0, 0, False)
             self.counters[S.VCPU_INVVPID_DONE] += 1
         else:
             self.counters[S.VCPU_INVVPID_SAVED] += 1
+
+    def release_vpid(self):
+        """vmx_vcpu_cleanup's vpid_free, when the VM is destroyed or reset (once)."""
+        if self.vpid is not None:
+            pool = self.vm.hypervisor.vpids
+            vpid_free(pool, self.vpid, pool.low - 1)
+            self.vpid = None
 
     def suspend(self, reason, message):
         """Stop with `reason`: the VM makes this state and its reason visible together (vm.vcpu_suspended)."""

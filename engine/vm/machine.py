@@ -196,6 +196,7 @@ class VM(VmMemory, Platform):
                 raise StateError("VM %r: vcpu%d did not stop; try again" % (self.name, vcpu.index))
         for vcpu in self.vcpus:
             vcpu.hostcpu.unassign(vcpu)
+            vcpu.release_vpid()                        # vm_reinit: vcpu_cleanup, then vcpu_init allocates again
         self._forget_memory()
         with self.lock:
             self.suspend_reason = self.suspend_message = None
@@ -213,6 +214,7 @@ class VM(VmMemory, Platform):
         self.poweroff()
         for vcpu in self.vcpus:
             vcpu.hostcpu.unassign(vcpu)
+            vcpu.release_vpid()                        # vmx_vcpu_cleanup: vpid_free
         self._free_memory()
         self.hypervisor.l1d.release_vm(self)
         for vcpu in self.vcpus:

@@ -29,7 +29,7 @@ from ..mmu.access import canonical, ept_views, views
 from ..native import NUMBA, u64_ptr, u8_ptr
 from . import cpuctx as K
 from . import exits as E
-from .hooks import ept_qualification, nested_fault
+from .hooks import ept_qualification, nested_fault, walk_qualification
 
 OK, FALLBACK = 0, 1                         # deliver_event's answer
 STEP_OK, STEP_FAULT, STEP_FALLBACK = 0, 1, 2
@@ -93,11 +93,11 @@ def cpu_translate(c, raw, linear, write, user):
     kind = W.ACCESS_WRITE if write else W.ACCESS_READ
     touched, emulated = st[EPT.S_FIRST_TOUCH], st[EPT.S_AD_FAULTS]
     cr = K.CR // 8
-    code, gpa, perms, err, fault_gpa, faults, status = W.walk(
+    code, gpa, perms, err, fault_gpa, faults, status, walk_rwx = W.walk(
         mem64, mem32, st, pool, segs, c[C.NSEGS], raw[cr], raw[cr + 3], raw[cr + 4], efer, 3 if user else 0,
         U(linear), kind, True)
     if faults:
-        nested_fault(c, fault_gpa, linear, ept_qualification(W.ACCESS_WRITE, 7, False), faults)
+        nested_fault(c, fault_gpa, linear, walk_qualification(st, walk_rwx), faults)
     if code == W.GUEST_PF:
         return T_PF, np.int64(-1), U(err)
     if code == W.EPT_FAULT:

@@ -7,28 +7,96 @@ from numba import njit
 
 from ..native import NUMBA
 
-# Basic exit reasons (SDM Appendix C). bhyve prints them through exit_reason_to_str.
-REASONS = {
-    0: "EXCEPTION_NMI", 1: "EXTERNAL_INTERRUPT", 2: "TRIPLE_FAULT", 3: "INIT", 4: "SIPI",
-    5: "IO_SMI", 6: "OTHER_SMI", 7: "INTERRUPT_WINDOW", 8: "NMI_WINDOW", 9: "TASK_SWITCH",
-    10: "CPUID", 11: "GETSEC", 12: "HLT", 13: "INVD", 14: "INVLPG", 15: "RDPMC", 16: "RDTSC",
-    17: "RSM", 18: "VMCALL", 19: "VMCLEAR", 20: "VMLAUNCH", 21: "VMPTRLD", 22: "VMPTRST",
-    23: "VMREAD", 24: "VMRESUME", 25: "VMWRITE", 26: "VMXOFF", 27: "VMXON", 28: "CR_ACCESS",
-    29: "DR_ACCESS", 30: "INOUT", 31: "RDMSR", 32: "WRMSR", 33: "INVAL_VMCS", 34: "INVAL_MSR",
-    36: "MWAIT", 37: "MTF", 39: "MONITOR", 40: "PAUSE", 41: "MCE_DURING_ENTRY", 43: "TPR",
-    44: "APIC_ACCESS", 45: "VIRTUALIZED_EOI", 46: "GDTR_IDTR", 47: "LDTR_TR", 48: "EPT_VIOLATION",
-    49: "EPT_MISCONFIG", 50: "INVEPT", 51: "RDTSCP", 52: "VMX_PREEMPT", 53: "INVVPID",
-    54: "WBINVD", 55: "XSETBV", 56: "APIC_WRITE", 57: "RDRAND", 58: "INVPCID",
-}
+# Basic exit reasons: number, name, and the SDM's title for it (Intel SDM Vol. 3D Appendix C, "VMX Basic Exit
+# Reasons", Table C-1; 35, 38 and 42 are unused). The names are the titles shortened where they are long
+# (bhyve's vmcs.h spells a few otherwise: EXT_INTR, INTR_WINDOW, EPT_FAULT, INOUT, INVAL_VMCS ...).
+TABLE = (
+    (0, "EXCEPTION_NMI", "Exception or non-maskable interrupt (NMI)"),
+    (1, "EXTERNAL_INTERRUPT", "External interrupt"),
+    (2, "TRIPLE_FAULT", "Triple fault"),
+    (3, "INIT", "INIT signal"),
+    (4, "SIPI", "Start-up IPI (SIPI)"),
+    (5, "IO_SMI", "I/O system-management interrupt (SMI)"),
+    (6, "OTHER_SMI", "Other SMI"),
+    (7, "INTERRUPT_WINDOW", "Interrupt window"),
+    (8, "NMI_WINDOW", "NMI window"),
+    (9, "TASK_SWITCH", "Task switch"),
+    (10, "CPUID", "CPUID"),
+    (11, "GETSEC", "GETSEC"),
+    (12, "HLT", "HLT"),
+    (13, "INVD", "INVD"),
+    (14, "INVLPG", "INVLPG"),
+    (15, "RDPMC", "RDPMC"),
+    (16, "RDTSC", "RDTSC"),
+    (17, "RSM", "RSM"),
+    (18, "VMCALL", "VMCALL"),
+    (19, "VMCLEAR", "VMCLEAR"),
+    (20, "VMLAUNCH", "VMLAUNCH"),
+    (21, "VMPTRLD", "VMPTRLD"),
+    (22, "VMPTRST", "VMPTRST"),
+    (23, "VMREAD", "VMREAD"),
+    (24, "VMRESUME", "VMRESUME"),
+    (25, "VMWRITE", "VMWRITE"),
+    (26, "VMXOFF", "VMXOFF"),
+    (27, "VMXON", "VMXON"),
+    (28, "CR_ACCESS", "Control-register accesses"),
+    (29, "MOV_DR", "MOV DR"),
+    (30, "IO_INSTRUCTION", "I/O instruction"),
+    (31, "RDMSR", "RDMSR"),
+    (32, "WRMSR", "WRMSR"),
+    (33, "ENTRY_FAILURE_GUEST_STATE", "VM-entry failure due to invalid guest state"),
+    (34, "ENTRY_FAILURE_MSR_LOADING", "VM-entry failure due to MSR loading"),
+    (36, "MWAIT", "MWAIT"),
+    (37, "MTF", "Monitor trap flag"),
+    (39, "MONITOR", "MONITOR"),
+    (40, "PAUSE", "PAUSE"),
+    (41, "MCE_DURING_ENTRY", "VM-entry failure due to machine-check event"),
+    (43, "TPR_BELOW_THRESHOLD", "TPR below threshold"),
+    (44, "APIC_ACCESS", "APIC access"),
+    (45, "VIRTUALIZED_EOI", "Virtualized EOI"),
+    (46, "GDTR_IDTR", "Access to GDTR or IDTR"),
+    (47, "LDTR_TR", "Access to LDTR or TR"),
+    (48, "EPT_VIOLATION", "EPT violation"),
+    (49, "EPT_MISCONFIG", "EPT misconfiguration"),
+    (50, "INVEPT", "INVEPT"),
+    (51, "RDTSCP", "RDTSCP"),
+    (52, "VMX_PREEMPT", "VMX-preemption timer expired"),
+    (53, "INVVPID", "INVVPID"),
+    (54, "WBINVD", "WBINVD or WBNOINVD"),
+    (55, "XSETBV", "XSETBV"),
+    (56, "APIC_WRITE", "APIC write"),
+    (57, "RDRAND", "RDRAND"),
+    (58, "INVPCID", "INVPCID"),
+    (59, "VMFUNC", "VMFUNC"),
+    (60, "ENCLS", "ENCLS"),
+    (61, "RDSEED", "RDSEED"),
+    (62, "PML_FULL", "Page-modification log full"),
+    (63, "XSAVES", "XSAVES"),
+    (64, "XRSTORS", "XRSTORS"),
+    (65, "PCONFIG", "PCONFIG"),
+    (66, "SPP_EVENT", "SPP-related event"),
+    (67, "UMWAIT", "UMWAIT"),
+    (68, "TPAUSE", "TPAUSE"),
+    (69, "LOADIWKEY", "LOADIWKEY"),
+)
+REASONS = {number: name for number, name, _ in TABLE}
+TITLES = {number: title for number, _, title in TABLE}
 BY_NAME = {name: number for number, name in REASONS.items()}
 
 EXCEPTION_NMI, EXTERNAL_INTERRUPT, TRIPLE_FAULT = 0, 1, 2
 INTERRUPT_WINDOW, NMI_WINDOW, APIC_WRITE = 7, 8, 56
-CPUID, HLT, VMCALL, INOUT, RDMSR, WRMSR, PAUSE, EPT_VIOLATION, EPT_MISCONFIG = 10, 12, 18, 30, 31, 32, 40, 48, 49
+CPUID, HLT, VMCALL, IO_INSTRUCTION, RDMSR, WRMSR, PAUSE, EPT_VIOLATION, EPT_MISCONFIG = 10, 12, 18, 30, 31, 32, 40, 48, 49
+CR_ACCESS = 28
+INOUT = IO_INSTRUCTION      # bhyve's name (EXIT_REASON_INOUT), kept for the kernels
 
 
 def reason_name(number):
     return REASONS.get(number & 0xFFFF, "UNKNOWN_%d" % (number & 0xFFFF))
+
+
+def reason_title(number):
+    """The SDM's title for a basic exit reason (Table C-1), or "" for a number it does not define."""
+    return TITLES.get(number & 0xFFFF, "")
 
 
 # -- I/O instruction (exit 30, SDM Table 28-5) -----------------------------------------------------
@@ -54,6 +122,22 @@ def decode_io(q):
     """As bhyve's vmx_exit_process reads it: size = (q&7)+1, in = bit 3, string = bit 4, rep = bit 5."""
     return {"port": (q >> 16) & 0xFFFF, "size": (q & 7) + 1, "in": bool(q & IO_IN),
             "string": bool(q & IO_STRING), "rep": bool(q & IO_REP), "immediate": bool(q & IO_IMMEDIATE)}
+
+
+# -- control-register access (exit 28, SDM Table 28-3) -------------------------------------------------
+CR_MOV_TO, CR_MOV_FROM, CR_CLTS, CR_LMSW = 0, 1, 2, 3
+
+
+@njit(**NUMBA)
+def cr_qualification(cr, access, gpr):
+    """Bits 3:0 the control register, 5:4 the access type (0 MOV to CR, 1 MOV from CR, 2 CLTS, 3 LMSW), 11:8
+    the general-purpose register of a MOV (0 RAX ... 15 R15)."""
+    return (cr & 0xF) | (access & 3) << 4 | (gpr & 0xF) << 8
+
+
+def decode_cr(q):
+    return {"cr": q & 0xF, "access": ("mov to cr", "mov from cr", "clts", "lmsw")[(q >> 4) & 3],
+            "gpr": (q >> 8) & 0xF, "lmsw_memory": bool(q & 1 << 6), "lmsw_data": (q >> 16) & 0xFFFF}
 
 
 # -- EPT violation (exit 48, SDM Table 28-7) --------------------------------------------------------

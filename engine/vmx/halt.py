@@ -14,6 +14,7 @@ import numpy as np
 from numba import carray, njit
 from unicorn import x86_const as X
 
+from .. import stats as S
 from .. import tunables as T
 from ..core import ctx as C
 from ..core.regs import rd
@@ -54,7 +55,8 @@ def wait(c):
     if window <= 0 or not rd(c, X.UC_X86_REG_EFLAGS) & U(RFLAGS_IF):
         return EXITCODE_HLT
     ib = L.block(c)
-    limit = L.now_ns(c) + window
+    start = L.now_ns(c)
+    limit = start + window
     c[C.HALT_IN_KERNEL] = 1
     c[C.RUNSTATE] = C.RUN_HALTED                   # notifiers now wake the futex (vlapic.notify)
     code = EXITCODE_HLT
@@ -75,4 +77,12 @@ def wait(c):
                    U(c[C.INTR]) + U(8 * L.IB_HALT_TS))
     c[C.HALT_IN_KERNEL] = 0
     c[C.RUNSTATE] = C.RUN_HOST
+    idle_ticks(c, start, L.now_ns(c))
     return code
+
+
+@njit(**NUMBA)
+def idle_ticks(c, start, end):
+    """vm_handle_hlt: vmm_stat_incr(VCPU_IDLE_TICKS, ticks - t) around its sleep, in ticks of kern.hz."""
+    hz = np.int64(S.HZ)
+    carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VCPU_IDLE_TICKS] += U(end * hz // 1000000000 - start * hz // 1000000000)

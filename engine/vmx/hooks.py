@@ -71,12 +71,25 @@ def nested_fault(c, gpa, gla, qualification, counted):
 
 @njit(**NUMBA)
 def ept_qualification(kind, rwx, translation):
+    """Exit 48's qualification (SDM Table 28-7): bits 2:0 the access (read, write, fetch); bits 5:3 what the EPT
+    allowed, the AND of bits 2:0 of the entries the walk used (0 when one was not present); bit 7 the
+    guest-linear address is valid (every access here comes from one); bit 8 the access was to the linear
+    address's translation (1) or to a guest paging-structure entry during its walk (0)."""
     q = E.EPT_FETCH if kind == W.ACCESS_FETCH else E.EPT_WRITE if kind == W.ACCESS_WRITE else E.EPT_READ
-    q |= np.int64(rwx & np.uint64(7)) << 3                     # the entry's R/W/X into bits 3-5
+    q |= np.int64(rwx & np.uint64(7)) << 3
     q |= E.EPT_GLA_VALID
     if translation:
         q |= E.EPT_TRANSLATION
     return np.uint64(q)
+
+
+@njit(**NUMBA)
+def walk_qualification(st, rwx):
+    """Exit 48 on a guest paging-structure entry: with EPT A/D enabled (EPTP bit 6) the CPU treats those
+    accesses as writes (SDM 29.3.3.2); without, the entry is read first, so only an entry the EPT lets it read
+    faults on the write that sets an accessed or dirty bit."""
+    write = (st[EPT.S_FLAGS] & np.uint64(EPT.F_HW_AD)) != 0 or (rwx & np.uint64(EPT.EPT_R)) != 0
+    return ept_qualification(W.ACCESS_WRITE if write else W.ACCESS_READ, rwx, False)
 
 
 @njit(**NUMBA)
@@ -124,16 +137,16 @@ def tlb_fill(c, vaddr, access):
         cr0 = rd(c, X.UC_X86_REG_CR0)
         cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
         touched, emulated = st[EPT.S_FIRST_TOUCH], st[EPT.S_AD_FAULTS]
-        code, gpa, gperms, err, fault_gpa, faults, status = W.walk(
+        code, gpa, gperms, err, fault_gpa, faults, status, walk_rwx = W.walk(
             mem64, mem32, st, pool, segs, c[C.NSEGS], cr0, rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4),
             rd_efer(c), cpl, vaddr, kind, True)
         if faults:
-            nested_fault(c, fault_gpa, vaddr, ept_qualification(W.ACCESS_WRITE, 7, False), faults)
+            nested_fault(c, fault_gpa, vaddr, walk_qualification(st, walk_rwx), faults)
         if code == W.GUEST_PF:
             c[C.EXIT], c[C.ERRCODE] = C.X_GUEST_PF, err
             return False, 0, 0
         if code == W.EPT_FAULT:                # a guest paging structure the EPT does not let it reach
-            ept_unhandled(c, status, fault_gpa, ept_qualification(W.ACCESS_WRITE, 0, False))
+            ept_unhandled(c, status, fault_gpa, walk_qualification(st, walk_rwx))
             return False, 0, 0
         status, hpa, rwx, faults, q_rwx = EPT.translate(mem64, st, pool, segs, c[C.NSEGS], gpa,
                                                         EPT.FETCH if kind == W.ACCESS_FETCH else
@@ -173,7 +186,10 @@ def tlb_fill(c, vaddr, access):
         if kind == W.ACCESS_FETCH:
             if not scanned:                             # EPT execute violation: scan this page first
                 c[C.EXIT], c[C.FAULT_GPA] = C.X_EXEC, gpa
-                c[C.FAULT_QUAL] = E.EPT_FETCH | E.EPT_READABLE | E.EPT_WRITABLE | E.EPT_GLA_VALID | E.EPT_TRANSLATION
+                # the page's entry as the model keeps it until the scan: its R/W, execute withheld
+                level, ea, e, ept_rwx = EPT.walk(mem64, st, gpa, False)
+                ept_rwx = ept_rwx & np.uint64(EPT.EPT_R | EPT.EPT_W) if level > 0 else np.uint64(0)
+                c[C.FAULT_QUAL] = ept_qualification(W.ACCESS_FETCH, ept_rwx, True)
                 return False, 0, 0
             perms |= W.PROT_X
     return True, hpa & ~np.uint64(0xFFF), perms
@@ -431,6 +447,33 @@ def disp32(code, at):
 
 
 @njit(**NUMBA)
+def mov_to_cr(c, code, address, prefixes, rex, long_mode):
+    """MOV to CR0 or CR4 (0F 22 /r; the mod bits are ignored, the operand is always a register) exits when it
+    would change a bit the CR0/CR4 guest/host mask owns from its read shadow (SDM 25.1.3): exit 28, counted as
+    VMEXIT_CR_ACCESS, handled as vmx_emulate_cr0_access/cr4_access do: the value becomes the read shadow the
+    guest reads back (Unicorn then runs the MOV itself). CR3 and CR8 moves do not exit (bhyve clears CR3-load/
+    store exiting and, with the TPR shadow, CR8 exiting)."""
+    if code.size < 3:
+        return
+    modrm = code[2]
+    cr = ((modrm >> 3) & 7) + (8 if rex & np.uint64(4) else 0)
+    gpr = (modrm & 7) + (8 if rex & np.uint64(1) else 0)
+    if cr != 0 and cr != 4:
+        return
+    value = rd(c, REG64[gpr])
+    if not long_mode:
+        value &= np.uint64(0xFFFFFFFF)
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    mask_at, shadow_at = (V.CR0_MASK, V.CR0_SHADOW) if cr == 0 else (V.CR4_MASK, V.CR4_SHADOW)
+    if (value ^ vmcs[shadow_at]) & vmcs[mask_at] == 0:
+        return
+    record_exit(c, E.CR_ACCESS, np.uint64(E.cr_qualification(cr, E.CR_MOV_TO, gpr)), prefixes + 3,
+                np.uint64(address), S.VMEXIT_CR_ACCESS)
+    vmcs[shadow_at] = value
+    l1d.entry_flush(c)                              # handled in the kernel: the entry that resumes the guest
+
+
+@njit(**NUMBA)
 def tlb_insn(c, code, address, prefixes, rex, long_mode, addr32):
     """INVLPG m (0F 01 /7) drops that page; MOV CR3 drops non-global entries; MOV CR0/CR4 drop all of
     this VPID's. An INVLPG operand this decoder does not follow (SIB) drops all: allowed by the SDM.
@@ -524,6 +567,8 @@ def hooked_insn(c, address, code):
             l1d.entry_flush(c)
     elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
         c[C.GUEST_PE] = 0                             # MOV CR0 or LMSW may be about to change CR0.PE
+        if op1 == 0x22:
+            mov_to_cr(c, code[i:], address, i, rex, long_mode)
         tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
     elif op0 == 0x90 and rep and not rex & np.uint64(1):
         pause_exit(c, address)

@@ -184,6 +184,8 @@ def _run(c):
         if c[C.REQ] != 0:
             if c[C.REQ] & np.uint64(C.REQ_STOP):
                 counters[S.VMEXIT_ASTPENDING] += 1
+            elif c[C.REQ] & np.uint64(C.REQ_PEEK):      # vm_exit_reqidle: another thread wants the vCPU idle
+                counters[S.VMEXIT_REQIDLE] += 1
             return EXITCODE_BOGUS
         # 3. pmap activate: a stale eptgen on this host CPU means one INVEPT
         pmap_activate(c)

@@ -95,7 +95,8 @@ const Panels = (() => {
     });
     return WH.el("tr", {"data-name": t.name}, WH.el("th", {}, t.name), WH.el("td", {}, input),
       WH.el("td", {class: "num"}, "default " + t.default),
-      WH.el("td", {}, t.description + (t.boot_only ? " (read at VM creation)" : "")));
+      WH.el("td", {}, t.description + (t.boot_only ? " (read at VM creation)" : "") +
+        (t.read_only ? " (read-only sysctl; set through " + t.set_by + ")" : t.bhyve_boot ? " (bhyve reads it only at boot)" : "")));
   }
 
   function renderTunables(list) {

@@ -47,7 +47,7 @@ def test_io_qualifications(hv, tmp_path):
         v = vm.vcpus[0]
         assert v.counters[stats.VMEXIT_INOUT] == 1, src         # a REP string instruction is one exit
         io = [e for e in v.exit_log() if e["reason"] == exits.INOUT]
-        assert len(io) == 1 and io[0]["name"] == "INOUT"
+        assert len(io) == 1 and io[0]["name"] == "IO_INSTRUCTION"
         assert exits.decode_io(io[0]["qualification"]) == want, src
         assert io[0]["length"] == length, src
 

@@ -49,7 +49,7 @@ def test_lifecycle_and_state_panels(client, shell_vm):
     vmcs = client.get("/api/v1/vms/sh/vcpus/0/vmcs").json
     assert [g["name"] for g in vmcs["groups"]] == list(V.GROUPS)
     fields = {f["name"]: f for g in vmcs["groups"] for f in g["fields"]}
-    assert fields["GUEST_RIP"]["encoding"] == 0x681E and fields["VPID"]["value"] == 1
+    assert fields["GUEST_RIP"]["encoding"] == 0x681E and fields["VPID"]["value"] >= 17    # vpid_alloc: above hw.vmm.maxcpu
     assert vmcs["last_exit"]["name"] in ("EXTERNAL_INTERRUPT", "HLT")    # the pause kicked it out, or it waited in HLT
     stats = client.get("/api/v1/vms/sh/vcpus/0/stats").json
     assert stats["by_id"]["VMEXIT_INOUT"] > 0 and stats["text"].startswith("vcpu0 stats:")
@@ -157,7 +157,7 @@ def test_engine_views_ept_tlb_and_l1d(client, shell_vm):
     assert lookup[-1]["flags"].startswith("R")                     # the kernel's page is mapped
     caches = client.get("/api/v1/vms/sh/caches").json
     tlb, l1d = caches["tlb"][0]["value"], caches["l1d"][0]["value"]
-    assert tlb["misses"] > 0 and tlb["vpid"] == 1 and tlb["capacity"] == 1024
+    assert tlb["misses"] > 0 and tlb["vpid"] >= 17 and tlb["capacity"] == 1024       # vpid_alloc: above maxcpu
     assert l1d["hostcpu"] == tlb["hostcpu"] and sum(l1d["occupancy"].values()) + l1d["free_lines"] == 512
     assert l1d["flushes_sw"] > 0                                   # haswell: bhyve's software flush on entry
     client.post("/api/v1/vms/sh/pause")

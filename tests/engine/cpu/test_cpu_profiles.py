@@ -63,9 +63,9 @@ def test_profiles_table():
 
 
 def test_flush_tunables_aliases_and_auto(hv):
-    """bhyve's newer hw.vmm.vmx.* names reach the same values; 'auto' is -1; out-of-range is refused."""
+    """bhyve's newer hw.vmm.vmx.* names reach the same values; 'auto' (not set) is -1; out-of-range is refused."""
     t = hv.tunables
-    assert t.get("hw.vmm.l1d_flush") == -1 and t.get("hw.vmm.l1d_flush_sw") == 0
+    assert t.get("hw.vmm.l1d_flush") == -1 and t.get("hw.vmm.l1d_flush_sw") == -1
     t.set("hw.vmm.vmx.l1d_flush", "0")
     assert t.get("hw.vmm.l1d_flush") == 0
     t.set("hw.vmm.l1d_flush", "auto")
@@ -74,8 +74,10 @@ def test_flush_tunables_aliases_and_auto(hv):
     assert t.get("hw.vmm.l1d_flush_sw") == 1
     with pytest.raises(TunableError, match="outside -1..1"):
         t.set("hw.vmm.l1d_flush", "2")
+    t.set("hw.vmm.l1d_flush_sw", "unset")
+    assert t.get("hw.vmm.l1d_flush_sw") == -1
     with pytest.raises(TunableError):
-        t.set("hw.vmm.l1d_flush_sw", "auto")
+        t.set("hw.vmm.l1d_flush_sw", "2")
 
 
 @pytest.mark.parametrize("profile, flush, method", [

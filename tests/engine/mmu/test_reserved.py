@@ -100,7 +100,7 @@ def test_guest_paging_reserved_bits(case):
             mem64[(SEG + gpa) >> 3] = value
     cr4 = {"long": W.CR4_PAE, "pae": W.CR4_PAE, "32": W.CR4_PSE}[mode]
     efer = (W.EFER_LMA if mode == "long" else 0) | (W.EFER_NXE if nxe else 0)
-    code, gpa, perms, err, fault_gpa, faults, status = W.walk(mem64, host.view(np.uint32), st, pool, segs, 1,
+    code, gpa, perms, err, fault_gpa, faults, status, _ = W.walk(mem64, host.view(np.uint32), st, pool, segs, 1,
                                                               0x80010011, 0x1000, cr4, efer, 0, va, access, False)
     got = {W.OK: None, W.GUEST_PF: int(err), W.EPT_FAULT: "ept"}[int(code)]
     assert got == want, name

@@ -82,7 +82,7 @@ def test_walk_matches_twin(mode, phys, nxe, page1gb):
         cr3 = rng.randrange(0, 256) << 12
         va = rng.getrandbits(48 if mode == "long" else 32)
         access, cpl = rng.randrange(3), rng.choice([0, 3])
-        code, gpa, perms, err, fault_gpa, faults, status = W.walk(mem64, mem32, st, pool, segtab, 1, cr0, cr3, cr4,
+        code, gpa, perms, err, fault_gpa, faults, status, _ = W.walk(mem64, mem32, st, pool, segtab, 1, cr0, cr3, cr4,
                                                                   efer, cpl, va, access, False)
         read = lambda g, wide: _read(mem64, st, g, wide)
         t_steps, t_code, t_gpa, t_perms, t_err = explain.guest_walk(read, cr0, cr3, cr4, efer, cpl, va, access,
@@ -126,7 +126,7 @@ def test_guest_walk_sets_accessed_and_dirty_and_backs_tables_on_first_touch():
         hpa = int(E.leaf_hpa(level, e, page << 12))
         host[hpa:hpa + 0x1000] = image[page << 12:(page + 1) << 12]
     E.change(mem64, st, pool, 0x5000, 0x1000, 0, True)
-    code, gpa, perms, _, _, faults, _ = W.walk(mem64, host.view(np.uint32), st, pool, segtab, 1, 0x80010011, 0x1000,
+    code, gpa, perms, _, _, faults, _, _ = W.walk(mem64, host.view(np.uint32), st, pool, segtab, 1, 0x80010011, 0x1000,
                                                W.CR4_PAE, W.EFER_LMA, 0, 0x123, W.ACCESS_WRITE, True)
     assert (code, gpa) == (W.OK, 0x5123) and perms & W.PROT_W
     entries = [_read(mem64, st, a, True) for a in (0x1000, 0x2000, 0x3000, 0x4000)]

@@ -106,9 +106,12 @@ def test_long_mode_guest_with_its_32_bit_elf_and_set_architecture(hv):
     vm.start()
     assert vm.wait(states=("suspended",), timeout=30) == "suspended"
     port = vm.gdb_listen(0)
+    movabs = b"\x48\xb8" + (0x1122334455667788).to_bytes(8, "little")                  # mov rax, imm64
+    MOVABS = vm.debugger.read_memory(0, symbol("long_entry", "longmode.elf"), 64).index(movabs)
     out = run_gdb(port, ["show architecture", "print/x $rax", "print/x $r15", "print/x $efer", "print/x $cr3",
-                         "print/x $cr0", "print/x $k_gs_base", "set architecture i386:x86-64", "x/i $pc",
-                         "print/x $pc", "continue"], elf=os.path.join(GUESTS, "longmode.elf"))
+                         "print/x $cr0", "print/x $k_gs_base", "x/i long_entry+%d" % MOVABS,
+                         "set architecture i386:x86-64", "x/i long_entry+%d" % MOVABS, "print/x $pc", "continue"],
+                  elf=os.path.join(GUESTS, "longmode.elf"))
     vm.destroy()
     assert "not compatible" not in out and "too long" not in out, out
     assert '(currently "i386")' in out, out
@@ -116,7 +119,8 @@ def test_long_mode_guest_with_its_32_bit_elf_and_set_architecture(hv):
     assert (rax, r15) == (0x1122334455667788, 0x0123456789ABCDEF)
     assert efer & 0x500 == 0x500 and cr3 == vm.registers()["cr3"] and cr0 & 0x80000001 == 0x80000001
     assert kgs == 0 and pc == vm.registers()["rip"]
-    assert re.search(r"=> 0x%x.*:\s+hlt" % pc, out), out                    # decoded as 64-bit code
+    assert re.search(r"<long_entry\+%d>:\s+dec\s+%%eax" % MOVABS, out), out         # i386: REX.W is DEC EAX
+    assert "movabs $0x1122334455667788,%rax" in out, out                          # then 64-bit code
     assert "exited normally" in out                              # the VM had halted for good: W00
 
 

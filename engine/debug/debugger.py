@@ -181,8 +181,12 @@ class Debugger:
         return "vcpu%d %s%s" % (v.index, v.state, " (%s)" % why[0] if why else "")
 
     def architecture(self, vcpu):
-        """The target description the vCPU's mode needs now (target.py)."""
+        """The target description's register file (target.py): the same in every mode."""
         return self.vm.vcpus[vcpu].visit(lambda v: target.architecture_of(v.uc))
+
+    def mode(self, vcpu):
+        """The gdb architecture that decodes the vCPU's code now: i8086, i386 or i386:x86-64."""
+        return self.vm.vcpus[vcpu].visit(lambda v: target.mode_of(v.uc))
 
     def read_registers(self, vcpu, arch, number=None):
         """gdb's bytes of every register of `arch` (a `g` packet), or of register `number` (a `p` packet)."""

@@ -1,7 +1,7 @@
 """The GDB remote stub of one VM (bhyve's -G port): gdb's remote serial protocol on 127.0.0.1.
 
 One debugger at a time. On connect every vCPU stops (all-stop); vCPUs are threads 1..N; registers
-follow the target description of the selected vCPU's mode (target.py); memory is guest-linear through
+are one x86-64 register file in every mode (target.py), and gdb is told when a vCPU's mode changes; memory is guest-linear through
 the vCPU's page tables; Z0/Z1 are code-hook breakpoints, Z2-Z4 watchpoints; Ctrl-C (\\x03) stops
 the guest. When gdb detaches or goes away, breakpoints are dropped and the guest runs on.
 """
@@ -91,7 +91,7 @@ class GdbStub:
     def _session(self):
         self.parser, self.pending, self.last_sent = rsp.Parser(), collections.deque(), b""
         self.g_thread = self.c_thread = 0
-        self.arch, self.mode_noted = None, False
+        self.arch, self.mode = None, None
         if self.wait and self.debugger.entry is not None:
             self._wait_entry()
         self.debugger.stop_all()
@@ -217,8 +217,7 @@ class GdbStub:
                 return self._stop_reply(None, signal.SIGSEGV)
 
     def _stop_reply(self, event, signo=signal.SIGTRAP):
-        if self.arch is not None:
-            self._note_mode_change()
+        self._note_mode_change()
         if event is None:
             self.last_stop = b"T%02xthread:%x;" % (signo, self._vcpu() + 1)
         elif event.reason == "watchpoint":
@@ -228,13 +227,16 @@ class GdbStub:
         return self.last_stop
 
     def _note_mode_change(self):
-        """gdb keeps the description it read on connecting: say so (an O packet) once the vCPU left that mode."""
-        now = self.debugger.architecture(self._vcpu())
-        if now != self.arch and not self.mode_noted:
-            self.mode_noted = True
-            text = ("webhyve: vcpu%d switched to %s; gdb still has the %s registers of when it connected: "
-                    "reconnect (target remote) to see the whole register file\n" % (self._vcpu(), now, self.arch))
-            self._send(b"O" + text.encode().hex().encode())
+        """gdb's architecture decodes the code and unwinds the frames; the stub cannot set it, so an O packet says
+        when the stopped vCPU's mode is another than at the last stop (real, protected, long)."""
+        now = self.debugger.mode(self._vcpu())
+        if self.mode is not None and now != self.mode:
+            text = ("webhyve: vcpu%d is now in %s mode (registers unchanged); for gdb to decode its code: "
+                    "set architecture %s\n" % (self._vcpu(), {"i8086": "real", "i386": "protected",
+                                                               "i386:x86-64": "64-bit"}[now], now))
+            if self.conn is not None:
+                self._send(b"O" + text.encode().hex().encode())
+        self.mode = now
 
     def _continue(self, args):
         return self._run(set(), True)

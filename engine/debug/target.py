@@ -1,11 +1,20 @@
-"""gdb's target descriptions for the guest's modes, declared as register tables (i386 and x86-64).
+"""gdb's target description of an x86 vCPU: one register file for every mode, declared as a register table.
 
-gdb learns the register layout from the XML the stub sends with qXfer:features:read (gdb manual,
-"Target Descriptions"); the `g` packet is every register of the table in this order, little-endian.
-gdb's i386 code requires the org.gnu.gdb.i386.core feature with the general registers and the x87
-state in its own order; fs_base/gs_base go in org.gnu.gdb.i386.segments, and the control registers
-and EFER in our own feature (gdb shows them with `info registers system`). A 32-bit guest (Multiboot's
-protected mode, real mode) gets the i386 table; a guest in IA-32e mode gets x86-64.
+gdb learns the register layout from the XML the stub sends with qXfer:features:read (gdb manual, "Target
+Descriptions"); the `g` packet is every register of the table in this order, little-endian. As QEMU's x86-64
+system emulation does (target/i386/gdbstub.c: "GDB can't deal with changes in registers or sizes in the middle
+of a session"), the layout is the 64-bit one whatever the guest's mode: rax..r15, rip, eflags, the selectors and
+the x87 state in org.gnu.gdb.i386.core, then fs_base, gs_base, k_gs_base, cr0, cr2, cr3, cr4, cr8 and efer in
+org.gnu.gdb.i386.sys (our own description, written from the SDM's register list, not QEMU's file).
+
+Unlike QEMU's, the description names no <architecture>: gdb 13 refuses a target that reports i386:x86-64 when
+its ELF is 32-bit ("Selected architecture i386 is not compatible with reported target architecture
+i386:x86-64") and refuses `set architecture i8086` or `i386` against it, so a 32-bit kernel could not be
+debugged once its guest went to long mode, nor real-mode code decoded. Without it gdb takes the architecture of
+the ELF, or `set architecture` (i8086, i386, i386:x86-64) at any time, and checks the core feature for that
+architecture's register names; the core feature therefore also carries the i386 names eax..edi and eip (the
+low halves of rax..rdi and rip). Pointer types would be sized by the chosen architecture, so every register is
+a plain integer of its width.
 """
 import struct
 from dataclasses import dataclass
@@ -46,24 +55,37 @@ def _table(gprs, pc, bits, extra):
     return tuple(regs + extra)
 
 
-SYS = "org.webhyve.x86.sys"
-I386 = _table(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"), "eip", 32, [
-    Register("cr0", 32, "int32", "system", SYS, X.UC_X86_REG_CR0),
-    Register("cr2", 32, "int32", "system", SYS, X.UC_X86_REG_CR2),
-    Register("cr3", 32, "int32", "system", SYS, X.UC_X86_REG_CR3),
-    Register("cr4", 32, "int32", "system", SYS, X.UC_X86_REG_CR4),
-    Register("efer", 64, "int64", "system", SYS, X.UC_X86_REG_MSR)])
-AMD64 = _table(("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
-                "r14", "r15"), "rip", 64, [
-    Register("fs_base", 64, "int64", "system", "org.gnu.gdb.i386.segments", X.UC_X86_REG_FS_BASE),
-    Register("gs_base", 64, "int64", "system", "org.gnu.gdb.i386.segments", X.UC_X86_REG_GS_BASE),
-    Register("cr0", 64, "int64", "system", SYS, X.UC_X86_REG_CR0),
-    Register("cr2", 64, "int64", "system", SYS, X.UC_X86_REG_CR2),
-    Register("cr3", 64, "int64", "system", SYS, X.UC_X86_REG_CR3),
-    Register("cr4", 64, "int64", "system", SYS, X.UC_X86_REG_CR4),
-    Register("cr8", 64, "int64", "system", SYS, X.UC_X86_REG_CR8),
-    Register("efer", 64, "int64", "system", SYS, X.UC_X86_REG_MSR)])
-ARCHITECTURES = {"i386": I386, "i386:x86-64": AMD64}
+CORE, SEGMENTS_FEATURE, SYS = "org.gnu.gdb.i386.core", "org.gnu.gdb.i386.segments", "org.gnu.gdb.i386.sys"
+GPRS64 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+# The i386 names of the same registers (their low 32 bits), for a gdb whose architecture is i386 or i8086
+# (a 32-bit ELF, `set architecture i8086`): its i386 code finds eax..edi and eip in the core feature by name.
+GPRS32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+MSR_KERNEL_GS_BASE = 0xC0000102
+
+
+def _one_table():
+    """QEMU's x86-64 register file (target/i386/gdbstub.c: 16 GPRs, rip, eflags, the six selectors, then the
+    segment bases, the control registers and EFER, then x87), features as gdb names them, plus the i386 aliases."""
+    # Plain integer types, never code_ptr/data_ptr: gdb sizes a pointer type by the architecture it picked
+    # (4 bytes for i386), not by bitsize, and the `g` packet would no longer match.
+    core = tuple(Register(r.name, r.bits, "int64", r.group, r.feature, r.uc_id, r.writable)
+                 if r.type in ("code_ptr", "data_ptr") else r for r in _table(GPRS64, "rip", 64, []))
+    aliases = [Register(name, 32, "int32", "general", CORE, getattr(X, "UC_X86_REG_" + name.upper()))
+               for name in GPRS32]
+    aliases.append(Register("eip", 32, "int32", "general", CORE, X.UC_X86_REG_EIP))
+    segments = [Register("fs_base", 64, "int64", "system", SYS, X.UC_X86_REG_FS_BASE),
+                Register("gs_base", 64, "int64", "system", SYS, X.UC_X86_REG_GS_BASE),
+                Register("k_gs_base", 64, "int64", "system", SYS, X.UC_X86_REG_MSR)]
+    system = [Register(name, 64, "int64", "system", SYS, getattr(X, "UC_X86_REG_" + name.upper()))
+              for name in ("cr0", "cr2", "cr3", "cr4", "cr8")]
+    system.append(Register("efer", 64, "int64", "system", SYS, X.UC_X86_REG_MSR))
+    return core + tuple(aliases + segments + system)
+
+
+X86_64 = _one_table()
+ALIAS_OF = dict(zip(GPRS32 + ("eip",), ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "rip")))
+ARCHITECTURES = {"i386:x86-64": X86_64}
+MSR_OF = {"efer": MSR_EFER, "k_gs_base": MSR_KERNEL_GS_BASE}
 
 # RFLAGS bits as gdb's i386_eflags type names them (SDM vol. 1 §3.4.3).
 EFLAGS = ((0, "CF"), (1, ""), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"), (10, "DF"),
@@ -71,11 +93,16 @@ EFLAGS = ((0, "CF"), (1, ""), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "T
 
 
 def architecture_of(uc):
-    """The description a stopped vCPU needs now: x86-64 once EFER.LMA is set (IA-32e mode), else i386.
+    """One register file for every mode, as QEMU's x86-64 system emulation has: gdb cannot change its register
+    layout during a session, and a reconnect finds the same one whatever the guest switched to."""
+    return "i386:x86-64"
 
-    A guest in compatibility mode (LMA with a 32-bit CS) is shown as x86-64 too: the register file is
-    the 64-bit one either way.
-    """
+
+def mode_of(uc):
+    """The gdb architecture that decodes the vCPU's code now: i8086 in real mode (CR0.PE clear), i386:x86-64 in
+    IA-32e mode (EFER.LMA, SDM vol. 3 §9.8.5), else i386."""
+    if not uc.reg_read(X.UC_X86_REG_CR0) & 1:
+        return "i8086"
     return "i386:x86-64" if uc.reg_read(X.UC_X86_REG_MSR, MSR_EFER) & EFER_LMA else "i386"
 
 
@@ -84,8 +111,7 @@ def description(arch):
     features = {}
     for reg in ARCHITECTURES[arch]:
         features.setdefault(reg.feature, []).append(reg)
-    out = ['<?xml version="1.0"?>', '<!DOCTYPE target SYSTEM "gdb-target.dtd">', "<target>",
-           "<architecture>%s</architecture>" % arch]
+    out = ['<?xml version="1.0"?>', '<!DOCTYPE target SYSTEM "gdb-target.dtd">', "<target>"]
     for name, regs in features.items():
         out.append('<feature name="%s">' % name)
         if name == "org.gnu.gdb.i386.core":
@@ -103,7 +129,7 @@ def read_register(uc, reg):
     if reg.bits == 80:
         mantissa, exponent = uc.reg_read(reg.uc_id)
         return struct.pack("<QH", mantissa, exponent)
-    value = uc.reg_read(X.UC_X86_REG_MSR, MSR_EFER) if reg.name == "efer" else uc.reg_read(reg.uc_id)
+    value = uc.reg_read(X.UC_X86_REG_MSR, MSR_OF[reg.name]) if reg.name in MSR_OF else uc.reg_read(reg.uc_id)
     return (value & ((1 << reg.bits) - 1)).to_bytes(reg.bits // 8, "little")
 
 
@@ -114,8 +140,8 @@ def write_register(uc, reg, data):
     if not reg.writable:
         raise StateError("register %s cannot be changed from the debugger" % reg.name)
     value = int.from_bytes(data, "little")
-    if reg.name == "efer":
-        uc.reg_write(X.UC_X86_REG_MSR, (MSR_EFER, value))
+    if reg.name in MSR_OF:
+        uc.reg_write(X.UC_X86_REG_MSR, (MSR_OF[reg.name], value))
     elif reg.bits == 32 and reg.group == "general" and reg.name != "eflags":
         full = uc.reg_read(reg.uc_id) & ~0xFFFFFFFF           # a 32-bit description keeps the upper half
         uc.reg_write(reg.uc_id, full | value)
@@ -128,10 +154,19 @@ def read_all(uc, arch):
 
 
 def write_all(uc, arch, data):
-    at = 0
-    for reg in ARCHITECTURES[arch]:
+    """A `G` packet. Each i386 name holds the low half of a 64-bit register, and gdb sends both, one of them as it
+    last read it: the one gdb changed wins (a 64-bit register changed in this packet, else its i386 name)."""
+    table = ARCHITECTURES[arch]
+    at, pieces = 0, {}
+    for reg in table:
         size = reg.bits // 8
         if at + size > len(data):
             break                                    # gdb may send fewer registers than the description has
-        write_register(uc, reg, data[at:at + size])
+        pieces[reg.name] = (reg, data[at:at + size])
         at += size
+    changed = {name for name, (reg, piece) in pieces.items() if piece != read_register(uc, reg)}
+    for name in changed:
+        reg, piece = pieces[name]
+        if ALIAS_OF.get(name) in changed:
+            continue
+        write_register(uc, reg, piece)

@@ -4,13 +4,37 @@ Lifecycle requests go to the VM, which turns them into messages to its vCPUs' th
 plain values. The console is a ring any thread may follow (devices/console.py); the lifecycle state and
 events are read under the VM's lock; counters and EPT entries are single 64-bit words, each read whole.
 """
+import threading
 import time
 
 from .. import stats as S
+from ..vmx import exits as E
 from ..errors import ConfigError, StateError
 from .vcpu_view import VcpuView
 
 RUN_TIMEOUT = 5.0
+
+# vm_exitcode (sys/amd64/include/vmm.h): what VM_RUN tells userspace
+EXITCODE_INOUT, EXITCODE_VMX, EXITCODE_INOUT_STR, EXITCODE_VMINSN = 0, 1, 15, 22
+
+
+class ExitWatch:
+    """The one exit bhyvectl --run waits for: set by the vCPU's thread (vm/platform.py _watched_exit, or run_once
+    from the exit log), read by the thread that asked once `done` is set."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.exit = self.exitcode = None
+        self.rax = self.instruction_error = 0
+
+    def seen(self, kind, record, rax, instruction_error):
+        if record is None:
+            return
+        string = kind == "inout" and E.decode_io(record["qualification"])["string"]
+        self.exitcode = {"inout": EXITCODE_INOUT_STR if string else EXITCODE_INOUT,
+                         "vminsn": EXITCODE_VMINSN}.get(kind, EXITCODE_VMX)
+        self.exit, self.rax, self.instruction_error = record, rax, instruction_error
+        self.done.set()
 
 
 class VmView:
@@ -98,25 +122,45 @@ class VmView:
         return self._vm.wait(states=states, timeout=timeout)
 
     def run_once(self, vcpu, timeout=RUN_TIMEOUT):
-        """bhyvectl --run on a paused VM: resume until `vcpu` records its next VM exit, pause again, and return
-        that exit with the registers an INOUT dump needs. StateError when paused no longer or no exit came."""
-        view, counted = self.vcpu(vcpu), lambda: int(self._vm.vcpus[vcpu].counters[S.VMEXIT_COUNT])
+        """bhyvectl --run on a paused VM: one VM_RUN of `vcpu` alone. It runs (the others stay paused) through every
+        exit bhyve's kernel handles itself, halts included, until the first exit the kernel hands to userspace:
+        an I/O port of a userspace device (VM_EXITCODE_INOUT, or INOUT_STR for INS/OUTS), a VMCALL
+        (VM_EXITCODE_VMINSN), a guest-physical address outside memory. There it pauses again, and the exit is
+        returned with the vm_exitcode and RAX as the exit saw them. StateError when the VM is not paused, or
+        when `timeout` passes without such an exit (the vCPU is paused again; bhyvectl's VM_RUN would still wait)."""
+        view = self.vcpu(vcpu)
         if self.state != "paused":
             raise StateError("VM %r is %s: --run steps a paused VM to its next exit (pause it first)"
                              % (self.name, self.state))
-        before = counted()
-        self.resume()
-        deadline = time.monotonic() + timeout
-        while counted() == before and time.monotonic() < deadline and self.state == "running":
-            time.sleep(0.001)
-        if self.state in ("running", "halted"):
-            self.pause()
-        new = counted() - before
-        got = view.read("exit_log", "registers", "vmcs")
-        if new <= 0 or not got["exit_log"]:
-            raise StateError("vcpu%d of %r made no VM exit in %gs (VM now %s)" % (vcpu, self.name, timeout, self.state))
-        return {"exit": got["exit_log"][-min(new, len(got["exit_log"]))], "exits": new, "state": self.state,
-                "rax": got["registers"]["rax"], "instruction_error": got["vmcs"]["INSTRUCTION_ERROR"]}
+        target, watch = self._vm.vcpus[vcpu], ExitWatch()
+        if target.thread is None or target.state != "paused":
+            raise StateError("vcpu%d of %r is %s: only a started vCPU the pause stopped can run"
+                             % (vcpu, self.name, target.state))
+        userspace = lambda: int(target.counters[S.VMEXIT_USERSPACE])
+        before = userspace()
+        self._vm.userspace_watch[vcpu] = watch
+        try:
+            target.post(("resume",))
+            deadline = time.monotonic() + timeout
+            while not watch.done.wait(0.002):
+                if userspace() != before or target.state not in ("running", "halted") or time.monotonic() > deadline:
+                    break                                # a userspace exit the port hook does not see, or none
+        finally:
+            self._vm.userspace_watch.pop(vcpu, None)
+            if target.state in ("running", "halted"):
+                target.post(("pause",))
+            self._vm.wait(states=("paused", "suspended", "idle"), timeout=10)
+        if watch.exit is None and userspace() != before:
+            got = view.read("exit_log", "registers", "vmcs")
+            last = got["exit_log"][-1] if got["exit_log"] else None
+            if last is not None:
+                watch.seen("vminsn" if last["reason"] == E.VMCALL else "vmx", last, got["registers"]["rax"],
+                           got["vmcs"]["INSTRUCTION_ERROR"])
+        if watch.exit is None:
+            raise StateError("vcpu%d of %r made no exit to userspace in %gs (VM now %s); bhyve's VM_RUN would "
+                             "still be waiting" % (vcpu, self.name, timeout, self.state))
+        return {"exit": watch.exit, "exitcode": watch.exitcode, "state": self.state, "rax": watch.rax,
+                "instruction_error": watch.instruction_error}
 
     # -- counters ---------------------------------------------------------------------------------------
     def counter_totals(self):

@@ -9,6 +9,8 @@ Platform is mixed into VM (machine.py).
 """
 import threading
 
+from unicorn.x86_const import UC_X86_REG_RAX
+
 from ..core import ctx as C
 from ..core import kick
 from ..core.sync import full_fence
@@ -42,6 +44,11 @@ RTC, KBC_DATA, PORT_B, KBC_COMMAND, PCI_ADDRESS, PCI_DATA = 0x70, 0x60, 0x61, 0x
 RTC_IRQ = 8                                            # the 8042 raises IRQ 1 and 12 itself
 FOUR_GIB = 1 << 32
 GUEST_POWER = {"poweroff": ("poweroff", "powered off"), "reset": ("reset", "reset by the guest")}
+# Ports bhyve's kernel emulates itself (sys/amd64/vmm/vmm_ioport.c ioport_handler[]: the 8259 pair and its ELCR,
+# the 8254, NMI status/control at 0x61, the RTC, the ACPI PM timer): their exits never reach userspace, so a
+# watched --run goes on past them here too, though some are userspace devices in webhyve (the RTC).
+BHYVE_KERNEL_PORTS = frozenset((0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x70, 0x71,
+                                0x408, 0x409, 0x40A, 0x40B))
 IOAPIC = 0xFEC00000                                    # the I/O APIC's page (the MP spec's and ACPI's default)
 
 
@@ -74,6 +81,7 @@ class Platform:
         self.intr_callback = HOST_CALLBACK(self._intr_request)
         self.mmio_callback = HOST_CALLBACK(self._mmio_exit)
         self.mmio_gpa = IOAPIC                             # the page each vCPU's MMIO window stands for (vmx/mmio.py)
+        self.userspace_watch = {}                          # vCPU index -> ExitWatch: bhyvectl --run's one VM_RUN
 
     def _attach_chipset(self):
         """The RTC/CMOS (IRQ 8, the memory-size bytes as firmware fills them), the 8042 (IRQ 1 and 12, the reset
@@ -191,11 +199,26 @@ class Platform:
     def _port_exit(self, vcpu_id, how, value, _):
         """VM_EXITCODE_INOUT handled in userspace: one piece of an access, as the port bus cut it."""
         port, size, is_in = how & 0xFFFF, (how >> 16) & 0xFF, bool(how >> 24 & 1)
+        if self.userspace_watch and port not in BHYVE_KERNEL_PORTS:
+            self._watched_exit(vcpu_id, "inout")
         try:
             return self.io.dispatch(port, size, is_in, value)
         except Exception as problem:           # a device bug must not take the process down
             self._device_failed(vcpu_id, port, problem)
             return (1 << 8 * size) - 1 if is_in else 0
+
+    def _watched_exit(self, vcpu_id, kind):
+        """bhyvectl --run: the VM_RUN of a watched vCPU returns here, at its first exit to userspace. The exit and
+        RAX as the exit saw them (vmx_exit_process copies guest RAX into vm_inout.eax before the device runs) are
+        kept; the device still does the access, and the vCPU pauses at its next block boundary (core/kick.py)."""
+        watch = self.userspace_watch.pop(vcpu_id, None)
+        if watch is None:
+            return
+        vcpu = self.vcpus[vcpu_id]
+        log = vcpu.read_exit_log()
+        watch.seen(kind, log[-1] if log else None, vcpu.uc.reg_read(UC_X86_REG_RAX),
+                   int(vcpu.vmcs["INSTRUCTION_ERROR"]))
+        vcpu.request(("pause",))
 
     def _device_failed(self, vcpu_id, port, problem, where=None):
         vcpu = self.vcpus[vcpu_id]

@@ -1,118 +1,117 @@
-"""bhyvectl's options and output formats, generated from the engine's register, VMCS and stat tables.
+"""bhyvectl's options and output formats (usr.sbin/bhyvectl/bhyvectl.c, freebsd-src 01f2ed7d52ef), over what the
+webhyve server returns.
 
-GETTERS is the ordered table `--get-all` walks: (option, what it needs, print function). Each print
-function takes the vCPU state the server returned (GET /api/v1/ctl/vms/NAME/vcpus/I) and returns lines.
+GET_ALL is bhyvectl's main() getter sequence, in its order, each entry (option, printer): `--get-all` walks it once,
+a single `--get-X` prints its one entry. A printer takes a source (vmmctl's Sources: the vCPU's state, the VM, its
+memory map and stats, fetched when first needed) and returns lines, formatted with bhyvectl's printf formats (C's
+`%#lx` prints a bare 0 for zero: `alt`). EXTRA are webhyve's own getters beyond bhyvectl (--get-vmcs-FIELD for every
+modeled VMCS field). REFUSED names each bhyvectl option webhyve cannot carry out, and why.
+tests/webhyve/data/bhyvectl_options.json holds the names and formats as extracted from bhyvectl.c.
 """
+import time
+
 from engine.door.tables import GPRS, SEGMENTS
 from engine.door.tables import exits as E
 from engine.door.tables import vmcs as V
 
-REGISTERS = GPRS + ("efer",)                     # printed 0x%016lx
-SELECTORS = SEGMENTS + ("ldtr", "tr")            # printed 0x%04lx; ldtr and tr are read-only here
-SETTABLE = GPRS + SEGMENTS + ("efer",)
-DESCRIPTORS = ("ds", "es", "fs", "gs", "cs", "ss", "tr", "ldtr", "gdtr", "idtr")
+SETTABLE = GPRS + SEGMENTS + ("efer",)           # --set-REG=V: bhyvectl's and webhyve's (every register the engine sets)
+BHYVECTL_SETTERS = ("efer", "cr0", "cr2", "cr3", "cr4", "dr0", "dr1", "dr2", "dr3", "dr6", "dr7", "rsp", "rip", "rax",
+                    "rflags", "cs", "ds", "es", "fs", "gs", "ss")
 CAPABILITIES = ("hlt_exit", "mtrap_exit", "pause_exit", "unrestricted_guest", "enable_invpcid", "bpt_exit",
                 "rdpid", "rdtscp", "ipi_exit", "mask_hwintr", "rflags_tf")
-
-# bhyvectl's own option names for VMCS fields (get_misc_vmcs and the common VMCS/VMCB getters):
-# option (without --get-), the label it prints, the fields. Every field also has --get-vmcs-FIELD.
-BHYVECTL_VMCS = (
-    ("vmcs-pinbased-ctls", "pinbased_ctls", ("PIN_BASED_CTLS",)),
-    ("vmcs-procbased-ctls", "procbased_ctls", ("PRI_PROC_BASED_CTLS",)),
-    ("vmcs-procbased-ctls2", "procbased_ctls2", ("SEC_PROC_BASED_CTLS",)),
-    ("vmcs-exit-ctls", "exit_ctls", ("EXIT_CTLS",)),
-    ("vmcs-entry-ctls", "entry_ctls", ("ENTRY_CTLS",)),
-    ("vmcs-entry-interruption-info", "entry_interruption_info", ("ENTRY_INTR_INFO",)),
-    ("vmcs-cr3-targets", "cr3_target", ("CR3_TARGET0", "CR3_TARGET1", "CR3_TARGET2", "CR3_TARGET3")),
-    ("vmcs-link", "vmcs_link_pointer", ("LINK_POINTER",)),
-    ("vmcs-exit-interruption-info", "vmcs_exit_interruption_info", ("EXIT_INTR_INFO",)),
-    ("vmcs-exit-interruption-error", "vmcs_exit_interruption_error", ("EXIT_INTR_ERRCODE",)),
-    ("vmcs-exit-inst-length", "vmcs_exit_inst_length", ("EXIT_INSTRUCTION_LENGTH",)),
-    ("vmcs-interruptibility", "vmcs_guest_interruptibility", ("GUEST_INTERRUPTIBILITY",)),
-    ("vmcs-host-pat", "host_pat", ("HOST_IA32_PAT",)),
-    ("apic-access-address", "apic_access_addr", ("APIC_ACCESS",)),
-    ("virtual-apic-address", "virtual_apic_addr", ("VIRTUAL_APIC",)),
-    ("eptp", "eptp", ("EPTP",)),
-    ("exception-bitmap", "exception_bitmap", ("EXCEPTION_BITMAP",)),
-    ("io-bitmap-address", "io_bitmap_address", ("IO_BITMAP_A",)),
-    ("tsc-offset", "tsc_offset", ("TSC_OFFSET",)),
-    ("guest-pat", "guest_pat", ("GUEST_IA32_PAT",)),
-    ("guest-sysenter", "guest_sysenter", ("GUEST_IA32_SYSENTER_CS", "GUEST_IA32_SYSENTER_ESP",
-                                          "GUEST_IA32_SYSENTER_EIP")),
-    ("exit-reason", "exit_reason", ("EXIT_REASON",)),
-    ("msr-bitmap-address", "msr_bitmap", ("MSR_BITMAP",)),
-)
 INTINFO_TYPES = {0: "extint", 2: "nmi", 4: "swint"}      # anything else prints "exception"
+X2APIC_DISABLED = 0                                       # enum x2apic_state: webhyve's LAPIC is xAPIC only
+
+# vm_exitcode (sys/amd64/include/vmm.h) of what vm_run hands to userspace here
+EXITCODE_INOUT, EXITCODE_VMX, EXITCODE_INST_EMUL, EXITCODE_INOUT_STR, EXITCODE_VMINSN = 0, 1, 9, 15, 22
+
+# Options bhyvectl has that webhyve refuses, by name, with the reason (vmmctl exits 1 naming it).
+_DESC = ("the engine loads segment descriptor caches only from the guest's own descriptor tables (Unicorn takes "
+         "selectors); bhyvectl's --desc-base/--desc-limit/--desc-access writes are not modeled")
+_RTC = "the MC146818 RTC's CMOS and time are not reachable through webhyve's server API yet"
+REFUSED = {
+    **{"set-desc-" + d: _DESC for d in ("ds", "es", "ss", "cs", "fs", "gs", "tr", "ldtr", "gdtr", "idtr")},
+    "desc-base": _DESC, "desc-limit": _DESC, "desc-access": _DESC,
+    "set-tr": "TR is loaded by the guest's LTR only (the engine writes the six data/code selectors)",
+    "set-ldtr": "LDTR is loaded by the guest's LLDT only (the engine writes the six data/code selectors)",
+    "set-x2apic-state": "webhyve's local APIC is an xAPIC only: x2APIC mode is not modeled (state stays 0, disabled)",
+    "unassign-pptdev": "webhyve has no PCI passthrough (ppt) devices",
+    "assert-lapic-lvt": "the local APIC's LINT pins are not reachable through webhyve's server API",
+    "get-msr-bitmap": "bhyvectl reads the bitmap page through /dev/mem; webhyve's MSR policy is a table, not a "
+                      "bitmap page (see --get-msr-bitmap-address and docs/vmmctl.md)",
+    "get-rtc-time": _RTC, "set-rtc-time": _RTC, "get-rtc-nvram": _RTC, "set-rtc-nvram": _RTC,
+    "rtc-nvram-offset": _RTC,
+}
+# bhyvectl accepts these on Intel and prints nothing (only get_misc_vmcb, AMD's, prints them).
+SILENT_ON_INTEL = ("get-apic-access-address", "get-virtual-apic-address")
 
 
-def line(label, vcpu, value, digits=16):
-    return "%s[%d]\t\t0x%0*x" % (label, vcpu, digits, value)
+def alt(value):
+    """C's %#lx: 0 for zero, else 0x and hex digits."""
+    return "%#x" % value if value else "0"
 
 
-def register_getter(name):
-    def get(state):
-        return [line(name, state["vcpu"], state["registers"][name])]
+def _q(label, value, vcpu, tabs="\t\t"):
+    return "%s[%d]%s0x%016x" % (label, vcpu, tabs, value & (1 << 64) - 1)
+
+
+def reg(name, tabs="\t\t"):
+    return lambda s: [_q(name, s.state["registers"][name], s.cpu, tabs)]
+
+
+def selector(name):
+    def get(s):
+        regs = s.state["registers"]
+        value = regs[name] if name in regs else s.state["vmcs"]["GUEST_%s_SELECTOR" % name.upper()]
+        return ["%s[%d]\t\t0x%04x" % (name, s.cpu, value)]
     return get
 
 
-def selector_getter(name):
-    def get(state):
-        if name in state["registers"]:
-            return [line(name, state["vcpu"], state["registers"][name], 4)]
-        return [line(name, state["vcpu"], state["vmcs"]["GUEST_%s_SELECTOR" % name.upper()], 4)]
-    return get
-
-
-def descriptor_getter(name):
-    def get(state):
-        d = state["descriptors"][name]
+def descriptor(name):
+    def get(s):
+        d = s.state["descriptors"][name]
         if name in ("gdtr", "idtr"):
-            return ["%s desc[%d]\t0x%016x/0x%08x" % (name, state["vcpu"], d["base"], d["limit"])]
-        return ["%s desc[%d]\t0x%016x/0x%08x/0x%08x" % (name, state["vcpu"], d["base"], d["limit"], d["access"])]
+            return ["%s[%d]\t\t0x%016x/0x%08x" % (name, s.cpu, d["base"], d["limit"])]
+        return ["%s desc[%d]\t0x%016x/0x%08x/0x%08x" % (name, s.cpu, d["base"], d["limit"], d["access"])]
     return get
 
 
-def vmcs_getter(label, fields):
-    def get(state):
-        if len(fields) == 1:
-            return [line(label, state["vcpu"], state["vmcs"][fields[0]])]
-        return [line("%s%d" % (label, i) if label == "cr3_target" else field.lower().replace("ia32_", ""),
-                     state["vcpu"], state["vmcs"][field]) for i, field in enumerate(fields)]
-    return get
+def vmcs(label, field, tabs="\t\t"):
+    return lambda s: [_q(label, s.state["vmcs"][field], s.cpu, tabs)]
 
 
-def intinfo_text(info):
-    """print_intinfo: `extint|nmi|swint|exception vector N [errcode 0x..]`, or n/a."""
-    if not info & E.INTR_VALID:
-        return "n/a"
-    text = "%s vector %d" % (INTINFO_TYPES.get((info >> 8) & 7, "exception"), info & 0xFF)
-    if info & E.INTR_ERRCODE:
-        text += " errcode %#x" % (info >> 32)
-    return text
+def vmcs_alt(label, field, tabs="\t"):
+    return lambda s: ["%s[%d]%s%s" % (label, s.cpu, tabs, alt(s.state["vmcs"][field]))]
 
 
-def get_intinfo(state):
-    return ["pending:\t" + intinfo_text(state["intinfo"]["pending"]),
-            "current:\t" + intinfo_text(state["intinfo"]["current"])]
+def cr3_targets(s):
+    v = s.state["vmcs"]
+    return ([_q("cr3_target_count", v["CR3_TARGET_COUNT"], s.cpu, "\t")]
+            + [_q("cr3_target%d" % i, v["CR3_TARGET%d" % i], s.cpu) for i in range(4)])
 
 
-def vmcs_option(field):
-    return "vmcs-" + field.name.lower().replace("_", "-")
+def humanize(size):
+    """humanize_number(…, "B", HN_AUTOSCALE, HN_NOSPACE) as show_memmap uses it: 64MB, 512KB, 4095B."""
+    for prefix in ("", "K", "M", "G", "T"):
+        if size < 1024 or size % 1024:
+            return "%d%sB" % (size, prefix)
+        size //= 1024
+    return "%dPB" % size
 
 
-def _getters():
-    table = [("get-" + r, register_getter(r)) for r in REGISTERS]
-    table += [("get-" + s, selector_getter(s)) for s in SELECTORS]
-    table += [("get-desc-" + d, descriptor_getter(d)) for d in DESCRIPTORS]
-    aliases = {"get-" + option: vmcs_getter(label, fields) for option, label, fields in BHYVECTL_VMCS}
-    generated = [("get-" + vmcs_option(f), vmcs_getter(f.name.lower(), (f.name,))) for f in V.FIELDS]
-    table += [(option, aliases.pop(option, get)) for option, get in generated]
-    table += list(aliases.items())
-    table.append(("get-intinfo", get_intinfo))
-    return table
+def memseg_lines(segments):
+    """show_memseg: ID Length Name, one row per memory segment."""
+    return ["ID  Length      Name"] + ["%-4d%-12s%s" % (i, humanize(seg["size"]), seg.get("name") or "sysmem")
+                                       for i, seg in enumerate(segments)]
 
 
-GETTERS = _getters()
+def memmap_lines(segments):
+    """show_memmap: Address Length Segment Offset Prot Flags."""
+    out = ["Address     Length      Segment     Offset      Prot  Flags"]
+    for seg in segments:
+        prot = "".join(c if c.lower() in seg.get("prot", "rwx") else "-" for c in "RWX")
+        out.append("%-12X%-12s%-12s%-12X%s   " % (seg["gpa"], humanize(seg["size"]), seg.get("name") or "sysmem", 0, prot))
+    return out
 
 
 def getcap_lines(state, only=None):
@@ -128,42 +127,116 @@ def getcap_lines(state, only=None):
     return out
 
 
+def cpus_line(banner, cpus):
+    """print_cpus: `banner:\t 0, 1`, or ` (none)`."""
+    return "%s:\t%s" % (banner, ", ".join(" %d" % c if i == 0 else "%d" % c for i, c in enumerate(cpus))
+                        if cpus else " (none)")
+
+
+def intinfo_text(info):
+    """print_intinfo: `extint|nmi|swint|exception vector N [errcode 0x..]`, or n/a."""
+    if not info & E.INTR_VALID:
+        return "n/a"
+    text = "%s vector %d" % (INTINFO_TYPES.get((info >> 8) & 7, "exception"), info & 0xFF)
+    if info & E.INTR_ERRCODE:
+        text += " errcode %#x" % (info >> 32)
+    return text
+
+
+def topology_line(cpus):
+    """vm_get_topology as bhyve(8) sets it without -c's topology: one socket per vCPU, one core, one thread."""
+    return "cpu_topology:\tsockets=%d, cores=1, threads=1, maxcpus=%d" % (cpus, cpus)
+
+
+GET_ALL = (
+    [("get-memseg", lambda s: memseg_lines(s.memmap)), ("get-memmap", lambda s: memmap_lines(s.memmap))]
+    + [("get-" + r, reg(r)) for r in ("efer", "cr0", "cr2", "cr3", "cr4", "dr0", "dr1", "dr2", "dr3", "dr6", "dr7",
+                                      "rsp", "rip", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9",
+                                      "r10", "r11", "r12", "r13", "r14", "r15")]
+    + [("get-rflags", reg("rflags", "\t"))]
+    + [("get-desc-" + d, descriptor(d)) for d in ("ds", "es", "fs", "gs", "ss", "cs", "tr", "ldtr", "gdtr", "idtr")]
+    + [("get-" + r, selector(r)) for r in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldtr")]
+    + [("get-vmcs-cr0-mask", vmcs("cr0_mask", "CR0_MASK")), ("get-vmcs-cr0-shadow", vmcs("cr0_shadow", "CR0_SHADOW")),
+       ("get-vmcs-cr4-mask", vmcs("cr4_mask", "CR4_MASK")), ("get-vmcs-cr4-shadow", vmcs("cr4_shadow", "CR4_SHADOW")),
+       ("get-vmcs-cr3-targets", cr3_targets),
+       ("get-vmcs-pinbased-ctls", vmcs("pinbased_ctls", "PIN_BASED_CTLS", "\t")),
+       ("get-vmcs-procbased-ctls", vmcs("procbased_ctls", "PRI_PROC_BASED_CTLS", "\t")),
+       ("get-vmcs-procbased-ctls2", vmcs("procbased_ctls2", "SEC_PROC_BASED_CTLS", "\t")),
+       ("get-vmcs-guest-linear-address", vmcs("gla", "GUEST_LINEAR_ADDRESS")),
+       ("get-vmcs-guest-physical-address", vmcs("gpa", "GUEST_PHYSICAL_ADDRESS")),
+       ("get-vmcs-entry-interruption-info", vmcs("entry_interruption_info", "ENTRY_INTR_INFO", "\t")),
+       ("get-vmcs-tpr-threshold", vmcs("tpr_threshold", "TPR_THRESHOLD", "\t")),
+       ("get-vmcs-instruction-error", vmcs("instruction_error", "INSTRUCTION_ERROR", "\t")),
+       ("get-vmcs-exit-ctls", vmcs("exit_ctls", "EXIT_CTLS")), ("get-vmcs-entry-ctls", vmcs("entry_ctls", "ENTRY_CTLS")),
+       ("get-vmcs-host-pat", vmcs("host_pat", "HOST_IA32_PAT")), ("get-vmcs-host-cr0", vmcs("host_cr0", "HOST_CR0")),
+       ("get-vmcs-host-cr3", vmcs("host_cr3", "HOST_CR3")), ("get-vmcs-host-cr4", vmcs("host_cr4", "HOST_CR4")),
+       ("get-vmcs-host-rip", vmcs("host_rip", "HOST_RIP")), ("get-vmcs-host-rsp", vmcs("host_rsp", "HOST_RSP")),
+       ("get-vmcs-link", vmcs("vmcs_pointer", "LINK_POINTER", "\t")),
+       ("get-vmcs-exit-interruption-info", vmcs("vmcs_exit_interruption_info", "EXIT_INTR_INFO", "\t")),
+       ("get-vmcs-exit-interruption-error", vmcs("vmcs_exit_interruption_error", "EXIT_INTR_ERRCODE", "\t")),
+       ("get-vmcs-interruptibility", vmcs("vmcs_guest_interruptibility", "GUEST_INTERRUPTIBILITY", "\t")),
+       ("get-vmcs-exit-inst-length", lambda s: ["vmcs_exit_inst_length[%d]\t0x%08x" % (
+           s.cpu, s.state["vmcs"]["EXIT_INSTRUCTION_LENGTH"] & 0xFFFFFFFF)]),
+       ("get-vmcs-exit-qualification", vmcs("vmcs_exit_qualification", "EXIT_QUALIFICATION", "\t")),
+       ("get-x2apic-state", lambda s: ["x2apic_state[%d]\t%d" % (s.cpu, X2APIC_DISABLED)]),
+       ("get-eptp", vmcs("eptp", "EPTP")),
+       ("get-exception-bitmap", vmcs_alt("exception_bitmap", "EXCEPTION_BITMAP")),
+       ("get-io-bitmap-address", lambda s: vmcs_alt("io_bitmap_a", "IO_BITMAP_A")(s)
+        + vmcs_alt("io_bitmap_b", "IO_BITMAP_B")(s)),
+       ("get-tsc-offset", vmcs("tsc_offset", "TSC_OFFSET", "\t")),
+       ("get-msr-bitmap-address", vmcs_alt("msr_bitmap", "MSR_BITMAP", "\t\t")),
+       ("get-vmcs-vpid", lambda s: ["vpid[%d]\t\t0x%04x" % (s.cpu, s.state["vmcs"]["VPID"])]),
+       ("get-guest-pat", vmcs("guest_pat", "GUEST_IA32_PAT")),
+       ("get-guest-sysenter", lambda s: vmcs_alt("guest_sysenter_cs", "GUEST_IA32_SYSENTER_CS")(s)
+        + vmcs_alt("guest_sysenter_sp", "GUEST_IA32_SYSENTER_ESP")(s)
+        + vmcs_alt("guest_sysenter_ip", "GUEST_IA32_SYSENTER_EIP")(s)),
+       ("get-exit-reason", vmcs_alt("exit_reason", "EXIT_REASON"))]
+)
+# After the getters, in main()'s order; --get-all includes each ("getcap" prints every capability).
+TAIL = (("getcap", lambda s: getcap_lines(s.state, s.capname)),
+        ("get-active-cpus", lambda s: [cpus_line("active cpus", s.cpus_in(lambda st: st != "idle"))]),
+        ("get-suspended-cpus", lambda s: [cpus_line("suspended cpus", s.cpus_in(lambda st: st == "paused"))]),
+        ("get-intinfo", lambda s: ["pending:\t" + intinfo_text(s.state["intinfo"]["pending"]),
+                                   "current:\t" + intinfo_text(s.state["intinfo"]["current"])]),
+        ("get-stats", lambda s: s.stats_text.rstrip("\n").split("\n")),
+        ("get-cpu-topology", lambda s: [topology_line(s.vm["cpus"])]))
+
+
+def vmcs_option(field):
+    return "get-vmcs-" + field.name.lower().replace("_", "-")
+
+
+def _extra():
+    """webhyve's --get-vmcs-FIELD for each modeled VMCS field bhyvectl has no getter of its own for."""
+    named = {option for option, _ in GET_ALL}
+    return [(vmcs_option(f), vmcs(f.name.lower(), f.name)) for f in V.FIELDS if vmcs_option(f) not in named]
+
+
+EXTRA = _extra()
+GETTERS = GET_ALL + EXTRA
+
+
 def run_dump(vcpu, answer):
-    """dump_vm_run_exitcode: `vm exit[N]`, rip, inst_length, then INOUT or VMX details."""
+    """dump_vm_run_exitcode for the exit vm_run handed to userspace: INOUT and VMX in detail, any other
+    exitcode as bhyvectl's `*** unknown vm run exitcode N`."""
     ex = answer["exit"]
     lines = ["vm exit[%d]" % vcpu, "\trip\t\t0x%016x" % ex["rip"], "\tinst_length\t%d" % ex["length"]]
-    if ex["reason"] & 0xFFFF == E.INOUT:
+    code = answer["exitcode"]
+    if code == EXITCODE_INOUT:
         io = E.decode_io(ex["qualification"])
         lines += ["\treason\t\tINOUT", "\tdirection\t%s" % ("IN" if io["in"] else "OUT"),
                   "\tbytes\t\t%d" % io["size"],
                   "\tflags\t\t%s%s" % ("STRING " if io["string"] else "", "REP " if io["rep"] else ""),
                   "\tport\t\t0x%04x" % io["port"], "\teax\t\t0x%08x" % (answer["rax"] & 0xFFFFFFFF)]
-    else:
-        lines += ["\treason\t\tVMX", "\tstatus\t\t0",
-                  "\texit_reason\t%u (%s)" % (ex["reason"], ex["name"]),
+    elif code == EXITCODE_VMX:
+        lines += ["\treason\t\tVMX", "\tstatus\t\t0", "\texit_reason\t0x%08x (%u)" % (ex["reason"], ex["reason"]),
                   "\tqualification\t0x%016x" % ex["qualification"], "\tinst_type\t\t0",
                   "\tinst_error\t\t%d" % answer["instruction_error"]]
+    else:
+        lines.append("*** unknown vm run exitcode %d" % code)
     return lines
 
 
-def humanize(size):
-    """humanize_number(…, "B", HN_AUTOSCALE, HN_NOSPACE) as show_memmap uses it: 64MB, 512KB, 4095B."""
-    for prefix in ("", "K", "M", "G", "T"):
-        if size < 1024 or size % 1024:
-            return "%d%sB" % (size, prefix)
-        size //= 1024
-    return "%dPB" % size
-
-
-def memmap_lines(segments):
-    """show_memmap: Address Length Segment Offset Prot Flags."""
-    out = ["Address     Length      Segment     Offset      Prot  Flags"]
-    for s in segments:
-        prot = "".join(c if c.lower() in s.get("prot", "rwx") else "-" for c in "RWX")
-        out.append("%-12X%-12s%-12s%-12X%s   " % (s["gpa"], humanize(s["size"]), s.get("name") or "sysmem", 0, prot))
-    return out
-
-
 def gpa_pmap_line(gpa, chain):
-    """`gpa 0x…: pte…`, the EPT entries PML4 first, as vm_get_gpa_pmap returns them."""
-    return "gpa %#x:%s" % (gpa, "".join(" %#x" % row["entry"] if row["entry"] else " 0" for row in chain))
+    """`gpa 0x…: pte…`, the EPT entries PML4 first, as vm_get_gpa_pmap returns them (%#lx: 0 prints 0)."""
+    return "gpa %s:%s" % (alt(gpa), "".join(" " + alt(row["entry"]) for row in chain))

@@ -67,18 +67,26 @@ def _int(text, what):
 
 
 def _bhyvectl_params():
-    """The generated options: a flag per getter, --set-REG=V per settable register (engine tables)."""
-    params = [click.Option(["--" + option], is_flag=True, hidden=True) for option, _ in B.GETTERS]
+    """The generated options: a flag per getter (bhyvectl's and webhyve's --get-vmcs-FIELD), --set-REG=V per settable
+    register, and bhyvectl's options webhyve refuses (B.REFUSED), each taking an argument where bhyvectl's does."""
+    flags = [option for option, _ in B.GETTERS + list(B.TAIL) if option not in ("getcap", "get-stats", "get-memmap")]
+    flags += list(B.SILENT_ON_INTEL)
+    params = [click.Option(["--" + option], is_flag=True, hidden=True) for option in flags]
     params += [click.Option(["--set-" + reg], metavar="V", hidden=True) for reg in B.SETTABLE]
+    for option in B.REFUSED:
+        takes_value = option.startswith(("set-", "desc-", "unassign-", "assert-", "rtc-")) and \
+            not option.startswith("set-desc-")
+        params.append(click.Option(["--" + option], is_flag=not takes_value, hidden=True,
+                                   expose_value=True, default=None))
     return params
 
 
 def _epilog():
-    return ("bhyvectl options (no subcommand, with --vm): --get-REG and --set-REG=V for %s; --get-%s; "
-            "--get-desc-{%s}; --get-vmcs-FIELD for each of the %d VMCS fields (e.g. --get-vmcs-exit-qualification) "
-            "and bhyvectl's names (--get-%s); --get-intinfo. See docs/vmmctl.md."
-            % (", ".join(B.SETTABLE), ", --get-".join(("ldtr", "tr")), ",".join(B.DESCRIPTORS), len(B.V.FIELDS),
-               ", --get-".join(option for option, _, _ in B.BHYVECTL_VMCS)))
+    return ("bhyvectl options (no subcommand, with --vm), in bhyvectl's names and formats: --get-REG, --set-REG=V, "
+            "--get-desc-SEG, --get-vmcs-*, --get-eptp, --get-exception-bitmap, --get-intinfo, --get-active-cpus, "
+            "--get-memseg, --get-cpu-topology ...; --get-vmcs-FIELD for each of the %d modeled VMCS fields. "
+            "Refused, with the reason: %s. See docs/vmmctl.md."
+            % (len(B.V.FIELDS), ", --".join(sorted(B.REFUSED))))
 
 
 @click.group(cls=Vmmctl, invoke_without_command=True, epilog=_epilog(),
@@ -89,13 +97,15 @@ def _epilog():
 @click.option("--create", is_flag=True, help="Create VM --vm from --guest or --image (--set-mem, --cpus); it starts.")
 @click.option("--guest", metavar="NAME", help="With --create: a bundled guest (shell, spin, ...).")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="With --create: upload this image.")
-@click.option("--set-mem", "mem_mb", type=int, metavar="MB", help="With --create: guest memory in MiB (64).")
+@click.option("--set-mem", "mem_mb", type=int, metavar="MB", help="With --create: guest memory in MiB (64), "
+              "rounded up to 2 MiB as bhyvectl does.")
 @click.option("--cpus", type=int, help="With --create: number of vCPUs (1).")
 @click.option("--destroy", is_flag=True, help="Destroy the VM.")
 @click.option("--pause", is_flag=True, help="Pause the VM (webhyve; bhyvectl has none).")
 @click.option("--resume", is_flag=True, help="Resume the paused VM (webhyve).")
-@click.option("--run", "run_once", is_flag=True, help="Paused VM: run to the vCPU's next VM exit, pause, dump it.")
-@click.option("--get-all", is_flag=True, help="Every getter, the stats, the memory map.")
+@click.option("--run", "run_once", is_flag=True, help="Paused VM: one VM_RUN of the vCPU, to the first exit the "
+              "kernel hands to userspace; pause and dump it.")
+@click.option("--get-all", is_flag=True, help="Every bhyvectl getter once, in bhyvectl's order.")
 @click.option("--get-stats", is_flag=True, help="The vCPU's statistics (bhyve's names and format).")
 @click.option("--get-memmap", is_flag=True, help="The guest-physical memory map.")
 @click.option("--get-gpa-pmap", metavar="GPA", help="The EPT entries translating guest-physical GPA.")
@@ -130,7 +140,8 @@ def main(ctx, url, vm_name, **options):
         return
     if not given:
         raise click.UsageError("nothing to do for VM %r: add an option such as --get-stats or --get-all" % vm_name)
-    bhyvectl(client(ctx), vm_name, options)
+    setters = checked_input(options)                     # bad input is refused before anything is asked or changed
+    bhyvectl(client(ctx), vm_name, options, setters)
 
 
 main.params.extend(_bhyvectl_params())
@@ -144,29 +155,42 @@ def vm_url(name):
     return "/api/v1/vms/" + urllib.parse.quote(name, safe="")
 
 
-def bhyvectl(api, name, o):
-    """bhyvectl's main(): create, pause, setters, getters, capabilities, run, resume, reset, destroy."""
-    cpu, setters = o["cpu"], checked_input(o)            # bad input is refused before anything changes
+def bhyvectl(api, name, o, setters):
+    """bhyvectl's main(), in its order: create (and memory), setters, NMI, the getters (--get-all walks them once),
+    setcap, gpa-pmap, getcap, cpus, intinfo, stats, topology, run, reset, poweroff, destroy, then the snapshots.
+    webhyve's --pause comes before the setters, --resume after --run."""
+    cpu = o["cpu"]
     vm_path, vcpu_path = vm_url(name), "/api/v1/ctl/vms/%s/vcpus/%d" % (urllib.parse.quote(name, safe=""), cpu)
+    src = Sources(api, vm_path, vcpu_path, cpu, o["capname"] if o["getcap"] else None)
     if o["create"]:
         create(api, name, o)
     if o["pause"]:
         api.post(vm_path + "/pause")
     for reg, value in setters.items():
         api.put("%s/registers/%s" % (vcpu_path, reg), json={"value": value})
-    if o["setcap"] is not None:
-        api.put("%s/capabilities/%s" % (vcpu_path, o["capname"]), json={"value": o["setcap"]})
     if o["inject_nmi"]:
         api.post(vcpu_path + "/nmi")
-    print_getters(api, vm_path, vcpu_path, cpu, o)
+    everything = o["get_all"]
+    for option, get in B.GETTERS:
+        if everything and (option, get) in B.EXTRA or not (everything or o[_key(option)]):
+            continue
+        click.echo("\n".join(get(src)))
+    for option in B.SILENT_ON_INTEL:
+        if o[_key(option)]:
+            click.echo("vmmctl: bhyvectl on Intel prints nothing for --%s (only its AMD getter prints it); the VMCS "
+                       "field: --get-vmcs-%s" % (option, option[4:].replace("virtual-apic-address", "virtual-apic")
+                                                 .replace("apic-access-address", "apic-access")), err=True)
+    if o["setcap"] is not None:
+        api.put("%s/capabilities/%s" % (vcpu_path, o["capname"]), json={"value": o["setcap"]})
+        src.state = None                                 # getcap reads the capability as set
+    if o["get_gpa_pmap"] is not None:
+        gpa = o["get_gpa_pmap"]
+        click.echo(B.gpa_pmap_line(gpa, api.get(vm_path + "/ept/lookup", params={"gpa": gpa})["value"]))
+    for option, get in B.TAIL:
+        if everything or o[_key(option)]:
+            click.echo("\n".join(get(src)))
     if o["run_once"]:
         click.echo("\n".join(B.run_dump(cpu, api.post(vcpu_path + "/run"))))
-    for key, suspend in (("checkpoint", False), ("suspend", True)):
-        if o[key]:
-            saved = api.post(vm_path + "/snapshot", json={"name": o[key], "suspend": suspend})
-            click.echo("vmmctl: snapshot %s: %d pages, %d bytes, %.3f s%s" % (
-                saved["name"], saved["pages"], saved["bytes"], saved["seconds"], "; VM powered off" if suspend else ""),
-                err=True)
     if o["resume"]:
         api.post(vm_path + "/resume")
     if o["force_reset"]:
@@ -175,10 +199,65 @@ def bhyvectl(api, name, o):
         api.post(vm_path + "/poweroff")
     if o["destroy"]:
         api.delete(vm_path)
+    for key, suspend in (("checkpoint", False), ("suspend", True)):
+        if o[key]:
+            saved = api.post(vm_path + "/snapshot", json={"name": o[key], "suspend": suspend})
+            click.echo("vmmctl: snapshot %s: %d pages, %d bytes, %.3f s%s" % (
+                saved["name"], saved["pages"], saved["bytes"], saved["seconds"], "; VM powered off" if suspend else ""),
+                err=True)
+
+
+def _key(option):
+    return option.replace("-", "_")
+
+
+class Sources:
+    """What the getters print from, each fetched from the server when first needed: the vCPU's state (one visit
+    of its thread), the VM, its memory map, the vCPU's stats and every vCPU's run state."""
+
+    def __init__(self, api, vm_path, vcpu_path, cpu, capname):
+        self.api, self.vm_path, self.vcpu_path, self.cpu, self.capname = api, vm_path, vcpu_path, cpu, capname
+        self._state = self._vm = self._memmap = self._stats = None
+
+    @property
+    def state(self):
+        if self._state is None:
+            self._state = self.api.get(self.vcpu_path)
+        return self._state
+
+    @state.setter
+    def state(self, value):
+        self._state = value
+
+    @property
+    def vm(self):
+        if self._vm is None:
+            self._vm = self.api.get(self.vm_path)
+        return self._vm
+
+    @property
+    def memmap(self):
+        if self._memmap is None:
+            self._memmap = self.api.get(self.vm_path + "/ept")["value"]
+        return self._memmap
+
+    @property
+    def stats_text(self):
+        return self.api.get("%s/vcpus/%d/stats" % (self.vm_path, self.cpu))["text"]
+
+    def cpus_in(self, wanted):
+        """The vCPUs whose run state passes `wanted` (idle: not started or waiting for INIT-SIPI; paused)."""
+        path = self.vcpu_path.rsplit("/", 1)[0]
+        return [i for i in range(self.vm["cpus"])
+                if wanted(self.state["state"] if i == self.cpu else self.api.get("%s/%d" % (path, i))["state"])]
 
 
 def checked_input(o):
-    """{register: value} for the setters; UsageError for any value or combination that cannot work."""
+    """{register: value} for the setters; UsageError for any value or combination that cannot work, and for each
+    bhyvectl option webhyve cannot carry out (named, with the reason)."""
+    for option, why in B.REFUSED.items():
+        if o[_key(option)] not in (None, False):
+            raise click.UsageError("--%s is refused: %s" % (option, why))
     setters = {reg: _int(o["set_" + reg], "--set-" + reg) for reg in B.SETTABLE if o["set_" + reg] is not None}
     if o["get_gpa_pmap"] is not None:
         o["get_gpa_pmap"] = _int(o["get_gpa_pmap"], "--get-gpa-pmap")
@@ -186,36 +265,24 @@ def checked_input(o):
         raise click.UsageError("--setcap needs --capname=NAME")
     if o["create"] and not (o["guest"] or o["image"]):
         raise click.UsageError("--create needs --guest=NAME (a bundled guest) or --image=FILE")
+    if o["mem_mb"] is not None and not o["create"]:
+        raise click.UsageError("--set-mem sets up the memory of the VM --create makes: a VM's memory is set once "
+                               "(bhyvectl's vm_setup_memory fails on it, errno = 17, EEXIST)")
+    if o["mem_mb"] is not None and o["mem_mb"] <= 0:
+        raise click.BadParameter("%d MiB is no memory" % o["mem_mb"], param_hint="--set-mem")
     return setters
 
 
 def create(api, name, o):
-    fields = {"name": name, "mem_mb": o["mem_mb"] or 64, "cpus": o["cpus"] or 1}
+    """vm_create and vm_setup_memory: --set-mem MiB rounded up to 2 MiB (bhyvectl's roundup(memsize, 2 * MB))."""
+    mem = o["mem_mb"] or 64
+    fields = {"name": name, "mem_mb": mem + (mem & 1), "cpus": o["cpus"] or 1}
     if o["image"]:
         with open(o["image"], "rb") as f:
             api.post("/api/v1/vms", data={k: str(v) for k, v in fields.items()},
                      files={"image": (os.path.basename(o["image"]), f)})
     else:
         api.post("/api/v1/vms", json={**fields, "guest": o["guest"]})
-
-
-def print_getters(api, vm_path, vcpu_path, cpu, o):
-    """Each requested getter's lines, in bhyvectl's order."""
-    everything = o["get_all"]
-    wanted = [(option, get) for option, get in B.GETTERS if everything or o[option.replace("-", "_")]]
-    if wanted or o["getcap"]:
-        state = api.get(vcpu_path)
-        for _, get in wanted:
-            click.echo("\n".join(get(state)))
-        if o["getcap"]:
-            click.echo("\n".join(B.getcap_lines(state, o["capname"])))
-    if everything or o["get_memmap"]:
-        click.echo("\n".join(B.memmap_lines(api.get(vm_path + "/ept")["value"])))
-    if o["get_gpa_pmap"] is not None:
-        gpa = o["get_gpa_pmap"]
-        click.echo(B.gpa_pmap_line(gpa, api.get(vm_path + "/ept/lookup", params={"gpa": gpa})["value"]))
-    if everything or o["get_stats"]:
-        click.echo(api.get("%s/vcpus/%d/stats" % (vm_path, cpu))["text"])
 
 
 # -- subcommands on the server ----------------------------------------------------------------------

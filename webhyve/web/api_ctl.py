@@ -65,8 +65,8 @@ def set_capability(name, index, cap):
 @bp.post("/vms/<name>/vcpus/<int:index>/run")
 @control_required
 def run_once(name, index):
-    """bhyvectl --run on a paused VM: resume until this vCPU records its next VM exit, pause again, and
-    return that exit (from the exit log) with the registers an INOUT dump needs."""
+    """bhyvectl --run on a paused VM: one VM_RUN of this vCPU, to the first exit bhyve's kernel hands to
+    userspace; the exit, its vm_exitcode and RAX as the exit saw them (engine/door/vm_view.py run_once)."""
     vm, _ = session_vcpu(name, index)
     answer = engine_call(vm.run_once, index)
     return {"vcpu": index, **answer}

@@ -51,31 +51,45 @@ def test_packets_frame_escape_and_parse_back():
     assert events[1:] == [("interrupt",), ("bad", b"g")]
 
 
-def test_descriptions_are_the_layout_gdb_requires():
-    """Both descriptions parse; the core feature starts with gdb's i386/amd64 register order; g sizes add up."""
-    for arch, first, pc in (("i386", ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"], "eip"),
-                            ("i386:x86-64", ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8"], "rip")):
-        root = ET.fromstring(target.description(arch))
-        assert root.find("architecture").text == arch
-        core = root.find("feature[@name='org.gnu.gdb.i386.core']")
-        names = [r.get("name") for r in core.findall("reg")]
-        assert names[:len(first)] == first and pc in names
-        assert names[-16:] == ["st%d" % i for i in range(8)] + ["fctrl", "fstat", "ftag", "fiseg", "fioff",
-                                                                "foseg", "fooff", "fop"]
-        all_regs = root.findall(".//reg")
-        assert [r.get("name") for r in all_regs] == [r.name for r in target.ARCHITECTURES[arch]]
+def test_the_description_is_the_layout_gdb_requires():
+    """One description: the core feature in QEMU's x86-64 order (16 GPRs, rip, eflags, six selectors, x87) with the
+    i386 names after it, then org.gnu.gdb.i386.sys (segment bases, control registers, EFER); no <architecture>."""
+    root = ET.fromstring(target.description("i386:x86-64"))
+    assert root.find("architecture") is None
+    core = root.find("feature[@name='org.gnu.gdb.i386.core']")
+    names = [r.get("name") for r in core.findall("reg")]
+    assert names[:26] == ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp"] + ["r%d" % i for i in range(8, 16)] \
+        + ["rip", "eflags", "cs", "ss", "ds", "es", "fs", "gs", "st0", "st1"]
+    assert names[-9:] == ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip"]
+    sys_feature = root.find("feature[@name='org.gnu.gdb.i386.sys']")
+    assert [r.get("name") for r in sys_feature.findall("reg")] == ["fs_base", "gs_base", "k_gs_base", "cr0", "cr2",
+                                                                 "cr3", "cr4", "cr8", "efer"]
+    all_regs = root.findall(".//reg")
+    assert [r.get("name") for r in all_regs] == [r.name for r in target.X86_64]
+    assert not {r.get("type") for r in all_regs} & {"code_ptr", "data_ptr"}     # sized by gdb's architecture
+    assert {int(r.get("bitsize")) for r in all_regs} == {32, 64, 80}
 
 
 def test_register_bytes_round_trip_on_a_unicorn_cpu():
-    """read_all/write_all over a real Unicorn CPU: little-endian, the upper half of RAX kept by a 32-bit write."""
+    """read_all/write_all over a real Unicorn CPU: little-endian; an i386 name writes the low half of its register,
+    keeping the upper half; k_gs_base and efer are the MSRs."""
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.reg_write(X.UC_X86_REG_RAX, 0xAAAAAAAA11111111)
     uc.reg_write(X.UC_X86_REG_R15, 0x0123456789ABCDEF)
-    assert target.architecture_of(uc) == "i386:x86-64"
-    data = target.read_all(uc, "i386:x86-64")
-    assert len(data) == sum(r.bits for r in target.AMD64) // 8
+    uc.reg_write(X.UC_X86_REG_MSR, (target.MSR_KERNEL_GS_BASE, 0xFFFF800000001000))
+    arch = target.architecture_of(uc)
+    data = target.read_all(uc, arch)
+    assert len(data) == sum(r.bits for r in target.X86_64) // 8
     assert data[15 * 8:16 * 8] == (0x0123456789ABCDEF).to_bytes(8, "little")
-    regs = bytearray(target.read_all(uc, "i386"))
-    regs[0:4] = (0x22222222).to_bytes(4, "little")
-    target.write_all(uc, "i386", bytes(regs))
+    offset = {}
+    at = 0
+    for reg in target.X86_64:
+        offset[reg.name] = at
+        at += reg.bits // 8
+    assert data[offset["eax"]:offset["eax"] + 4] == (0x11111111).to_bytes(4, "little")
+    assert data[offset["k_gs_base"]:offset["k_gs_base"] + 8] == (0xFFFF800000001000).to_bytes(8, "little")
+    regs = bytearray(data)
+    regs[offset["eax"]:offset["eax"] + 4] = (0x22222222).to_bytes(4, "little")
+    target.write_all(uc, arch, bytes(regs))
     assert uc.reg_read(X.UC_X86_REG_RAX) == 0xAAAAAAAA22222222
+    assert target.mode_of(uc) in ("i8086", "i386", "i386:x86-64")

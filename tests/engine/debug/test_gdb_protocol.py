@@ -8,6 +8,7 @@ from engine import StateError
 from engine.debug import gdbstub, rsp, target
 from tests.engine.debug.conftest import symbol
 
+RIP, CS = (next(i for i, r in enumerate(target.X86_64) if r.name == name) for name in ("rip", "cs"))
 ADD_EDX_EAX = b"\x01\xd0"     # tick's `add %edx,%eax` (ticks += step), see objdump -d debugme.elf
 
 
@@ -38,23 +39,30 @@ class Client:
         return self.reply()
 
     def pc(self):
-        return int.from_bytes(bytes.fromhex(self.ask(b"p8").decode()), "little")     # i386: eip is register 8
+        return int.from_bytes(bytes.fromhex(self.ask(b"p%x" % RIP).decode()), "little")
 
     def close(self):
         self.sock.close()
 
 
-def test_status_registers_and_the_i386_layout(debugme):
-    """On connect the guest is stopped at its entry: `?` says SIGTRAP, `g` is the i386 layout with EIP there."""
+def test_status_registers_and_the_one_layout(debugme):
+    """On connect the guest is stopped at its entry: `?` says SIGTRAP, `g` is the x86-64 register file (in
+    32-bit protected mode too) with RIP there; the description names no architecture and carries the i386 names
+    and the system registers."""
     vm, port = debugme()
     gdb = Client(port)
     assert gdb.ask(b"?") == b"T05thread:1;"
     regs = bytes.fromhex(gdb.ask(b"g").decode())
-    assert len(regs) == sum(r.bits for r in target.I386) // 8
-    assert int.from_bytes(regs[32:36], "little") == vm.image.entry          # eax..edi, then eip
-    assert int.from_bytes(regs[0:4], "little") == 0x2BADB002                # multiboot's magic in EAX
+    assert len(regs) == sum(r.bits for r in target.X86_64) // 8
+    assert int.from_bytes(regs[16 * 8:17 * 8], "little") == vm.image.entry     # rax..r15, then rip
+    assert int.from_bytes(regs[0:8], "little") == 0x2BADB002                    # multiboot's magic in RAX
+    eip = sum(r.bits for r in target.X86_64[:[r.name for r in target.X86_64].index("eip")]) // 8
+    assert int.from_bytes(regs[eip:eip + 4], "little") == vm.image.entry       # the i386 name of its low half
     xml = gdb.ask(b"qXfer:features:read:target.xml:0,ffff")
-    assert xml.startswith(b"l<?xml") and b"<architecture>i386</architecture>" in xml
+    assert xml.startswith(b"l<?xml") and b"<architecture>" not in xml
+    assert b'<feature name="org.gnu.gdb.i386.sys">' in xml
+    for name in (b"rax", b"eax", b"eip", b"cr8", b"efer", b"k_gs_base"):
+        assert b'<reg name="%s"' % name in xml
     gdb.close()
 
 
@@ -105,15 +113,15 @@ def test_memory_write_to_code_takes_effect(debugme):
 
 
 def test_register_write_through_g_and_p_packets(debugme):
-    """G with EAX changed, then p reads it back; a segment register cannot be changed (an error, no crash)."""
+    """G with RAX changed, then p reads it back; a segment register cannot be changed (an error, no crash)."""
     vm, port = debugme()
     gdb = Client(port)
     regs = bytearray(bytes.fromhex(gdb.ask(b"g").decode()))
-    regs[0:4] = (0x1234).to_bytes(4, "little")
+    regs[0:8] = (0x1234).to_bytes(8, "little")
     assert gdb.ask(b"G" + regs.hex().encode()) == b"OK"
-    assert gdb.ask(b"p0") == b"34120000"
-    assert gdb.ask(b"Pa=ffff0000").startswith(b"E")       # register 10 is cs
-    assert gdb.ask(b"p0") == b"34120000"
+    assert gdb.ask(b"p0") == b"3412000000000000"
+    assert gdb.ask(b"P%x=ffff0000" % CS).startswith(b"E")       # a selector cannot be loaded that way
+    assert gdb.ask(b"p0") == b"3412000000000000"
     gdb.close()
 
 

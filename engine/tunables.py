@@ -131,5 +131,6 @@ class Tunables:
 
     def describe(self):
         return [{"name": t.name, "type": t.type, "value": int(self.values[t.slot]), "default": t.default,
-                 "description": t.description, "boot_only": t.boot_only, "aliases": list(t.aliases)}
+                 "description": t.description, "boot_only": t.boot_only, "aliases": list(t.aliases),
+                 "minimum": t.minimum, "maximum": t.maximum}
                 for t in TABLE]

@@ -23,7 +23,7 @@ function row(vm) {
     WH.el("td", {}, WH.el("span", {class: "state state-" + vm.state, title: vm.status_detail || ""}, vm.status),
       vm.uptime_s === null ? "" : WH.el("span", {class: "uptime"}, " up " + WH.duration(vm.uptime_s))),
     WH.el("td", {}, vm.image + " (" + vm.kind + ")"), WH.el("td", {}, vm.mem_mb + " MiB"), WH.el("td", {}, vm.cpus),
-    WH.el("td", {}, vm.profile), WH.el("td", {class: "num"}, vm.exits.toLocaleString()), WH.el("td", {}, buttons));
+    WH.el("td", {}, vm.profile), WH.el("td", {class: "num"}, vm.exits.toLocaleString()), WH.el("td", {}, WH.el("span", {class: "actions"}, buttons)));
 }
 
 async function act(name, method, suffix) {

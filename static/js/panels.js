@@ -138,8 +138,9 @@ const Panels = (() => {
 
   function tunableRow(t) {
     const note = t.boot_only ? WH.el("span", {class: "boot-only", title: "read when a VM is created: VMs already running keep the value they started with"}, "read at VM creation") : "";
-    return WH.el("tr", {"data-name": t.name}, WH.el("th", {}, t.name), WH.el("td", {}, tunableInput(t)),
-      WH.el("td", {class: "num"}, "default " + t.default), WH.el("td", {}, note, " ", t.description));
+    return WH.el("tr", {"data-name": t.name},
+      WH.el("td", {class: "tunable"}, WH.el("strong", {}, t.name), " ", note, WH.el("div", {class: "note"}, t.description)),
+      WH.el("td", {}, tunableInput(t)), WH.el("td", {class: "num"}, "default " + t.default));
   }
 
   function renderTunables(list) {

@@ -49,7 +49,8 @@ def main(argv=None):
             print("  control:    %s%s?token=%s\n  read-only:  %s%s?token=%s" % (
                 url, page, env["WEBHYVE_CONTROL_TOKEN"], url, page, env["WEBHYVE_VIEWER_TOKEN"]), flush=True)
         return server.wait()
-    except KeyboardInterrupt:                     # the terminal's Ctrl-C reached gunicorn too: let it finish
+    except KeyboardInterrupt:                     # Ctrl-C: gunicorn's quick shutdown (a terminal sent it one too)
+        server.send_signal(signal.SIGINT)
         try:
             return server.wait(30)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):

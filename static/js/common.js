@@ -15,11 +15,22 @@ const WH = {
       options.body = JSON.stringify(body);
     }
     const response = await fetch("/api/v1" + path, options);
-    const data = await response.json().catch(() => ({error: response.statusText}));
+    const data = WH.parse(await response.text()) || {error: response.statusText};
     if (!response.ok) {
       throw new Error(data.error || response.statusText);
     }
     return data;
+  },
+
+  // JSON with every integer a double cannot hold exactly kept as its decimal text (as the /inspect stream
+  // sends them), so a 64-bit address shows exactly; WH.hex takes either. Uses JSON.parse's source text access.
+  parse(text) {
+    try {
+      return JSON.parse(text, (key, value, context) => typeof value === "number" && !Number.isSafeInteger(value) &&
+        context && /^-?[0-9]+$/.test(context.source) ? context.source : value);
+    } catch (e) {
+      return null;
+    }
   },
 
   status(text, isError) {

@@ -84,6 +84,13 @@ def test_typing_into_a_paused_vm_says_it_is_queued(page, server, life):
     page.wait_for_selector("#console-hint.shown")
     assert "queued until you resume" in page.inner_text("#console-hint")
     assert "queued-while-paused" not in terminal_text(page)
+    # A 64-bit value (a kernel address) shows exactly, in the /inspect panel and through the page's REST calls:
+    # JSON numbers are doubles in a browser, and 0xffffffff8ec5907b used to show as 0xffffffff8ec59000.
+    put = requests.put(server + "/api/v1/ctl/vms/life/vcpus/0/registers/r9", json={"value": "0xffffffff8ec5907b"},
+                       headers=AUTH)
+    assert put.status_code == 200, put.text
+    page.wait_for_function("document.getElementById('registers').innerText.includes('0xffffffff8ec5907b')")
+    assert page.evaluate("WH.api('GET', '/ctl/vms/life/vcpus/0').then((s) => WH.hex(s.registers.r9))") == "0xffffffff8ec5907b"
     page.click("button[data-action=resume]")
     page.keyboard.press("Enter")
     wait_terminal(page, "\nqueued-while-paused")

@@ -150,6 +150,7 @@ class Run:
             session.vm.write_memory(int(gpa, 0), int(value).to_bytes(8, "little"))
         try:
             session.vm.start(all_vcpus=cfg.get("all_vcpus", False))
+            session.started_at = time.time()            # the pages' uptime counts from this boot
         except Exception as problem:
             raise ScenarioError("starting %s: %s" % (cfg["guest"], problem)) from None
         return session

@@ -157,6 +157,8 @@ class Fleet:
             raise engine_error(problem) from None
         data, filename, kind, cmdline, _ = vm.load_args or (b"", "snapshot", None, "", None)
         session = VmSession(vm, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)
+        if start:
+            session.started_at = time.time()             # the restored VM runs on from here
         with self.lock:
             self.sessions[vm.name] = session
         return session

@@ -105,25 +105,27 @@ def test_viewer_typing_says_read_only(page, server):
     assert "read-only" in page.inner_text("#console-hint")
 
 
-@pytest.mark.parametrize("width,height", SIZES)
-def test_the_vm_page_fits_the_window(page, server, width, height):
-    """No sideways scrolling at 1400x900, 1280x800 or 800x600, with every panel filled; one column below 1200 px."""
-    page.set_viewport_size({"width": width, "height": height})
+def test_the_vm_page_fits_the_window(page, server):
+    """No sideways scrolling at 1400x900, 1280x800 or 800x600, with every panel filled; one column below 1200 px.
+    One page, resized as a user drags the window."""
     open_vm(page, server)
     page.wait_for_selector("#registers tr")
     page.wait_for_selector("#caches .tlb-facts")
     page.wait_for_selector("#ept-map")
     page.wait_for_selector("#tunables tr")
-    overflow = page.evaluate("""() => ({scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
-        wide: [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1
-            && !e.closest('.scroll, .xterm, .vga, dialog, .menu-items, .legend dl')).map((e) => e.tagName + '#' + e.id + '.' + e.className).slice(0, 5)})""")
-    assert overflow["scroll"] <= overflow["inner"], overflow
-    assert overflow["wide"] == [], overflow
-    left, right = page.locator(".left").bounding_box(), page.locator(".right").bounding_box()
-    if width < 1200:
-        assert right["y"] > left["y"] + left["height"] - 1          # stacked
-    else:
-        assert right["x"] >= left["x"] + left["width"]              # side by side
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_function("w => window.innerWidth === w", arg=width)
+        overflow = page.evaluate("""() => ({scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
+            wide: [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1
+                && !e.closest('.scroll, .xterm, .vga, dialog, .menu-items, .legend dl')).map((e) => e.tagName + '#' + e.id + '.' + e.className).slice(0, 5)})""")
+        assert overflow["scroll"] <= overflow["inner"], (width, overflow)
+        assert overflow["wide"] == [], (width, overflow)
+        left, right = page.locator(".left").bounding_box(), page.locator(".right").bounding_box()
+        if width < 1200:
+            assert right["y"] > left["y"] + left["height"] - 1, width          # stacked
+        else:
+            assert right["x"] >= left["x"] + left["width"], width              # side by side
 
 
 def test_the_vm_list_fits_800x600(page, server):

@@ -186,14 +186,15 @@ class VM(VmMemory, Platform):
         self.log("snapshot saved to %s (%d pages)" % (path, result["pages"]))
         return result
 
-    def reset(self):
+    def reset(self, marker=True):
         """bhyvectl --force-reset, then boot again: the vCPUs stop and are created afresh (new Unicorn
         instances), guest memory is released (zero-filled on next touch), the devices return to their
-        power-on state, the image is loaded again and the VM runs. The consoles keep their history."""
+        power-on state, the image is loaded again and the VM runs. The consoles keep their history; with
+        `marker` (a reset asked for from outside, not the guest's own reboot) COM1's gets a line saying so."""
         with self._lifecycle:
-            self._reset()
+            self._reset(marker=marker)
 
-    def _reset(self, why="reset", all_vcpus=False):
+    def _reset(self, why="reset", all_vcpus=False, marker=True):
         if self._load_args is None:
             raise StateError("VM %r has no image loaded: nothing to reset to" % self.name)
         if not self.segments:
@@ -208,8 +209,9 @@ class VM(VmMemory, Platform):
         self._forget_memory()
         # One line of our own in COM1's history, so the new boot's banner is not glued to the old prompt in
         # a console, a replay or a recording (consoles keep their history over a reset).
-        self.console.output(b"\r\n\x1b[7m-- webhyve: %s at %s UTC, booting afresh --\x1b[0m\r\n"
-                            % (why.encode("ascii", "replace"), time.strftime("%H:%M:%S", time.gmtime()).encode()))
+        if marker:
+            self.console.output(b"\r\n\x1b[7m-- webhyve: %s at %s UTC, booting afresh --\x1b[0m\r\n"
+                                % (why.encode("ascii", "replace"), time.strftime("%H:%M:%S", time.gmtime()).encode()))
         with self.lock:
             self.suspend_reason = self.suspend_message = None
         self._power_on_devices()

@@ -181,10 +181,10 @@ class Tunables:
 
     def describe(self):
         """Every tunable, then every read-only sysctl ("read_only": True, changed through the tunable it names
-        in "set_by"). "bhyve_boot": bhyve reads it only at boot."""
+        in "set_by"). "bhyve_boot": bhyve reads it only at boot; "minimum"/"maximum": its range."""
         rows = [{"name": t.name, "type": t.type, "value": int(self.values[t.slot]), "default": t.default,
                  "description": t.description, "boot_only": t.boot_only, "aliases": list(t.aliases),
-                 "bhyve_boot": t.bhyve_boot, "read_only": False}
+                 "bhyve_boot": t.bhyve_boot, "read_only": False, "minimum": t.minimum, "maximum": t.maximum}
                 for t in TABLE]
         cmd, skip = self.host_cpu
         defaults = dict(zip(("flush", "software"), effective_l1d(AUTO, AUTO, cmd, skip)))

@@ -6,6 +6,7 @@ devices (platform.py), the vCPUs. Lifecycle requests that are not valid in the c
 explicit StateError.
 """
 import threading
+import time
 
 from .. import debug, firmware, loaders, snapshot
 from ..cpu import msrs, profiles, tsc
@@ -114,11 +115,19 @@ class VM(VmMemory, Platform):
 
     def start(self, all_vcpus=False):
         """Start the bootstrap processor; the others wait for INIT-SIPI. With `all_vcpus` (a flat64 image,
-        which has no firmware to wake them) every vCPU starts at the image's entry with its registers."""
+        which has no firmware to wake them) every vCPU starts at the image's entry with its registers.
+
+        A VM that was powered off or stopped (suspended, with its reason) boots afresh, as `qm start` after
+        `qm stop` does in Proxmox and a new bhyve process after the old one exited: the same cold boot as
+        reset(). A VM that is running, halted or paused is refused."""
         if self.image is None:
             raise StateError("VM %r has no image loaded" % self.name)
         if any(v.thread is not None for v in self.vcpus):
-            raise StateError("VM %r was already started" % self.name)
+            if self.state != SUSPENDED:
+                raise StateError("VM %r is %s: it was already started (reset reboots it)" % (self.name, self.state))
+            with self._lifecycle:
+                self._reset(why="start after %s" % (self.suspend_message or "stop"), all_vcpus=all_vcpus)
+            return
         if all_vcpus and self.image.mode != "long64":
             raise StateError("VM %r: only flat64 images can start every vCPU at their entry" % self.name)
         self.log("started" + (" on all %d vCPUs" % len(self.vcpus) if all_vcpus else ""))
@@ -177,14 +186,15 @@ class VM(VmMemory, Platform):
         self.log("snapshot saved to %s (%d pages)" % (path, result["pages"]))
         return result
 
-    def reset(self):
+    def reset(self, marker=True):
         """bhyvectl --force-reset, then boot again: the vCPUs stop and are created afresh (new Unicorn
         instances), guest memory is released (zero-filled on next touch), the devices return to their
-        power-on state, the image is loaded again and the VM runs. The consoles keep their history."""
+        power-on state, the image is loaded again and the VM runs. The consoles keep their history; with
+        `marker` (a reset asked for from outside, not the guest's own reboot) COM1's gets a line saying so."""
         with self._lifecycle:
-            self._reset()
+            self._reset(marker=marker)
 
-    def _reset(self):
+    def _reset(self, why="reset", all_vcpus=False, marker=True):
         if self._load_args is None:
             raise StateError("VM %r has no image loaded: nothing to reset to" % self.name)
         if not self.segments:
@@ -198,6 +208,11 @@ class VM(VmMemory, Platform):
             vcpu.hostcpu.unassign(vcpu)
             vcpu.release_vpid()                        # vm_reinit: vcpu_cleanup, then vcpu_init allocates again
         self._forget_memory()
+        # One line of our own in COM1's history, so the new boot's banner is not glued to the old prompt in
+        # a console, a replay or a recording (consoles keep their history over a reset).
+        if marker:
+            self.console.output(b"\r\n\x1b[7m-- webhyve: %s at %s UTC, booting afresh --\x1b[0m\r\n"
+                                % (why.encode("ascii", "replace"), time.strftime("%H:%M:%S", time.gmtime()).encode()))
         with self.lock:
             self.suspend_reason = self.suspend_message = None
         self._power_on_devices()
@@ -205,9 +220,9 @@ class VM(VmMemory, Platform):
         self.vcpus = [Vcpu(self, i) for i in range(len(self.vcpus))]
         self._power_on_cpus()
         self._wire_interrupts()                        # a new PIC pair and PIT at power-on state
-        self.log("reset")
+        self.log("reset" if why == "reset" else why)
         self.load(*self._load_args, initrd=self.initrd)
-        self.start()
+        self.start(all_vcpus=all_vcpus)
 
     def destroy(self):
         self.gdb_close()

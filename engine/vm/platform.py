@@ -304,7 +304,7 @@ class Platform:
 
     def _reboot(self):
         try:
-            self.reset()
+            self.reset(marker=False)                       # the guest's own reboot: its console as it wrote it
         except Exception as problem:                       # a VM powered off or destroyed meanwhile stays stopped
             self.log("reboot after a guest reset failed: %s" % problem)
 

@@ -1,18 +1,29 @@
 // The VM list: state and exit counts at a glance, lifecycle buttons, create from a bundled guest or an upload.
 "use strict";
 
-const ACTIONS = ["start", "pause", "resume", "reset", "poweroff"];
+const ACTIONS = [["start", "Start"], ["pause", "Pause"], ["resume", "Resume"], ["reset", "Reset"], ["poweroff", "Power off"]];
+const CONFIRM = {reset: "Reset %s? The guest reboots at once; what it has not saved is lost.",
+  poweroff: "Power off %s? The guest stops at once, as by pulling the plug; Start boots it afresh."};
 
 function row(vm) {
-  const buttons = ACTIONS.map((a) => WH.el("button", {class: "control", onclick: () => act(vm.name, "POST", "/" + a)}, a));
-  buttons.push(WH.el("button", {class: "control", onclick: () => snapshot(vm.name)}, "snapshot"));
-  buttons.push(WH.el("button", {class: "control danger", onclick: () => confirm("Destroy " + vm.name + "?") && act(vm.name, "DELETE", "")}, "destroy"));
+  const buttons = ACTIONS.map(([a, label]) => {
+    const b = WH.el("button", {class: "control" + (CONFIRM[a] ? " danger" : ""), "data-action": a, onclick: async () => {
+      if (!CONFIRM[a] || await WH.confirm(CONFIRM[a].replace("%s", vm.name), label)) act(vm.name, "POST", "/" + a);
+    }}, label);
+    b.disabled = !vm.actions.includes(a);
+    if (b.disabled) b.title = label + " does not apply to a VM that is " + vm.status;
+    return b;
+  });
+  buttons.push(WH.el("button", {class: "control", "data-action": "snapshot", onclick: () => snapshot(vm.name)}, "Snapshot…"));
+  buttons.push(WH.el("button", {class: "control danger", "data-action": "destroy", onclick: async () =>
+    await WH.confirm("Destroy " + vm.name + "? Its memory and console history go; snapshots stay.", "Destroy") && act(vm.name, "DELETE", "")}, "Destroy"));
   if (WH.role !== "control") buttons.forEach((b) => { b.disabled = true; });
   return WH.el("tr", {"data-vm": vm.name},
     WH.el("td", {}, WH.el("a", {href: "/vms/" + encodeURIComponent(vm.name)}, vm.name)),
-    WH.el("td", {class: "state state-" + vm.state, title: vm.suspend_message || ""}, vm.state),
+    WH.el("td", {}, WH.el("span", {class: "state state-" + vm.state, title: vm.status_detail || ""}, vm.status),
+      vm.uptime_s === null ? "" : WH.el("span", {class: "uptime"}, " up " + WH.duration(vm.uptime_s))),
     WH.el("td", {}, vm.image + " (" + vm.kind + ")"), WH.el("td", {}, vm.mem_mb + " MiB"), WH.el("td", {}, vm.cpus),
-    WH.el("td", {}, vm.profile), WH.el("td", {class: "num"}, vm.exits.toLocaleString()), WH.el("td", {}, buttons));
+    WH.el("td", {}, vm.profile), WH.el("td", {class: "num"}, vm.exits.toLocaleString()), WH.el("td", {}, WH.el("span", {class: "actions"}, buttons)));
 }
 
 async function act(name, method, suffix) {
@@ -38,9 +49,21 @@ async function refresh() {
 async function setupCreate() {
   const form = document.getElementById("create");
   if (!form) return;
-  const {guests} = await WH.api("GET", "/guests");
-  form.guest.replaceChildren(...guests.map((g) => WH.el("option", {}, g)));
+  const {guests, kinds} = await WH.api("GET", "/guests");
+  const LABELS = {linux: "Linux (Debian kernel + busybox)"};
+  form.guest.replaceChildren(...guests.map((g) => WH.el("option", {value: g}, LABELS[g] || g)));
   form.guest.value = guests.includes("shell") ? "shell" : guests[0];
+  // A bundled guest sets the kind it loads as (flat64 for a flat binary); an upload goes back to "detect".
+  // The Linux guest needs 256 MiB and its serial console (api.py LINUX_MEM_MB, LINUX_CMDLINE).
+  const followGuest = () => {
+    form.kind.value = kinds[form.guest.value] || "";
+    const linux = form.guest.value === "linux";
+    form.mem_mb.value = linux ? 256 : 64;
+    form.cmdline.value = linux ? "console=ttyS0 panic=-1" : "";
+  };
+  form.guest.addEventListener("change", followGuest);
+  form.image.addEventListener("change", () => { if (form.image.files.length) form.kind.value = ""; });
+  followGuest();
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const fields = jsonFields(form);
@@ -55,6 +78,7 @@ async function setupCreate() {
       WH.status(fields.name + " created");
       form.reset();
       form.guest.value = guests.includes("shell") ? "shell" : guests[0];
+      followGuest();
     } catch (e) {
       WH.status("create " + fields.name + ": " + e.message, true);
     }
@@ -75,10 +99,14 @@ function jsonFields(form) {
 
 // -- snapshots: save from a VM's row, restore or delete from the list ----------------------------------
 async function snapshot(name) {
-  const label = prompt("Snapshot name for " + name, name + "-" + new Date().toISOString().slice(11, 19).replace(/:/g, ""));
-  if (!label) return;
+  const data = await WH.ask(document.getElementById("snapshot-dialog"), (form) => {
+    document.getElementById("snapshot-vm").textContent = name;
+    form.elements.name.value = name + "-" + new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+  });
+  if (!data) return;
+  const label = data.get("name");
   try {
-    const saved = await WH.api("POST", "/vms/" + encodeURIComponent(name) + "/snapshot", {name: label});
+    const saved = await WH.api("POST", "/vms/" + encodeURIComponent(name) + "/snapshot", {name: label, suspend: data.get("suspend") === "on"});
     WH.status(label + ": " + saved.pages + " pages saved in " + saved.seconds + " s");
   } catch (e) {
     WH.status("snapshot " + name + ": " + e.message, true);
@@ -101,11 +129,15 @@ async function refreshSnapshots() {
   const {snapshots} = await WH.api("GET", "/snapshots");
   document.querySelector("#snapshots tbody").replaceChildren(...snapshots.map((s) => {
     const buttons = [
-      WH.el("button", {class: "control", onclick: () => {
-        const as = prompt("Restore " + s.name + " as VM", s.vm + "-restored");
-        if (as) snapshotAction(s.name, "POST", "/restore", {vm: as});
+      WH.el("button", {class: "control", onclick: async () => {
+        const data = await WH.ask(document.getElementById("restore-dialog"), (form) => {
+          document.getElementById("restore-snapshot").textContent = s.name;
+          form.elements.vm.value = (s.vm || "vm") + "-restored";
+        });
+        if (data) snapshotAction(s.name, "POST", "/restore", {vm: data.get("vm"), start: data.get("start") === "on"});
       }}, "restore"),
-      WH.el("button", {class: "control danger", onclick: () => confirm("Delete " + s.name + "?") && snapshotAction(s.name, "DELETE", "")}, "delete")];
+      WH.el("button", {class: "control danger", onclick: async () => await WH.confirm("Delete snapshot " + s.name + "?", "Delete")
+        && snapshotAction(s.name, "DELETE", "")}, "delete")];
     if (WH.role !== "control") buttons.forEach((b) => { b.disabled = true; });
     return WH.el("tr", {"data-snapshot": s.name}, WH.el("td", {}, s.name), WH.el("td", {}, s.vm || s.error || "?"),
       WH.el("td", {}, s.mem_mb ? s.mem_mb + " MiB" : ""), WH.el("td", {}, s.cpus || ""),

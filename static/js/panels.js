@@ -11,21 +11,43 @@ const Panels = (() => {
   const vcpuSelect = document.getElementById("vcpu");
   const vmPath = "/vms/" + encodeURIComponent(WH.vm);
 
-  function state(text) {
-    const el = document.getElementById("state");
-    el.textContent = text;
-    el.className = "state state-" + text;
-  }
-
+  // The state badge in the legend's words (running, idle in HLT, paused, powered off, stopped: reason), the
+  // uptime, and the toolbar: each lifecycle button enabled only where the server says it applies.
+  let uptimeBase = null;
   function renderSummary(s) {
-    state(s.state);
-    if (s.suspend_message) document.getElementById("state").title = s.suspend_message;
+    const el = document.getElementById("state");
+    el.textContent = s.status;
+    el.className = "state state-" + s.state;
+    el.title = s.status_detail || "";
+    el.dataset.state = s.state;
+    WH.vmState = s.state;
+    uptimeBase = s.uptime_s === null ? null : {seconds: s.uptime_s, at: performance.now()};
+    showUptime();
+    document.querySelectorAll("button[data-action]").forEach((b) => {
+      b.disabled = WH.role !== "control" || !s.actions.includes(b.dataset.action);
+      b.title = WH.role !== "control" ? "needs the control token"
+        : b.disabled ? b.textContent + " does not apply to a VM that is " + s.status : "";
+    });
     if (vcpuSelect.options.length !== s.cpus) {
       vcpuSelect.replaceChildren(...Array.from({length: s.cpus}, (_, i) => WH.el("option", {value: i}, "vcpu" + i)));
     }
     const record = document.getElementById("record");
     record.textContent = s.recording ? "stop recording" : "record";
     record.dataset.recording = s.recording || "";
+  }
+
+  function showUptime() {
+    const el = document.getElementById("uptime");
+    el.textContent = uptimeBase === null ? "" : "up " + WH.duration(uptimeBase.seconds + (performance.now() - uptimeBase.at) / 1000);
+  }
+  setInterval(showUptime, 1000);
+
+  async function refreshSummary() {
+    try {
+      renderSummary(await WH.api("GET", vmPath));
+    } catch (e) {
+      WH.status(e.message, true);
+    }
   }
 
   function renderRegisters(p) {
@@ -80,23 +102,48 @@ const Panels = (() => {
       WH.el("span", {class: "num"}, totals[n].toLocaleString()))));
   }
 
-  function tunableRow(t) {
-    const input = WH.el("input", {"data-name": t.name, size: 6, class: "control"});
+  // A tunable's control: a checkbox for a boolean, a menu for a few choices (-1 is "auto"), a number box
+  // otherwise. Those read at VM creation say so: a running VM keeps the value it was created with.
+  function tunableInput(t) {
+    let input;
+    if (t.type === "bool") {
+      input = WH.el("input", {type: "checkbox"});
+    } else if (t.maximum - t.minimum <= 3) {
+      const label = (v) => v === -1 ? "auto (-1)" : t.maximum - t.minimum === 2 && v === 0 ? "off (0)" : t.maximum - t.minimum === 2 && v === 1 ? "on (1)" : String(v);
+      input = WH.el("select", {}, Array.from({length: t.maximum - t.minimum + 1}, (_, i) => t.minimum + i)
+        .map((v) => WH.el("option", {value: v}, label(v))));
+    } else {
+      input = WH.el("input", {type: "number", min: t.minimum, max: t.maximum, step: 1, size: 6});
+    }
+    input.classList.add("control");
+    input.dataset.name = t.name;
     if (WH.role !== "control") input.disabled = true;
+    const value = () => input.type === "checkbox" ? (input.checked ? 1 : 0) : input.value;
     input.addEventListener("change", async () => {
       try {
-        const r = await WH.api("PUT", "/tunables/" + t.name, {value: input.value});
-        WH.status(r.name + ": " + r.old + " → " + r.value);
-        input.blur();
+        const r = await WH.api("PUT", "/tunables/" + t.name, {value: value()});
+        WH.status(r.name + ": " + r.old + " → " + r.value + " (host-wide" + (t.boot_only ? "; VMs created from now on read it" : "") + ")");
+        if (input.type !== "checkbox" && input.tagName !== "SELECT") input.blur();
       } catch (e) {
         WH.status(e.message, true);
-        input.value = input.dataset.value;
+        setInput(input, Number(input.dataset.value));
       }
     });
-    return WH.el("tr", {"data-name": t.name}, WH.el("th", {}, t.name), WH.el("td", {}, input),
-      WH.el("td", {class: "num"}, "default " + t.default),
-      WH.el("td", {}, t.description + (t.boot_only ? " (read at VM creation)" : "") +
-        (t.read_only ? " (read-only sysctl; set through " + t.set_by + ")" : t.bhyve_boot ? " (bhyve reads it only at boot)" : "")));
+    return input;
+  }
+
+  function setInput(input, value) {
+    if (input.type === "checkbox") input.checked = value !== 0; else input.value = value;
+  }
+
+  function tunableRow(t) {
+    const note = t.boot_only ? WH.el("span", {class: "boot-only", title: "read when a VM is created: VMs already running keep the value they started with"}, "read at VM creation") : "";
+    const origin = t.read_only ? " (read-only sysctl; set through " + t.set_by + ")" : t.bhyve_boot ? " (bhyve reads it only at boot)" : "";
+    const input = tunableInput(t);
+    if (t.read_only) input.disabled = true;
+    return WH.el("tr", {"data-name": t.name},
+      WH.el("td", {class: "tunable"}, WH.el("strong", {}, t.name), " ", note, WH.el("div", {class: "note"}, t.description + origin)),
+      WH.el("td", {}, input), WH.el("td", {class: "num"}, "default " + t.default));
   }
 
   function renderTunables(list) {
@@ -104,9 +151,9 @@ const Panels = (() => {
     if (table.rows.length !== list.length) table.replaceChildren(...list.map(tunableRow));
     list.forEach((t, i) => {
       const row = table.rows[i];
-      const input = row.querySelector("input");
+      const input = row.querySelector("[data-name]");
       input.dataset.value = t.value;
-      if (document.activeElement !== input) input.value = t.value;     // never overwrite what is being typed
+      if (document.activeElement !== input || input.type === "checkbox") setInput(input, t.value);   // never overwrite what is being typed
       row.classList.toggle("changed", t.value !== t.default);
     });
   }
@@ -123,6 +170,11 @@ const Panels = (() => {
       return spans.map((s) => WH.el("span", {style: s.style}, s.text));
     });
     document.getElementById("vga").replaceChildren(...lines.flatMap((l) => [...l, "\n"]));
+    // A guest that never wrote to the text screen (a serial-only guest) gets one line, not a black box.
+    const blank = v.lines.every((line) => !line.trim());
+    document.getElementById("vga").hidden = blank;
+    document.getElementById("shot-vga").hidden = blank;
+    document.getElementById("vga-note").textContent = blank ? "blank: this guest writes to the serial console only" : "";
   }
 
   function optionalView(title, view, render) {
@@ -130,22 +182,82 @@ const Panels = (() => {
     return WH.el("div", {}, WH.el("h3", {}, title), render(view.value));
   }
 
-  function table(rows) {
-    if (!Array.isArray(rows)) rows = Object.entries(rows).map(([k, v]) => ({name: k, value: v}));
-    if (!rows.length) return WH.el("p", {}, "(empty)");
-    const keys = Object.keys(rows[0]);
-    return WH.el("table", {class: "grid"}, WH.el("tr", {}, keys.map((k) => WH.el("th", {}, k))),
-      rows.map((r) => WH.el("tr", {}, keys.map((k) => WH.el("td", {}, typeof r[k] === "number" && r[k] > 9 ? WH.hex(r[k]) : JSON.stringify(r[k]))))));
+  // A table with a header row; each column is [label, key or function, format]. Formats: "hex" (addresses,
+  // entries: as the SDM writes them), "count" (decimal), "text".
+  function table(columns, rows, attrs) {
+    if (!rows.length) return WH.el("p", {class: "na"}, "(empty)");
+    const cell = (format, value) => {
+      if (value === null || value === undefined) return WH.el("td", {class: "na"}, "—");
+      if (format === "hex") return WH.el("td", {class: "hex"}, WH.hex(value));
+      if (format === "count") return WH.el("td", {class: "num"}, WH.count(value));
+      return WH.el("td", {}, String(value));
+    };
+    return WH.el("table", {class: "grid", ...(attrs || {})},
+      WH.el("thead", {}, WH.el("tr", {}, columns.map(([label]) => WH.el("th", {}, label)))),
+      WH.el("tbody", {}, rows.map((r) => WH.el("tr", {}, columns.map(([, key, format]) =>
+        cell(format, typeof key === "function" ? key(r) : r[key]))))));
   }
 
+  // Label/value pairs as a two-column table (a vCPU's TLB or L1D counters).
+  function facts(pairs, attrs) {
+    return WH.el("table", {class: "grid facts", ...(attrs || {})}, pairs.map(([label, value, format]) =>
+      WH.el("tr", {}, WH.el("th", {}, label), WH.el("td", {class: format === "text" ? "" : "num"},
+        format === "hex" ? WH.hex(value) : format === "text" ? value : WH.count(value)))));
+  }
+
+  const size = (bytes) => bytes >= 1 << 20 ? WH.count(bytes / (1 << 20)) + " MiB" : WH.count(bytes / 1024) + " KiB";
+  const rwx = (p) => (p & 1 ? "R" : "-") + (p & 2 ? "W" : "-") + (p & 4 ? "X" : "-");
+  const percent = (hits, misses) => hits + misses ? (100 * hits / (hits + misses)).toFixed(1) + " %" : "—";
+
   function renderEpt(view) {
-    document.getElementById("ept").replaceChildren(optionalView("guest-physical map", view, table));
+    document.getElementById("ept").replaceChildren(optionalView("guest-physical map (bhyvectl --get-memmap)", view,
+      (segments) => table([["segment", "name"], ["GPA", "gpa", "hex"], ["size", (s) => size(s.size)], ["HPA", "hpa", "hex"],
+        ["prot", "prot"], ["resident 4 KiB pages", "populated", "count"], ["2 MiB superpages", "superpages", "count"]],
+      segments, {id: "ept-map"})));
+  }
+
+  function tlbView(t) {
+    return WH.el("div", {},
+      facts([["host CPU", t.hostcpu], ["VPID", t.vpid], ["EPTP", t.eptp, "hex"], ["hits", t.hits], ["misses", t.misses],
+        ["hit rate", percent(t.hits, t.misses), "text"], ["page walks", t.walks], ["guest flushes (INVLPG, CR3)", t.guest_flushes],
+        ["INVEPT done", t.invept], ["INVEPT saved (eptgen)", t.invept_saved], ["INVVPID done", t.invvpid_done],
+        ["INVVPID saved", t.invvpid_saved], ["entries held", t.entries + " of " + WH.count(t.capacity), "text"],
+        ["flush generation", t.flush_generation]], {class: "grid facts tlb-facts"}),
+      t.contents.length ? WH.el("h3", {}, "entries (first " + t.contents.length + ")") : "",
+      table([["GLA", "linear", "hex"], ["GPA", "gpa", "hex"], ["HPA", "hpa", "hex"], ["VPID", "vpid", "count"],
+        ["EPTP", "eptp", "hex"], ["perms", (e) => rwx(e.perms)], ["global", (e) => e.global ? "G" : ""]],
+      t.contents, {class: "grid tlb-entries"}));
+  }
+
+  function l1dView(l) {
+    return WH.el("div", {},
+      facts([["host CPU", l.hostcpu], ["guest hits", l.guest_hits], ["guest misses", l.guest_misses],
+        ["hit rate", percent(l.guest_hits, l.guest_misses), "text"], ["flushes by IA32_FLUSH_CMD", l.flushes_msr],
+        ["software flushes (64 KiB read)", l.flushes_sw], ["flush cost", WH.count(l.flush_cycles) + " cycles", "text"],
+        ["L1TF transient windows", l.l1tf_windows], ["free lines", l.free_lines]], {class: "grid facts l1d-facts"}),
+      table([["holder", "owner"], ["lines", "lines", "count"]],
+        Object.entries(l.occupancy).map(([owner, lines]) => ({owner, lines}))));
   }
 
   function renderCaches(c) {
     document.getElementById("caches").replaceChildren(
-      ...c.tlb.map((v, i) => optionalView("TLB vcpu" + i, v, table)),
-      ...c.l1d.map((v, i) => optionalView("L1D vcpu" + i, v, table)));
+      ...c.tlb.map((v, i) => optionalView("TLB of vcpu" + i, v, tlbView)),
+      ...c.l1d.map((v, i) => optionalView("L1D seen by vcpu" + i, v, l1dView)));
+  }
+
+  function renderWalk(steps) {
+    return table([["level", "level"], ["entry at HPA", "entry_hpa", "hex"], ["entry", "entry", "hex"], ["bits", "flags"]],
+      steps, {id: "walk-table"});
+  }
+
+  function renderTranslation(t) {
+    const facts_ = [["guest-linear", t.linear, "hex"]];
+    if (t.gpa !== null) facts_.push(["guest-physical", t.gpa, "hex"]);
+    if (t.hpa !== null) facts_.push(["host-physical", t.hpa, "hex"], ["permissions", rwx(t.perms || 0), "text"]);
+    if (t.fault) facts_.push(["fault", t.fault, "text"]);
+    return WH.el("div", {}, facts(facts_, {id: "translate-result", class: "grid facts"}),
+      table([["stage", "stage"], ["level", "level"], ["entry at", (s) => s.entry_gpa !== undefined ? "GPA " + WH.hex(s.entry_gpa)
+        : "HPA " + WH.hex(s.entry_hpa)], ["entry", "entry", "hex"]], t.steps, {id: "walk-table"}));
   }
 
   const RENDER = {summary: renderSummary, tunables: renderTunables, exits: renderHistogram, vga: renderVga,
@@ -170,15 +282,51 @@ const Panels = (() => {
   socket.on("connect", () => socket.emit("watch", {vm: WH.vm}, (r) => r.error ? WH.status(r.error, true) : render(r.panels)));
   socket.on("update", (m) => render(m.panels));
 
+  const CONFIRM = {
+    reset: ["Reset " + WH.vm + "? The guest reboots at once, as by the reset button: what it has not saved is lost.", "Reset"],
+    poweroff: ["Power off " + WH.vm + "? The guest stops at once, as by pulling the plug; Start boots it afresh.", "Power off"],
+  };
   document.querySelectorAll("button[data-action]").forEach((b) => b.addEventListener("click", async () => {
+    const action = b.dataset.action;
+    if (CONFIRM[action] && !await WH.confirm(...CONFIRM[action])) return;
     try {
-      const s = await WH.api("POST", vmPath + "/" + b.dataset.action);
-      state(s.state);
-      WH.status(b.dataset.action + ": " + s.state);
+      const s = await WH.api("POST", vmPath + "/" + action);
+      renderSummary(s);
+      WH.status(b.textContent + ": " + s.status);
     } catch (e) {
-      WH.status(b.dataset.action + ": " + e.message, true);
+      WH.status(b.textContent + ": " + e.message, true);
     }
+    SerialConsole.term.focus();
   }));
+
+  // Snapshots of this VM: save in a dialog (name, power off after), the list of those saved from it.
+  document.getElementById("snapshot").addEventListener("click", async () => {
+    const data = await WH.ask(document.getElementById("snapshot-dialog"), (form) => {
+      form.elements.name.value = WH.vm + "-" + new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+    });
+    if (!data) return;
+    const name = data.get("name");
+    WH.status("saving snapshot " + name + "…");
+    try {
+      const saved = await WH.api("POST", vmPath + "/snapshot", {name, suspend: data.get("suspend") === "on"});
+      WH.status("snapshot " + name + ": " + WH.count(saved.pages) + " pages saved in " + saved.seconds + " s");
+    } catch (e) {
+      WH.status("snapshot " + name + ": " + e.message, true);
+    }
+    refreshSnapshots();
+    refreshSummary();
+  });
+
+  async function refreshSnapshots() {
+    const {snapshots} = await WH.api("GET", "/snapshots");
+    const mine = snapshots.filter((s) => s.vm === WH.vm);
+    document.querySelector("#vm-snapshots tbody").replaceChildren(...mine.map((s) => WH.el("tr", {"data-snapshot": s.name},
+      WH.el("td", {}, s.name), WH.el("td", {}, s.saved_at ? new Date(s.saved_at * 1000).toLocaleString() : ""),
+      WH.el("td", {class: "num"}, size(s.bytes)),
+      WH.el("td", {}, WH.el("a", {href: "/"}, "restore from the list")))));
+    document.getElementById("vm-snapshots").hidden = !mine.length;
+    document.getElementById("no-vm-snapshots").hidden = mine.length > 0;
+  }
 
   document.getElementById("shot-serial").href = "/api/v1" + vmPath + "/screenshot/serial.png";
   document.getElementById("shot-vga").href = "/api/v1" + vmPath + "/screenshot/vga.png";
@@ -209,21 +357,23 @@ const Panels = (() => {
     refreshRecordings();
   });
 
-  function walkForm(id, path) {
+  function walkForm(id, path, render) {
     document.getElementById(id).addEventListener("submit", async (event) => {
       event.preventDefault();
       const input = event.target.querySelector("input");
       try {
         const r = await WH.api("GET", path() + "=" + encodeURIComponent(input.value));
-        document.getElementById("ept-walk").textContent = r.available ? JSON.stringify(r.value, null, 1) : "not available: " + r.reason;
+        document.getElementById("ept-walk").replaceChildren(r.available ? render(r.value)
+          : WH.el("p", {class: "na"}, "not available: " + r.reason));
       } catch (e) {
         WH.status(e.message, true);
       }
     });
   }
-  walkForm("ept-lookup", () => vmPath + "/ept/lookup?gpa");
-  walkForm("translate", () => vmPath + "/vcpus/" + (vcpuSelect.value || 0) + "/translate?gla");
+  walkForm("ept-lookup", () => vmPath + "/ept/lookup?gpa", renderWalk);
+  walkForm("translate", () => vmPath + "/vcpus/" + (vcpuSelect.value || 0) + "/translate?gla", renderTranslation);
 
   refreshRecordings();
-  return {state, render, refreshRecordings};
+  refreshSnapshots();
+  return {render, refreshRecordings, refreshSummary, refreshSnapshots};
 })();

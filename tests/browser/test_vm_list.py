@@ -20,8 +20,9 @@ def test_create_refuse_and_destroy(page, server, tmp_path):
     assert "junk.img" in page.inner_text("#status") and "boot signature" in page.inner_text("#status")
     assert page.query_selector("#vms tr[data-vm=junk]") is None
 
-    page.on("dialog", lambda dialog: dialog.accept())
-    page.click("#vms tr[data-vm=fromlist] button.danger")
+    page.click("#vms tr[data-vm=fromlist] button[data-action=destroy]")
+    assert "Destroy fromlist?" in page.inner_text("#confirm-text")
+    page.click("#confirm-ok")
     page.wait_for_selector("#vms tr[data-vm=fromlist]", state="detached")
     assert page.query_selector("#vms tr[data-vm=demo]") is not None
 
@@ -36,10 +37,14 @@ def test_run_a_demo_live_and_snapshot_and_restore_from_the_list(page, server):
                            ".textContent === 'done'", timeout=60000)
     assert "2 MiB superpages in place: 6" in page.inner_text("#demos tr[data-demo=demand-paging] .demo-figures")
 
-    answers = iter(["from-page", "restored-demo"])
-    page.on("dialog", lambda dialog: dialog.accept(next(answers)) if dialog.type == "prompt" else dialog.accept())
-    page.click("#vms tr[data-vm=demo] button:text('snapshot')")
+    page.on("dialog", lambda dialog: dialog.dismiss())          # no browser prompt() or confirm() any more
+    page.click("#vms tr[data-vm=demo] button[data-action=snapshot]")
+    page.fill("#snapshot-dialog input[name=name]", "from-page")
+    page.click("#snapshot-dialog button[value=save]")
     page.wait_for_selector("#snapshots tr[data-snapshot=from-page]")
     page.click("#snapshots tr[data-snapshot=from-page] button:text('restore')")
+    assert page.input_value("#restore-dialog input[name=vm]") == "demo-restored"
+    page.fill("#restore-dialog input[name=vm]", "restored-demo")
+    page.click("#restore-dialog button[value=restore]")
     page.wait_for_selector("#vms tr[data-vm=restored-demo]")
     assert "shell.elf" in page.inner_text("#vms tr[data-vm=restored-demo]")

@@ -59,6 +59,7 @@ def test_viewer_page_cannot_type(page, server):
     assert page.is_disabled("button[data-action=pause]") and page.is_disabled("#record")
     page.click("#terminal")
     page.keyboard.type("echo from viewer\n")
+    assert "read-only" in page.inner_text("#console-hint")                # said, not silently dropped
     assert page.evaluate("window.scrollY") == 0             # the keys did not scroll the console out of view
     forced = page.evaluate("""() => new Promise((answer) =>
         SerialConsole.socket.emit("input", {vm: "demo", data: "echo forced by viewer\\r"}, answer))""")
@@ -69,24 +70,6 @@ def test_viewer_page_cannot_type(page, server):
     text = server_console(server)
     assert "from viewer" not in text and "forced by viewer" not in text
     assert "from viewer" not in terminal_text(page)
-
-
-def test_toggle_a_tunable_and_see_the_panel_and_marker_follow(page, server):
-    open_vm(page, server)
-    row = "#tunables tr[data-name='hw.vmm.trace_guest_exceptions']"
-    page.wait_for_selector(row)
-    assert page.input_value(row + " input") == "0"
-    page.fill(row + " input", "2")
-    page.press(row + " input", "Enter")
-    page.wait_for_selector("#status.error")
-    assert "outside 0..1" in page.inner_text("#status")
-    page.fill(row + " input", "1")
-    page.press(row + " input", "Enter")
-    page.wait_for_selector(row + ".changed")                     # the panel follows the server's value
-    page.wait_for_function("document.getElementById('markers').innerText.includes('hw.vmm.trace_guest_exceptions: 0 -> 1')")
-    requests.put(server + "/api/v1/tunables/hw.vmm.trace_guest_exceptions", json={"value": 0},
-                 headers={"Authorization": "Bearer " + CONTROL})
-    page.wait_for_selector(row + ":not(.changed)")
 
 
 def test_serial_screenshot_link_gives_a_png(page, server):
@@ -146,27 +129,19 @@ def test_pause_shows_registers_and_disassembly_then_resume(page, server):
     page.wait_for_function("document.getElementById('state').textContent === 'paused'")
     page.wait_for_function("document.getElementById('disasm').textContent.includes('jmp')")
     assert "cr0" in page.inner_text("#registers") and "32-bit code" in page.inner_text("#regs-note")
-    page.click("button[data-action=pause]")
-    page.wait_for_selector("#status.error")
-    assert "cannot pause" in page.inner_text("#status")
+    assert page.is_disabled("button[data-action=pause]")           # a paused VM cannot be paused again
     page.click("button[data-action=resume]")
-    page.wait_for_function("['running', 'halted'].includes(document.getElementById('state').textContent)")
+    page.wait_for_function("['running', 'idle in HLT'].includes(document.getElementById('state').textContent)")
 
 
-def test_ept_walk_form_answers(page, server):
-    """A bad address is refused with a message and shows no walk; the shell's first page (it is loaded at 1 MiB)
-    shows the EPT walk from the PML4 entry down to the 4 KiB page's entry."""
+def test_ept_walk_form_refuses_a_bad_address(page, server):
+    """A bad address is refused with a message and shows no walk (test_console_ui.py checks a good one's table)."""
     open_vm(page, server)
     page.fill("#ept-lookup input", "banana")
     page.click("#ept-lookup button")
     page.wait_for_selector("#status.error")
     assert "field 'gpa' must be an address like 0x1000" in page.inner_text("#status")
     assert page.inner_text("#ept-walk") == ""
-    page.fill("#ept-lookup input", "0x100000")
-    page.click("#ept-lookup button")
-    page.wait_for_function("document.getElementById('ept-walk').textContent.length > 0")
-    walk = page.inner_text("#ept-walk")
-    assert all('"level": %d' % level in walk for level in (4, 3, 2, 1)) and "RWX" in walk
 
 
 def test_the_token_leaves_the_address_bar_and_the_page_still_types(page, server, server_dir):

@@ -52,3 +52,27 @@ def test_reset_without_an_image_is_refused(hv):
     vm = hv.create_vm("empty", mem_mb=4)
     with pytest.raises(StateError, match="no image"):
         vm.reset()
+
+
+def test_start_after_poweroff_boots_afresh_with_a_marker_line(hv):
+    """Power off, then Start: a cold boot, as Proxmox's start after stop; the console shows where it began."""
+    vm = hv.create_vm("again", mem_mb=32)
+    vm.load(guest("shell.elf"), "shell.elf")
+    vm.start()
+    wait_for(vm, b"webhyve> ")
+    with pytest.raises(StateError, match="already started"):
+        vm.start()
+    vm.poweroff()
+    assert vm.state == "suspended" and vm.suspend_reason == "poweroff"
+    after = vm.console.reader(from_start=False)
+    vm.start()
+    booted = wait_for(vm, b"webhyve> ", reader=after)
+    marker = booted.index(b"-- webhyve: start after powered off at ")
+    assert booted.startswith(b"\r\n\x1b[7m") and marker < booted.index(b"webhyve shell ready")
+    assert vm.state in ("running", "halted") and vm.suspend_reason is None
+    vm.console.send_input(b"help\r")
+    wait_for(vm, b"cpuid", reader=after)
+    after = vm.console.reader(from_start=False)
+    vm.reset()
+    assert b"-- webhyve: reset at " in wait_for(vm, b"webhyve shell ready", reader=after)
+    vm.poweroff()

@@ -76,6 +76,7 @@ def test_tunables_validate_and_describe():
         t.set("hw.vmm.nope", 1)
     rows = {r["name"]: r for r in t.describe()}
     assert rows["hw.vmm.halt_detection"]["boot_only"] and rows["hw.vmm.halt_detection"]["default"] == 1
+    assert (rows["hw.vmm.l1d_flush"]["minimum"], rows["hw.vmm.l1d_flush"]["maximum"]) == (-1, 1)    # the page's choices
 
 
 def test_bad_images_and_memory_requests_are_refused(hv):

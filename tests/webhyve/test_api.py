@@ -77,6 +77,37 @@ def test_poweroff_then_destroy(client, shell_vm):
     assert client.get("/api/v1/vms").json["vms"] == []
 
 
+def test_summary_words_actions_and_uptime_follow_the_state(client, shell_vm):
+    """The words the pages show and the buttons they enable: idle in HLT; powered off (Start and Reset only);
+    stopped with its reason after the guest's own triple fault (Start, Reset, Power off); Start boots it afresh."""
+    vm = lambda: client.get("/api/v1/vms/sh").json
+    assert wait_for(lambda: vm()["status"] == "idle in HLT")
+    now = vm()
+    assert now["actions"] == ["pause", "reset", "poweroff"] and now["uptime_s"] >= 0
+    off = client.post("/api/v1/vms/sh/poweroff").json
+    assert (off["status"], off["actions"], off["uptime_s"]) == ("powered off", ["start", "reset"], None)
+    on = client.post("/api/v1/vms/sh/start").json                  # no longer "already started" (409)
+    assert on["state"] in LIVE and on["actions"] == ["pause", "reset", "poweroff"]
+    assert wait_for(lambda: "start after powered off" in console_text(client, "sh"))
+    assert wait_for(lambda: console_text(client, "sh").rstrip().endswith("webhyve>"))
+    client.post("/api/v1/vms/sh/console", json={"data": "triple\r"})
+    assert wait_for(lambda: vm()["state"] == "suspended")
+    stopped = vm()
+    assert stopped["status"] == "stopped: triplefault" and stopped["actions"] == ["start", "reset", "poweroff"]
+    assert "triple fault" in stopped["status_detail"]
+    assert client.post("/api/v1/vms/sh/start").json["state"] in LIVE
+
+
+def test_bundled_flat_binaries_are_flat64(client):
+    """flat64 and readers are offered as flat64 and boot so, not refused under "detect" as their link-step ELF."""
+    kinds = client.get("/api/v1/guests").json["kinds"]
+    assert kinds["flat64"] == kinds["readers"] == "flat64" and kinds["shell"] is None
+    for name in ("flat64", "readers"):
+        made = client.post("/api/v1/vms", json={"name": name, "guest": name, "mem_mb": 16})
+        assert made.status_code == 201 and made.json["kind"] == "flat64", made.json
+        client.delete("/api/v1/vms/" + name)
+
+
 def test_upload_a_bad_image_is_refused_and_leaves_nothing(client, shell_vm):
     """An uploaded file with no multiboot header or boot signature: the loader's message, no VM created."""
     import io
@@ -84,6 +115,7 @@ def test_upload_a_bad_image_is_refused_and_leaves_nothing(client, shell_vm):
                            content_type="multipart/form-data")
     assert response.status_code == 400 and "junk.img" in response.json["error"]
     assert "boot signature" in response.json["error"]
+    assert 'kind "flat64" (the form\'s kind field; vmmctl --kind flat64)' in response.json["error"]
     assert [v["name"] for v in client.get("/api/v1/vms").json["vms"]] == ["sh"]
 
 

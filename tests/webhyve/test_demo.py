@@ -57,6 +57,9 @@ def test_l1tf_leaks_until_the_flush_goes_on(runs):
     assert 16 <= figures["secret bytes leaked (of 64)"] < 64
     assert figures["software L1D flushes"] > 0 and figures["transient windows"] == 192
     assert "hw.vmm.l1d_flush: 0 -> 1" in runs["l1tf"]["log"]
+    # Tunables are host-wide: the run puts back what it changed, for the VMs that come after it.
+    assert "restored host-wide hw.vmm.l1d_flush: 1 -> -1" in runs["l1tf"]["log"]
+    assert "restored host-wide hw.vmm.l1d_sim: 1 -> 0" in runs["l1tf"]["log"]
 
 
 def test_posted_interrupts_side_by_side(runs):

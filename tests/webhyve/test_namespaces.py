@@ -144,3 +144,11 @@ def test_a_page_connects_with_its_cookie_and_a_wrong_auth_token_is_refused_anywa
     assert socketio.test_client(app, namespace="/inspect", flask_test_client=browser).is_connected("/inspect")
     wrong = socketio.test_client(app, namespace="/console", auth={"token": "wrong"}, flask_test_client=browser)
     assert not wrong.is_connected("/console")
+
+
+def test_integers_beyond_2_53_travel_as_text_on_inspect():
+    """A browser's JSON numbers are doubles: a 64-bit address goes as its decimal text, everything else as is."""
+    from webhyve.web.inspector import exact
+    assert exact({"rip": 0xffffffff8ec5907b, "n": 5, "ok": True, "l": [1 << 53, (1 << 53) - 1, -(1 << 60)], "t": "x"}) == \
+        {"rip": "18446744071809896571", "n": 5, "ok": True, "l": ["9007199254740992", (1 << 53) - 1, str(-(1 << 60))],
+         "t": "x"}

@@ -2,6 +2,13 @@
 from tests.webhyve.conftest import CONTROL, VIEWER
 
 
+def add_vm(app, name="demo"):
+    """A VM for its page to show (loaded, not started: the page needs it to exist, not to run)."""
+    answer = app.test_client().post("/api/v1/vms", json={"name": name, "guest": "hello", "start": False},
+                                    headers={"Authorization": "Bearer " + CONTROL})
+    assert answer.status_code == 201, answer.json
+
+
 def test_pages_need_a_token(app):
     anonymous = app.test_client()
     response = anonymous.get("/")
@@ -12,6 +19,7 @@ def test_pages_need_a_token(app):
 def test_token_in_url_moves_to_a_cookie_and_leaves_the_url(app):
     """?token= answers a redirect to the same URL without it (other parameters kept) that sets an HttpOnly
     SameSite=Lax cookie; the page it leads to works and does not hold the token either."""
+    add_vm(app)
     browser = app.test_client()
     first = browser.get("/vms/demo?x=1&token=" + VIEWER)
     assert first.status_code == 303 and first.headers["Location"] == "/vms/demo?x=1"
@@ -30,7 +38,14 @@ def test_a_wrong_token_in_the_url_sets_no_cookie(app):
     assert response.status_code == 401 and "Set-Cookie" not in response.headers
 
 
+def test_a_missing_vm_is_a_404_page(app):
+    browser = app.test_client()
+    page = browser.get("/vms/nosuch?token=" + CONTROL, follow_redirects=True)
+    assert page.status_code == 404 and b"No VM named" in page.data and b"data-action" not in page.data
+
+
 def test_vm_page_loads_its_libraries(app):
+    add_vm(app)
     browser = app.test_client()
     page = browser.get("/vms/demo?token=" + CONTROL, follow_redirects=True).get_data(as_text=True)
     assert 'data-vm="demo"' in page and 'data-role="control"' in page

@@ -105,3 +105,36 @@ def test_gunicorns_logs_show_no_token(tmp_path):
     assert '"GET /vms/demo?token=[redacted] HTTP/1.1" 303' in logged
     assert '"GET /api/v1/vms?token=[redacted] HTTP/1.1" 200' in logged
     assert CONTROL not in logged and VIEWER not in logged
+
+
+def test_make_run_says_what_it_does_and_prints_the_two_urls_last(tmp_path):
+    """`make run`'s server (python -m webhyve.web.serve --demo shell): progress lines while the worker starts and
+    the demo boots, then the control and read-only URLs, labelled, as the last lines; both URLs open the page."""
+    from tests.webhyve.live import ROOT, free_port
+    port = free_port()
+    env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER, WEBHYVE_HOST_MEM_MB="128",
+               WEBHYVE_RECORDINGS_DIR=str(tmp_path / "rec"), WEBHYVE_SNAPSHOTS_DIR=str(tmp_path / "snap"))
+    process = subprocess.Popen([sys.executable, "-m", "webhyve.web.serve", "--port", str(port), "--demo", "shell",
+                                "--threads", "8"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("  read-only:"):
+                break
+        url = "http://127.0.0.1:%d" % port
+        assert lines[0] == "webhyve: starting the server on %s (gunicorn, 1 worker, 8 threads)" % url
+        assert any(l.startswith("webhyve: server up after") for l in lines)
+        assert any(l.startswith("webhyve: demo VM booted after") for l in lines)
+        assert lines[-3].startswith("webhyve: ready.")
+        assert lines[-2] == "  control:    %s/vms/demo?token=%s" % (url, CONTROL)
+        assert lines[-1] == "  read-only:  %s/vms/demo?token=%s" % (url, VIEWER)
+        assert requests.get(lines[-1].split()[-1], allow_redirects=False).status_code == 303
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)

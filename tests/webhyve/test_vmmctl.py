@@ -336,7 +336,9 @@ def test_console_on_a_terminal_detaches_with_ctrl_bracket(env):
                             stderr=slave, cwd=ROOT, env=dict(os.environ, **env))
     os.close(slave)
     try:
-        seen = read_until(master, b"press Ctrl-] to detach")
+        seen = read_until(master, b"webhyve shell ready")
+        assert seen.startswith(b"vmmctl: attached")                       # the banner first, on a line of its own,
+        assert seen.index(b"to detach\r\n") < seen.index(b"webhyve")     # then the replayed history
         os.write(master, b"echo on a tty\r")
         seen += read_until(master, b"\non a tty")
         os.write(master, b"\x1d")

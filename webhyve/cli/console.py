@@ -49,7 +49,8 @@ class ConsoleSession:
             self.gone.set()
 
     def attach(self):
-        """Connect and attach; returns the role ("control" or "view")."""
+        """Connect and attach; returns the server's first answer: the role ("control" or "view") and the
+        history to show (show_history), which run_console writes after its banner."""
         try:
             self.client.connect(self.url, namespaces=[NAMESPACE], transports=["websocket"],
                                 auth={"token": self.token}, wait_timeout=10)
@@ -59,9 +60,11 @@ class ConsoleSession:
         if "error" in first:
             self.client.disconnect()
             raise ServerError(first["error"])
+        return first
+
+    def show_history(self, first):
         data = first["data"]
         self._write(data.encode("utf-8") if first["mode"] == "replay" else data.encode("latin-1"))
-        return first["role"]
 
     def send(self, data):
         for start in range(0, len(data), MAX_INPUT):
@@ -81,14 +84,18 @@ class ConsoleSession:
 def run_console(url, token, vm, idle, echo):
     """Attach, copy stdin to the guest until Ctrl-] / end of input + quiet / the VM is destroyed."""
     session = ConsoleSession(url, token, vm)
-    role = session.attach()
+    first = session.attach()
+    role = first["role"]
     interactive = sys.stdin.isatty()
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd) if interactive else None
     if interactive:
         tty.setraw(fd)                              # before the announcement: keys typed after it are raw
+    # The banner first, on its own line, then the replayed history: a replay ends by placing the cursor
+    # (ESC[nG) after the prompt, and a banner written after it was glued to the prompt.
     echo("vmmctl: attached to the serial console of %s (%s); press %s to detach\r" % (
         vm, "read-only viewer" if role != "control" else "control", ESCAPE_NAME))
+    session.show_history(first)
     try:
         why = copy_input(session, fd, idle, role == "control", interactive, echo)
     finally:

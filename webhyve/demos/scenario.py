@@ -74,34 +74,54 @@ class Run:
         self.on_step = on_step or (lambda run, i, step: None)
         self.log, self.figures, self.files = [], {}, []
         self.session = None
+        self._saved_tunables = {}                  # host-wide tunable -> its value before this run
         os.makedirs(outdir, exist_ok=True)
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self):
         started = time.monotonic()
-        self.session = self._create()
-        vm = self.session.vm
-        recording = self.fleet.start_recording(self.session)
-        self._note("scenario %s: %s" % (self.scenario["name"], self.scenario["title"]))
         try:
-            for i, step in enumerate(self.scenario["step"], 1):
-                self.on_step(self, i, step)
-                self._step(step)
+            self.session = self._create()
+            vm = self.session.vm
+            recording = self.fleet.start_recording(self.session)
+            self._note("scenario %s: %s" % (self.scenario["name"], self.scenario["title"]))
+            try:
+                for i, step in enumerate(self.scenario["step"], 1):
+                    self.on_step(self, i, step)
+                    self._step(step)
+            finally:
+                recording = self.fleet.stop_recording(self.session) or recording
+                cast = os.path.join(self.outdir, "%s.cast" % self.scenario["name"])
+                with open(recording.path, "rb") as src, open(cast, "wb") as dst:
+                    dst.write(src.read())
+                self.files.insert(0, cast)
         finally:
-            recording = self.fleet.stop_recording(self.session) or recording
-            cast = os.path.join(self.outdir, "%s.cast" % self.scenario["name"])
-            with open(recording.path, "rb") as src, open(cast, "wb") as dst:
-                dst.write(src.read())
-            self.files.insert(0, cast)
+            self._restore_tunables()
         self._note("finished in %.1f s; VM %s" % (time.monotonic() - started, vm.state))
         return self._summary()
+
+    def _set_tunable(self, name, value):
+        """Tunables are host-wide (every VM reads them, as bhyve's sysctls): remember the value before the
+        demo's first change of each, so the run can put it back."""
+        before = {t["name"]: t["value"] for t in self.fleet.host.tunables()}
+        change = self.fleet.set_tunable(name, value)
+        self._saved_tunables.setdefault(change["name"], before[change["name"]])
+        return change
+
+    def _restore_tunables(self):
+        """Put back every host-wide tunable the demo changed, whatever happened in the run."""
+        for name, value in reversed(list(self._saved_tunables.items())):
+            change = self.fleet.set_tunable(name, value)
+            if change["old"] != change["value"]:
+                self._note("restored host-wide %s: %d -> %d" % (name, change["old"], change["value"]))
+        self._saved_tunables.clear()
 
     def _create(self):
         cfg = self.scenario["vm"]
         if self.vm_name in {s.name for s in self.fleet.list()}:
             self.fleet.destroy(self.vm_name)
         for name, value in cfg.get("tunables", {}).items():
-            self.fleet.set_tunable(name, value)
+            self._set_tunable(name, value)
         if "snapshot" in cfg:                      # start from a saved moment instead of booting
             try:
                 return self.fleet.restore(cfg["snapshot"], self.vm_name)
@@ -130,6 +150,7 @@ class Run:
             session.vm.write_memory(int(gpa, 0), int(value).to_bytes(8, "little"))
         try:
             session.vm.start(all_vcpus=cfg.get("all_vcpus", False))
+            session.started_at = time.time()            # the pages' uptime counts from this boot
         except Exception as problem:
             raise ScenarioError("starting %s: %s" % (cfg["guest"], problem)) from None
         return session
@@ -141,7 +162,7 @@ class Run:
         elif "wait" in step:
             self._wait_for(step["wait"], step.get("timeout", 30))
         elif "tunable" in step:
-            change = self.fleet.set_tunable(step["tunable"], step["value"])
+            change = self._set_tunable(step["tunable"], step["value"])
             self._note("%s: %d -> %d" % (change["name"], change["old"], change["value"]))
         elif "host" in step:
             self._host(step)

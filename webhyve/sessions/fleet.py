@@ -19,6 +19,33 @@ from .recording import Recording, new_path
 EXIT_STATS = [ident for ident, _, n in STATS if ident.startswith("VMEXIT_") and n == 1]
 HISTORY_SAMPLES = 120
 LIFECYCLE = ("start", "pause", "resume", "reset", "poweroff")
+# What each lifecycle button does in each engine state; the page enables only these. A powered-off or
+# stopped VM starts again with a fresh boot (engine/vm/machine.py's start), as in Proxmox.
+ACTIONS = {"idle": ("start",), "running": ("pause", "reset", "poweroff"), "halted": ("pause", "reset", "poweroff"),
+           "paused": ("resume", "reset", "poweroff"), "suspended": ("start", "reset", "poweroff")}
+# The words the pages show for the engine's states, and what each means (the page's legend).
+LEGEND = (("not started", "created, never started: Start boots it"),
+          ("running", "a vCPU is executing guest code"),
+          ("idle in HLT", "every vCPU waits in HLT with interrupts on (an idle shell or kernel); a key or a timer wakes it"),
+          ("paused", "stopped by you; Resume continues where it was, typed keys wait in the queue"),
+          ("powered off", "Power off stopped it; Start boots it afresh"),
+          ("stopped", "the guest stopped the VM (the reason follows: triple fault, halt with interrupts off, "
+                      "shutdown); Start or Reset boots it afresh"))
+
+
+def actions(state, reason):
+    """The lifecycle actions that apply: ACTIONS by state, less Power off for a VM already powered off."""
+    return [a for a in ACTIONS.get(state, ()) if not (a == "poweroff" and reason == "poweroff")]
+
+
+def status(state, reason, message):
+    """(word, detail) for the pages: the engine's state in the legend's words."""
+    if state == "suspended":
+        if reason == "poweroff":
+            return "powered off", message or "powered off"
+        return "stopped: %s" % (reason or "?"), message or ""
+    word = {"idle": "not started", "halted": "idle in HLT"}.get(state, state)
+    return word, dict(LEGEND)[word]
 MAX_MEM_MB = 4096
 
 
@@ -43,6 +70,7 @@ class VmSession:
         self.recording = None
         self.exit_history = collections.deque(maxlen=HISTORY_SAMPLES)
         self._last_exits = None
+        self.started_at = None                  # wall-clock time of the last boot, for the uptime
 
     @property
     def name(self):
@@ -50,9 +78,17 @@ class VmSession:
 
     def summary(self):
         vm = self.vm
-        return {"name": vm.name, "state": vm.state, "mem_mb": vm.mem_mb, "cpus": vm.cpus, "profile": vm.profile,
+        state, reason, message = vm.state, vm.suspend_reason, vm.suspend_message
+        if state in ("idle", "suspended"):
+            self.started_at = None
+        elif self.started_at is None:            # booted by someone else (a demo, a restore): from now
+            self.started_at = time.time()
+        word, detail = status(state, reason, message)
+        return {"name": vm.name, "state": state, "mem_mb": vm.mem_mb, "cpus": vm.cpus, "profile": vm.profile,
                 "image": self.image[1], "kind": vm.image_kind, "exits": vm.counter_totals()["VMEXIT_COUNT"],
-                "suspend_reason": vm.suspend_reason, "suspend_message": vm.suspend_message,
+                "suspend_reason": reason, "suspend_message": message,
+                "status": word, "status_detail": detail, "actions": actions(state, reason),
+                "uptime_s": None if self.started_at is None else round(time.time() - self.started_at, 1),
                 "recording": self.recording.id if self.recording else None}
 
     def sample_exits(self):
@@ -121,6 +157,8 @@ class Fleet:
             raise engine_error(problem) from None
         data, filename, kind, cmdline, _ = vm.load_args or (b"", "snapshot", None, "", None)
         session = VmSession(vm, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)
+        if start:
+            session.started_at = time.time()             # the restored VM runs on from here
         with self.lock:
             self.sessions[vm.name] = session
         return session
@@ -144,6 +182,8 @@ class Fleet:
             getattr(vm, action)()
         except Exception as problem:
             raise engine_error(problem) from None
+        if action in ("start", "reset"):
+            session.started_at = time.time()
         self._emit("vm_state", {"vm": name, "state": vm.state, "action": action}, "vm:" + name, "/console")
         return session
 

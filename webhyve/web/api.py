@@ -2,6 +2,7 @@
 screenshots and recordings. Every error is JSON {"error": message} with its HTTP status; what each route
 accepts is declared in api_schema.py and checked before the view runs (g.body, g.query)."""
 import os
+import re
 
 from flask import Blueprint, Response, current_app, g, request, send_file
 
@@ -38,7 +39,12 @@ LINUX_MEM_MB = 256            # the kernel's init_size above its 16 MiB load add
 
 @bp.get("/guests")
 def guests():
-    return {"guests": sorted(bundled_guests()) + ([LINUX_GUEST] if bundled_linux() else [])}
+    """The bundled guests' names, and the kind each loads as (null: detected from the image)."""
+    found = bundled_guests()
+    kinds = {name: kind for name, (_, kind) in sorted(found.items())}
+    if bundled_linux():
+        kinds[LINUX_GUEST] = "linux"
+    return {"guests": sorted(kinds), "kinds": kinds}
 
 
 def bundled_linux():
@@ -49,18 +55,29 @@ def bundled_linux():
 
 
 def bundled_guests():
-    """{name: (path, kind)} for the images guests/Makefile builds; kind None means detect it."""
+    """{name: (path, kind)} for the images guests/Makefile builds; kind None means detect it. A flat binary
+    NAME.bin wins over NAME.elf: that ELF is only the link step to it (flat64, readers, firsttouch)."""
     directory = current_app.config["GUESTS_DIR"]
     if not os.path.isdir(directory):
         return {}
     found = {}
-    for name in os.listdir(directory):
+    for name in sorted(os.listdir(directory)):
         stem, _, ext = name.rpartition(".")
-        if ext in ("elf", "img") and name != "flat64.elf":              # flat64.elf is only a step to flat64.bin
-            found[stem] = (os.path.join(directory, name), None)
-        elif ext == "bin":
+        if ext == "bin":
             found[stem] = (os.path.join(directory, name), "flat64")
+        elif ext in ("elf", "img") and not os.path.exists(os.path.join(directory, stem + ".bin")):
+            found[stem] = (os.path.join(directory, name), None)
     return found
+
+
+CLI_KIND = re.compile(r"--kind (\w+)")
+
+
+def form_words(problem):
+    """The engine's loaders speak vmmctl's flags (--kind flat64); a page user has the form's "kind" field."""
+    problem.message = CLI_KIND.sub(lambda m: 'kind "%s" (the form\'s kind field; vmmctl --kind %s)' % (m[1], m[1]),
+                                   problem.message)
+    return problem
 
 
 @bp.get("/vms")
@@ -88,11 +105,14 @@ def create_vm():
     else:
         upload = request.files["image"]
         data, filename, kind = upload.read(), os.path.basename(upload.filename or "upload.img"), None
-        if "initrd" in request.files:                # a Linux kernel's initial ramdisk, as --initrd
+        if "initrd" in request.files and request.files["initrd"].filename:    # a kernel's initrd, as --initrd
             initrd = request.files["initrd"].read()
-    session = fleet().create(body["name"], data, filename, kind=body["kind"] or kind, mem_mb=mem_mb or DEFAULT_MEM_MB,
-                             cpus=body["cpus"], profile=body["profile"], cmdline=cmdline, start=body["start"],
-                             initrd=initrd)
+    try:
+        session = fleet().create(body["name"], data, filename, kind=body["kind"] or kind,
+                                 mem_mb=mem_mb or DEFAULT_MEM_MB, cpus=body["cpus"], profile=body["profile"],
+                                 cmdline=cmdline, start=body["start"], initrd=initrd)
+    except ApiError as problem:
+        raise form_words(problem) from None
     return session.summary(), 201
 
 

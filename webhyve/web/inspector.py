@@ -4,6 +4,9 @@
   unwatch {vm}
 Server → browser: update {vm, panels: {name: value}} with the panels that differ from the last tick.
 One ticker thread serves every watched VM; it also samples each VM's exit counts for the histogram.
+
+An integer beyond 2^53 travels as its decimal text: a browser parses JSON numbers into doubles, and a kernel's
+addresses (0xffffffff8ec5907b) came out rounded to 2 KiB, every disassembled line at the same address.
 """
 import json
 import threading
@@ -16,6 +19,20 @@ from .access import connection_role
 from .events import CheckedNamespace, handler
 
 
+SAFE = 1 << 53                    # JavaScript's Number.MAX_SAFE_INTEGER + 1
+
+
+def exact(value):
+    """`value` with every integer a double cannot hold exactly replaced by its decimal text."""
+    if isinstance(value, dict):
+        return {k: exact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [exact(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -SAFE < value < SAFE:
+        return str(value)
+    return value
+
+
 def snapshot(session, host):
     """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread."""
     vm = session.vm
@@ -24,7 +41,7 @@ def snapshot(session, host):
     for i in range(vm.cpus):
         for name, value in panels.vcpu_panels(vm, i).items():
             out["%s/%d" % (name, i)] = value
-    return out
+    return exact(out)
 
 
 class InspectNamespace(CheckedNamespace):

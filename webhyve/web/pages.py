@@ -7,21 +7,22 @@ connections carry the cookie.
 """
 from urllib.parse import urlencode
 
-from flask import Blueprint, g, redirect, render_template, request
+from flask import Blueprint, current_app, g, redirect, render_template, request
 
+from ..sessions.fleet import LEGEND
 from .access import COOKIE, role_of, request_token
 
 bp = Blueprint("pages", __name__)
 
 
-def _page(template, **context):
+def _page(template, status=200, **context):
     if "token" in request.args:
         return _token_to_cookie()
     role = role_of(request_token())
     if role is None:
         return render_template("token.html"), 401
     g.role = role
-    return render_template(template, role=role, **context)
+    return render_template(template, role=role, **context), status
 
 
 def _token_to_cookie():
@@ -45,4 +46,8 @@ def vm_list():
 
 @bp.get("/vms/<name>")
 def vm_page(name):
-    return _page("vm.html", vm=name)
+    """The VM's page; a VM that does not exist is a 404 page saying so, not an empty page with live buttons."""
+    fleet = current_app.extensions["webhyve.fleet"]
+    if name not in {s.name for s in fleet.list()}:
+        return _page("novm.html", status=404, vm=name)
+    return _page("vm.html", vm=name, legend=LEGEND)

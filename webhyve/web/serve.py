@@ -1,13 +1,26 @@
-"""`python -m webhyve.web.serve`: start gunicorn (one worker, threads) on 127.0.0.1 and print the URLs with tokens.
+"""`python -m webhyve.web.serve`: start gunicorn (one worker, threads) on 127.0.0.1, say what it is doing while the
+worker compiles the engine's kernels and boots the demo VM, and print the two URLs last, labelled.
 
 The tokens are made here and handed to the app through the environment, so the printed URL is the one
-that works. `make run` calls this with --demo shell.
+that works. `make run` calls this with --demo shell. gunicorn runs as a child; Ctrl-C stops both.
 """
 import argparse
 import os
+import signal
+import subprocess
 import sys
+import time
+
+import requests
 
 from .access import new_token
+
+PROGRESS_EVERY = 5.0          # seconds between "still booting" lines
+READY_TIMEOUT = 600
+
+
+def say(text):
+    print("webhyve: " + text, flush=True)
 
 
 def main(argv=None):
@@ -24,13 +37,61 @@ def main(argv=None):
     env["WEBHYVE_PUBLIC_URL"] = url
     if args.demo:
         env["WEBHYVE_DEMO_GUEST"] = args.demo
-    page = "/vms/demo" if args.demo else "/"
-    print("webhyve: open %s%s?token=%s\nwebhyve: read-only viewers: %s%s?token=%s" % (
-        url, page, env["WEBHYVE_CONTROL_TOKEN"], url, page, env["WEBHYVE_VIEWER_TOKEN"]), flush=True)
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    os.execve(gunicorn, [gunicorn, "--workers", "1", "--threads", str(args.threads), "--bind", "%s:%d" % (args.host, args.port),
-                         "webhyve.web:create_app()"], env)
+    say("starting the server on %s (gunicorn, 1 worker, %d threads)" % (url, args.threads))
+    server = subprocess.Popen([gunicorn, "--workers", "1", "--threads", str(args.threads), "--log-level", "warning",
+                               "--bind", "%s:%d" % (args.host, args.port), "webhyve.web:create_app()"], env=env)
+    signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
+    try:
+        if wait_until_ready(server, url, env["WEBHYVE_CONTROL_TOKEN"], args.demo):
+            page = "/vms/demo" if args.demo else "/"
+            say("ready. Open one of these (the token leaves the address bar once the page loads):")
+            print("  control:    %s%s?token=%s\n  read-only:  %s%s?token=%s" % (
+                url, page, env["WEBHYVE_CONTROL_TOKEN"], url, page, env["WEBHYVE_VIEWER_TOKEN"]), flush=True)
+        return server.wait()
+    except KeyboardInterrupt:                     # Ctrl-C: gunicorn's quick shutdown (a terminal sent it one too)
+        server.send_signal(signal.SIGINT)
+        try:
+            return server.wait(30)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            server.kill()
+            return server.wait()
+
+
+def wait_until_ready(server, url, token, demo):
+    """Poll until the server answers and (with a demo) the demo VM shows its prompt, saying what it waits for;
+    False if the server exited or never came up."""
+    started = time.monotonic()
+    phase, said = "server", 0.0
+    headers = {"Authorization": "Bearer " + token}
+    while time.monotonic() - started < READY_TIMEOUT:
+        if server.poll() is not None:
+            say("the server exited (status %s); its messages are above" % server.returncode)
+            return False
+        elapsed = time.monotonic() - started
+        try:
+            if phase == "server":
+                requests.get(url + "/api/v1/session", headers=headers, timeout=5).raise_for_status()
+                phase = "demo" if demo else "done"
+                say("server up after %.0f s%s" % (elapsed, "; booting the demo VM (%s)" % demo if demo else ""))
+            if phase == "demo":
+                console = requests.get(url + "/api/v1/vms/demo/console", headers=headers, timeout=5)
+                if console.ok and console.json()["text"].strip():
+                    say("demo VM booted after %.0f s" % elapsed)
+                    phase = "done"
+        except requests.RequestException:
+            pass
+        if phase == "done":
+            return True
+        if elapsed - said >= PROGRESS_EVERY:
+            said = elapsed
+            say("%s (%.0f s): the first run compiles the engine's numba kernels into .numba-cache, later runs "
+                "load them" % ("starting the worker and booting the demo VM" if phase == "server" else "demo VM booting",
+                               elapsed))
+        time.sleep(0.25)
+    say("still not ready after %d s; the server's messages are above" % READY_TIMEOUT)
+    return False
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

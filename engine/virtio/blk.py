@@ -74,7 +74,10 @@ class VirtioBlk(VirtioPci):
         else:
             header = b"".join(bytes(mem[h:h + n]) for h, n, _ in ranges(rows, 0, 16))
             kind, _, sector = struct.unpack("<IIQ", header)
-            status, done = self._serve(kind, sector, rows, readable, writable)
+            try:
+                status, done = self._serve(kind, sector, rows, readable, writable)
+            except OSError:                            # the host's I/O error is the guest's (§5.2.6: IOERR)
+                status, done = S_IOERR, 0
         mem[status_at[0]] = status
         self.ram.dma_written(status_at[2], 1)
         if status != S_OK:

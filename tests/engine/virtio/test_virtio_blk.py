@@ -416,3 +416,18 @@ def test_slot_options_are_checked_before_the_vm_is_built(hv, image, tmp_path):
     with pytest.raises(ConfigError, match="already taken"):
         hv.create_vm("bad", mem_mb=4, slots=["2,virtio-blk,%s" % image, "2:0,virtio-blk,%s" % image])
     assert "bad" not in hv.vms
+
+
+def test_a_host_io_error_is_the_guests_ioerr(vm, image):
+    """The host refusing a write (here a descriptor opened read-only: EBADF) is VIRTIO_BLK_S_IOERR for that request,
+    not a device failure: the next request is served."""
+    d = Driver(vm)
+    d.setup()
+    device = d.device
+    writable, device.fd = device.fd, os.open(image, os.O_RDONLY)
+    try:
+        assert d.request(B.T_OUT, 0, data=bytes(512)) == B.S_IOERR
+    finally:
+        os.close(device.fd)
+        device.fd = writable
+    assert d.request(B.T_OUT, 0, data=bytes(512)) == B.S_OK and device.broken is None

@@ -95,7 +95,8 @@ def device_page(c, gpa):
         return c[C.APIC_PAGE]
     if c[C.MMIO_PAGE] != 0 and page == c[C.MMIO_GPA]:
         return c[C.MMIO_PAGE]
-    if c[C.MMIO_PAGE] != 0 and c[C.MMIO_RANGE] <= page < c[C.MMIO_RANGE] + (c[C.MMIO_PAGES] - np.uint64(1)) * np.uint64(4096):
+    if c[C.MMIO_PAGE] != 0 and c[C.MMIO_PAGES] > 1 and c[C.MMIO_RANGE] <= page and \
+            page - c[C.MMIO_RANGE] < (c[C.MMIO_PAGES] - np.uint64(1)) * np.uint64(4096):
         return c[C.MMIO_PAGE] + np.uint64(4096) + (page - c[C.MMIO_RANGE])      # the PCI window's pages, one for one
     return np.uint64(0)
 

@@ -114,12 +114,12 @@ class Hypervisor:
         self.lock = threading.Lock()
         _LIVE.add(self)
 
-    def create_vm(self, name, mem_mb=64, cpus=1, profile="haswell", mem_cap_mb=None):
+    def create_vm(self, name, mem_mb=64, cpus=1, profile="haswell", mem_cap_mb=None, slots=()):
         names.check(name)
         with self.lock:
             if name in self.vms:
                 raise ConfigError("a VM named %r already exists" % name)
-            vm = VM(self, name, mem_mb=mem_mb, cpus=cpus, profile=profile, mem_cap_mb=mem_cap_mb)
+            vm = VM(self, name, mem_mb=mem_mb, cpus=cpus, profile=profile, mem_cap_mb=mem_cap_mb, slots=slots)
             self.vms[name] = vm
             return vm
 

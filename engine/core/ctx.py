@@ -129,11 +129,13 @@ SPEC_HPA = 91       # [py] transient window only: host page with what the L1D ga
 DEVICE_TOUCH = 92   # [py] lines an I/O or MMIO exit touches as well: the VM's device state, same layout
 L1D_SEEN = 93       # [k] that L1D's clock + 1 right after this vCPU's exit path last touched it (0: never)
 L1D_SEEN_KIND = 94  # [k] what that touch covered: 1 the exit path, 2 with the device state
-# -- the MMIO page served in userspace: the I/O APIC's (vmx/mmio.py) ----------------------------------------
+# -- the MMIO pages served in userspace: the I/O APIC's and the PCI BARs' (vmx/mmio.py) ----------------------------------------
 MMIO_PAGE = 120     # [py] host-physical address of this vCPU's window page (0 = none): the TLB fill maps MMIO_GPA's
                     #      page there, never executable, and every load or store in it is an exit to the device
 MMIO_GPA = 121      # [py] the guest-physical page the window stands for (the I/O APIC's 0xFEC00000)
 MMIO_CALLBACK = 122  # [py] address of the userspace MMIO callback (the VM's platform dispatches to the device)
+MMIO_RANGE = 123    # [py] the first guest-physical page of the PCI memory window (the BARs), served by the window's
+MMIO_PAGES = 124    #      pages 1..MMIO_PAGES-1 one for one; MMIO_PAGES counts the window's pages (page 0: MMIO_GPA)
 # -- exceptions and system calls (vmx/faults.py, vmx/deliver.py, vmx/syscall.py) -------------------------
 EV_FROM_CPU = 128   # [k] the interrupt hook's vector is Unicorn's own exception: its error code and whether it is INT n
                     #     are in the CPU context (vmx/cpuctx.py); faults.exception_exit clears it

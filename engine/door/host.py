@@ -11,8 +11,10 @@ class Host:
         self._hv = Hypervisor(host_mem_mb=host_mem_mb, ncpu=ncpu, tunables=tunables)
 
     # -- VMs --------------------------------------------------------------------------------------------
-    def create_vm(self, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT, mem_cap_mb=None):
-        return VmView(self._hv.create_vm(name, mem_mb=mem_mb, cpus=cpus, profile=profile, mem_cap_mb=mem_cap_mb))
+    def create_vm(self, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT, mem_cap_mb=None, slots=()):
+        """`slots`: bhyve's -s arguments, "slot[:function],emulation[,options]" (ConfigError if one is wrong)."""
+        return VmView(self._hv.create_vm(name, mem_mb=mem_mb, cpus=cpus, profile=profile, mem_cap_mb=mem_cap_mb,
+                                         slots=slots))
 
     def restore_vm(self, path, name=None, start=True):
         """A VM rebuilt from a snapshot file; SnapshotError if the file is unusable."""

@@ -90,6 +90,87 @@ NAME_OP, PACKAGE_OP, BYTE_PREFIX, ZERO_OP = 0x08, 0x12, 0x0A, 0x00     # §20.2.
 S5_AML = bytes((NAME_OP,)) + b"_S5_" + bytes((PACKAGE_OP, 5, 2, BYTE_PREFIX, SLP_TYP_S5, ZERO_OP))
 
 
+# The PCI root bridge (\\_SB.PCI0, ACPI 6.5 §6.1.5 _HID PNP0A03, §6.2.2 _CRS, §6.2.13 _PRT), in the DSDT of a VM with PCI
+# devices: bus 0 only, the I/O ports but the configuration mechanism's 0xCF8-0xCFF, and the 32-bit memory window
+# the platform places BARs in (its MMIO exits cover exactly that window: vmx/mmio.py), and the INTx routing: slot s's
+# pin p (1-4 for A-D) on I/O APIC input PCI_GSI_BASE + (s + p - 1) % PCI_GSIS (the swizzle bhyve's pci_irq.c and
+# QEMU's PIIX use), level-triggered, active low (§6.2.13: a _PRT entry with a source of 0 names a GSI).
+PCI_WINDOW, PCI_WINDOW_SIZE = 0xC0000000, 0x40000
+PCI_GSI_BASE, PCI_GSIS = 16, 8
+SCOPE_OP, BUFFER_OP, WORD_PREFIX, DWORD_PREFIX, ONE_OP, EXT_OP, DEVICE_OP = 0x10, 0x11, 0x0B, 0x0C, 0x01, 0x5B, 0x82
+ROOT_CHAR = 0x5C
+PNP0A03 = 0x030AD041                    # EisaId ("PNP0A03"): PCI bus
+# large resource descriptors (§6.4.3): Word and DWord Address Space, End Tag
+WORD_SPACE, DWORD_SPACE, END_TAG = 0x88, 0x87, 0x79
+SPACE_MEMORY, SPACE_IO, SPACE_BUS = 0, 1, 2
+MIN_MAX_FIXED, PRODUCER = 0x0C, 0x00
+IO_ENTIRE_RANGE, MEM_READ_WRITE = 0x03, 0x01
+
+
+def pkg_length(body):
+    """`body` preceded by its PkgLength (§20.2.4), which counts its own bytes."""
+    for extra in range(4):
+        total = len(body) + 1 + extra
+        if extra == 0 and total < 64:
+            return bytes((total,)) + body
+        if extra and total < 1 << (4 + 8 * extra):
+            lead = extra << 6 | total & 0xF
+            return bytes((lead,)) + (total >> 4).to_bytes(extra, "little") + body
+    raise ValueError("an AML package of %d bytes" % len(body))
+
+
+def aml_integer(value):
+    """The shortest integer encoding (§20.2.3): Zero, One, BytePrefix, WordPrefix or DWordPrefix."""
+    if value in (0, 1):
+        return bytes((ZERO_OP if value == 0 else ONE_OP,))
+    for prefix, size in ((BYTE_PREFIX, 1), (WORD_PREFIX, 2), (DWORD_PREFIX, 4)):
+        if value < 1 << 8 * size:
+            return bytes((prefix,)) + value.to_bytes(size, "little")
+    raise ValueError(value)
+
+
+def aml_package(items):
+    return bytes((PACKAGE_OP,)) + pkg_length(bytes((len(items),)) + b"".join(items))
+
+
+def aml_name(name, value):
+    return bytes((NAME_OP,)) + name + value
+
+
+def pci_crs():
+    """_CRS of the root bridge: bus 0, I/O 0-0xCF7 and 0xD00-0xFFFF, the 32-bit memory window, the end tag."""
+    def word(kind, flags, low, high):
+        return struct.pack("<BHBBBHHHHH", WORD_SPACE, 13, kind, MIN_MAX_FIXED | PRODUCER, flags, 0, low, high, 0,
+                           high - low + 1)
+    resources = word(SPACE_BUS, 0, 0, 0) + word(SPACE_IO, IO_ENTIRE_RANGE, 0, 0xCF7) + \
+        word(SPACE_IO, IO_ENTIRE_RANGE, 0xD00, 0xFFFF) + \
+        struct.pack("<BHBBBIIIII", DWORD_SPACE, 23, SPACE_MEMORY, MIN_MAX_FIXED | PRODUCER, MEM_READ_WRITE, 0,
+                    PCI_WINDOW, PCI_WINDOW + PCI_WINDOW_SIZE - 1, 0, PCI_WINDOW_SIZE)
+    resources += bytes((END_TAG, 0))
+    return bytes((BUFFER_OP,)) + pkg_length(aml_integer(len(resources)) + resources)
+
+
+def pci_gsi(slot, pin):
+    """The I/O APIC input of slot `slot`'s INTx pin `pin` (1 = INTA#)."""
+    return PCI_GSI_BASE + (slot + pin - 1) % PCI_GSIS
+
+
+def pci_prt():
+    """_PRT: for every slot 1-31 and pin A-D, Package {address 0xSSSSFFFF, pin 0-3, source 0, GSI}."""
+    entries = [aml_package([aml_integer(slot << 16 | 0xFFFF), aml_integer(pin - 1), aml_integer(0),
+                            aml_integer(pci_gsi(slot, pin))])
+               for slot in range(1, 32) for pin in range(1, 5)]
+    return aml_package(entries)
+
+
+def pci0_aml():
+    """Scope (\\_SB) { Device (PCI0) { _HID PNP0A03, _UID 0, _BBN 0, _CRS, _PRT } }."""
+    body = b"PCI0" + aml_name(b"_HID", aml_integer(PNP0A03)) + aml_name(b"_UID", aml_integer(0)) + \
+        aml_name(b"_BBN", aml_integer(0)) + aml_name(b"_CRS", pci_crs()) + aml_name(b"_PRT", pci_prt())
+    device = bytes((EXT_OP, DEVICE_OP)) + pkg_length(body)
+    return bytes((SCOPE_OP,)) + pkg_length(bytes((ROOT_CHAR,)) + b"_SB_" + device)
+
+
 def checksum(data):
     """The byte that makes `data` sum to zero modulo 256 (§5.2.6 "Checksum")."""
     return -sum(data) & 0xFF
@@ -171,9 +252,10 @@ def facs():
     return _FACS.pack(b"FACS", _FACS.size, 0, 0, 0, 0, 0, FACS_VERSION, 0)
 
 
-def dsdt():
-    """The DSDT (§5.2.11.1): only \\_S5 = Package {SLP_TYPa 5, SLP_TYPb 0}, what `poweroff` looks up (§7.4.2)."""
-    return sdt(b"DSDT", DSDT_REVISION, S5_AML)
+def dsdt(pci=False):
+    """The DSDT (§5.2.11.1): \\_S5 = Package {SLP_TYPa 5, SLP_TYPb 0}, what `poweroff` looks up (§7.4.2); with `pci`
+    the PCI root bridge \\_SB.PCI0 as well (a VM with PCI devices; without, the tables stay as they were)."""
+    return sdt(b"DSDT", DSDT_REVISION, S5_AML + (pci0_aml() if pci else b""))
 
 
 def layout(ncpus):
@@ -184,7 +266,7 @@ def layout(ncpus):
             "FACS": fadt_offset + FADT_SIZE, "DSDT": fadt_offset + FADT_SIZE + FACS_SIZE}
 
 
-def tables(apic_ids):
+def tables(apic_ids, pci=False):
     """{signature: (guest-physical address, bytes)} for a VM whose vCPUs have these local APIC IDs, in vCPU order
     ("RSDP" for the RSDP); ValueError for IDs an xAPIC cannot have or that repeat."""
     apic_ids = list(apic_ids)
@@ -193,13 +275,13 @@ def tables(apic_ids):
     at = {name: ACPI_BASE + offset for name, offset in layout(len(apic_ids)).items()}
     described = [at["FACP"], at["APIC"]]               # the FADT first, as bhyve orders them (UEFI 2.x §5.1)
     made = {"RSDP": rsdp(at["RSDT"], at["XSDT"]), "RSDT": rsdt(described), "XSDT": xsdt(described),
-            "APIC": madt(apic_ids), "FACP": fadt(at["FACS"], at["DSDT"]), "FACS": facs(), "DSDT": dsdt()}
+            "APIC": madt(apic_ids), "FACP": fadt(at["FACS"], at["DSDT"]), "FACS": facs(), "DSDT": dsdt(pci)}
     return {name: (at[name], data) for name, data in made.items()}
 
 
-def build(apic_ids):
-    """(ACPI_BASE, bytes): every table of `tables(apic_ids)` at its place, to copy to guest memory at ACPI_BASE."""
-    placed = tables(apic_ids)
+def build(apic_ids, pci=False):
+    """(ACPI_BASE, bytes): every table of `tables(apic_ids, pci)` at its place, to copy to guest memory at ACPI_BASE."""
+    placed = tables(apic_ids, pci)
     blob = bytearray(max(address - ACPI_BASE + len(data) for address, data in placed.values()))
     for address, data in placed.values():
         blob[address - ACPI_BASE:address - ACPI_BASE + len(data)] = data

@@ -36,7 +36,7 @@ class PciHost:
     def __init__(self, passthrough=None):
         self.functions = {}                         # (device, function) -> PciFunction
         self.address = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()               # a device's handler may read its own space
         self.passthrough = passthrough              # (offset, size, is_in, value) for 0xCF8-0xCFB below a dword
 
     def attach(self, device, function, config):
@@ -93,6 +93,29 @@ class PciHost:
         if bus != 0:
             return None, 0
         return self.functions.get((device, function)), (address & 0xFC) + offset
+
+    # -- memory BARs: the MMIO exits of the PCI window (engine/pci/device.py) ----------------------------------------
+    def _region(self, address, size):
+        for config in self.functions.values():
+            bar_at = getattr(config, "bar_at", None)
+            if bar_at is not None:
+                bar, offset = bar_at("mem32", address, size)
+                if bar is not None:
+                    return bar.region, offset
+        return None, 0
+
+    def mmio_read(self, address, size):
+        """A load from guest-physical `address`: the enabled memory BAR holding it answers; nobody's reads all ones
+        (a master abort)."""
+        with self.lock:
+            region, offset = self._region(address, size)
+            return ones(size) if region is None else region.read(offset, size) & ones(size)
+
+    def mmio_write(self, address, value, size):
+        with self.lock:
+            region, offset = self._region(address, size)
+            if region is not None:
+                region.write(offset, value & ones(size), size)
 
     # -- snapshots ------------------------------------------------------------------------------------------------
     def state(self):

@@ -89,7 +89,7 @@ class Vcpu(GuestState):
         build.make_uc(self)
         self.hostcpu.assign(self)
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
-        self.mmio = mmio.Window(self, vm.mmio_gpa, address(vm.mmio_callback))    # the I/O APIC's page
+        self.mmio = mmio.Window(self, vm.mmio_gpa, address(vm.mmio_callback), *vm.pci_window)  # I/O APIC, PCI BARs
 
     def prepare(self, image):
         """Set up the boot: the reset stub for real/protected32, registers directly for long64."""

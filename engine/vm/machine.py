@@ -16,14 +16,16 @@ from ..tunables import VM_MAXCPU
 from ..vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
 from .memory import MiB, VmMemory
 from .platform import Platform
+from .slots import parse_all as parse_slots
 
 
 class VM(VmMemory, Platform):
     """Legend: set at creation and read-only after: name, mem_size, profile, segments, devices.
     `events` (the console-visible log) and `suspend_*` are written under `lock`."""
 
-    def __init__(self, hypervisor, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT, mem_cap_mb=None):
+    def __init__(self, hypervisor, name, mem_mb=64, cpus=1, profile=profiles.DEFAULT, mem_cap_mb=None, slots=()):
         self.hypervisor, self.name = hypervisor, name
+        slots = parse_slots(slots)               # bhyve's -s: a bad one is an error before anything is built
         self.profile = profiles.get(profile)
         self._check_cpus(name, cpus, hypervisor.tunables.get("hw.vmm.maxcpu"))
         if mem_mb < 1:
@@ -41,6 +43,11 @@ class VM(VmMemory, Platform):
         self._load_args = None
         self.initrd = None                       # the Linux initrd (bytes) loaded with the image, for reset
         self._attach_devices()
+        try:
+            self._attach_slots(slots)
+        except Exception:
+            self._free_memory()
+            raise
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
         self._power_on_cpus()
         self.debugger = self.gdb = None          # debug.Debugger and its GdbStub, once asked for
@@ -235,6 +242,7 @@ class VM(VmMemory, Platform):
         for vcpu in self.vcpus:
             vcpu.lapic.free()
             vcpu.mmio.free()
+        self._close_slots()
 
     def _started(self):
         return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]

@@ -35,8 +35,11 @@ from ..io.vpic import Vpic
 from ..io.vpit import Vpit
 from ..loaders import acpi_tables as ACPI
 from ..native import HOST_CALLBACK
+from ..pci.config import INTERRUPT_LINE, INTERRUPT_PIN
 from ..pci.host import PciHost
 from ..pci.hostbridge import HostBridge
+from ..virtio.blk import VirtioBlk, parse_options
+from ..virtio.pci import GuestRam
 from ..vcpu import HALTED, RUNNING
 
 COM1, COM2, DEBUGCON, POST = 0x3F8, 0x2F8, 0xE9, 0x80
@@ -50,6 +53,8 @@ GUEST_POWER = {"poweroff": ("poweroff", "powered off"), "reset": ("reset", "rese
 BHYVE_KERNEL_PORTS = frozenset((0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x70, 0x71,
                                 0x408, 0x409, 0x40A, 0x40B))
 IOAPIC = 0xFEC00000                                    # the I/O APIC's page (the MP spec's and ACPI's default)
+SLOT_SPAN = 0x8000                                     # the BAR space the firmware gives each PCI device (two BARs)
+MSI_WINDOW = 0xFEE                                     # address bits 31:20 of an interrupt message (SDM §11.11.1)
 
 
 class Platform:
@@ -101,6 +106,49 @@ class Platform:
                        widths=(1, 2, 4))
         self.io.attach("pci config data", PCI_DATA, 4, self.pci.data_read, self.pci.data_write, widths=(1, 2, 4))
 
+    def _attach_slots(self, specs):
+        """The PCI devices of bhyve's -s options (vm/slots.py, parsed and checked already), each given SLOT_SPAN of
+        the PCI window for its BARs, its INTx pin on the I/O APIC input the DSDT's _PRT names and its MSI-X messages
+        to the local APICs. `pci_window` is what each vCPU's MMIO window covers (vmx/mmio.py): nothing without
+        devices."""
+        self.pci_devices, self.pci_window = [], (0, 0)
+        if not specs:
+            return
+        if len(specs) * SLOT_SPAN > ACPI.PCI_WINDOW_SIZE:
+            raise ConfigError("VM %r: at most %d PCI devices" % (self.name, ACPI.PCI_WINDOW_SIZE // SLOT_SPAN))
+        if self.mem_size > ACPI.PCI_WINDOW:
+            raise ConfigError("VM %r: PCI devices need guest memory below the PCI window at %#x (%d MiB at most)"
+                              % (self.name, ACPI.PCI_WINDOW, ACPI.PCI_WINDOW >> 20))
+        ram = GuestRam(self)
+        try:
+            for n, spec in enumerate(specs):
+                device = VirtioBlk(ram, ACPI.PCI_WINDOW + n * SLOT_SPAN, *parse_options(spec.options))
+                self.pci_devices.append(device)
+                gsi = ACPI.pci_gsi(spec.slot, device.config[INTERRUPT_PIN])
+                device.config[INTERRUPT_LINE] = gsi          # what firmware writes there: the I/O APIC input
+                device.seal()
+                device.msi = self._msi
+                device.intx = lambda level, pin=gsi: self.ioapic.set_pin(pin, level)
+                self.pci.attach(spec.slot, spec.function, device)
+        except Exception:
+            self._close_slots()
+            raise
+        self.pci_window = (ACPI.PCI_WINDOW, ACPI.PCI_WINDOW_SIZE // 4096)
+
+    def _close_slots(self):
+        for device in self.pci_devices:
+            device.close()
+
+    def _msi(self, address, data):
+        """A PCI device's message write (MSI-X): to 0xFEExxxxx an interrupt message for the local APICs (SDM
+        §11.11.1 and §11.11.2: destination ID in address bits 19:12, destination mode in bit 2; vector in data bits
+        7:0, delivery mode in 10:8, trigger mode in 15), elsewhere a dword written to guest memory."""
+        if address >> 20 == MSI_WINDOW:
+            self.apic_bus.deliver(address >> 12 & 0xFF, not address & 4, data >> 8 & 7, data & 0xFF,
+                                  bool(data & 0x8000))
+        elif 0 <= address and address + 4 <= self.mem_size:
+            self.memory_access.write(address, (data & 0xFFFFFFFF).to_bytes(4, "little"))
+
     def _ram_below_above_4g(self):
         below = sum(max(min(s.gpa + s.size, FOUR_GIB) - s.gpa, 0) for s in self.segments)
         return below, sum(s.size for s in self.segments) - below
@@ -151,7 +199,7 @@ class Platform:
 
     def _install_acpi_tables(self):
         """acpi_build: the tables for these vCPUs' local APIC IDs, into the BIOS area (acpi_tables.py)."""
-        base, tables = ACPI.build([vcpu.lapic.register(vlapic.ID) >> 24 for vcpu in self.vcpus])
+        base, tables = ACPI.build([vcpu.lapic.register(vlapic.ID) >> 24 for vcpu in self.vcpus], bool(self.pci_devices))
         self.memory_access.write(base, tables)
 
     def _guest_power(self, action, why):
@@ -228,8 +276,18 @@ class Platform:
         self._set_suspended("error", "device %s failed: %r" % (where, problem))
 
     def _mmio_exit(self, vcpu_id, gpa, how, value):
-        """An access to the I/O APIC's page (vmx/mmio.py): a load returns the bytes the device answers."""
+        """An access to the I/O APIC's page or the PCI window (vmx/mmio.py): a load returns the bytes the device
+        answers."""
         size, write = how & 0xFF, bool(how >> 8 & 1)
+        if not IOAPIC <= gpa < IOAPIC + 0x1000:
+            try:
+                if write:
+                    self.pci.mmio_write(gpa, value, size)
+                    return 0
+                return self.pci.mmio_read(gpa, size)
+            except Exception as problem:       # a device bug must not take the process down
+                self._device_failed(vcpu_id, None, problem, "PCI memory at %#x" % gpa)
+                return 0
         try:
             if write:
                 self.ioapic.mmio_write(gpa - IOAPIC, size, value)

@@ -102,12 +102,15 @@ def ept_unhandled(c, status, gpa, qualification):
 @njit(**NUMBA)
 def device_page(c, gpa):
     """The host page a guest-physical page without memory stands for: this vCPU's virtual-APIC page at
-    0xFEE00000, its MMIO window at the userspace device's page (vmx/mmio.py), else 0."""
+    0xFEE00000, its MMIO window's pages at the I/O APIC's page and the PCI memory window's (vmx/mmio.py), else 0."""
     page = np.uint64(gpa) & ~np.uint64(0xFFF)
     if c[C.APIC_PAGE] != 0 and page == np.uint64(APIC_GPA):
         return c[C.APIC_PAGE]
     if c[C.MMIO_PAGE] != 0 and page == c[C.MMIO_GPA]:
         return c[C.MMIO_PAGE]
+    if c[C.MMIO_PAGE] != 0 and c[C.MMIO_PAGES] > 1 and c[C.MMIO_RANGE] <= page and \
+            page - c[C.MMIO_RANGE] < (c[C.MMIO_PAGES] - np.uint64(1)) * np.uint64(4096):
+        return c[C.MMIO_PAGE] + np.uint64(4096) + (page - c[C.MMIO_RANGE])      # the PCI window's pages, one for one
     return np.uint64(0)
 
 

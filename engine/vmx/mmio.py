@@ -1,5 +1,5 @@
-"""The MMIO page served by a userspace device (the I/O APIC's at 0xFEC00000): each vCPU's window page, and the
-exit every load or store in it is.
+"""The MMIO pages served by userspace devices (the I/O APIC's at 0xFEC00000, the PCI BARs' window): each vCPU's
+window pages, and the exit every load or store in them is.
 
 On VT-x a guest-physical page with no memory behind it is an EPT violation (exit 48) on every access; bhyve
 decodes the instruction (vm_handle_inst_emul, VM_EXITCODE_INST_EMUL) and calls the device's read or write
@@ -13,7 +13,9 @@ instruction-emulation exit handled in userspace. A window per vCPU: two vCPUs re
 other's answer.
 
 Memory hooks report host-physical addresses only, so the exit's guest-linear address is not known: the
-qualification leaves bit 7 (linear address valid) clear.
+qualification leaves bit 7 (linear address valid) clear. The window is MMIO_PAGES pages: page 0 stands for the
+I/O APIC's page (MMIO_GPA), page 1 + i for the PCI memory window's page i (MMIO_RANGE + 4096 i), so the page of
+the host address says which guest-physical page an access is to (PCI devices' BARs: engine/pci/device.py).
 """
 import numpy as np
 from numba import carray, cfunc, njit
@@ -63,43 +65,56 @@ def exit_for(c, gpa, write):
 
 
 @njit(**NUMBA)
-def window_of(c):
-    return carray(u8_ptr(U(c[C.MEM]) + U(c[C.MMIO_PAGE])), PAGE)
+def window_of(c, index):
+    return carray(u8_ptr(U(c[C.MEM]) + U(c[C.MMIO_PAGE]) + U(index) * U(PAGE)), PAGE)
+
+
+@njit(**NUMBA)
+def gpa_of(c, index, offset):
+    """The guest-physical address window page `index` and `offset` stand for."""
+    if index == 0:
+        return c[C.MMIO_GPA] + U(offset)
+    return c[C.MMIO_RANGE] + U(index - 1) * U(PAGE) + U(offset)
 
 
 @cfunc(MEM_HOOK, **NUMBA)
 def read_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
-    offset = np.int64(address - c[C.MMIO_PAGE]) & (PAGE - 1)
-    gpa = c[C.MMIO_GPA] + U(offset)
+    index = np.int64(U(address) - c[C.MMIO_PAGE]) >> 12
+    offset = np.int64(U(address) - c[C.MMIO_PAGE]) & (PAGE - 1)
+    gpa = gpa_of(c, index, offset)
     exit_for(c, gpa, False)
     got = call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size), U(0))
-    fill(window_of(c), offset, np.int64(size), got)
+    fill(window_of(c, index), offset, np.int64(size), got)
 
 
 @cfunc(MEM_HOOK, **NUMBA)
 def write_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
-    offset = np.int64(address - c[C.MMIO_PAGE]) & (PAGE - 1)
-    gpa = c[C.MMIO_GPA] + U(offset)
+    index = np.int64(U(address) - c[C.MMIO_PAGE]) >> 12
+    offset = np.int64(U(address) - c[C.MMIO_PAGE]) & (PAGE - 1)
+    gpa = gpa_of(c, index, offset)
     exit_for(c, gpa, True)
     call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size) | U(WRITE), U(value))
 
 
 class Window:
-    """One vCPU's window on the MMIO page at guest-physical `gpa`: a host page, its two hooks, the context slots.
+    """One vCPU's window on the MMIO page at guest-physical `gpa` and on the `range_pages` pages from `range_gpa`
+    (the PCI memory window): host pages, their two hooks, the context slots.
 
-    Legend: made by the vCPU's constructor, freed with the VM; only the vCPU's own hooks touch the page."""
+    Legend: made by the vCPU's constructor, freed with the VM; only the vCPU's own hooks touch the pages."""
 
-    def __init__(self, vcpu, gpa, callback_address):
+    def __init__(self, vcpu, gpa, callback_address, range_gpa=0, range_pages=0):
         hv = vcpu.vm.hypervisor
         self.vcpu = vcpu
-        self.hpa = hv.allocator.allocate(PAGE, "vcpu%d MMIO window" % vcpu.index)
-        hv.memory[self.hpa:self.hpa + PAGE] = 0
+        size = PAGE * (1 + range_pages)
+        self.hpa = hv.allocator.allocate(size, "vcpu%d MMIO window" % vcpu.index)
+        hv.memory[self.hpa:self.hpa + size] = 0
         c = vcpu.ctx
         c[C.MMIO_PAGE], c[C.MMIO_GPA], c[C.MMIO_CALLBACK] = self.hpa, gpa, callback_address
+        c[C.MMIO_RANGE], c[C.MMIO_PAGES] = range_gpa, 1 + range_pages
         for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):
-            hook_add(vcpu.uc, kind, hook.address, c.ctypes.data, self.hpa, self.hpa + PAGE - 1)
+            hook_add(vcpu.uc, kind, hook.address, c.ctypes.data, self.hpa, self.hpa + size - 1)
 
     def free(self):
         self.vcpu.ctx[C.MMIO_PAGE] = 0

@@ -461,14 +461,16 @@ def stop_on_signals():
 @click.option("--timeout", type=float, help="Power the VM off after this many seconds.")
 @click.option("--gdb", "gdb", metavar="[w]PORT", callback=lambda ctx, param, value: _gdb_port(value),
               help="Serve gdb on 127.0.0.1:PORT (bhyve's -G); wPORT holds the guest at its entry for gdb.")
-def run(image, mem_mb, cpus, cmdline, initrd, kind, load_addr, host_mem_mb, show_stats, timeout, gdb):
+@click.option("-s", "--slot", "slots", multiple=True, metavar="SLOT[:FUNC],EMULATION[,OPTIONS]",
+              help="A PCI device, as bhyve's -s: 2,virtio-blk,disk.img[,ro]. Repeatable.")
+def run(image, mem_mb, cpus, cmdline, initrd, kind, load_addr, host_mem_mb, show_stats, timeout, gdb, slots):
     """Boot IMAGE (multiboot kernel, Linux bzImage, boot sector / raw disk, or --kind flat64) with its console here.
 
     On a terminal the console is raw; press Ctrl-] to power the VM off and leave. With piped stdin the
     input is typed into the guest and vmmctl waits for the VM to stop (or --timeout).
     """
     try:
-        vm = Host(host_mem_mb=host_mem_mb).create_vm(names.from_file(image), mem_mb=mem_mb, cpus=cpus)
+        vm = Host(host_mem_mb=host_mem_mb).create_vm(names.from_file(image), mem_mb=mem_mb, cpus=cpus, slots=slots)
         with open(image, "rb") as f:
             data = f.read()
         ramdisk = None

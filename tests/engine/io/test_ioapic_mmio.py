@@ -140,17 +140,23 @@ def test_qualification_matches_its_twin():
 
 def test_device_page_matches_its_twin():
     """The TLB fill's device pages: 0xFEE00000 is the vCPU's virtual-APIC page, the MMIO window's guest-physical
-    page its window, each only when the vCPU has one; any other address has none."""
+    page its window's first page, the PCI window's pages (MMIO_RANGE, MMIO_PAGES - 1 of them) its next pages one
+    for one, each only when the vCPU has them; any other address has none."""
     from engine.core import ctx as C
     from engine.vmx import hooks
     rng = random.Random(3)
     c = C.new()
-    for _ in range(3000):
+    for _ in range(6000):
         apic, window = rng.choice((0, 0x123000)), rng.choice((0, 0x456000))
         gpa_page = rng.choice((0xFEC00000, 0xFEE00000, 0))
+        pci, pages = rng.choice(((0, 0), (0, 1), (0xC0000000, 0), (0xC0000000, 1), (0xC0000000, 65), (0, 65)))
         c[C.APIC_PAGE], c[C.MMIO_PAGE], c[C.MMIO_GPA] = apic, window, gpa_page
-        gpa = rng.choice((0xFEE00000, 0xFEC00000, 0, 0xFEC01000, 0xFEDFF000, rng.getrandbits(52))) | \
+        c[C.MMIO_RANGE], c[C.MMIO_PAGES] = pci, pages
+        gpa = rng.choice((0xFEE00000, 0xFEC00000, 0, 0xFEC01000, 0xFEDFF000, rng.getrandbits(52), 0xC0000000,
+                          0xC003F000, 0xC0040000, 0xBFFFF000, rng.randrange(0x40000), 0x3F000 + 0x1000)) | \
             rng.randrange(4096)
         page = gpa & ~0xFFF
-        want = apic if apic and page == 0xFEE00000 else window if window and page == gpa_page else 0
-        assert hooks.device_page(c, np.uint64(gpa)) == want, (hex(gpa), apic, window, hex(gpa_page))
+        in_range = window and pages > 1 and pci <= page < pci + (pages - 1) * 4096
+        want = apic if apic and page == 0xFEE00000 else window if window and page == gpa_page else \
+            window + 4096 + page - pci if in_range else 0
+        assert hooks.device_page(c, np.uint64(gpa)) == want, (hex(gpa), apic, window, hex(gpa_page), pci, pages)

@@ -118,3 +118,27 @@ def test_acpiexec_loads_the_tables_and_evaluates_s5(tools, tmp_path):
     assert "1 ACPI AML tables successfully acquired and loaded" in out, out
     assert re.search(r"FACP 0x[0-9A-F]+ 000114 \(v06 WEBHYV WHFACP", out), out
     assert re.search(r"\[Package\] Contains 2 Elements:\s+\[Integer\] = 0+5\s+\[Integer\] = 0+\s", out), out
+
+
+def test_iasl_decompiles_the_pci_root_bridge(tools, tmp_path):
+    """A VM with PCI devices: \\_SB.PCI0 with EisaId PNP0A03, bus 0, the I/O ports around 0xCF8-0xCFF, the 32-bit
+    memory window the BARs live in, and a _PRT of 124 entries routing slot s's INTx pin p to GSI 16 + (s+p-1) % 8;
+    acpiexec loads it and evaluates _PRT."""
+    dsdt = A.tables([0], pci=True)["DSDT"][1]
+    path = tmp_path / "pci-dsdt.dat"
+    path.write_bytes(dsdt)
+    text = decompiled(path)
+    assert 'Name (_HID, EisaId ("PNP0A03")' in text and "Device (PCI0)" in text and "Scope (\\_SB)" in text
+    compact = re.sub(r"\s+", " ", text)
+    for window in ("0x0000, // Range Minimum 0x0000, // Range Maximum", "0x0000, // Range Minimum 0x0CF7,",
+                   "0x0D00, // Range Minimum 0xFFFF,", "0xC0000000, // Range Minimum 0xC003FFFF,"):
+        assert window in compact, window
+    assert "Name (_PRT, Package (0x7C)" in text
+    assert "Package (0x04) { 0x0003FFFF, Zero, Zero, 0x13 }" in compact        # slot 3 INTA# → GSI 19
+    assert "Package (0x04) { 0x001FFFFF, 0x03, Zero, 0x12 }" in compact        # slot 31 INTD# → GSI 18
+    files = written(tmp_path, 1)
+    files["DSDT"].write_bytes(dsdt)
+    run = subprocess.run([ACPIEXEC, "-b", "evaluate \\_SB.PCI0._PRT"] + [str(files[n]) for n in ("DSDT", "FACP", "APIC", "FACS")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    out = run.stdout + run.stderr
+    assert "[Package] Contains 124 Elements" in out, out[-3000:]

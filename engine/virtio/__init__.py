@@ -1,0 +1,1 @@
+"""virtio 1.x devices: split virtqueues (vring.py), the modern PCI transport (pci.py), virtio-blk (blk.py)."""

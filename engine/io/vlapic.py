@@ -690,12 +690,15 @@ class Vlapic:
     def reset(self):
         """The state after RESET or INIT (SDM §10.4.7.1): IRR/ISR/TMR clear, LVTs masked, timer stopped."""
         ident = self.vcpu.index
-        self.regs[:] = 0
-        self.memory[self.pir_hpa:self.pir_hpa + 64] = 0
-        r = self.regs
+        r = np.zeros_like(self.regs)
         r[ID >> 2], r[VER >> 2], r[DFR >> 2], r[SVR >> 2] = ident << 24, VERSION, 0xFFFFFFFF, 0xFF
         for lvt in LVT_INDEX:
             r[lvt >> 2] = LVT_MASKED
+        # One pass over the page: the ID, LDR and DFR words go from old to new without reading 0 on the way.
+        # Another vCPU looks them up for an IPI's destination at any moment; zeroing first lost the SIPI that
+        # a BSP sends right after the INIT this reset handles (the smp guest on 16 vCPUs under load).
+        self.regs[:] = r
+        self.memory[self.pir_hpa:self.pir_hpa + 64] = 0
         c = self.vcpu.ctx
         for slot in (C.TIMER_DEADLINE, C.TIMER_PERIOD, C.TIMER_START, C.INTR_WINDOW, C.NMI_WINDOW, C.LAPIC_FIX,
                      C.LAPIC_ZERO):

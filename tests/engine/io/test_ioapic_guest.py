@@ -16,9 +16,10 @@ def test_pit_ticks_through_pin_2(hv, cpus):
     vm = hv.create_vm("ioapic", mem_mb=32, cpus=cpus)
     vm.load(guest("ioapic.elf"), "ioapic.elf", cmdline="cpus=%d ticks=%d" % (cpus, TICKS))
     vm.start()
-    assert vm.wait(states=("suspended",), timeout=120) == "suspended"     # a deadline for a hang, not speed
-    assert vm.suspend_reason == "halt", vm.suspend_message
+    state = vm.wait(states=("suspended",), timeout=120)                   # a deadline for a hang, not speed
     text = vm.console.contents().decode()
+    assert state == "suspended", "hung (a lost tick?) after:\n" + text
+    assert vm.suspend_reason == "halt", vm.suspend_message
     assert "ioapic: version 170011" in text and text.rstrip().endswith("ioapic: ok"), text
     expected = ["ticks on cpu1 while routed to cpu0 0", "level ticks without their EOI seen 0",
                 "remote IRR after the last EOI 0", "ticks while masked 0", "8259 interrupts 0"]

@@ -289,6 +289,8 @@ const Panels = (() => {
   document.querySelectorAll("button[data-action]").forEach((b) => b.addEventListener("click", async () => {
     const action = b.dataset.action;
     if (CONFIRM[action] && !await WH.confirm(...CONFIRM[action])) return;
+    // Keys typed from here on go to the console, not to this button: Enter right after Resume would click it again.
+    SerialConsole.term.focus();
     try {
       const s = await WH.api("POST", vmPath + "/" + action);
       renderSummary(s);
@@ -296,7 +298,6 @@ const Panels = (() => {
     } catch (e) {
       WH.status(b.textContent + ": " + e.message, true);
     }
-    SerialConsole.term.focus();
   }));
 
   // Snapshots of this VM: save in a dialog (name, power off after), the list of those saved from it.

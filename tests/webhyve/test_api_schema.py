@@ -15,7 +15,7 @@ def send(client, method, path, body):
 
 def test_every_api_route_has_an_entry(app):
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/")}
-    assert endpoints == set(ROUTES)
+    assert endpoints - {"openapi.openapi"} == set(ROUTES)             # the description takes nothing, not even a token
 
 
 @pytest.mark.parametrize("method, path, body, field, problem", [

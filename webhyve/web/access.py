@@ -64,4 +64,5 @@ def control_required(view):
         if g.get("role") != CONTROL:
             raise ApiError(403, "this needs the control token; the viewer token is read-only")
         return view(*args, **kwargs)
+    wrapper.needs_control = True                  # the OpenAPI description says which token a route needs
     return wrapper

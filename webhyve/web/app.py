@@ -16,7 +16,7 @@ from engine.door import Host
 
 from ..sessions.errors import ApiError
 from ..sessions.fleet import Fleet
-from . import api_ctl, api_demo, logs
+from . import api_ctl, api_demo, logs, metrics, openapi
 from .access import new_token
 from .api import bp as api_bp
 from .console import ConsoleNamespace
@@ -78,6 +78,8 @@ def create_app(config=None):
     app.register_blueprint(api_ctl.bp)                  # vmmctl's endpoints
     app.register_blueprint(api_demo.bp)                 # snapshots and demos
     app.register_blueprint(pages_bp)
+    app.register_blueprint(metrics.bp)                  # /metrics for Prometheus
+    app.register_blueprint(openapi.bp)                  # /api/v1/openapi.json
     _register_errors(app)
     inspector.start_ticker()
     atexit.register(shutdown, app)       # vCPU threads left inside Unicorn at interpreter exit crash it

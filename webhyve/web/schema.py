@@ -69,6 +69,10 @@ class Field:
         """The clean value from text (a query string, a multipart form field)."""
         return self.check(text)
 
+    def schema(self):
+        """The JSON Schema of the values check() takes (openapi.py), without default and nullable."""
+        return {}
+
 
 class Int(Field):
     def __init__(self, low, high, **kwargs):
@@ -86,6 +90,9 @@ class Int(Field):
             raise Invalid(self.kind)
         return self.check(int(text.strip()))
 
+    def schema(self):
+        return {"type": "integer", "minimum": self.low, "maximum": self.high}
+
 
 class Bool(Field):
     kind = "true or false"
@@ -101,6 +108,9 @@ class Bool(Field):
             return self.WORDS[text.strip().lower()]
         except KeyError:
             raise Invalid("true or false (or 1/0, yes/no, on/off in a form)") from None
+
+    def schema(self):
+        return {"type": "boolean"}
 
 
 class Text(Field):
@@ -118,6 +128,11 @@ class Text(Field):
         if not self.min_len <= len(value) <= self.max_len:
             raise Invalid(self.kind, "it has %d" % len(value))
         return value
+
+    def schema(self):
+        if self.choices is not None:
+            return {"type": "string", "enum": list(self.choices)}
+        return {"type": "string", "minLength": self.min_len, "maxLength": self.max_len}
 
 
 def unicode_text(value):
@@ -145,6 +160,9 @@ class Name(Field):
             raise Invalid(self.kind, "it " + wrong)
         return value
 
+    def schema(self):
+        return {"type": "string", "pattern": "^%s$" % names.PATTERN, "description": self.kind}
+
 
 class Address(Field):
     """An address or register value: an integer 0..2^64-1, or text like "0x1000" or "4096"."""
@@ -167,6 +185,11 @@ class Address(Field):
             raise Invalid(self.kind)
         return value
 
+    def schema(self):
+        return {"oneOf": [{"type": "integer", "minimum": 0, "maximum": (1 << 64) - 1},
+                          {"type": "string", "pattern": r"^\s*(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0|[1-9][0-9]*)\s*$"}],
+                "description": self.kind}
+
 
 class Setting(Field):
     """A tunable's new value: an integer, or text the tunable parses ("1", "off", "auto", "0x10")."""
@@ -180,6 +203,9 @@ class Setting(Field):
             if len(value) > 64:
                 raise Invalid(self.kind + " of at most 64 characters")
         return value
+
+    def schema(self):
+        return {"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 64}], "description": self.kind}
 
 
 class Typed(Field):
@@ -198,6 +224,19 @@ class Typed(Field):
         if not self.min_len <= len(value) <= self.max_len:
             raise Invalid(self.kind, "it has %d" % len(value))
         return value
+
+    def schema(self):
+        return {"type": "string", "minLength": self.min_len, "maxLength": self.max_len}
+
+
+def json_schema(field):
+    """A field's JSON Schema with its default, and null allowed where it stands for the default."""
+    out = field.schema()
+    if field.nullable:
+        out = {"anyOf": [out, {"type": "null"}]}
+    if not field.required:
+        out["default"] = field.default
+    return out
 
 
 class Schema:

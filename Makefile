@@ -36,7 +36,7 @@ console: $(STAMP) guests
 	$(VENV)/bin/vmmctl run guests/build/shell.elf
 
 test: deps $(STAMP) guests linux static
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # The timing-sensitive tests RUNS times under two CPU burners; prints how many runs passed (tools/stress.py).
 RUNS ?= 20

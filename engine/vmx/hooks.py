@@ -249,10 +249,18 @@ def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b, cr4):
         b = (b & np.uint64(0x00FFFFFF)) | (np.uint64(vcpu_id) << np.uint64(24))   # initial APIC ID
         if cc & np.uint64(CPUID1_ECX_XSAVE) and np.uint64(cr4) & np.uint64(CR4_OSXSAVE):
             cc |= np.uint64(CPUID1_ECX_OSXSAVE)          # OSXSAVE mirrors CR4.OSXSAVE (x86_emulate_cpuid)
-    elif leaf == 0xB and params_leaf_b:
-        a, b = np.uint64(0), np.uint64(1)
-        cc = (np.uint64(subleaf) & np.uint64(0xFF)) | np.uint64(0x100 if subleaf == 0 else 0)
-        d = np.uint64(vcpu_id)
+    elif leaf == 0xB:
+        # x86_emulate_cpuid's Intel topology under bhyve's default of one thread per core and one core per
+        # socket: subleaf 0 the SMT level, 1 the core level, each 1 logical CPU wide (shift 0) with the vCPU's
+        # x2APIC ID; 2 and up, or hw.vmm.topology.cpuid_leaf_b off, an invalid level (all zero but ECX[7:0]).
+        sub = np.uint64(subleaf) & np.uint64(0xFFFFFFFF)
+        level = np.uint64(0)
+        if params_leaf_b and sub < np.uint64(2):
+            level = np.uint64(1) + sub                  # CPUID_TYPE_SMT 1, CPUID_TYPE_CORE 2
+        a = np.uint64(0)
+        b = np.uint64(1) if level else np.uint64(0)
+        cc = level << np.uint64(8) | (sub & np.uint64(0xFF))
+        d = np.uint64(vcpu_id) if level else np.uint64(0)
     return a, b, cc, d
 
 

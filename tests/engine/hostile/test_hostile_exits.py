@@ -220,8 +220,9 @@ def twin_cpuid(profile, leaf, subleaf, vcpu, leaf_b, cr4=0):
         regs[1] = (regs[1] & 0x00FFFFFF) | vcpu << 24
         if regs[2] & P.CPUID1_ECX_XSAVE and cr4 & P.CR4_OSXSAVE:
             regs[2] |= P.CPUID1_ECX_OSXSAVE
-    elif leaf == 0xB and leaf_b:
-        regs = [0, 1, (subleaf & 0xFF) | (0x100 if subleaf == 0 else 0), vcpu]
+    elif leaf == 0xB:           # bhyve's x86_emulate_cpuid, CPUID_0000_000B, with threads = cores = 1
+        level = {0: 1, 1: 2}.get(subleaf & 0xFFFFFFFF, 0) if leaf_b else 0      # SMT, CORE, invalid
+        regs = [0, 1 if level else 0, level << 8 | (subleaf & 0xFF), vcpu if level else 0]
     return regs
 
 

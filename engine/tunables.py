@@ -91,6 +91,15 @@ TABLE = (
     Tunable("hw.vmm.hlt_kernel_wait_us", "int", 5000, "A HLT with interrupts enabled waits this many "
             "microseconds in the kernel loop for an interrupt before halting in userspace (webhyve; 0: never)",
             False, 0, 1000000, owner="vmx/halt.py", bhyve_boot=False),
+    # vmx_modinit's APICv loader tunables, fetched only where the CPU has the feature (vmx/controls.py modinit);
+    # they choose the VMCS controls of the VMs made after a change
+    _bool("hw.vmm.vmx.cap.tpr_shadowing", 1, "TPR shadowing support (where the CPU has the TPR shadow)", True,
+          "vmx/controls.py", aliases=("hw.vmm.vmx.use_tpr_shadowing",)),
+    _bool("hw.vmm.vmx.cap.virtual_interrupt_delivery", 1, "APICv virtual interrupt delivery support (where the CPU "
+          "has it and the TPR shadow is used)", True, "vmx/controls.py", aliases=("hw.vmm.vmx.use_apic_vid",)),
+    _bool("hw.vmm.vmx.check_guest_state", 0, "webhyve test mode: check the guest-state area as VM entry does (SDM "
+          "26.3.1) before every entry from userspace; a failure suspends the VM with exit reason 33", False,
+          "vmx/entrycheck.py", bhyve_boot=False),
 )
 # Read-only sysctls (CTLFLAG_RDTUN in vmx.c): name, description, what they show
 SYSCTLS = (
@@ -129,6 +138,9 @@ POSTED_INTERRUPTS = SLOT["hw.vmm.vmx.cap.posted_interrupts"]
 POSTED_INTERRUPT_VECTOR = SLOT["hw.vmm.vmx.posted_interrupt_vector"]
 IPINUM = SLOT["hw.vmm.ipinum"]
 HLT_KERNEL_WAIT_US = SLOT["hw.vmm.hlt_kernel_wait_us"]
+TPR_SHADOWING = SLOT["hw.vmm.vmx.cap.tpr_shadowing"]
+VIRTUAL_INTERRUPT_DELIVERY = SLOT["hw.vmm.vmx.cap.virtual_interrupt_delivery"]
+CHECK_GUEST_STATE = SLOT["hw.vmm.vmx.check_guest_state"]
 
 
 def lookup(name):

@@ -171,6 +171,27 @@ def _common_msrs(maxphyaddr, mcg_cap, platform_ratio):
 # types), EPT A/D, INVVPID (all types)
 _HASWELL_EPT_VPID_CAP = 0xF0106334141
 
+# The VMX capability MSRs IA32_VMX_BASIC (0x480) ... IA32_VMX_VMFUNC (0x491) as real CPUs report them, from
+# VirtualBox's CPU database (src/VBox/VMM/VMMR3/cpus/*.h in github.com/VirtualBox/virtualbox, commit 4908d8d1,
+# dumped by VBoxCpuReport on bare metal). It has no Haswell: the "haswell" profile takes its Broadwell sibling,
+# the i7-5600U (Intel_Core_i7_5600U.h; family 6 model 61), whose EPT/VPID capabilities are the Haswell's
+# _HASWELL_EPT_VPID_CAP above; "skylake" takes the i7-6700K (Intel_Core_i7_6700K.h, family 6 model 94), and
+# so does "cascadelake", for want of a public dump of a Xeon Gold: a real Cascade Lake Xeon also allows APICv
+# (posted interrupts, virtual interrupt delivery), which these client parts do not. bhyve hides VMX from its
+# guests, so these are the modeled host's (vmx/controls.py reads them), not MSRs the guest can read.
+_VMX_I7_5600U = {
+    0x480: 0xDA040000000012, 0x481: 0x7F00000016, 0x482: 0xFFF9FFFE0401E172, 0x483: 0x7FFFFF00036DFF,
+    0x484: 0xFFFF000011FF, 0x485: 0x300481E5, 0x486: 0x80000021, 0x487: 0xFFFFFFFF, 0x488: 0x2000,
+    0x489: 0x3767FF, 0x48A: 0x2A, 0x48B: 0x57CFF00000000, 0x48C: _HASWELL_EPT_VPID_CAP, 0x48D: 0x7F00000016,
+    0x48E: 0xFFF9FFFE04006172, 0x48F: 0x7FFFFF00036DFB, 0x490: 0xFFFF000011FB, 0x491: 0x1,
+}
+_VMX_I7_6700K = {
+    0x480: 0xDA040000000004, 0x481: 0x7F00000016, 0x482: 0xFFF9FFFE0401E172, 0x483: 0x1FFFFFF00036DFF,
+    0x484: 0x3FFFF000011FF, 0x485: 0x7004C1E7, 0x486: 0x80000021, 0x487: 0xFFFFFFFF, 0x488: 0x2000,
+    0x489: 0x3727FF, 0x48A: 0x2E, 0x48B: 0x1FFCFF00000000, 0x48C: 0xF0106334141, 0x48D: 0x7F00000016,
+    0x48E: 0xFFF9FFFE04006172, 0x48F: 0x1FFFFFF00036DFB, 0x490: 0x3FFFF000011FB, 0x491: 0x1,
+}
+
 
 def _brand(text):
     """CPUID leaves 0x80000002-4 for a brand string."""
@@ -266,7 +287,7 @@ def _leaf7_msrs(edx7, arch_caps):
 
 
 def _profile(name, description, family_model, brand, clocks, edx7=0, arch_caps=None, tlb=(128, 12),
-             maxphyaddr=39, mcg_cap=HASWELL_MCG_CAP):
+             maxphyaddr=39, mcg_cap=HASWELL_MCG_CAP, vmx_msrs=_VMX_I7_6700K):
     """Haswell's leaves (what Unicorn executes) with another signature, leaf-7 EDX, brand, clocks and
     physical-address width; the same EPT and VPID capabilities; `tlb` is the second-level TLB's (sets, ways)
     (Skylake's: 1536 entries, 12-way). `clocks`: (crystal Hz, TSC/crystal numerator, denominator, base MHz,
@@ -282,7 +303,7 @@ def _profile(name, description, family_model, brand, clocks, edx7=0, arch_caps=N
     tsc_hz = clocks[0] * clocks[1] // clocks[2]
     msrs = _common_msrs(maxphyaddr, mcg_cap, tsc_hz // 100000000)
     msrs.update(_leaf7_msrs(edx7, arch_caps))
-    facts = {"ept_vpid_cap": _HASWELL_EPT_VPID_CAP, "tlb_sets": tlb[0], "tlb_ways": tlb[1]}
+    facts = {"ept_vpid_cap": _HASWELL_EPT_VPID_CAP, "tlb_sets": tlb[0], "tlb_ways": tlb[1], "vmx_msrs": vmx_msrs}
     return CpuProfile(name, description, cpuid, msrs, facts)
 
 
@@ -293,7 +314,7 @@ PROFILES = {
     "haswell": _profile(
         "haswell", "Intel Haswell (Unicorn's own model), no L1D_FLUSH, no ARCH_CAPABILITIES: L1TF-vulnerable, "
         "flushed by software", 0x306C4, "webhyve modeled Intel(R) Core(TM) i7-4770 (Haswell)",
-        (100000000, 34, 1, 3400, 3900), tlb=(128, 8)),                    # STLB: 1024 entries, 8-way
+        (100000000, 34, 1, 3400, 3900), tlb=(128, 8), vmx_msrs=_VMX_I7_5600U),   # STLB: 1024 entries, 8-way
     "skylake": _profile(
         "skylake", "Intel Skylake with the 2018 microcode: L1D_FLUSH (CPUID.7.0:EDX[28]), ARCH_CAPABILITIES "
         "without RDCL_NO: L1TF-vulnerable, flushed through IA32_FLUSH_CMD", 0x506E3,

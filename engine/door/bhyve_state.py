@@ -6,20 +6,13 @@ the VMCS and the registers one visit read, and the descriptor tables in guest me
 import struct
 
 from ..errors import StateError
+from ..vmx import controls
 from ..vmx import exits as E
 from . import peek
 
-# bhyve's capabilities (libvmmapi capstrmap), as far as the engine models them:
-#   "fixed": always on, cannot be changed; ("bitmap", bit): a bit of the VMCS exception bitmap the engine
-#   honours (an exception there is recorded as an EXCEPTION_NMI exit); None: not available.
-CAPABILITIES = {
-    "hlt_exit": "fixed",                         # every HLT is hooked and exits (the HLT exit handler)
-    "mtrap_exit": None, "pause_exit": None,
-    "unrestricted_guest": "fixed",               # real-mode guests run directly, as with unrestricted guest
-    "enable_invpcid": None,
-    "bpt_exit": ("bitmap", 3),                   # #BP in EXCEPTION_BITMAP
-    "rdpid": None, "rdtscp": None, "ipi_exit": None, "mask_hwintr": None, "rflags_tf": None,
-}
+# bhyve's capabilities (libvmmapi capstrmap): those vmx_getcap offers, each a bit of the vCPU's VMCS controls
+# (vmx/controls.py CAPABILITIES), then those it does not offer here
+CAPABILITIES = tuple(controls.CAPABILITIES) + controls.UNAVAILABLE
 UNUSABLE = {"base": 0, "limit": 0, "access": 0x10000}
 
 
@@ -73,21 +66,16 @@ def with_error_code(info, error_code):
     return info | (error_code << 32 if info & E.INTR_ERRCODE else 0)
 
 
-def capabilities(exception_bitmap):
-    """{name: 1, 0 or None (not available)}."""
-    return {name: 1 if how == "fixed" else None if how is None else exception_bitmap >> how[1] & 1
-            for name, how in CAPABILITIES.items()}
+def capabilities(vmcs, caps):
+    """{name: 1, 0 or None (not available)}: vmx_getcap, from the control bits of `vmcs` (a snapshot)."""
+    return {name: controls.getcap(vmcs, caps, name) for name in CAPABILITIES}
 
 
-def capability_change(name, value):
-    """The exception-bitmap bit `--setcap=value --capname=name` changes; StateError for what cannot change."""
+def set_capability(vmcs, caps, name, value):
+    """vmx_setcap on a vCPU's VMCS; StateError for a name bhyve does not know or a capability not available."""
     if name not in CAPABILITIES:
         raise StateError("no capability %r (known: %s)" % (name, ", ".join(CAPABILITIES)))
-    how = CAPABILITIES[name]
-    if how is None:
-        raise StateError("capability %r is not available: the engine does not model it" % name)
-    if how == "fixed":
-        if value != 1:
-            raise StateError("capability %r is always set in this engine and cannot be cleared" % name)
-        return None
-    return how[1]
+    if not controls.setcap(vmcs, caps, name, value):
+        why = "the modeled CPU's VMX capability MSRs do not allow it" if name in controls.CAPABILITIES else \
+            "the engine does not model it"
+        raise StateError("capability %r is not available: %s" % (name, why))

@@ -77,7 +77,7 @@ class VcpuView:
         return {"state": got["state"], "registers": got["registers"], "vmcs": vmcs,
                 "descriptors": bhyve_state.descriptors(self._vcpu.vm, got["registers"], vmcs),
                 "intinfo": bhyve_state.intinfo(vmcs, got["pending_event"]),
-                "capabilities": bhyve_state.capabilities(vmcs["EXCEPTION_BITMAP"]), "exit_log": got["exit_log"]}
+                "capabilities": bhyve_state.capabilities(vmcs, self._vcpu.vmxcaps), "exit_log": got["exit_log"]}
 
     # -- changes: requests the vCPU's thread carries out ------------------------------------------------
     def set_register(self, name, value):
@@ -86,12 +86,10 @@ class VcpuView:
         return self.registers()[name]
 
     def set_capability(self, name, value):
-        """bhyvectl --setcap: a bit of the exception bitmap, or StateError for what the engine cannot change."""
-        bit = bhyve_state.capability_change(name, value)
-        if bit is not None:
-            self._vcpu.visit(lambda vcpu: vcpu.vmcs.write("EXCEPTION_BITMAP", _with_bit(
-                int(vcpu.vmcs["EXCEPTION_BITMAP"]), bit, value)))
-        return bhyve_state.capabilities(self.vmcs()["EXCEPTION_BITMAP"])[name]
+        """bhyvectl --setcap: vmx_setcap's control bit in this vCPU's VMCS, changed by its own thread (from its
+        next entry); StateError for what is not available. Returns the capability as it now reads."""
+        self._vcpu.visit(lambda vcpu: bhyve_state.set_capability(vcpu.vmcs, vcpu.vmxcaps, name, value))
+        return bhyve_state.capabilities(self.vmcs(), self._vcpu.vmxcaps)[name]
 
     def inject_nmi(self):
         """vm_inject_nmi: delivered through the guest's IDT at the next entry; it also ends a HLT."""
@@ -101,6 +99,3 @@ class VcpuView:
         """Run on host CPU `hostcpu` from the next entry."""
         self._vcpu.pin(hostcpu)
 
-
-def _with_bit(word, bit, value):
-    return word | (1 << bit) if value else word & ~(1 << bit)

@@ -18,9 +18,10 @@ from ..cpu import cachesim, tsc
 from ..io import buslock
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
-from ..vmx import cpuctx, hooks, segcache, syscall
+from ..vmx import controls, cpuctx, hooks, segcache, syscall
 
 XTAB_PAIRS = 4096                                # the exec-scan table's slots (core/ctx.py XTAB)
+DESC_P = 1 << 15                                 # a descriptor cache's present bit (QEMU's flags, vmx/segcache.py)
 
 
 class ResetImage:
@@ -77,25 +78,33 @@ def add_exit_hooks(uc, ud):
     hook_add(uc, UC_HOOK_BLOCK, buslock.block_hook.address, ud)        # kicks leave at block boundaries; the bus lock
 
 
-# vmx_modinit's CR0/CR4 guest/host masks, from a Haswell's IA32_VMX_CR0_FIXED0/1 (0x80000021, 0xFFFFFFFF) and
-# IA32_VMX_CR4_FIXED0/1 (0x2000, 0x1767FF): the bits fixed to 1 (CR0.PE and PG dropped: unrestricted guest) and to
-# 0 (everything FIXED1 clears, bits 63:32 included), plus CR0.CD and NW, which bhyve never lets the guest set.
-CR0_MASK = (0x80000021 & ~0x80000001) | (~0x80000021 & ~0xFFFFFFFF & (1 << 64) - 1) | 0x60000000
-CR4_MASK = 0x2000 | (~0x1767FF & (1 << 64) - 1)
+def vmx_caps(vm):
+    """vmx_modinit's choices for the VM's CPU profile and the APICv loader tunables (vmx/controls.py)."""
+    tunables = vm.hypervisor.tunables
+    return controls.modinit(vm.profile.facts["vmx_msrs"], use_tpr_shadowing=tunables.get("hw.vmm.vmx.cap.tpr_shadowing"),
+                            use_apic_vid=tunables.get("hw.vmm.vmx.cap.virtual_interrupt_delivery"),
+                            use_apic_pir=tunables.get("hw.vmm.vmx.cap.posted_interrupts"))
 
 
 def init_vmcs(vcpu):
-    """Controls as bhyve's vmx_vcpu_init sets them."""
+    """Controls as bhyve's vmx_vcpu_init sets them, then the capabilities bhyve's userspace turns on for a
+    vCPU it starts (controls.STARTUP)."""
     v, index = vcpu.vmcs, vcpu.index
-    v["VPID"] = vcpu.vpid                                              # vpid_alloc (vmx/vpid.py)
-    v["EPTP"] = vcpu.vm.pmap.eptp
+    caps = vcpu.vmxcaps = vmx_caps(vcpu.vm)
+    controls.vcpu_init(v, caps, vcpu.vpid, vcpu.vm.pmap.eptp, 0,
+                       vcpu.vm.hypervisor.tunables.get("hw.vmm.trace_guest_exceptions"))
+    for name in controls.STARTUP:
+        controls.setcap(v, caps, name, 1)
     v["LINK_POINTER"] = (1 << 64) - 1
-    v["EXCEPTION_BITMAP"] = 0xFFFFFFFF if vcpu.vm.hypervisor.tunables.get("hw.vmm.trace_guest_exceptions") else 1 << 18
-    v["CR0_SHADOW"] = 0x60000010                                       # vmx_setup_cr0_shadow(vmcs, 0x60000010)
-    v["CR0_MASK"], v["CR4_MASK"] = CR0_MASK, CR4_MASK                  # vmx_setup_cr_shadow; CR4's shadow is 0
-    v["APIC_ACCESS"] = 0xFFFFF000
+    v["GUEST_DR7"] = 0x400                                             # DBREG_DR7_RESERVED1
     v["HOST_RIP"] = 0xFFFFFFFF80000000 + 0x1000 * index               # vmx_exit_guest in the modeled host
     v["HOST_CR3"] = 0x1000
+
+
+def init_apic_vmcs(vcpu, lapic):
+    """vmx_vcpu_init's virtual-APIC, APIC-access and posted-interrupt fields, once the local APIC's pages exist."""
+    controls.apic_init(vcpu.vmcs, vcpu.vmxcaps, lapic.hpa, lapic.pir_hpa,
+                       vcpu.vm.hypervisor.tunables.get("hw.vmm.vmx.posted_interrupt_vector"))
 
 
 def attach_hostcpu(vcpu, hostcpu):
@@ -117,6 +126,7 @@ def prepare(vcpu, image):
         uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | W.CR0_PG | W.CR0_PE)
         vcpu.apply_regs(image.regs, segments=False)
         load_boot_segments(vcpu, image)
+        load_system_segments(uc, long_mode=True)
         return
     if image.mode == "real":
         uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))         # the IVT, as at reset
@@ -125,6 +135,15 @@ def prepare(vcpu, image):
     uc.reg_write(X.UC_X86_REG_RSP, firmware.STUB_BASE)
     uc.reg_write(X.UC_X86_REG_RIP, firmware.STUB_BASE)
     vcpu.boot = (done, image)
+
+
+def load_system_segments(uc, long_mode):
+    """TR and LDTR caches a VM entry accepts (SDM 26.3.1.2: TR a usable busy TSS, LDTR an LDT or unusable), which
+    Unicorn's 64-bit instance starts without: as RESET leaves them (SDM 9.1.1 Table 9-1: base 0, limit FFFFH,
+    present) for the reset stub's modes, and as bhyve's vm_setup_freebsd_registers sets them for a 64-bit start
+    (TR base 0, limit 0, access 0x8b; LDTR unusable)."""
+    uc.reg_write(X.UC_X86_REG_TR, (0, 0, 0 if long_mode else 0xFFFF, DESC_P | 11 << 8))
+    uc.reg_write(X.UC_X86_REG_LDTR, (0, 0, 0, 0) if long_mode else (0, 0, 0xFFFF, DESC_P | 2 << 8))
 
 
 def load_boot_segments(vcpu, image):

@@ -17,6 +17,7 @@ from ..mmu import explain
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
 from ..native import load_real_mode_segment
+from ..vmx import controls, segcache
 from ..vmx import exits as E
 from ..vmx import inject
 from .states import HALTED, RUNNING
@@ -88,14 +89,29 @@ class GuestState:
                            ("GUEST_DR7", X.UC_X86_REG_DR7), ("GUEST_FS_BASE", X.UC_X86_REG_FS_BASE),
                            ("GUEST_GS_BASE", X.UC_X86_REG_GS_BASE)):
             v[field] = uc.reg_read(rid)
-        for seg in ("ES", "CS", "SS", "DS", "FS", "GS"):
-            v["GUEST_%s_SELECTOR" % seg] = uc.reg_read(REG_IDS[seg.lower()])
+        for seg, (selector, base, limit, flags) in zip(("ES", "CS", "SS", "DS", "FS", "GS"), segcache.caches(uc)):
+            v["GUEST_%s_SELECTOR" % seg], v["GUEST_%s_BASE" % seg] = selector, base
+            v["GUEST_%s_LIMIT" % seg] = limit
+            v["GUEST_%s_ACCESS_RIGHTS" % seg] = segcache.access_rights(flags)
         for table in ("GDTR", "IDTR", "LDTR", "TR"):
             sel, base, limit, flags = uc.reg_read(getattr(X, "UC_X86_REG_" + table))
             v["GUEST_%s_BASE" % table], v["GUEST_%s_LIMIT" % table] = base, limit
             if table in ("LDTR", "TR"):
-                v["GUEST_%s_SELECTOR" % table], v["GUEST_%s_ACCESS_RIGHTS" % table] = sel, flags
-        v["GUEST_IA32_EFER"] = self.efer()
+                v["GUEST_%s_SELECTOR" % table] = sel
+                v["GUEST_%s_ACCESS_RIGHTS" % table] = segcache.access_rights(flags)
+        # LTR marks the TSS busy, in the descriptor and in TR's cache (SDM 7.2.4); QEMU's helper_ltr fills the
+        # cache before it sets the bit, so an "available" TSS type (1 or 9) in the cache is a busy one (3, 11)
+        if v["GUEST_TR_ACCESS_RIGHTS"] & 0x15 == 0x1:
+            v["GUEST_TR_ACCESS_RIGHTS"] = v["GUEST_TR_ACCESS_RIGHTS"] | 0x2
+        # CR0 and CR4 as the CPU holds them, with VMX's fixed bits (vmx_fix_cr0/cr4); the guest reads the
+        # shadows (CR0_SHADOW, CR4_SHADOW) for the bits the guest/host masks own
+        caps = self.vmxcaps
+        v["GUEST_CR0"] = (v["GUEST_CR0"] | caps.cr0_ones) & ~caps.cr0_zeros
+        v["GUEST_CR4"] = (v["GUEST_CR4"] | caps.cr4_ones) & ~caps.cr4_zeros
+        efer = v["GUEST_IA32_EFER"] = self.efer()
+        # a VM exit saves IA32_EFER.LMA into the "IA-32e mode guest" entry control (SDM 28.2 / 27.2)
+        lma = controls.VM_ENTRY_GUEST_LMA if efer & W.EFER_LMA else 0
+        v["ENTRY_CTLS"] = v["ENTRY_CTLS"] & ~controls.VM_ENTRY_GUEST_LMA | lma
         v["GUEST_ACTIVITY"] = 1 if self.state == HALTED else 0
 
     def read_vmcs(self, sync=False):

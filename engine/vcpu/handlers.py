@@ -14,7 +14,7 @@ from ..io import vlapic as L
 from ..mmu import access
 from ..vmx import exits as E
 from ..vmx import hooks, inject, vmx
-from . import halting
+from . import build, halting
 from .guest import RealModeRegs
 from .paging import exit_paging
 from .states import HALTED, RUNNING
@@ -24,10 +24,16 @@ def exit_bogus(vcpu):
     """AST: a message is waiting (or the timeslice ran out); the driver loop takes it next."""
 
 
+def exit_mtrap(vcpu):
+    """vmexit_mtrap: one instruction ran under the monitor trap flag (bhyvectl --setcap mtrap_exit); the vCPU
+    goes on with the next. (bhyve hands it to its gdb stub when one is attached; ours steps by itself.)"""
+
+
 def exit_hlt(vcpu):
     if vcpu.boot is not None and vcpu.linear_pc() == vcpu.boot[0]:
         image, vcpu.boot = vcpu.boot[1], None            # the reset stub reached the boot mode
         vcpu.apply_regs(image.regs, segments=True)
+        build.load_system_segments(vcpu.uc, long_mode=False)
         return
     vcpu.sync_vmcs()
     interrupts_on = bool(vcpu.uc.reg_read(X.UC_X86_REG_EFLAGS) & inject.RFLAGS_IF)
@@ -125,6 +131,7 @@ EXIT_HANDLERS = {
     vmx.EXITCODE_BOGUS: exit_bogus, vmx.EXITCODE_PAUSE: exit_bogus, vmx.EXITCODE_HLT: exit_hlt,
     vmx.EXITCODE_PAGING: exit_paging, vmx.EXITCODE_EXCEPTION: exit_exception, vmx.EXITCODE_VMINSN: exit_vminsn,
     vmx.EXITCODE_USER: exit_user, vmx.EXITCODE_INJECT: exit_inject, vmx.EXITCODE_IPI: exit_ipi,
+    vmx.EXITCODE_MTRAP: exit_mtrap,
 }
 
 

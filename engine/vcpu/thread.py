@@ -14,6 +14,7 @@ import numpy as np
 from unicorn import x86_const as X
 
 from .. import stats as S
+from .. import tunables as T
 from ..core import ctx as C
 from ..core import kick
 from ..core import vmcs as V
@@ -23,7 +24,7 @@ from ..io import vlapic as L
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..native import address, load_real_mode_segment
-from ..vmx import mmio, vmx
+from ..vmx import entrycheck, mmio, vmx
 from ..vmx.vpid import vpid_alloc, vpid_free
 from . import build, halting, handlers
 from .guest import GuestState
@@ -89,6 +90,7 @@ class Vcpu(GuestState):
         build.make_uc(self)
         self.hostcpu.assign(self)
         self.lapic = L.Vlapic(self, address(vm.intr_callback))
+        build.init_apic_vmcs(self, self.lapic)
         self.mmio = mmio.Window(self, vm.mmio_gpa, address(vm.mmio_callback), *vm.pci_window)  # I/O APIC, PCI BARs
 
     def prepare(self, image):
@@ -274,6 +276,8 @@ class Vcpu(GuestState):
             event, self.pending_event = self.pending_event, None
             if not handlers.deliver(self, event):
                 return
+        if self.vm.hypervisor.tunables.values[T.CHECK_GUEST_STATE] and self.boot is None and self._entry_fails():
+            return
         self._migrate()
         self.hostcpu.acquire()
         try:
@@ -298,6 +302,19 @@ class Vcpu(GuestState):
         finally:
             self.hostcpu.release()
         handlers.handle(self, code)
+
+    def _entry_fails(self):
+        """hw.vmm.vmx.check_guest_state: the guest-state checks of VM entry (vmx/entrycheck.py) on the state this
+        entry would load; a failure is exit reason 33 (bit 31 set) and suspends the VM, as the entry never ran.
+        Not while the reset stub runs (self.boot): it stands for bhyve setting the boot registers from userspace,
+        and starts from Unicorn's own reset state, which no VM entry would accept."""
+        self.sync_vmcs()
+        problems = entrycheck.violations(self.vmcs.snapshot(), self.vm.profile.facts["vmx_msrs"])
+        if problems:
+            entrycheck.fail_entry(self.vmcs)
+            self.suspend("error", "VM-entry failure due to invalid guest state (exit reason 33) at rip %#x: %s"
+                         % (self.vmcs["GUEST_RIP"], "; ".join(problems)))
+        return bool(problems)
 
     def _take_visits(self):
         """Run the visits waiting in the mailbox during this turn; False if the vCPU is not to enter now (another

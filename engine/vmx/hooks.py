@@ -30,6 +30,7 @@ from ..mmu.access import APIC_GPA, canonical, code_to_hpa, ept_views, fetch_code
 from ..native import INLINE, NUMBA, u64_ptr, u8_ptr
 from . import exits as E
 from . import syscall
+from .controls import PROCBASED_PAUSE_EXITING
 
 U64P = types.CPointer(types.uint64)
 
@@ -525,10 +526,11 @@ def tlb_insn(c, code, address, prefixes, rex, long_mode, addr32):
 
 @njit(**NUMBA)
 def pause_exit(c, address):
-    """PAUSE exiting (exit 40), taken only while the host CPU is shared: a vCPU spinning on a lock whose
-    holder waits for this host CPU gives its turn up instead of burning its timeslice. The PAUSE itself
-    then runs when the vCPU is back (PAUSE_SKIP)."""
-    if c[C.TIMESLICE] == 0:
+    """PAUSE exiting (exit 40), with the "PAUSE exiting" control set (bhyvectl --setcap pause_exit), taken only
+    while the host CPU is shared: a vCPU spinning on a lock whose holder waits for this host CPU gives its turn
+    up instead of burning its timeslice. The PAUSE itself then runs when the vCPU is back (PAUSE_SKIP)."""
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    if c[C.TIMESLICE] == 0 or vmcs[V.PRI_PROC_BASED_CTLS] & np.uint64(PROCBASED_PAUSE_EXITING) == 0:
         return
     here = np.uint64(address) + np.uint64(1)
     if c[C.PAUSE_SKIP] == here:

@@ -124,8 +124,15 @@ def nmi_window_open(c):
 
 
 @njit(**NUMBA)
+def stepped_opcode(c):
+    """The opcode note_opcode remembered for the instruction just stepped."""
+    return L.block(c)[L.IB_LAST_OPCODE]
+
+
+@njit(**NUMBA)
 def note_opcode(c):
-    """Under NMI-window exiting: remember the opcode (past a REX.W) of the instruction about to be stepped."""
+    """Under NMI-window exiting or the monitor trap flag: remember the opcode (past a REX.W) of the instruction
+    about to be stepped."""
     code = np.zeros(2, np.uint8)
     n = fetch_code(c, pc_linear(c)[1], code)
     op = np.uint64(0)

@@ -86,6 +86,24 @@ def base(uc, seg):
     return struct.unpack_from("<Q", _view(saved(uc)), _SEGS + seg * _SEG_SIZE + 8)[0]
 
 
+def caches(uc):
+    """[(selector, base, limit, flags)] of ES, CS, SS, DS, FS, GS: the descriptor caches, QEMU's flags being the
+    descriptor's high word (type at bit 8 ... G at bit 23)."""
+    check(uc)
+    mem = _view(saved(uc))
+    return [struct.unpack_from("<IxxxxQII", mem, _SEGS + seg * _SEG_SIZE) for seg in range(6)]
+
+
+def access_rights(flags):
+    """A cache's flags in the VMCS access-rights format (SDM 25.4.1 Table 25-2): type, S, DPL, P in bits 7:0,
+    AVL, L, D/B, G in 15:12, bit 16 "unusable" for a segment not present (a null selector's load). A code or
+    data segment's type has its accessed bit, which the CPU sets on every load (SDM 3.4.5.1) and QEMU's far
+    jumps leave out of the cache."""
+    if not flags & 0x8000:
+        return (flags >> 8) & 0xF0FF | 0x10000
+    return (flags >> 8) & 0xF0FF | (1 if flags & 0x1000 else 0)
+
+
 def load(uc, loads):
     """Load several segment caches at once: `loads` is [(seg, selector, base, limit, flags)], in order."""
     check(uc)

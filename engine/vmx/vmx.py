@@ -22,6 +22,7 @@ from ..mmu.access import fetch_code, pc_linear
 from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr
 from . import exits as E
 from . import faults, halt, intr
+from .controls import PROCBASED_HLT_EXITING, PROCBASED_MTF
 from .hooks import record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
@@ -30,12 +31,14 @@ EXITCODE_BOGUS = 2          # AST: a request from another thread (pause, kick) i
 EXITCODE_IPI = intr.EXITCODE_IPI        # INIT, SIPI or an NMI for this vCPU (userspace side)
 EXITCODE_INJECT = intr.EXITCODE_INJECT  # webhyve: an interrupt to deliver through the guest's IDT
 EXITCODE_HLT = halt.EXITCODE_HLT
+EXITCODE_MTRAP = 6          # the monitor trap flag: one guest instruction ran (bhyve's vmexit_mtrap)
 EXITCODE_PAUSE = 7
 EXITCODE_PAGING = 8         # EPT violation: a page to scan for execution, or an address outside memory
 EXITCODE_VMINSN = 22        # VMCALL (the BIOS stubs' way into the userspace firmware)
 EXITCODE_EXCEPTION = 27     # webhyve: an exception or interrupt for the userspace side to deliver
 EXITCODE_USER = 28          # webhyve: a userspace device asked the vcpu to stop (power off, error)
-NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_PAUSE: "PAUSE", EXITCODE_PAGING: "PAGING",
+NAMES = {EXITCODE_VMX: "VMX", EXITCODE_BOGUS: "BOGUS", EXITCODE_HLT: "HLT", EXITCODE_MTRAP: "MTRAP",
+         EXITCODE_PAUSE: "PAUSE", EXITCODE_PAGING: "PAGING",
          EXITCODE_VMINSN: "VMINSN", EXITCODE_EXCEPTION: "EXCEPTION", EXITCODE_USER: "USER",
          EXITCODE_IPI: "IPI", EXITCODE_INJECT: "INJECT"}
 
@@ -52,10 +55,17 @@ def current_linear(c):
 def ran_hlt(c, linear):
     """Unicorn ran a HLT natively: emu_start returns right after it (EXCP_HLT), and nothing else marks the
     entry. Every other way out leaves a mark: the exit record (EXIT), the block hook's BLOCK_STOP, an APIC
-    write's LAPIC_STEP, a stepped instruction under NMI-window exiting. So an unmarked return with an F4
+    write's LAPIC_STEP, a stepped instruction under NMI-window exiting (under the monitor trap flag the
+    stepped opcode tells instead: exit_process). So an unmarked return with an F4
     byte (HLT, after any prefixes) right before RIP is a HLT; no hook per HLT is needed."""
     code = np.zeros(1, np.uint8)
     return fetch_code(c, linear - np.uint64(1), code) == 1 and code[0] == 0xF4
+
+
+@njit(**INLINE)
+def procbased(c, bit):
+    """A primary processor-based control of this vCPU's VMCS (controls.py), as the entry reads it."""
+    return carray(u64_ptr(c[C.VMCS]), V.NFIELDS)[V.PRI_PROC_BASED_CTLS] & np.uint64(bit) != 0
 
 
 @njit(**NUMBA)
@@ -67,11 +77,13 @@ def enter(c):
     c[C.ENTRIES] += 1
     fns = carray(u64_ptr(c[C.FN]), NFN)
     # Unicorn sets EIP to `begin` (not CS.base + EIP) for a 64-bit instance, in every guest mode;
-    # with NMI-window exiting armed, one instruction at a time (vmx/intr.py); interrupt-window exiting is
-    # the block hook's (core/kick.py). No timeout: Unicorn's is a thread calling uc_emu_stop, which can
-    # replay an instruction (core/kick.py); a shared host CPU's turns end by the host timer's tick (RESCHED)
-    count = 1 if c[C.NMI_WINDOW] != 0 else 0
-    if c[C.NMI_WINDOW] != 0:
+    # with NMI-window exiting armed or the monitor trap flag set, one instruction at a time (vmx/intr.py);
+    # interrupt-window exiting is the block hook's (core/kick.py). No timeout: Unicorn's is a thread calling
+    # uc_emu_stop, which can replay an instruction (core/kick.py); a shared host CPU's turns end by the host
+    # timer's tick (RESCHED)
+    step = c[C.NMI_WINDOW] != 0 or procbased(c, PROCBASED_MTF)
+    count = 1 if step else 0
+    if step:
         intr.note_opcode(c)
     elif c[C.INTR_WINDOW] != 0:
         intr.arm_window(c)
@@ -109,11 +121,30 @@ def record(c, reason, qualification, length, stat):
     record_exit(c, reason, qualification, length, c[C.RIP], stat)
 
 
+@njit(**INLINE)
+def hlt_exit(c):
+    """HLT exiting (exit 12) when the control is set; without it the HLT runs natively: the vCPU halts just
+    the same (an interrupt ends it), but no exit is recorded or counted (SDM 25.1.3, 26.6.2)."""
+    if procbased(c, PROCBASED_HLT_EXITING):
+        c[C.RIP] -= np.uint64(1)
+        record(c, E.HLT, 0, 1, S.VMEXIT_HLT)
+        c[C.RIP] += np.uint64(1)                       # Unicorn already stands after the HLT
+    return EXITCODE_HLT                                # (an armed interrupt window opens at the next entry)
+
+
+@njit(**INLINE)
+def mtf_exit(c):
+    """Monitor trap flag (exit 37): the stepped instruction completed (SDM 26.5.2); bhyve hands it to userspace."""
+    record(c, E.MTF, 0, 0, S.VMEXIT_MTRAP)
+    return EXITCODE_MTRAP
+
+
 @njit(**NUMBA)
 def exit_process(c, err):
     """vmx_exit_process: decode why emu_start returned; 0 if handled here, else a VM_EXITCODE."""
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     c[C.RIP] = rd(c, X.UC_X86_REG_RIP)
+    mtf = procbased(c, PROCBASED_MTF) and c[C.NMI_WINDOW] == 0
     unmarked = c[C.BLOCK_STOP] == 0 and c[C.LAPIC_STEP] == 0 and c[C.NMI_WINDOW] == 0
     if c[C.LAPIC_STEP] != 0:                           # an APIC write the guest left after (io/vlapic.py mmio_write)
         intr.apic_write_exit(c)
@@ -132,13 +163,12 @@ def exit_process(c, err):
     if why == C.X_USER_STOP:
         return EXITCODE_USER
     if err == UC_ERR_OK:
-        linear = current_linear(c)
-        if unmarked and ran_hlt(c, linear):
-            c[C.RIP] -= np.uint64(1)
-            record(c, E.HLT, 0, 1, S.VMEXIT_HLT)
-            c[C.RIP] += np.uint64(1)                   # Unicorn already stands after the HLT
-            return EXITCODE_HLT                        # (an armed interrupt window opens at the next entry)
+        # a stepped instruction's opcode tells a HLT; F4 before RIP does not (it can end the instruction stepped)
+        if unmarked and (intr.stepped_opcode(c) == 0xF4 if mtf else ran_hlt(c, current_linear(c))):
+            return hlt_exit(c)
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
+            if mtf and unmarked:                       # (after the MTF exit the instruction owes)
+                return mtf_exit(c)
             if c[C.REQ] & np.uint64(C.REQ_STOP):       # (a visit alone is no exit: the loop's checks take it)
                 record(c, E.EXTERNAL_INTERRUPT, 0, 0, S.VMEXIT_EXTINT)
             return 0
@@ -151,6 +181,8 @@ def exit_process(c, err):
             c[C.NMI_WINDOW] = 0
             record(c, E.NMI_WINDOW, 0, 0, S.VMEXIT_NMI_WINDOW)
             return intr.EXITCODE_IPI
+        if mtf and unmarked:
+            return mtf_exit(c)
         if c[C.RESCHED] != 0:                          # the timeslice ran out: the host scheduler's turn
             c[C.RESCHED] = 0
             counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)

@@ -75,10 +75,13 @@ BHYVE_AT_BOOT = {
     "hw.vmm.ept.use_exec_only": "ept.c CTLFLAG_RDTUN",
     "hw.vmm.l1d_flush": "vmx.c TUNABLE_INT_FETCH in vmx_modinit", "hw.vmm.l1d_flush_sw": "vmx.c TUNABLE_INT_FETCH",
     "hw.vmm.vmx.cap.posted_interrupts": "vmx.c CTLFLAG_RDTUN | CTLFLAG_NOFETCH",
+    "hw.vmm.vmx.cap.tpr_shadowing": "vmx.c CTLFLAG_RDTUN | CTLFLAG_NOFETCH, TUNABLE_INT_FETCH in vmx_modinit",
+    "hw.vmm.vmx.cap.virtual_interrupt_delivery": "vmx.c CTLFLAG_RDTUN | CTLFLAG_NOFETCH, TUNABLE_INT_FETCH",
     "hw.vmm.vmx.posted_interrupt_vector": "vmx.c CTLFLAG_RD: pirvec, allocated in vmx_modinit",
     "hw.vmm.ipinum": "vmm.c CTLFLAG_RD: vmm_ipinum, allocated in vmm_init",
 }
-WEBHYVE_ONLY = {"hw.vmm.ept.skip_invalidation", "hw.vmm.l1d_sim", "hw.vmm.hlt_kernel_wait_us"}
+WEBHYVE_ONLY = {"hw.vmm.ept.skip_invalidation", "hw.vmm.l1d_sim", "hw.vmm.hlt_kernel_wait_us",
+                "hw.vmm.vmx.check_guest_state"}
 
 
 def test_which_tunables_bhyve_reads_only_at_boot():

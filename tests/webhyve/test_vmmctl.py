@@ -241,7 +241,12 @@ def test_getcap_and_setcap(env, fresh_vm):
     out = cli(env, "--vm=" + fresh_vm, "--getcap", "--capname=bpt_exit", "--get-exception-bitmap")
     assert out.stdout.splitlines()[1] == 'Capability "bpt_exit" is set on vcpu 0'
     assert int(out.stdout.split()[1], 16) & (1 << 3)
-    assert "not available" in one_line_error(cli(env, "--vm=" + fresh_vm, "--setcap=1", "--capname=mtrap_exit"))
+    assert "not available" in one_line_error(cli(env, "--vm=" + fresh_vm, "--setcap=1", "--capname=rdtscp"))
+    assert cli(env, "--vm=" + fresh_vm, "--setcap=1", "--capname=mtrap_exit").exit_code == 0    # vmx_setcap: MTF
+    out = cli(env, "--vm=" + fresh_vm, "--getcap", "--capname=mtrap_exit", "--get-vmcs-procbased-ctls")
+    assert out.stdout.splitlines()[1] == 'Capability "mtrap_exit" is set on vcpu 0'
+    assert int(out.stdout.split()[1], 16) & (1 << 27)                                          # PROCBASED_MTF
+    assert cli(env, "--vm=" + fresh_vm, "--setcap=0", "--capname=mtrap_exit").exit_code == 0
 
 
 def test_intinfo_and_nmi(env, fresh_vm):

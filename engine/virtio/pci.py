@@ -251,33 +251,46 @@ class VirtioPci(PciDevice):
     # -- the data path --------------------------------------------------------------------------------------------
     def notify(self, index):
         """Queue `index`'s doorbell: serve every available chain, then one interrupt if the driver wants one."""
-        if not 0 <= index < self.num_queues or self.broken is not None or not self.status & DRIVER_OK:
+        if not self.ready(index):
             return
-        queue = self.queues[index]
-        if not queue.enabled or not self.cfg_read(COMMAND, 2) & CMD_MASTER:
-            return
-        ram, q, wanted = self.ram, queue.q, False
-        misses = 0
+        wanted = False
         while True:
-            status, head, rows, readable, writable = R.pop(ram.mem8, ram.mem64, ram.st, q, self.out)
-            if status == R.MISSING and misses < MAX_ROWS:
-                ram.hold(int(q[R.Q_FAULT]))              # a page the guest never touched: back it, ask again
-                misses += 1
-                continue
-            if status == R.EMPTY:
-                break
+            status, head, rows, readable, writable = self.take(index, self.out)
             if status != R.OK:
-                self.needs_reset("queue %d: %s" % (index, R.ERRORS.get(int(q[R.Q_ERROR]), "guest memory")))
-                return
-            written = self.handle(index, self.out[:rows], readable, writable)
-            for _ in range(3):
-                used = R.push_used(ram.mem8, ram.mem64, ram.st, q, head, written)
-                if used != R.MISSING:
-                    break
-                ram.hold(int(q[R.Q_FAULT]))
-            wanted |= used == 1
+                break
+            wanted |= self.give(index, head, self.handle(index, self.out[:rows], readable, writable))
         if wanted:
             self.interrupt(index)
+
+    def ready(self, index):
+        """Whether the device may use queue `index`: DRIVER_OK, not broken, the queue enabled, bus mastering on."""
+        if not 0 <= index < self.num_queues or self.broken is not None or not self.status & DRIVER_OK:
+            return False
+        return self.queues[index].enabled and bool(self.cfg_read(COMMAND, 2) & CMD_MASTER)
+
+    def take(self, index, out):
+        """vring.pop on queue `index` into `out`, backing pages the guest never touched; a driver error found in
+        the ring is DEVICE_NEEDS_RESET (and BROKEN returned)."""
+        ram, q = self.ram, self.queues[index].q
+        for _ in range(MAX_ROWS):
+            status, head, rows, readable, writable = R.pop(ram.mem8, ram.mem64, ram.st, q, out)
+            if status != R.MISSING:
+                break
+            ram.hold(int(q[R.Q_FAULT]))                  # a page the guest never touched: back it, ask again
+        if status not in (R.OK, R.EMPTY):
+            self.needs_reset("queue %d: %s" % (index, R.ERRORS.get(int(q[R.Q_ERROR]), "guest memory")))
+            return R.BROKEN, 0, 0, 0, 0
+        return status, head, rows, readable, writable
+
+    def give(self, index, head, written):
+        """Return chain `head` through queue `index`'s used ring; whether the driver wants an interrupt."""
+        ram, q = self.ram, self.queues[index].q
+        for _ in range(3):
+            used = R.push_used(ram.mem8, ram.mem64, ram.st, q, head, written)
+            if used != R.MISSING:
+                break
+            ram.hold(int(q[R.Q_FAULT]))
+        return used == 1
 
     def handle(self, queue, rows, readable, writable):
         return 0

@@ -234,6 +234,7 @@ class VM(VmMemory, Platform):
     def destroy(self):
         self.gdb_close()
         self.poweroff()
+        self._close_slots()                            # before memory goes: a switch may still deliver into it
         for vcpu in self.vcpus:
             vcpu.hostcpu.unassign(vcpu)
             vcpu.release_vpid()                        # vmx_vcpu_cleanup: vpid_free
@@ -242,7 +243,6 @@ class VM(VmMemory, Platform):
         for vcpu in self.vcpus:
             vcpu.lapic.free()
             vcpu.mmio.free()
-        self._close_slots()
 
     def _started(self):
         return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]

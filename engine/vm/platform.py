@@ -38,7 +38,8 @@ from ..native import HOST_CALLBACK
 from ..pci.config import INTERRUPT_LINE, INTERRUPT_PIN
 from ..pci.host import PciHost
 from ..pci.hostbridge import HostBridge
-from ..virtio.blk import VirtioBlk, parse_options
+from ..net.switch import host_switch
+from ..virtio import blk, net
 from ..virtio.pci import GuestRam
 from ..vcpu import HALTED, RUNNING
 
@@ -122,7 +123,7 @@ class Platform:
         ram = GuestRam(self)
         try:
             for n, spec in enumerate(specs):
-                device = VirtioBlk(ram, ACPI.PCI_WINDOW + n * SLOT_SPAN, *parse_options(spec.options))
+                device = self._slot_device(spec, ram, ACPI.PCI_WINDOW + n * SLOT_SPAN)
                 self.pci_devices.append(device)
                 gsi = ACPI.pci_gsi(spec.slot, device.config[INTERRUPT_PIN])
                 device.config[INTERRUPT_LINE] = gsi          # what firmware writes there: the I/O APIC input
@@ -134,6 +135,16 @@ class Platform:
             self._close_slots()
             raise
         self.pci_window = (ACPI.PCI_WINDOW, ACPI.PCI_WINDOW_SIZE // 4096)
+
+    def _slot_device(self, spec, ram, bar_base):
+        """The device model of one -s argument; a virtio-net port joins its switch (and the switch its sockets)."""
+        if spec.emulation == "virtio-blk":
+            return blk.VirtioBlk(ram, bar_base, *blk.parse_options(spec.options))
+        options = net.parse_options(spec.options)
+        device = net.VirtioNet(ram, bar_base, options["mac"] or net.genmac(spec.slot, spec.function, self.name),
+                               "%s:%s" % (self.name, spec.name))
+        net.attach(device, host_switch(self.hypervisor, options["switch"]), options)
+        return device
 
     def _close_slots(self):
         for device in self.pci_devices:

@@ -1,13 +1,14 @@
 """bhyve's PCI slot option, `-s slot[:function],emulation[,options]` (bhyve(8), pci_parse_slot in pci_emul.c): which
 device goes where on bus 0. Parsing is pure and happens before a VM is built, so a typo, an unknown emulation, a
 taken slot or a missing image is a clear error before anything runs. bhyve also accepts bus:slot:function; bus 0
-is the only one here. Slot 0 function 0 is the host bridge's. The emulations: `virtio-blk` (engine/virtio/blk.py).
+is the only one here. Slot 0 function 0 is the host bridge's. The emulations: `virtio-blk` (engine/virtio/blk.py)
+and `virtio-net` (engine/virtio/net.py, on an in-process switch: SWITCH[,mac=MAC][,listen=|connect=HOST:PORT]).
 """
 from ..errors import ConfigError
 from ..pci.host import DEVICES, FUNCTIONS, bdf
-from ..virtio.blk import parse_options
+from ..virtio import blk, net
 
-EMULATIONS = ("virtio-blk",)
+EMULATIONS = {"virtio-blk": blk.parse_options, "virtio-net": net.parse_options}
 RESERVED = {(0, 0): "hostbridge"}
 
 
@@ -45,11 +46,10 @@ def parse(spec):
     function = _number(parts[1], "function", FUNCTIONS, spec) if len(parts) == 2 else 0
     if emulation not in EMULATIONS:
         raise ConfigError("-s %s: unknown emulation %r (known: %s)" % (spec, emulation, ", ".join(EMULATIONS)))
-    if emulation == "virtio-blk":
-        try:
-            parse_options(options)
-        except ConfigError as problem:
-            raise ConfigError("-s %s: %s" % (spec, problem)) from None
+    try:
+        EMULATIONS[emulation](options)
+    except ConfigError as problem:
+        raise ConfigError("-s %s: %s" % (spec, problem)) from None
     return SlotSpec(slot, function, emulation, options, spec)
 
 

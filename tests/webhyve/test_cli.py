@@ -83,16 +83,20 @@ def test_linux_kernel_takes_an_initrd():
 
 
 def test_pci_slots_as_bhyve_takes_them(tmp_path):
-    """`-s slot,virtio-blk,image`: the shell guest's lspci finds the disk at 00:03.0 as a virtio 1.x block device
-    (1af4:1042, class 010000); a bad -s is one line naming it, non-zero status, before anything runs."""
+    """`-s slot,virtio-blk,image` and `-s slot,virtio-net,switch0`: the shell guest's lspci finds the disk at 00:03.0
+    as a virtio 1.x block device (1af4:1042, class 010000) and the NIC at 00:04.0 (1af4:1041, class 020000); a bad
+    -s is one line naming it, non-zero status, before anything runs."""
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(1 << 20))
-    done = vmmctl("run", SHELL, "-s", "3,virtio-blk,%s" % disk, "--timeout", "60", stdin=b"lspci\nhalt\n")
+    done = vmmctl("run", SHELL, "-s", "3,virtio-blk,%s" % disk, "-s", "4,virtio-net,switch0", "--timeout", "60",
+                  stdin=b"lspci\nhalt\n")
     out = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()
     assert "00:00.0 1275:1275 class 060000" in out and "00:03.0 1af4:1042 class 010000" in out, out
+    assert "00:04.0 1af4:1041 class 020000" in out, out
     for bad, says in (("3,virtio-blk,%s" % (tmp_path / "none.img"), "no image file"),
-                      ("3,virtio-net,tap0", "unknown emulation 'virtio-net'"),
+                      ("3,virtio-net,tap0", "'tap0' is not a switch name"),
+                      ("3,e1000,switch0", "unknown emulation 'e1000'"),
                       ("0,virtio-blk,%s" % disk, "slot 00:00.0 is already taken by hostbridge"),
                       ("3:9,virtio-blk,%s" % disk, "function '9' is not 0-7")):
         failed = CliRunner(mix_stderr=False).invoke(main, ["run", SHELL, "-s", bad])

@@ -462,7 +462,8 @@ def stop_on_signals():
 @click.option("--gdb", "gdb", metavar="[w]PORT", callback=lambda ctx, param, value: _gdb_port(value),
               help="Serve gdb on 127.0.0.1:PORT (bhyve's -G); wPORT holds the guest at its entry for gdb.")
 @click.option("-s", "--slot", "slots", multiple=True, metavar="SLOT[:FUNC],EMULATION[,OPTIONS]",
-              help="A PCI device, as bhyve's -s: 2,virtio-blk,disk.img[,ro]. Repeatable.")
+              help="A PCI device, as bhyve's -s: 2,virtio-blk,disk.img[,ro] or "
+              "3,virtio-net,switch0[,mac=MAC][,listen=|connect=HOST:PORT]. Repeatable.")
 def run(image, mem_mb, cpus, cmdline, initrd, kind, load_addr, host_mem_mb, show_stats, timeout, gdb, slots):
     """Boot IMAGE (multiboot kernel, Linux bzImage, boot sector / raw disk, or --kind flat64) with its console here.
 

@@ -88,6 +88,23 @@ def test_console_on_b_watched_from_c_and_typed_into_from_a(cluster):
         typist.close()
 
 
+def test_panels_of_a_vm_on_b_are_pushed_to_a_browser_on_c(cluster):
+    c = cluster.nodes["c"]
+    client, updates = socketio.Client(reconnection=False), []
+    client.on("update", updates.append, namespace="/inspect")
+    client.connect(c.url, namespaces=["/inspect"], transports=["websocket"], auth={"token": VIEWER})
+    try:
+        first = client.call("watch", {"vm": "onb"}, namespace="/inspect", timeout=15)
+        assert first["ok"] and first["panels"]["summary"]["name"] == "onb" and "registers/0" in first["panels"]
+        cluster.nodes["a"].api("POST", "/vms/onb/console", json={"data": "echo panels\r"})   # the guest runs: panels change
+        assert wait_for("an update from b", lambda: [u for u in updates if u["vm"] == "onb"])
+        assert client.call("unwatch", {"vm": "onb"}, namespace="/inspect", timeout=15) == {"ok": True}
+        missing = client.call("watch", {"vm": "nosuchvm"}, namespace="/inspect", timeout=15)
+        assert missing == {"error": "no VM named 'nosuchvm'", "status": 404}
+    finally:
+        client.disconnect()
+
+
 def test_forwarded_control_answers_as_the_vms_own_node(cluster):
     a, b, c = (cluster.nodes[n] for n in "abc")
     paused = c.api("POST", "/vms/onb/pause")

@@ -224,7 +224,7 @@ def test_redis_killed_and_restarted_local_vms_run_on_and_re_register(cluster):
     assert away.status_code == 503 and "cluster registry is unreachable" in away.json()["error"]
     cluster.redis.start()                                                    # empty: no persistence
     wait_for("a lists b's VM again", lambda: (vm_row(a, "onb") or {}).get("node") == "b", timeout=20)
-    assert a.api("GET", "/vms").json()["cluster"]["ok"]
+    wait_for("a says the cluster is back", lambda: a.api("GET", "/vms").json()["cluster"]["ok"])
     assert wait_for("b lists a's VM", lambda: (vm_row(b, "ona") or {}).get("node") == "a")
     viewer = Viewer(b)                                     # consoles across nodes work again once the queue is back
     try:

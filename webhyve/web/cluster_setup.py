@@ -9,6 +9,7 @@ import redis
 
 from ..cluster import forwarding
 from ..cluster.node import ClusterNode
+from ..cluster.queue import ClusterQueue
 from ..cluster.registry import shown_url
 
 CHANNEL = "webhyve"                  # the message queue's pub/sub channel
@@ -17,8 +18,9 @@ NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 def queue_options(config):
     """Flask-SocketIO's options: every emit (console output, panel updates, VM states) goes through Redis, so a
-    browser on any node gets what a VM's own node sends to its sid or to the VM's room."""
-    return {"message_queue": config["REDIS"], "channel": CHANNEL} if config["REDIS"] else {}
+    browser on any node gets what a VM's own node sends to its sid or to the VM's room (its message_queue, as
+    ClusterQueue: one that does not hold this node's own consoles up while Redis is away)."""
+    return {"client_manager": ClusterQueue(config["REDIS"], CHANNEL)} if config["REDIS"] else {}
 
 
 def join(app, fleet, socketio):

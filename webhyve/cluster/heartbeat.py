@@ -74,7 +74,7 @@ class Heartbeat:
         node = self.node
         if node.problem is None:
             node.problem = ("Redis at %s is unreachable since %s (%s): the cluster is off (no other node's VMs, no "
-                            "forwarding, no placement); this node's VMs keep running and re-register when it returns"
+                            "forwarding, new VMs are created here); this node's VMs keep running and re-register when it returns"
                             % (node.redis_shown, time.strftime("%H:%M:%S UTC", time.gmtime()), short(problem)))
             log.warning("webhyve cluster: %s", node.problem)
 

@@ -13,7 +13,7 @@ import socketio
 
 from webhyve.cluster.security import Signer
 
-from tests.cluster.conftest import CONTROL, SECRET, VIEWER, wait_for
+from tests.cluster.conftest import CONTROL, ROOT, SECRET, VIEWER, wait_for
 
 
 def vm_row(node, name):
@@ -75,6 +75,8 @@ def test_console_on_b_watched_from_c_and_typed_into_from_a(cluster):
         assert typist.attach("onb")["ok"]
         assert typist.call("input", {"vm": "onb", "data": "echo typed on a\r"})["sent"] == 16
         assert wait_for("c's viewer sees the echo", lambda: "\r\ntyped on a" in watcher.text())
+        assert typist.call("input", {"vm": "onb", "data": b"echo sent as bytes\r"})["sent"] == 19   # a binary event
+        assert wait_for("the bytes' echo", lambda: "\r\nsent as bytes" in watcher.text())
         assert wait_for("a's typist sees it too", lambda: "\r\ntyped on a" in typist.text())
         refused = watcher.call("input", {"vm": "onb", "data": "x"})        # the viewer token, forwarded: still 403
         assert refused == {"error": "read-only viewer: typing needs the control token", "status": 403}
@@ -147,6 +149,15 @@ def test_placement_by_free_memory_and_clear_refusals(cluster):
     assert asked.status_code == 503 and "node 'a' cannot take VM 'huge': it needs 600 MiB and 512 MiB" in asked.json()["error"]
     assert a.api("POST", "/vms", json={"name": "x", "guest": "shell", "node": "zz"}).json()["error"].startswith(
         "no node named 'zz' in the cluster")
+    for body in ({"name": "bad", "guest": "shell", "mem_mb": True}, {"name": "bad", "guest": "nosuch"},
+                 {"name": "bad/", "guest": "shell"}, {"name": "bad", "guest": "shell", "node": 7}):
+        here, there = a.api("POST", "/vms", json=body), cluster.nodes["b"].api("POST", "/vms", json=body)
+        assert here.status_code == there.status_code == 400 and here.json() == there.json(), body
+    with open(os.path.join(ROOT, "guests", "build", "flat64.bin"), "rb") as image:     # an upload, placed on c
+        uploaded = a.api("POST", "/vms", data={"name": "upload", "node": "c", "kind": "flat64", "start": "false"},
+                         files={"image": ("flat64.bin", image.read())})
+    assert uploaded.status_code == 201 and uploaded.json()["kind"] == "flat64", uploaded.text
+    assert wait_for("upload listed on c", lambda: vm_row(a, "upload"))["node"] == "c"
     taken = cluster.nodes["c"].api("POST", "/vms", json={"name": "onb", "guest": "shell"})
     assert taken.status_code == 409 and taken.json()["error"] == "a VM named 'onb' exists on node 'b'"
     assert "huge" not in {vm["name"] for vm in a.api("GET", "/vms").json()["vms"]}

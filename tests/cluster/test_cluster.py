@@ -3,14 +3,14 @@ forwarded with the owner's own answers, placement, a forged forwarded request, k
 
 The tests share one cluster (module scope) and run in file order: the last two kill node c and Redis."""
 import os
-import subprocess
-import sys
 import threading
 import time
 
 import requests
 import socketio
+from click.testing import CliRunner
 
+from webhyve.cli import main as vmmctl
 from webhyve.cluster.security import Signer
 
 from tests.cluster.conftest import CONTROL, ROOT, SECRET, VIEWER, wait_for
@@ -165,10 +165,8 @@ def test_placement_by_free_memory_and_clear_refusals(cluster):
 
 def test_vmmctl_list_shows_each_vms_node_and_the_nodes(cluster):
     c = cluster.nodes["c"]
-    env = dict(os.environ, WEBHYVE_URL=c.url, WEBHYVE_TOKEN=VIEWER)
-    out = subprocess.run([sys.executable, "-m", "webhyve.cli", "list"], env=env, capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = CliRunner(mix_stderr=False).invoke(vmmctl, ["list"], env={"WEBHYVE_URL": c.url, "WEBHYVE_TOKEN": VIEWER})
+    assert out.exit_code == 0, out.stderr
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.strip()}
     assert rows["NAME"][-1] == "NODE" and rows["onb"][-1] == "b"
     assert "NODES" in out.stdout and all(rows[n][1] == "up" for n in "abc")

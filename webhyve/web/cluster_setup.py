@@ -41,9 +41,12 @@ def join(app, fleet, socketio):
                            lambda: (config["CONTROL_TOKEN"], config["VIEWER_TOKEN"]))
     except ValueError as problem:
         raise SystemExit("webhyve: %s" % problem) from None
+    own = (config["CONTROL_TOKEN"], config["VIEWER_TOKEN"])
     try:                              # the first node's tokens are the cluster's: one token works on every node
-        config["CONTROL_TOKEN"], config["VIEWER_TOKEN"] = node.registry.shared_tokens(config["CONTROL_TOKEN"],
-                                                                                      config["VIEWER_TOKEN"])
+        config["CONTROL_TOKEN"], config["VIEWER_TOKEN"] = node.registry.shared_tokens(*own)
+        if (config["CONTROL_TOKEN"], config["VIEWER_TOKEN"]) != own:
+            app.logger.warning("webhyve cluster: node %s uses the cluster's tokens (the first node's, kept in Redis), "
+                               "not the ones it was given", name)
     except redis.RedisError as problem:
         app.logger.warning("webhyve cluster: Redis at %s does not answer (%s): this node's own tokens apply until "
                            "it does", node.redis_shown, problem)

@@ -2,10 +2,12 @@
 forwarded with the owner's own answers, placement, a forged forwarded request, kill -9 of a node, Redis restarted.
 
 The tests share one cluster (module scope) and run in file order: the last two kill node c and Redis."""
+import json
 import os
 import threading
 import time
 
+import redis
 import requests
 import socketio
 from click.testing import CliRunner
@@ -196,9 +198,11 @@ def test_a_forged_forwarded_request_is_refused(cluster):
 def test_kill_9_of_a_node_marks_it_down_and_its_vms_lost(cluster):
     a, c = cluster.nodes["a"], cluster.nodes["c"]
     assert a.api("POST", "/vms", json={"name": "onc", "guest": "shell", "node": "c"}).status_code == 201
-    viewer = Viewer(a)
+    viewer, on_c = Viewer(a), Viewer(c)
     try:
         assert viewer.attach("onc")["ok"]
+        assert on_c.attach("onb")["ok"]                 # a browser on c following b's VM: c dies without a detach
+        orphan = on_c.client.get_sid("/console")
         c.kill()
         killed = time.monotonic()
         down = wait_for("a sees c down", lambda: "c" not in cluster.up_nodes(a), timeout=15)
@@ -206,6 +210,8 @@ def test_kill_9_of_a_node_marks_it_down_and_its_vms_lost(cluster):
         row = wait_for("onc shown as lost", lambda: (vm_row(a, "onc") or {}).get("state") == "lost" and vm_row(a, "onc"))
         assert row["node"] == "c" and row["status"] == "lost" and "node 'c' is down" in row["status_detail"]
         assert wait_for("the console says lost", lambda: {"vm": "onc", "state": "lost", "node": "c"} in viewer.states)
+        assert viewer.attach("onb")["ok"]
+        assert not published_to(cluster, orphan, viewer, "onb"), "b still sends onb's output to c's dead browser"
     finally:
         viewer.close()
     paused = a.api("POST", "/vms/onc/pause")
@@ -214,6 +220,27 @@ def test_kill_9_of_a_node_marks_it_down_and_its_vms_lost(cluster):
     assert a.api("DELETE", "/vms/onc").json() == {"destroyed": "onc", "lost": True}
     assert vm_row(a, "onc") is None
     assert vm_row(a, "onb")["state"] != "lost"                              # b's VM is untouched
+
+
+def published_to(cluster, sid, viewer, vm, timeout=10.0):
+    """Whether the message queue still carries `vm`'s output to `sid` `timeout` seconds on (b's heartbeat drops a
+    browser whose node is down): type, and read the queue until `viewer`, a live browser, has the echo; again."""
+    listener = redis.Redis.from_url(cluster.redis.url).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe("webhyve")
+    wait_for("subscribed", lambda: listener.get_message(timeout=0.1) is None and listener.subscribed)
+    deadline, attempt = time.monotonic() + timeout, 0
+    try:
+        while True:
+            attempt += 1
+            cluster.nodes["a"].api("POST", "/vms/%s/console" % vm, json={"data": "echo orphan check %d\r" % attempt})
+            wait_for("the live viewer's echo", lambda: "\r\norphan check %d" % attempt in viewer.text())
+            rooms = []
+            while (message := listener.get_message(timeout=0.2)) is not None:
+                rooms.append(json.loads(message["data"])["room"])
+            if sid not in rooms or time.monotonic() > deadline:
+                return sid in rooms
+    finally:
+        listener.close()
 
 
 def test_redis_killed_and_restarted_local_vms_run_on_and_re_register(cluster):

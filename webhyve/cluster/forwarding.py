@@ -15,7 +15,7 @@ import requests
 from flask import Blueprint, Response, current_app, request
 
 from ..sessions.errors import ApiError
-from .security import SIGNATURE
+from .security import NODE, SIGNATURE
 
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 30.0           # the longest a view may take on the owner (a snapshot of a large VM)
@@ -108,13 +108,10 @@ def run_op(op):
     cluster = current_app.extensions["webhyve.cluster"]
     try:
         role = cluster.signer.verify("POST", received_path(), request.headers, request.get_data(cache=True))
-        handler = cluster.ops.get(op)
-        if handler is None:
-            raise ApiError(404, "no cluster operation %r" % op)
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not isinstance(body.get("sid"), str) or not isinstance(body.get("payload"), dict):
             raise ApiError(400, "a cluster operation takes {sid, payload}")
         payload = {k: from_json(v) for k, v in body["payload"].items()}
-        return {"ok": True, **(handler(body["sid"], role, payload) or {})}
+        return {"ok": True, **(cluster.serve_op(op, request.headers[NODE], body["sid"], role, payload) or {})}
     except ApiError as problem:
         return {"error": problem.message, "status": problem.status}, problem.status

@@ -58,6 +58,8 @@ class Heartbeat:
             if node.registry.sweeper_lease(node.name):
                 for name in node.registry.sweep():
                     self.on_down(name)
+            if node.visitors:
+                node.forget_orphans(node.registry.nodes())
         except redis.RedisError as problem:
             self._lost(problem)
             return

@@ -7,6 +7,7 @@ the node's own VMs are served from the fleet and never need Redis.
 """
 import logging
 import secrets
+import threading
 import time
 
 import redis
@@ -19,6 +20,7 @@ from .registry import Registry, connect, shown_url
 from .security import Signer
 
 log = logging.getLogger("webhyve.cluster")
+FOLLOW, UNFOLLOW = ("console.attach", "inspect.watch"), ("console.detach", "inspect.unwatch")
 
 
 class Lost:
@@ -44,8 +46,9 @@ class Lost:
 
 
 class ClusterNode:
-    """Legend: `ops` (Socket.IO operations other nodes may run here) is filled once at start-up by the namespaces;
-    `problem` is the heartbeat's (None while Redis answers)."""
+    """Legend: `ops` (Socket.IO operations other nodes may run here) and `forget_hooks` are filled once at start-up
+    by the namespaces; `problem` is the heartbeat's (None while Redis answers); `visitors` (the sid of a browser on
+    another node that follows a VM here → that node) is guarded by `lock`."""
 
     def __init__(self, name, redis_url, secret, url, fleet, host_mem_mb, emit, tokens):
         self.name, self.url, self.fleet, self.host_mem_mb, self.emit = name, url.rstrip("/"), fleet, host_mem_mb, emit
@@ -57,8 +60,10 @@ class ClusterNode:
         self.signer = Signer(secret, name)
         self.forwarder = Forwarder(self.signer)
         self.heartbeat = Heartbeat(self, self._node_down)
-        self.ops = {}
+        self.ops, self.forget_hooks = {}, []
         self.problem = None
+        self.visitors = {}
+        self.lock = threading.Lock()
         fleet.listeners.append(self._vm_changed)
 
     def start(self):
@@ -99,6 +104,32 @@ class ClusterNode:
         if isinstance(where, Lost):
             raise where.refusal()
         return self.forwarder.op(where, op, sid, role, payload)
+
+    # -- browsers on other nodes -------------------------------------------------------------------------------
+    def serve_op(self, op, origin, sid, role, payload):
+        """Run a Socket.IO operation another node forwarded, remembering which node each following sid is on."""
+        handler = self.ops.get(op)
+        if handler is None:
+            raise ApiError(404, "no cluster operation %r" % op)
+        answer = handler(sid, role, payload)
+        with self.lock:
+            if op in FOLLOW:
+                self.visitors[sid] = origin
+            elif op in UNFOLLOW:
+                self.visitors.pop(sid, None)
+        return answer
+
+    def forget_orphans(self, nodes):
+        """Drop the viewers and watchers whose browser's node is no longer up (kill -9 sent no detach): the pump
+        would go on publishing their output to Redis for nobody. `nodes`: the registry's node views."""
+        with self.lock:
+            orphans = [sid for sid, origin in self.visitors.items() if not nodes.get(origin, {}).get("up")]
+            for sid in orphans:
+                del self.visitors[sid]
+        for sid in orphans:
+            for hook in self.forget_hooks:
+                hook(sid)
+        return orphans
 
     # -- what the list shows --------------------------------------------------------------------------------
     def listing(self, local):

@@ -31,6 +31,7 @@ class ConsoleNamespace(CheckedNamespace):
         if cluster is not None:
             cluster.ops.update({"console.attach": self.attach, "console.detach": self.detach,
                                 "console.input": self.input, "console.ack": self.ack})
+            cluster.forget_hooks.append(self.forget)
 
     def run(self, op, payload, local):
         """`local(sid, role, payload)` here, or on the VM's node in cluster mode."""
@@ -92,6 +93,11 @@ class ConsoleNamespace(CheckedNamespace):
         data = data.encode("utf-8") if isinstance(data, str) else data
         session.vm.send_input(data)
         return {"sent": len(data)}
+
+    def forget(self, sid):
+        """A browser whose node died: it is nobody's viewer any more."""
+        for session in self.fleet.list():
+            session.pump.detach(sid)
 
     def ack(self, sid, role, payload):
         if not self.fleet.get(payload["vm"]).pump.ack(sid, payload["position"]):

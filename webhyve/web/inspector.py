@@ -57,6 +57,7 @@ class InspectNamespace(CheckedNamespace):
         self.remote = {}                  # sid → names of VMs on other nodes it watches (to unwatch on disconnect)
         if cluster is not None:
             cluster.ops.update({"inspect.watch": self.watch, "inspect.unwatch": self.unwatch})
+            cluster.forget_hooks.append(self.forget)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -73,9 +74,7 @@ class InspectNamespace(CheckedNamespace):
             raise ConnectionRefusedError("a valid token is required")
 
     def on_disconnect(self, *reason):
-        with self.lock:
-            for sids in self.watchers.values():
-                sids.discard(request.sid)
+        self.forget(request.sid)
         for name in self.remote.pop(request.sid, ()):
             try:
                 self.cluster.dispatch("inspect.unwatch", request.sid, "view", {"vm": name}, self.unwatch)
@@ -116,6 +115,11 @@ class InspectNamespace(CheckedNamespace):
         with self.lock:
             self.watchers.setdefault(name, set()).add(sid)
         return {"panels": snapshot(session, self.fleet.host)}
+
+    def forget(self, sid):
+        with self.lock:
+            for sids in self.watchers.values():
+                sids.discard(sid)
 
     def unwatch(self, sid, role, payload):
         with self.lock:

@@ -20,6 +20,7 @@ PASSWORD = "cluster-redis-password"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # Different modeled host memory per node, so placement by free memory has one right answer: b, then c, then a.
 NODE_MEM_MB = {"a": 512, "b": 1024, "c": 768}
+RESTART_ON_FAILURE = ("c",)          # c checkpoints its running VMs every second into the shared folder
 
 
 def wait_for(what, check, timeout=30.0, every=0.05):
@@ -77,9 +78,11 @@ class Node:
                    WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, name, "recordings"),
                    WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, name, "snapshots"))
         self.log_path = os.path.join(workdir, "node-%s.log" % name)
+        self.shared = os.path.join(workdir, "shared")
+        failover = ["--restart-on-failure", "1", "--shared-dir", self.shared] if name in RESTART_ON_FAILURE else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "webhyve.web.serve", "--port", str(self.port), "--threads", "40",
-             "--redis", redis_url, "--node", name, "--cluster-secret", SECRET],
+             "--redis", redis_url, "--node", name, "--cluster-secret", SECRET, *failover],
             cwd=ROOT, env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def api(self, method, path, token=CONTROL, **kwargs):

@@ -196,8 +196,17 @@ def test_a_forged_forwarded_request_is_refused(cluster):
 
 
 def test_kill_9_of_a_node_marks_it_down_and_its_vms_lost(cluster):
+    """c runs with --restart-on-failure: its running VM "ha" starts again elsewhere from its checkpoint; "onc",
+    never started, has none and is lost."""
     a, c = cluster.nodes["a"], cluster.nodes["c"]
-    assert a.api("POST", "/vms", json={"name": "onc", "guest": "shell", "node": "c"}).status_code == 201
+    assert a.api("POST", "/vms", json={"name": "onc", "guest": "shell", "node": "c", "start": False}).status_code == 201
+    assert a.api("POST", "/vms", json={"name": "ha", "guest": "shell", "node": "c"}).status_code == 201
+    wait_for("ha's prompt", lambda: "webhyve>" in console_text(a, "ha"))
+    a.api("POST", "/vms/ha/console", json={"data": "echo before the crash\r"})
+    wait_for("ha's echo", lambda: "\nbefore the crash" in console_text(a, "ha"))
+    checkpoint = os.path.join(c.shared, "ha.snap")
+    written = wait_for("a checkpoint of ha after the echo", lambda: os.path.exists(checkpoint) and os.path.getmtime(checkpoint))
+    wait_for("a newer checkpoint", lambda: os.path.getmtime(checkpoint) > written)
     viewer, on_c = Viewer(a), Viewer(c)
     try:
         assert viewer.attach("onc")["ok"]
@@ -220,6 +229,10 @@ def test_kill_9_of_a_node_marks_it_down_and_its_vms_lost(cluster):
     assert a.api("DELETE", "/vms/onc").json() == {"destroyed": "onc", "lost": True}
     assert vm_row(a, "onc") is None
     assert vm_row(a, "onb")["state"] != "lost"                              # b's VM is untouched
+    restarted = wait_for("ha restarted on a or b", lambda: (vm_row(a, "ha") or {}).get("node") in ("a", "b") and vm_row(a, "ha"))
+    assert restarted["state"] in ("running", "halted") and restarted["node"] == "b"          # b has the most free memory
+    a.api("POST", "/vms/ha/console", json={"data": "echo after the restart\r"})
+    assert wait_for("ha answers on b", lambda: "\nafter the restart" in console_text(a, "ha"))
 
 
 def published_to(cluster, sid, viewer, vm, timeout=10.0):

@@ -5,6 +5,7 @@ it), lost (its node is down, or restarted since, so the VM is gone with it: show
 silently), or unknown (404 as today). Every Redis failure on these paths is a 503 that says Redis is the problem;
 the node's own VMs are served from the fleet and never need Redis.
 """
+import functools
 import logging
 import secrets
 import threading
@@ -13,6 +14,7 @@ import time
 import redis
 
 from ..sessions.errors import ApiError
+from . import failover
 from .forwarding import Forwarder
 from .heartbeat import Heartbeat
 from .placement import clock
@@ -60,7 +62,8 @@ class ClusterNode:
         self.signer = Signer(secret, name)
         self.forwarder = Forwarder(self.signer)
         self.heartbeat = Heartbeat(self, self._node_down)
-        self.ops, self.forget_hooks = {}, []
+        self.ops, self.forget_hooks = {"vm.restart": functools.partial(failover.restart_here, self)}, []
+        self.checkpointer = None            # failover.Checkpointer with --restart-on-failure
         self.problem = None
         self.visitors = {}
         self.lock = threading.Lock()
@@ -68,9 +71,13 @@ class ClusterNode:
 
     def start(self):
         self.heartbeat.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
 
     def stop(self):
         self.heartbeat.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
 
     # -- the question the app asks -------------------------------------------------------------------------
     def locate(self, name):
@@ -181,6 +188,15 @@ class ClusterNode:
                     name, ", ".join(sorted(lost)) or "none")
         for vm in lost:
             self.emit("vm_state", {"vm": vm, "state": "lost", "node": name}, "vm:" + vm, "/console")
+        threading.Thread(target=self._restart, args=(name, lost), name="cluster-restart", daemon=True).start()
+
+    def _restart(self, dead, lost):
+        """--restart-on-failure: the dead node's VMs with a checkpoint start again elsewhere (off the heartbeat's
+        thread: a restore takes longer than a heartbeat may wait)."""
+        try:
+            failover.restart_lost(self, dead, lost)
+        except (redis.RedisError, ApiError) as problem:
+            log.warning("webhyve cluster: restarting node %s's VMs failed: %s", dead, problem)
 
 
 def node_row(node):

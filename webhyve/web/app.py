@@ -40,9 +40,11 @@ DEFAULTS = {
     "NODE": None,                       # this node's name in the cluster
     "NODE_URL": None,                   # where the other nodes reach this one's API (default PUBLIC_URL)
     "CLUSTER_SECRET": None,             # the key of the forwarded requests' HMAC, the same on every node
+    "RESTART_ON_FAILURE": None,         # seconds between checkpoints of the running VMs (cluster/failover.py)
+    "SHARED_DIR": None,                 # where the checkpoints go: a folder at the same path on every node
 }
 ENV_KEYS = ("HOST_MEM_MB", "CONTROL_TOKEN", "VIEWER_TOKEN", "RECORDINGS_DIR", "SNAPSHOTS_DIR", "DEMO_GUEST",
-            "PUBLIC_URL", "REDIS", "NODE", "NODE_URL", "CLUSTER_SECRET")
+            "PUBLIC_URL", "REDIS", "NODE", "NODE_URL", "CLUSTER_SECRET", "RESTART_ON_FAILURE", "SHARED_DIR")
 
 
 def config_from_env():

@@ -8,6 +8,7 @@ import socket
 import redis
 
 from ..cluster import forwarding
+from ..cluster.failover import Checkpointer
 from ..cluster.node import ClusterNode
 from ..cluster.queue import ClusterQueue
 from ..cluster.registry import shown_url
@@ -50,5 +51,21 @@ def join(app, fleet, socketio):
     except redis.RedisError as problem:
         app.logger.warning("webhyve cluster: Redis at %s does not answer (%s): this node's own tokens apply until "
                            "it does", node.redis_shown, problem)
+    if config["RESTART_ON_FAILURE"]:
+        node.checkpointer = checkpointer(config, node)
     app.register_blueprint(forwarding.bp)
     return node
+
+
+def checkpointer(config, node):
+    try:
+        interval = float(config["RESTART_ON_FAILURE"])
+    except ValueError:
+        interval = 0.0
+    if not interval > 0:
+        raise SystemExit("webhyve: --restart-on-failure %s: give the seconds between checkpoints, e.g. 30" %
+                         config["RESTART_ON_FAILURE"])
+    if not config["SHARED_DIR"]:
+        raise SystemExit("webhyve: --restart-on-failure needs --shared-dir DIR, a folder at the same path on every "
+                         "node (the checkpoints go there)")
+    return Checkpointer(node, interval, config["SHARED_DIR"])

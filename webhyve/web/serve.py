@@ -43,6 +43,11 @@ def main(argv=None):
                          help="where the other nodes reach this one (WEBHYVE_NODE_URL; default http://HOST:PORT)")
     cluster.add_argument("--cluster-secret", default=os.environ.get("WEBHYVE_CLUSTER_SECRET"),
                          help="the key that signs forwarded requests, the same on every node (WEBHYVE_CLUSTER_SECRET)")
+    cluster.add_argument("--restart-on-failure", metavar="SECONDS", default=os.environ.get("WEBHYVE_RESTART_ON_FAILURE"),
+                         help="checkpoint the running VMs this often into --shared-dir; when this node dies they "
+                              "restart on another (WEBHYVE_RESTART_ON_FAILURE)")
+    cluster.add_argument("--shared-dir", metavar="DIR", default=os.environ.get("WEBHYVE_SHARED_DIR"),
+                         help="a folder at the same path on every node, for the checkpoints (WEBHYVE_SHARED_DIR)")
     args = parser.parse_args(argv)
     url = "http://%s:%d" % (args.host, args.port)
     env = dict(os.environ)
@@ -82,8 +87,10 @@ def join_cluster(parser, args, env):
         parser.error("--host %s: say with --advertise URL where the other nodes reach this one" % args.host)
     env.update(WEBHYVE_REDIS=args.redis, WEBHYVE_CLUSTER_SECRET=args.cluster_secret,
                WEBHYVE_NODE_URL=args.advertise or env["WEBHYVE_PUBLIC_URL"])
-    if args.node:
-        env["WEBHYVE_NODE"] = args.node
+    for value, name in ((args.node, "NODE"), (args.restart_on_failure, "RESTART_ON_FAILURE"),
+                        (args.shared_dir, "SHARED_DIR")):
+        if value:
+            env["WEBHYVE_" + name] = value
     registry = Registry(connect(args.redis))
     try:
         env["WEBHYVE_CONTROL_TOKEN"], env["WEBHYVE_VIEWER_TOKEN"] = registry.shared_tokens(

@@ -85,6 +85,7 @@ class ClusterNode:
         if name in {s.name for s in self.fleet.list()}:
             return None
         try:
+            self._redis_known_away()
             record = self.registry.vm(name)
             node = None if record is None else self.registry.node(record["node"])
         except redis.RedisError:
@@ -145,6 +146,7 @@ class ClusterNode:
         own = [{**summary, "node": self.name} for summary in local]
         here = {s["name"] for s in local}
         try:
+            self._redis_known_away()
             nodes, records = self.registry.nodes(), self.registry.vms()
         except redis.RedisError:
             return {"vms": own, "nodes": [], "cluster": self.state()}
@@ -160,6 +162,11 @@ class ClusterNode:
                 others.append(Lost(name, record, node).summary())
         return {"vms": own + others, "nodes": [node_row(n) for n in nodes.values()], "cluster": self.state()}
 
+    def _redis_known_away(self):
+        """While the heartbeat knows Redis is away, a request does not wait for a connection to time out as well."""
+        if self.problem is not None:
+            raise redis.ConnectionError(self.problem)
+
     def state(self):
         problem = self.problem
         return {"node": self.name, "redis": self.redis_shown, "ok": problem is None,
@@ -174,6 +181,7 @@ class ClusterNode:
     def _vm_changed(self, name, session):
         """The fleet created, changed or destroyed a VM: tell Redis now rather than at the next heartbeat."""
         try:
+            self._redis_known_away()
             if session is None:
                 self.registry.drop_vm(name)
             else:

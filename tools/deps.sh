@@ -9,6 +9,7 @@ fonts-dejavu-core|/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf|screenshot
 cpio|cpio|make linux packs the initramfs of the Linux guest (cpio -H newc)
 qemu-system-x86|qemu-system-x86_64|the reference for guest behaviour and speed
 acpica-tools|iasl|the ACPI table tests decompile the tables webhyve gives guests with the real iasl -d
+redis-server|/usr/bin/redis-server|the cluster tests run a real Redis that the nodes register in and forward through (docs/cluster.md)
 e2fsprogs|/sbin/debugfs|the Linux test builds an ext4 disk image (mke2fs -d) and checks it after the guest wrote it (e2fsck -n, debugfs)
 '
 

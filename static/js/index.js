@@ -19,7 +19,8 @@ function row(vm) {
     await WH.confirm("Destroy " + vm.name + "? Its memory and console history go; snapshots stay.", "Destroy") && act(vm.name, "DELETE", "")}, "Destroy"));
   if (WH.role !== "control") buttons.forEach((b) => { b.disabled = true; });
   return WH.el("tr", {"data-vm": vm.name},
-    WH.el("td", {}, WH.el("a", {href: "/vms/" + encodeURIComponent(vm.name)}, vm.name)),
+    WH.el("td", {}, WH.el("a", {href: "/vms/" + encodeURIComponent(vm.name)}, vm.name),
+      vm.node ? WH.el("span", {class: "node", title: "the cluster node that runs it"}, " on " + vm.node) : ""),
     WH.el("td", {}, WH.el("span", {class: "state state-" + vm.state, title: vm.status_detail || ""}, vm.status),
       vm.uptime_s === null ? "" : WH.el("span", {class: "uptime"}, " up " + WH.duration(vm.uptime_s))),
     WH.el("td", {}, vm.image + " (" + vm.kind + ")"), WH.el("td", {}, vm.mem_mb + " MiB"), WH.el("td", {}, vm.cpus),
@@ -38,12 +39,23 @@ async function act(name, method, suffix) {
 
 async function refresh() {
   try {
-    const {vms} = await WH.api("GET", "/vms");
+    const {vms, nodes, cluster} = await WH.api("GET", "/vms");
     document.querySelector("#vms tbody").replaceChildren(...vms.map(row));
     document.getElementById("no-vms").hidden = vms.length > 0;
+    if (cluster) showCluster(nodes, cluster);
   } catch (e) {
     WH.status(e.message, true);
   }
+}
+
+// Cluster mode (docs/cluster.md): the nodes with their load, and the cluster's trouble if it has any.
+function showCluster(nodes, cluster) {
+  const box = document.getElementById("cluster");
+  box.hidden = false;
+  box.classList.toggle("error", !cluster.ok);
+  box.replaceChildren(cluster.message, ...nodes.map((n) => WH.el("span", {class: "cluster-node state-" + n.state},
+    " · " + n.name + " " + n.state + ": " + n.vms + " VMs, " + n.mem_free_mb + "/" + n.mem_total_mb + " MiB free, load " +
+    n.load + " on " + n.cpus + " CPUs")));
 }
 
 async function setupCreate() {

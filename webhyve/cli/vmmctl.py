@@ -289,12 +289,27 @@ def create(api, name, o):
 @main.command("list")
 @click.pass_context
 def list_vms(ctx):
-    """The server's VMs: name, state, vCPUs, memory, VM exits, image."""
-    vms = client(ctx).get("/api/v1/vms")["vms"]
-    click.echo("%-16s %-10s %4s %7s %12s  %s" % ("NAME", "STATE", "CPUS", "MEM", "EXITS", "IMAGE"))
+    """The server's VMs: name, state, vCPUs, memory, VM exits, image; in a cluster each VM's node, then the nodes."""
+    listing = client(ctx).get("/api/v1/vms")
+    vms, cluster = listing["vms"], listing.get("cluster")
+    node = (lambda vm: "  %s" % vm.get("node", "?")) if cluster else (lambda vm: "")
+    click.echo("%-16s %-10s %4s %7s %12s  %-14s%s" % ("NAME", "STATE", "CPUS", "MEM", "EXITS", "IMAGE",
+                                                     "  NODE" if cluster else ""))
     for vm in vms:
-        click.echo("%-16s %-10s %4d %6dM %12d  %s" % (vm["name"], vm["state"], vm["cpus"], vm["mem_mb"],
-                                                     vm["exits"], vm["image"]))
+        click.echo("%-16s %-10s %4d %6dM %12d  %-14s%s" % (vm["name"], vm["state"], vm["cpus"], vm["mem_mb"],
+                                                          vm["exits"], vm["image"], node(vm)))
+    if cluster:
+        list_nodes(listing["nodes"], cluster)
+
+
+def list_nodes(nodes, cluster):
+    """The cluster's nodes with their load, and what is wrong with the cluster if anything is."""
+    click.echo("\nNODES (cluster on %s, answered by %s)" % (cluster["redis"], cluster["node"]))
+    for n in nodes:
+        click.echo("%-16s %-5s %3s CPUs  load %5s  %5s/%5s MiB free  %3s VMs  %s" % (
+            n["name"], n["state"], n["cpus"], n["load"], n["mem_free_mb"], n["mem_total_mb"], n["vms"], n["url"]))
+    if not cluster["ok"]:
+        click.echo("cluster: " + cluster["message"], err=True)
 
 
 @main.command()

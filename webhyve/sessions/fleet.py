@@ -102,7 +102,9 @@ class VmSession:
 
 
 class Fleet:
-    """Legend: `sessions` is guarded by `lock`; the host and its tunables are shared by every VM."""
+    """Legend: `sessions` is guarded by `lock`; the host and its tunables are shared by every VM. `listeners` are
+    called as listener(name, session) after a VM is created, changes state or (session None) is destroyed: the
+    cluster's registry (webhyve/cluster/node.py)."""
 
     def __init__(self, host, emit, recordings_dir, pump_interval=0.02):
         self.host = host
@@ -111,6 +113,7 @@ class Fleet:
         self.pump_interval = pump_interval
         self.sessions = {}
         self.lock = threading.Lock()
+        self.listeners = []
         os.makedirs(recordings_dir, exist_ok=True)
         host.on_tunable_change(self._tunable_changed)
 
@@ -145,6 +148,8 @@ class Fleet:
             self.sessions[name] = session
         if start:
             self.lifecycle(name, "start")
+        else:
+            self._changed(name, session)
         return session
 
     def restore(self, path, name=None, start=True):
@@ -161,6 +166,7 @@ class Fleet:
             session.started_at = time.time()             # the restored VM runs on from here
         with self.lock:
             self.sessions[vm.name] = session
+        self._changed(vm.name, session)
         return session
 
     def destroy(self, name):
@@ -170,6 +176,7 @@ class Fleet:
         self.stop_recording(session)
         session.pump.stop()
         self.host.destroy_vm(name)
+        self._changed(name, None)
         self._emit("vm_state", {"vm": name, "state": "destroyed"}, "vm:" + name, "/console")
 
     def lifecycle(self, name, action):
@@ -184,8 +191,13 @@ class Fleet:
             raise engine_error(problem) from None
         if action in ("start", "reset"):
             session.started_at = time.time()
+        self._changed(name, session)
         self._emit("vm_state", {"vm": name, "state": vm.state, "action": action}, "vm:" + name, "/console")
         return session
+
+    def _changed(self, name, session):
+        for listener in self.listeners:
+            listener(name, session)
 
     def close(self):
         for session in self.list():

@@ -9,6 +9,7 @@ import secrets
 
 from flask import current_app, g, request
 
+from ..cluster import hooks
 from ..sessions.errors import ApiError
 
 CONTROL, VIEW = "control", "view"
@@ -48,8 +49,10 @@ def connection_role(auth):
 
 
 def authenticate():
-    """Set g.role from the request's token; ApiError 401 when there is none or it is wrong."""
-    role = role_of(request_token())
+    """Set g.role from the request's token, or from a request another node of the cluster forwarded and signed
+    (a bad signature is a 403); ApiError 401 when there is none or it is wrong."""
+    node = current_app.extensions.get("webhyve.cluster")
+    role = (node is not None and hooks.forwarded_role(node)) or role_of(request_token())
     if role is None:
         raise ApiError(401, "a valid token is required: add ?token=… to the URL that `make run` printed, "
                             "or send Authorization: Bearer TOKEN")

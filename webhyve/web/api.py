@@ -80,9 +80,15 @@ def form_words(problem):
     return problem
 
 
+def cluster():
+    return current_app.extensions.get("webhyve.cluster")
+
+
 @bp.get("/vms")
 def list_vms():
-    return {"vms": [s.summary() for s in fleet().list()]}
+    """The VMs; in cluster mode every node's, each with its node, and the nodes with their load."""
+    summaries = [s.summary() for s in fleet().list()]
+    return {"vms": summaries} if cluster() is None else cluster().listing(summaries)
 
 
 @bp.post("/vms")
@@ -90,6 +96,9 @@ def list_vms():
 def create_vm():
     """JSON {name, guest, ...} for a bundled guest, or multipart with an `image` file for an upload."""
     body = g.body
+    if body["node"] is not None and cluster() is None:
+        raise ApiError(400, "POST /api/v1/vms: node %r: this server runs alone (started without --redis), there "
+                            "is no node to choose" % body["node"])
     initrd, cmdline, mem_mb = None, body["cmdline"], body["mem_mb"]
     if body.get("guest") == LINUX_GUEST and bundled_linux():
         kernel, ramdisk = bundled_linux()
@@ -119,7 +128,8 @@ def create_vm():
 @bp.get("/vms/<name>")
 def get_vm(name):
     session = fleet().get(name)
-    return {**session.summary(), "events": session.vm.events(50)}
+    where = {} if cluster() is None else {"node": cluster().name}
+    return {**session.summary(), **where, "events": session.vm.events(50)}
 
 
 @bp.delete("/vms/<name>")

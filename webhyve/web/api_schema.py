@@ -8,10 +8,11 @@ one query parameter every route takes (access.py). Views never read request.args
 """
 import json
 
-from flask import g, request
+from flask import current_app, g, request
 
 from engine.door.tables import DEFAULT_PROFILE, KINDS, PROFILES
 
+from ..cluster import hooks
 from .access import authenticate
 from .schema import NOTHING, Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, shown
 
@@ -24,7 +25,8 @@ WORD = Text(1, 64)               # a path segment the view looks up and answers 
 VM_CONFIG = dict(name=VM, kind=Text(choices=KINDS, default=None, nullable=True),
                  mem_mb=Int(1, MAX_MEM_MB, default=None, nullable=True), cpus=Int(1, 1 << 16, default=1),       # the engine judges the upper bound and says why (VM_MAXCPU)
                  profile=Text(choices=PROFILES, default=DEFAULT_PROFILE),
-                 cmdline=Text(0, 4096, default=""), start=Bool(default=True))
+                 cmdline=Text(0, 4096, default=""), start=Bool(default=True),
+                 node=Name("node name", default=None, nullable=True))     # cluster mode: where to create it
 
 
 class Route:
@@ -91,6 +93,14 @@ def guard():
     """Every API blueprint's before_request: who is asking (401 without a token), then what they send."""
     authenticate()
     check_request()
+    node = current_app.extensions.get("webhyve.cluster")
+    if node is not None:                 # cluster mode: a VM on another node is answered by that node
+        return hooks.route(node, vm_argument(ROUTES[request.endpoint]))
+
+
+def vm_argument(route):
+    """The path argument that names a VM in this route (`name`, or `vm` for a snapshot), or None."""
+    return next((arg for arg, field in route.path.items() if field is VM), None)
 
 
 def check_request():

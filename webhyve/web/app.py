@@ -16,7 +16,7 @@ from engine.door import Host
 
 from ..sessions.errors import ApiError
 from ..sessions.fleet import Fleet
-from . import api_ctl, api_demo, logs, metrics, openapi
+from . import api_ctl, api_demo, cluster_setup, logs, metrics, openapi
 from .access import new_token
 from .api import bp as api_bp
 from .console import ConsoleNamespace
@@ -36,9 +36,15 @@ DEFAULTS = {
     "PANEL_INTERVAL": 0.5,
     "PUBLIC_URL": "http://127.0.0.1:8080",
     "MAX_CONTENT_LENGTH": 64 << 20,
+    "REDIS": None,                      # cluster mode (docs/cluster.md): redis://[:PASSWORD@]HOST:PORT/DB
+    "NODE": None,                       # this node's name in the cluster
+    "NODE_URL": None,                   # where the other nodes reach this one's API (default PUBLIC_URL)
+    "CLUSTER_SECRET": None,             # the key of the forwarded requests' HMAC, the same on every node
+    "RESTART_ON_FAILURE": None,         # seconds between checkpoints of the running VMs (cluster/failover.py)
+    "SHARED_DIR": None,                 # where the checkpoints go: a folder at the same path on every node
 }
 ENV_KEYS = ("HOST_MEM_MB", "CONTROL_TOKEN", "VIEWER_TOKEN", "RECORDINGS_DIR", "SNAPSHOTS_DIR", "DEMO_GUEST",
-            "PUBLIC_URL")
+            "PUBLIC_URL", "REDIS", "NODE", "NODE_URL", "CLUSTER_SECRET", "RESTART_ON_FAILURE", "SHARED_DIR")
 
 
 def config_from_env():
@@ -59,10 +65,11 @@ def create_app(config=None):
     app.config["CONTROL_TOKEN"] = app.config["CONTROL_TOKEN"] or new_token()
     app.config["VIEWER_TOKEN"] = app.config["VIEWER_TOKEN"] or new_token()
     logs.install(app.logger)              # no log line prints a token (gunicorn's, werkzeug's, ours)
+    queue = cluster_setup.queue_options(app.config)   # cluster mode: Redis carries every emit to every node
 
     # async_handlers=False: one client's events are handled in order, on its connection's thread. With a
     # thread per event, two keystrokes typed quickly reached the guest swapped ("reorcded").
-    socketio = SocketIO(app, async_mode="threading", async_handlers=False, max_http_buffer_size=1 << 20)
+    socketio = SocketIO(app, async_mode="threading", async_handlers=False, max_http_buffer_size=1 << 20, **queue)
     # A browser on long-polling sends every event queued since its last request in one POST; engine.io
     # rejects the whole POST beyond 16 and fast typing was lost (python-engineio #142's workaround). The
     # POST body stays bounded by max_http_buffer_size.
@@ -70,10 +77,12 @@ def create_app(config=None):
     fleet = Fleet(Host(host_mem_mb=app.config["HOST_MEM_MB"]),
                   lambda event, data, to, ns: socketio.emit(event, data, to=to, namespace=ns),
                   app.config["RECORDINGS_DIR"], app.config["PUMP_INTERVAL"])
-    inspector = InspectNamespace(fleet, socketio, app.config["PANEL_INTERVAL"])
-    socketio.on_namespace(ConsoleNamespace(fleet))
+    node = cluster_setup.join(app, fleet, socketio)       # None without --redis
+    inspector = InspectNamespace(fleet, socketio, app.config["PANEL_INTERVAL"], cluster=node)
+    socketio.on_namespace(ConsoleNamespace(fleet, cluster=node))
     socketio.on_namespace(inspector)
-    app.extensions.update({"webhyve.fleet": fleet, "webhyve.socketio": socketio, "webhyve.inspector": inspector})
+    app.extensions.update({"webhyve.fleet": fleet, "webhyve.socketio": socketio, "webhyve.inspector": inspector,
+                           "webhyve.cluster": node})
     app.register_blueprint(api_bp)
     app.register_blueprint(api_ctl.bp)                  # vmmctl's endpoints
     app.register_blueprint(api_demo.bp)                 # snapshots and demos
@@ -82,6 +91,8 @@ def create_app(config=None):
     app.register_blueprint(openapi.bp)                  # /api/v1/openapi.json
     _register_errors(app)
     inspector.start_ticker()
+    if node is not None:
+        node.start()
     atexit.register(shutdown, app)       # vCPU threads left inside Unicorn at interpreter exit crash it
     if app.config["DEMO_GUEST"]:
         _boot_demo(app, fleet)
@@ -95,6 +106,8 @@ def create_app(config=None):
 def shutdown(app):
     """Stop the ticker, the pumps and every VM (tests; a server simply exits)."""
     app.extensions["webhyve.inspector"].stop_ticker()
+    if app.extensions["webhyve.cluster"] is not None:
+        app.extensions["webhyve.cluster"].stop()
     app.extensions["webhyve.fleet"].close()
 
 

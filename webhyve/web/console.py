@@ -8,6 +8,9 @@ accepts is declared in events.py and checked before the handler runs):
   ack    {vm, position} flow control: the browser's terminal has written up to `position`
   detach {vm}
 Server → browser: output {data, start, end} (bytes), replay {data, position}, marker {label}, vm_state.
+
+In cluster mode an event for a VM on another node runs there (cluster.dispatch forwards it with this browser's
+sid); that node's pump then sends the output to the sid through the Redis message queue.
 """
 from flask import request
 from flask_socketio import join_room, leave_room
@@ -20,10 +23,22 @@ from .events import CheckedNamespace, handler
 class ConsoleNamespace(CheckedNamespace):
     """Legend: `roles` maps a connected sid to its role; `attached` maps it to the VM names it follows."""
 
-    def __init__(self, fleet, namespace="/console"):
+    def __init__(self, fleet, namespace="/console", cluster=None):
         super().__init__(namespace)
         self.fleet = fleet
         self.roles, self.attached = {}, {}
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.ops.update({"console.attach": self.attach, "console.detach": self.detach,
+                                "console.input": self.input, "console.ack": self.ack})
+            cluster.forget_hooks.append(self.forget)
+
+    def run(self, op, payload, local):
+        """`local(sid, role, payload)` here, or on the VM's node in cluster mode."""
+        sid = request.sid
+        if self.cluster is None:
+            return local(sid, self.roles[sid], payload)
+        return self.cluster.dispatch(op, sid, self.roles[sid], payload, local)
 
     def on_connect(self, auth=None):
         role = connection_role(auth)
@@ -36,37 +51,54 @@ class ConsoleNamespace(CheckedNamespace):
         sid = request.sid
         for name in self.attached.pop(sid, ()):
             try:
-                self.fleet.get(name).pump.detach(sid)
+                self.run("console.detach", {"vm": name}, self.detach)
             except ApiError:
-                pass                                  # the VM was destroyed meanwhile
+                pass                                  # the VM was destroyed meanwhile, or its node is gone
         self.roles.pop(sid, None)
 
     @handler
     def on_attach(self, payload):
-        session, sid = self.fleet.get(payload["vm"]), request.sid
-        role = self.roles[sid]
-        first = session.pump.attach(sid, role == CONTROL, payload["since"])
-        join_room("vm:" + session.name)
-        self.attached[sid].add(session.name)
-        return {**first, "role": role, "state": session.vm.state}
+        answer = self.run("console.attach", payload, self.attach)
+        join_room("vm:" + payload["vm"])
+        self.attached[request.sid].add(payload["vm"])
+        return answer
 
     @handler
     def on_detach(self, payload):
-        session = self.fleet.get(payload["vm"])
-        session.pump.detach(request.sid)
-        leave_room("vm:" + session.name)
-        self.attached[request.sid].discard(session.name)
+        self.run("console.detach", payload, self.detach)
+        leave_room("vm:" + payload["vm"])
+        self.attached[request.sid].discard(payload["vm"])
 
     @handler
     def on_input(self, payload):
-        if self.roles[request.sid] != CONTROL:
+        return self.run("console.input", payload, self.input)
+
+    @handler
+    def on_ack(self, payload):
+        return self.run("console.ack", payload, self.ack)
+
+    # -- what each event does on the VM's node (sid: the browser's, wherever it is connected) ---------------
+    def attach(self, sid, role, payload):
+        session = self.fleet.get(payload["vm"])
+        first = session.pump.attach(sid, role == CONTROL, payload.get("since"))
+        return {**first, "role": role, "state": session.vm.state}
+
+    def detach(self, sid, role, payload):
+        self.fleet.get(payload["vm"]).pump.detach(sid)
+
+    def input(self, sid, role, payload):
+        if role != CONTROL:
             raise ApiError(403, "read-only viewer: typing needs the control token")
         session, data = self.fleet.get(payload["vm"]), payload["data"]
         data = data.encode("utf-8") if isinstance(data, str) else data
         session.vm.send_input(data)
         return {"sent": len(data)}
 
-    @handler
-    def on_ack(self, payload):
-        if not self.fleet.get(payload["vm"]).pump.ack(request.sid, payload["position"]):
+    def forget(self, sid):
+        """A browser whose node died: it is nobody's viewer any more."""
+        for session in self.fleet.list():
+            session.pump.detach(sid)
+
+    def ack(self, sid, role, payload):
+        if not self.fleet.get(payload["vm"]).pump.ack(sid, payload["position"]):
             raise ApiError(409, "not attached to this VM")

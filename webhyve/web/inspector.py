@@ -4,6 +4,8 @@
   unwatch {vm}
 Server → browser: update {vm, panels: {name: value}} with the panels that differ from the last tick.
 One ticker thread serves every watched VM; it also samples each VM's exit counts for the histogram.
+In cluster mode a watch of a VM on another node runs there; its ticker's updates to the VM's room reach this
+node's browsers through the Redis message queue.
 
 An integer beyond 2^53 travels as its decimal text: a browser parses JSON numbers into doubles, and a kernel's
 addresses (0xffffffff8ec5907b) came out rounded to 2 KiB, every disassembled line at the same address.
@@ -15,6 +17,7 @@ from flask import request
 from flask_socketio import join_room, leave_room
 
 from . import panels
+from ..sessions.errors import ApiError
 from .access import connection_role
 from .events import CheckedNamespace, handler
 
@@ -47,10 +50,14 @@ def snapshot(session, host):
 class InspectNamespace(CheckedNamespace):
     """Legend: `watchers` (VM name → sids) and `last` (VM name → panel JSON) are guarded by `lock`."""
 
-    def __init__(self, fleet, socketio, interval=0.5, namespace="/inspect"):
+    def __init__(self, fleet, socketio, interval=0.5, namespace="/inspect", cluster=None):
         super().__init__(namespace)
-        self.fleet, self.socketio, self.interval = fleet, socketio, interval
+        self.fleet, self.socketio, self.interval, self.cluster = fleet, socketio, interval, cluster
         self.watchers, self.last = {}, {}
+        self.remote = {}                  # sid → names of VMs on other nodes it watches (to unwatch on disconnect)
+        if cluster is not None:
+            cluster.ops.update({"inspect.watch": self.watch, "inspect.unwatch": self.unwatch})
+            cluster.forget_hooks.append(self.forget)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -67,25 +74,56 @@ class InspectNamespace(CheckedNamespace):
             raise ConnectionRefusedError("a valid token is required")
 
     def on_disconnect(self, *reason):
-        with self.lock:
-            for sids in self.watchers.values():
-                sids.discard(request.sid)
+        self.forget(request.sid)
+        for name in self.remote.pop(request.sid, ()):
+            try:
+                self.cluster.dispatch("inspect.unwatch", request.sid, "view", {"vm": name}, self.unwatch)
+            except ApiError:
+                pass                              # its node is gone
 
     @handler
     def on_watch(self, payload):
         name = payload["vm"]
-        session = self.fleet.get(name)
+        answer = self.run("inspect.watch", payload, self.watch)
         join_room("inspect:" + name)
-        with self.lock:
-            self.watchers.setdefault(name, set()).add(request.sid)
-        return {"panels": snapshot(session, self.fleet.host)}
+        if self.cluster is not None and name not in {s.name for s in self.fleet.list()}:
+            self.remote.setdefault(request.sid, set()).add(name)
+        return answer
 
     @handler
     def on_unwatch(self, payload):
         name = payload["vm"]
         leave_room("inspect:" + name)
+        self.remote.get(request.sid, set()).discard(name)
+        if self.cluster is not None:
+            try:
+                self.run("inspect.unwatch", payload, self.unwatch)
+            except ApiError:
+                pass                              # unwatching a VM that is gone or lost is done
+        else:
+            self.unwatch(request.sid, None, payload)
+
+    def run(self, op, payload, local):
+        if self.cluster is None:
+            return local(request.sid, None, payload)
+        return self.cluster.dispatch(op, request.sid, "view", payload, local)
+
+    # -- on the VM's node (sid: the browser's, wherever it is connected) ---------------------------------------
+    def watch(self, sid, role, payload):
+        name = payload["vm"]
+        session = self.fleet.get(name)
         with self.lock:
-            self.watchers.get(name, set()).discard(request.sid)
+            self.watchers.setdefault(name, set()).add(sid)
+        return {"panels": snapshot(session, self.fleet.host)}
+
+    def forget(self, sid):
+        with self.lock:
+            for sids in self.watchers.values():
+                sids.discard(sid)
+
+    def unwatch(self, sid, role, payload):
+        with self.lock:
+            self.watchers.get(payload["vm"], set()).discard(sid)
 
     def _tick_loop(self):
         while not self._stop.wait(self.interval):

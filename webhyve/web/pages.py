@@ -47,7 +47,7 @@ def vm_list():
 @bp.get("/vms/<name>")
 def vm_page(name):
     """The VM's page; a VM that does not exist is a 404 page saying so, not an empty page with live buttons."""
-    fleet = current_app.extensions["webhyve.fleet"]
-    if name not in {s.name for s in fleet.list()}:
+    fleet, cluster = current_app.extensions["webhyve.fleet"], current_app.extensions["webhyve.cluster"]
+    if name not in {s.name for s in fleet.list()} and not (cluster is not None and cluster.knows(name)):
         return _page("novm.html", status=404, vm=name)
     return _page("vm.html", vm=name, legend=LEGEND)

@@ -3,6 +3,8 @@ worker compiles the engine's kernels and boots the demo VM, and print the two UR
 
 The tokens are made here and handed to the app through the environment, so the printed URL is the one
 that works. `make run` calls this with --demo shell. gunicorn runs as a child; Ctrl-C stops both.
+With --redis the server is a node of a cluster (docs/cluster.md): the cluster's tokens (the first node's) are
+fetched from Redis here, so the URLs printed work on every node.
 """
 import argparse
 import os
@@ -11,8 +13,10 @@ import subprocess
 import sys
 import time
 
+import redis
 import requests
 
+from ..cluster.registry import Registry, connect, shown_url
 from .access import new_token
 
 PROGRESS_EVERY = 5.0          # seconds between "still booting" lines
@@ -29,12 +33,29 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--demo", metavar="GUEST", help="boot this bundled guest as VM 'demo' (e.g. shell)")
     parser.add_argument("--threads", type=int, default=100, help="gunicorn threads: one per open websocket")
+    cluster = parser.add_argument_group("cluster mode (docs/cluster.md)")
+    cluster.add_argument("--redis", metavar="URL", default=os.environ.get("WEBHYVE_REDIS"),
+                         help="join the cluster on this Redis: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS "
+                              "(WEBHYVE_REDIS)")
+    cluster.add_argument("--node", default=os.environ.get("WEBHYVE_NODE"),
+                         help="this node's name (WEBHYVE_NODE; default the host name)")
+    cluster.add_argument("--advertise", metavar="URL", default=os.environ.get("WEBHYVE_NODE_URL"),
+                         help="where the other nodes reach this one (WEBHYVE_NODE_URL; default http://HOST:PORT)")
+    cluster.add_argument("--cluster-secret", default=os.environ.get("WEBHYVE_CLUSTER_SECRET"),
+                         help="the key that signs forwarded requests, the same on every node (WEBHYVE_CLUSTER_SECRET)")
+    cluster.add_argument("--restart-on-failure", metavar="SECONDS", default=os.environ.get("WEBHYVE_RESTART_ON_FAILURE"),
+                         help="checkpoint the running VMs this often into --shared-dir; when this node dies they "
+                              "restart on another (WEBHYVE_RESTART_ON_FAILURE)")
+    cluster.add_argument("--shared-dir", metavar="DIR", default=os.environ.get("WEBHYVE_SHARED_DIR"),
+                         help="a folder at the same path on every node, for the checkpoints (WEBHYVE_SHARED_DIR)")
     args = parser.parse_args(argv)
     url = "http://%s:%d" % (args.host, args.port)
     env = dict(os.environ)
     env.setdefault("WEBHYVE_CONTROL_TOKEN", new_token())
     env.setdefault("WEBHYVE_VIEWER_TOKEN", new_token())
     env["WEBHYVE_PUBLIC_URL"] = url
+    if args.redis:
+        join_cluster(parser, args, env)
     if args.demo:
         env["WEBHYVE_DEMO_GUEST"] = args.demo
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
@@ -56,6 +77,26 @@ def main(argv=None):
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             server.kill()
             return server.wait()
+
+
+def join_cluster(parser, args, env):
+    """Put the cluster settings into the app's environment, with the tokens the cluster already uses."""
+    if not args.cluster_secret:
+        parser.error("--redis needs --cluster-secret (or WEBHYVE_CLUSTER_SECRET), the same on every node")
+    if args.host in ("0.0.0.0", "::") and not args.advertise:
+        parser.error("--host %s: say with --advertise URL where the other nodes reach this one" % args.host)
+    env.update(WEBHYVE_REDIS=args.redis, WEBHYVE_CLUSTER_SECRET=args.cluster_secret,
+               WEBHYVE_NODE_URL=args.advertise or env["WEBHYVE_PUBLIC_URL"])
+    for value, name in ((args.node, "NODE"), (args.restart_on_failure, "RESTART_ON_FAILURE"),
+                        (args.shared_dir, "SHARED_DIR")):
+        if value:
+            env["WEBHYVE_" + name] = value
+    registry = Registry(connect(args.redis))
+    try:
+        env["WEBHYVE_CONTROL_TOKEN"], env["WEBHYVE_VIEWER_TOKEN"] = registry.shared_tokens(
+            env["WEBHYVE_CONTROL_TOKEN"], env["WEBHYVE_VIEWER_TOKEN"])
+    except redis.RedisError as problem:
+        say("Redis at %s does not answer (%s): this node starts with its own tokens" % (shown_url(args.redis), problem))
 
 
 def wait_until_ready(server, url, token, demo):

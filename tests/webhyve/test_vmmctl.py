@@ -279,6 +279,12 @@ def test_sysctl_read_write_and_refusal(env):
     assert cli(env, "sysctl", "hw.vmm.halt_detection").stdout == "hw.vmm.halt_detection: 0\n"
     cli(env, "sysctl", "hw.vmm.halt_detection=1")
     assert "unknown oid" in one_line_error(cli(env, "sysctl", "hw.vmm.no_such_thing"))
+    described = dict(line.split(": ", 1) for line in cli(env, "sysctl", "-d").stdout.splitlines())
+    for t in tunables:                   # -d says when bhyve and webhyve read each (issue 17 item 3)
+        assert described[t["name"]].startswith(t["description"] + " ("), t["name"]
+    assert described["hw.vmm.halt_detection"].endswith("(bhyve reads it only when vmm.ko loads; webhyve reads it "
+                                                       "when a VM is created: running VMs keep their value)")
+    assert "read-only: follows hw.vmm.l1d_flush" in described["hw.vmm.vmx.l1d_flush"]
     viewer = dict(env, WEBHYVE_TOKEN=VIEWER)
     assert "control token" in one_line_error(cli(viewer, "sysctl", "hw.vmm.halt_detection=0"))
 

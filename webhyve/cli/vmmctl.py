@@ -344,8 +344,18 @@ def sysctl(ctx, assignments, descriptions):
             click.echo("vmmctl: sysctl: unknown oid '%s'" % name, err=True)
             status = 1
         for t in rows:
-            click.echo("%s: %s" % (t["name"], t["description"] if descriptions else t["value"]))
+            click.echo("%s: %s" % (t["name"], "%s %s" % (t["description"], when_read(t)) if descriptions else t["value"]))
     sys.exit(status)
+
+
+def when_read(tunable):
+    """When bhyve and webhyve read a tunable, for `sysctl -d`: bhyve reads most only when vmm.ko loads."""
+    if tunable["read_only"]:
+        return "(read-only: follows %s)" % tunable["set_by"]
+    webhyve = "webhyve reads it when a VM is created: running VMs keep their value" if tunable["boot_only"] \
+        else "webhyve applies a change to running VMs"
+    return "(%s; %s)" % ("bhyve reads it only when vmm.ko loads" if tunable["bhyve_boot"] else "not in bhyve",
+                         webhyve)
 
 
 @main.command()

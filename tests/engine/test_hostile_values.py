@@ -9,26 +9,18 @@ kernels. Raw pointer arithmetic through a carray over the whole host memory is n
 the hostile tests compare every host address a kernel computes with the buffers it may touch instead.
 """
 import os
-import subprocess
-import sys
 
 import pytest
 
-import engine
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOSTILE = os.path.join("tests", "engine", "hostile")
+from tests.engine import hostile_run
 
 
 @pytest.mark.skipif(os.environ.get("NUMBA_BOUNDSCHECK") == "1", reason="already bounds-checked")
 def test_hostile_values_bounds_checked():
     """Every hostile-value test passes with bounds checking on, and no kernel raised IndexError anywhere."""
-    cache = engine._numba_cache_dir() + "-boundscheck"
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=cache)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-W", "error::pytest.PytestUnraisableExceptionWarning", HOSTILE],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-6000:]
-    assert "passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+    done = hostile_run.wait(timeout=1800)
+    assert done is not None, "the bounds-checked run did not finish in 1800 s"
+    returncode, output = done
+    assert returncode == 0, output[-6000:]
+    assert "passed" in output and "skipped" not in output, output[-2000:]
     assert "IndexError" not in output, output[-6000:]

@@ -15,6 +15,7 @@ from tests.engine.conftest import guest
 from tests.engine.debug.conftest import symbol
 
 KICKS_PER_RUN = 500_000                     # 10^6 over the two runs below
+LANDED = 1000                               # kicks that must have landed in the guest as exits, kicking on until then
 CPUID0_EBX = 0x756E6547                     # "Genu", what the modeled CPU answers to CPUID leaf 0
 LINE = re.compile(r"cpu (\d+) iters (\d+) ipis (\d+) incs (\d+) msr (\d+) cpuid (\d+) errors (\d+)")
 
@@ -79,6 +80,13 @@ def test_kicked_guest_counts_every_instruction_exactly_once(cpus):
         assert vm.state != "suspended", vm.suspend_message
     ctxs = np.array([v.ctx.ctypes.data for v in vm.vcpus], np.uint64)
     requests = kick_randomly(ctxs, KICKS_PER_RUN, cpus, HOST_TIMER_VECTOR, CLOCK_GETTIME, np.zeros(2, np.uint64))
+    kicks = KICKS_PER_RUN
+    # How many kicks find a vCPU in the guest depends on how the host schedules the two threads (505 of 500,000
+    # under two CPU burners, thousands on a quiet machine): kick on until LANDED have, or the guest ends.
+    while extint_exits(vm) < LANDED and vm.state != "suspended" and kicks < 40 * KICKS_PER_RUN:
+        requests += kick_randomly(ctxs, KICKS_PER_RUN // 10, cpus, HOST_TIMER_VECTOR, CLOCK_GETTIME,
+                                  np.zeros(2, np.uint64))
+        kicks += KICKS_PER_RUN // 10
     vm.memory_access.write(symbol("kick_stop", "kickstress.elf"), (1).to_bytes(4, "little"))
     assert vm.wait(states=("suspended",), timeout=120) == "suspended", vm.state
     assert vm.suspend_reason == "halt", vm.suspend_message
@@ -89,9 +97,13 @@ def test_kicked_guest_counts_every_instruction_exactly_once(cpus):
     for cpu, report in reports.items():
         assert report["iters"] > 0 and report == twin(report["iters"]), (cpu, report)
     assert "shared %d" % sum(r["iters"] for r in reports.values()) in text
-    extint = sum(int(v.counters[stats.VMEXIT_EXTINT]) for v in vm.vcpus)
+    extint = extint_exits(vm)
     ipis = sum(int(v.counters[stats.VLAPIC_IPI_SEND]) for v in vm.vcpus)
     assert ipis == sum(r["iters"] for r in reports.values()) + (cpus - 1) * 3    # + INIT, SIPI, SIPI per AP
-    assert extint >= 1000, extint            # kicks landed in the guest (others merged with exits under way)
+    assert extint >= LANDED, (extint, kicks)  # kicks landed in the guest (others merged with exits under way)
     print("cpus %d: %d kicks (%d requests), %d external-interrupt exits, %d iterations"
-          % (cpus, KICKS_PER_RUN, requests, extint, sum(r["iters"] for r in reports.values())))
+          % (cpus, kicks, requests, extint, sum(r["iters"] for r in reports.values())))
+
+
+def extint_exits(vm):
+    return sum(int(v.counters[stats.VMEXIT_EXTINT]) for v in vm.vcpus)

@@ -132,9 +132,4 @@ def test_make_run_says_what_it_does_and_prints_the_two_urls_last(tmp_path):
         assert lines[-1] == "  read-only:  %s/vms/demo?token=%s" % (url, VIEWER)
         assert requests.get(lines[-1].split()[-1], allow_redirects=False).status_code == 303
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_server(process)

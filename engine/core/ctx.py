@@ -39,8 +39,6 @@ KICK = 26           # [any] 1: leave the guest at the next translated-block boun
                     #     reason (REQ, NOTIFY, RESCHED, an IRR bit) is visible; the block hook clears it. [k] 2:
                     #     interrupt-window exiting is armed: leave at the first block where RFLAGS.IF is set
 RESCHED = 27        # [any] the host scheduler's tick: the timeslice of a shared host CPU is over (hosttimer.py)
-LAPIC_AT = 28       # [k] RIP of the MOV whose APIC write stopped the guest on it (Unicorn restarts it after the
-LAPIC_RESUME = 29   #     store), and the RIP after it, where the loop resumes; 0 when it left at a block boundary
 WINDOW_SKIP = 31    # [k] linear address + 1 of a block in an STI/MOV-SS shadow the window check lets run once
 BLOCK_STOP = 60     # [k] 1: the block hook stopped this entry (a kick or the interrupt window), not a HLT
 LAPIC_ZERO = 30     # [k] a store that reached reserved bytes of the APIC page: offset + 1 | size << 16; they
@@ -95,8 +93,8 @@ PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.
 LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none
 LAPIC_FIXVAL = 77   # [k] its value, put back at the next access
 NMI_WINDOW = 78     # [k] NMI-window exiting: step until NMI blocking ends
-LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-like) was applied; the guest leaves at
-                    #     the next block boundary
+LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-like) was applied; the loop records
+                    #     the exit once the stepper has completed the instruction (vmx/emulate.py)
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),
@@ -130,12 +128,15 @@ DEVICE_TOUCH = 92   # [py] lines an I/O or MMIO exit touches as well: the VM's d
 L1D_SEEN = 93       # [k] that L1D's clock + 1 right after this vCPU's exit path last touched it (0: never)
 L1D_SEEN_KIND = 94  # [k] what that touch covered: 1 the exit path, 2 with the device state
 # -- the MMIO pages served in userspace: the I/O APIC's and the PCI BARs' (vmx/mmio.py) ----------------------------------------
-MMIO_PAGE = 120     # [py] host-physical address of this vCPU's window page (0 = none): the TLB fill maps MMIO_GPA's
-                    #      page there, never executable, and every load or store in it is an exit to the device
+MMIO_PAGE = 120     # [py] host-physical address of this vCPU's window page (0 = none): the stepper's TLB fill maps
+                    #      MMIO_GPA's page there, never executable, and every load or store in it is an exit to the device
 MMIO_GPA = 121      # [py] the guest-physical page the window stands for (the I/O APIC's 0xFEC00000)
 MMIO_CALLBACK = 122  # [py] address of the userspace MMIO callback (the VM's platform dispatches to the device)
 MMIO_RANGE = 123    # [py] the first guest-physical page of the PCI memory window (the BARs), served by the window's
 MMIO_PAGES = 124    #      pages 1..MMIO_PAGES-1 one for one; MMIO_PAGES counts the window's pages (page 0: MMIO_GPA)
+STEPPER = 125       # [py] address of the vCPU's stepper block (vmx/emulate.py): the instance device accesses run on
+MMIO_GLA = 126      # [k] the linear address of the device access being emulated (the fill refused it: X_MMIO)
+MMIO_STEP = 127     # [k] 1 while the stepper runs the instruction: its TLB fill maps the device pages
 # -- exceptions and system calls (vmx/faults.py, vmx/deliver.py, vmx/syscall.py) -------------------------
 EV_FROM_CPU = 128   # [k] the interrupt hook's vector is Unicorn's own exception: its error code and whether it is INT n
                     #     are in the CPU context (vmx/cpuctx.py); faults.exception_exit clears it
@@ -158,6 +159,7 @@ RING_ROWS = 256
 # EXIT values
 X_NONE, X_EPT, X_EXEC, X_GUEST_PF, X_EXCEPTION, X_GP, X_USER_STOP, X_POOL = range(8)
 X_PAUSE = 9         # (8 was the bus lock's first-run exit, gone: io/buslock.py)
+X_MMIO = 10         # an access to a device page: the instruction runs on the stepper (vmx/emulate.py)
 # REQ bits
 REQ_STOP = 1        # pause/kick: leave the loop at the next check (an external-interrupt exit if running)
 REQ_PEEK = 2        # a visit (vcpu.visit): leave the loop for the vCPU's thread to run a read or a change for another

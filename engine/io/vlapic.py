@@ -1,11 +1,11 @@
 """The local APIC (xAPIC) of one vCPU, modeled on bhyve's io/vlapic.c, its page virtualized the VT-x way.
 
 The registers live in the vCPU's virtual-APIC page, a host page at the offsets of the architectural
-APIC page (SDM §10.4.1); the TLB fill maps guest-physical 0xFEE00000 to it (ctx slot APIC_PAGE). The
-guest reads that page directly; a memory hook refreshes the one computed register (the timer's current
-count) before the read. A guest write lands in the page and the write hook acts on it, as APIC-register
-virtualization's trap-like APIC-write exit does; a write to a read-only register is undone at the next
-access. IRR, ISR and TMR are eight 32-bit registers 16 bytes apart: bit v of the set is register v/32.
+APIC page (SDM §10.4.1); guest-physical 0xFEE00000 is mapped to it (ctx slot APIC_PAGE) only on the vCPU's
+stepper, which runs each instruction that touches it (vmx/emulate.py). The guest reads that page directly; a
+memory hook refreshes the one computed register (the timer's current count) before the read. A guest write
+lands in the page and the write hook acts on it, as APIC-register virtualization's trap-like APIC-write exit
+does; a write to a read-only register is undone as soon as the instruction has completed. IRR, ISR and TMR are eight 32-bit registers 16 bytes apart: bit v of the set is register v/32.
 
 Other vCPUs and threads set IRR bits (or, with posted interrupts, PIR bits) with atomic operations and
 then notify the vCPU (vcpu_notify_event): a kick if it is in the guest, a wake-up if it is halted.
@@ -26,11 +26,9 @@ from .. import stats as S
 from .. import tunables as T
 from ..core import ctx as C
 from ..core import kick
-from ..core.regs import rd, stop
 from ..core.sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
                          call_clock, fence, futex_wake)
-from ..native import NUMBA, address, call_host, hook_add, u64_ptr, u8_ptr
-from . import decode
+from ..native import NUMBA, address, call_host, u64_ptr, u8_ptr
 
 APIC_BASE_GPA = 0xFEE00000
 VERSION = 0x14 | (6 << 16)              # VLAPIC_VERSION, max LVT index 6 (CMCI)
@@ -588,11 +586,10 @@ def mmio_write(c, offset, size, value):
     the register it reaches (reached: a store may start in reserved bytes and end in the next register, or
     cover part of one); whatever it leaves in reserved bytes or a read-only register is undone.
 
-    The hook acts once, here. A write after which the vCPU must leave the guest (exits_after) is trap-like
-    (exit 56 with this offset, then what became deliverable is injected): when the instruction is a MOV,
-    the hook stops the guest, Unicorn restarts the MOV after its store, and the loop moves RIP past it
-    (io/decode.py) — exactly after the write, as VT-x exits. Any other form leaves at the next block
-    boundary (core/kick.py), never by a restart that would run it, and this hook, twice.
+    The hook acts once, here, on the vCPU's stepper, which runs the writing instruction alone (vmx/emulate.py).
+    A write after which the vCPU must leave the guest (exits_after) is trap-like: once the instruction has
+    completed, the loop records exit 56 with this offset, and what became deliverable is injected; exactly
+    after the write, as VT-x exits, whatever the instruction's form.
     """
     undo_readonly_write(c)
     regs = page_of(c)
@@ -605,12 +602,6 @@ def mmio_write(c, offset, size, value):
     if exits_after(c, reg, value):
         c[C.LAPIC_STEP] = 1
         c[C.LAPIC_STEP_OFFSET] = np.uint64(offset)
-        c[C.LAPIC_RESUME] = decode.after_mov_store(c)
-        if c[C.LAPIC_RESUME] != 0:
-            c[C.LAPIC_AT] = rd(c, X.UC_X86_REG_RIP)
-            stop(c)
-        else:
-            kick.kick(c)
     if is_read_only(reg) or reg == EOI:
         c[C.LAPIC_FIX] = reg + 1
         c[C.LAPIC_FIXVAL] = 0 if reg == EOI else regs[reg >> 2]
@@ -684,7 +675,7 @@ class Vlapic:
         c = vcpu.ctx
         c[C.APIC_PAGE], c[C.PIR_DESC], c[C.INTR] = self.hpa, self.pir_hpa, self.block.ctypes.data
         for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):
-            hook_add(vcpu.uc, kind, hook.address, c.ctypes.data, self.hpa, self.hpa + 0xFFF)
+            vcpu.stepper.hook(kind, hook, self.hpa, self.hpa + 0xFFF)
         self.reset()
 
     def reset(self):

@@ -2,7 +2,8 @@
 vmx_vcpu_init sets, its place on a host CPU, and the registers a boot starts from.
 
 Every vCPU is a UC_MODE_64 instance over all of host-physical memory, in Unicorn's virtual-TLB mode with
-our TLB fill as the translation (docs/engine.md). Its context block holds the addresses of everything the
+our TLB fill as the translation (docs/engine.md), and a second one, its stepper, for the instructions that
+touch device pages (vmx/emulate.py). Its context block holds the addresses of everything the
 kernels reach, so one compiled hook serves every vCPU.
 """
 import ctypes
@@ -18,7 +19,7 @@ from ..cpu import cachesim, tsc
 from ..io import buslock
 from ..mmu import walk as W
 from ..native import address, function_table, hook_add
-from ..vmx import controls, cpuctx, hooks, segcache, syscall
+from ..vmx import controls, cpuctx, emulate, hooks, segcache, syscall
 
 XTAB_PAIRS = 4096                                # the exec-scan table's slots (core/ctx.py XTAB)
 DESC_P = 1 << 15                                 # a descriptor cache's present bit (QEMU's flags, vmx/segcache.py)
@@ -59,6 +60,7 @@ def make_uc(vcpu):
     c[C.CPU_ENV] = cpuctx.env_address(uc)        # the kernels' way to segment caches and hidden flags
     attach_hostcpu(vcpu, vcpu.hostcpu)
     add_exit_hooks(uc, c.ctypes.data)
+    vcpu.stepper = emulate.Stepper(vcpu)         # runs the instructions that touch device pages (vmx/emulate.py)
     tsc.attach(vcpu)                             # RDTSC and RDTSCP at the profile's frequency, in numba
     init_vmcs(vcpu)
     hv.l1d.attach_vcpu(vcpu)

@@ -85,6 +85,7 @@ class Vcpu(GuestState):
         self.halt_for_input = False              # halted in a BIOS keyboard wait, not at a guest HLT
         self.paused_from = RUNNING               # what a resume returns to: RUNNING, or HALTED (still in its HLT)
         self.tb_stale = False                    # the host wrote guest code: drop translated blocks before entering
+        self.freed = False                       # the local APIC's and MMIO window's host pages given back (free)
         self.unstarted = threading.RLock()
         self.vpid = vpid_alloc(vm.hypervisor.vpids, index)    # vmx_vcpu_init: unique across VMs (vmx/vpid.py)
         build.make_uc(self)
@@ -369,6 +370,14 @@ class Vcpu(GuestState):
             pool = self.vm.hypervisor.vpids
             vpid_free(pool, self.vpid, pool.low - 1)
             self.vpid = None
+
+    def free(self):
+        """Give back the host pages of the local APIC and the MMIO window (the VM destroyed, or reset: the new
+        vCPUs have their own), once; the vCPU's thread has stopped."""
+        if not self.freed:
+            self.freed = True
+            self.lapic.free()
+            self.mmio.free()
 
     def suspend(self, reason, message):
         """Stop with `reason`: the VM makes this state and its reason visible together (vm.vcpu_suspended)."""

@@ -214,6 +214,7 @@ class VM(VmMemory, Platform):
         for vcpu in self.vcpus:
             vcpu.hostcpu.unassign(vcpu)
             vcpu.release_vpid()                        # vm_reinit: vcpu_cleanup, then vcpu_init allocates again
+            vcpu.free()
         self._forget_memory()
         # One line of our own in COM1's history, so the new boot's banner is not glued to the old prompt in
         # a console, a replay or a recording (consoles keep their history over a reset).
@@ -241,8 +242,7 @@ class VM(VmMemory, Platform):
         self._free_memory()
         self.hypervisor.l1d.release_vm(self)
         for vcpu in self.vcpus:
-            vcpu.lapic.free()
-            vcpu.mmio.free()
+            vcpu.free()
 
     def _started(self):
         return [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]

@@ -103,7 +103,8 @@ def ept_unhandled(c, status, gpa, qualification):
 @njit(**NUMBA)
 def device_page(c, gpa):
     """The host page a guest-physical page without memory stands for: this vCPU's virtual-APIC page at
-    0xFEE00000, its MMIO window's pages at the I/O APIC's page and the PCI memory window's (vmx/mmio.py), else 0."""
+    0xFEE00000, its MMIO window's pages at the I/O APIC's page and the PCI memory window's (vmx/mmio.py), else 0.
+    Only the stepper maps them (is_device, vmx/emulate.py)."""
     page = np.uint64(gpa) & ~np.uint64(0xFFF)
     if c[C.APIC_PAGE] != 0 and page == np.uint64(APIC_GPA):
         return c[C.APIC_PAGE]
@@ -115,12 +116,25 @@ def device_page(c, gpa):
     return np.uint64(0)
 
 
+@njit(**INLINE)
+def is_device(c, hpa):
+    """A host page device_page gives: the virtual-APIC page or a page of the MMIO window."""
+    page = np.uint64(hpa) & ~np.uint64(0xFFF)
+    if c[C.APIC_PAGE] != 0 and page == c[C.APIC_PAGE]:
+        return True
+    return c[C.MMIO_PAGE] != 0 and c[C.MMIO_PAGE] <= page and \
+        page - c[C.MMIO_PAGE] < c[C.MMIO_PAGES] * np.uint64(4096)
+
+
 @njit(**NUMBA)
 def tlb_fill(c, vaddr, access):
-    """Returns (ok, hpa, perms); on failure the exit record in the context says why."""
+    """Returns (ok, hpa, perms); on failure the exit record in the context says why. A device page is refused
+    (X_MMIO) except to the stepper, which runs the instruction that touched it (vmx/emulate.py); the stepper's
+    fills are the emulation's, not the CPU's, and are not counted."""
     mem8, mem64, mem32, segs = views(c)
     st, pool = ept_views(c)
     counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
+    count = np.uint64(1) if c[C.MMIO_STEP] == 0 else np.uint64(0)
     tlb = carray(u64_ptr(c[C.TLB]), np.int64(c[C.TLB_LEN]))
     kind = W.ACCESS_WRITE if access == 17 else W.ACCESS_FETCH if access == 18 else W.ACCESS_READ
     need = W.PROT_X if kind == W.ACCESS_FETCH else W.PROT_W if kind == W.ACCESS_WRITE else W.PROT_R
@@ -131,20 +145,22 @@ def tlb_fill(c, vaddr, access):
     i = TLB.lookup(tlb, c[C.VPID], c[C.EPTP], vaddr)
     if i >= 0 and tlb[i + 5] & np.uint64(need) and \
             (tlb[i + 5] & np.uint64(W.PROT_USER) != 0 or rd(c, X.UC_X86_REG_CS) & np.uint64(3) != 3):   # CPL 3: U/S
-        counters[S.TLB_HITS] += 1
+        counters[S.TLB_HITS] += count
         gpa = tlb[i + 3] | (np.uint64(vaddr) & np.uint64(0xFFF))
         hpa = tlb[i + 4]
         perms = np.int64(tlb[i + 5] & np.uint64(7))
     else:
-        counters[S.TLB_MISSES] += 1
-        counters[S.TLB_WALKS] += 1
+        counters[S.TLB_MISSES] += count
+        counters[S.TLB_WALKS] += count
         cr0 = rd(c, X.UC_X86_REG_CR0)
         cpl = rd(c, X.UC_X86_REG_CS) & 3 if cr0 & W.CR0_PE else 0
         touched, emulated = st[EPT.S_FIRST_TOUCH], st[EPT.S_AD_FAULTS]
         code, gpa, gperms, err, fault_gpa, faults, status, walk_rwx = W.walk(
             mem64, mem32, st, pool, segs, c[C.NSEGS], cr0, rd(c, X.UC_X86_REG_CR3), rd(c, X.UC_X86_REG_CR4),
             rd_efer(c), cpl, vaddr, kind, True)
-        if faults:
+        if code == W.EPT_FAULT:
+            faults -= 1                         # the last one is the exit the loop records (ept_unhandled below)
+        if faults > 0:
             nested_fault(c, fault_gpa, vaddr, walk_qualification(st, walk_rwx), faults)
         if code == W.GUEST_PF:
             c[C.EXIT], c[C.ERRCODE] = C.X_GUEST_PF, err
@@ -155,7 +171,12 @@ def tlb_fill(c, vaddr, access):
         status, hpa, rwx, faults, q_rwx = EPT.translate(mem64, st, pool, segs, c[C.NSEGS], gpa,
                                                         EPT.FETCH if kind == W.ACCESS_FETCH else
                                                         EPT.WRITE if kind == W.ACCESS_WRITE else EPT.READ, 4)
-        if faults:
+        # Violations the kernel resolved (first touches, A/D): each one exit. The last one of a translation that
+        # failed is the exit the loop records; on a device page it is the device's exit (vmx/mmio.py) or none
+        # at all (the APIC page: APIC-access virtualization, no EPT violation).
+        if status != EPT.HANDLED:
+            faults -= 1
+        if faults > 0:
             nested_fault(c, gpa, vaddr, ept_qualification(kind, q_rwx, True), faults)
         if status == EPT.NOT_MEMORY:
             device = device_page(c, gpa)        # the APIC page, or the MMIO page a userspace device serves
@@ -172,6 +193,9 @@ def tlb_fill(c, vaddr, access):
         perms = np.int64(gperms) & np.int64(rwx) & 7
         TLB.insert(tlb, c[C.VPID], c[C.EPTP], vaddr, gpa, hpa, perms | (np.int64(gperms) & W.PROT_USER),
                    (gperms & W.PROT_GLOBAL) != 0)
+    if c[C.MMIO_STEP] == 0 and is_device(c, hpa):
+        c[C.EXIT], c[C.FAULT_GPA] = C.X_MMIO, gpa       # the instruction runs on the stepper (vmx/emulate.py)
+        return False, 0, 0
     page = gpa >> 12
     code_state = carray(u64_ptr(c[C.CODE]), c[C.NPAGES])
     if page < c[C.NPAGES]:

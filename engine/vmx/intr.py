@@ -142,26 +142,9 @@ def note_opcode(c):
 
 
 @njit(**NUMBA)
-def end_shadow(c):
-    """An instruction in an STI/MOV-SS shadow completed, so the shadow is over. QEMU clears HF_INHIBIT_IRQ at
-    the end of that instruction's block, which an instruction stopped after its store never reached."""
-    if shadowed(c):                                # saved the context into the interrupt block's buffer
-        ib = L.block(c)
-        raw = carray(u8_ptr(ib[L.IB_CONTEXT]), HFLAGS_OFFSET + 4)
-        raw[HFLAGS_OFFSET] &= ~np.uint8(HF_INHIBIT_IRQ)
-        call_uc_ptr(ib[L.IB_CONTEXT_RESTORE], c[C.UC], ib[L.IB_CONTEXT])
-
-
-@njit(**NUMBA)
 def apic_write_exit(c):
-    """Exit 56 (APIC write, trap-like): the qualification is the register's offset. bhyve counts it only
-    in the total. A MOV the write hook stopped on was restarted after its store (io/vlapic.py mmio_write):
-    it completed, so RIP moves past it (io/decode.py); otherwise the guest left at a block boundary."""
-    if c[C.LAPIC_RESUME] != 0 and c[C.RIP] == c[C.LAPIC_AT]:
-        end_shadow(c)
-        c[C.RIP] = c[C.LAPIC_RESUME]
-        wr(c, X.UC_X86_REG_RIP, c[C.RIP])
-    c[C.LAPIC_RESUME] = 0
+    """Exit 56 (APIC write, trap-like): the qualification is the register's offset, RIP the instruction after
+    the write's (the stepper completed it: vmx/emulate.py). bhyve counts it only in the total."""
     c[C.LAPIC_STEP] = 0
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     rip = c[C.RIP]

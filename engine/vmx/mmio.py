@@ -3,19 +3,20 @@ window pages, and the exit every load or store in them is.
 
 On VT-x a guest-physical page with no memory behind it is an EPT violation (exit 48) on every access; bhyve
 decodes the instruction (vm_handle_inst_emul, VM_EXITCODE_INST_EMUL) and calls the device's read or write
-handler with the address, the width and the value. Here Unicorn does the decoding: the TLB fill maps the page
-(never executable) to a host page of the vCPU's own, its window, and memory hooks on the window's host range
-run for every access in it, whatever the instruction. The read hook runs before the load: it asks the device
-for the value and puts those bytes in the window, where the load then finds them. The write hook runs before
-the store: it hands the device the value, and the store lands in the window, where nothing reads it (every
-read is answered afresh). Each access is recorded as the EPT violation it is and counted as bhyve counts an
-instruction-emulation exit handled in userspace. A window per vCPU: two vCPUs reading at once never see each
-other's answer.
+handler with the address, the width and the value. Here the vCPU's TLB fill refuses the page and the
+instruction runs on the vCPU's stepper (vmx/emulate.py), whose TLB fill maps the page (never executable) to a
+host page of the vCPU's own, its window, and whose memory hooks on the window run for every access in it,
+whatever the instruction. The read hook runs before the load: it asks the device for the value and puts those
+bytes in the window, where the load then finds them. The write hook runs before the store: it hands the device
+the value, and the store lands in the window, where nothing reads it (every read is answered afresh). Each
+access is recorded as the EPT violation it is, with the guest-linear address of the refused access (bits 7
+and 8 set: the access was to the linear address's translation, which is what tells bhyve's vmx_exit_process
+an MMIO access from a paging fault), and counted as bhyve counts an instruction-emulation exit handled in
+userspace. A window per vCPU: two vCPUs reading at once never see each other's answer.
 
-Memory hooks report host-physical addresses only, so the exit's guest-linear address is not known: the
-qualification leaves bit 7 (linear address valid) clear. The window is MMIO_PAGES pages: page 0 stands for the
-I/O APIC's page (MMIO_GPA), page 1 + i for the PCI memory window's page i (MMIO_RANGE + 4096 i), so the page of
-the host address says which guest-physical page an access is to (PCI devices' BARs: engine/pci/device.py).
+The window is MMIO_PAGES pages: page 0 stands for the I/O APIC's page (MMIO_GPA), page 1 + i for the PCI
+memory window's page i (MMIO_RANGE + 4096 i), so the page of the host address says which guest-physical page an
+access is to (PCI devices' BARs: engine/pci/device.py).
 """
 import numpy as np
 from numba import carray, cfunc, njit
@@ -27,7 +28,7 @@ from ..core import ctx as C
 from ..core import vmcs as V
 from ..core.regs import rd
 from ..io.vlapic import MEM_HOOK
-from ..native import NUMBA, call_host, hook_add, u64_ptr, u8_ptr
+from ..native import NUMBA, call_host, u64_ptr, u8_ptr
 from . import exits as E
 from .hooks import record_exit
 
@@ -39,8 +40,9 @@ U = np.uint64
 @njit(**NUMBA)
 def qualification(write):
     """Exit 48's qualification for an access to a page the EPT does not map (SDM Table 28-7): a read or a write,
-    the entry's permissions (bits 3-5) all clear; no guest-linear address (bits 7-8 clear)."""
-    return U(E.EPT_WRITE) if write else U(E.EPT_READ)
+    the entry's permissions (bits 3-5) all clear, the guest-linear address valid (bit 7) and the access to its
+    translation (bit 8)."""
+    return U(E.EPT_WRITE if write else E.EPT_READ) | U(E.EPT_GLA_VALID) | U(E.EPT_TRANSLATION)
 
 
 @njit(**NUMBA)
@@ -55,13 +57,14 @@ def fill(window, offset, size, value):
 
 @njit(**NUMBA)
 def exit_for(c, gpa, write):
-    """The access as VT-x reports it and bhyve counts it: exit 48 at the device's guest-physical address,
-    instruction emulation, handled in userspace."""
+    """The access as VT-x reports it and bhyve counts it: exit 48 at the device's guest-physical address and the
+    linear address the guest used (its page the refused access's, MMIO_GLA), instruction emulation, handled in
+    userspace."""
     record_exit(c, E.EPT_VIOLATION, qualification(write), 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_INST_EMUL)
     carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VMEXIT_USERSPACE] += 1
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     vmcs[V.GUEST_PHYSICAL_ADDRESS] = gpa
-    vmcs[V.GUEST_LINEAR_ADDRESS] = 0
+    vmcs[V.GUEST_LINEAR_ADDRESS] = (c[C.MMIO_GLA] & ~U(PAGE - 1)) | (U(gpa) & U(PAGE - 1))
 
 
 @njit(**NUMBA)
@@ -114,7 +117,7 @@ class Window:
         c[C.MMIO_PAGE], c[C.MMIO_GPA], c[C.MMIO_CALLBACK] = self.hpa, gpa, callback_address
         c[C.MMIO_RANGE], c[C.MMIO_PAGES] = range_gpa, 1 + range_pages
         for kind, hook in ((UC_HOOK_MEM_READ, read_hook), (UC_HOOK_MEM_WRITE, write_hook)):
-            hook_add(vcpu.uc, kind, hook.address, c.ctypes.data, self.hpa, self.hpa + size - 1)
+            vcpu.stepper.hook(kind, hook, self.hpa, self.hpa + size - 1)
 
     def free(self):
         self.vcpu.ctx[C.MMIO_PAGE] = 0

@@ -23,6 +23,7 @@ from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, ca
 from . import exits as E
 from . import faults, halt, intr
 from .controls import PROCBASED_HLT_EXITING, PROCBASED_MTF
+from .emulate import emulate
 from .hooks import record_exit
 
 # What the loop returns to userspace: bhyve's enum vm_exitcode where it has one.
@@ -54,8 +55,8 @@ def current_linear(c):
 @njit(**NUMBA)
 def ran_hlt(c, linear):
     """Unicorn ran a HLT natively: emu_start returns right after it (EXCP_HLT), and nothing else marks the
-    entry. Every other way out leaves a mark: the exit record (EXIT), the block hook's BLOCK_STOP, an APIC
-    write's LAPIC_STEP, a stepped instruction under NMI-window exiting (under the monitor trap flag the
+    entry. Every other way out leaves a mark: the exit record (EXIT, X_MMIO after an instruction the stepper
+    ran), the block hook's BLOCK_STOP, an APIC write's LAPIC_STEP, a stepped instruction under NMI-window exiting (under the monitor trap flag the
     stepped opcode tells instead: exit_process). So an unmarked return with an F4
     byte (HLT, after any prefixes) right before RIP is a HLT; no hook per HLT is needed."""
     code = np.zeros(1, np.uint8)
@@ -89,6 +90,8 @@ def enter(c):
         intr.arm_window(c)
     intr.prepare_entry(c, count)
     err = call_emu_start(fns[FN_EMU_START], c[C.UC], rd(c, X.UC_X86_REG_RIP), 0, 0, count)
+    if c[C.EXIT] == C.X_MMIO:                      # an access to a device page: the instruction runs on the stepper
+        err = emulate(c)
     c[C.EXIT_SEQ] += 1
     buslock.release(c)                             # a locked instruction that faulted or was the last one run
     return err
@@ -164,7 +167,7 @@ def exit_process(c, err):
         return EXITCODE_USER
     if err == UC_ERR_OK:
         # a stepped instruction's opcode tells a HLT; F4 before RIP does not (it can end the instruction stepped)
-        if unmarked and (intr.stepped_opcode(c) == 0xF4 if mtf else ran_hlt(c, current_linear(c))):
+        if unmarked and why != C.X_MMIO and (intr.stepped_opcode(c) == 0xF4 if mtf else ran_hlt(c, current_linear(c))):
             return hlt_exit(c)
         if c[C.REQ] != 0:                              # the kick: a host IPI seen as an external interrupt
             if mtf and unmarked:                       # (after the MTF exit the instruction owes)

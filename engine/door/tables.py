@@ -16,6 +16,8 @@ from ..stats import by_id as stats_by_id
 from ..stats import format_stats
 from ..stats import rows as stats_rows
 from ..vcpu import GPRS, SEGMENTS
+from ..vm.slots import EMULATIONS
+from ..vm.slots import parse_all as parse_slots
 from ..vmx import exits
 
 PROFILES, DEFAULT_PROFILE = tuple(_profiles.PROFILES), _profiles.DEFAULT
@@ -23,4 +25,5 @@ REGISTERS = GPRS + SEGMENTS + ("efer",)            # what a vCPU's registers() h
 
 __all__ = ["names", "ConfigError", "EngineError", "ImageError", "SnapshotError", "StateError", "TunableError",
            "KINDS", "read_snapshot_header", "STATS", "stats_by_id", "format_stats", "stats_rows", "GPRS", "SEGMENTS",
-           "REGISTERS", "exits", "vmcs", "PROFILES", "DEFAULT_PROFILE", "VGA_PALETTE", "VGA_CURSOR"]
+           "REGISTERS", "exits", "vmcs", "PROFILES", "DEFAULT_PROFILE", "VGA_PALETTE", "VGA_CURSOR", "EMULATIONS",
+           "parse_slots"]

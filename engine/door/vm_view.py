@@ -10,6 +10,7 @@ import time
 from .. import stats as S
 from ..vmx import exits as E
 from ..errors import ConfigError, StateError
+from ..pci.host import bdf
 from .vcpu_view import VcpuView
 
 RUN_TIMEOUT = 5.0
@@ -172,6 +173,17 @@ class VmView:
         totals["VMM_MEM_RESIDENT"] = S.resident_bytes(self._vm.pmap.stats()["resident_pages"])   # computed when read
         totals["VMM_MEM_WIRED"] = 0
         return totals
+
+    # -- PCI devices ------------------------------------------------------------------------------------
+    def devices(self):
+        """Every function on PCI bus 0, slot by slot, as its model holds it now (engine/pci, engine/virtio
+        `describe()`): IDs and class, BARs as the guest programmed them, MSI-X vectors, a virtio device's queues and
+        its counts. Read under the bus's lock, the lock the vCPU threads take for configuration cycles and BAR
+        accesses, so each function is seen between two accesses, not in the middle of one."""
+        bus = self._vm.pci
+        with bus.lock:
+            return [{"slot": d, "function": f, "bdf": bdf(d, f), **function.describe()}
+                    for (d, f), function in sorted(bus.functions.items())]
 
     # -- console and screen -----------------------------------------------------------------------------
     def console_reader(self, position=None):

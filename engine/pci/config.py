@@ -69,6 +69,16 @@ class PciFunction:
             new = old & ~self.wmask[at] | byte & self.wmask[at]
             self.config[at] = new & ~(byte & self.w1cmask[at])
 
+    # -- what a panel shows -------------------------------------------------------------------------------------
+    def describe(self):
+        """The header as the guest reads it now (`lspci -nn -vv`'s first lines): IDs, class, command and status."""
+        read = self.cfg_read
+        return {"vendor": read(VENDOR_ID, 2), "device": read(DEVICE_ID, 2), "revision": read(REVISION_ID, 1),
+                "class": read(CLASS, 1) << 16 | read(SUBCLASS, 1) << 8 | read(PROG_IF, 1),
+                "subsystem_vendor": read(SUBSYSTEM_VENDOR_ID, 2), "subsystem": read(SUBSYSTEM_ID, 2),
+                "command": read(COMMAND, 2), "status": read(STATUS, 2),
+                "interrupt_line": read(INTERRUPT_LINE, 1), "interrupt_pin": read(INTERRUPT_PIN, 1)}
+
     # -- snapshots ---------------------------------------------------------------------------------------------
     def state(self):
         return list(self.config)

@@ -228,6 +228,27 @@ class PciDevice(PciFunction):
         self._set(STATUS, status | STATUS_INTERRUPT if self.intx_level else status & ~STATUS_INTERRUPT, 2)
         self.intx(self.intx_level and not self.cfg_read(COMMAND, 2) & CMD_INTX_DISABLE)
 
+    # -- what a panel shows -------------------------------------------------------------------------------------
+    def describe(self):
+        """The header, each BAR as the guest programmed it (address, size, kind, decoded now: the command
+        register's space bit on and an address placed), the MSI-X table entry by entry with its pending bit, and
+        the INTx level. Read under the bus's lock by the caller, so one moment's."""
+        out = super().describe()
+        out["bars"] = [{"index": bar.index, "kind": bar.kind, "size": bar.size, "address": self.bar_address(bar.index),
+                        "enabled": self.decoding(bar.kind) and self.bar_address(bar.index) != 0}
+                       for bar in sorted(self.bars.values(), key=lambda b: b.index)]
+        out["intx"] = self.intx_level
+        if self.msix_cap is not None:
+            enabled, function_masked = self.msix_state()
+            entries = []
+            for n in range(self.msix_vectors):
+                address, data, control = self._entry(n)
+                entries.append({"index": n, "address": address, "data": data,
+                                "masked": bool(control & MSIX_VECTOR_MASKED),
+                                "pending": bool(self.msix_pba[n // 8] >> n % 8 & 1)})
+            out["msix"] = {"enabled": enabled, "function_masked": function_masked, "vectors": entries}
+        return out
+
     # -- snapshots ---------------------------------------------------------------------------------------------
     def state(self):
         return list(self.config)

@@ -15,3 +15,6 @@ CLASS_BRIDGE, SUBCLASS_HOST = 0x06, 0x00
 class HostBridge(PciFunction):
     def __init__(self, vendor=VENDOR_NETAPP, device=DEVICE_HOSTBRIDGE):
         super().__init__(vendor, device, CLASS_BRIDGE, SUBCLASS_HOST)
+
+    def describe(self):
+        return {**super().describe(), "backend": {"emulation": "hostbridge"}}

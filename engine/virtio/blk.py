@@ -50,12 +50,20 @@ class VirtioBlk(VirtioPci):
         self.ident = ("WH-%08x" % (os.fstat(self.fd).st_ino & 0xFFFFFFFF)).encode()[:ID_BYTES]
         self.device_features = F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | (F_RO if readonly else F_DISCARD)
         super().__init__(ram, bar_base)
-        self.counts = {"read": 0, "write": 0, "flush": 0, "discard": 0, "error": 0}
+        self.counts = {"read": 0, "write": 0, "flush": 0, "discard": 0, "get_id": 0, "error": 0, "read_bytes": 0,
+                       "write_bytes": 0}
 
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    def describe(self):
+        """The transport's view and the image: its path, read-only or not, capacity in sectors."""
+        out = super().describe()
+        out["backend"] = {"emulation": "virtio-blk", "image": self.path, "readonly": self.readonly,
+                          "capacity_sectors": self.capacity}
+        return out
 
     def device_config(self):
         """struct virtio_blk_config (§5.2.4), up to the discard fields."""
@@ -99,6 +107,7 @@ class VirtioBlk(VirtioPci):
                 for h, n, _ in ranges(rows, readable + got, length - got):
                     mem[h:h + n] = bytes(n)
             self.counts["read"] += 1
+            self.counts["read_bytes"] += length
             return S_OK, length
         if kind == T_OUT:
             length = readable - 16
@@ -107,6 +116,7 @@ class VirtioBlk(VirtioPci):
             if length:
                 os.pwritev(self.fd, [mem[h:h + n] for h, n, _ in ranges(rows, 16, length)], sector * SECTOR)
             self.counts["write"] += 1
+            self.counts["write_bytes"] += length
             return S_OK, 0
         if kind == T_FLUSH:
             os.fsync(self.fd)
@@ -120,6 +130,7 @@ class VirtioBlk(VirtioPci):
                 mem[h:h + n] = data[at:at + n]
                 self.ram.dma_written(g, n)
                 at += n
+            self.counts["get_id"] += 1
             return S_OK, length
         if kind == T_DISCARD:
             return self._discard(rows, readable)

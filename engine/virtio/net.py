@@ -30,7 +30,7 @@ from numba import njit
 from ..errors import ConfigError
 from ..native import NUMBA
 from ..net.qemu_socket import QemuSocket, parse_address
-from ..net.switch import ETH_HEADER, MAX_FRAME, Port, check_name
+from ..net.switch import ETH_HEADER, MAX_FRAME, Port, check_name, mac_text
 from . import vring as R
 from .pci import MAX_ROWS, VirtioPci
 
@@ -112,7 +112,8 @@ class VirtioNet(VirtioPci):
         self.tx_buf = np.zeros(MAX_FRAME, np.uint8)
         self.rx_hdr = np.zeros(HDR, np.uint8)
         self.rx_hdr[HDR_NUM_BUFFERS] = 1
-        self.counts = {"tx_frames": 0, "rx_frames": 0, "rx_no_buffer": 0, "rx_small_buffer": 0, "tx_bad": 0}
+        self.counts = {"tx_frames": 0, "tx_bytes": 0, "tx_bad": 0, "rx_frames": 0, "rx_bytes": 0, "rx_no_buffer": 0,
+                       "rx_small_buffer": 0}
         self.endpoints = []
         self.closed = False
         super().__init__(ram, bar_base)
@@ -126,6 +127,15 @@ class VirtioNet(VirtioPci):
         self.endpoints = []
         with self.lock:
             self.closed = True
+
+    def describe(self):
+        """The transport's view, the MAC address, and the switch port with the switch's counts for it (rx: what the
+        guest sent into the switch, tx: what the switch sent to the guest, as `ip -s link` shows a bridge port)."""
+        out = super().describe()
+        switch = self.port.switch
+        out["backend"] = {"emulation": "virtio-net", "mac": mac_text(self.mac), "port": self.port.name,
+                          "switch": switch.name if switch is not None else None, "port_counts": dict(self.port.counts)}
+        return out
 
     def device_config(self):
         """struct virtio_net_config (§5.1.4): mac, status, max_virtqueue_pairs."""
@@ -168,6 +178,7 @@ class VirtioNet(VirtioPci):
             self.counts["tx_bad"] += 1         # too short, too long for any frame, or outside memory: dropped
             return 0
         self.counts["tx_frames"] += 1
+        self.counts["tx_bytes"] += n
         self.port.send(self.tx_buf[:n].tobytes())
         return 0
 
@@ -192,6 +203,7 @@ class VirtioNet(VirtioPci):
                     if write:
                         self.ram.dma_written(gpa, length)
                 self.counts["rx_frames"] += 1
+                self.counts["rx_bytes"] += len(data)
             if self.give(RX, head, written):
                 self.interrupt(RX)
             return written > 0

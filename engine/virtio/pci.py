@@ -72,9 +72,12 @@ class GuestRam:
 
 
 class Queue:
+    """One virtqueue's registers and ring state; `kicks` counts its doorbells (for the devices panel), across resets."""
+
     def __init__(self, max_size):
         self.max_size = max_size
         self.q = R.new_queue()
+        self.kicks = 0
         self.reset()
 
     def reset(self):
@@ -295,6 +298,31 @@ class VirtioPci(PciDevice):
     def handle(self, queue, rows, readable, writable):
         return 0
 
+    # -- what a panel shows -------------------------------------------------------------------------------------
+    def describe(self):
+        """The PCI view (PciDevice.describe) and the transport's: status, features offered and accepted, the
+        configuration vector, why the device needs a reset if it does, each queue, and the device's counts."""
+        out = super().describe()
+        out["virtio"] = {"device_id": self.device_id, "status": self.status, "offered": self.offered,
+                         "negotiated": self.driver_features, "config_vector": self.msix_config, "isr": self.isr,
+                         "broken": self.broken, "queues": [self._describe_queue(n) for n in range(self.num_queues)]}
+        out["counts"] = dict(getattr(self, "counts", {}))
+        return out
+
+    def _describe_queue(self, n):
+        """A queue's registers, the driver's available index (read from its ring in guest memory, without backing
+        a page: None while the ring's page is not mapped), the device's next available and used indices (§2.6)."""
+        queue = self.queues[n]
+        avail = None
+        if queue.enabled:
+            hpa = self.ram.lookup(queue.driver + 2)
+            if hpa is not None and 0 <= hpa and hpa + 2 <= len(self.ram.mem8):
+                avail = int(self.ram.mem8[hpa]) | int(self.ram.mem8[hpa + 1]) << 8
+        return {"index": n, "size": queue.size, "enabled": queue.enabled, "vector": queue.vector,
+                "desc": queue.desc, "driver": queue.driver, "device": queue.device, "avail_idx": avail,
+                "last_avail_idx": int(queue.q[R.Q_LAST_AVAIL]), "used_idx": int(queue.q[R.Q_USED_IDX]),
+                "kicks": queue.kicks}
+
     def device_config(self):
         return b""
 
@@ -326,6 +354,7 @@ class VirtioRegion(Region):
         elif DEVICE <= offset < NOTIFY:
             d.device_config_write(offset - DEVICE, value, size)
         elif NOTIFY <= offset < NOTIFY + NOTIFY_MULTIPLIER * d.num_queues:
+            d.queues[(offset - NOTIFY) // NOTIFY_MULTIPLIER].kicks += 1
             d.notify((offset - NOTIFY) // NOTIFY_MULTIPLIER)
 
 

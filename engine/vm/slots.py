@@ -29,8 +29,10 @@ def _number(text, what, limit, spec):
     return int(text)
 
 
-def parse(spec):
-    """One -s argument → SlotSpec; ConfigError says what is wrong with it."""
+def parse(spec, images=None):
+    """One -s argument → SlotSpec; ConfigError says what is wrong with it. `images`, when given, maps a virtio-blk
+    image path as written to the host file it means, or refuses it with ConfigError (the web server confines
+    images to its disk directory, webhyve/web/devices.py); it is asked before the file is looked at."""
     where, _, rest = spec.partition(",")
     emulation, _, options = rest.partition(",")
     if not where or not emulation:
@@ -47,18 +49,21 @@ def parse(spec):
     if emulation not in EMULATIONS:
         raise ConfigError("-s %s: unknown emulation %r (known: %s)" % (spec, emulation, ", ".join(EMULATIONS)))
     try:
+        if images is not None and emulation == "virtio-blk" and options:
+            path, comma, rest = options.partition(",")
+            options = images(path) + comma + rest
         EMULATIONS[emulation](options)
     except ConfigError as problem:
         raise ConfigError("-s %s: %s" % (spec, problem)) from None
     return SlotSpec(slot, function, emulation, options, spec)
 
 
-def parse_all(specs):
+def parse_all(specs, images=None):
     """Every -s argument, checked together: no two in one place, none on the host bridge's."""
     taken = dict(RESERVED)
     parsed = []
     for spec in specs:
-        s = parse(spec) if isinstance(spec, str) else spec
+        s = parse(spec, images) if isinstance(spec, str) else spec
         if (s.slot, s.function) in taken:
             raise ConfigError("-s %s: slot %s is already taken by %s" % (s.text, s.name, taken[s.slot, s.function]))
         taken[s.slot, s.function] = s.text

@@ -79,6 +79,8 @@ async function setupCreate() {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const fields = jsonFields(form);
+    const problem = document.getElementById("create-error");
+    problem.hidden = true;
     try {
       if (form.image.files.length) {
         const data = new FormData(form);
@@ -93,16 +95,22 @@ async function setupCreate() {
       followGuest();
     } catch (e) {
       WH.status("create " + fields.name + ": " + e.message, true);
+      problem.textContent = "not created: " + e.message;      // beside the form, which keeps what was typed
+      problem.hidden = false;
     }
     refresh();
   });
 }
 
-// The form as the API's JSON: numbers as numbers (the API takes no "64" for 64), an empty input left out.
+// The form as the API's JSON: numbers as numbers (the API takes no "64" for 64), an empty input left out, the
+// PCI devices as a list of -s arguments (one a line; a multipart upload sends the lines and the server splits them).
 function jsonFields(form) {
   const out = {};
   for (const [key, value] of new FormData(form).entries()) {
-    if (typeof value === "string" && value !== "") {
+    if (key === "slots") {
+      const lines = value.split("\n").map((s) => s.trim()).filter((s) => s);
+      if (lines.length) out.slots = lines;
+    } else if (typeof value === "string" && value !== "") {
       out[key] = form.elements[key].type === "number" ? Number(value) : value;
     }
   }

@@ -245,6 +245,92 @@ const Panels = (() => {
       ...c.l1d.map((v, i) => optionalView("L1D seen by vcpu" + i, v, l1dView)));
   }
 
+  // -- PCI devices: each function's header, BARs, MSI-X table, virtio queues and counts (panels.devices) ------------
+  const PCI_CLASSES = {0x060000: "host bridge", 0x010000: "SCSI storage controller", 0x020000: "Ethernet controller"};
+  const VIRTIO_STATUS = [[1, "ACKNOWLEDGE"], [2, "DRIVER"], [8, "FEATURES_OK"], [4, "DRIVER_OK"], [64, "DEVICE_NEEDS_RESET"], [128, "FAILED"]];
+  const DEVICE_COUNTS = {
+    "virtio-blk": [["reads", "read"], ["writes", "write"], ["flushes", "flush"], ["discards", "discard"], ["GET_ID", "get_id"],
+      ["errors (IOERR, UNSUPP)", "error"], ["bytes read", "read_bytes"], ["bytes written", "write_bytes"]],
+  };
+  const hexw = (value, digits) => BigInt(value).toString(16).padStart(digits, "0");
+  const yes = (flag) => flag ? "yes" : "no";
+
+  // Counts as a two-column table whose cells carry the count's name (after `prefix`) and raw value (data-count,
+  // data-value).
+  function counts(pairs, values, prefix) {
+    return WH.el("table", {class: "grid facts pci-counts"}, pairs.map(([label, key]) => WH.el("tr", {},
+      WH.el("th", {}, label), WH.el("td", {class: "num", "data-count": (prefix || "") + key, "data-value": values[key]},
+        WH.count(values[key])))));
+  }
+
+  function netCounts(c, backend) {
+    const row = (way, packets, bytes, drops) => ({way, packets: c[packets], bytes: c[bytes], drops});
+    return WH.el("div", {}, table([["direction", "way"], ["packets", "packets", "count"], ["bytes", "bytes", "count"], ["drops", "drops", "count"]],
+      [row("transmit (guest → switch)", "tx_frames", "tx_bytes", c.tx_bad),
+        row("receive (switch → guest)", "rx_frames", "rx_bytes", c.rx_no_buffer + c.rx_small_buffer)], {class: "grid net-counts"}),
+      WH.el("p", {class: "note"}, "transmit drops: chains too short or too long for a frame (" + WH.count(c.tx_bad) + "); receive drops: no buffer posted (" +
+        WH.count(c.rx_no_buffer) + "), a buffer too small (" + WH.count(c.rx_small_buffer) + ")"),
+      WH.el("h3", {}, "port " + backend.port + " on " + (backend.switch || "no switch") + " (the switch's counts: rx from the guest, tx to it)"),
+      counts([["rx packets", "rx_packets"], ["rx bytes", "rx_bytes"], ["rx dropped", "rx_dropped"],
+        ["tx packets", "tx_packets"], ["tx bytes", "tx_bytes"], ["tx dropped", "tx_dropped"]], backend.port_counts, "port."));
+  }
+
+  function virtioParts(f) {
+    const v = f.virtio;
+    const status = VIRTIO_STATUS.filter(([bit]) => v.status & bit).map(([, name]) => name).join(" ") || "0 (reset)";
+    const parts = [WH.el("div", {}, WH.el("h3", {}, "virtio"), facts([["device status", status, "text"],
+      ["features offered", v.offered, "hex"], ["features accepted", v.negotiated, "hex"],
+      ["configuration vector", v.config_vector === 0xFFFF ? "none" : String(v.config_vector), "text"],
+      ["needs reset because", v.broken || "—", "text"]])),
+    WH.el("div", {}, WH.el("h3", {}, "virtqueues"), table([["queue", "index"], ["size", "size", "count"], ["enabled", (q) => yes(q.enabled)],
+      ["vector", (q) => q.vector === 0xFFFF ? "none" : q.vector], ["avail idx (driver)", "avail_idx", "count"],
+      ["next avail (device)", "last_avail_idx", "count"], ["used idx", "used_idx", "count"], ["doorbells", "kicks", "count"],
+      ["descriptors", "desc", "hex"], ["avail ring", "driver", "hex"], ["used ring", "device", "hex"]], v.queues, {class: "grid virtqueues"}))];
+    const emulation = f.backend && f.backend.emulation;
+    if (DEVICE_COUNTS[emulation]) parts.push(WH.el("div", {}, WH.el("h3", {}, "requests"), counts(DEVICE_COUNTS[emulation], f.counts)));
+    if (emulation === "virtio-net") parts.push(WH.el("div", {}, WH.el("h3", {}, "frames"), netCounts(f.counts, f.backend)));
+    return parts;
+  }
+
+  function pciParts(f) {
+    const pin = f.interrupt_pin ? "INT" + "ABCD"[f.interrupt_pin - 1] + "# → I/O APIC input " + f.interrupt_line + (f.intx ? " (asserted)" : "") : "none";
+    const parts = [WH.el("div", {}, WH.el("h3", {}, "header"), facts([["subsystem", hexw(f.subsystem_vendor, 4) + ":" + hexw(f.subsystem, 4), "text"],
+      ["revision", f.revision], ["command", f.command, "hex"], ["status", f.status, "hex"], ["INTx", pin, "text"]]))];
+    if (f.bars) {
+      parts.push(WH.el("div", {}, WH.el("h3", {}, "BARs"), table([["BAR", "index"], ["space", (b) => b.kind === "io" ? "I/O" : "memory (32-bit)"],
+        ["address", "address", "hex"], ["size", (b) => size(b.size)], ["decoded", (b) => yes(b.enabled)]], f.bars, {class: "grid bars"})));
+    }
+    if (f.msix) {
+      const m = f.msix;
+      parts.push(WH.el("div", {}, WH.el("h3", {}, "MSI-X " + (m.enabled ? "enabled" : "disabled") + (m.function_masked ? ", function masked" : "")),
+        table([["vector", "index"], ["address", "address", "hex"], ["data", "data", "hex"], ["masked", (e) => yes(e.masked)],
+          ["pending", (e) => yes(e.pending)]], m.vectors, {class: "grid msix"})));
+    }
+    return f.virtio ? parts.concat(virtioParts(f)) : parts;
+  }
+
+  function backendText(b) {
+    if (!b || b.emulation === "hostbridge") return "";
+    if (b.emulation === "virtio-blk") return " " + b.image + (b.readonly ? " (read-only)" : "") + ", " + WH.count(b.capacity_sectors) + " sectors";
+    return " " + b.mac + " on " + (b.switch || "no switch") + " (port " + b.port + ")";
+  }
+
+  function renderDevices(d) {
+    const box = document.getElementById("devices");
+    const open = new Set([...box.querySelectorAll("details[open]")].map((x) => x.dataset.bdf));
+    const first = !box.children.length;
+    box.replaceChildren(...d.functions.map((f) => {
+      const emulation = f.backend ? f.backend.emulation : "";
+      const title = f.bdf + " " + hexw(f.vendor, 4) + ":" + hexw(f.device, 4) + " class " + hexw(f["class"], 6) + " " +
+        (PCI_CLASSES[f["class"]] || "") + " — " + emulation + backendText(f.backend);
+      const details = WH.el("details", {class: "pci-function", "data-bdf": f.bdf}, WH.el("summary", {}, title),
+        WH.el("div", {class: "pci-parts"}, pciParts(f)));
+      details.open = first ? emulation !== "hostbridge" : open.has(f.bdf);
+      return details;
+    }));
+    if (d.functions.length === 1) box.append(WH.el("p", {class: "na"}, "no devices but the host bridge: create a VM with -s slots to add some"));
+  }
+
   function renderWalk(steps) {
     return table([["level", "level"], ["entry at HPA", "entry_hpa", "hex"], ["entry", "entry", "hex"], ["bits", "flags"]],
       steps, {id: "walk-table"});
@@ -261,7 +347,7 @@ const Panels = (() => {
   }
 
   const RENDER = {summary: renderSummary, tunables: renderTunables, exits: renderHistogram, vga: renderVga,
-    ept: renderEpt, caches: renderCaches};
+    ept: renderEpt, caches: renderCaches, devices: renderDevices};
 
   function render(changed) {
     Object.assign(panels, changed);

@@ -17,7 +17,7 @@ CONTROL, VIEWER = "control-token-for-tests", "viewer-token-for-tests"
 def app(tmp_path):
     app = create_app({"TESTING": True, "HOST_MEM_MB": 512, "CONTROL_TOKEN": CONTROL, "VIEWER_TOKEN": VIEWER,
                       "RECORDINGS_DIR": str(tmp_path / "recordings"), "PANEL_INTERVAL": 0.2,
-                      "SNAPSHOTS_DIR": str(tmp_path / "snapshots")})
+                      "SNAPSHOTS_DIR": str(tmp_path / "snapshots"), "DISKS_DIR": str(tmp_path / "disks")})
     yield app
     shutdown(app)
 

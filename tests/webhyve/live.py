@@ -22,11 +22,11 @@ def free_port():
 def start_server(workdir, threads=100, access_log=False):
     """(process, url) once the demo shell shows its prompt; the process leads its own session so a test
     can kill the server and its worker. With `access_log`, gunicorn logs every request to
-    workdir/server.log too. bench/web_latency.py starts its server here too."""
+    workdir/server.log too. Disk images for -s virtio-blk go in workdir/disks. bench/web_latency.py starts its server here too."""
     port = free_port()
     env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER, WEBHYVE_DEMO_GUEST="shell",
                WEBHYVE_HOST_MEM_MB="512", WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, "recordings"),
-               WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, "snapshots"))
+               WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, "snapshots"), WEBHYVE_DISKS_DIR=os.path.join(workdir, "disks"))
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     log = open(os.path.join(workdir, "server.log"), "w+")
     logging = ["--access-logfile", "-"] if access_log else []

@@ -22,7 +22,7 @@ from webhyve.demos import scenario as demo
 from webhyve.web import create_app, shutdown
 from webhyve.web.api_schema import ROUTES
 from webhyve.web.events import EVENTS
-from webhyve.web.schema import Address, Bool, Int, Name, SchemaError, Setting, Text, Typed
+from webhyve.web.schema import Address, Bool, Int, Name, SchemaError, Setting, Text, TextList, Typed
 
 FUZZ = settings(max_examples=20, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -69,6 +69,11 @@ def bad_values(field):
                 | st.sampled_from(["banana", "", "0x", "-1", "1.5", "0x1" + "0" * 16, "\ud800", "\uff11"]))
     if isinstance(field, Setting):
         return wrong | st.booleans() | st.floats() | surrogates | st.just("1" * 65)
+    if isinstance(field, TextList):
+        return (wrong.filter(lambda v: not (isinstance(v, list) and all(isinstance(i, str) and 1 <= len(i) <= 1024
+                                                                            for i in v)))
+                | st.integers() | st.booleans() | st.floats() | texts | st.just(["x"] * (field.max_items + 1))
+                | st.just([""]) | st.just(["ok", 3]) | st.builds(lambda s: ["ok" + s], lone_surrogate))
     if isinstance(field, Typed):
         return wrong | st.integers() | st.booleans() | st.floats() | surrogates | st.just("") | st.just("x" * 4097)
     raise AssertionError("no wrong values for %r" % field)
@@ -77,7 +82,7 @@ def bad_values(field):
 def good_value(field):
     """A value the field takes, to build a request that only the mutated field makes wrong."""
     return {Int: lambda f: f.low, Bool: lambda f: False, Name: lambda f: "sh", Address: lambda f: 0x1000,
-            Setting: lambda f: "1", Typed: lambda f: "x",
+            Setting: lambda f: "1", Typed: lambda f: "x", TextList: lambda f: [],
             Text: lambda f: f.choices[0] if f.choices else "x" * max(1, f.min_len)}[type(field)](field)
 
 

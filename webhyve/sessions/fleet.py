@@ -130,12 +130,13 @@ class Fleet:
             return list(self.sessions.values())
 
     def create(self, name, data, filename, kind=None, mem_mb=64, cpus=1, profile=DEFAULT_PROFILE, cmdline="",
-               start=True, initrd=None):
-        """Create, load and (by default) start a VM; a bad image leaves no VM behind. `initrd`: a Linux kernel's."""
+               start=True, initrd=None, slots=()):
+        """Create, load and (by default) start a VM; a bad image leaves no VM behind. `initrd`: a Linux kernel's;
+        `slots`: its PCI devices, bhyve's -s arguments (text, or parsed already: web/devices.py)."""
         if not 1 <= mem_mb <= MAX_MEM_MB:
             raise ApiError(400, "mem_mb must be 1 to %d, not %s" % (MAX_MEM_MB, mem_mb))
         try:
-            vm = self.host.create_vm(name, mem_mb=mem_mb, cpus=cpus, profile=profile)
+            vm = self.host.create_vm(name, mem_mb=mem_mb, cpus=cpus, profile=profile, slots=slots)
         except Exception as problem:
             raise engine_error(problem) from None
         try:

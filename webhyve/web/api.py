@@ -11,7 +11,7 @@ from ..sessions.errors import ApiError
 from ..sessions.fleet import LIFECYCLE
 from ..sessions.recording import NAME as RECORDING_NAME
 from ..sessions.recording import list_recordings
-from . import panels
+from . import devices, panels
 from .access import control_required
 from .api_schema import DEFAULT_MEM_MB, guard
 
@@ -116,10 +116,11 @@ def create_vm():
         data, filename, kind = upload.read(), os.path.basename(upload.filename or "upload.img"), None
         if "initrd" in request.files and request.files["initrd"].filename:    # a kernel's initrd, as --initrd
             initrd = request.files["initrd"].read()
+    slots = devices.parse(body["slots"], current_app.config["DISKS_DIR"])
     try:
         session = fleet().create(body["name"], data, filename, kind=body["kind"] or kind,
                                  mem_mb=mem_mb or DEFAULT_MEM_MB, cpus=body["cpus"], profile=body["profile"],
-                                 cmdline=cmdline, start=body["start"], initrd=initrd)
+                                 cmdline=cmdline, start=body["start"], initrd=initrd, slots=slots)
     except ApiError as problem:
         raise form_words(problem) from None
     return session.summary(), 201
@@ -197,6 +198,11 @@ def ept(name):
 @bp.get("/vms/<name>/ept/lookup")
 def ept_lookup(name):
     return panels.ept_lookup(fleet().get(name).vm, g.query["gpa"])
+
+
+@bp.get("/vms/<name>/devices")
+def pci_devices(name):
+    return panels.devices(fleet().get(name).vm)
 
 
 @bp.get("/vms/<name>/caches")

@@ -14,10 +14,11 @@ from engine.door.tables import DEFAULT_PROFILE, KINDS, PROFILES
 
 from ..cluster import hooks
 from .access import authenticate
-from .schema import NOTHING, Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, shown
+from .schema import NOTHING, Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, TextList, shown
 
 MAX_INPUT = 4096                 # characters typed in one request or event
 MAX_MEM_MB = 4096
+MAX_SLOTS = 32                   # -s arguments in one create (the engine says how many the PCI window holds)
 DEFAULT_MEM_MB = 64             # when a create names none (the bundled Linux guest takes 256: api.py)
 VM = Name("VM name")
 SNAPSHOT = Name("snapshot name")
@@ -26,7 +27,8 @@ VM_CONFIG = dict(name=VM, kind=Text(choices=KINDS, default=None, nullable=True),
                  mem_mb=Int(1, MAX_MEM_MB, default=None, nullable=True), cpus=Int(1, 1 << 16, default=1),       # the engine judges the upper bound and says why (VM_MAXCPU)
                  profile=Text(choices=PROFILES, default=DEFAULT_PROFILE),
                  cmdline=Text(0, 4096, default=""), start=Bool(default=True),
-                 node=Name("node name", default=None, nullable=True))     # cluster mode: where to create it
+                 node=Name("node name", default=None, nullable=True),     # cluster mode: where to create it
+                 slots=TextList(Text(1, 1024), MAX_SLOTS, default=()))    # bhyve's -s arguments (devices.py)
 
 
 class Route:
@@ -66,6 +68,7 @@ ROUTES = {
     "api.ept": vm_route(),
     "api.ept_lookup": vm_route(query=Schema(gpa=Address())),
     "api.caches": vm_route(),
+    "api.pci_devices": vm_route(),
     "api.exit_history": vm_route(),
     "api.tunables": Route(),
     "api.set_tunable": Route(path={"name": WORD}, body=Schema(value=Setting())),

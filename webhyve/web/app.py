@@ -30,6 +30,7 @@ DEFAULTS = {
     "VIEWER_TOKEN": None,
     "RECORDINGS_DIR": os.path.join(ROOT, "recordings"),
     "SNAPSHOTS_DIR": os.path.join(ROOT, "snapshots"),
+    "DISKS_DIR": os.path.join(ROOT, "disks"),   # the only place -s virtio-blk images come from (web/devices.py)
     "GUESTS_DIR": os.path.join(ROOT, "guests", "build"),
     "DEMO_GUEST": None,                 # a bundled guest to boot as VM "demo" at startup
     "PUMP_INTERVAL": 0.02,
@@ -43,7 +44,7 @@ DEFAULTS = {
     "RESTART_ON_FAILURE": None,         # seconds between checkpoints of the running VMs (cluster/failover.py)
     "SHARED_DIR": None,                 # where the checkpoints go: a folder at the same path on every node
 }
-ENV_KEYS = ("HOST_MEM_MB", "CONTROL_TOKEN", "VIEWER_TOKEN", "RECORDINGS_DIR", "SNAPSHOTS_DIR", "DEMO_GUEST",
+ENV_KEYS = ("HOST_MEM_MB", "CONTROL_TOKEN", "VIEWER_TOKEN", "RECORDINGS_DIR", "SNAPSHOTS_DIR", "DISKS_DIR", "DEMO_GUEST",
             "PUBLIC_URL", "REDIS", "NODE", "NODE_URL", "CLUSTER_SECRET", "RESTART_ON_FAILURE", "SHARED_DIR")
 
 

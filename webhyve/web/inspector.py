@@ -40,7 +40,8 @@ def snapshot(session, host):
     """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread."""
     vm = session.vm
     out = {"summary": session.summary(), "tunables": host.tunables(), "caches": panels.caches(vm),
-           "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:]}
+           "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:],
+           "devices": panels.devices(vm)}
     for i in range(vm.cpus):
         for name, value in panels.vcpu_panels(vm, i).items():
             out["%s/%d" % (name, i)] = value

@@ -1,7 +1,7 @@
 """What the VM page's panels show, as JSON-ready dicts, built from the engine's door and its tables.
 
 Registers (with the next instructions disassembled), the VMCS by group with encodings and the last exit
-decoded, bhyve's stats with the last exits, the VGA screen, and the EPT/TLB/L1D views. What one vCPU's
+decoded, bhyve's stats with the last exits, the VGA screen, the EPT/TLB/L1D views and the PCI devices. What one vCPU's
 panels show is read by that vCPU's thread in one visit (engine/door). The REST API and the /inspect
 namespace both serve these, so a panel and `curl` always agree.
 """
@@ -75,6 +75,11 @@ def ept_lookup(vm, gpa):
 
 def translate(vm, index, gla):
     return {"available": True, "value": vcpu_of(vm, index).translate(gla)}
+
+
+def devices(vm):
+    """The PCI bus slot by slot (VmView.devices): IDs, class, BARs, MSI-X, virtio queues and the device's counts."""
+    return {"functions": vm.devices()}
 
 
 def caches(vm):

@@ -208,6 +208,34 @@ class Setting(Field):
         return {"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 64}], "description": self.kind}
 
 
+class TextList(Field):
+    """A list of up to `max_items` texts, each `item` (a Text); in a form, the lines of one text field (blank lines
+    left out), as a textarea sends them. bhyve's repeated -s arguments come as one such list."""
+
+    def __init__(self, item, max_items, **kwargs):
+        super().__init__(**kwargs)
+        self.item, self.max_items = item, max_items
+        self.kind = "a list of at most %d texts, each %s" % (max_items, item.kind)
+
+    def check(self, value):
+        if not isinstance(value, list) or len(value) > self.max_items:
+            raise Invalid(self.kind, "it has %d" % len(value) if isinstance(value, list) else None)
+        for n, item in enumerate(value):
+            try:
+                self.item.check(item)
+            except Invalid as problem:
+                raise Invalid(self.kind, "item %d is %s%s" % (n, shown(item), ": " + problem.detail
+                                                              if problem.detail else "")) from None
+        return list(value)
+
+    def from_text(self, text):
+        unicode_text(text)
+        return self.check([line.strip() for line in text.splitlines() if line.strip()])
+
+    def schema(self):
+        return {"type": "array", "items": self.item.schema(), "maxItems": self.max_items}
+
+
 class Typed(Field):
     """Console input: text (sent as UTF-8) or bytes, `min_len` to `max_len` long."""
 

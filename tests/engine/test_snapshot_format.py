@@ -31,7 +31,7 @@ COUNT = """
     jmp 1b
 """
 MEMBERS = {"manifest.json", "cpu.npy", "vmcs.npy", "counters.npy", "msrs.npy", "lapic.npy", "pages_gpa.npy",
-           "pages_bits.npy", "pages_data.npy", "tlb.npy", "image.npy"}
+           "pages_bits.npy", "pages_data.npy", "tlb.npy", "image.npy", "initrd.npy"}
 
 
 class Payload:

@@ -356,11 +356,17 @@ def _restore_into(vm, manifest, arrays, image):
         if host < len(vm.hypervisor.hostcpus):
             hpa = vm.pmap.lookup(gpa)
             if hpa is not None:
-                TLB.insert(vm.hypervisor.hostcpus[host].tlb, vm.vcpus[vpid - 1].vpid, vm.pmap.eptp, linear, gpa, hpa,
-                           perms, bool(glob))             # saved as vcpuid + 1 (_tlb_rows)
+                TLB.insert(vm.hypervisor.hostcpus[host].tlb, vm.vcpus[vpid - 1].vpid, vm.pmap.eptp, _signed(linear),
+                           gpa, hpa, perms, bool(glob))   # saved as vcpuid + 1 (_tlb_rows)
     load_device_state(vm, manifest["devices"])
     with vm.lock:
         vm.suspend_reason, vm.suspend_message = manifest["vm"]["suspend"]
+
+
+def _signed(value):
+    """A 64-bit value as the int64 the kernels take (a kernel's linear addresses, 0xffff8880..., are above 2^63):
+    the same bits, which the kernel reads back as uint64."""
+    return value - (1 << 64) if value >> 63 else value
 
 
 def restore_lapic(vcpu, pages, info):

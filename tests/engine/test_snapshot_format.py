@@ -348,6 +348,17 @@ def test_a_crafted_array_value_is_refused_naming_it(good, tmp_path, arrays, name
     refused(crafted(good, tmp_path / "crafted.snap", manifest=rows, arrays=arrays), named)
 
 
+def test_a_tlb_entry_for_a_high_half_address_is_restored(good, tmp_path):
+    """A kernel's linear addresses (0xffff888000000000 on) are above 2^63: the restore inserts them as saved."""
+    high = 0xFFFF888000400000
+    row = np.array([[0, 1, high, COUNTER, 3, 1]], np.uint64)                # the guest's counter page
+    path = crafted(good, tmp_path / "high.snap", manifest=_set(("tlb_entries",), 1), arrays={"tlb": lambda a: row})
+    copy = Hypervisor(host_mem_mb=256).restore_vm(path, start=False)
+    assert [(e["linear"], e["gpa"]) for host in copy.hypervisor.hostcpus for e in host.tlb_entries()
+            if e["vpid"] == copy.vcpus[0].vpid] == [(high, COUNTER)]
+    copy.hypervisor.destroy_vm(copy.name)
+
+
 # -- writing ----------------------------------------------------------------------------------------------
 def test_a_failed_save_leaves_the_previous_file_whole_and_no_temporary_file(good, tmp_path):
     hv = Hypervisor(host_mem_mb=256)

@@ -194,3 +194,21 @@ def test_a_nic_comes_back_with_its_mac_its_port_and_its_queues(tmp_path):
     sink.port.send(second)                                     # into the second buffer posted before the snapshot
     assert d2.qused(N.RX) == [(1, 12 + len(second))] and d2.read(DATA + 0x1000 + 12, len(second)) == second
     copy.destroy()
+
+
+def test_a_disk_interrupting_through_intx_comes_back_with_its_pin_and_isr(tmp_path):
+    image = disk(tmp_path)
+    hv = Hypervisor(host_mem_mb=128)
+    vm = hv.create_vm("pin", mem_mb=4, slots=["%d,virtio-blk,%s" % (SLOT, image)])
+    d = Driver(vm)
+    d.setup(msix=False)
+    assert sector(d, 1) == image.read_bytes()[512:1024] and d.intx[-1] is True
+    vm.snapshot(tmp_path / "pin.snap")
+    hv.destroy_vm("pin")
+    copy = Hypervisor(host_mem_mb=128).restore_vm(tmp_path / "pin.snap", start=False)
+    device = copy.pci.functions[SLOT, 0]
+    assert device.intx_level and Driver(copy).cfg(P.STATUS, 2) & 0x08          # the status register's INTx bit
+    d2 = Driver(copy)
+    assert copy.pci.mmio_read(d2.bar(T.VIRTIO_BAR) + T.ISR, 1) == T.ISR_QUEUE                # read clears it
+    assert d2.intx == [False] and not device.intx_level and not d2.cfg(P.STATUS, 2) & 0x08
+    copy.destroy()

@@ -6,9 +6,9 @@ VMCS, counters, MSRs and virtual-APIC page, the populated guest pages with their
 entries, the boot image and its initrd. The -s PCI devices are rebuilt from their slot arguments and get their
 saved state back (configuration space, MSI-X, the virtio transport and queue positions, the NIC's MAC and port);
 a disk image's contents are the user's file and are not copied (docs/devices.md, "Snapshots"). Only pages the
-guest (or the host for it) touched are written, so a large mostly-empty guest is small. Nothing is unpickled: every manifest field, member dtype, shape and value is
-checked (snapshot_schema.py) before the restore changes anything, and a bad file is refused with a
-SnapshotError naming the problem.
+guest (or the host for it) touched are written, so a large mostly-empty guest is small. Nothing is unpickled:
+every manifest field, member dtype, shape and value is checked (snapshot_schema.py) before the restore changes
+anything, and a bad file is refused with a SnapshotError naming the problem.
 """
 import time
 

@@ -160,8 +160,9 @@ class VirtioNet(VirtioPci):
 
     # -- snapshots ------------------------------------------------------------------------------------------------
     def pause_device(self):
-        """As bhyve's pci_vtnet_pause disables its backend's receive: frames for a VM being saved are dropped (the
-        port's tx_dropped), so queue 0 and guest memory hold still while they are written."""
+        """bhyve's pci_vtnet_pause holds the receive lock, so its backend's receive waits; here the sender (another
+        VM's vCPU) must not wait for a save, so frames for a VM being saved are dropped (the port's tx_dropped)
+        and queue 0 and guest memory hold still while they are written."""
         with self.lock:
             self.paused = True
 
@@ -175,7 +176,8 @@ class VirtioNet(VirtioPci):
         with self.lock:
             state = super().device_state()
         switch = self.port.switch
-        learned = [] if switch is None else [e["mac"] for e in switch.describe()["table"] if e["port"] == self.port.name]
+        table = [] if switch is None else switch.describe()["table"]
+        learned = [entry["mac"] for entry in table if entry["port"] == self.port.name]
         state["net"] = {"mac": mac_text(self.mac), "switch": None if switch is None else switch.name,
                         "port": self.port.name, "learned": learned, "counts": dict(self.counts),
                         "port_counts": dict(self.port.counts)}

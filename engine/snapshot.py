@@ -3,10 +3,12 @@
 The file (format version 3, snapshot_file.py) is a zip: `manifest.json` holds the configuration a fresh
 server needs, the tunables, device and vCPU state; `.npy` arrays hold each vCPU's CPU state (cpu/ucstate.py),
 VMCS, counters, MSRs and virtual-APIC page, the populated guest pages with their EPT bits, the TLB model's
-entries and the boot image. Only pages the guest (or the host for it) touched are written, so a large
-mostly-empty guest is small. Nothing is unpickled: every manifest field, member dtype, shape and value is
-checked (snapshot_schema.py) before the restore changes anything, and a bad file is refused with a
-SnapshotError naming the problem.
+entries, the boot image and its initrd. The -s PCI devices are rebuilt from their slot arguments and get their
+saved state back (configuration space, MSI-X, the virtio transport and queue positions, the NIC's MAC and port);
+a disk image's contents are the user's file and are not copied (docs/devices.md, "Snapshots"). Only pages the
+guest (or the host for it) touched are written, so a large mostly-empty guest is small. Nothing is unpickled:
+every manifest field, member dtype, shape and value is checked (snapshot_schema.py) before the restore changes
+anything, and a bad file is refused with a SnapshotError naming the problem.
 """
 import time
 
@@ -22,6 +24,8 @@ from .cpu import tsc, ucstate
 from .errors import ConfigError, ImageError, SnapshotError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
+from .pci.host import bdf
+from .vm import slots as SLOTS
 
 __all__ = ["FORMAT", "VERSION", "SnapshotError", "read_header", "restore", "save"]
 
@@ -42,9 +46,6 @@ def save(vm, path):
     """Write the VM (which must be paused, halted, suspended or idle: not running) to `path`, atomically."""
     if any(v.thread is not None and v.thread.is_alive() and not v.parked.is_set() for v in vm.vcpus):
         raise SnapshotError("VM %r is running: pause it before taking a snapshot" % vm.name)
-    if vm.initrd is not None:
-        raise SnapshotError("VM %r was booted with an initrd, which snapshot format version %d does not hold yet: "
-                            "a restored VM could not be reset" % (vm.name, VERSION))
     vcpus = [{"index": v.index, "state": v.state, "started": v.thread is not None,
               "hostcpu": v.hostcpu.index, "boot": v.boot is not None,
               "cycles": int(v.ctx[C.CYCLES]),                   # the modeled cycle counter (cpu/cachesim.py)
@@ -54,6 +55,16 @@ def save(vm, path):
               "nmi_blocked": v.nmi_blocked, "waiting_sipi": v.waiting_sipi,
               "halt_interruptible": v.halt_interruptible, "halt_for_input": v.halt_for_input,
               "paused_from": v.paused_from} for v in vm.vcpus]
+    for device in vm.pci_devices:                 # bhyve's vm_pause_user_devs: nothing feeds them while saved
+        device.pause_device()
+    try:
+        return _save(vm, path, vcpus)
+    finally:
+        for device in vm.pci_devices:
+            device.resume_device()
+
+
+def _save(vm, path, vcpus):
     gpas, bits, data = _pages(vm)
     image_bytes, filename, kind, cmdline, load_addr = vm._load_args or (b"", None, None, "", None)
     arrays = {"cpu": np.concatenate([ucstate.read(v.uc) for v in vm.vcpus]),
@@ -62,15 +73,16 @@ def save(vm, path):
               "msrs": np.stack([v.msrs.reshape(-1, MSRS.COLUMNS) for v in vm.vcpus]),
               "lapic": np.stack([lapic_pages(v) for v in vm.vcpus]),
               "pages_gpa": gpas, "pages_bits": bits, "pages_data": data.reshape(-1, EPT.PAGE),
-              "tlb": _tlb_rows(vm), "image": np.frombuffer(image_bytes, np.uint8)}
+              "tlb": _tlb_rows(vm), "image": np.frombuffer(image_bytes, np.uint8),
+              "initrd": np.frombuffer(vm.initrd or b"", np.uint8)}
     st = vm.pmap.st
     manifest = {
         "format": FORMAT, "version": VERSION, "unicorn": unicorn.__version__, "saved_at": time.time(),
         "vm": {"name": vm.name, "mem_mb": vm.mem_size >> 20, "cpus": len(vm.vcpus), "profile": vm.profile.name,
                "mem_cap_mb": int(st[EPT.S_CAP]) * EPT.PAGE >> 20, "state": vm.state,
-               "suspend": [vm.suspend_reason, vm.suspend_message]},
+               "suspend": [vm.suspend_reason, vm.suspend_message], "slots": list(vm.slots)},
         "image": {"filename": filename, "kind": kind, "cmdline": cmdline, "load_addr": load_addr,
-                  "bytes": len(image_bytes)},
+                  "bytes": len(image_bytes), "initrd_bytes": len(vm.initrd or b"")},
         "memory": {"pages": len(gpas)},
         "tlb_entries": len(arrays["tlb"]),
         "ept": {"flags": int(st[EPT.S_FLAGS]), "eptp": vm.pmap.eptp,
@@ -159,6 +171,8 @@ def device_state(vm):
         state["bios"] = {"elapsed": vm.bios.clock() - vm.bios._start if vm.bios._start else 0.0,
                          "disk_last": vm.bios._disk_last, "peeked": vm.bios._peeked}
     state["acpi"] = {"pm": vm.acpi_pm.state(), "reset_control": vm.reset_control.state()}
+    state["pci_devices"] = {bdf(d, f): config.device_state() for (d, f), config in sorted(vm.pci.functions.items())
+                            if config in vm.pci_devices}
     return state
 
 
@@ -221,7 +235,8 @@ def _image(path, manifest, arrays):
     if info["filename"]:
         try:
             image = loaders.load_image(arrays["image"].tobytes(), info["filename"], manifest["vm"]["mem_mb"] << 20,
-                                       kind=info["kind"], cmdline=info["cmdline"], load_addr=info["load_addr"])
+                                       kind=info["kind"], cmdline=info["cmdline"], load_addr=info["load_addr"],
+                                       initrd=_initrd(arrays))
         except ImageError as problem:
             raise SnapshotError("%s holds a boot image that cannot be loaded: %s" % (path, problem)) from None
     for i, vcpu in enumerate(manifest["vcpus"]):
@@ -229,6 +244,18 @@ def _image(path, manifest, arrays):
             raise SnapshotError("%s is damaged or crafted: vcpus[%d] is to boot through the reset stub, which "
                                 "its %s image does not use" % (path, i, image.kind if image else "missing"))
     return image
+
+
+def _initrd(arrays):
+    return arrays["initrd"].tobytes() if "initrd" in arrays and arrays["initrd"].size else None
+
+
+def _slots(path, manifest):
+    """The VM's -s arguments, parsed as `vmmctl run` does: a disk image that is gone is an error naming it."""
+    try:
+        return SLOTS.parse_all(manifest["vm"].get("slots", []))
+    except ConfigError as problem:
+        raise SnapshotError("%s cannot rebuild the VM's PCI devices: %s" % (path, problem)) from None
 
 
 # -- restoring ------------------------------------------------------------------------------------------
@@ -241,11 +268,12 @@ def restore(hypervisor, path, name=None, start=True):
         _fits(hypervisor, path, manifest, name)
         arrays = _arrays(reader, manifest)
     image = _image(path, manifest, arrays)
+    slots = _slots(path, manifest)
     changed = apply_tunables(hypervisor, manifest["tunables"])
     cfg = manifest["vm"]
     try:
         vm = hypervisor.create_vm(name or cfg["name"], mem_mb=cfg["mem_mb"], cpus=cfg["cpus"],
-                                  profile=cfg["profile"], mem_cap_mb=cfg["mem_cap_mb"])
+                                  profile=cfg["profile"], mem_cap_mb=cfg["mem_cap_mb"], slots=slots)
     except Exception:
         undo_tunables(hypervisor, changed)
         raise
@@ -287,7 +315,7 @@ def _restore_into(vm, manifest, arrays, image):
     if image is not None:
         info = manifest["image"]
         vm._load_args = (arrays["image"].tobytes(), info["filename"], info["kind"], info["cmdline"], info["load_addr"])
-        vm.image = image
+        vm.image, vm.initrd = image, _initrd(arrays)
     st = vm.pmap.st
     if int(st[EPT.S_FLAGS]) != manifest["ept"]["flags"]:
         vm.log("snapshot EPT flags %#x differ from this server's %#x (tunables or CPU profile)"
@@ -328,11 +356,17 @@ def _restore_into(vm, manifest, arrays, image):
         if host < len(vm.hypervisor.hostcpus):
             hpa = vm.pmap.lookup(gpa)
             if hpa is not None:
-                TLB.insert(vm.hypervisor.hostcpus[host].tlb, vm.vcpus[vpid - 1].vpid, vm.pmap.eptp, linear, gpa, hpa,
-                           perms, bool(glob))             # saved as vcpuid + 1 (_tlb_rows)
+                TLB.insert(vm.hypervisor.hostcpus[host].tlb, vm.vcpus[vpid - 1].vpid, vm.pmap.eptp, _signed(linear),
+                           gpa, hpa, perms, bool(glob))   # saved as vcpuid + 1 (_tlb_rows)
     load_device_state(vm, manifest["devices"])
     with vm.lock:
         vm.suspend_reason, vm.suspend_message = manifest["vm"]["suspend"]
+
+
+def _signed(value):
+    """A 64-bit value as the int64 the kernels take (a kernel's linear addresses, 0xffff8880..., are above 2^63):
+    the same bits, which the kernel reads back as uint64."""
+    return value - (1 << 64) if value >> 63 else value
 
 
 def restore_lapic(vcpu, pages, info):
@@ -391,6 +425,7 @@ def load_device_state(vm, state):
         vm.pci.load_state(state["pci"])
     except ConfigError as problem:
         raise SnapshotError(str(problem)) from None
+    load_pci_devices(vm, state.get("pci_devices", {}))
     if "ioapic" in state:
         vm.ioapic.load_state(state["ioapic"])
     for name in ("com1", "com2"):
@@ -408,3 +443,24 @@ def load_device_state(vm, state):
     if "acpi" in state:
         vm.acpi_pm.load_state(state["acpi"]["pm"])
         vm.reset_control.load_state(state["acpi"]["reset_control"])
+
+
+def load_pci_devices(vm, saved):
+    """Each -s device's own state (MSI-X, the virtio transport and queues, the disk's and NIC's), every one
+    checked against the device the slot built before any is changed: I/O goes on from the saved ring positions."""
+    devices = {bdf(d, f): config for (d, f), config in vm.pci.functions.items() if config in vm.pci_devices}
+    for name in sorted(set(devices) | set(saved)):
+        if name not in saved or name not in devices:
+            raise SnapshotError("the snapshot %s PCI device %s, which its -s slots %s" % (
+                "lacks the state of" if name not in saved else "has the state of",
+                name, "give" if name in devices else "do not give"))
+        if saved[name]["emulation"] != devices[name].emulation:
+            raise SnapshotError("the snapshot's PCI device %s is a %s; its slot gives a %s"
+                                % (name, saved[name]["emulation"], devices[name].emulation))
+        try:
+            devices[name].check_device_state(saved[name])
+        except ConfigError as problem:
+            raise SnapshotError("the snapshot's PCI device %s cannot be restored: %s" % (name, problem)) from None
+    with vm.pci.lock:
+        for name, device in devices.items():
+            device.load_device_state(saved[name])

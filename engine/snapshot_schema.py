@@ -29,6 +29,11 @@ from .mmu import ept as EPT
 from .mmu import walk as W
 from .pci import config as PCI_CONFIG
 from .pci import host as PCI_HOST
+from .net import switch as SWITCH
+from .virtio import blk as BLK
+from .virtio import net as NET
+from .virtio import pci as VIRTIO
+from .virtio import vring as VRING
 from .vmx import intr
 
 MAX_MEM_MB = 1 << 20             # 1 TiB: more than any modeled host; snapshot.py checks the actual host
@@ -250,6 +255,39 @@ def ioapic_entry(value, field):
 IOAPIC_STATE = record({"id": integer(0, 0xF), "ioregsel": BYTE, "lines": bits((1 << IOAPIC.PINS) - 1),
                        "entries": items(ioapic_entry, IOAPIC.PINS, length=IOAPIC.PINS)})
 # optional: a snapshot from before the I/O APIC existed restores it at power-on, as its guest last saw it
+
+
+def mac_address(value, field):
+    """A unicast MAC as switch.mac_text spells it (a switch learns no group address; mac= refuses one)."""
+    if type(value) is not str or not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", value) or int(value[:2], 16) & 1:
+        raise Invalid(field, "%s is not a unicast MAC address xx:xx:xx:xx:xx:xx" % _show(value))
+
+
+def switch_name(value, field):
+    if type(value) is not str or not SWITCH.NAME.match(value):
+        raise Invalid(field, "%s is not a switch name (switch0-switch9999)" % _show(value))
+
+
+# a -s device's own state (virtio/pci.py, blk.py, net.py); what must agree with the device the slot builds (its
+# features, vectors, queues, the image's size) is checked against that device by snapshot.load_pci_devices
+U16, U32 = integer(0, 0xFFFF), integer(0, 0xFFFFFFFF)
+MSIX_MAX = 2048                                   # PCI 3.0 §6.8.2.3: Table Size is 11 bits
+VIRTQUEUE = record({"size": U16, "vector": U16, "enabled": boolean, "desc": integer(0, U64),
+                    "driver": integer(0, U64), "device": integer(0, U64), "last_avail": U16, "used_idx": U16,
+                    "flags": bits(VRING.F_INDIRECT | VRING.F_EVENT_IDX)})
+VIRTIO_STATE = record({"status": BYTE, "device_feature_select": U32, "driver_feature_select": U32,
+                       "driver_features": integer(0, U64), "msix_config": U16, "queue_select": U16,
+                       "isr": bits(VIRTIO.ISR_QUEUE | VIRTIO.ISR_CONFIG), "broken": optional(text(1024)),
+                       "queues": items(VIRTQUEUE, 64)})
+BLK_STATE = record({"capacity": integer(0, 1 << 55), "readonly": boolean,
+                    "counts": record({name: COUNT for name in BLK.COUNTS})})
+NET_STATE = record({"mac": mac_address, "switch": optional(switch_name), "port": text(300),
+                    "learned": items(mac_address, 4096), "counts": record({name: COUNT for name in NET.COUNTS}),
+                    "port_counts": record({name: COUNT for name in SWITCH.COUNTERS})})
+EMULATION_STATE = {BLK.VirtioBlk.emulation: "blk", NET.VirtioNet.emulation: "net"}
+PCI_DEVICE = record({"emulation": one_of(*EMULATION_STATE), "msix_table": items(BYTE, MSIX_MAX * 16),
+                     "msix_pba": items(BYTE, MSIX_MAX // 8), "intx": boolean, "virtio": VIRTIO_STATE},
+                    {"blk": BLK_STATE, "net": NET_STATE})
 DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255), BYTE, 256)}),
                   "pic": record({"master": PIC_CHIP, "slave": PIC_CHIP, "output": boolean}),
                   "pit": PIT, "port61": record({"bits": bits(nmisc.WRITABLE)}), "com1": UART, "com2": UART,
@@ -257,7 +295,8 @@ DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255),
                  {"bios": record({"elapsed": number(0, MAX_NS), "disk_last": BYTE,
                                   "peeked": optional(integer(0, 0xFFFF))}),
                   "acpi": ACPI,
-                  "ioapic": IOAPIC_STATE})
+                  "ioapic": IOAPIC_STATE,
+                  "pci_devices": mapping(pci_function_name, PCI_DEVICE, 256)})
 # vLAPIC context slots (core/ctx.py): LAPIC_FIX indexes the virtual-APIC page, so it stays within the page;
 # INJECT is a vector or EXTINT (the 8259 gives the vector)
 LAPIC = record({str(C.TIMER_PERIOD): integer(0, MAX_NS), str(C.INTR_WINDOW): one_of(0, 1),
@@ -275,10 +314,12 @@ MANIFEST = record({
     "vm": record({"name": vm_name, "mem_mb": integer(1, MAX_MEM_MB), "cpus": integer(1, MAX_CPUS),
                   "profile": one_of(*profiles.PROFILES), "mem_cap_mb": integer(1, MAX_MEM_MB),
                   "state": STATES,
-                  "suspend": items(optional(text(1 << 16)), 2, length=2)}),
+                  "suspend": items(optional(text(1 << 16)), 2, length=2)},
+                 {"slots": items(text(4096), 256)}),       # bhyve's -s arguments; vm/slots.py parses them
     "image": record({"filename": optional(text(255)), "kind": optional(one_of(*loaders.KINDS)),
                      "cmdline": text(1 << 16), "load_addr": optional(integer(0, (1 << 48) - 1)),
-                     "bytes": integer(0, MAX_IMAGE)}),
+                     "bytes": integer(0, MAX_IMAGE)},
+                    {"initrd_bytes": integer(0, MAX_IMAGE)}),   # a Linux kernel's initrd, array "initrd"
     "memory": record({"pages": integer(0, MAX_MEM_MB << 8)}),
     "tlb_entries": integer(0, MAX_TLB_ROWS),
     "ept": record({"flags": bits(EPT.F_HW_AD | EPT.F_SUPERPAGES | EPT.F_EXEC_ONLY | EPT.F_XO_OK | EPT.F_EPT_1G
@@ -306,6 +347,11 @@ def check(manifest):
     if manifest["memory"]["pages"] > vm["mem_cap_mb"] << 8:
         raise Invalid("manifest.memory.pages", "= %d is more than the VM's %d MiB (cap) can hold"
                       % (manifest["memory"]["pages"], vm["mem_cap_mb"]))
+    for name, device in manifest["devices"].get("pci_devices", {}).items():
+        for emulation, key in EMULATION_STATE.items():
+            if (device["emulation"] == emulation) != (key in device):
+                raise Invalid("manifest.devices.pci_devices[%s]" % name, "is a %s %s its %r state"
+                              % (device["emulation"], "without" if key not in device else "with", key))
     for name in ("com1", "com2"):
         uart = manifest["devices"][name]
         if len(uart["rx"]) > uart["_rx_size"]:
@@ -320,10 +366,13 @@ def members(manifest):
     pages, msrs = manifest["memory"]["pages"], len(profiles.get(vm["profile"]).msrs)
     msr_columns = MSRS.COLUMNS
     u8, u64 = np.dtype(np.uint8), np.dtype(np.uint64)
-    return {"cpu": (ucstate.RECORD, (n,)), "vmcs": (u64, (n, VMCS.NFIELDS)), "counters": (u64, (n, S.NSLOTS)),
-            "msrs": (u64, (n, msrs, msr_columns)), "lapic": (u8, (n, LAPIC_BYTES)), "pages_gpa": (u64, (pages,)),
-            "pages_bits": (u64, (pages,)), "pages_data": (u8, (pages, EPT.PAGE)),
-            "tlb": (u64, (manifest["tlb_entries"], len(TLB_COLUMNS))), "image": (u8, (manifest["image"]["bytes"],))}
+    arrays = {"cpu": (ucstate.RECORD, (n,)), "vmcs": (u64, (n, VMCS.NFIELDS)), "counters": (u64, (n, S.NSLOTS)),
+              "msrs": (u64, (n, msrs, msr_columns)), "lapic": (u8, (n, LAPIC_BYTES)), "pages_gpa": (u64, (pages,)),
+              "pages_bits": (u64, (pages,)), "pages_data": (u8, (pages, EPT.PAGE)),
+              "tlb": (u64, (manifest["tlb_entries"], len(TLB_COLUMNS))), "image": (u8, (manifest["image"]["bytes"],))}
+    if "initrd_bytes" in manifest["image"]:
+        arrays["initrd"] = (u8, (manifest["image"]["initrd_bytes"],))
+    return arrays
 
 
 def check_arrays(manifest, arrays):

@@ -80,6 +80,16 @@ class Switch:
             self.table = {mac: entry for mac, entry in self.table.items() if entry[0] is not port}
             port.switch = None
 
+    def learn(self, port, macs, counts):
+        """A restored port (engine/snapshot.py): the addresses it had learned, as seen now, and its counters."""
+        with self.lock:
+            if port.switch is not self:
+                return
+            now = self.clock()
+            for mac in macs:
+                self.table[bytes(mac)] = (port, now)
+            port.counts.update(counts)
+
     def lookup(self, mac):
         """The port `mac` was last seen on, if that was less than `aging` seconds ago."""
         with self.lock:

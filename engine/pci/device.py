@@ -21,6 +21,7 @@ INTx: `set_intx(level)` drives the function's interrupt pin, gated by the comman
 and mirrored in the status register's interrupt status bit (§6.2.2, §6.2.3); the platform wires the pin to an I/O
 APIC input (`intx` callback) and the DSDT's _PRT says which.
 """
+from ..errors import ConfigError
 from .config import (BAR0, CAPABILITIES, CMD_INTX_DISABLE, CMD_IO, CMD_MEMORY, COMMAND, STATUS, PciFunction)
 
 BAR_IO, BAR_MEM32 = "io", "mem32"
@@ -250,8 +251,33 @@ class PciDevice(PciFunction):
         return out
 
     # -- snapshots ---------------------------------------------------------------------------------------------
-    def state(self):
-        return list(self.config)
+    def device_state(self):
+        """What the device keeps outside its configuration space (PciHost.state saves that): the MSI-X table and
+        PBA, and the level it drives its INTx pin at."""
+        return {"msix_table": list(self.msix_table), "msix_pba": list(self.msix_pba), "intx": self.intx_level}
+
+    def check_device_state(self, saved):
+        """ConfigError unless `saved` is what this device could have written: a table and PBA of its sizes, vector
+        control bits 31:1 zero (msix_table_write keeps them so), pending bits for its vectors only."""
+        if len(saved["msix_table"]) != len(self.msix_table) or len(saved["msix_pba"]) != len(self.msix_pba):
+            raise ConfigError("msix_table/msix_pba are %d/%d bytes; this device's are %d/%d"
+                              % (len(saved["msix_table"]), len(saved["msix_pba"]), len(self.msix_table),
+                                 len(self.msix_pba)))
+        for n in range(len(self.msix_table) // MSIX_ENTRY):
+            control = int.from_bytes(bytes(saved["msix_table"][n * MSIX_ENTRY + 12:(n + 1) * MSIX_ENTRY]), "little")
+            if control & ~MSIX_VECTOR_MASKED:
+                raise ConfigError("msix_table entry %d has vector control %#x: bits 31:1 are reserved" % (n, control))
+        pending = int.from_bytes(bytes(saved["msix_pba"]), "little")
+        if pending >> getattr(self, "msix_vectors", 0):
+            raise ConfigError("msix_pba has pending bits beyond the device's %d vectors"
+                              % getattr(self, "msix_vectors", 0))
+
+    def load_device_state(self, saved):
+        """After the configuration space (PciHost.load_state): the table and PBA as saved (nothing is sent: what
+        was pending stays pending) and the INTx pin driven again."""
+        self.msix_table[:] = bytes(saved["msix_table"])
+        self.msix_pba[:] = bytes(saved["msix_pba"])
+        self.set_intx(saved["intx"])
 
 
 class MsixRegion(Region):

@@ -29,12 +29,14 @@ SIZE_MAX, SEG_MAX = 1 << 16, 126
 ID_BYTES = 20
 MAX_DISCARD_SECTORS, MAX_DISCARD_SEG = 1 << 22, 1
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+COUNTS = ("read", "write", "flush", "discard", "get_id", "error", "read_bytes", "write_bytes")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
 
 
 class VirtioBlk(VirtioPci):
+    emulation = "virtio-blk"
     device_id = 2
     class_code = (0x01, 0x00)          # mass storage, SCSI (what QEMU's virtio-blk-pci says)
     num_queues = 1
@@ -50,8 +52,7 @@ class VirtioBlk(VirtioPci):
         self.ident = ("WH-%08x" % (os.fstat(self.fd).st_ino & 0xFFFFFFFF)).encode()[:ID_BYTES]
         self.device_features = F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | (F_RO if readonly else F_DISCARD)
         super().__init__(ram, bar_base)
-        self.counts = {"read": 0, "write": 0, "flush": 0, "discard": 0, "get_id": 0, "error": 0, "read_bytes": 0,
-                       "write_bytes": 0}
+        self.counts = dict.fromkeys(COUNTS, 0)
 
     def close(self):
         if self.fd is not None:
@@ -64,6 +65,26 @@ class VirtioBlk(VirtioPci):
         out["backend"] = {"emulation": "virtio-blk", "image": self.path, "readonly": self.readonly,
                           "capacity_sectors": self.capacity}
         return out
+
+    # -- snapshots: the image's contents are the user's file, not the snapshot's --------------------------------
+    def device_state(self):
+        state = super().device_state()
+        state["blk"] = {"capacity": self.capacity, "readonly": self.readonly, "counts": dict(self.counts)}
+        return state
+
+    def check_device_state(self, saved):
+        super().check_device_state(saved)
+        if saved["blk"]["readonly"] != self.readonly:
+            raise ConfigError("the disk was %s when saved; %s is attached %s now" % (
+                "read-only" if saved["blk"]["readonly"] else "writable", self.path,
+                "read-only" if self.readonly else "writable"))
+        if saved["blk"]["capacity"] != self.capacity:
+            raise ConfigError("the guest saw a disk of %d sectors; %s has %d now (a different image?)"
+                              % (saved["blk"]["capacity"], self.path, self.capacity))
+
+    def load_device_state(self, saved):
+        super().load_device_state(saved)
+        self.counts.update(saved["blk"]["counts"])
 
     def device_config(self):
         """struct virtio_blk_config (§5.2.4), up to the discard fields."""

@@ -42,6 +42,7 @@ HDR = 12                                       # struct virtio_net_hdr with num_
 HDR_NUM_BUFFERS = 10
 OUT_OF_MEMORY, TOO_BIG = -1, -2                # gather's and scatter's failures
 BHYVE_OUI = b"\x00\xa0\x98"
+COUNTS = ("tx_frames", "tx_bytes", "tx_bad", "rx_frames", "rx_bytes", "rx_no_buffer", "rx_small_buffer")
 
 
 @njit(**NUMBA)
@@ -99,6 +100,7 @@ def genmac(slot, function, vm_name):
 
 
 class VirtioNet(VirtioPci):
+    emulation = "virtio-net"
     device_id = 1
     class_code = (0x02, 0x00)          # network controller, Ethernet (what QEMU's virtio-net-pci says)
     num_queues = 2
@@ -112,10 +114,9 @@ class VirtioNet(VirtioPci):
         self.tx_buf = np.zeros(MAX_FRAME, np.uint8)
         self.rx_hdr = np.zeros(HDR, np.uint8)
         self.rx_hdr[HDR_NUM_BUFFERS] = 1
-        self.counts = {"tx_frames": 0, "tx_bytes": 0, "tx_bad": 0, "rx_frames": 0, "rx_bytes": 0, "rx_no_buffer": 0,
-                       "rx_small_buffer": 0}
+        self.counts = dict.fromkeys(COUNTS, 0)
         self.endpoints = []
-        self.closed = False
+        self.closed = self.paused = False
         super().__init__(ram, bar_base)
         self.port = Port(port_name, self.receive)
 
@@ -166,6 +167,52 @@ class VirtioNet(VirtioPci):
         with self.lock:
             super().reset()
 
+    # -- snapshots ------------------------------------------------------------------------------------------------
+    def pause_device(self):
+        """bhyve's pci_vtnet_pause holds the receive lock, so its backend's receive waits; here the sender (another
+        VM's vCPU) must not wait for a save, so frames for a VM being saved are dropped (the port's tx_dropped)
+        and queue 0 and guest memory hold still while they are written."""
+        with self.lock:
+            self.paused = True
+
+    def resume_device(self):
+        with self.lock:
+            self.paused = False
+
+    def device_state(self):
+        """The transport's state, the MAC the driver read, and the port: its switch, name, counters and the
+        addresses the switch learned on it (so unicast to the guest is not flooded after a restore)."""
+        with self.lock:
+            state = super().device_state()
+        switch = self.port.switch
+        table = [] if switch is None else switch.describe()["table"]
+        learned = [entry["mac"] for entry in table if entry["port"] == self.port.name]
+        state["net"] = {"mac": mac_text(self.mac), "switch": None if switch is None else switch.name,
+                        "port": self.port.name, "learned": learned, "counts": dict(self.counts),
+                        "port_counts": dict(self.port.counts)}
+        return state
+
+    def check_device_state(self, saved):
+        super().check_device_state(saved)
+        switch = self.port.switch
+        if saved["net"]["switch"] != (None if switch is None else switch.name):
+            raise ConfigError("net.switch %r is not the switch the slot names (%s)"
+                              % (saved["net"]["switch"], None if switch is None else switch.name))
+        parse_mac(saved["net"]["mac"])
+        for mac in saved["net"]["learned"]:
+            parse_mac(mac)
+
+    def load_device_state(self, saved):
+        """The MAC as the guest knows it (a restored VM of another name would get another from genmac), the
+        counters, and the learned addresses pointing at this port again."""
+        net = saved["net"]
+        with self.lock:
+            super().load_device_state(saved)
+            self.mac = parse_mac(net["mac"])
+            self.counts.update(net["counts"])
+        if self.port.switch is not None:
+            self.port.switch.learn(self.port, [parse_mac(mac) for mac in net["learned"]], net["port_counts"])
+
     # -- transmit: queue 1 ---------------------------------------------------------------------------------------
     def notify(self, index):
         if index == TX:
@@ -186,7 +233,7 @@ class VirtioNet(VirtioPci):
     def receive(self, frame):
         """The switch's delivery: the frame into the next receive chain; False (a drop) when there is none."""
         with self.lock:
-            if self.closed or not self.ready(RX):
+            if self.closed or self.paused or not self.ready(RX):
                 return False
             status, head, rows, _, _ = self.take(RX, self.rx_rows)
             if status != R.OK:

@@ -22,6 +22,7 @@ configuration-space window onto the BARs, which Linux does not use), packed virt
 """
 import numpy as np
 
+from ..errors import ConfigError
 from ..pci.config import CMD_MASTER, COMMAND
 from ..pci.device import BAR_MEM32, CAP_VENDOR, MsixRegion, PciDevice, Region
 from . import vring as R
@@ -87,11 +88,20 @@ class Queue:
         self.enabled = False
         self.desc = self.driver = self.device = 0
 
+    def state(self):
+        """The registers the driver wrote and the device's ring positions: last_avail (the next available entry
+        it takes), used_idx (its used ring index) and the negotiated flags (event index, indirect)."""
+        q = self.q
+        return {"size": self.size, "vector": self.vector, "enabled": self.enabled, "desc": self.desc,
+                "driver": self.driver, "device": self.device, "last_avail": int(q[R.Q_LAST_AVAIL]),
+                "used_idx": int(q[R.Q_USED_IDX]), "flags": int(q[R.Q_FLAGS])}
+
 
 class VirtioPci(PciDevice):
     """The transport; a device (blk.py) subclasses it with `device_id`, `class_code`, its feature bits
     (`device_features`), its configuration bytes (`device_config`) and `handle(queue, rows, readable, writable)`,
     which serves one request and returns how many bytes it wrote into the chain."""
+    emulation = ""                                  # bhyve's -s name (vm/slots.py)
     device_id = 0
     class_code = (0xFF, 0x00)
     num_queues = 1
@@ -142,6 +152,78 @@ class VirtioPci(PciDevice):
 
     def negotiated(self, bit):
         return bool(self.driver_features & bit)
+
+    # -- snapshots (engine/snapshot.py; bounds in snapshot_schema.py) ---------------------------------------------
+    def device_state(self):
+        """MSI-X (PciDevice) and the transport: status, features, selectors, ISR, the DEVICE_NEEDS_RESET reason and
+        every queue. The rings themselves are guest memory, which the snapshot holds."""
+        state = super().device_state()
+        state["emulation"] = self.emulation
+        state["virtio"] = {"status": self.status, "device_feature_select": self.device_feature_select,
+                           "driver_feature_select": self.driver_feature_select,
+                           "driver_features": self.driver_features, "msix_config": self.msix_config,
+                           "queue_select": self.queue_select, "isr": self.isr, "broken": self.broken,
+                           "queues": [queue.state() for queue in self.queues]}
+        return state
+
+    def check_device_state(self, saved):
+        """ConfigError unless the transport state is one this device reaches: features it offered (and
+        FEATURES_OK only as _set_status grants it), DEVICE_NEEDS_RESET with its reason, vectors it has, its number
+        of queues, and every enabled queue passing _enable's checks with the flags its features give."""
+        super().check_device_state(saved)
+        v = saved["virtio"]
+        features, status = v["driver_features"], v["status"]
+        if features & ~self.offered:
+            raise ConfigError("virtio.driver_features %#x has bits the device does not offer (%#x)"
+                              % (features, self.offered))
+        if status & FEATURES_OK and not features & F_VERSION_1:
+            raise ConfigError("virtio.status has FEATURES_OK without VIRTIO_F_VERSION_1 negotiated")
+        if bool(status & NEEDS_RESET) != (v["broken"] is not None):
+            raise ConfigError("virtio.status's DEVICE_NEEDS_RESET and virtio.broken disagree")
+        if len(v["queues"]) != self.num_queues:
+            raise ConfigError("virtio.queues lists %d queues; the device has %d" % (len(v["queues"]), self.num_queues))
+        vectors = list(range(self.msix_vectors)) + [NO_VECTOR]
+        if v["msix_config"] not in vectors:
+            raise ConfigError("virtio.msix_config %#x is not a vector of the device" % v["msix_config"])
+        flags = (R.F_INDIRECT if features & F_INDIRECT_DESC else 0) | (R.F_EVENT_IDX if features & F_EVENT_IDX else 0)
+        for n, queue in enumerate(v["queues"]):
+            if queue["vector"] not in vectors:
+                raise ConfigError("virtio.queues[%d].vector %#x is not a vector of the device" % (n, queue["vector"]))
+            if not queue["enabled"]:
+                if queue["last_avail"] or queue["used_idx"] or queue["flags"]:
+                    raise ConfigError("virtio.queues[%d] is not enabled but has ring positions" % n)
+                continue
+            size = queue["size"]
+            q = R.new_queue()
+            q[R.Q_DESC], q[R.Q_AVAIL], q[R.Q_USED], q[R.Q_SIZE] = queue["desc"], queue["driver"], queue["device"], size
+            q[R.Q_MEMSIZE] = self.ram.size
+            if not 0 < size <= self.queue_max or size & (size - 1) or not R.rings_inside(q):
+                raise ConfigError("virtio.queues[%d] is enabled with size %d or rings %#x/%#x/%#x the device refuses"
+                                  % (n, size, queue["desc"], queue["driver"], queue["device"]))
+            if queue["flags"] != flags:
+                raise ConfigError("virtio.queues[%d].flags %#x are not the negotiated features' %#x"
+                                  % (n, queue["flags"], flags))
+
+    def load_device_state(self, saved):
+        super().load_device_state(saved)
+        v = saved["virtio"]
+        self.status, self.driver_features, self.isr = v["status"], v["driver_features"], v["isr"]
+        self.device_feature_select, self.driver_feature_select = v["device_feature_select"], v["driver_feature_select"]
+        self.msix_config, self.queue_select, self.broken = v["msix_config"], v["queue_select"], v["broken"]
+        for queue, q in zip(self.queues, v["queues"]):
+            queue.reset()
+            queue.size, queue.vector, queue.desc, queue.driver, queue.device = \
+                q["size"], q["vector"], q["desc"], q["driver"], q["device"]
+            if q["enabled"]:
+                self._enable(queue)                      # the ring registers as the driver's QUEUE_ENABLE set them
+                queue.q[R.Q_LAST_AVAIL], queue.q[R.Q_USED_IDX] = q["last_avail"], q["used_idx"]
+
+    def pause_device(self):
+        """bhyve's pe_pause before a checkpoint: nothing may change the device while it is saved. Requests run on
+        the vCPU threads, which are parked; a device fed from outside the VM (virtio-net) stops taking input."""
+
+    def resume_device(self):
+        """bhyve's pe_resume."""
 
     # -- common configuration ------------------------------------------------------------------------------------
     def _selected(self):

@@ -113,6 +113,7 @@ class Platform:
         to the local APICs. `pci_window` is what each vCPU's MMIO window covers (vmx/mmio.py): nothing without
         devices."""
         self.pci_devices, self.pci_window = [], (0, 0)
+        self.slots = [spec.text for spec in specs]          # as given: a snapshot builds the same bus from them
         if not specs:
             return
         if len(specs) * SLOT_SPAN > ACPI.PCI_WINDOW_SIZE:

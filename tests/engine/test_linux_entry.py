@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from engine.errors import SnapshotError
+from engine import Hypervisor
 from tests.engine.conftest import assemble
 from tests.engine.loaders.bzimage import crafted
 from tests.guests.linux_images import linux_images
@@ -62,12 +62,19 @@ def test_reset_loads_the_initrd_again(hv, kernel):
     assert (regs["rcx"], regs["rdx"]) == (int.from_bytes(b"cons", "little"), int.from_bytes(b"INIT", "little"))
 
 
-def test_a_snapshot_of_a_vm_with_an_initrd_is_refused(hv, kernel, tmp_path):
-    """The snapshot format does not hold an initrd yet: saving says so rather than writing a file reset cannot use."""
+def test_a_snapshot_holds_the_initrd_and_the_restored_vm_resets_with_it(hv, kernel, tmp_path):
+    """The snapshot carries the initrd beside the kernel: a VM restored on another host boots with both at reset."""
     vm = hv.create_vm("crafted", mem_mb=64)
-    vm.load(kernel, "k", initrd=b"INIT")
-    with pytest.raises(SnapshotError, match=r"was booted with an initrd, which snapshot format version \d+ does not"):
-        vm.snapshot(tmp_path / "linux.snap")
+    vm.load(kernel, "k", cmdline="cons", initrd=b"INIT" * 100)
+    vm.start()
+    entered(vm)
+    vm.snapshot(tmp_path / "linux.snap")
+    copy = Hypervisor(host_mem_mb=256).restore_vm(tmp_path / "linux.snap")
+    assert copy.initrd == b"INIT" * 100
+    copy.reset()
+    regs = entered(copy)
+    assert (regs["rcx"], regs["rdx"]) == (int.from_bytes(b"cons", "little"), int.from_bytes(b"INIT", "little"))
+    copy.destroy()
 
 
 def test_debian_kernel_reaches_its_decompressor_reading_our_command_line(hv):

@@ -31,7 +31,7 @@ COUNT = """
     jmp 1b
 """
 MEMBERS = {"manifest.json", "cpu.npy", "vmcs.npy", "counters.npy", "msrs.npy", "lapic.npy", "pages_gpa.npy",
-           "pages_bits.npy", "pages_data.npy", "tlb.npy", "image.npy"}
+           "pages_bits.npy", "pages_data.npy", "tlb.npy", "image.npy", "initrd.npy"}
 
 
 class Payload:
@@ -346,6 +346,17 @@ def _element(index, value):
 def test_a_crafted_array_value_is_refused_naming_it(good, tmp_path, arrays, named):
     rows = _set(("tlb_entries",), 1) if "tlb" in arrays else None        # the manifest counts the TLB rows
     refused(crafted(good, tmp_path / "crafted.snap", manifest=rows, arrays=arrays), named)
+
+
+def test_a_tlb_entry_for_a_high_half_address_is_restored(good, tmp_path):
+    """A kernel's linear addresses (0xffff888000000000 on) are above 2^63: the restore inserts them as saved."""
+    high = 0xFFFF888000400000
+    row = np.array([[0, 1, high, COUNTER, 3, 1]], np.uint64)                # the guest's counter page
+    path = crafted(good, tmp_path / "high.snap", manifest=_set(("tlb_entries",), 1), arrays={"tlb": lambda a: row})
+    copy = Hypervisor(host_mem_mb=256).restore_vm(path, start=False)
+    assert [(e["linear"], e["gpa"]) for host in copy.hypervisor.hostcpus for e in host.tlb_entries()
+            if e["vpid"] == copy.vcpus[0].vpid] == [(high, COUNTER)]
+    copy.hypervisor.destroy_vm(copy.name)
 
 
 # -- writing ----------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Where `make linux` leaves the Linux guest (Debian's vmlinuz, our busybox initramfs), for the tests that boot it."""
+"""Where `make linux` leaves the Linux guest (Debian's vmlinuz, our busybox initramfs), for the tests that boot it,
+and the ext4 disk images they attach (made with e2fsprogs as a user would)."""
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,10 @@ import pytest
 LINUX_DIR = Path(__file__).resolve().parents[2] / "guests" / "build" / "linux"
 VMLINUZ, INITRD, VERSIONS = LINUX_DIR / "vmlinuz", LINUX_DIR / "initrd.gz", LINUX_DIR / "VERSIONS"
 INIT_UP, INIT_DONE = b"webhyve-init: up", b"webhyve-init: done, powering off"
+# the modules a guest loads for an ext4 virtio-blk disk, in their dependency order (a subset of /lib/modules/order)
+BLK_MODULES = "virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache " \
+              "jbd2 crc32c_generic ext4"
+SBIN = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))
 
 
 def linux_images():
@@ -24,3 +32,21 @@ def kernel_release():
         if name.startswith("linux-image-"):
             return name[len("linux-image-"):]
     raise AssertionError("%s names no linux-image package" % VERSIONS)
+
+
+def tool(name):
+    found = shutil.which(name, path=SBIN)
+    if found is None:
+        pytest.skip("%s is missing: `make deps` installs e2fsprogs" % name)
+    return found
+
+
+def ext4_image(tmp_path, size="8M"):
+    """An ext4 file system of `size` holding /from-host.txt, made as a user would (mke2fs -d)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "from-host.txt").write_text("written by the host\n")
+    image = tmp_path / "disk.img"
+    subprocess.run([tool("mke2fs"), "-q", "-F", "-t", "ext4", "-d", str(tree), "-L", "whdisk", str(image), size],
+                   check=True, capture_output=True, timeout=60)
+    return image

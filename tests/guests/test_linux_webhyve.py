@@ -3,17 +3,12 @@ through ACPI S5: the same check as the QEMU reference (test_linux_qemu.py), on o
 virtio-blk disk (bhyve's -s 3,virtio-blk,disk.img): an ext4 image the host built with mke2fs -d, which the guest
 finds on the PCI bus, mounts through virtio-pci and MSI-X, reads, writes and unmounts; the host then checks the
 file system with e2fsck -n and reads the guest's file with debugfs (docs/devices.md)."""
-import os
-import shutil
 import subprocess
 
-import pytest
-
 from engine import Hypervisor
-from tests.guests.linux_images import INIT_DONE, INIT_UP, kernel_release, linux_images
+from tests.guests.linux_images import INIT_DONE, INIT_UP, ext4_image, kernel_release, linux_images, tool
 
 HANG = 900          # seconds: a deadline for a hung boot, not a speed claim (about 40-70 s here under load)
-SBIN = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))
 WHRUN = ('echo answer=$((6*7)); i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done; echo forks=$i; '
          'echo hello > /hello.txt && cat /hello.txt; '
          'for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko; done; '
@@ -21,24 +16,6 @@ WHRUN = ('echo answer=$((6*7)); i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1
          'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/from-host.txt && '
          'echo written by the guest > /mnt/guest.txt && sync && umount /mnt && echo disk=unmounted; '
          'grep virtio /proc/interrupts')
-
-
-def tool(name):
-    found = shutil.which(name, path=SBIN)
-    if found is None:
-        pytest.skip("%s is missing: `make deps` installs e2fsprogs" % name)
-    return found
-
-
-def ext4_image(tmp_path):
-    """An 8 MiB ext4 file system holding /from-host.txt, made as a user would (mke2fs -d)."""
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "from-host.txt").write_text("written by the host\n")
-    image = tmp_path / "disk.img"
-    subprocess.run([tool("mke2fs"), "-q", "-F", "-t", "ext4", "-d", str(tree), "-L", "whdisk", str(image), "8M"],
-                   check=True, capture_output=True, timeout=60)
-    return image
 
 
 def test_webhyve_boots_debians_kernel_runs_user_space_and_powers_off(tmp_path):

@@ -25,7 +25,7 @@ from .errors import ConfigError, ImageError, SnapshotError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
 from .pci.host import bdf
-from .vm import slots as SLOTS
+from . import slots as SLOTS
 
 __all__ = ["FORMAT", "VERSION", "SnapshotError", "read_header", "restore", "save"]
 

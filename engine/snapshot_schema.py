@@ -315,7 +315,7 @@ MANIFEST = record({
                   "profile": one_of(*profiles.PROFILES), "mem_cap_mb": integer(1, MAX_MEM_MB),
                   "state": STATES,
                   "suspend": items(optional(text(1 << 16)), 2, length=2)},
-                 {"slots": items(text(4096), 256)}),       # bhyve's -s arguments; vm/slots.py parses them
+                 {"slots": items(text(4096), 256)}),       # bhyve's -s arguments; slots.py parses them
     "image": record({"filename": optional(text(255)), "kind": optional(one_of(*loaders.KINDS)),
                      "cmdline": text(1 << 16), "load_addr": optional(integer(0, (1 << 48) - 1)),
                      "bytes": integer(0, MAX_IMAGE)},

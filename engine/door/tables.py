@@ -16,8 +16,8 @@ from ..stats import by_id as stats_by_id
 from ..stats import format_stats
 from ..stats import rows as stats_rows
 from ..vcpu import GPRS, SEGMENTS
-from ..vm.slots import EMULATIONS
-from ..vm.slots import parse_all as parse_slots
+from ..slots import EMULATIONS
+from ..slots import parse_all as parse_slots
 from ..vmx import exits
 
 PROFILES, DEFAULT_PROFILE = tuple(_profiles.PROFILES), _profiles.DEFAULT

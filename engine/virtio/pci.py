@@ -101,7 +101,7 @@ class VirtioPci(PciDevice):
     """The transport; a device (blk.py) subclasses it with `device_id`, `class_code`, its feature bits
     (`device_features`), its configuration bytes (`device_config`) and `handle(queue, rows, readable, writable)`,
     which serves one request and returns how many bytes it wrote into the chain."""
-    emulation = ""                                  # bhyve's -s name (vm/slots.py)
+    emulation = ""                                  # bhyve's -s name (slots.py)
     device_id = 0
     class_code = (0xFF, 0x00)
     num_queues = 1

@@ -16,7 +16,7 @@ from ..tunables import VM_MAXCPU
 from ..vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
 from .memory import MiB, VmMemory
 from .platform import Platform
-from .slots import parse_all as parse_slots
+from ..slots import parse_all as parse_slots
 
 
 class VM(VmMemory, Platform):

@@ -108,7 +108,7 @@ class Platform:
         self.io.attach("pci config data", PCI_DATA, 4, self.pci.data_read, self.pci.data_write, widths=(1, 2, 4))
 
     def _attach_slots(self, specs):
-        """The PCI devices of bhyve's -s options (vm/slots.py, parsed and checked already), each given SLOT_SPAN of
+        """The PCI devices of bhyve's -s options (slots.py, parsed and checked already), each given SLOT_SPAN of
         the PCI window for its BARs, its INTx pin on the I/O APIC input the DSDT's _PRT names and its MSI-X messages
         to the local APICs. `pci_window` is what each vCPU's MMIO window covers (vmx/mmio.py): nothing without
         devices."""

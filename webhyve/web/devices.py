@@ -1,5 +1,5 @@
 """PCI devices from the web: the create form's and POST /vms's `slots`, bhyve's -s arguments parsed by the engine's
-own parser (engine/vm/slots.py, the one vmmctl run uses), with two limits a server needs and a local command line
+own parser (engine/slots.py, the one vmmctl run uses), with two limits a server needs and a local command line
 does not:
 
 - a virtio-blk image is a path inside the server's disk directory (DISKS_DIR, `WEBHYVE_DISKS_DIR`; `disks/` in

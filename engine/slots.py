@@ -4,9 +4,9 @@ taken slot or a missing image is a clear error before anything runs. bhyve also 
 is the only one here. Slot 0 function 0 is the host bridge's. The emulations: `virtio-blk` (engine/virtio/blk.py)
 and `virtio-net` (engine/virtio/net.py, on an in-process switch: SWITCH[,mac=MAC][,listen=|connect=HOST:PORT]).
 """
-from ..errors import ConfigError
-from ..pci.host import DEVICES, FUNCTIONS, bdf
-from ..virtio import blk, net
+from .errors import ConfigError
+from .pci.host import DEVICES, FUNCTIONS, bdf
+from .virtio import blk, net
 
 EMULATIONS = {"virtio-blk": blk.parse_options, "virtio-net": net.parse_options}
 RESERVED = {(0, 0): "hostbridge"}

@@ -576,20 +576,24 @@ def tlb_insn(c, code, address, prefixes, rex, long_mode, addr32):
 
 
 @njit(**NUMBA)
-def pause_exit(c, address):
-    """PAUSE exiting (exit 40), with the "PAUSE exiting" control set (bhyvectl --setcap pause_exit), taken only
-    while the host CPU is shared: a vCPU spinning on a lock whose holder waits for this host CPU gives its turn
-    up instead of burning its timeslice. The PAUSE itself then runs when the vCPU is back (PAUSE_SKIP)."""
+def pause_exit(c, address, length):
+    """PAUSE exiting (exit 40): with the "PAUSE exiting" control set (bhyvectl --setcap pause_exit, bhyve -P)
+    every PAUSE of `length` bytes (prefixes included) exits, at any CPL; PAUSE-loop exiting, which bhyve never
+    sets, would then be ignored (SDM 25.1.3). Counted as VMEXIT_PAUSE as vmx_exit_process does. The exit is
+    fault-like, RIP stays on the PAUSE; where bhyve's userspace resumes after it, the PAUSE runs when the vCPU
+    re-enters (PAUSE_SKIP): a no-op either way. The stop is marked (BLOCK_STOP) as no HLT and no completed
+    instruction, so the loop neither takes an F4 byte before the PAUSE for a HLT nor owes an MTF exit."""
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
-    if c[C.TIMESLICE] == 0 or vmcs[V.PRI_PROC_BASED_CTLS] & np.uint64(PROCBASED_PAUSE_EXITING) == 0:
+    if vmcs[V.PRI_PROC_BASED_CTLS] & np.uint64(PROCBASED_PAUSE_EXITING) == 0:
         return
     here = np.uint64(address) + np.uint64(1)
     if c[C.PAUSE_SKIP] == here:
         c[C.PAUSE_SKIP] = 0
         return
-    record_exit(c, E.PAUSE, 0, 2, np.uint64(address), S.VMEXIT_PAUSE)
+    record_exit(c, E.PAUSE, 0, length, np.uint64(address), S.VMEXIT_PAUSE)
     c[C.PAUSE_SKIP] = here
     c[C.EXIT] = C.X_PAUSE
+    c[C.BLOCK_STOP] = 1
     stop(c)                                         # precise from a code hook: RIP stays on the PAUSE
 
 
@@ -634,7 +638,7 @@ def hooked_insn(c, address, code):
             mov_to_cr(c, code[i:], address, i, rex, long_mode)
         tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
     elif op0 == 0x90 and rep and not rex & np.uint64(1):
-        pause_exit(c, address)
+        pause_exit(c, address, i + 1)
     elif op0 == 0x0F and (op1 == 0x07 or op1 == 0x35) and i + 1 < code.size:     # Intel's SYSRET and SYSEXIT
         if op1 == 0x07:
             syscall.sysret(c, (rex & np.uint64(8)) != 0)

@@ -38,7 +38,7 @@ LAPIC_SLOTS = (C.TIMER_PERIOD, C.INTR_WINDOW, C.INJECT, C.PENDING, C.LAPIC_FIX, 
 LAPIC_CLOCKS = (C.TIMER_DEADLINE, C.TIMER_START)
 UART_FIELDS = ("ier", "lcr", "mcr", "lsr", "fcr", "scr", "dll", "dlm", "msr", "thre_int_pending", "_irq_level",
                "_claimed", "_rx_size")
-HOST_VMCS_FIELDS = ("VPID", "EPTP", "ENTRY_MSR_LOAD")    # this host's values, not the saving host's
+HOST_VMCS_FIELDS = ("VPID", "EPTP", "ENTRY_MSR_LOAD", "MSR_BITMAP")    # this host's values, not the saving host's
 
 
 # -- saving -------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What bhyvectl's getters read beyond the registers, from one visit: segment descriptors, intinfo, capabilities.
+"""What bhyvectl's getters read beyond the registers, from one visit: segment descriptors, intinfo, capabilities,
+and the MSR bitmap page the VMCS points at.
 
 bhyve's libvmmapi gets these with vm_get_desc, vm_get_intinfo and vm_get_capability; here they come out of
 the VMCS and the registers one visit read, and the descriptor tables in guest memory (peek.py).
@@ -8,6 +9,7 @@ import struct
 from ..errors import StateError
 from ..vmx import controls
 from ..vmx import exits as E
+from ..vmx import msr_bitmap as MB
 from . import peek
 
 # bhyve's capabilities (libvmmapi capstrmap): those vmx_getcap offers, each a bit of the vCPU's VMCS controls
@@ -79,3 +81,13 @@ def set_capability(vmcs, caps, name, value):
         why = "the modeled CPU's VMX capability MSRs do not allow it" if name in controls.CAPABILITIES else \
             "the engine does not model it"
         raise StateError("capability %r is not available: %s" % (name, why))
+
+
+def msr_bitmap(vm, vmcs):
+    """[[msr, readable, writable]] for each MSR the page at the VMCS's MSR-bitmap address lets through, in
+    bhyvectl's dump_intel_msr_pm order (bhyvectl maps that host-physical page through /dev/mem); [] when the
+    address is not a page of the modeled host's memory."""
+    at, memory = vmcs["MSR_BITMAP"], vm.hypervisor.memory
+    if at == 0 or at % MB.PAGE or at + MB.PAGE > len(memory):
+        return []
+    return [[msr, r, w] for msr, r, w in MB.permissions(memory[at:at + MB.PAGE])]

@@ -71,13 +71,14 @@ class VcpuView:
 
     def bhyve_state(self):
         """What bhyvectl's getters print, from one visit: registers, the VMCS with the guest-state area saved,
-        descriptors, intinfo, capabilities and the last exits."""
+        descriptors, intinfo, capabilities and the last exits; and the MSR bitmap page the VMCS points at."""
         got = self.read("state", "registers", "guest_state", "pending_event", "exit_log")
         vmcs = got["guest_state"]
         return {"state": got["state"], "registers": got["registers"], "vmcs": vmcs,
                 "descriptors": bhyve_state.descriptors(self._vcpu.vm, got["registers"], vmcs),
                 "intinfo": bhyve_state.intinfo(vmcs, got["pending_event"]),
-                "capabilities": bhyve_state.capabilities(vmcs, self._vcpu.vmxcaps), "exit_log": got["exit_log"]}
+                "capabilities": bhyve_state.capabilities(vmcs, self._vcpu.vmxcaps), "exit_log": got["exit_log"],
+                "msr_bitmap": bhyve_state.msr_bitmap(self._vcpu.vm, vmcs)}
 
     # -- changes: requests the vCPU's thread carries out ------------------------------------------------
     def set_register(self, name, value):

@@ -93,7 +93,7 @@ def init_vmcs(vcpu):
     vCPU it starts (controls.STARTUP)."""
     v, index = vcpu.vmcs, vcpu.index
     caps = vcpu.vmxcaps = vmx_caps(vcpu.vm)
-    controls.vcpu_init(v, caps, vcpu.vpid, vcpu.vm.pmap.eptp, 0,
+    controls.vcpu_init(v, caps, vcpu.vpid, vcpu.vm.pmap.eptp, vcpu.vm.msr_bitmap,
                        vcpu.vm.hypervisor.tunables.get("hw.vmm.trace_guest_exceptions"))
     for name in controls.STARTUP:
         controls.setcap(v, caps, name, 1)

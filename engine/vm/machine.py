@@ -14,6 +14,7 @@ from ..devices.console import Console
 from ..errors import ConfigError, ImageError, StateError
 from ..tunables import VM_MAXCPU
 from ..vcpu import HALTED, IDLE, PAUSED, RUNNING, SUSPENDED, Vcpu
+from ..vmx import msr_bitmap
 from .memory import MiB, VmMemory
 from .platform import Platform
 from ..slots import parse_all as parse_slots
@@ -48,6 +49,7 @@ class VM(VmMemory, Platform):
         except Exception:
             self._free_memory()
             raise
+        self.msr_bitmap = msr_bitmap.allocate(hypervisor, "VM %r" % name)     # vmx_init: one page its vCPUs share
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
         self._power_on_cpus()
         self.debugger = self.gdb = None          # debug.Debugger and its GdbStub, once asked for
@@ -240,6 +242,7 @@ class VM(VmMemory, Platform):
             vcpu.hostcpu.unassign(vcpu)
             vcpu.release_vpid()                        # vmx_vcpu_cleanup: vpid_free
         self._free_memory()
+        self.hypervisor.allocator.free(self.msr_bitmap)
         self.hypervisor.l1d.release_vm(self)
         for vcpu in self.vcpus:
             vcpu.free()

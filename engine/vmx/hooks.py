@@ -29,8 +29,9 @@ from ..mmu import walk as W
 from ..mmu.access import APIC_GPA, canonical, code_to_hpa, ept_views, fetch_code, pc_linear, views, xtab_find
 from ..native import INLINE, NUMBA, u64_ptr, u8_ptr
 from . import exits as E
+from . import msr_bitmap as MB
 from . import syscall
-from .controls import PROCBASED_PAUSE_EXITING
+from .controls import PROCBASED_MSR_BITMAPS, PROCBASED_PAUSE_EXITING
 
 U64P = types.CPointer(types.uint64)
 
@@ -423,17 +424,43 @@ def tsc_msr(c, table, row, is_write, value):
 
 
 @njit(**NUMBA)
+def msr_exiting(c, index, is_write):
+    """Whether this RDMSR/WRMSR is a VM exit (SDM 26.1.3): always with "use MSR bitmaps" clear, else as the page at
+    the VMCS's MSR-bitmap address says (vmx/msr_bitmap.py). An address off the modeled host's memory (or 0,
+    a page the allocator never gives) reads as all ones: every access exits."""
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    at = vmcs[V.MSR_BITMAP] & ~np.uint64(0xFFF)
+    if vmcs[V.PRI_PROC_BASED_CTLS] & np.uint64(PROCBASED_MSR_BITMAPS) == 0 or at == 0 or \
+            at + np.uint64(MB.PAGE) > c[C.MEMSIZE]:
+        return True
+    page = np.int64(at)
+    return MB.exits(carray(u8_ptr(c[C.MEM]), c[C.MEMSIZE])[page:page + MB.PAGE], index, is_write)
+
+
+@njit(**NUMBA)
 def msr_exit(c, address, is_write, length):
-    """RDMSR/WRMSR of `length` bytes (prefixes included), decided on the vCPU's MSR table (cpu/msrs.py). At
-    CPL > 0 the #GP(0) comes before any VM exit (SDM vol. 2B RDMSR/WRMSR; faults based on privilege level have
-    priority over VM exits, SDM 26.1.1). An MSR the CPU does not have is #GP(0) and counted."""
+    """RDMSR/WRMSR of `length` bytes (prefixes included), decided on the vCPU's MSR table (cpu/msrs.py); returns
+    whether it was a VM exit. At CPL > 0 the #GP(0) comes before any VM exit (SDM vol. 2B RDMSR/WRMSR; faults
+    based on privilege level have priority over VM exits, SDM 26.1.1). One the MSR bitmap lets through runs in
+    the guest: the same access and the same #GP(0), no exit recorded or counted. An MSR the CPU does not have is
+    #GP(0) and counted."""
     if cpl_nonzero(c):
         raise_fault(c, 13)
-        return
+        return False
     rip = rd(c, X.UC_X86_REG_RIP)
-    record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, length, rip, S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
-    table = carray(u64_ptr(c[C.MSR]), M.COLUMNS * np.int64(c[C.NMSR]))
     index = rd(c, X.UC_X86_REG_RCX) & 0xFFFFFFFF
+    exiting = msr_exiting(c, index, is_write)
+    if exiting:
+        record_exit(c, E.WRMSR if is_write else E.RDMSR, 0, length, rip,
+                    S.VMEXIT_WRMSR if is_write else S.VMEXIT_RDMSR)
+    msr_access(c, index, is_write, rip, length)
+    return exiting
+
+
+@njit(**NUMBA)
+def msr_access(c, index, is_write, rip, length):
+    """The RDMSR/WRMSR itself on the vCPU's MSR table and registers: a read's EDX:EAX, a write kept, or #GP(0)."""
+    table = carray(u64_ptr(c[C.MSR]), M.COLUMNS * np.int64(c[C.NMSR]))
     value = np.uint64(0)
     if is_write:
         value = (rd(c, X.UC_X86_REG_RDX) << np.uint64(32)) | (rd(c, X.UC_X86_REG_RAX) & np.uint64(0xFFFFFFFF))
@@ -549,20 +576,24 @@ def tlb_insn(c, code, address, prefixes, rex, long_mode, addr32):
 
 
 @njit(**NUMBA)
-def pause_exit(c, address):
-    """PAUSE exiting (exit 40), with the "PAUSE exiting" control set (bhyvectl --setcap pause_exit), taken only
-    while the host CPU is shared: a vCPU spinning on a lock whose holder waits for this host CPU gives its turn
-    up instead of burning its timeslice. The PAUSE itself then runs when the vCPU is back (PAUSE_SKIP)."""
+def pause_exit(c, address, length):
+    """PAUSE exiting (exit 40): with the "PAUSE exiting" control set (bhyvectl --setcap pause_exit, bhyve -P)
+    every PAUSE of `length` bytes (prefixes included) exits, at any CPL; PAUSE-loop exiting, which bhyve never
+    sets, would then be ignored (SDM 25.1.3). Counted as VMEXIT_PAUSE as vmx_exit_process does. The exit is
+    fault-like, RIP stays on the PAUSE; where bhyve's userspace resumes after it, the PAUSE runs when the vCPU
+    re-enters (PAUSE_SKIP): a no-op either way. The stop is marked (BLOCK_STOP) as no HLT and no completed
+    instruction, so the loop neither takes an F4 byte before the PAUSE for a HLT nor owes an MTF exit."""
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
-    if c[C.TIMESLICE] == 0 or vmcs[V.PRI_PROC_BASED_CTLS] & np.uint64(PROCBASED_PAUSE_EXITING) == 0:
+    if vmcs[V.PRI_PROC_BASED_CTLS] & np.uint64(PROCBASED_PAUSE_EXITING) == 0:
         return
     here = np.uint64(address) + np.uint64(1)
     if c[C.PAUSE_SKIP] == here:
         c[C.PAUSE_SKIP] = 0
         return
-    record_exit(c, E.PAUSE, 0, 2, np.uint64(address), S.VMEXIT_PAUSE)
+    record_exit(c, E.PAUSE, 0, length, np.uint64(address), S.VMEXIT_PAUSE)
     c[C.PAUSE_SKIP] = here
     c[C.EXIT] = C.X_PAUSE
+    c[C.BLOCK_STOP] = 1
     stop(c)                                         # precise from a code hook: RIP stays on the PAUSE
 
 
@@ -599,16 +630,15 @@ def hooked_insn(c, address, code):
     if lock and known:
         raise_fault(c, 6)
     elif op0 == 0x0F and (op1 == 0x32 or op1 == 0x30) and i + 1 < code.size:
-        msr_exit(c, address, op1 == 0x30, i + 2)
-        if c[C.EXIT] == C.X_NONE:
-            l1d.entry_flush(c)
+        if msr_exit(c, address, op1 == 0x30, i + 2) and c[C.EXIT] == C.X_NONE:
+            l1d.entry_flush(c)                        # handled in the kernel: the entry that resumes the guest
     elif op0 == 0x0F and (op1 == 0x01 or op1 == 0x22):
         c[C.GUEST_PE] = 0                             # MOV CR0 or LMSW may be about to change CR0.PE
         if op1 == 0x22:
             mov_to_cr(c, code[i:], address, i, rex, long_mode)
         tlb_insn(c, code[i:], address, i, rex, long_mode, addr32)
     elif op0 == 0x90 and rep and not rex & np.uint64(1):
-        pause_exit(c, address)
+        pause_exit(c, address, i + 1)
     elif op0 == 0x0F and (op1 == 0x07 or op1 == 0x35) and i + 1 < code.size:     # Intel's SYSRET and SYSEXIT
         if op1 == 0x07:
             syscall.sysret(c, (rex & np.uint64(8)) != 0)

@@ -17,7 +17,8 @@ DATA = json.load(open(os.path.join(os.path.dirname(__file__), "data", "bhyvectl_
 OPTIONS = {o["name"]: o["argument"] for o in DATA["options"]}
 PARAMS = {name[2:]: p for p in group.params for name in p.opts}
 SPEC = {"%d": r"-?\d+", "%u": r"\d+", "%ld": r"-?\d+", "%hu": r"\d+", "%s": r".*", "%c": r".", "%#lx": r"(0|0x[0-9a-f]+)",
-        "%#x": r"(0|0x[0-9a-f]+)", "%03d": r"\d{3,}", "%02x": r"[0-9a-f]{2,}", "%-40s": r".{40,}"}
+        "%#x": r"(0|0x[0-9a-f]+)", "%03d": r"\d{3,}", "%02x": r"[0-9a-f]{2,}", "%-40s": r".{40,}",
+        "%-20s": r".{20,}"}
 
 
 def pattern(c_format):
@@ -48,7 +49,8 @@ class FakeSource:
                  for i, d in enumerate(("ds", "es", "fs", "gs", "ss", "cs", "tr", "ldtr", "gdtr", "idtr"))}
         self.state = {"vcpu": cpu, "state": "paused", "registers": regs, "vmcs": vmcs, "descriptors": descs,
                       "intinfo": {"pending": 0, "current": E.interruption_info(14, E.TYPE_HWEXC, True) | 2 << 32},
-                      "capabilities": {name: i % 2 for i, name in enumerate(B.CAPABILITIES)}}
+                      "capabilities": {name: i % 2 for i, name in enumerate(B.CAPABILITIES)},
+                      "msr_bitmap": [[0x10, True, False], [0x6E0, False, True], [0xC0000100, True, True]]}
         self.vm = {"cpus": 2}
         self.memmap = [{"gpa": 0, "size": 64 << 20, "name": "lowmem", "prot": "rwx"}]
         self.stats_text = "vcpu1 stats:\n%-40s\t%d\n" % ("total number of vm exits", 12)
@@ -92,6 +94,8 @@ def test_each_getter_prints_bhyvectls_format(entry):
     lines = getters[entry["option"]](FakeSource())
     formats = [f.replace("%s[%d]", DATA["labels"][entry["option"]] + "[%d]") if entry["option"] in DATA["labels"]
                else f for f in entry["formats"]]
+    if entry["option"] == "get-msr-bitmap":                         # one line per MSR let through
+        formats = formats * len(lines)
     assert len(lines) == len(formats)
     for line, c_format in zip(lines, formats):
         assert re.fullmatch(pattern(c_format), line), (line, c_format)
@@ -108,6 +112,8 @@ def test_the_values_and_bhyvectls_c_quirks():
     assert get["get-vmcs-exit-inst-length"](s) == ["vmcs_exit_inst_length[1]\t0x%08x" % vmcs["EXIT_INSTRUCTION_LENGTH"]]
     assert get["get-vmcs-link"](s) == ["vmcs_pointer[1]\t0x%016x" % vmcs["LINK_POINTER"]]
     assert get["get-x2apic-state"](s) == ["x2apic_state[1]\t0"]
+    assert get["get-msr-bitmap"](s) == ["MSR_TSC             [1]\t\tR-", "MSR       0x0006e0  [1]\t\t-W",
+                                        "MSR_FSBASE          [1]\t\tRW"]      # msr_name(), %-20s
     assert get["get-active-cpus"](s) == ["active cpus:\t 0, 1"]
     assert get["get-suspended-cpus"](s) == ["suspended cpus:\t 1"]
     assert B.cpus_line("suspended cpus", []) == "suspended cpus:\t (none)"

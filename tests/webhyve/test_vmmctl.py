@@ -192,6 +192,20 @@ def test_every_vmcs_field_has_a_getter_and_agrees_with_the_panel(env):
     assert alias.stdout == "eptp[0]\t\t0x%016x\n" % eptp
 
 
+def test_get_msr_bitmap_prints_the_page_the_vmcs_points_at(env):
+    """--get-msr-bitmap-address is the VMCS's MSR_BITMAP, a host page; --get-msr-bitmap reads that page as
+    dump_intel_msr_pm does: the MSRs bhyve's vmx_init lets through, R for a read, W for a write."""
+    out = cli(env, "--vm=demo", "--get-msr-bitmap-address", "--get-msr-bitmap")
+    assert out.exit_code == 0, out.stderr
+    lines = out.stdout.splitlines()
+    address = re.fullmatch(r"msr_bitmap\[0\]\t\t0x([0-9a-f]+)", lines[0])
+    assert address and int(address[1], 16) % 4096 == 0 and int(address[1], 16) != 0
+    assert lines[1:] == ["MSR_TSC             [0]\t\tR-"] + \
+        ["%-20s[0]\t\tRW" % name for name in ("MSR_EFER", "MSR_STAR", "MSR_LSTAR", "MSR_CSTAR", "MSR_SF_MASK",
+                                             "MSR_FSBASE", "MSR_GSBASE", "MSR_KGSBASE", "MSR_SYSENTER_CS_MSR",
+                                             "MSR_SYSENTER_ESP_MSR", "MSR_SYSENTER_EIP_MSR")]
+
+
 def test_get_gpa_pmap_prints_the_ept_chain(env):
     """The kernel's load address is resident: a chain ending in a readable leaf, as the REST lookup shows."""
     out = cli(env, "--vm=demo", "--get-gpa-pmap=0x100000")

@@ -22,6 +22,12 @@ CAPABILITIES = ("hlt_exit", "mtrap_exit", "pause_exit", "unrestricted_guest", "e
 INTINFO_TYPES = {0: "extint", 2: "nmi", 4: "swint"}      # anything else prints "exception"
 X2APIC_DISABLED = 0                                       # enum x2apic_state: webhyve's LAPIC is xAPIC only
 
+# bhyvectl.c msr_name(): the MSRs --get-msr-bitmap names (specialreg.h's names); any other prints "MSR       %#08x"
+MSR_NAMES = {0x10: "MSR_TSC", 0xC0000080: "MSR_EFER", 0xC0000081: "MSR_STAR", 0xC0000082: "MSR_LSTAR",
+             0xC0000083: "MSR_CSTAR", 0xC0000084: "MSR_SF_MASK", 0xC0000100: "MSR_FSBASE", 0xC0000101: "MSR_GSBASE",
+             0xC0000102: "MSR_KGSBASE", 0x174: "MSR_SYSENTER_CS_MSR", 0x175: "MSR_SYSENTER_ESP_MSR",
+             0x176: "MSR_SYSENTER_EIP_MSR", 0x277: "MSR_PAT"}
+
 # vm_exitcode (sys/amd64/include/vmm.h) of what vm_run hands to userspace here
 EXITCODE_INOUT, EXITCODE_VMX, EXITCODE_INST_EMUL, EXITCODE_INOUT_STR, EXITCODE_VMINSN = 0, 1, 9, 15, 22
 
@@ -37,8 +43,6 @@ REFUSED = {
     "set-x2apic-state": "webhyve's local APIC is an xAPIC only: x2APIC mode is not modeled (state stays 0, disabled)",
     "unassign-pptdev": "webhyve has no PCI passthrough (ppt) devices",
     "assert-lapic-lvt": "the local APIC's LINT pins are not reachable through webhyve's server API",
-    "get-msr-bitmap": "bhyvectl reads the bitmap page through /dev/mem; webhyve's MSR policy is a table, not a "
-                      "bitmap page (see --get-msr-bitmap-address and docs/vmmctl.md)",
     "get-rtc-time": _RTC, "set-rtc-time": _RTC, "get-rtc-nvram": _RTC, "set-rtc-nvram": _RTC,
     "rtc-nvram-offset": _RTC,
 }
@@ -82,6 +86,12 @@ def vmcs(label, field, tabs="\t\t"):
 
 def vmcs_alt(label, field, tabs="\t"):
     return lambda s: ["%s[%d]%s%s" % (label, s.cpu, tabs, alt(s.state["vmcs"][field]))]
+
+
+def msr_bitmap_lines(perms, vcpu):
+    """dump_intel_msr_pm's print_msr_pm lines, "%-20s[%d]\t\t%c%c", for [msr, readable, writable] rows."""
+    return ["%-20s[%d]\t\t%s%s" % (MSR_NAMES.get(msr, "MSR       %#08x" % msr), vcpu, "R" if r else "-", "W" if w else "-")
+            for msr, r, w in perms]
 
 
 def cr3_targets(s):
@@ -185,6 +195,7 @@ GET_ALL = (
         + vmcs_alt("io_bitmap_b", "IO_BITMAP_B")(s)),
        ("get-tsc-offset", vmcs("tsc_offset", "TSC_OFFSET", "\t")),
        ("get-msr-bitmap-address", vmcs_alt("msr_bitmap", "MSR_BITMAP", "\t\t")),
+       ("get-msr-bitmap", lambda s: msr_bitmap_lines(s.state["msr_bitmap"], s.cpu)),
        ("get-vmcs-vpid", lambda s: ["vpid[%d]\t\t0x%04x" % (s.cpu, s.state["vmcs"]["VPID"])]),
        ("get-guest-pat", vmcs("guest_pat", "GUEST_IA32_PAT")),
        ("get-guest-sysenter", lambda s: vmcs_alt("guest_sysenter_cs", "GUEST_IA32_SYSENTER_CS")(s)

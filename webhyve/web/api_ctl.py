@@ -36,7 +36,8 @@ def vcpu_state(name, index):
     state = vcpu.bhyve_state()
     return {"vcpu": index, "vm": name, "state": state["state"], "registers": state["registers"],
             "descriptors": state["descriptors"], "vmcs": state["vmcs"], "intinfo": state["intinfo"],
-            "capabilities": state["capabilities"], "exit_log": state["exit_log"][-16:]}
+            "capabilities": state["capabilities"], "exit_log": state["exit_log"][-16:],
+            "msr_bitmap": state["msr_bitmap"]}
 
 
 @bp.put("/vms/<name>/vcpus/<int:index>/registers/<reg>")

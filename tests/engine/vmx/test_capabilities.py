@@ -110,3 +110,42 @@ def test_the_monitor_trap_flag_exits_after_every_instruction_while_it_is_set(hv,
     start = guest_count(vm)
     until(lambda: guest_count(vm) > start + 100000, "the guest counts at full speed again")
     assert vcpu.counters[S.VMEXIT_MTRAP] == stopped
+
+
+PAUSER = """
+    mov ecx, 100
+1:  pause
+    .byte 0x66, 0xF3, 0x90          # a PAUSE with an operand-size prefix: 3 bytes
+    cmp eax, eax
+    .byte 0x75, 0xF4                # JNE -12, not taken: an F4 byte right before the next PAUSE
+    pause
+    dec ecx
+    jnz 1b
+    mov r8, 1
+    cli
+    hlt
+"""
+
+
+def pause_exits(vm):
+    return [row for row in vm.vcpus[0].exit_log() if row["reason"] == E.PAUSE]
+
+
+def test_with_pause_exiting_every_pause_exits(hv, tmp_path):
+    """SDM 25.1.3: with "PAUSE exiting" set every PAUSE exits (40), its length counting its prefixes, RIP on it,
+    whether or not the host CPU is shared; the guest goes on after each (bhyve's VM_EXITCODE_PAUSE continues), and
+    an F4 byte before a PAUSE is not taken for a HLT. With pause_exit cleared, none exits."""
+    vm = load(hv, tmp_path, PAUSER, "pauser")
+    vm.start()
+    assert vm.wait(states=("suspended",), timeout=60) == "suspended"
+    assert vm.suspend_reason == "halt" and vm.registers()["r8"] == 1
+    counters = vm.vcpus[0].counters
+    assert counters[S.VMEXIT_PAUSE] == 300 and counters[S.VMEXIT_HLT] == 1
+    rows = pause_exits(vm)[-3:]
+    assert [row["length"] for row in rows] == [2, 3, 2]
+    assert rows[1]["rip"] == rows[0]["rip"] + 2 and rows[2]["rip"] == rows[1]["rip"] + 3 + 2 + 2
+    quiet = load(hv, tmp_path, PAUSER, "quiet")
+    VcpuView(quiet.vcpus[0]).set_capability("pause_exit", 0)
+    quiet.start()
+    assert quiet.wait(states=("suspended",), timeout=60) == "suspended"
+    assert quiet.registers()["r8"] == 1 and quiet.vcpus[0].counters[S.VMEXIT_PAUSE] == 0 and not pause_exits(quiet)

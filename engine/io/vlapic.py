@@ -609,6 +609,8 @@ def mmio_write(c, offset, size, value):
         eoi(c)
     elif reg == TPR:
         regs[TPR >> 2] = value & 0xFF
+        c[C.LAPIC_FIX] = reg + 1                          # TPR virtualization clears VTPR bits 31:8 after the
+        c[C.LAPIC_FIXVAL] = value & 0xFF                  # store (SDM 29.1.2)
         update_ppr(regs)
     elif reg == ICR_LO:
         regs[ICR_LO >> 2] = value & ~(1 << 12)

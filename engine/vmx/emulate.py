@@ -8,7 +8,8 @@ hook's range (tcg_uc_has_hookmem): with the device hooks on the vCPU's own insta
 4-5x as much. So the vCPU's instance has no memory hooks. Its TLB fill refuses a device page (X_MMIO), which
 leaves emu_start with RIP on the instruction (raise_mmu_exception restores the state); this kernel copies the
 CPU state into the stepper, runs that one instruction there (the stepper's TLB fill maps the device pages,
-its hooks serve them: io/vlapic.py, vmx/mmio.py), and copies the state back. The instruction completes before
+its hooks serve them: io/vlapic.py, vmx/mmio.py), and copies the state back. The MOV forms, nearly every
+device access a guest makes, are decoded and served in the loop instead (vmx/vie.py): no step at all. The instruction completes before
 the guest goes on, whatever its form, as on VT-x after bhyve has emulated it or the CPU has virtualized the
 APIC access.
 
@@ -30,6 +31,7 @@ from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, address, c
     u64_ptr, u8_ptr
 from .cpuctx import UC_INVALID_ADDR
 from .hooks import intr_hook, tlb_fill_hook
+from . import vie
 from .intr import HF_INHIBIT_IRQ, HFLAGS_OFFSET, UC_CTL_TB_FLUSH_WRITE
 
 # The stepper block (ctx STEPPER points at it): the instance, the context buffer the state goes through, and
@@ -49,6 +51,8 @@ def emulate(c):
     fns = carray(u64_ptr(c[C.FN]), NFN)
     vcpu_uc, stepper, buf = c[C.UC], s[S_UC], s[S_CONTEXT]
     c[C.MMIO_GLA] = carray(u64_ptr(vcpu_uc + np.uint64(UC_INVALID_ADDR)), 1)[0]    # the access's linear address
+    if vie.emulate_mov(c):                          # a MOV form: decoded and served here, no step (vmx/vie.py)
+        return UC_ERR_OK
     call_uc_ptr(s[S_SAVE], vcpu_uc, buf)
     call_uc_ptr(s[S_RESTORE], stepper, buf)
     call_ctl(fns[FN_CTL], stepper, CTL_TLB_FLUSH)

@@ -80,15 +80,28 @@ def gpa_of(c, index, offset):
     return c[C.MMIO_RANGE] + U(index - 1) * U(PAGE) + U(offset)
 
 
+@njit(**NUMBA)
+def device_read(c, gpa, size):
+    """A load of `size` bytes at the device's guest-physical `gpa`: the exit, and what the device answers (bytes
+    past the access's width are 0)."""
+    exit_for(c, gpa, False)
+    got = call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size), U(0))
+    return got if size >= 8 else got & ((U(1) << U(8 * size)) - U(1))
+
+
+@njit(**NUMBA)
+def device_write(c, gpa, size, value):
+    """A store of `size` bytes of `value` at the device's guest-physical `gpa`: the exit, and the device's write."""
+    exit_for(c, gpa, True)
+    call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size) | U(WRITE), U(value))
+
+
 @cfunc(MEM_HOOK, **NUMBA)
 def read_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
     index = np.int64(U(address) - c[C.MMIO_PAGE]) >> 12
     offset = np.int64(U(address) - c[C.MMIO_PAGE]) & (PAGE - 1)
-    gpa = gpa_of(c, index, offset)
-    exit_for(c, gpa, False)
-    got = call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size), U(0))
-    fill(window_of(c, index), offset, np.int64(size), got)
+    fill(window_of(c, index), offset, np.int64(size), device_read(c, gpa_of(c, index, offset), size))
 
 
 @cfunc(MEM_HOOK, **NUMBA)
@@ -96,9 +109,7 @@ def write_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
     index = np.int64(U(address) - c[C.MMIO_PAGE]) >> 12
     offset = np.int64(U(address) - c[C.MMIO_PAGE]) & (PAGE - 1)
-    gpa = gpa_of(c, index, offset)
-    exit_for(c, gpa, True)
-    call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size) | U(WRITE), U(value))
+    device_write(c, gpa_of(c, index, offset), size, U(value))
 
 
 class Window:

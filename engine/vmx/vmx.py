@@ -165,6 +165,8 @@ def exit_process(c, err):
         return EXITCODE_EXCEPTION
     if why == C.X_USER_STOP:
         return EXITCODE_USER
+    if why == C.X_PAUSE:                               # bhyve's VM_EXITCODE_PAUSE: userspace, which yields a
+        return EXITCODE_PAUSE                          # shared host CPU (vcpu/handlers.py)
     if err == UC_ERR_OK:
         # a stepped instruction's opcode tells a HLT; F4 before RIP does not (it can end the instruction stepped)
         if unmarked and why != C.X_MMIO and (intr.stepped_opcode(c) == 0xF4 if mtf else ran_hlt(c, current_linear(c))):

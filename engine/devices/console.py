@@ -31,6 +31,7 @@ class Console:
         self._cond = threading.Condition()
         self._writer = None
         self._input_listeners = []
+        self._output_listeners = []
 
     # -- device side ----------------------------------------------------------------------------
     def output(self, data):
@@ -44,6 +45,12 @@ class Console:
                 del self._ring[:excess]
                 self._start += excess
             self._cond.notify_all()
+        for callback in self._output_listeners:
+            callback(data)
+
+    def on_output(self, callback):
+        """Call `callback(data)` (from the device's thread) with every output, after readers can see it."""
+        self._output_listeners.append(callback)
 
     def has_input(self):
         with self._cond:

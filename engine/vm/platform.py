@@ -31,6 +31,7 @@ from ..io.hosttimer import HostTimer
 from ..io.nmisc import NmiStatusControl
 from ..io.portbus import OWNER_POST, PortBus
 from ..io.vioapic import Vioapic
+from .panic import PanicWatch
 from ..io.vpic import Vpic
 from ..io.vpit import Vpit
 from ..loaders import acpi_tables as ACPI
@@ -69,6 +70,8 @@ class Platform:
     def _attach_devices(self):
         self.com1 = Uart16550(self.console, "com1")
         self.com2 = Uart16550(Console(), "com2")
+        self.panic_watch = PanicWatch(self.guest_panic)    # Linux's panic, read from COM1 (vm/panic.py)
+        self.console.on_output(self.panic_watch.feed)
         self.debugcon = DebugCon(self.debug_console)
         self.vga = VgaText(self.memory_access)
         self.bios = None
@@ -182,6 +185,7 @@ class Platform:
         at power-on."""
         for device in (self.com1, self.com2, self.acpi_pm, self.reset_control):
             device.reset()                                 # the same objects: they stay on the port bus
+        self.panic_watch.clear()
         self.vga = VgaText(self.memory_access)
         self.bios = None
         self.rtc.reset()
@@ -357,20 +361,31 @@ class Platform:
     def guest_reset(self, source):
         """The CPU's RESET line pulled by a device (the 8042's output port; port 0xCF9 likewise): the VM stops with
         reason "reset", as bhyve's vm_suspend(VM_SUSPEND_RESET) stops bhyve, and with `reboot_on_reset` boots
-        again through VM.reset, on a thread of its own (the caller may be the vCPU VM.reset waits for)."""
+        again through VM.reset, on a thread of its own (the caller may be the vCPU VM.reset waits for). A reset
+        after a kernel panic (Linux's panic=N) says so."""
         message = "reset by %s" % source
+        if self.panic_watch.seen:
+            message += " after %s" % self.panic_watch.seen
+        self._guest_stop("reset", message)
+        if self.reboot_on_reset:
+            threading.Thread(target=self._reboot, name="%s-reboot" % self.name, daemon=True).start()
+
+    def guest_panic(self, text):
+        """Linux panicked and will not reboot (vm/panic.py): the VM stops with reason "panic" and its line."""
+        self._guest_stop("panic", text)
+
+    def _guest_stop(self, reason, message):
+        """Stop every vCPU with `reason`, from a device: the calling vCPU at its next block boundary."""
         vcpu = next((v for v in self.vcpus if v.thread is threading.current_thread()), None)
         if vcpu is not None:
             vcpu.ctx[C.EXIT] = C.X_USER_STOP
             kick.kick(vcpu.ctx)                            # from inside the port hook: leave at the block boundary
-            vcpu.suspend("reset", message)
+            vcpu.suspend(reason, message)
         else:
-            self._set_suspended("reset", message)
+            self._set_suspended(reason, message)
             for other in self.vcpus:
                 if other.thread is not None:
                     other.request(("pause",))
-        if self.reboot_on_reset:
-            threading.Thread(target=self._reboot, name="%s-reboot" % self.name, daemon=True).start()
 
     def _reboot(self):
         try:

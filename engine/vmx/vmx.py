@@ -165,8 +165,10 @@ def exit_process(c, err):
         return EXITCODE_EXCEPTION
     if why == C.X_USER_STOP:
         return EXITCODE_USER
-    if why == C.X_PAUSE:                               # bhyve's VM_EXITCODE_PAUSE: userspace, which yields a
-        return EXITCODE_PAUSE                          # shared host CPU (vcpu/handlers.py)
+    if why == C.X_PAUSE:
+        # bhyve's VM_EXITCODE_PAUSE: its userspace handler only continues, so the loop does the same here, without
+        # the trip through Python; on a shared host CPU it is the loop's way to give the turn up (userspace yields)
+        return EXITCODE_PAUSE if c[C.TIMESLICE] != 0 else 0
     if err == UC_ERR_OK:
         # a stepped instruction's opcode tells a HLT; F4 before RIP does not (it can end the instruction stepped)
         if unmarked and why != C.X_MMIO and (intr.stepped_opcode(c) == 0xF4 if mtf else ran_hlt(c, current_linear(c))):

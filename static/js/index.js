@@ -173,7 +173,9 @@ async function refreshDemos() {
     const run = d.run;
     const progress = !run ? "" : run.state === "running" ? "step " + run.step + " of " + run.steps
       : run.state === "failed" ? "failed: " + run.error : "done";
-    const figures = run && run.figures ? Object.entries(run.figures).map(([k, v]) => k + ": " + v).join("; ") : "";
+    // a figure is a count, or {name: count} for a set of them (top_exits), shown as scenario.py's shown() does
+    const shown = (v) => typeof v === "object" ? Object.entries(v).map(([name, n]) => name + " " + n).join(", ") : v;
+    const figures = run && run.figures ? Object.entries(run.figures).map(([k, v]) => k + ": " + shown(v)).join("; ") : "";
     const button = WH.el("button", {class: "control", onclick: () => startDemo(d.name)}, "run");
     button.disabled = WH.role !== "control" || (run && run.state === "running");
     return WH.el("tr", {"data-demo": d.name}, WH.el("td", {}, d.name), WH.el("td", {}, d.title),

@@ -24,6 +24,10 @@ SCENARIOS = os.path.join(HERE, "scenarios")
 GUESTS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "guests", "build")
 STEP_KINDS = ("type", "wait", "tunable", "host", "mark", "screenshot", "sleep", "figure", "rate")
 HOST_ACTIONS = ("replace_page", "pin", "invalidate", "write", "interrupts")
+FIGURE_SOURCES = ("stat", "ept", "console_count", "leaked_bytes", "top_exits")
+# The VMEXIT_* stats that are not an exit reason: all exits (VMEXIT_COUNT), a condition vmm.c finds at an exit
+# (VMEXIT_ASTPENDING, VMEXIT_REQIDLE, VMEXIT_RENDEZVOUS) and where one was handled (VMEXIT_USERSPACE).
+NOT_A_REASON = ("VMEXIT_COUNT", "VMEXIT_ASTPENDING", "VMEXIT_REQIDLE", "VMEXIT_RENDEZVOUS", "VMEXIT_USERSPACE")
 
 
 class ScenarioError(Exception):
@@ -59,6 +63,9 @@ def load(name_or_path):
         kinds = [k for k in STEP_KINDS if k in step]
         if len(kinds) != 1:
             raise ScenarioError("%s: step %d needs exactly one of %s, has %s" % (path, i, ", ".join(STEP_KINDS), kinds))
+        if "figure" in step and sum(k in step for k in FIGURE_SOURCES) != 1:
+            raise ScenarioError("%s: step %d: figure %r needs exactly one of %s"
+                                % (path, i, step["figure"], ", ".join(FIGURE_SOURCES)))
         if "host" in step and step["host"] not in HOST_ACTIONS:
             raise ScenarioError("%s: step %d: host action %r is not one of %s"
                                 % (path, i, step["host"], ", ".join(HOST_ACTIONS)))
@@ -74,12 +81,13 @@ class Run:
         self.on_step = on_step or (lambda run, i, step: None)
         self.log, self.figures, self.files = [], {}, []
         self.session = None
+        self.started = None                        # time.monotonic() when run() began: the marks say how far in
         self._saved_tunables = {}                  # host-wide tunable -> its value before this run
         os.makedirs(outdir, exist_ok=True)
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self):
-        started = time.monotonic()
+        self.started = started = time.monotonic()
         try:
             self.session = self._create()
             vm = self.session.vm
@@ -127,12 +135,8 @@ class Run:
                 return self.fleet.restore(cfg["snapshot"], self.vm_name)
             except Exception as problem:
                 raise ScenarioError("restoring %s: %s" % (cfg["snapshot"], problem)) from None
-        path = os.path.join(GUESTS, cfg["guest"])
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise ScenarioError("guest %s is not built: run `make guests`" % cfg["guest"]) from None
+        data = self._guest_file(cfg["guest"])
+        initrd = self._guest_file(cfg["initrd"]) if "initrd" in cfg else None      # a Linux kernel's initramfs
         cmdline = cfg.get("cmdline", "")
         self.secret = None
         if "l1tf_secret" in cfg:                   # the host's secret page, and where the attack aims
@@ -142,7 +146,7 @@ class Run:
         session = self.fleet.create(self.vm_name, data, cfg["guest"], kind=cfg.get("kind"),
                                     mem_mb=cfg.get("mem_mb", 64), cpus=cfg.get("cpus", 1),
                                     profile=cfg.get("profile", "haswell"), cmdline=cmdline,
-                                    start=False)
+                                    initrd=initrd, start=False)
         if "pin" in cfg:
             for vcpu in session.vm.vcpus():
                 vcpu.pin(cfg["pin"])
@@ -154,6 +158,16 @@ class Run:
         except Exception as problem:
             raise ScenarioError("starting %s: %s" % (cfg["guest"], problem)) from None
         return session
+
+    @staticmethod
+    def _guest_file(name):
+        """The bytes of guests/build/NAME; a missing file names the make target that builds it."""
+        try:
+            with open(os.path.join(GUESTS, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            target = "linux" if name.startswith("linux" + os.path.sep) else "guests"
+            raise ScenarioError("guest %s is not built: run `make %s`" % (name, target)) from None
 
     def _step(self, step):
         vm = self.session.vm
@@ -168,14 +182,14 @@ class Run:
             self._host(step)
         elif "mark" in step:
             self.session.pump.marker(step["mark"])
-            self._note("mark: %s" % step["mark"])
+            self._note("mark: %s (at %.1f s)" % (step["mark"], time.monotonic() - self.started))
         elif "screenshot" in step:
             self._screenshot(step)
         elif "sleep" in step:
             time.sleep(float(step["sleep"]))
         elif "figure" in step:
             self.figures[step["figure"]] = self._measure(step)
-            self._note("%s = %s" % (step["figure"], self.figures[step["figure"]]))
+            self._note("%s = %s" % (step["figure"], shown(self.figures[step["figure"]])))
         elif "rate" in step:
             first = self._stat(step["stat"])
             time.sleep(float(step.get("seconds", 2)))
@@ -250,7 +264,17 @@ class Run:
             found = re.search(r"l1tf: leaked ([0-9a-f]+)", self.session.vm.console_contents().decode(errors="replace"))
             leaked = bytes.fromhex(found.group(1)) if found else b""
             return sum(a == b for a, b in zip(leaked, self.secret or b""))
-        raise ScenarioError("figure %r needs stat, ept or console_count" % step["figure"])
+        if "top_exits" in step:
+            return self._top_exits(int(step["top_exits"]))
+        raise ScenarioError("figure %r needs one of %s" % (step["figure"], ", ".join(FIGURE_SOURCES)))
+
+    def _top_exits(self, n):
+        """{VMEXIT_* stat: sum over the vCPUs} of the n exit reasons counted most so far, most first: the bars
+        the VM page's exit histogram shows highest."""
+        totals = self.session.vm.counter_totals()
+        reasons = [(count, ident) for ident, count in totals.items()
+                   if ident.startswith("VMEXIT_") and ident not in NOT_A_REASON and count]
+        return {ident: count for count, ident in sorted(reasons, key=lambda pair: (-pair[0], pair[1]))[:n]}
 
     def _note(self, line):
         self.log.append(line)
@@ -258,13 +282,20 @@ class Run:
     def _summary(self):
         text = "\n".join([self.scenario["title"], "", self.scenario.get("story", "").strip(), ""] +
                          ["  " + line for line in self.log] + [""] +
-                         ["%-40s %s" % (k, v) for k, v in self.figures.items()])
+                         ["%-40s %s" % (k, shown(v)) for k, v in self.figures.items()])
         path = os.path.join(self.outdir, "%s-summary.txt" % self.scenario["name"])
         with open(path, "w") as f:
             f.write(text + "\n")
         self.files.append(path)
         return {"scenario": self.scenario["name"], "figures": self.figures, "log": self.log, "files": self.files,
                 "summary": text}
+
+
+def shown(value):
+    """A figure as the log and the summary print it: a count, or "NAME count, ..." for a set of them."""
+    if isinstance(value, dict):
+        return ", ".join("%s %s" % item for item in value.items())
+    return str(value)
 
 
 def run_headless(name, outdir, host_args=None):

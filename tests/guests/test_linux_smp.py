@@ -1,5 +1,5 @@
-"""Debian's kernel on 2 vCPUs: every vCPU brought up by INIT-SIPI-SIPI from the MADT, `nproc` says 2, IPIs flow between them (the kernel's reschedule and call-function interrupts, counted by the vLAPICs),
-and then a kernel panic (sysrq's crash, with the default panic=0) stops the VM with reason "panic" and the
+"""Debian's kernel on 2 vCPUs: every vCPU brought up by INIT-SIPI-SIPI from the MADT, `nproc` says 2, IPIs flow
+between them (the kernel's reschedule and call-function interrupts, counted by the vLAPICs), and then a kernel panic (sysrq's crash, with the default panic=0) stops the VM with reason "panic" and the
 kernel's own line, as its console showed it (vm/panic.py), instead of spinning for ever."""
 from engine import Hypervisor
 from engine import stats as S

@@ -1,6 +1,7 @@
 """Debian's kernel on 2 vCPUs: every vCPU brought up by INIT-SIPI-SIPI from the MADT, `nproc` says 2, IPIs flow
-between them (the kernel's reschedule and call-function interrupts, counted by the vLAPICs), and then a kernel panic (sysrq's crash, with the default panic=0) stops the VM with reason "panic" and the
-kernel's own line, as its console showed it (vm/panic.py), instead of spinning for ever."""
+between them (the kernel's reschedule and call-function interrupts, counted by the vLAPICs), and then a kernel
+panic (sysrq's crash, with the default panic=0) stops the VM with reason "panic" and the kernel's own line, as its
+console showed it (vm/panic.py), instead of spinning for ever."""
 from engine import Hypervisor
 from engine import stats as S
 from tests.guests.linux_images import INIT_UP, kernel_release, linux_images

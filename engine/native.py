@@ -30,6 +30,14 @@ def u8_ptr(typingctx, addr):
 
 
 @intrinsic
+def u32_ptr(typingctx, addr):
+    """A uint32* from an integer address."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], _I32.as_pointer())
+    return types.CPointer(types.uint32)(types.uint64), codegen
+
+
+@intrinsic
 def u64_ptr(typingctx, addr):
     """A uint64* from an integer address."""
     def codegen(context, builder, signature, args):

@@ -153,6 +153,9 @@ SYSRETS = 138       # [k] SYSRET and SYSEXIT executed by the exec scan's code ho
 CPU_ENV = 139       # [py] address of the vCPU's live CPUX86State in Unicorn (vmx/cpuctx.py), 0: use saved copies
 # -- the bus lock (io/buslock.py) ----------------------------------------------------------------------
 LOCKBITS = 140      # [py] address of the vCPU's LOCK map beside its exec-scan table; 0: one vCPU, no bus lock
+CFLAGS_NEXT = 141   # [py] address of the instance's cpu->cflags_next_tb: how the next block is translated
+ATOMIC_LAST = 142   # [k] block start + 1 the translator's loop last looked up itself (a repeat: QEMU's EXCP_ATOMIC)
+ATOMIC_SERIAL = 143  # [k] locked instructions run serially after their host atomic gave up (misaligned, split)
 SIZE = 144
 RING_ROWS = 256
 

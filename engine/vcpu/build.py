@@ -58,6 +58,7 @@ def make_uc(vcpu):
                         (C.EPTGEN, vm.eptgen.ctypes.data)):
         c[slot] = value
     c[C.CPU_ENV] = cpuctx.env_address(uc)        # the kernels' way to segment caches and hidden flags
+    c[C.CFLAGS_NEXT] = cpuctx.cflags_next_tb(uc)  # what the next block is translated as (io/buslock.py)
     attach_hostcpu(vcpu, vcpu.hostcpu)
     add_exit_hooks(uc, c.ctypes.data)
     vcpu.stepper = emulate.Stepper(vcpu)         # runs the instructions that touch device pages (vmx/emulate.py)

@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 from numba import carray, njit
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UC_MODE_64, UC_TLB_VIRTUAL, Uc, UcError
+from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_TLB_FILL, UC_MODE_64, UC_TLB_VIRTUAL, Uc, UcError
 from unicorn import x86_const as X
 
 from ..core import ctx as C
@@ -46,6 +46,8 @@ SIZE = 40 + 5568
 WORDS = SIZE // 8
 UC_INVALID_ADDR = 1416       # in the uc_engine itself: the whole address of the access whose TLB fill failed
 UC_CPU, CPU_ENV = 440, 35408  # uc->cpu (an X86CPU), and the offset of its CPUX86State env
+CFLAGS_NEXT_TB = 24          # offsetof(CPUState, cflags_next_tb): the flags of the next block the loop looks up
+CFLAGS_NONE, CF_ONE_INSN = 0xFFFFFFFF, 1     # -1 (nothing asked), CF_COUNT 1 (a block of one instruction)
 
 ES, CS, SS, DS, FS, GS, LDT, TR, GDT, IDT = range(10)
 # QEMU's hflags (cpu.h HF_*) and descriptor flags (the descriptor's high dword, DESC_*)
@@ -146,6 +148,7 @@ def load_segment(raw, index, selector, base, limit, flags):
 
 # -- the layout check --------------------------------------------------------------------------------
 _checked = False
+_cflags_checked = False
 _PROBE = bytes.fromhex("0f0116" "8ed8")           # lgdt [rsi]; mov ds, eax
 
 
@@ -206,7 +209,7 @@ def env_address(uc):
     copies from it, or a register written through the API does not show there (then the kernels work on saved
     copies). Called before the vCPU has run: R13 is put back."""
     check()
-    cpu = ctypes.c_uint64.from_address(uc._uch.value + UC_CPU).value
+    cpu = _cpu(uc)
     if not cpu:
         return 0
     env = cpu + CPU_ENV
@@ -218,6 +221,30 @@ def env_address(uc):
     seen = ctypes.c_uint64.from_address(env + 8 * 13).value
     uc.reg_write(X.UC_X86_REG_R13, r13)
     return env if seen == 0x5EED_F00D_0000_0013 else 0
+
+
+def cflags_next_tb(uc):
+    """The address of `uc`'s cpu->cflags_next_tb (io/buslock.py), verified once per process on a scratch
+    instance: -1 there, and CF_COUNT 1 written there makes the next block one instruction long."""
+    global _cflags_checked
+    if not _cflags_checked:
+        scratch = Uc(UC_ARCH_X86, UC_MODE_64)
+        scratch.mem_map(0, 0x10000)
+        scratch.mem_write(0x1000, b"\x90" * 4)
+        sizes = []
+        scratch.hook_add(UC_HOOK_BLOCK, lambda uc, address, size, ud: sizes.append(size))
+        flags = ctypes.c_uint32.from_address(_cpu(scratch) + CFLAGS_NEXT_TB)
+        fresh = flags.value
+        flags.value = CF_ONE_INSN
+        scratch.emu_start(0x1000, 0x1004)
+        if fresh != CFLAGS_NONE or flags.value != CFLAGS_NONE or sizes[:1] != [1]:
+            raise RuntimeError("unexpected Unicorn CPUState layout: vmx/cpuctx.py knows Unicorn 2.1.4's")
+        _cflags_checked = True
+    return _cpu(uc) + CFLAGS_NEXT_TB
+
+
+def _cpu(uc):
+    return ctypes.c_uint64.from_address(uc._uch.value + UC_CPU).value
 
 
 def _fill_failure(address):

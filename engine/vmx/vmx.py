@@ -72,6 +72,7 @@ def procbased(c, bit):
 @njit(**NUMBA)
 def enter(c):
     """Step 5: one VM entry; returns Unicorn's status."""
+    buslock.entry_request(c, c[C.EXIT] == C.X_EXEC)
     c[C.EXIT] = C.X_NONE
     c[C.BLOCK_STOP] = 0
     c[C.GUEST_PE] = 0                              # the host may have changed CR0 since the last entry

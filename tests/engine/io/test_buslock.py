@@ -1,8 +1,12 @@
-"""The bus lock (io/buslock.py): which 16-byte chunks of a page hold a LOCK, the block check against its
-plain-Python twin, and two vCPUs on two host CPUs whose locked increments all count."""
+"""Locked instructions across vCPUs (io/buslock.py): which 16-byte chunks of a page hold a LOCK or an XCHG, the
+block check against its plain-Python twin, and 2-vCPU guests on two host CPUs whose locked increments all
+count, whose spinlock released by a plain store is never lost, whose XCHG tokens are conserved, and whose
+misaligned locked adds (QEMU's EXCP_ATOMIC) run whole."""
 import numpy as np
 import pytest
+from unicorn import x86_const as X
 
+from engine.core import ctx as C
 from engine.io import buslock as B
 from engine.mmu.access import xtab_find
 from tests.engine.conftest import FLAT_BASE, assemble
@@ -40,9 +44,12 @@ def test_every_lockable_form_is_found_and_an_f0_inside_another_instruction_is_no
         mov eax, 0xF0F0F0F0               # F0 bytes followed by more F0s and a RET
         ret
         .org 0x080, 0x90
-        xchg [rdi], rax                   # locked without a prefix by the CPU itself: nothing to map
+        xchg [rdi], rax                   # locked without a prefix by the CPU itself
+        .org 0x090, 0x90
+        xchg rax, rbx                     # registers only: nothing to lock
+        xchg al, cl
     """, tmp_path)
-    assert chunks(B.lock_chunks(page)) == [0, 1, 2, 3, 4, 5]
+    assert chunks(B.lock_chunks(page)) == [0, 1, 2, 3, 4, 5, 8]
 
 
 def test_a_lock_cut_off_by_the_page_end_counts():
@@ -108,3 +115,85 @@ def test_two_vcpus_lose_no_locked_increment(hv, tmp_path, same_host_cpu):
     assert vm.wait(states=("suspended",), timeout=120) == "suspended", vm.state
     words = np.frombuffer(vm.memory_access.read(0x500000, 24), np.uint64)
     assert words.tolist() == [400000, 1200000, 2]
+
+
+BOTH_DONE = """
+    lock inc qword ptr [0x500010]            # this vCPU is done
+9:  cmp qword ptr [0x500010], 2
+    jne 9b
+    cli
+    hlt
+"""
+
+
+def run_two(hv, tmp_path, source, words, timeout=120):
+    """Two vCPUs on two host CPUs run `source`, then wait for each other and halt; the first `words` qwords at
+    0x500000 after."""
+    vm = hv.create_vm("locked", mem_mb=16, cpus=2)
+    vm.load(assemble(source + BOTH_DONE, tmp_path, base=FLAT_BASE), "g.bin", kind="flat64")
+    assert len({v.hostcpu.index for v in vm.vcpus}) == 2
+    vm.start(all_vcpus=True)
+    state = vm.wait(states=("suspended",), timeout=timeout)
+    rips = [hex(v.uc.reg_read(X.UC_X86_REG_RIP)) for v in vm.vcpus]     # where a hung guest spins
+    assert state == "suspended", (state, rips)
+    return vm, np.frombuffer(vm.memory_access.read(0x500000, 8 * words), np.uint64).tolist()
+
+
+SPINLOCK = """
+    mov rcx, 100000
+1:  mov edx, 1
+    xor eax, eax
+    lock cmpxchg dword ptr [0x500000], edx   # the fast path: fails whenever the other vCPU holds it
+    jz 3f
+2:  xor eax, eax                             # the slow path: try again at once, failing while it is held
+    lock cmpxchg dword ptr [0x500000], edx
+    jnz 2b
+3:  inc qword ptr [0x500008]                 # under the lock: a plain read-modify-write
+    mov byte ptr [0x500000], 0               # spin_unlock: a plain store
+    dec rcx
+    jnz 1b
+"""
+
+
+def test_a_spinlock_released_by_a_plain_store_is_never_lost(hv, tmp_path):
+    """A failing LOCK CMPXCHG translated for one vCPU stores back the value it read, so the other vCPU's
+    unlocking store in between was lost and both spun for ever (Linux on 2 vCPUs hung so): with parallel
+    blocks the compare-exchange is the host's, and every one of the 200,000 locked sections counts."""
+    _, words = run_two(hv, tmp_path, SPINLOCK, 3)
+    assert words == [0, 200000, 2]
+
+
+XCHG_TOKENS = """
+    mov rcx, 200000
+    mov eax, 1                               # each vCPU holds one token; the word starts with none
+1:  xchg dword ptr [0x500000], eax           # no LOCK prefix: locked by the CPU all the same
+    xchg dword ptr [0x500000], eax
+    dec rcx
+    jnz 1b
+    lock add qword ptr [0x500008], rax       # give back what it holds
+"""
+
+
+def test_xchg_with_memory_conserves_what_it_swaps(hv, tmp_path):
+    """Two tokens swapped in and out of one word 800,000 times: none made, none lost."""
+    _, words = run_two(hv, tmp_path, XCHG_TOKENS, 3)
+    assert (words[0] & 0xFFFFFFFF) + words[1] == 2 and words[2] == 2, words
+
+
+MISALIGNED = """
+    mov rcx, 20000
+1:  lock add dword ptr [0x500ffe], 1         # crosses a page: the host atomic gives up (EXCP_ATOMIC)
+    lock add qword ptr [0x500103], 1         # misaligned within a page: the same
+    dec rcx
+    jnz 1b
+"""
+
+
+def test_misaligned_locked_adds_run_whole_one_at_a_time(hv, tmp_path):
+    """QEMU runs a locked access its host atomics cannot do alone, with the other vCPUs stopped; here it runs
+    as a serial one-instruction block under the bus lock: every add counts, and the vCPUs counted them."""
+    vm, _ = run_two(hv, tmp_path, MISALIGNED, 0)
+    raw = vm.memory_access.read(0x500000, 0x1002)
+    assert int.from_bytes(raw[0xFFE:0x1002], "little") == 40000
+    assert int.from_bytes(raw[0x103:0x10B], "little") == 40000
+    assert sum(int(v.ctx[C.ATOMIC_SERIAL]) for v in vm.vcpus) >= 2 * 40000

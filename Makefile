@@ -35,8 +35,10 @@ run: deps $(STAMP) guests static
 console: $(STAMP) guests
 	$(VENV)/bin/vmmctl run guests/build/shell.elf
 
+# Two workers, each test file on one of them (module fixtures boot their guests once): the Linux boots keep a
+# core busy while the browser and server tests mostly wait.
 test: deps $(STAMP) guests linux static
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q --durations=20 -n 2 --dist loadfile
 
 # The timing-sensitive tests RUNS times under two CPU burners; prints how many runs passed (tools/stress.py).
 RUNS ?= 20

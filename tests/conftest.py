@@ -1,14 +1,15 @@
-"""Session hooks for the whole suite: the bounds-checked hostile-value run starts as soon as the tests are known
-(in one process; under pytest-xdist, where every worker collects every test, the test starts it when it runs)."""
+"""Session hooks for the whole suite: the bounds-checked hostile-value run starts with the session when the
+session collects its test (in the xdist controller, before the workers start: they find it through the
+environment, tests/engine/hostile_run.py)."""
 import os
 
 from tests.engine import hostile_run
 
 
-def pytest_collection_finish(session):
+def pytest_sessionstart(session):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    if any(item.nodeid.endswith("test_hostile_values_bounds_checked") for item in session.items):
+    if hostile_run.wanted(session.config.args, str(session.config.rootpath)):
         hostile_run.start()
 
 

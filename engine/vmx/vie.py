@@ -23,7 +23,7 @@ from ..mmu.access import APIC_GPA, fetch_code, pc_linear
 from ..native import NUMBA
 from . import cpuctx
 from . import mmio
-from .hooks import REG64
+from .hooks import INSN_MAX, REG64
 
 # Fields of a decoded instruction (an int64 array of D_SIZE)
 D_KIND, D_WIDTH, D_DSIZE, D_EXTEND, D_REG, D_HIGH8, D_IMM, D_LENGTH, D_BASE, D_INDEX, D_SCALE, D_DISP, D_SEG, \
@@ -33,7 +33,6 @@ NONE, LOAD, STORE, STORE_IMM = 0, 1, 2, 3
 BASE_NONE, BASE_RIP = -1, -2
 SEG_DEFAULT_DS, SEG_DEFAULT_SS = -1, -2
 ZERO, SIGN = 1, 2
-MAX_LENGTH = 15                     # SDM 2.3.11
 RFLAGS_TF = 1 << 8
 PAGE = 4096
 
@@ -124,7 +123,7 @@ def decode(code, n, code_size, d):
     rex = 0
     seg = -1
     i = 0
-    while i < n and i < MAX_LENGTH:
+    while i < n and i < INSN_MAX:
         b = code[i]
         if b == 0x66:
             op_size = 32 if code_size == 16 else 16
@@ -182,7 +181,7 @@ def decode(code, n, code_size, d):
         d[D_LENGTH] = at + moffs
         d[D_SEG] = seg if seg >= 0 else SEG_DEFAULT_DS
         d[D_KIND] = LOAD if op <= 0xA1 else STORE
-        if d[D_LENGTH] > MAX_LENGTH:
+        if d[D_LENGTH] > INSN_MAX:
             d[D_KIND] = NONE
         return
     if kind == NONE:
@@ -197,7 +196,7 @@ def decode(code, n, code_size, d):
     if imm_bytes:
         d[D_IMM] = signed(little(code, at, imm_bytes), imm_bytes)
     at += imm_bytes
-    if at > MAX_LENGTH:
+    if at > INSN_MAX:
         return
     d[D_REG] = reg + (8 if rex & 4 else 0)
     if d[D_DSIZE] == 1 and rex == 0 and 4 <= reg <= 7:
@@ -302,7 +301,7 @@ def emulate_mov(c):
         return False                                # a single-step trap follows the instruction: the stepper's
     code_size = 64 if hf & np.uint64(cpuctx.HF_CS64) else 32 if hf & np.uint64(cpuctx.HF_CS32) else 16
     rip, linear = pc_linear(c)
-    code = np.zeros(MAX_LENGTH, np.uint8)
+    code = np.zeros(INSN_MAX, np.uint8)
     n = fetch_code(c, linear, code)
     d = np.zeros(D_SIZE, np.int64)
     decode(code, n, code_size, d)

@@ -62,7 +62,7 @@ def test_decode_matches_capstone_on_generated_encodings():
     for i in range(20000):
         bits = rng.choice((32, 64))
         code = encoding(rng, bits)
-        buf = np.frombuffer(code, np.uint8)[:vie.MAX_LENGTH].copy()
+        buf = np.frombuffer(code, np.uint8)[:vie.INSN_MAX].copy()
         vie.decode(buf, len(buf), bits, d)
         cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32)
         cs.detail = True

@@ -53,7 +53,9 @@ def test_recording_survives_killing_the_server(live, tmp_path):
     process, url = live
     started = requests.post(url + "/api/v1/vms/demo/recording", headers=auth(CONTROL)).json()
     requests.post(url + "/api/v1/vms/demo/console", json={"data": "echo last words\r"}, headers=auth(CONTROL))
-    assert wait_for(lambda: "\nlast words" in requests.get(url + "/api/v1/vms/demo/console", headers=auth(CONTROL)).json()["text"])
+    # the prompt after the line: the shell's output may reach the console in pieces, "last words" before its "\r\n"
+    assert wait_for(lambda: "\nlast words\nwebhyve>" in requests.get(url + "/api/v1/vms/demo/console",
+                                                                   headers=auth(CONTROL)).json()["text"])
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(10)
     cast = tmp_path / "recordings" / started["id"]

@@ -325,7 +325,7 @@ def test_record_stops_on_ctrl_c_and_plays_with_asciinema(env, tmp_path):
                             cwd=ROOT, env=dict(os.environ, **env), stderr=subprocess.PIPE)
     assert b"recording demo" in proc.stderr.readline()
     rest(env, "POST", "/api/v1/vms/demo/console", json={"data": "echo recorded words\r"})
-    assert wait_for(lambda: "\nrecorded words" in console_text(env, "demo"))
+    assert wait_for(lambda: "\nrecorded words\nwebhyve>" in console_text(env, "demo"))   # the line's CR LF too
     proc.send_signal(signal.SIGINT)                                   # Ctrl-C stops the recording
     assert proc.wait(30) == 0
     played = subprocess.run([ASCIINEMA, "cat", str(path)], capture_output=True, timeout=60)

@@ -28,3 +28,8 @@ class SnapshotError(EngineError):
 
 class UnsupportedByModel(Exception):
     """The guest did something the model does not implement yet: its vCPU's thread suspends the VM, naming it."""
+
+
+class MigrationError(EngineError):
+    """A live migration that cannot go on (the peer refused, the connection broke, a frame failed its check);
+    the message says which step. The VM stays where it was running."""

@@ -44,6 +44,14 @@ HOST_VMCS_FIELDS = ("VPID", "EPTP", "ENTRY_MSR_LOAD", "MSR_BITMAP")    # this ho
 # -- saving -------------------------------------------------------------------------------------------
 def save(vm, path):
     """Write the VM (which must be paused, halted, suspended or idle: not running) to `path`, atomically."""
+    manifest, arrays = capture(vm)
+    F.write(path, manifest, arrays)
+    return {"path": str(path), "pages": len(arrays["pages_gpa"]), "bytes": arrays["pages_data"].size}
+
+
+def capture(vm, pages=True):
+    """(manifest, arrays) of a VM that is not running; without `pages`, no guest memory (a live migration
+    has sent it already: migration/source.py)."""
     if any(v.thread is not None and v.thread.is_alive() and not v.parked.is_set() for v in vm.vcpus):
         raise SnapshotError("VM %r is running: pause it before taking a snapshot" % vm.name)
     vcpus = [{"index": v.index, "state": v.state, "started": v.thread is not None,
@@ -58,14 +66,15 @@ def save(vm, path):
     for device in vm.pci_devices:                 # bhyve's vm_pause_user_devs: nothing feeds them while saved
         device.pause_device()
     try:
-        return _save(vm, path, vcpus)
+        return _capture(vm, vcpus, pages)
     finally:
         for device in vm.pci_devices:
             device.resume_device()
 
 
-def _save(vm, path, vcpus):
-    gpas, bits, data = _pages(vm)
+def _capture(vm, vcpus, pages):
+    gpas, bits, data = _pages(vm) if pages else (np.zeros(0, np.uint64), np.zeros(0, np.uint64),
+                                                 np.zeros(0, np.uint8))
     image_bytes, filename, kind, cmdline, load_addr = vm._load_args or (b"", None, None, "", None)
     arrays = {"cpu": np.concatenate([ucstate.read(v.uc) for v in vm.vcpus]),
               "vmcs": np.stack([v.vmcs.store for v in vm.vcpus]),
@@ -92,38 +101,14 @@ def _save(vm, path, vcpus):
         "devices": device_state(vm),
         "vcpus": vcpus,
     }
-    F.write(path, manifest, arrays)
-    return {"path": str(path), "pages": len(gpas), "bytes": data.size}
+    return manifest, arrays
 
 
 def _pages(vm):
     """(gpa pages, leaf bits, data) of every populated guest page, read through the EPT."""
-    mem64, mem8 = vm.hypervisor.memory.view(np.uint64), vm.hypervisor.memory
-    gpas, bits, chunks = [], [], []
-    st = vm.pmap.st
-    for seg in vm.segments:
-        gpa = seg.gpa
-        while gpa < seg.gpa + seg.size:
-            level, ea, e, rwx = EPT.walk(mem64, st, gpa, False)
-            if level == 2:
-                for i in range(512):
-                    gpas.append(gpa + i * EPT.PAGE)
-                    bits.append(int(e) & ~EPT.ADDR & ~EPT.EPT_PS)
-                hpa = int(e) & EPT.ADDR
-                chunks.append(mem8[hpa:hpa + EPT.SUPERPAGE])
-                gpa += EPT.SUPERPAGE
-                continue
-            if level < -2:                           # no page table for this 2 MiB region
-                gpa = (gpa | (EPT.SUPERPAGE - 1)) + 1
-                continue
-            if level == 1 or (level == -1 and e & EPT.EMUL_V):
-                hpa = int(e) & EPT.ADDR
-                gpas.append(gpa)
-                bits.append(int(e) & ~EPT.ADDR)
-                chunks.append(mem8[hpa:hpa + EPT.PAGE])
-            gpa += EPT.PAGE
-    data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    return np.array(gpas, np.uint64), np.array(bits, np.uint64), data
+    pages = vm.pmap.resident_pages()
+    bits, data = vm.pmap.read_pages(pages)
+    return pages << np.uint64(12), bits, data.reshape(-1)
 
 
 def _tlb_rows(vm):
@@ -293,6 +278,28 @@ def restore(hypervisor, path, name=None, start=True):
     if start and started and cfg["suspend"][0] is None:
         vm.resume()
     return vm
+
+
+def adopt(vm, path):
+    """Give `vm` the CPU, vCPU and device state of snapshot `path`: a live migration's target, whose VM was made
+    from the same configuration and whose memory the migration has filled (pages in the file are filled too).
+    The file is checked as restore checks it; the started vCPUs then wait paused. The host's tunables are not
+    changed (a migration moves one VM, not its source's settings). Returns the manifest."""
+    with F.Reader(path) as reader:
+        manifest = _manifest(reader)
+        arrays = _arrays(reader, manifest)
+    cfg, st = manifest["vm"], vm.pmap.st
+    mine = {"mem_mb": vm.mem_size >> 20, "cpus": len(vm.vcpus), "profile": vm.profile.name,
+            "mem_cap_mb": int(st[EPT.S_CAP]) * EPT.PAGE >> 20, "slots": list(vm.slots)}
+    for field, value in mine.items():
+        if cfg[field] != value:
+            raise SnapshotError("%s describes a VM with %s %r; VM %r has %r" % (path, field, cfg[field], vm.name, value))
+    image = _image(path, manifest, arrays)
+    _restore_into(vm, manifest, arrays, image)
+    for vcpu, info in zip(vm.vcpus, manifest["vcpus"]):
+        if info["started"]:
+            vcpu.start_paused(vcpu.restored_state)
+    return manifest
 
 
 def apply_tunables(hypervisor, saved):

@@ -53,6 +53,11 @@ def write(path, manifest, arrays):
     _fsync_folder(folder)
 
 
+def write_to(f, manifest, arrays):
+    """The same container into an open binary file-like `f` (a migration sends it over its connection)."""
+    _write_zip(f, manifest, arrays)
+
+
 def _write_zip(f, manifest, arrays):
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
         z.writestr(MANIFEST, json.dumps(manifest, allow_nan=False))

@@ -101,6 +101,20 @@ class Console:
             reader.position = end
             return data
 
+    # -- moving to another host (a live migration) ------------------------------------------------------
+    def state(self):
+        """{start, output, input}: the ring with its absolute position, and typed bytes the device has not taken."""
+        with self._cond:
+            return {"start": self._start, "output": bytes(self._ring), "input": bytes(self._input)}
+
+    def load_state(self, state):
+        """Go on from another console's state: the same absolute positions, so a viewer's `since` still holds."""
+        with self._cond:
+            self._ring = bytearray(state["output"][-self._history:])
+            self._start = state["start"] + len(state["output"]) - len(self._ring)
+            self._input = bytearray(state["input"])
+            self._cond.notify_all()
+
     # -- the one writer -------------------------------------------------------------------------
     def claim_writer(self, owner):
         """Make `owner` the one who may type; False if someone else holds it."""

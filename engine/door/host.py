@@ -1,4 +1,5 @@
 """The modeled host as front ends see it: its VMs by name, the hw.vmm.* tunables, the L1TF demo's secret."""
+from .. import migration
 from ..cpu import profiles
 from ..hypervisor import Hypervisor
 from .vm_view import VmView
@@ -22,6 +23,15 @@ class Host:
 
     def destroy_vm(self, name):
         self._hv.destroy_vm(name)
+
+    def receive_vm(self, sock, key, peer="the source", admit=None, on_progress=None):
+        """The target of a live migration on the connected socket `sock` (frames checked with `key`): a VM built,
+        filled and restored as the source sends it, paused, returned at the source's commit as an Arrival whose
+        `view` is its VmView; `arrival.done()` starts it and confirms, `arrival.abandon(why)` drops it.
+        `admit(hello)` may refuse the VM by raising MigrationError. MigrationError when anything fails."""
+        arrival = migration.receive_vm(self._hv, migration.Channel(sock, key, peer), admit, on_progress)
+        arrival.view = VmView(arrival.vm)
+        return arrival
 
     # -- tunables ---------------------------------------------------------------------------------------
     def tunables(self):

@@ -8,7 +8,7 @@ from ..core import vmcs
 from ..cpu import profiles as _profiles
 from ..devices.vga_text import LIGHT_GREY as VGA_CURSOR
 from ..devices.vga_text import PALETTE as VGA_PALETTE
-from ..errors import ConfigError, EngineError, ImageError, SnapshotError, StateError, TunableError
+from ..errors import ConfigError, EngineError, ImageError, MigrationError, SnapshotError, StateError, TunableError
 from ..loaders import KINDS
 from ..snapshot import read_header as read_snapshot_header
 from ..stats import TABLE as STATS

@@ -7,6 +7,7 @@ events are read under the VM's lock; counters and EPT entries are single 64-bit 
 import threading
 import time
 
+from .. import migration
 from .. import stats as S
 from ..vmx import exits as E
 from ..errors import ConfigError, StateError
@@ -114,6 +115,12 @@ class VmView:
 
     def poweroff(self):
         self._vm.poweroff()
+
+    def migrate(self, sock, key, peer="the target", extra=None, on_progress=None, **limits):
+        """Live-migrate to the target on the connected socket `sock` (engine/migration): the figures once the
+        target has confirmed; MigrationError (and the VM runs on here) when it fails before the handover. The
+        caller destroys this copy afterwards."""
+        return migration.send_vm(self._vm, migration.Channel(sock, key, peer), extra, on_progress, **limits)
 
     def snapshot(self, path):
         """bhyvectl --checkpoint to `path`; {"pages": pages written, ...}."""

@@ -697,6 +697,57 @@ def harvest_dirty(mem64, st, pool, gpa, size, out, clear):
 
 
 @njit(**NUMBA)
+def resident(mem64, st, gpa, size, out):
+    """Every mapped 4 KiB guest page number in [gpa, gpa+size) into `out` (a superpage gives its 512; a leaf
+    with emulated A/D not yet accessed counts); how many there are (may exceed out.size)."""
+    u = np.uint64
+    n = 0
+    end = u(gpa) + u(size)
+    g = u(gpa) & ~u(0xFFF)
+    while g < end:
+        level, ea, e, rwx = walk(mem64, st, g, False)
+        leaf = mapped_level(level, e)
+        if leaf == 2:
+            for i in range(512):
+                if n < out.size:
+                    out[n] = (g >> u(12)) + u(i)
+                n += 1
+            g += u(SUPERPAGE)
+        elif leaf == 1:
+            if n < out.size:
+                out[n] = g >> u(12)
+            n += 1
+            g += u(PAGE)
+        elif level <= -2 and level != BEYOND and e == u(0):   # no page table for this 2 MiB region: skip it
+            g = (g | u(SUPERPAGE - 1)) + u(1)
+        else:
+            g += u(PAGE)
+    return n
+
+
+@njit(**NUMBA)
+def gather(mem8, mem64, st, pages, bits, data):
+    """Copy guest pages (page numbers in `pages`) out through the EPT: each one's 4 KiB leaf bits (address and
+    page size dropped, as fill_pages takes them) into `bits`, its contents into row i of `data`. A page not
+    mapped (any more) reads as zeros with bits 0. Returns how many were mapped."""
+    u = np.uint64
+    mapped = 0
+    for i in range(pages.size):
+        gpa = pages[i] << u(12)
+        level, ea, e, rwx = walk(mem64, st, gpa, False)
+        leaf = mapped_level(level, e)
+        if leaf <= 0:
+            bits[i] = u(0)
+            data[i, :] = 0
+            continue
+        hpa = leaf_hpa(leaf, e, gpa)
+        bits[i] = e & ~u(ADDR | EPT_PS)
+        data[i, :] = mem8[hpa:hpa + u(PAGE)]
+        mapped += 1
+    return mapped
+
+
+@njit(**NUMBA)
 def fill_pages(mem8, mem64, st, pool, segs, nsegs, gpas, bits, data, start):
     """Map guest pages and give them contents and leaf bits (restoring a snapshot), from index `start`.
     Returns the index reached: len(gpas) when done, less when the pool ran out (refill and call again),

@@ -41,6 +41,9 @@ class GuestPmap:
         self.st[E.S_PHYS] = profile.maxphyaddr
         self.st[E.S_YIELD] = SCHED_YIELD
         self._save_tables_per_region(max(s.gpa + s.size for s in segments))
+        # pages the host wrote for the guest (device DMA, loaders, a debugger): the dirty log's other half, as
+        # KVM's dirty bitmap takes its own writes; the EPT's D bits stay the CPU's alone
+        self.host_dirty = np.zeros(max(s.gpa + s.size for s in segments) >> 12, np.uint8)
         self.host_pool = self.new_pool()
         root = self._pop_host_page()
         self.st[E.S_ROOT] = root
@@ -150,19 +153,47 @@ class GuestPmap:
             mem[page:page + len(data)] = np.frombuffer(bytes(data), np.uint8)
             while E.remap(self.mem64, self.st, self.host_pool, gpa, page) < 0:   # a superpage is demoted first
                 self.refill(self.host_pool)
+            self.host_wrote(gpa, E.PAGE)
             return page
 
     def dirty_log(self, clear):
         """Guest-physical page numbers written since the last harvest (superpages count all 512)."""
-        out = np.zeros(1 << 16, np.uint64)
+        return [int(p) for p in self.dirty_pages(clear)]
+
+    def dirty_pages(self, clear):
+        """dirty_log as an array of page numbers: the CPU's (EPT D bits, every segment's) and the host's writes."""
         with self.lock:
-            n = 0
-            for s in self.segments:
-                n = E.harvest_dirty(self.mem64, self.st, self.host_pool, s.gpa, s.size, out, clear)
-                if n > out.size:
-                    out = np.zeros(n, np.uint64)
-                    n = E.harvest_dirty(self.mem64, self.st, self.host_pool, s.gpa, s.size, out, False)
-        return [int(p) for p in out[:n]]
+            cpu = self._per_segment(lambda s, out: E.harvest_dirty(self.mem64, self.st, self.host_pool, s.gpa,
+                                                                   s.size, out, clear))
+            host = np.flatnonzero(self.host_dirty).astype(np.uint64)
+            if clear:
+                self.host_dirty[host] = 0
+        return np.union1d(cpu, host)
+
+    def host_wrote(self, gpa, size):
+        """The host wrote guest-physical [gpa, gpa+size) for the guest: those pages are in the next dirty log."""
+        first, last = max(gpa, 0) >> 12, min((gpa + max(size, 1) - 1) >> 12, self.host_dirty.size - 1)
+        if first <= last:
+            self.host_dirty[first:last + 1] = 1
+
+    def resident_pages(self):
+        """The page numbers of every mapped guest page (what a snapshot or a migration copies)."""
+        with self.lock:
+            return self._per_segment(lambda s, out: E.resident(self.mem64, self.st, s.gpa, s.size, out))
+
+    def _per_segment(self, kernel):
+        found = [np.zeros(0, np.uint64)]
+        for s in self.segments:
+            out = np.zeros(s.size >> 12, np.uint64)
+            found.append(out[:kernel(s, out)])
+        return np.concatenate(found)
+
+    def read_pages(self, pages):
+        """(leaf bits, contents as rows of 4 KiB) of the guest pages numbered `pages`, read through the EPT."""
+        pages = np.ascontiguousarray(pages, np.uint64)
+        bits, data = np.zeros(pages.size, np.uint64), np.zeros((pages.size, E.PAGE), np.uint8)
+        E.gather(self.hv.memory, self.mem64, self.st, pages, bits, data)
+        return bits, data
 
     # -- views ----------------------------------------------------------------------------------------
     def chain(self, gpa):

@@ -68,6 +68,7 @@ class GuestRam:
     def dma_written(self, gpa, size):
         """A device wrote guest memory: pages the exec scan has marked as code lose it (vm.code_written)."""
         first, last = gpa >> 12, (gpa + max(size, 1) - 1) >> 12
+        self.vm.pmap.host_wrote(gpa, size)
         if (self.vm.code_state[first:last + 1] & 1).any():
             self.vm.code_written(gpa, size)
 

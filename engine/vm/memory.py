@@ -49,6 +49,7 @@ class GuestMemory:
         for hpa, n in self._pages(gpa, len(data)):
             mem[hpa:hpa + n] = np.frombuffer(data, np.uint8, n, done)
             done += n
+        self.vm.pmap.host_wrote(gpa, len(data))
         self.vm.code_written(gpa, len(data))
 
 

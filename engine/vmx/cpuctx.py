@@ -28,6 +28,7 @@ from unicorn import x86_const as X
 from ..core import ctx as C
 from ..core.sync import call_uc_ptr
 from ..io import vlapic as L
+from ..io.buslock import CF_ONE_INSN, CFLAGS_NONE
 from ..native import INLINE, NUMBA, address, u64_ptr
 
 # Byte offsets in the saved context (header included)
@@ -47,7 +48,6 @@ WORDS = SIZE // 8
 UC_INVALID_ADDR = 1416       # in the uc_engine itself: the whole address of the access whose TLB fill failed
 UC_CPU, CPU_ENV = 440, 35408  # uc->cpu (an X86CPU), and the offset of its CPUX86State env
 CFLAGS_NEXT_TB = 24          # offsetof(CPUState, cflags_next_tb): the flags of the next block the loop looks up
-CFLAGS_NONE, CF_ONE_INSN = 0xFFFFFFFF, 1     # -1 (nothing asked), CF_COUNT 1 (a block of one instruction)
 
 ES, CS, SS, DS, FS, GS, LDT, TR, GDT, IDT = range(10)
 # QEMU's hflags (cpu.h HF_*) and descriptor flags (the descriptor's high dword, DESC_*)

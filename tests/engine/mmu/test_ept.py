@@ -135,3 +135,42 @@ def test_host_holds_respect_the_cap_and_vm_creation_checks_it():
 def test_eptp_as_bhyve_builds_it():
     assert E.eptp(0x123000, True) == 0x123000 | 3 << 3 | 6 | 1 << 6
     assert E.eptp(0x123000, False) == 0x12301E
+
+
+def copied_twin(host, mem64, st, size):
+    """Plain Python (explain.ept_walk, the host's view) for resident and gather: every guest page with a leaf
+    holding a page — present, emulated-A/D valid, or protected to no access — its bits and its bytes."""
+    from engine.mmu import explain
+    found = {}
+    for page in range(size >> 12):
+        steps, hpa, rwx, why = explain.ept_walk(mem64, st, page << 12)
+        e = steps[-1]["entry"] if steps else 0
+        leaf_level = steps[-1]["level"] if steps else 0
+        if hpa is None and not (e & (E.ADDR | E.EMUL_V) and (leaf_level == 1 or e & E.EPT_PS)):
+            continue
+        size_at = 1 << (12 + 9 * (leaf_level - 1))
+        at = (e & E.ADDR & ~(size_at - 1)) | ((page << 12) & (size_at - 1))
+        found[page] = (e & ~(E.ADDR | E.EPT_PS), bytes(host[at:at + 0x1000]))
+    return found
+
+
+@pytest.mark.parametrize("flags", [E.F_HW_AD | E.F_SUPERPAGES, 0], ids=["superpages", "emulated-ad"])
+def test_resident_and_gather_match_their_python_twin(flags):
+    host, mem64, st, pool, segs = fresh(flags)
+    for page in range(512):                                  # a full region: promoted where superpages are on
+        access(mem64, st, pool, segs, 0x200000 + page * 0x1000, E.WRITE)
+    for gpa in (0x3000, 0x5000, 0x1FF000):
+        access(mem64, st, pool, segs, gpa, E.READ)
+    host[SEG + 0x3000:SEG + 0x3008] = 7
+    host[SEG + 0x2FF000:SEG + 0x2FF010] = 9
+    E.change(mem64, st, pool, 0x5000, 0x1000, 0, False)      # protected to no access: still holds its page
+    twin = copied_twin(host, mem64, st, 4 << 20)
+    out = np.zeros(1024, np.uint64)
+    n = E.resident(mem64, st, 0, 4 << 20, out)
+    assert sorted(out[:n].tolist()) == sorted(twin) and n == 515
+    pages = out[:n].copy()
+    bits, data = np.zeros(n, np.uint64), np.zeros((n, 0x1000), np.uint8)
+    assert E.gather(host, mem64, st, pages, bits, data) == n
+    for i, page in enumerate(pages.tolist()):
+        assert (int(bits[i]), data[i].tobytes()) == twin[page], hex(page)
+    assert E.resident(mem64, st, 0, 4 << 20, np.zeros(3, np.uint64)) == n    # counts past a small `out`

@@ -404,6 +404,35 @@ const Panels = (() => {
     refreshSummary();
   });
 
+  // Live migration (cluster mode): pick an up node other than the VM's; the progress comes as `migration` events.
+  const migrate = document.getElementById("migrate");
+  if (migrate) migrate.addEventListener("click", async () => {
+    const {vms, nodes} = await WH.api("GET", "/vms");
+    const here = (vms.find((v) => v.name === WH.vm) || {}).node;
+    const data = await WH.ask(document.getElementById("migrate-dialog"), (form) => {
+      form.elements.node.replaceChildren(...nodes.filter((n) => n.state === "up" && n.name !== here).map((n) =>
+        WH.el("option", {value: n.name}, n.name + " (" + n.mem_free_mb + " MiB free, load " + n.load + ")")));
+    });
+    if (!data || !data.get("node")) return;
+    WH.status("migrating " + WH.vm + " to " + data.get("node") + "…");
+    try {
+      const f = await WH.api("POST", vmPath + "/migrate", {node: data.get("node")});
+      WH.status(migrationText(f));
+    } catch (e) {
+      WH.status("migration: " + e.message, true);
+    }
+    refreshSummary();
+  });
+
+  function migrationText(f) {
+    if (f.phase === "failed") return "migration to " + f.node + " failed: " + f.error;
+    if (f.phase === "done") return "migrated to " + f.node + " in " + f.total_s + " s: " + f.rounds.length + " rounds, " +
+      WH.count(f.pages_sent) + " pages, " + WH.count(f.bytes_sent) + " bytes, downtime " + f.downtime_ms + " ms";
+    return "migrating to " + f.node + ": " + f.phase + (f.rounds ? ", round " + f.rounds.length : "") +
+      (f.dirty !== undefined ? ", " + WH.count(f.dirty) + " pages dirty" : "") +
+      (f.bytes_sent ? ", " + WH.count(f.bytes_sent) + " bytes sent" : "");
+  }
+
   async function refreshSnapshots() {
     const {snapshots} = await WH.api("GET", "/snapshots");
     const mine = snapshots.filter((s) => s.vm === WH.vm);
@@ -462,5 +491,5 @@ const Panels = (() => {
 
   refreshRecordings();
   refreshSnapshots();
-  return {render, refreshRecordings, refreshSummary, refreshSnapshots};
+  return {render, refreshRecordings, refreshSummary, refreshSnapshots, migrationText};
 })();

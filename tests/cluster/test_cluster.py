@@ -195,6 +195,82 @@ def test_a_forged_forwarded_request_is_refused(cluster):
     assert b.api("GET", "/vms/onb").json()["state"] != "suspended"        # nothing was powered off
 
 
+def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cluster):
+    """memtouch rewrites 4096 pages over and over while a moves it to b; the browser on c that watches its console
+    stays attached and reads, from b, the checksum that proves no page was lost."""
+    from tests.guests.memtouch_reference import checksum
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    cmdline = "pages=4096 pattern=random passes=3000"
+    created = a.api("POST", "/vms", json={"name": "mover", "guest": "memtouch", "node": "a", "cmdline": cmdline})
+    assert created.status_code == 201, created.text
+    viewer, progress = Viewer(c), []
+    viewer.client.on("migration", progress.append, namespace="/console")
+    try:
+        first = viewer.attach("mover")
+        assert wait_for("memtouch runs", lambda: "base=0x" in first["data"] + viewer.text())
+        moved = c.api("POST", "/vms/mover/migrate", json={"node": "b"})           # c forwards it to a, the owner
+        assert moved.status_code == 200, moved.text
+        figures = moved.json()
+        assert figures["node"] == "b" and figures["pages_sent"] >= 1 and figures["downtime_ms"] > 0
+        assert len(figures["rounds"]) >= 1 and figures["bytes_sent"] > 4096
+        assert vm_row(b, "mover")["node"] == "b"                                  # b registered it before a let go
+        assert wait_for("a no longer holds mover", lambda: vm_row(a, "mover")["node"] == "b")
+        want = "checksum=0x%016x" % checksum(4096, "random", 3000)
+        assert wait_for("the checksum, printed on b, in c's open console", lambda: want in first["data"] + viewer.text(),
+                        timeout=120)
+        assert {"vm": "mover", "state": "migrated", "node": "b"} in viewer.states
+        assert {p["phase"] for p in progress} >= {"pre-copy", "done"}
+    finally:
+        viewer.close()
+    assert a.api("DELETE", "/vms/mover").status_code == 200                       # forwarded to b
+    assert wait_for("mover gone", lambda: vm_row(c, "mover") is None)
+
+
+def test_a_shell_migrated_there_and_back_takes_typing_and_loses_no_output(cluster):
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    typist = Viewer(c)
+    try:
+        assert typist.attach("onb")["ok"]
+        typist.call("input", {"vm": "onb", "data": "echo before the move\r"})
+        assert wait_for("the echo", lambda: "\r\nbefore the move" in typist.text())
+        for there in ("a", "b"):              # to a through a's REST API, back to b with vmmctl on c
+            if there == "a":
+                moved = a.api("POST", "/vms/onb/migrate", json={"node": "a"})
+                assert moved.status_code == 200, moved.text
+            else:
+                out = CliRunner(mix_stderr=False).invoke(vmmctl, ["migrate", "onb", "b"],
+                                                         env={"WEBHYVE_URL": c.url, "WEBHYVE_TOKEN": CONTROL})
+                assert out.exit_code == 0, out.stderr
+                assert out.stdout.startswith("VM onb migrated to node b in ") and "downtime" in out.stdout
+                assert "round 1 " in out.stdout and "stop-and-copy" in out.stdout
+            assert wait_for("onb listed on %s" % there, lambda: vm_row(c, "onb")["node"] == there)
+            typist.call("input", {"vm": "onb", "data": "echo typed after moving to %s\r" % there})
+            assert wait_for("its echo from %s" % there, lambda: "\r\ntyped after moving to %s" % there in typist.text())
+        assert typist.text().count("\r\nbefore the move") == 1                  # nothing sent twice
+    finally:
+        typist.close()
+
+
+def test_a_migration_that_cannot_happen_says_why_and_the_vm_runs_on(cluster):
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    cases = [({"node": "b"}, 400, "VM 'onb' already runs on node 'b'"),
+             ({"node": "zz"}, 400, "no node named 'zz' in the cluster"),
+             ({"node": 7}, 400, "node"),
+             ({}, 400, "node")]
+    for body, status, words in cases:
+        answer = a.api("POST", "/vms/onb/migrate", json=body)
+        assert answer.status_code == status and words in answer.json()["error"], (body, answer.text)
+    big = a.api("POST", "/vms", json={"name": "big", "guest": "shell", "node": "b", "mem_mb": 600})
+    assert big.status_code == 201, big.text
+    full = b.api("POST", "/vms/big/migrate", json={"node": "a"})              # a has 512 MiB in all
+    assert full.status_code == 503 and "node 'a' cannot take VM 'big': it needs 600 MiB" in full.json()["error"]
+    assert b.api("GET", "/vms/big").json()["state"] in ("running", "halted")
+    assert b.api("DELETE", "/vms/big").status_code == 200
+    out = CliRunner(mix_stderr=False).invoke(vmmctl, ["migrate", "onb", "zz"],
+                                             env={"WEBHYVE_URL": a.url, "WEBHYVE_TOKEN": CONTROL})
+    assert out.exit_code != 0 and "no node named 'zz'" in out.stderr
+
+
 def test_kill_9_of_a_node_marks_it_down_and_its_vms_lost(cluster):
     """c runs with --restart-on-failure: its running VM "ha" starts again elsewhere from its checkpoint; "onc",
     never started, has none and is lost."""

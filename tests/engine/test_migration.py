@@ -145,3 +145,16 @@ def test_the_dirty_log_holds_what_the_host_wrote_for_the_guest(hosts):
     vm.memory_access.write(0x5FF0, b"x" * 32)             # a loader's or a device's write, across two pages
     assert {5, 6} <= set(vm.dirty_log())
     assert not {5, 6} & set(vm.dirty_log())            # harvested: clean again
+
+
+def test_a_vm_never_started_moves_with_its_zero_pages_and_stays_idle(hosts):
+    src, dst = hosts
+    vm = src.create_vm("idle", mem_mb=16)
+    vm.memory_access.write(0x10000, bytes(4096))      # resident, all zeros: sent without its bytes
+    vm.memory_access.write(0x20000, b"written by the host")
+    figures, arrival = migrate(vm, dst)
+    assert isinstance(figures, dict), figures
+    moved = arrival.vm
+    assert moved.state == "idle" and arrival.pages == figures["pages_sent"]
+    assert {0x10, 0x20} <= set(moved.pmap.resident_pages().tolist())
+    assert moved.memory_access.read(0x20000, 19) == b"written by the host"

@@ -50,8 +50,10 @@ class Heartbeat:
     def beat(self):
         node = self.node
         try:
-            sessions = node.fleet.list()
-            node.registry.heartbeat(node.name, node.incarnation, host_info(node), {s.name: s.summary() for s in sessions})
+            with node.beat_lock:                # a VM handed to another node is not written back (migration.py)
+                sessions = [s for s in node.fleet.list() if not s.handing_over]
+                node.registry.heartbeat(node.name, node.incarnation, host_info(node),
+                                        {s.name: s.summary() for s in sessions})
             if node.problem is not None or self.beats == 0:     # first beat, or Redis back (perhaps empty)
                 node.registry.prune(node.name, node.incarnation, {s.name for s in sessions})
                 node.registry.shared_tokens(*node.tokens())

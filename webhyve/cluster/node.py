@@ -17,6 +17,7 @@ from ..sessions.errors import ApiError
 from . import failover
 from .forwarding import Forwarder
 from .heartbeat import Heartbeat
+from .migration import Migrations
 from .placement import clock
 from .registry import Registry, connect, shown_url
 from .security import Signer
@@ -67,6 +68,8 @@ class ClusterNode:
         self.problem = None
         self.visitors = {}
         self.lock = threading.Lock()
+        self.beat_lock = threading.Lock()   # a heartbeat's list-and-write, against a migration's handover
+        self.migrations = Migrations(self, secret)
         fleet.listeners.append(self._vm_changed)
 
     def start(self):

@@ -71,6 +71,7 @@ class VmSession:
         self.exit_history = collections.deque(maxlen=HISTORY_SAMPLES)
         self._last_exits = None
         self.started_at = None                  # wall-clock time of the last boot, for the uptime
+        self.handing_over = False               # a live migration is handing it to another node (cluster/migration.py)
 
     @property
     def name(self):
@@ -170,15 +171,41 @@ class Fleet:
         self._changed(vm.name, session)
         return session
 
+    def adopt(self, view, uptime_s=None, notify=True):
+        """Hold a VM that arrived by live migration (engine VmView, already restored), as one created here."""
+        data, filename, kind, cmdline, _ = view.load_args or (b"", "migrated", None, "", None)
+        session = VmSession(view, (data, filename, kind, cmdline), self._emit_console, self.pump_interval)
+        if uptime_s is not None:
+            session.started_at = time.time() - uptime_s
+        with self.lock:
+            if view.name in self.sessions:
+                raise ApiError(409, "a VM named %r is already here" % view.name)
+            self.sessions[view.name] = session
+        if notify:
+            self.notify(view.name, session)
+        return session
+
+    def release(self, name):
+        """Let go of a VM that now runs on another node: its engine VM and pump go, quietly (no listener hears of
+        it and no console is told it was destroyed: it moved, and the registry already says where)."""
+        self._drop(name)
+
+    def notify(self, name, session):
+        """Tell the listeners a VM was created or changed (session None: destroyed)."""
+        self._changed(name, session)
+
     def destroy(self, name):
+        self._drop(name)
+        self._changed(name, None)
+        self._emit("vm_state", {"vm": name, "state": "destroyed"}, "vm:" + name, "/console")
+
+    def _drop(self, name):
         session = self.get(name)
         with self.lock:
             self.sessions.pop(name, None)
         self.stop_recording(session)
         session.pump.stop()
         self.host.destroy_vm(name)
-        self._changed(name, None)
-        self._emit("vm_state", {"vm": name, "state": "destroyed"}, "vm:" + name, "/console")
 
     def lifecycle(self, name, action):
         """start, pause, resume, reset or poweroff; a request not valid in the VM's state is a 409."""

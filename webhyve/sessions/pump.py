@@ -104,6 +104,12 @@ class OutputPump:
                 return {"mode": "resume", "data": as_text(gap), "start": since, "position": self.position}
             return {"mode": "replay", "data": self.terminal.replay(), "position": self.position}
 
+    def add_viewer(self, sid, typist, sent, acked):
+        """A viewer that followed the VM here from another node, as far as it had been sent and had written."""
+        with self.lock:
+            self.viewers[sid] = Viewer(sid, typist, sent)
+            self.viewers[sid].acked = acked
+
     def detach(self, sid):
         with self.lock:
             self.viewers.pop(sid, None)

@@ -140,6 +140,17 @@ def destroy_vm(name):
     return {"destroyed": name}
 
 
+@bp.post("/vms/<name>/migrate")
+@control_required
+def migrate(name):
+    """Live migration to another node of the cluster (webhyve/cluster/migration.py): the figures once it runs there."""
+    cluster = current_app.extensions.get("webhyve.cluster")
+    if cluster is None:
+        raise ApiError(409, "live migration moves a VM between the nodes of a cluster; this server runs alone "
+                            "(start the nodes with --redis and --cluster-secret: docs/cluster.md)")
+    return cluster.migrations.migrate(name, g.body["node"])
+
+
 @bp.post("/vms/<name>/<action>")
 @control_required
 def lifecycle(name, action):

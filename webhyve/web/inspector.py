@@ -59,6 +59,7 @@ class InspectNamespace(CheckedNamespace):
         if cluster is not None:
             cluster.ops.update({"inspect.watch": self.watch, "inspect.unwatch": self.unwatch})
             cluster.forget_hooks.append(self.forget)
+            cluster.migrations.handoffs.append((self.watchers_of, self.add_watchers))
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -116,6 +117,15 @@ class InspectNamespace(CheckedNamespace):
         with self.lock:
             self.watchers.setdefault(name, set()).add(sid)
         return {"panels": snapshot(session, self.fleet.host)}
+
+    def watchers_of(self, name):
+        """The sids watching VM `name` (a live migration takes them along)."""
+        with self.lock:
+            return sorted(self.watchers.get(name, ()))
+
+    def add_watchers(self, name, sids):
+        with self.lock:
+            self.watchers.setdefault(name, set()).update(s for s in sids if isinstance(s, str))
 
     def forget(self, sid):
         with self.lock:

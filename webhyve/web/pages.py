@@ -50,4 +50,4 @@ def vm_page(name):
     fleet, cluster = current_app.extensions["webhyve.fleet"], current_app.extensions["webhyve.cluster"]
     if name not in {s.name for s in fleet.list()} and not (cluster is not None and cluster.knows(name)):
         return _page("novm.html", status=404, vm=name)
-    return _page("vm.html", vm=name, legend=LEGEND)
+    return _page("vm.html", vm=name, legend=LEGEND, clustered=cluster is not None)

@@ -17,6 +17,7 @@ TIMING_SENSITIVE = [
     "tests/engine/test_visit.py",
     "tests/engine/test_hostcpu_sharing.py",
     "tests/engine/test_snapshot.py",
+    "tests/engine/test_migration.py",          # harvests and visits the vCPUs while they run
     "tests/engine/test_reset.py",
     "tests/engine/debug",
     "tests/webhyve/test_namespaces.py",

@@ -20,6 +20,7 @@ PASSWORD = "cluster-redis-password"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # Different modeled host memory per node, so placement by free memory has one right answer: b, then c, then a.
 NODE_MEM_MB = {"a": 512, "b": 1024, "c": 768}
+EXTRA_MEM_MB = {"d": 512}            # a node a test starts (and kills) itself
 RESTART_ON_FAILURE = ("c",)          # c checkpoints its running VMs every second into the shared folder
 
 
@@ -74,7 +75,7 @@ class Node:
         self.name, self.port = name, free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER,
-                   WEBHYVE_HOST_MEM_MB=str(NODE_MEM_MB[name]),
+                   WEBHYVE_HOST_MEM_MB=str({**NODE_MEM_MB, **EXTRA_MEM_MB}[name]),
                    WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, name, "recordings"),
                    WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, name, "snapshots"))
         self.log_path = os.path.join(workdir, "node-%s.log" % name)
@@ -109,6 +110,7 @@ class Node:
 
 class Cluster:
     def __init__(self, workdir):
+        self.workdir = workdir
         self.redis = RedisServer(workdir)
         self.redis.start()
         self.nodes = {name: Node(name, self.redis.url, workdir) for name in NODE_MEM_MB}

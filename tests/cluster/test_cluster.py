@@ -271,6 +271,45 @@ def test_a_migration_that_cannot_happen_says_why_and_the_vm_runs_on(cluster):
     assert out.exit_code != 0 and "no node named 'zz'" in out.stderr
 
 
+def test_kill_9_of_the_target_during_pre_copy_leaves_the_vm_running_on_its_node(cluster):
+    """A fourth node, d, is started for this and killed (kill -9) while memtouch's 60,000 pages are being copied to
+    it: the request says the migration failed, and the VM runs on at a, where its console is still followed."""
+    from tests.cluster.conftest import Node
+    a, c = cluster.nodes["a"], cluster.nodes["c"]
+    d = Node("d", cluster.redis.url, cluster.workdir)
+    try:
+        wait_for("node d answers", d.up, timeout=120, every=0.2)
+        wait_for("d registered", lambda: "d" in cluster.up_nodes(a))
+        created = a.api("POST", "/vms", json={"name": "flee", "guest": "memtouch", "node": "a", "mem_mb": 256,
+                                              "cmdline": "pages=60000 pattern=random passes=1000000"})
+        assert created.status_code == 201, created.text
+        viewer, progress = Viewer(c), []
+        viewer.client.on("migration", progress.append, namespace="/console")
+        try:
+            first = viewer.attach("flee")
+            assert wait_for("memtouch runs", lambda: "base=0x" in first["data"] + viewer.text())
+            answer = {}
+            request = threading.Thread(target=lambda: answer.update(r=c.api("POST", "/vms/flee/migrate", json={"node": "d"})))
+            request.start()
+            wait_for("the pre-copy under way", lambda: [p for p in progress if p.get("phase") == "pre-copy"], timeout=60)
+            d.kill()
+            request.join(60)
+            failed = answer["r"]
+            assert failed.status_code == 502, failed.text
+            assert failed.json()["error"].startswith("migration of VM 'flee' to node 'd' failed: ")
+            row = vm_row(a, "flee")
+            assert row["node"] == "a" and row["state"] == "running", row
+            assert wait_for("the failure reported to the console", lambda: [p for p in progress if p.get("phase") == "failed"])
+            before = a.api("GET", "/vms/flee/vcpus/0/registers").json()      # memtouch's loop takes no exits:
+            assert wait_for("flee still runs on a",                             # its counters move in its registers
+                            lambda: a.api("GET", "/vms/flee/vcpus/0/registers").json() != before)
+        finally:
+            viewer.close()
+    finally:
+        d.kill()
+        a.api("DELETE", "/vms/flee")
+
+
 def test_kill_9_of_a_node_marks_it_down_and_its_vms_lost(cluster):
     """c runs with --restart-on-failure: its running VM "ha" starts again elsewhere from its checkpoint; "onc",
     never started, has none and is lost."""

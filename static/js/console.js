@@ -49,10 +49,7 @@ const SerialConsole = (() => {
     document.getElementById("markers").prepend(WH.el("li", {}, time + "  " + m.label));
     term.registerMarker(0);
   });
-  socket.on("vm_state", (m) => {
-    if (m.state === "migrated") WH.status(WH.vm + " now runs on node " + m.node + "; this console followed it");
-    if (window.Panels) Panels.refreshSummary();
-  });
+  socket.on("vm_state", (m) => window.Panels && Panels.refreshSummary());    // "migrated": the summary names the node
   socket.on("migration", (m) => window.Panels && WH.status(Panels.migrationText(m), m.phase === "failed"));
 
   // What happens to typed keys, said under the console: a viewer's go nowhere, a paused VM's wait in COM1's

@@ -16,7 +16,7 @@ const Panels = (() => {
   let uptimeBase = null;
   function renderSummary(s) {
     const el = document.getElementById("state");
-    el.textContent = s.status;
+    el.textContent = s.status + (s.node ? " on " + s.node : "");         // cluster mode: the VM's node
     el.className = "state state-" + s.state;
     el.title = s.status_detail || "";
     el.dataset.state = s.state;

@@ -36,10 +36,11 @@ def exact(value):
     return value
 
 
-def snapshot(session, host):
-    """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread."""
+def snapshot(session, host, node=None):
+    """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread. `node`: in cluster mode,
+    this node's name, which the summary carries as GET /vms/NAME does."""
     vm = session.vm
-    out = {"summary": session.summary(), "tunables": host.tunables(), "caches": panels.caches(vm),
+    out = {"summary": {**session.summary(), **({"node": node} if node else {})}, "tunables": host.tunables(), "caches": panels.caches(vm),
            "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:],
            "devices": panels.devices(vm)}
     for i in range(vm.cpus):
@@ -116,7 +117,7 @@ class InspectNamespace(CheckedNamespace):
         session = self.fleet.get(name)
         with self.lock:
             self.watchers.setdefault(name, set()).add(sid)
-        return {"panels": snapshot(session, self.fleet.host)}
+        return {"panels": snapshot(session, self.fleet.host, self.cluster and self.cluster.name)}
 
     def watchers_of(self, name):
         """The sids watching VM `name` (a live migration takes them along)."""
@@ -152,7 +153,7 @@ class InspectNamespace(CheckedNamespace):
             if not watched:
                 self.last.pop(session.name, None)
                 continue
-            panels = snapshot(session, self.fleet.host)
+            panels = snapshot(session, self.fleet.host, self.cluster and self.cluster.name)
             current = {k: json.dumps(v, sort_keys=True) for k, v in panels.items()}
             previous = self.last.get(session.name, {})
             changed = {k: panels[k] for k, v in current.items() if previous.get(k) != v}

@@ -1,9 +1,9 @@
 """Live migration between two modeled hosts in one process over a real loopback TCP connection (engine/migration).
 
 For each guest: total time, pre-copy rounds, pages and bytes sent, downtime (pause to the target's DONE), against
-the floor: the guest's resident memory sent once (round 1's time, the same pages with the VM not running). Guests:
-an idle shell in 256 MiB, memtouch in 256 MiB rewriting 60,000 random pages as fast as it runs (it never settles:
-the rounds stop when the dirty set stops shrinking), and Linux at its shell prompt when `make linux` has built it.
+the floor: the guest's resident memory sent once (the same pages with the VM paused). Guests: an idle shell in 256
+MiB; memtouch in 256 MiB rewriting 60,000 random pages as fast as it runs, without and with auto-converge (without,
+the rounds stop when its dirty set stops shrinking); Linux at its shell prompt when `make linux` has built it.
 A warm-up migration runs first (its downtime is printed: the kernels' first calls in a process). Run:
 .venv/bin/python bench/migrate.py
 """
@@ -44,7 +44,7 @@ def connected():
     return client, accepted
 
 
-def migrate(vm, target):
+def migrate(vm, target, auto_converge=False):
     a, b = connected()
     got = {}
 
@@ -54,7 +54,7 @@ def migrate(vm, target):
 
     thread = threading.Thread(target=receive)
     thread.start()
-    figures = migration.send_vm(vm, migration.Channel(a, KEY, "target"))
+    figures = migration.send_vm(vm, migration.Channel(a, KEY, "target"), auto_converge=auto_converge)
     thread.join()
     a.close()
     b.close()
@@ -78,9 +78,10 @@ def floor(vm, target):
 
 def guests():
     yield "idle shell, 256 MiB", dict(image=read("shell.elf"), filename="shell.elf", mem=256), b"webhyve>"
-    yield ("memtouch, 256 MiB, 60,000 pages rewritten", dict(
-        image=read("memtouch.elf"), filename="memtouch.elf", mem=256,
-        cmdline="pages=60000 pattern=random passes=100000", resident=60000), b"base=0x")
+    for converge in (False, True):
+        yield ("memtouch, 256 MiB, 60,000 pages rewritten%s" % (", auto-converge" if converge else ""), dict(
+            image=read("memtouch.elf"), filename="memtouch.elf", mem=256, auto_converge=converge,
+            cmdline="pages=60000 pattern=random passes=100000", resident=60000), b"base=0x")
     kernel, initrd = os.path.join(BUILD, "linux", "vmlinuz"), os.path.join(BUILD, "linux", "initrd.gz")
     if os.path.exists(kernel) and os.path.exists(initrd):
         with open(initrd, "rb") as f:
@@ -104,7 +105,7 @@ def warm_up():
 
 def main():
     print("warm-up migration (a 16 MiB idle shell, numba kernels loaded from the cache): %.1f ms down" % warm_up())
-    print("%-44s %8s %6s %9s %11s %10s %9s %11s" % ("guest", "total s", "rounds", "pages", "MB on wire",
+    print("%-58s %8s %6s %9s %11s %10s %9s %11s" % ("guest", "total s", "rounds", "pages", "MB on wire",
                                                    "downtime", "floor s", "floor pages"))
     for label, spec, ready in guests():
         source, target = Hypervisor(host_mem_mb=1024), Hypervisor(host_mem_mb=1024)
@@ -115,9 +116,11 @@ def main():
         while vm.pmap.resident_pages().size < spec.get("resident", 0):     # memtouch has touched its pages
             time.sleep(0.05)
         pages, floor_s = floor(vm, target)
-        figures, moved = migrate(vm, target)
+        figures, moved = migrate(vm, target, spec.get("auto_converge", False))
         source.destroy_vm("m")
-        print("%-44s %8.3f %6d %9d %11.1f %8.1f ms %9.3f %11d" % (
+        throttle = max(r["throttle"] for r in figures["rounds"])
+        label += ", %d%% at the end" % throttle if throttle else ""
+        print("%-58s %8.3f %6d %9d %11.1f %8.1f ms %9.3f %11d" % (
             label, figures["total_s"], len(figures["rounds"]), figures["pages_sent"], figures["bytes_sent"] / 1e6,
             figures["downtime_ms"], floor_s, pages))
         moved.poweroff()

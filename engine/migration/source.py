@@ -5,8 +5,9 @@ Round 1 sends every resident page; each later round sends the pages the dirty lo
 last harvest (the CPU's stores through the EPT's D bits, the host's own writes: mmu/pmap.py). A harvest clears the
 D bits and bumps the EPT generation; a running vCPU could still store through a translation it cached before, so
 each harvest is followed by a visit to every vCPU (each leaves the guest once; its next entry does the INVEPT) and
-only then are the pages read. Rounds stop when the dirty set is small (`small` pages), stops shrinking, or after
-`max_rounds`. Then the VM is paused, the last dirty pages, the console and the CPU and device state (a snapshot
+only then are the pages read. Rounds stop, as QEMU's do, when what is left would go within the downtime limit at
+the bandwidth measured, when the dirty set stops shrinking (unless auto-converge can still slow the guest down:
+throttle.py), or after `max_rounds`. Then the VM is paused, the last dirty pages, the console and the CPU and device state (a snapshot
 without memory, engine/snapshot.py) are sent; the target restores it and says READY; COMMIT hands the VM over and
 the target's DONE ends it. The downtime is from the pause to DONE.
 """
@@ -21,15 +22,20 @@ from ..errors import MigrationError
 from ..mmu import ept as EPT
 from ..vcpu.states import HALTED, RUNNING
 from . import pages as P
+from .throttle import Throttle
 
 MAX_ROUNDS = 30
-SMALL = 256                      # pages (1 MiB): a dirty set this small is sent with the VM stopped
+MAX_DOWNTIME = 0.3               # seconds: QEMU's default downtime-limit (300 ms)
 
 
-def send_vm(vm, channel, extra=None, on_progress=None, max_rounds=MAX_ROUNDS, small=SMALL):
+def send_vm(vm, channel, extra=None, on_progress=None, max_rounds=MAX_ROUNDS, max_downtime=MAX_DOWNTIME,
+            auto_converge=False):
     """Migrate `vm` over `channel` (wire.Channel). `extra()`: JSON the caller's counterpart receives with the
-    state (taken with the VM stopped); `on_progress(dict)` after each round. Returns the figures; raises
-    MigrationError (the VM runs on here) when the target refuses or the connection fails before the commit."""
+    state (taken with the VM stopped); `on_progress(dict)` after each round; `max_downtime`: how long the last
+    pages may take to send (QEMU's downtime-limit); `auto_converge`: slow down a guest that dirties faster than
+    the rounds send (throttle.py, QEMU's auto-converge, off by default as there). Returns the
+    figures; raises MigrationError (the VM runs on here) when the target refuses or the connection fails before
+    the commit."""
     if vm.hypervisor.tunables.get("hw.vmm.ept.skip_invalidation"):
         raise MigrationError("VM %r cannot be migrated while hw.vmm.ept.skip_invalidation=1: the dirty log needs "
                              "the EPT invalidations that tunable skips" % vm.name)
@@ -38,6 +44,19 @@ def send_vm(vm, channel, extra=None, on_progress=None, max_rounds=MAX_ROUNDS, sm
     started = time.monotonic()
     channel.send_json(b"HELO", hello(vm))
     channel.recv_json(b"OKAY")
+    throttle = Throttle(vm)
+    try:
+        todo = _pre_copy(vm, channel, figures, progress, throttle if auto_converge else None, max_rounds, max_downtime)
+    finally:
+        throttle.stop()
+    return _stop_and_copy(vm, channel, figures, progress, extra, started, todo)
+
+
+def _pre_copy(vm, channel, figures, progress, throttle, max_rounds, max_downtime):
+    """The rounds; returns the last harvest, still to send. As QEMU decides: the pre-copy ends when the pages left
+    would go in `max_downtime` seconds at the bandwidth the last round measured, or after `max_rounds`; a round
+    whose dirty set is not smaller than the one before ends it too, unless auto-converge (`throttle`) can still
+    slow the guest down: it tightens once a round dirties more than half of what it sent."""
     _harvest(vm)                                     # the log starts now: round 1 reads every page after this
     todo = vm.pmap.resident_pages()
     previous = None
@@ -45,14 +64,21 @@ def send_vm(vm, channel, extra=None, on_progress=None, max_rounds=MAX_ROUNDS, sm
         t0 = time.monotonic()
         figures["phase"] = "pre-copy"
         n, data = P.send(channel, vm.pmap, todo)
+        seconds = time.monotonic() - t0
         figures["pages_sent"] += n
-        figures["rounds"].append({"pages": n, "data_bytes": data, "seconds": round(time.monotonic() - t0, 4)})
+        figures["rounds"].append({"pages": n, "data_bytes": data, "seconds": round(seconds, 4),
+                                  "throttle": throttle.percent if throttle else 0})
         todo = _harvest(vm)
         progress(dirty=len(todo))
-        if len(todo) <= small or len(figures["rounds"]) >= max_rounds or (previous is not None and len(todo) >= previous):
-            break
+        expected = len(todo) * seconds / max(n, 1)
+        if expected <= max_downtime or len(figures["rounds"]) >= max_rounds:
+            return todo
+        shrinking = previous is None or len(todo) < previous
+        if throttle is not None and len(todo) > n / 2 and not throttle.tighten() and not shrinking:
+            return todo
+        if throttle is None and not shrinking:
+            return todo
         previous = len(todo)
-    return _stop_and_copy(vm, channel, figures, progress, extra, started, todo)
 
 
 def hello(vm):

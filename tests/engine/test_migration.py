@@ -158,3 +158,20 @@ def test_a_vm_never_started_moves_with_its_zero_pages_and_stays_idle(hosts):
     assert moved.state == "idle" and arrival.pages == figures["pages_sent"]
     assert {0x10, 0x20} <= set(moved.pmap.resident_pages().tolist())
     assert moved.memory_access.read(0x20000, 19) == b"written by the host"
+
+
+def test_auto_converge_throttles_a_guest_that_dirties_faster_than_the_rounds_send(hosts):
+    src, dst = hosts
+    vm = memtouch(src, passes=1000)
+    reader = vm.console.reader()
+    while vm.pmap.resident_pages().size < PAGES:      # in its loop, every page touched: it dirties at full speed
+        assert not reader.read(0.01).count(b"checksum"), "memtouch finished before it was migrated"
+    figures, arrival = migrate(vm, dst, auto_converge=True, max_downtime=0.0001, max_rounds=6)
+    assert isinstance(figures, dict), figures
+    throttles = [r["throttle"] for r in figures["rounds"]]
+    assert throttles[0] == 0 and 20 in throttles and throttles == sorted(throttles), figures   # 20, then up by 10
+    assert all(b - a in (0, 10) for a, b in zip(throttles[1:], throttles[2:])), throttles
+    src.destroy_vm("mt")
+    moved = arrival.vm
+    assert moved.wait(states=("suspended",), timeout=300) == "suspended"
+    assert "checksum=0x%016x" % checksum(PAGES, "random", 1000) in moved.console.contents().decode()

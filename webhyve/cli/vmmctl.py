@@ -315,10 +315,12 @@ def list_nodes(nodes, cluster):
 @main.command()
 @click.argument("vm", type=VM_NAME)
 @click.argument("node", type=click.STRING)
+@click.option("--auto-converge", is_flag=True, help="Slow the guest down while it dirties memory faster than it is "
+                                                     "sent (QEMU's auto-converge).")
 @click.pass_context
-def migrate(ctx, vm, node):
+def migrate(ctx, vm, node, auto_converge):
     """Live-migrate VM to cluster node NODE while it runs; its consoles stay connected (docs/cluster.md)."""
-    figures = client(ctx).post(vm_url(vm) + "/migrate", json={"node": node})
+    figures = client(ctx).post(vm_url(vm) + "/migrate", json={"node": node, "auto_converge": auto_converge})
     print_migration(figures)
 
 
@@ -326,7 +328,8 @@ def print_migration(f):
     """The figures of a migration, one line per pre-copy round, as `virsh domjobinfo` gives them after one."""
     click.echo("VM %s migrated to node %s in %.3f s; downtime %.1f ms" % (f["vm"], f["node"], f["total_s"], f["downtime_ms"]))
     for i, r in enumerate(f["rounds"], 1):
-        click.echo("  round %-3d %8d pages %12d bytes of data  %8.3f s" % (i, r["pages"], r["data_bytes"], r["seconds"]))
+        click.echo("  round %-3d %8d pages %12d bytes of data  %8.3f s%s" % (
+            i, r["pages"], r["data_bytes"], r["seconds"], "  vCPUs throttled %d%%" % r["throttle"] if r["throttle"] else ""))
     click.echo("  stop-and-copy %4d pages" % f["final_pages"])
     click.echo("  total %12d pages sent, %d bytes on the wire" % (f["pages_sent"], f["bytes_sent"]))
 

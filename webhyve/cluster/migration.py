@@ -44,9 +44,10 @@ class Migrations:
         node.ops["vm.migrate_in"] = self.prepare_in
 
     # -- the VM's node --------------------------------------------------------------------------------------
-    def migrate(self, name, target_name):
+    def migrate(self, name, target_name, auto_converge=False):
         """Move VM `name` to node `target_name`; the figures once the target runs it, or an ApiError naming the
-        step that failed (the VM then runs on here)."""
+        step that failed (the VM then runs on here). `auto_converge`: throttle a guest that dirties memory faster
+        than it is sent (engine/migration/throttle.py)."""
         node = self.node
         session = node.fleet.get(name)
         target = self._target(name, target_name)
@@ -55,7 +56,7 @@ class Migrations:
                 raise ApiError(409, "VM %r is already being migrated" % name)
             self.active[name] = {"vm": name, "node": target_name, "phase": "connecting"}
         try:
-            return self._migrate(session, target)
+            return self._migrate(session, target, auto_converge)
         finally:
             with self.lock:
                 self.active.pop(name, None)
@@ -71,7 +72,7 @@ class Migrations:
             raise ApiError(409, "node %r is down: it cannot take VM %r" % (target_name, name))
         return nodes[target_name]
 
-    def _migrate(self, session, target):
+    def _migrate(self, session, target, auto_converge):
         node, name = self.node, session.name
         ident = secrets.token_hex(8)
         answer = node.forwarder.op(target, "vm.migrate_in", "", "control", {
@@ -85,7 +86,8 @@ class Migrations:
         try:
             figures = session.vm.migrate(sock, migration_key(self._secret, ident), peer="node %r" % target["name"],
                                          extra=lambda: self._export(session),
-                                         on_progress=lambda f: self._progress(name, {**f, "node": target["name"]}))
+                                         on_progress=lambda f: self._progress(name, {**f, "node": target["name"]}),
+                                         auto_converge=auto_converge)
         except MigrationError as problem:
             session.handing_over = False
             self._progress(name, {"phase": "failed", "node": target["name"], "error": str(problem)})

@@ -148,7 +148,7 @@ def migrate(name):
     if cluster is None:
         raise ApiError(409, "live migration moves a VM between the nodes of a cluster; this server runs alone "
                             "(start the nodes with --redis and --cluster-secret: docs/cluster.md)")
-    return cluster.migrations.migrate(name, g.body["node"])
+    return cluster.migrations.migrate(name, g.body["node"], auto_converge=g.body["auto_converge"])
 
 
 @bp.post("/vms/<name>/<action>")

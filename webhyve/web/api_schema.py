@@ -58,7 +58,7 @@ ROUTES = {
     "api.get_vm": vm_route(),
     "api.destroy_vm": vm_route(),
     "api.lifecycle": Route(path={"name": VM, "action": WORD}),
-    "api.migrate": vm_route(body=Schema(node=Name("node name"))),
+    "api.migrate": vm_route(body=Schema(node=Name("node name"), auto_converge=Bool(default=False))),
     "api.console_text": vm_route(),
     "api.console_input": vm_route(body=Schema(data=Text(1, MAX_INPUT))),
     "api.vga": vm_route(),

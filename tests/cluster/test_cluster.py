@@ -200,7 +200,7 @@ def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cl
     stays attached and reads, from b, the checksum that proves no page was lost."""
     from tests.guests.memtouch_reference import checksum
     a, b, c = (cluster.nodes[n] for n in "abc")
-    cmdline = "pages=4096 pattern=random passes=3000"
+    cmdline = "pages=4096 pattern=random passes=1500"
     created = a.api("POST", "/vms", json={"name": "mover", "guest": "memtouch", "node": "a", "cmdline": cmdline})
     assert created.status_code == 201, created.text
     viewer, progress = Viewer(c), []
@@ -215,7 +215,7 @@ def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cl
         assert len(figures["rounds"]) >= 1 and figures["bytes_sent"] > 4096
         assert vm_row(b, "mover")["node"] == "b"                                  # b registered it before a let go
         assert wait_for("a no longer holds mover", lambda: vm_row(a, "mover")["node"] == "b")
-        want = "checksum=0x%016x" % checksum(4096, "random", 3000)
+        want = "checksum=0x%016x" % checksum(4096, "random", 1500)
         assert wait_for("the checksum, printed on b, in c's open console", lambda: want in first["data"] + viewer.text(),
                         timeout=120)
         assert {"vm": "mover", "state": "migrated", "node": "b"} in viewer.states

@@ -2,7 +2,8 @@
  *
  * Command line: hz=N (default 100), seconds=N (default 3). The timer runs at the core crystal clock that
  * CPUID leaf 0x15 reports in ECX (SDM 10.5.4), divided by 1, so a period is crystal/hz counts; a CPU that
- * reports none is taken to count at bhyve's 2^27 Hz. The main loop waits with sti;hlt.
+ * reports none is taken to count at bhyve's 2^27 Hz. The main loop waits with sti;hlt, or with spin=1 keeps
+ * running (sti;nop;cli): every interrupt then arrives while the vCPU is in the guest (the posted-interrupts demo).
  */
 #include <stdint.h>
 #include "idt.h"
@@ -42,12 +43,13 @@ static uint32_t timer_input_hz(void)
 void kmain(uint32_t magic, struct multiboot_info *mbi)
 {
 	const char *cmdline = 0;
-	uint32_t hz, seconds, second = 0;
+	uint32_t hz, seconds, spin, second = 0;
 
 	if (magic == MULTIBOOT_BOOTLOADER_MAGIC && (mbi->flags & MBI_FLAG_CMDLINE))
 		cmdline = (const char *)mbi->cmdline;
 	hz = cmdline_option(cmdline, "hz=", 100);
 	seconds = cmdline_option(cmdline, "seconds=", 3);
+	spin = cmdline_option(cmdline, "spin=", 0);
 	serial_init();
 	idt_set_gate(TIMER_VECTOR, timer_entry);
 	idt_load();
@@ -59,7 +61,10 @@ void kmain(uint32_t magic, struct multiboot_info *mbi)
 	print_dec(hz);
 	serial_puts(" Hz\r\n");
 	while (second < seconds) {
-		__asm__ volatile("sti; hlt; cli");
+		if (spin)
+			__asm__ volatile("sti; nop; cli");
+		else
+			__asm__ volatile("sti; hlt; cli");
 		if (ticks >= (second + 1) * hz) {
 			second++;
 			serial_puts("second ");

@@ -103,7 +103,7 @@ def test_simulation_switched_while_running(hv, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     hv.tunables.set("hw.vmm.l1d_sim", 0)
-    time.sleep(0.05)
+    vm.vcpus[0].visit(lambda vcpu: None)     # the change went to the vCPU's mailbox first: it has been applied
     hits = int(counters[S.L1D_GUEST_HITS])
     time.sleep(0.2)
     assert counters[S.L1D_GUEST_HITS] == hits and vm.state == "running"

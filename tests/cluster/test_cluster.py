@@ -264,6 +264,7 @@ def test_the_vm_pages_migrate_button_moves_it_and_shows_the_figures(cluster):
             page.goto(c.url + "/vms/onb?token=" + CONTROL)
             page.wait_for_function("document.getElementById('state').textContent.endsWith(' on b')")
             page.click("#migrate")
+            page.wait_for_selector("#migrate-dialog[open] select[name=node] option", state="attached")   # after GET /vms
             options = page.locator("#migrate-dialog select[name=node] option").all_text_contents()
             assert [o.split()[0] for o in options] == ["a", "c"] and "MiB free" in options[0]
             page.select_option("#migrate-dialog select[name=node]", "a")

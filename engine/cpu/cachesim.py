@@ -122,8 +122,8 @@ def _operand(insn):
     op = insn.operands[0]
     mem = op.mem
 
-    def reg(r):
-        return 0 if r == 0 else getattr(X, "UC_X86_REG_" + insn.reg_name(r).upper())
+    def reg(r):                                  # riz/eiz: a SIB byte whose index field says "none"
+        return 0 if r in (0, CX.X86_REG_RIZ, CX.X86_REG_EIZ) else getattr(X, "UC_X86_REG_" + insn.reg_name(r).upper())
     base = BASE_RIP if mem.base == CX.X86_REG_RIP else reg(mem.base)
     seg = {CX.X86_REG_FS: X.UC_X86_REG_FS_BASE, CX.X86_REG_GS: X.UC_X86_REG_GS_BASE}.get(mem.segment, 0)
     return base, reg(mem.index), max(mem.scale, 1), mem.disp & 0xFFFFFFFFFFFFFFFF, seg, insn.addr_size

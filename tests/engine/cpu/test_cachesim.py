@@ -7,7 +7,8 @@ from engine.cpu import l1d
 from engine.core import ctx as C
 from tests.engine.conftest import FLAT_BASE, assemble
 
-# r12: a reload of a line just loaded; r13: a load after CLFLUSH [rip+x]; r14: after CLFLUSH [rbx+rcx*8+8].
+# r12: a reload of a line just loaded; r13: a load after CLFLUSH [rip+x]; r14: after CLFLUSH [rbx+rcx*8+8];
+# r15: after CLFLUSH [rbx+riz] (a SIB byte with no index, as compilers emit for padding; Linux has them).
 # Each timed window is rdtsc; mov; load; rdtsc: three instructions besides the load's latency.
 TIMING = """
     lea rbx, [rip + data]
@@ -33,6 +34,13 @@ TIMING = """
     rdtscp
     sub eax, esi
     mov r14, rax
+    .byte 0x0f, 0xae, 0x3c, 0x23
+    rdtscp
+    mov esi, eax
+    mov al, [rbx]
+    rdtscp
+    sub eax, esi
+    mov r15, rax
     cli
     hlt
     .balign 4096
@@ -49,7 +57,7 @@ def boot(hv, tmp_path, src, name="t"):
 
 
 def test_rdtsc_times_hits_and_misses(tmp_path):
-    """With hw.vmm.l1d_sim=1 a reload costs the hit latency, a load after CLFLUSH (either form) the miss latency."""
+    """With hw.vmm.l1d_sim=1 a reload costs the hit latency, a load after CLFLUSH (any form) the miss latency."""
     hv = Hypervisor(host_mem_mb=256, tunables={"hw.vmm.l1d_sim": 1})
     vm = boot(hv, tmp_path, TIMING)
     assert vm.wait(states=("suspended",), timeout=30) == "suspended" and vm.suspend_reason == "halt"
@@ -57,6 +65,7 @@ def test_rdtsc_times_hits_and_misses(tmp_path):
     assert regs["r12"] == 3 + l1d.L1_HIT_CYCLES
     assert regs["r13"] == 3 + l1d.L1_MISS_CYCLES
     assert regs["r14"] == 3 + l1d.L1_MISS_CYCLES
+    assert regs["r15"] == 3 + l1d.L1_MISS_CYCLES
     counters = vm.vcpus[0].counters
     assert counters[S.L1D_GUEST_HITS] >= 1 and counters[S.L1D_GUEST_MISSES] >= 3
     data_hpa = vm.gpa_to_hpa(FLAT_BASE + 0x1000)

@@ -18,6 +18,7 @@ from .cpu.l1d import HostCaches
 from .errors import ConfigError
 from .hostcpu import HostCpu
 from .tunables import Tunables
+from .vcpu import build
 from .vm import VM
 from .vmx.vpid import VpidPool
 
@@ -110,6 +111,7 @@ class Hypervisor:
         # vpid_init: unique VPIDs above vm_maxcpu, which bhyve reads at boot (vmx/vpid.py)
         self.vpids = VpidPool(self.tunables.get("hw.vmm.maxcpu") + 1)
         self.tunables.listeners.append(functools.partial(cachesim.on_tunable, self))
+        self.tunables.listeners.append(functools.partial(build.on_tunable, self))
         self.vms = {}
         self.lock = threading.Lock()
         _LIVE.add(self)

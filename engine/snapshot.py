@@ -25,6 +25,7 @@ from .errors import ConfigError, ImageError, SnapshotError
 from .mmu import ept as EPT
 from .mmu import tlb as TLB
 from .pci.host import bdf
+from .vmx import controls
 from . import slots as SLOTS
 
 __all__ = ["FORMAT", "VERSION", "SnapshotError", "read_header", "restore", "save"]
@@ -357,6 +358,7 @@ def _restore_into(vm, manifest, arrays, image):
         v.restored_state = info["state"]
         v.ctx[C.CYCLES] = info["cycles"]
         restore_lapic(v, arrays["lapic"][i], info)
+        v.ctx[C.APICV] = controls.apicv(v.vmcs, v.vmxcaps)     # the local APIC follows the restored controls
         if info["boot"]:
             v.boot = (firmware.TARGETS[vm.image.mode][1], vm.image)
     for host, vpid, linear, gpa, perms, glob in arrays["tlb"].tolist():

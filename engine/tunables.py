@@ -82,8 +82,9 @@ TABLE = (
             False, AUTO, 1, ("hw.vmm.vmx.l1d_flush_sw",), "cpu/l1d.py"),
     _bool("hw.vmm.l1d_sim", 0, "Simulate the L1D for guest loads and stores; RDTSC returns modeled cycles "
           "(webhyve)", False, "cpu/cachesim.py", bhyve_boot=False),
-    _bool("hw.vmm.vmx.cap.posted_interrupts", 1, "APICv posted interrupts (read at every interrupt request)",
-          False, "io/vlapic.py", aliases=("hw.vmm.vmx.use_apic_pir",)),
+    _bool("hw.vmm.vmx.cap.posted_interrupts", 1, "APICv posted interrupts, where the CPU has them (the "
+          "cascadelake profile); a change reaches each running vCPU's VMCS at its next entry", False,
+          "vmx/controls.py", aliases=("hw.vmm.vmx.use_apic_pir",)),
     Tunable("hw.vmm.vmx.posted_interrupt_vector", "int", 0xF2, "Posted interrupts notification vector",
             True, 32, 255, owner="io/vlapic.py"),
     Tunable("hw.vmm.ipinum", "int", 0xF3, "IPI vector used for vcpu notifications", True, 32, 255,

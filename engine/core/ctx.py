@@ -99,7 +99,7 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),
 # 120-127 the MMIO page served in userspace (vmx/mmio.py), 128-139 exceptions and system calls (vmx/faults.py,
-# vmx/deliver.py, vmx/syscall.py; 140-143 the bus lock, io/buslock.py)
+# vmx/deliver.py, vmx/syscall.py; 140-143 the bus lock, io/buslock.py), 144-151 APICv (io/vlapic.py)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -156,7 +156,11 @@ LOCKBITS = 140      # [py] address of the vCPU's LOCK map beside its exec-scan t
 CFLAGS_NEXT = 141   # [py] address of the instance's cpu->cflags_next_tb: how the next block is translated
 ATOMIC_LAST = 142   # [k] block start + 1 the translator's loop last looked up itself (a repeat: QEMU's EXCP_ATOMIC)
 ATOMIC_SERIAL = 143  # [k] locked instructions run serially after their host atomic gave up (misaligned, split)
-SIZE = 144
+# -- the APICv controls the local APIC follows (io/vlapic.py), as the vCPU's VMCS has them (vmx/controls.py apicv)
+APICV = 144         # [py] APICV_* bits; written on the vCPU's thread, read by any thread that raises an interrupt
+SIZE = 152
+APICV_VID = 1       # virtual-interrupt delivery: requests go into the PIR descriptor (bhyve's vmx_set_intr_ready)
+APICV_POSTED = 2    # posted interrupts: a notification is the posted-interrupt vector, no exit (vmx_post_intr)
 RING_ROWS = 256
 
 # EXIT values

@@ -176,9 +176,13 @@ _HASWELL_EPT_VPID_CAP = 0xF0106334141
 # dumped by VBoxCpuReport on bare metal). It has no Haswell: the "haswell" profile takes its Broadwell sibling,
 # the i7-5600U (Intel_Core_i7_5600U.h; family 6 model 61), whose EPT/VPID capabilities are the Haswell's
 # _HASWELL_EPT_VPID_CAP above; "skylake" takes the i7-6700K (Intel_Core_i7_6700K.h, family 6 model 94), and
-# so does "cascadelake", for want of a public dump of a Xeon Gold: a real Cascade Lake Xeon also allows APICv
-# (posted interrupts, virtual interrupt delivery), which these client parts do not. bhyve hides VMX from its
-# guests, so these are the modeled host's (vmx/controls.py reads them), not MSRs the guest can read.
+# so does "cascadelake", for want of a public dump of a Xeon Gold, with the one difference that matters here:
+# a Cascade Lake Xeon allows APICv, which these client parts do not. Its allowed 1-settings add the posted-
+# interrupt pin control (bit 7 of 0x481/0x48D) and APIC-register virtualization and virtual-interrupt delivery
+# (secondary bits 8 and 9 of 0x48B), the three APICv controls QEMU's Cascadelake-Server model lists beyond the
+# client parts' (target/i386/cpu.c: VMX_PIN_BASED_POSTED_INTR, VMX_SECONDARY_EXEC_APIC_REGISTER_VIRT,
+# VMX_SECONDARY_EXEC_VIRTUAL_INTR_DELIVERY). bhyve hides VMX from its guests, so these are the modeled host's
+# (vmx/controls.py reads them), not MSRs the guest can read.
 _VMX_I7_5600U = {
     0x480: 0xDA040000000012, 0x481: 0x7F00000016, 0x482: 0xFFF9FFFE0401E172, 0x483: 0x7FFFFF00036DFF,
     0x484: 0xFFFF000011FF, 0x485: 0x300481E5, 0x486: 0x80000021, 0x487: 0xFFFFFFFF, 0x488: 0x2000,
@@ -191,6 +195,10 @@ _VMX_I7_6700K = {
     0x489: 0x3727FF, 0x48A: 0x2E, 0x48B: 0x1FFCFF00000000, 0x48C: 0xF0106334141, 0x48D: 0x7F00000016,
     0x48E: 0xFFF9FFFE04006172, 0x48F: 0x1FFFFFF00036DFB, 0x490: 0x3FFFF000011FB, 0x491: 0x1,
 }
+_APICV_PIN, _APICV_SECONDARY = 1 << 7, 1 << 8 | 1 << 9
+_VMX_XEON_CASCADE_LAKE = dict(_VMX_I7_6700K)
+for _msr, _bits in ((0x481, _APICV_PIN), (0x48D, _APICV_PIN), (0x48B, _APICV_SECONDARY)):
+    _VMX_XEON_CASCADE_LAKE[_msr] |= _bits << 32
 
 
 def _brand(text):
@@ -322,9 +330,10 @@ PROFILES = {
         edx7=SPECTRE_2018 | CPUID7_EDX_L1D_FLUSH | CPUID7_EDX_ARCH_CAPABILITIES, arch_caps=0),
     "cascadelake": _profile(
         "cascadelake", "Intel Cascade Lake: ARCH_CAPABILITIES reports RDCL_NO and SKIP_L1DFL_VMENTRY: "
-        "not L1TF-vulnerable, no flush needed", 0x50657, "webhyve modeled Intel(R) Xeon(R) Gold 6230 (Cascade Lake)",
+        "not L1TF-vulnerable, no flush needed; APICv (posted interrupts, virtual-interrupt delivery)", 0x50657, "webhyve modeled Intel(R) Xeon(R) Gold 6230 (Cascade Lake)",
         (25000000, 84, 1, 2100, 3900), edx7=SPECTRE_2018 | CPUID7_EDX_L1D_FLUSH | CPUID7_EDX_ARCH_CAPABILITIES,
-        arch_caps=ARCH_CAP_RDCL_NO | ARCH_CAP_IBRS_ALL | ARCH_CAP_SKIP_L1DFL_VMENTRY, maxphyaddr=46),
+        arch_caps=ARCH_CAP_RDCL_NO | ARCH_CAP_IBRS_ALL | ARCH_CAP_SKIP_L1DFL_VMENTRY, maxphyaddr=46,
+        vmx_msrs=_VMX_XEON_CASCADE_LAKE),
 }
 DEFAULT = "haswell"
 

@@ -34,12 +34,11 @@ class ApicBus:
 
     def deliver(self, dest, physical, mode, vector, level):
         """Send the message; returns how many local APICs accepted it."""
-        posted = bool(self.vm.hypervisor.tunables.get("hw.vmm.vmx.cap.posted_interrupts"))
         accepted = 0
         for i in self.targets(dest, physical, mode):
             vcpu = self.vm.vcpus[i]
             if mode in (FIXED, LOWEST_PRIORITY):
-                accepted += bool(L.set_intr(vcpu.ctx, np.int64(vector), posted, level))
+                accepted += bool(L.set_intr(vcpu.ctx, np.int64(vector), level))
             elif mode == NMI:
                 self.request(i, L.CB_NMI, 0, 0)
                 accepted += 1

@@ -7,8 +7,9 @@ memory hook refreshes the one computed register (the timer's current count) befo
 lands in the page and the write hook acts on it, as APIC-register virtualization's trap-like APIC-write exit
 does; a write to a read-only register is undone as soon as the instruction has completed. IRR, ISR and TMR are eight 32-bit registers 16 bytes apart: bit v of the set is register v/32.
 
-Other vCPUs and threads set IRR bits (or, with posted interrupts, PIR bits) with atomic operations and
-then notify the vCPU (vcpu_notify_event): a kick if it is in the guest, a wake-up if it is halted.
+Other vCPUs and threads set IRR bits (or, where the vCPU's VMCS has virtual-interrupt delivery, PIR bits) with
+atomic operations and then notify the vCPU (vcpu_notify_event): a kick if it is in the guest, a wake-up if it is
+halted. The kick carries the posted-interrupt vector, no exit, where the VMCS has posted interrupts (ctx APICV).
 The timer counts down at the core crystal clock divided by the DCR, against the host clock: the
 profile's CPUID.15H:ECX (SDM 10.5.4: the APIC timer runs at the bus or core crystal clock frequency), so a
 guest that reads it there programs the timer right; bhyve counts at 2^27 Hz and hides leaf 0x15 instead. In
@@ -200,12 +201,12 @@ def is_level(regs, vector):
 
 
 @njit(**NUMBA)
-def set_ready(c, vector, posted, level):
+def set_ready(c, vector, level):
     """vlapic_set_intr_ready on the target's context: returns True if the target must be notified. A vector
     below 16 is a receive-illegal-vector error instead (SDM 10.5.3)."""
     if vector < 16:
         return set_error(c, ESR_RECV_ILLEGAL)
-    return into_irr(c, vector, posted, level)
+    return into_irr(c, vector, level)
 
 
 @njit(**NUMBA)
@@ -223,15 +224,15 @@ def set_error(c, mask):
         regs[ESR >> 2] |= np.uint32(ESR_SEND_ILLEGAL)
         return False
     carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VLAPIC_INTR_ERROR] += 1
-    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
-    return into_irr(c, vector, params[T.POSTED_INTERRUPTS] != 0, False)
+    return into_irr(c, vector, False)
 
 
 @njit(**NUMBA)
-def into_irr(c, vector, posted, level):
-    """A vector from 16 up into the IRR (or the PIR): True if the target must be notified. The TMR bit takes
-    the trigger mode as the vector is accepted (SDM §10.8.4): set for a level-triggered interrupt, whose EOI
-    then goes to the I/O APIC, cleared for an edge-triggered one."""
+def into_irr(c, vector, level):
+    """A vector from 16 up into the IRR, or, with virtual-interrupt delivery, into the PIR descriptor as bhyve's
+    vmx_set_intr_ready does (the next entry moves it to the IRR): True if the target must be notified. The TMR
+    bit takes the trigger mode as the vector is accepted (SDM §10.8.4): set for a level-triggered interrupt,
+    whose EOI then goes to the I/O APIC, cleared for an edge-triggered one."""
     regs = page_of(c)
     if not regs[SVR >> 2] & SVR_ENABLE:
         return False                                     # software-disabled: the interrupt is dropped
@@ -239,7 +240,7 @@ def into_irr(c, vector, posted, level):
         atomic_or(bit_address(c, TMR, vector), U(1) << U(vector & 31))
     elif is_level(regs, vector):
         atomic_and(bit_address(c, TMR, vector), ~(U(1) << U(vector & 31)))
-    if posted:
+    if c[C.APICV] & U(C.APICV_VID):
         pir = U(c[C.MEM]) + U(c[C.PIR_DESC])
         atomic_or(pir + U(8) * U(vector >> 6), U(1) << U(vector & 63))
         return (atomic_or(pir + U(8 * PIR_ON_WORD), U(1)) & U(1)) == 0    # notify only on 0 → 1
@@ -297,22 +298,28 @@ def wake_halted(c):
 
 
 @njit(**NUMBA)
-def intr_edge(c, vector, posted):
+def posted(c):
+    """The vCPU's VMCS has the posted-interrupt control: a notification needs no exit (vmx_post_intr)."""
+    return (c[C.APICV] & U(C.APICV_POSTED)) != 0
+
+
+@njit(**NUMBA)
+def intr_edge(c, vector):
     """lapic_intr_edge from any thread: set the request, then notify."""
-    if set_ready(c, vector, posted, False):
-        notify(c, posted)
+    if set_ready(c, vector, False):
+        notify(c, posted(c))
         return True
     return False
 
 
 @njit(**NUMBA)
-def set_intr(c, vector, posted, level):
+def set_intr(c, vector, level):
     """lapic_set_intr from any thread, for an interrupt message (the I/O APIC's): the request with its trigger
     mode, then notify. Returns whether the local APIC accepted it: not an illegal vector, not software-disabled
     (the I/O APIC sets remote IRR only for an accepted level-triggered interrupt)."""
     accepted = vector >= 16 and (page_of(c)[SVR >> 2] & SVR_ENABLE) != 0
-    if set_ready(c, vector, posted, level):
-        notify(c, posted)
+    if set_ready(c, vector, level):
+        notify(c, posted(c))
     return accepted
 
 
@@ -391,8 +398,7 @@ def fire_lvt(c, lvt, index):
     if mode == DM_NMI:
         c[C.PENDING] |= PEND_NMI
         return True
-    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
-    return set_ready(c, np.int64(value & 0xFF), params[T.POSTED_INTERRUPTS] != 0, False)
+    return set_ready(c, np.int64(value & 0xFF), False)
 
 
 
@@ -477,7 +483,6 @@ def send_ipi(c, icr_lo):
     ipi_targets(np.int64(icr_lo), np.int64(regs[ICR_HI >> 2]), np.int64(c[C.VCPUID]), ids, ldrs, dfrs, n, hits)
     mode, vector = (icr_lo >> 8) & 7, icr_lo & 0xFF
     counters = carray(u64_ptr(c[C.STATS]), S.NSLOTS)
-    params = carray(u64_ptr(c[C.PARAMS]), T.COUNT)
     illegal = False
     for i in range(n):
         if hits[i] == 0:
@@ -489,9 +494,9 @@ def send_ipi(c, icr_lo):
             if vector < 16:
                 illegal = True
             elif i == np.int64(c[C.VCPUID]):             # a self-IPI: the write's exit injects it
-                set_ready(c, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0, False)
+                set_ready(c, np.int64(vector), False)
             else:
-                intr_edge(other, np.int64(vector), params[T.POSTED_INTERRUPTS] != 0)
+                intr_edge(other, np.int64(vector))
         elif mode == DM_INIT and icr_lo & ICR_LEVEL_ASSERT:
             call_host(ib[IB_CALLBACK], U(i), U(CB_INIT), U(0), U(0))
         elif mode == DM_SIPI:

@@ -108,6 +108,26 @@ def init_apic_vmcs(vcpu, lapic):
     """vmx_vcpu_init's virtual-APIC, APIC-access and posted-interrupt fields, once the local APIC's pages exist."""
     controls.apic_init(vcpu.vmcs, vcpu.vmxcaps, lapic.hpa, lapic.pir_hpa,
                        vcpu.vm.hypervisor.tunables.get("hw.vmm.vmx.posted_interrupt_vector"))
+    vcpu.ctx[C.APICV] = controls.apicv(vcpu.vmcs, vcpu.vmxcaps)
+
+
+def apply_posted(vcpu):
+    """hw.vmm.vmx.cap.posted_interrupts as it stands now, into the vCPU's VMCS and the controls its local APIC
+    follows (on the vCPU's thread, or parked). A CPU profile without APICv keeps them clear."""
+    tunables = vcpu.vm.hypervisor.tunables
+    controls.set_posted(vcpu.vmcs, vcpu.vmxcaps, bool(tunables.get("hw.vmm.vmx.cap.posted_interrupts")),
+                        vcpu.lapic.pir_hpa, tunables.get("hw.vmm.vmx.posted_interrupt_vector"))
+    vcpu.ctx[C.APICV] = controls.apicv(vcpu.vmcs, vcpu.vmxcaps)
+
+
+def on_tunable(hypervisor, tunable, old, new):
+    """A tunables listener: a change of hw.vmm.vmx.cap.posted_interrupts reaches every vCPU on its own thread
+    (a visit: no VM exit is recorded for it) before the change is answered."""
+    if tunable.name != "hw.vmm.vmx.cap.posted_interrupts" or old == new:
+        return
+    for vm in list(hypervisor.vms.values()):
+        for vcpu in vm.vcpus:
+            vcpu.visit(apply_posted)
 
 
 def attach_hostcpu(vcpu, hostcpu):

@@ -411,8 +411,7 @@ class Platform:
         """lapic_intr_edge: raise `vector` at a vCPU's local APIC from any thread (bhyve's vm_lapic_irq)."""
         if not 0 <= vcpu < len(self.vcpus) or not 16 <= vector <= 255:
             raise ConfigError("VM %r: no vcpu%s or vector %s outside 16-255" % (self.name, vcpu, vector))
-        posted = bool(self.hypervisor.tunables.get("hw.vmm.vmx.cap.posted_interrupts"))
-        return vlapic.intr_edge(self.vcpus[vcpu].ctx, vector, posted)
+        return vlapic.intr_edge(self.vcpus[vcpu].ctx, vector)
 
     def _intr_request(self, vcpu_id, kind, vector, _):
         """The vLAPIC kernels' way to userspace: wake a halted vCPU, INIT/SIPI/NMI, a timer rearm."""

@@ -13,6 +13,7 @@ The modeled CPUs' MSR values are in cpu/profiles.py (VMX_MSRS), with their sourc
 """
 from dataclasses import dataclass
 
+from ..core.ctx import APICV_POSTED, APICV_VID
 from ..errors import ConfigError
 
 # IA32_VMX_* capability MSRs (SDM Vol. 4 Table 2-2, Vol. 3D Appendix A)
@@ -141,6 +142,7 @@ class VmxCaps:
     tpr_shadowing: bool
     virtual_interrupt_delivery: bool
     posted_interrupts: bool
+    can_post: bool                      # the CPU allows posted interrupts with the controls chosen (tunable aside)
     cr0_ones: int
     cr0_zeros: int
     cr4_ones: int
@@ -179,11 +181,12 @@ def modinit(msrs, use_tpr_shadowing=True, use_apic_vid=True, use_apic_pir=True):
     if tpr:
         procbased = (procbased | PROCBASED_USE_TPR_SHADOW) & ~(PROCBASED_CR8_LOAD_EXITING | PROCBASED_CR8_STORE_EXITING)
     vid = can_set(msrs, pro2, pro2, PROCBASED2_VID_BITS) and tpr and use_apic_vid
-    posted = False
+    can_post = False
     if vid:
         procbased |= PROCBASED_USE_TPR_SHADOW
         procbased2 = (procbased2 | PROCBASED2_VID_BITS) & ~PROCBASED2_VIRTUALIZE_X2APIC_MODE
-        posted = can_set(msrs, pin, tpin, PINBASED_POSTED_INTERRUPT) and use_apic_pir
+        can_post = can_set(msrs, pin, tpin, PINBASED_POSTED_INTERRUPT)
+    posted = can_post and bool(use_apic_pir)
     if posted:
         pinbased |= PINBASED_POSTED_INTERRUPT
     cr0_ones = msrs[VMX_CR0_FIXED0] & msrs[VMX_CR0_FIXED1]
@@ -198,7 +201,7 @@ def modinit(msrs, use_tpr_shadowing=True, use_apic_vid=True, use_apic_pir=True):
         cap_monitor_trap=can_set(msrs, pro, pro, PROCBASED_MTF),          # (bhyve asks the non-TRUE MSR twice)
         cap_unrestricted_guest=unrestricted, cap_invpcid=can_set(msrs, pro2, pro2, PROCBASED2_ENABLE_INVPCID),
         cap_wbinvd_exit=can_set(msrs, pro2, pro2, PROCBASED2_WBINVD_EXITING),
-        tpr_shadowing=tpr, virtual_interrupt_delivery=vid, posted_interrupts=posted,
+        tpr_shadowing=tpr, virtual_interrupt_delivery=vid, posted_interrupts=posted, can_post=can_post,
         cr0_ones=cr0_ones, cr0_zeros=cr0_zeros,
         cr4_ones=msrs[VMX_CR4_FIXED0] & msrs[VMX_CR4_FIXED1], cr4_zeros=~msrs[VMX_CR4_FIXED0] & ~msrs[VMX_CR4_FIXED1] & U64)
 
@@ -228,6 +231,30 @@ def apic_init(vmcs, caps, apic_page, pir_desc, pir_vector):
             vmcs["EOI_EXIT%d" % i] = 0
     if caps.posted_interrupts:
         vmcs["PIR_VECTOR"], vmcs["PIR_DESC"] = pir_vector, pir_desc
+
+
+def set_posted(vmcs, caps, on, pir_desc, pir_vector):
+    """Posted interrupts on or off in one vCPU's VMCS: the pin-based control with the vector and descriptor fields
+    (vmx_vcpu_init's, had vmx_modinit decided it so). bhyve reads hw.vmm.vmx.use_apic_pir once, at vmx_modinit;
+    webhyve applies a change to running vCPUs at their next entry. Only where the CPU allows it (can_post)."""
+    if on and caps.can_post:
+        vmcs["PIN_BASED_CTLS"] = vmcs["PIN_BASED_CTLS"] | PINBASED_POSTED_INTERRUPT
+        vmcs["PIR_VECTOR"], vmcs["PIR_DESC"] = pir_vector, pir_desc
+    else:
+        vmcs["PIN_BASED_CTLS"] = vmcs["PIN_BASED_CTLS"] & ~PINBASED_POSTED_INTERRUPT
+        vmcs["PIR_VECTOR"], vmcs["PIR_DESC"] = 0, 0
+
+
+def apicv(vmcs, caps):
+    """The APICv controls in force in this VMCS, as the local APIC follows them (ctx APICV): virtual-interrupt
+    delivery makes requests go into the PIR descriptor (vmx_set_intr_ready), the posted-interrupt control makes
+    a notification need no exit (vmx_post_intr). A control the CPU does not allow counts as clear."""
+    bits = 0
+    if caps.virtual_interrupt_delivery and vmcs["SEC_PROC_BASED_CTLS"] & PROCBASED2_VIRTUAL_INTERRUPT_DELIVERY:
+        bits |= APICV_VID
+        if caps.can_post and vmcs["PIN_BASED_CTLS"] & PINBASED_POSTED_INTERRUPT:
+            bits |= APICV_POSTED
+    return bits
 
 
 # -- capabilities (vmx_getcap / vmx_setcap): name -> (VMCS field, bit, the VmxCaps flag that makes it available)

@@ -2,8 +2,12 @@
 import threading
 import time
 
+import pytest
+
 from engine import stats
+from engine.core import ctx as C
 from engine.io import vlapic as L
+from engine.vmx import controls as K
 from engine.vmx import exits
 from tests.engine.conftest import assemble
 from tests.engine.test_inject import LONG_DATA, LONG_PROLOGUE, gate64
@@ -245,12 +249,15 @@ def test_one_shot_timer_current_count_runs_down(hv, tmp_path):
 
 
 def test_interrupts_from_another_thread_none_lost_none_doubled(hv, tmp_path):
-    """100,000 interrupts posted from four threads while the guest spins with IF=1 and counts per vector."""
-    stress(hv, tmp_path, 25000, (0x50, 0x60, 0x70, 0x80))
+    """100,000 interrupts posted from four threads while the guest spins with IF=1 and counts per vector (the
+    cascadelake profile: APICv, so each goes into the PIR descriptor and is notified without an exit)."""
+    vm, _ = stress(hv, tmp_path, 25000, (0x50, 0x60, 0x70, 0x80), profile="cascadelake")
+    assert vm.vcpus[0].vmcs["PIN_BASED_CTLS"] & K.PINBASED_POSTED_INTERRUPT
 
 
-def stress(hv, tmp_path, per_thread, vectors):
-    """One sender thread per vector, each waiting for the guest's count before the next; returns (vm, seconds)."""
+def stress(hv, tmp_path, per_thread, vectors, profile="haswell", meanwhile=None):
+    """One sender thread per vector, each waiting for the guest's count before the next; `meanwhile(vm)` runs on
+    a thread of its own while they send. Returns (vm, seconds)."""
     gates = "".join(gate64(v, "h%x" % v) for v in vectors)
     handlers = "".join("""
 h{v:x}:
@@ -274,7 +281,7 @@ ready: .quad 0
 """
     binary = assemble(src, tmp_path)
     counts_gpa = 0x200000 + len(binary) - 48
-    vm = hv.create_vm("stress", mem_mb=16)
+    vm = hv.create_vm("stress", mem_mb=16, profile=profile)
     vm.load(binary, "g.bin", kind="flat64")
     mem = vm.memory_access
     vm.start()
@@ -296,6 +303,8 @@ ready: .quad 0
                     return
                 time.sleep(0)
     threads = [threading.Thread(target=sender, args=(i, v)) for i, v in enumerate(vectors)]
+    if meanwhile is not None:
+        threads.append(threading.Thread(target=meanwhile, args=(vm,)))
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -309,10 +318,38 @@ ready: .quad 0
     return vm, elapsed
 
 
-def test_interrupts_without_posted_interrupts_none_lost(tmp_path):
-    """The same race with hw.vmm.vmx.cap.posted_interrupts=0: IRR bits set directly, a kick for each."""
+@pytest.mark.parametrize("profile, posted, apicv", [("cascadelake", 0, C.APICV_VID), ("haswell", 1, 0)])
+def test_interrupts_without_posted_interrupts_none_lost(tmp_path, profile, posted, apicv):
+    """The same race without posted interrupts, a kick for each: with virtual-interrupt delivery but
+    hw.vmm.vmx.cap.posted_interrupts=0 (PIR bits, as bhyve's vmx_set_intr_ready sets them, notified by an
+    external-interrupt exit), and on a CPU without APICv, whatever the tunable says (IRR bits set directly)."""
     from engine import Hypervisor
-    stress(Hypervisor(host_mem_mb=256, tunables={"hw.vmm.vmx.cap.posted_interrupts": 0}), tmp_path, 5000, (0x50, 0x60))
+    hv = Hypervisor(host_mem_mb=256, tunables={"hw.vmm.vmx.cap.posted_interrupts": posted})
+    vm, _ = stress(hv, tmp_path, 5000, (0x50, 0x60), profile=profile)
+    v = vm.vcpus[0]
+    assert int(v.ctx[C.APICV]) == apicv and not v.vmcs["PIN_BASED_CTLS"] & K.PINBASED_POSTED_INTERRUPT
+    assert v.vmcs["PIR_DESC"] == 0 and v.vmcs["PIR_VECTOR"] == 0
+
+
+def test_posted_interrupts_switched_while_interrupts_flow(tmp_path):
+    """hw.vmm.vmx.cap.posted_interrupts flipped 40 times while two threads send 10,000 interrupts: none lost or
+    doubled, and after each change the running vCPU's VMCS has the pin-based control, its vector and descriptor
+    as vmx_vcpu_init would have set them for that value, and its local APIC follows them."""
+    from engine import Hypervisor
+    hv = Hypervisor(host_mem_mb=256)
+    seen = []
+
+    def flip(vm):
+        v = vm.vcpus[0]
+        for i in range(40):
+            on = i % 2
+            hv.tunables.set("hw.vmm.vmx.cap.posted_interrupts", on)
+            seen.append((on, bool(v.vmcs["PIN_BASED_CTLS"] & K.PINBASED_POSTED_INTERRUPT), v.vmcs["PIR_DESC"],
+                         v.vmcs["PIR_VECTOR"], int(v.ctx[C.APICV])))
+    vm, _ = stress(hv, tmp_path, 5000, (0x50, 0x60), profile="cascadelake", meanwhile=flip)
+    pir, vector = vm.vcpus[0].lapic.pir_hpa, hv.tunables.get("hw.vmm.vmx.posted_interrupt_vector")
+    want = {0: (False, 0, 0, C.APICV_VID), 1: (True, pir, vector, C.APICV_VID | C.APICV_POSTED)}
+    assert len(seen) == 40 and all(row[1:] == want[row[0]] for row in seen), seen
 
 
 def test_nmi_blocks_nmis_until_iret_then_the_window_opens(hv, tmp_path):

@@ -4,6 +4,7 @@ import random
 import numpy as np
 import pytest
 
+from engine.core import ctx as C
 from engine.io import vlapic as L
 
 CLOCKS = (1 << 27, 100000000, 25000000, 24000000)       # bhyve's bus, and the profiles' crystals (CPUID.15H:ECX)
@@ -155,7 +156,7 @@ class EoiRecorder:
 
 
 def test_set_ready_accept_and_eoi_against_a_twin(hv, tmp_path):
-    """Random requests (any vector, posted or not, edge or level), acceptances and EOIs on one local APIC, enabled
+    """Random requests (any vector, through the PIR descriptor or straight into the IRR, edge or level), acceptances and EOIs on one local APIC, enabled
     or software-disabled: IRR, ISR and TMR as SDM 10.8.4 says (TMR set for a level-triggered vector when it is
     accepted into the IRR, cleared for an edge-triggered one), ESR's receive-illegal bit for vectors below 16,
     and the EOI reaching the I/O APIC exactly when the vector it ends has its TMR bit set (SDM 10.8.5)."""
@@ -169,8 +170,9 @@ def test_set_ready_accept_and_eoi_against_a_twin(hv, tmp_path):
         if what == 0:
             v.lapic.regs[L.SVR >> 2] = 0x1FF if rng.random() < 0.9 else 0xFF
         elif what in (1, 2):
-            vector, posted, level = rng.randrange(256), rng.random() < 0.5, rng.random() < 0.5
-            L.set_ready(v.ctx, vector, posted, level)
+            vector, vid, level = rng.randrange(256), rng.random() < 0.5, rng.random() < 0.5
+            v.ctx[C.APICV] = C.APICV_VID if vid else 0             # virtual-interrupt delivery on or off
+            L.set_ready(v.ctx, vector, level)
             if vector < 16:
                 illegal = True
             elif enabled:

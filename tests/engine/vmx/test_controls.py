@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from engine.core import ctx as C
 from engine.core.vmcs import Vmcs
 from engine.cpu import profiles as P
 from engine.vmx import controls as K
@@ -129,6 +130,27 @@ def test_a_cpu_with_apicv_gets_virtual_interrupt_delivery_and_posted_interrupts_
     assert not no_vid.procbased2 & K.PROCBASED2_VIRTUAL_INTERRUPT_DELIVERY and not no_vid.posted_interrupts
     # virtual interrupt delivery needs the TPR shadow (vmx_modinit: "error == 0 && tpr_shadowing")
     assert not K.modinit(APICV, use_tpr_shadowing=False).virtual_interrupt_delivery
+
+
+def test_of_the_profiles_only_cascadelake_allows_apicv_and_posting_follows_the_vmcs():
+    """The Xeon profile gets virtual-interrupt delivery and posted interrupts, the client parts neither; the
+    local APIC's APICv bits are read from the VMCS, and set_posted changes the control where the CPU allows it."""
+    for name, want in (("haswell", False), ("skylake", False), ("cascadelake", True)):
+        caps = K.modinit(P.get(name).facts["vmx_msrs"])
+        assert caps.virtual_interrupt_delivery == caps.posted_interrupts == caps.can_post == want, name
+        vmcs = Vmcs()
+        K.vcpu_init(vmcs, caps, 1, 0, 0, False)
+        K.apic_init(vmcs, caps, 0x5000, 0x6000, 0xF2)
+        assert K.apicv(vmcs, caps) == (C.APICV_VID | C.APICV_POSTED if want else 0), name
+        K.set_posted(vmcs, caps, False, 0x6000, 0xF2)
+        assert not vmcs["PIN_BASED_CTLS"] & K.PINBASED_POSTED_INTERRUPT
+        assert (vmcs["PIR_DESC"], vmcs["PIR_VECTOR"]) == (0, 0)
+        assert K.apicv(vmcs, caps) == (C.APICV_VID if want else 0), name
+        K.set_posted(vmcs, caps, True, 0x6000, 0xF2)
+        assert bool(vmcs["PIN_BASED_CTLS"] & K.PINBASED_POSTED_INTERRUPT) == want, name
+        assert (vmcs["PIR_DESC"], vmcs["PIR_VECTOR"]) == ((0x6000, 0xF2) if want else (0, 0)), name
+    off = K.modinit(P.get("cascadelake").facts["vmx_msrs"], use_apic_pir=False)
+    assert off.can_post and not off.posted_interrupts and not off.pinbased & K.PINBASED_POSTED_INTERRUPT
 
 
 def test_client_cpus_leave_the_apic_fields_zero():

@@ -32,4 +32,6 @@ class UnsupportedByModel(Exception):
 
 class MigrationError(EngineError):
     """A live migration that cannot go on (the peer refused, the connection broke, a frame failed its check);
-    the message says which step. The VM stays where it was running."""
+    the message says which step. The VM stays where it was running, unless `committed`: COMMIT was sent and the
+    target may have started the VM, so the source keeps its copy paused."""
+    committed = False

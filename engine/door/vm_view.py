@@ -116,11 +116,11 @@ class VmView:
     def poweroff(self):
         self._vm.poweroff()
 
-    def migrate(self, sock, key, peer="the target", extra=None, on_progress=None, **limits):
+    def migrate(self, sock, key, peer="the target", extra=None, on_progress=None, **options):
         """Live-migrate to the target on the connected socket `sock` (engine/migration): the figures once the
         target has confirmed; MigrationError (and the VM runs on here) when it fails before the handover. The
-        caller destroys this copy afterwards."""
-        return migration.send_vm(self._vm, migration.Channel(sock, key, peer), extra, on_progress, **limits)
+        caller destroys this copy afterwards. `options`: send_vm's limits, auto_converge and before_commit."""
+        return migration.send_vm(self._vm, migration.Channel(sock, key, peer), extra, on_progress, **options)
 
     def snapshot(self, path):
         """bhyvectl --checkpoint to `path`; {"pages": pages written, ...}."""

@@ -29,9 +29,11 @@ MAX_DOWNTIME = 0.3               # seconds: QEMU's default downtime-limit (300 m
 
 
 def send_vm(vm, channel, extra=None, on_progress=None, max_rounds=MAX_ROUNDS, max_downtime=MAX_DOWNTIME,
-            auto_converge=False):
+            auto_converge=False, before_commit=None):
     """Migrate `vm` over `channel` (wire.Channel). `extra()`: JSON the caller's counterpart receives with the
-    state (taken with the VM stopped); `on_progress(dict)` after each round; `max_downtime`: how long the last
+    state (taken with the VM stopped); `before_commit()`: called once the target is ready, just before COMMIT
+    hands it the VM (the caller stops claiming the VM there; a failure after it still raises, before it the VM
+    runs on here); `on_progress(dict)` after each round; `max_downtime`: how long the last
     pages may take to send (QEMU's downtime-limit); `auto_converge`: slow down a guest that dirties faster than
     the rounds send (throttle.py, QEMU's auto-converge, off by default as there). Returns the
     figures; raises MigrationError (the VM runs on here) when the target refuses or the connection fails before
@@ -49,7 +51,7 @@ def send_vm(vm, channel, extra=None, on_progress=None, max_rounds=MAX_ROUNDS, ma
         todo = _pre_copy(vm, channel, figures, progress, throttle if auto_converge else None, max_rounds, max_downtime)
     finally:
         throttle.stop()
-    return _stop_and_copy(vm, channel, figures, progress, extra, started, todo)
+    return _stop_and_copy(vm, channel, figures, progress, extra, before_commit, started, todo)
 
 
 def _pre_copy(vm, channel, figures, progress, throttle, max_rounds, max_downtime):
@@ -89,7 +91,7 @@ def hello(vm):
             "resident_pages": int(st[EPT.S_RESIDENT])}
 
 
-def _stop_and_copy(vm, channel, figures, progress, extra, started, todo):
+def _stop_and_copy(vm, channel, figures, progress, extra, before_commit, started, todo):
     """Pause, send `todo` (the last round's harvest) with what was written since, the state; hand over."""
     was = vm.state
     stopped = time.monotonic()
@@ -111,6 +113,8 @@ def _stop_and_copy(vm, channel, figures, progress, extra, started, todo):
         channel.send(b"STAT", state.getbuffer())
         channel.recv_json(b"REDY")
         figures["phase"] = "commit"
+        if before_commit:
+            before_commit()
         channel.send_json(b"COMT", {})
     except BaseException:
         if was in (RUNNING, HALTED):
@@ -120,8 +124,10 @@ def _stop_and_copy(vm, channel, figures, progress, extra, started, todo):
         channel.recv_json(b"DONE")
     except MigrationError as problem:
         figures["phase"] = "unknown"
-        raise MigrationError("VM %r was handed over but the target did not confirm (%s): it stays paused here; "
-                             "the cluster's registry says where it runs" % (vm.name, problem)) from None
+        failure = MigrationError("VM %r was handed over but the target did not confirm (%s): it stays paused here; "
+                                 "the cluster's registry says where it runs" % (vm.name, problem))
+        failure.committed = True
+        raise failure from None
     figures["downtime_ms"] = round((time.monotonic() - stopped) * 1000, 1)
     figures["total_s"] = round(time.monotonic() - started, 3)
     figures["bytes_sent"] = channel.bytes_sent

@@ -125,12 +125,6 @@ class GuestState:
         mem = self.vm.hypervisor.memory
         return b"".join(mem[hpa:hpa + n].tobytes() for hpa, n in self._linear_pages(linear, size))
 
-    def write_linear(self, linear, data):
-        mem, done = self.vm.hypervisor.memory, 0
-        for hpa, n in self._linear_pages(linear, len(data)):
-            mem[hpa:hpa + n] = np.frombuffer(data[done:done + n], np.uint8)
-            done += n
-
     def _linear_pages(self, linear, size):
         while size > 0:
             chunk = min(size, 0x1000 - (linear & 0xFFF))

@@ -56,6 +56,37 @@ class Viewer:
         self.client.disconnect()
 
 
+class Watched:
+    """A memtouch VM made on one node, its console followed by a Viewer on another node that also collects the
+    VM's `migration` events; entered once memtouch has printed its base address."""
+
+    def __init__(self, owner, watcher, name, cmdline, **create):
+        created = owner.api("POST", "/vms", json={"name": name, "guest": "memtouch", "node": owner.name,
+                                                  "cmdline": cmdline, **create})
+        assert created.status_code == 201, created.text
+        self.name, self.viewer, self.progress = name, Viewer(watcher), []
+        self.viewer.client.on("migration", self.progress.append, namespace="/console")
+
+    def __enter__(self):
+        try:
+            self.first = self.viewer.attach(self.name)
+            assert wait_for("memtouch runs", lambda: self.shows("base=0x"))
+        except BaseException:
+            self.viewer.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.viewer.close()
+
+    def shows(self, text):
+        """The console as the viewer has it, from its attach on, contains `text`."""
+        return text in self.first["data"] + self.viewer.text()
+
+    def phases(self):
+        return {p.get("phase") for p in self.progress}
+
+
 def test_a_vm_created_through_a_is_placed_on_b_when_asked(cluster):
     a, b, c = (cluster.nodes[n] for n in "abc")
     created = a.api("POST", "/vms", json={"name": "onb", "guest": "shell", "node": "b"})
@@ -200,14 +231,7 @@ def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cl
     stays attached and reads, from b, the checksum that proves no page was lost."""
     from tests.guests.memtouch_reference import checksum
     a, b, c = (cluster.nodes[n] for n in "abc")
-    cmdline = "pages=4096 pattern=random passes=1500"
-    created = a.api("POST", "/vms", json={"name": "mover", "guest": "memtouch", "node": "a", "cmdline": cmdline})
-    assert created.status_code == 201, created.text
-    viewer, progress = Viewer(c), []
-    viewer.client.on("migration", progress.append, namespace="/console")
-    try:
-        first = viewer.attach("mover")
-        assert wait_for("memtouch runs", lambda: "base=0x" in first["data"] + viewer.text())
+    with Watched(a, c, "mover", "pages=4096 pattern=random passes=1500") as mover:
         moved = c.api("POST", "/vms/mover/migrate", json={"node": "b"})           # c forwards it to a, the owner
         assert moved.status_code == 200, moved.text
         figures = moved.json()
@@ -216,12 +240,9 @@ def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cl
         assert vm_row(b, "mover")["node"] == "b"                                  # b registered it before a let go
         assert wait_for("a no longer holds mover", lambda: vm_row(a, "mover")["node"] == "b")
         want = "checksum=0x%016x" % checksum(4096, "random", 1500)
-        assert wait_for("the checksum, printed on b, in c's open console", lambda: want in first["data"] + viewer.text(),
-                        timeout=120)
-        assert {"vm": "mover", "state": "migrated", "node": "b"} in viewer.states
-        assert {p["phase"] for p in progress} >= {"pre-copy", "done"}
-    finally:
-        viewer.close()
+        assert wait_for("the checksum, printed on b, in c's open console", lambda: mover.shows(want), timeout=120)
+        assert {"vm": "mover", "state": "migrated", "node": "b"} in mover.viewer.states
+        assert mover.phases() >= {"pre-copy", "done"}
     assert a.api("DELETE", "/vms/mover").status_code == 200                       # forwarded to b
     assert wait_for("mover gone", lambda: vm_row(c, "mover") is None)
 
@@ -312,18 +333,11 @@ def test_kill_9_of_the_target_during_pre_copy_leaves_the_vm_running_on_its_node(
     try:
         wait_for("node d answers", d.up, timeout=120, every=0.2)
         wait_for("d registered", lambda: "d" in cluster.up_nodes(a))
-        created = a.api("POST", "/vms", json={"name": "flee", "guest": "memtouch", "node": "a", "mem_mb": 256,
-                                              "cmdline": "pages=60000 pattern=random passes=1000000"})
-        assert created.status_code == 201, created.text
-        viewer, progress = Viewer(c), []
-        viewer.client.on("migration", progress.append, namespace="/console")
-        try:
-            first = viewer.attach("flee")
-            assert wait_for("memtouch runs", lambda: "base=0x" in first["data"] + viewer.text())
+        with Watched(a, c, "flee", "pages=60000 pattern=random passes=1000000", mem_mb=256) as flee:
             answer = {}
             request = threading.Thread(target=lambda: answer.update(r=c.api("POST", "/vms/flee/migrate", json={"node": "d"})))
             request.start()
-            wait_for("the pre-copy under way", lambda: [p for p in progress if p.get("phase") == "pre-copy"], timeout=60)
+            wait_for("the pre-copy under way", lambda: "pre-copy" in flee.phases(), timeout=60)
             d.kill()
             request.join(60)
             failed = answer["r"]
@@ -331,12 +345,10 @@ def test_kill_9_of_the_target_during_pre_copy_leaves_the_vm_running_on_its_node(
             assert failed.json()["error"].startswith("migration of VM 'flee' to node 'd' failed: ")
             row = vm_row(a, "flee")
             assert row["node"] == "a" and row["state"] == "running", row
-            assert wait_for("the failure reported to the console", lambda: [p for p in progress if p.get("phase") == "failed"])
+            assert wait_for("the failure reported to the console", lambda: "failed" in flee.phases())
             before = a.api("GET", "/vms/flee/vcpus/0/registers").json()      # memtouch's loop takes no exits:
             assert wait_for("flee still runs on a",                             # its counters move in its registers
                             lambda: a.api("GET", "/vms/flee/vcpus/0/registers").json() != before)
-        finally:
-            viewer.close()
     finally:
         d.kill()
         a.api("DELETE", "/vms/flee")

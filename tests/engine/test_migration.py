@@ -132,10 +132,46 @@ def test_a_connection_cut_during_pre_copy_leaves_the_vm_running(hosts):
 
     thread = threading.Thread(target=target)
     thread.start()
-    with pytest.raises(MigrationError):
-        migration.send_vm(vm, channel)
+    calls = []
+    with pytest.raises(MigrationError) as info:
+        migration.send_vm(vm, channel, before_commit=lambda: calls.append(1))
     thread.join(10)
     a.close()
+    assert not info.value.committed and calls == []
+    assert vm.wait(states=("suspended",), timeout=120) == "suspended"
+    assert "checksum=0x%016x" % checksum(PAGES, "random", 200) in vm.console.contents().decode()
+
+
+def test_a_target_lost_after_commit_leaves_the_source_paused_and_says_so(hosts):
+    """The target takes everything, answers READY, reads COMMIT and hangs up without DONE: the source cannot know
+    whether the guest runs there, so it keeps its copy paused (not destroyed, not resumed) and says so. The caller's
+    before_commit ran once, just before COMMIT; the paused copy still resumes and finishes its work."""
+    src, _ = hosts
+    vm = memtouch(src, passes=200)
+    a, b = connected()
+    seen = []
+
+    def target():
+        peer = migration.Channel(b, KEY, "source")
+        peer.recv_json(b"HELO")
+        peer.send_json(b"OKAY", {})
+        while peer.recv(b"PAGE", b"XTRA")[0] != b"XTRA":
+            pass
+        peer.recv(b"STAT")
+        peer.send_json(b"REDY", {"pages": 0})
+        seen.append(peer.recv_json(b"COMT")[0])
+        b.close()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    calls = []
+    with pytest.raises(MigrationError, match="handed over but the target did not confirm.*stays paused here") as info:
+        migration.send_vm(vm, migration.Channel(a, KEY, "target"), before_commit=lambda: calls.append(list(seen)))
+    thread.join(10)
+    a.close()
+    assert info.value.committed and seen == [b"COMT"] and calls == [[]]      # called before COMMIT went out
+    assert vm.state == "paused" and vm.name in src.vms
+    vm.resume()
     assert vm.wait(states=("suspended",), timeout=120) == "suspended"
     assert "checksum=0x%016x" % checksum(PAGES, "random", 200) in vm.console.contents().decode()
 

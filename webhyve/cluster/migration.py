@@ -86,10 +86,12 @@ class Migrations:
         try:
             figures = session.vm.migrate(sock, migration_key(self._secret, ident), peer="node %r" % target["name"],
                                          extra=lambda: self._export(session),
+                                         before_commit=lambda: self._let_go(session),
                                          on_progress=lambda f: self._progress(name, {**f, "node": target["name"]}),
                                          auto_converge=auto_converge)
         except MigrationError as problem:
-            session.handing_over = False
+            if not problem.committed:                 # after COMMIT the target may hold it: its record stands
+                session.handing_over = False
             self._progress(name, {"phase": "failed", "node": target["name"], "error": str(problem)})
             raise ApiError(502, "migration of VM %r to node %r failed: %s" % (name, target["name"], problem)) from None
         finally:
@@ -102,12 +104,16 @@ class Migrations:
                     name, target["name"], len(figures["rounds"]), figures["pages_sent"], figures["downtime_ms"])
         return figures
 
+    def _let_go(self, session):
+        """Just before COMMIT: from here the heartbeat no longer writes the VM, whose record the target writes once it
+        has it. The lock makes a beat already under way finish first."""
+        with self.node.beat_lock:
+            session.handing_over = True
+
     def _export(self, session):
         """What follows the VM, taken with it stopped: its console viewers and panel watchers, each with the node its
-        browser is on. From here the heartbeat no longer writes it: the target's record must not be overwritten."""
+        browser is on."""
         node = self.node
-        with node.beat_lock:
-            session.handing_over = True
         with node.lock:
             visitors = dict(node.visitors)
         with session.pump.lock:

@@ -304,6 +304,38 @@ def test_the_vm_pages_migrate_button_moves_it_and_shows_the_figures(cluster):
     assert c.api("POST", "/vms/onb/migrate", json={"node": "b"}).status_code == 200   # back where the later tests want it
 
 
+def watching(node, vm):
+    """(console viewers, panel watchers) of `vm` as the node's /metrics counts them; None where it does not hold it."""
+    from prometheus_client.parser import text_string_to_metric_families
+    response = requests.get(node.url + "/metrics", headers={"Authorization": "Bearer " + VIEWER}, timeout=30)
+    assert response.status_code == 200, response.text
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    counts = [[s.value for s in families[name].samples if s.labels["vm"] == vm]
+              for name in ("webhyve_vm_console_viewers", "webhyve_vm_panel_watchers")]
+    return tuple(int(c[0]) for c in counts) if all(counts) else None
+
+
+def test_a_browser_watching_the_panels_on_the_old_node_is_let_go_on_the_new_one_when_it_closes(cluster):
+    """A browser connected to b watches onb's panels and console; onb moves to a, which takes both over; when the
+    browser closes, b tells a, and a's /metrics shows nobody watching."""
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    viewer = Viewer(b)
+    panels = socketio.Client(reconnection=False)
+    panels.connect(b.url, namespaces=["/inspect"], transports=["websocket"], auth={"token": CONTROL})
+    try:
+        assert viewer.attach("onb")["ok"]
+        assert "summary" in panels.call("watch", {"vm": "onb"}, namespace="/inspect", timeout=15)["panels"]
+        assert wait_for("b counts the browser", lambda: watching(b, "onb") == (1, 1))
+        assert b.api("POST", "/vms/onb/migrate", json={"node": "a"}).status_code == 200
+        assert wait_for("a took the browser over", lambda: watching(a, "onb") == (1, 1))
+        assert watching(b, "onb") is None
+    finally:
+        viewer.close()
+        panels.disconnect()
+    assert wait_for("a let the closed browser go", lambda: watching(a, "onb") == (0, 0))
+    assert a.api("POST", "/vms/onb/migrate", json={"node": "b"}).status_code == 200   # where the later tests want it
+
+
 def test_a_migration_that_cannot_happen_says_why_and_the_vm_runs_on(cluster):
     a, b = cluster.nodes["a"], cluster.nodes["b"]
     cases = [({"node": "b"}, 400, "VM 'onb' already runs on node 'b'"),

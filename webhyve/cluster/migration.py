@@ -7,9 +7,12 @@ with a key that only nodes holding the cluster secret can derive from the migrat
 the VM (so the registry points at it) and starts it; only then does the source drop its copy, quietly: the VM
 was not destroyed, it moved. Its consoles move with it: the console ring keeps its absolute positions, and every
 viewer and panel watcher goes over with how far it had been sent, so the browsers stay connected and miss no
-byte. A failure before the handover leaves the VM running on the source, and the answer says which step failed.
-Progress goes to the VM's console room as `migration` events, for the page.
+byte. A browser that leaves while the VM is being handed over (its viewer or watcher already exported) is told to
+the target once the VM is there, and the source forgets the VM's watchers: none goes stale on either node. A failure
+before the handover leaves the VM running on the source, and the answer says which step failed. Progress goes to the
+VM's console room as `migration` events, for the page.
 """
+import collections
 import hashlib
 import hmac
 import logging
@@ -25,6 +28,10 @@ from . import placement
 
 log = logging.getLogger("webhyve.cluster")
 TIMEOUT = 30                       # seconds without a frame before a side gives up
+# What the web side registers for something that follows a VM to its new node (the panel watchers): export(name) →
+# the sids (JSON), load(name, sids) on the target, release(name) on the source once the VM has gone, and the
+# cluster operation that tells the VM's node a sid has left (run on the target for one that left during the handover)
+Handoff = collections.namedtuple("Handoff", "export load release leave_op")
 
 
 def migration_key(secret, ident):
@@ -34,8 +41,7 @@ def migration_key(secret, ident):
 
 class Migrations:
     """The node's migrations in both directions. Legend: `active` (VM name → its latest figures, while it
-    moves out) is guarded by `lock`; `handoffs` are (export(name) → JSON, import(name, JSON)) pairs the web
-    side registers for what follows a VM (the panel watchers)."""
+    moves out) is guarded by `lock`; `handoffs` are the Handoffs the web side registers for what follows a VM."""
 
     def __init__(self, node, secret):
         self.node, self._secret = node, secret
@@ -83,9 +89,10 @@ class Migrations:
         except OSError as problem:
             raise ApiError(502, "node %r did not take the migration connection: %s; VM %r runs on here on node %r"
                            % (target["name"], problem, name, node.name)) from None
+        taken = {}
         try:
             figures = session.vm.migrate(sock, migration_key(self._secret, ident), peer="node %r" % target["name"],
-                                         extra=lambda: self._export(session),
+                                         extra=lambda: taken.update(self._export(session)) or taken,
                                          before_commit=lambda: self._let_go(session),
                                          on_progress=lambda f: self._progress(name, {**f, "node": target["name"]}),
                                          auto_converge=auto_converge)
@@ -96,6 +103,7 @@ class Migrations:
             raise ApiError(502, "migration of VM %r to node %r failed: %s" % (name, target["name"], problem)) from None
         finally:
             sock.close()
+        self._settle(session, target, taken)
         node.fleet.release(name)
         figures["node"] = target["name"]
         self._progress(name, figures)
@@ -120,7 +128,24 @@ class Migrations:
             viewers = [[v.sid, v.typist, v.sent, v.acked, visitors.get(v.sid, node.name)]
                        for v in session.pump.viewers.values()]
         return {"viewers": viewers, "uptime_s": session.summary()["uptime_s"],
-                "handoffs": [export(session.name) for export, _ in self.handoffs], "from": node.name}
+                "handoffs": [handoff.export(session.name) for handoff in self.handoffs], "from": node.name}
+
+    def _settle(self, session, target, taken):
+        """The VM runs on `target`: the browsers that left here since their viewers and watchers were exported are
+        told to it (they would stay there for good otherwise), and this node forgets the VM's watchers."""
+        name, forwarder = session.name, self.node.forwarder
+        with session.pump.lock:
+            here = set(session.pump.viewers)
+        leavers = [("console.detach", sid) for sid, *_ in taken.get("viewers", []) if sid not in here]
+        for handoff, then in zip(self.handoffs, taken.get("handoffs", [])):
+            leavers += [(handoff.leave_op, sid) for sid in set(then) - set(handoff.export(name))]
+            handoff.release(name)
+        for op, sid in leavers:
+            try:
+                forwarder.op(target, op, sid, "view", {"vm": name})
+            except ApiError as problem:
+                log.warning("webhyve cluster: could not tell node %s that %s left VM %s: %s",
+                            target["name"], sid, name, problem)
 
     def _progress(self, name, figures):
         with self.lock:
@@ -188,8 +213,8 @@ class Migrations:
             for sid, typist, sent, acked, origin in extra.get("viewers", []):
                 if origin != node.name:
                     node.visitors[sid] = origin
-        for (_, load), state in zip(self.handoffs, extra.get("handoffs", [])):
-            load(session.name, state)
+        for handoff, state in zip(self.handoffs, extra.get("handoffs", [])):
+            handoff.load(session.name, state)
         node.fleet.notify(session.name, session)     # the registry's record now names this node
         return session
 

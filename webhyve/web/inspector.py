@@ -17,6 +17,7 @@ from flask import request
 from flask_socketio import join_room, leave_room
 
 from . import panels
+from ..cluster.migration import Handoff
 from ..sessions.errors import ApiError
 from .access import connection_role
 from .events import CheckedNamespace, handler
@@ -56,11 +57,12 @@ class InspectNamespace(CheckedNamespace):
         super().__init__(namespace)
         self.fleet, self.socketio, self.interval, self.cluster = fleet, socketio, interval, cluster
         self.watchers, self.last = {}, {}
-        self.remote = {}                  # sid → names of VMs on other nodes it watches (to unwatch on disconnect)
+        self.watching = {}                # sid → names of the VMs it watches, wherever they run (cluster mode)
         if cluster is not None:
             cluster.ops.update({"inspect.watch": self.watch, "inspect.unwatch": self.unwatch})
             cluster.forget_hooks.append(self.forget)
-            cluster.migrations.handoffs.append((self.watchers_of, self.add_watchers))
+            cluster.migrations.handoffs.append(Handoff(self.watchers_of, self.add_watchers, self.release,
+                                                       "inspect.unwatch"))
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -77,27 +79,29 @@ class InspectNamespace(CheckedNamespace):
             raise ConnectionRefusedError("a valid token is required")
 
     def on_disconnect(self, *reason):
+        """Forget the browser here, and on the node of every VM it watched: one it watched here may have migrated
+        since, its watchers with it."""
         self.forget(request.sid)
-        for name in self.remote.pop(request.sid, ()):
+        for name in self.watching.pop(request.sid, ()):
             try:
                 self.cluster.dispatch("inspect.unwatch", request.sid, "view", {"vm": name}, self.unwatch)
             except ApiError:
-                pass                              # its node is gone
+                pass                              # the VM is gone, or its node
 
     @handler
     def on_watch(self, payload):
         name = payload["vm"]
         answer = self.run("inspect.watch", payload, self.watch)
         join_room("inspect:" + name)
-        if self.cluster is not None and name not in {s.name for s in self.fleet.list()}:
-            self.remote.setdefault(request.sid, set()).add(name)
+        if self.cluster is not None:
+            self.watching.setdefault(request.sid, set()).add(name)
         return answer
 
     @handler
     def on_unwatch(self, payload):
         name = payload["vm"]
         leave_room("inspect:" + name)
-        self.remote.get(request.sid, set()).discard(name)
+        self.watching.get(request.sid, set()).discard(name)
         if self.cluster is not None:
             try:
                 self.run("inspect.unwatch", payload, self.unwatch)
@@ -127,6 +131,12 @@ class InspectNamespace(CheckedNamespace):
     def add_watchers(self, name, sids):
         with self.lock:
             self.watchers.setdefault(name, set()).update(s for s in sids if isinstance(s, str))
+
+    def release(self, name):
+        """VM `name` has migrated away: its watchers went with it (and must not come back with it later)."""
+        with self.lock:
+            self.watchers.pop(name, None)
+            self.last.pop(name, None)
 
     def forget(self, sid):
         with self.lock:

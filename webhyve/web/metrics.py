@@ -4,7 +4,8 @@ Each stat of engine/stats.py (bhyve's vmm_stat table) is one metric family named
 `webhyve_vmm_<id>`, with bhyve's description as its help and the labels `vm` and `vcpu`; an array stat
 (`VLAPIC_INTR_LVT`) adds `index`. Counts are counters (`…_total`); the memory bhyve reports on vCPU 0
 (VMM_MEM_RESIDENT, VMM_MEM_WIRED) is a gauge per VM in bytes. Beside them, per VM: its state, vCPUs,
-configured memory and uptime. A vCPU's counters come from one visit of its thread, so one vCPU's numbers
+configured memory and uptime, and who is looking: its console viewers (browsers, `vmmctl console`) and the
+browsers its panels are pushed to, wherever in the cluster they are connected. A vCPU's counters come from one visit of its thread, so one vCPU's numbers
 are from one moment; different vCPUs' are not (bhyvectl --get-stats reads them the same way).
 
 Prometheus scrapes with `Authorization: Bearer TOKEN` (either token: the stats are what a viewer sees).
@@ -27,8 +28,8 @@ LIFECYCLE_STATES = ("running", "halted", "paused", "suspended", "idle")
 class FleetCollector:
     """Collects from the fleet at scrape time; nothing is kept between scrapes."""
 
-    def __init__(self, fleet):
-        self.fleet = fleet
+    def __init__(self, fleet, inspector):
+        self.fleet, self.inspector = fleet, inspector
 
     def collect(self):
         sessions = self.fleet.list()
@@ -58,6 +59,10 @@ class FleetCollector:
                                        labels=("vm",))
         uptime = GaugeMetricFamily("webhyve_vm_uptime_seconds", "seconds since the VM last booted (absent when "
                                    "not booted)", labels=("vm",))
+        viewers = GaugeMetricFamily("webhyve_vm_console_viewers", "consoles attached to the VM (browsers, vmmctl)",
+                                    labels=("vm",))
+        watchers = GaugeMetricFamily("webhyve_vm_panel_watchers", "browsers the VM's panels are pushed to",
+                                     labels=("vm",))
         for session in sessions:
             summary, totals = session.summary(), session.vm.counter_totals()
             for word in LIFECYCLE_STATES:
@@ -68,7 +73,10 @@ class FleetCollector:
                 uptime.add_metric((session.name,), summary["uptime_s"])
             for ident, family in memory.items():
                 family.add_metric((session.name,), totals[ident])
-        yield from (state, vcpus, configured, uptime, *memory.values())
+            with session.pump.lock:
+                viewers.add_metric((session.name,), len(session.pump.viewers))
+            watchers.add_metric((session.name,), len(self.inspector.watchers_of(session.name)))
+        yield from (state, vcpus, configured, uptime, viewers, watchers, *memory.values())
 
 
 @bp.get("/metrics")
@@ -77,6 +85,6 @@ def metrics():
     this scrape."""
     authenticate()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(current_app.extensions["webhyve.fleet"]))
+    registry.register(FleetCollector(current_app.extensions["webhyve.fleet"], current_app.extensions["webhyve.inspector"]))
     encode, content_type = choose_encoder(request.headers.get("Accept"))
     return Response(encode(registry), content_type=content_type)

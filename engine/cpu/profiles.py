@@ -330,7 +330,8 @@ PROFILES = {
         edx7=SPECTRE_2018 | CPUID7_EDX_L1D_FLUSH | CPUID7_EDX_ARCH_CAPABILITIES, arch_caps=0),
     "cascadelake": _profile(
         "cascadelake", "Intel Cascade Lake: ARCH_CAPABILITIES reports RDCL_NO and SKIP_L1DFL_VMENTRY: "
-        "not L1TF-vulnerable, no flush needed; APICv (posted interrupts, virtual-interrupt delivery)", 0x50657, "webhyve modeled Intel(R) Xeon(R) Gold 6230 (Cascade Lake)",
+        "not L1TF-vulnerable, no flush needed; APICv (posted interrupts, virtual-interrupt delivery)", 0x50657,
+        "webhyve modeled Intel(R) Xeon(R) Gold 6230 (Cascade Lake)",
         (25000000, 84, 1, 2100, 3900), edx7=SPECTRE_2018 | CPUID7_EDX_L1D_FLUSH | CPUID7_EDX_ARCH_CAPABILITIES,
         arch_caps=ARCH_CAP_RDCL_NO | ARCH_CAP_IBRS_ALL | ARCH_CAP_SKIP_L1DFL_VMENTRY, maxphyaddr=46,
         vmx_msrs=_VMX_XEON_CASCADE_LAKE),

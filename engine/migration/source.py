@@ -7,8 +7,8 @@ D bits and bumps the EPT generation; a running vCPU could still store through a 
 each harvest is followed by a visit to every vCPU (each leaves the guest once; its next entry does the INVEPT) and
 only then are the pages read. Rounds stop, as QEMU's do, when what is left would go within the downtime limit at
 the bandwidth measured, when the dirty set stops shrinking (unless auto-converge can still slow the guest down:
-throttle.py), or after `max_rounds`. Then the VM is paused, the last dirty pages, the console and the CPU and device state (a snapshot
-without memory, engine/snapshot.py) are sent; the target restores it and says READY; COMMIT hands the VM over and
+throttle.py), or after `max_rounds`. Then the VM is paused, the last dirty pages, the console and the CPU and
+device state (a snapshot without memory, engine/snapshot.py) are sent; the target restores it and says READY; COMMIT hands the VM over and
 the target's DONE ends it. The downtime is from the pause to DONE.
 """
 import io

@@ -229,8 +229,7 @@ def apic_init(vmcs, caps, apic_page, pir_desc, pir_vector):
         vmcs["APIC_ACCESS"] = APIC_ACCESS_ADDRESS
         for i in range(4):
             vmcs["EOI_EXIT%d" % i] = 0
-    if caps.posted_interrupts:
-        vmcs["PIR_VECTOR"], vmcs["PIR_DESC"] = pir_vector, pir_desc
+    set_posted(vmcs, caps, caps.posted_interrupts, pir_desc, pir_vector)
 
 
 def set_posted(vmcs, caps, on, pir_desc, pir_vector):

@@ -89,10 +89,14 @@ class Migrations:
         except OSError as problem:
             raise ApiError(502, "node %r did not take the migration connection: %s; VM %r runs on here on node %r"
                            % (target["name"], problem, name, node.name)) from None
-        taken = {}
+        taken = {}                                    # what _export sent, for _settle
+
+        def export():
+            taken.update(self._export(session))
+            return taken
         try:
             figures = session.vm.migrate(sock, migration_key(self._secret, ident), peer="node %r" % target["name"],
-                                         extra=lambda: taken.update(self._export(session)) or taken,
+                                         extra=export,
                                          before_commit=lambda: self._let_go(session),
                                          on_progress=lambda f: self._progress(name, {**f, "node": target["name"]}),
                                          auto_converge=auto_converge)

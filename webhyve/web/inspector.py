@@ -41,7 +41,8 @@ def snapshot(session, host, node=None):
     """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread. `node`: in cluster mode,
     this node's name, which the summary carries as GET /vms/NAME does."""
     vm = session.vm
-    out = {"summary": {**session.summary(), **({"node": node} if node else {})}, "tunables": host.tunables(), "caches": panels.caches(vm),
+    summary = {**session.summary(), **({"node": node} if node else {})}
+    out = {"summary": summary, "tunables": host.tunables(), "caches": panels.caches(vm),
            "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:],
            "devices": panels.devices(vm)}
     for i in range(vm.cpus):

@@ -5,8 +5,9 @@ Each stat of engine/stats.py (bhyve's vmm_stat table) is one metric family named
 (`VLAPIC_INTR_LVT`) adds `index`. Counts are counters (`…_total`); the memory bhyve reports on vCPU 0
 (VMM_MEM_RESIDENT, VMM_MEM_WIRED) is a gauge per VM in bytes. Beside them, per VM: its state, vCPUs,
 configured memory and uptime, and who is looking: its console viewers (browsers, `vmmctl console`) and the
-browsers its panels are pushed to, wherever in the cluster they are connected. A vCPU's counters come from one visit of its thread, so one vCPU's numbers
-are from one moment; different vCPUs' are not (bhyvectl --get-stats reads them the same way).
+browsers its panels are pushed to, wherever in the cluster they are connected. A vCPU's counters come from one
+visit of its thread, so one vCPU's numbers are from one moment; different vCPUs' are not (bhyvectl --get-stats
+reads them the same way).
 
 Prometheus scrapes with `Authorization: Bearer TOKEN` (either token: the stats are what a viewer sees).
 """
@@ -85,6 +86,7 @@ def metrics():
     this scrape."""
     authenticate()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(current_app.extensions["webhyve.fleet"], current_app.extensions["webhyve.inspector"]))
+    extensions = current_app.extensions
+    registry.register(FleetCollector(extensions["webhyve.fleet"], extensions["webhyve.inspector"]))
     encode, content_type = choose_encoder(request.headers.get("Accept"))
     return Response(encode(registry), content_type=content_type)

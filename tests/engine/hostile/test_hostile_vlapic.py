@@ -179,8 +179,8 @@ def check(vm, sender, mode, vector, want):
     illegal = mode in (L.DM_FIXED, L.DM_LOWPRI) and vector < 16 and bool(want)
     assert bool(vm.vcpus[sender].lapic.regs[L.ESR >> 2] & L.ESR_SEND_ILLEGAL) == illegal, where
     for i, v in enumerate(vm.vcpus):
-        assert requested_vectors(vm, v) == ({vector} if mode in (L.DM_FIXED, L.DM_LOWPRI) and i in want and not illegal else set()), \
-            where
+        fixed = mode in (L.DM_FIXED, L.DM_LOWPRI)
+        assert requested_vectors(vm, v) == ({vector} if fixed and i in want and not illegal else set()), where
         requests = list(v.mailbox.queue)
         expect = {L.DM_NMI: [("nmi",)], L.DM_INIT: [("init",)], L.DM_SIPI: [("sipi", vector)]}.get(mode, [])
         assert requests == (expect if i in want else []), where

@@ -14,6 +14,7 @@ from tests.webhyve.live import auth
 
 DISK_BYTES = 1 << 20
 HANG = 900 * 1000     # ms: a deadline for a hung boot, not a speed claim (the boot alone takes 40-70 s here)
+FIRST_PANELS = 120 * 1000   # ms: the page's first panels; with a cold numba cache the panels' kernels compile first
 READ = ("for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko; done; "
         "dd if=/dev/vda of=/dev/null bs=64k; echo disk-read-done; sleep 3600")
 BLK = '#devices details[data-bdf="00:03.0"]'
@@ -54,7 +55,7 @@ def test_a_linux_vm_with_a_disk_from_the_page_and_its_devices_panel(page, server
     assert page.is_hidden("#create-error")
     try:
         page.click('#vms tr[data-vm="pagedisk"] a')
-        page.wait_for_selector(BLK)
+        page.wait_for_selector(BLK, timeout=FIRST_PANELS)
         summary = page.inner_text(BLK + " summary")
         assert summary.startswith("00:03.0 1af4:1042 class 010000 SCSI storage controller — virtio-blk "), summary
         assert summary.endswith("page-disk.img, 2,048 sectors"), summary

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps run console test stress guests linux static bench clean
+.PHONY: deps run console test stress guests linux static precompile bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ static/node_modules/.package-lock.json: static/package.json static/package-lock.
 
 static: static/node_modules/.package-lock.json
 
-run: deps $(STAMP) guests static
+# The engine's numba kernels compiled into .numba-cache by running each kind of guest work once (engine/precompile.py):
+# a no-op when the cache for these engine sources is complete, a few minutes after a change.
+precompile: $(STAMP) guests
+	$(PY) -m engine.precompile
+
+run: deps $(STAMP) guests static precompile
 	$(PY) -m webhyve.web.serve --host 127.0.0.1 --port 8080 --demo shell
 
 console: $(STAMP) guests
@@ -37,12 +42,12 @@ console: $(STAMP) guests
 
 # Two workers, each test file on one of them (module fixtures boot their guests once): the Linux boots keep a
 # core busy while the browser and server tests mostly wait.
-test: deps $(STAMP) guests linux static
+test: deps $(STAMP) guests linux static precompile
 	$(PY) -m pytest -q --durations=20 -n 2 --dist loadfile
 
 # The timing-sensitive tests RUNS times under two CPU burners; prints how many runs passed (tools/stress.py).
 RUNS ?= 20
-stress: deps $(STAMP) guests static
+stress: deps $(STAMP) guests static precompile
 	$(PY) tools/stress.py --runs $(RUNS)
 
 bench: $(STAMP) guests

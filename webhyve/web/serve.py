@@ -1,5 +1,5 @@
 """`python -m webhyve.web.serve`: start gunicorn (one worker, threads) on 127.0.0.1, say what it is doing while the
-worker compiles the engine's kernels and boots the demo VM, and print the two URLs last, labelled.
+worker starts and boots the demo VM, and print the two URLs last, labelled.
 
 The tokens are made here and handed to the app through the environment, so the printed URL is the one
 that works. `make run` calls this with --demo shell. gunicorn runs as a child; Ctrl-C stops both.
@@ -21,6 +21,9 @@ from .access import new_token
 
 PROGRESS_EVERY = 5.0          # seconds between "still booting" lines
 READY_TIMEOUT = 600
+SLOW = 20                     # seconds: beyond this, say the likely reason
+SLOW_WHY = ("; without `make precompile` (make run does it) the engine's numba kernels compile on first use, "
+            "a few minutes on 2 cores")
 
 
 def say(text):
@@ -126,9 +129,8 @@ def wait_until_ready(server, url, token, demo):
             return True
         if elapsed - said >= PROGRESS_EVERY:
             said = elapsed
-            say("%s (%.0f s): the first run compiles the engine's numba kernels into .numba-cache, later runs "
-                "load them" % ("starting the worker and booting the demo VM" if phase == "server" else "demo VM booting",
-                               elapsed))
+            say("%s (%.0f s)%s" % ("starting the worker and booting the demo VM" if phase == "server"
+                                   else "demo VM booting", elapsed, "" if elapsed < SLOW else SLOW_WHY))
         time.sleep(0.25)
     say("still not ready after %d s; the server's messages are above" % READY_TIMEOUT)
     return False

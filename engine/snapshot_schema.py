@@ -196,10 +196,11 @@ def tunable_values(value, field):
 
 
 def lapic_step(value, field):
-    """ctx.LAPIC_STEP: 0, 1 (stopped before the write) or 2 | RIP << 2."""
-    integer(0, U64)(value, field)
-    if value > 1 and value & 3 != 2:
-        raise Invalid(field, "= %#x is not 0, 1 or 2 | RIP << 2" % value)
+    """ctx.LAPIC_STEP (io/vlapic.py): 0, 1 (an APIC-write exit after the store), 3 (an evaluation after it) or
+    2 | vector << 8 (a virtualized-EOI exit for the vector)."""
+    integer(0, 0xFFFF)(value, field)
+    if not (value in (0, 1, 3) or (value & 0xFF == 2)):
+        raise Invalid(field, "= %#x is not 0, 1, 3 or 2 | vector << 8" % value)
 
 
 # -- the manifest -----------------------------------------------------------------------------------------
@@ -299,7 +300,7 @@ DEVICES = record({"vga": record({"index": BYTE, "crtc": mapping(decimal(0, 255),
                   "pci_devices": mapping(pci_function_name, PCI_DEVICE, 256)})
 # vLAPIC context slots (core/ctx.py): LAPIC_FIX indexes the virtual-APIC page, so it stays within the page;
 # INJECT is a vector or EXTINT (the 8259 gives the vector)
-LAPIC = record({str(C.TIMER_PERIOD): integer(0, MAX_NS), str(C.INTR_WINDOW): one_of(0, 1),
+LAPIC = record({str(C.TIMER_PERIOD): integer(0, MAX_NS), str(C.INTR_WINDOW): one_of(0, 1, 2),
                 str(C.INJECT): integer(0, intr.EXTINT), str(C.PENDING): bits(L.PEND_NMI | L.PEND_INIT | L.PEND_SIPI),
                 str(C.LAPIC_FIX): integer(0, 4096), str(C.LAPIC_FIXVAL): integer(0, 0xFFFFFFFF),
                 str(C.NMI_WINDOW): one_of(0, 1), str(C.LAPIC_STEP): lapic_step})

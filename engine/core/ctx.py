@@ -87,14 +87,16 @@ TIMER_START = 69    # [k] ns when the current count began
 RUNSTATE = 70       # [k] RUN_*: where a notification must reach the vCPU
 EXIT_SEQ = 71       # [k] bumped each time emu_start returns: a notifier sees its kick landed
 NOTIFY = 72         # [any] vector of a host interrupt sent to this vCPU (a kick), 0 = none
-INTR_WINDOW = 73    # [k] interrupt-window exiting: leave at the first block boundary where the guest can take one
+INTR_WINDOW = 73    # [k] 1: interrupt-window exiting: leave at the first block boundary where the guest can take one;
+                    #     2: the same stop for a virtual interrupt (virtual-interrupt delivery), with no exit 7
 INJECT = 74         # [k] the vector the loop asks userspace to deliver
 PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.py PEND_*)
 LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none
 LAPIC_FIXVAL = 77   # [k] its value, put back at the next access
 NMI_WINDOW = 78     # [k] NMI-window exiting: step until NMI blocking ends
 LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-like) was applied; the loop records
-                    #     the exit once the stepper has completed the instruction (vmx/emulate.py)
+                    #     the exit once the stepper has completed the instruction (vmx/emulate.py); 2 | vector << 8:
+                    #     a virtualized EOI that exits (45); 3: a store after which the entry evaluates (no exit)
 # -- reserved ranges, one per subsystem, so each can grow without renumbering the others -------------
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),

@@ -127,6 +127,9 @@ PF_ERROR_MASK = BY_NAME["PF_ERROR_MASK"].slot
 PF_ERROR_MATCH = BY_NAME["PF_ERROR_MATCH"].slot
 PRI_PROC_BASED_CTLS = BY_NAME["PRI_PROC_BASED_CTLS"].slot
 MSR_BITMAP = BY_NAME["MSR_BITMAP"].slot
+GUEST_INTR_STATUS = BY_NAME["GUEST_INTR_STATUS"].slot          # RVI in bits 7:0, SVI in bits 15:8 (SDM 24.4.2)
+EOI_EXIT0 = BY_NAME["EOI_EXIT0"].slot                          # EOI_EXIT0-3: four consecutive slots
+assert [BY_NAME["EOI_EXIT%d" % i].slot for i in range(4)] == list(range(EOI_EXIT0, EOI_EXIT0 + 4))
 
 
 def field(key):

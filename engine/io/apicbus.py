@@ -3,7 +3,8 @@
 A message names a destination (an APIC ID in physical mode, a set of logical IDs in logical mode, 0xFF for all),
 a delivery mode and a vector. The local APICs it reaches are found as an IPI's are (vlapic.ipi_targets: physical,
 logical flat or cluster, lowest priority to the first that matches, as bhyve's vlapic_calcdest does); then
-fixed and lowest-priority messages set the vector in the IRR (or PIR) with its trigger mode in the TMR, NMI and
+fixed and lowest-priority messages set the vector in the IRR with its trigger mode in the TMR (or, with virtual-
+interrupt delivery, in the PIR, the TMR and EOI-exit bitmap following the redirection table: update_tmr), NMI and
 INIT reach the vCPU as its own ICR's would, ExtINT asks the vCPU for an INTA cycle on the 8259 (the vector comes
 from there), and SMI is dropped: no SMM is modeled.
 """
@@ -11,7 +12,8 @@ import numpy as np
 
 from ..core.sync import full_fence
 from . import vlapic as L
-from .vioapic import EXTINT, FIXED, INIT, LOWEST_PRIORITY, NMI
+from .vioapic import DELMODE_SHIFT, DEST_SHIFT, DESTMODE_LOGICAL, EXTINT, FIXED, INIT, LOWEST_PRIORITY, NMI, VECTOR, \
+    level_triggered
 
 
 class ApicBus:
@@ -51,3 +53,16 @@ class ApicBus:
                 L.notify(vcpu.ctx, False)
                 accepted += 1
         return accepted
+
+    def update_tmr(self, entries):
+        """bhyve's vioapic_update_tmr, for each vCPU: the vectors of the level-triggered entries (fixed or lowest
+        priority) whose destination reaches it, as its TMR and EOI-exit bitmap (vmx_set_tmr). A vCPU takes its
+        bitmap at its next entry (vlapic.sync_eoi_exit), where the virtual-interrupt delivery uses it."""
+        bitmaps = np.zeros((len(self.vm.vcpus), 4), np.uint64)
+        for entry in entries:
+            if level_triggered(entry):
+                vector = entry & VECTOR
+                for i in self.targets(entry >> DEST_SHIFT, not entry & DESTMODE_LOGICAL, (entry >> DELMODE_SHIFT) & 7):
+                    bitmaps[i, vector >> 6] |= np.uint64(1 << (vector & 63))
+        for vcpu, words in zip(self.vm.vcpus, bitmaps):
+            vcpu.lapic.post_eoi_exit(words)

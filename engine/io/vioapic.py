@@ -70,14 +70,16 @@ def level_triggered(entry):
 class Vioapic:
     """The chip: registers through `mmio_read`/`mmio_write` (offsets in its page), pins through `set_pin`/`pulse_pin`,
     the local APICs' EOI broadcast through `eoi`. It sends a message with `deliver(dest, physical, mode, vector,
-    level)`, which returns how many local APICs accepted it (io/apicbus.py).
+    level)`, which returns how many local APICs accepted it (io/apicbus.py), and calls `update_tmr(entries)` when
+    an entry's vector, delivery mode, destination or trigger mode changes (bhyve's vioapic_write: the local APICs'
+    TMR and EOI-exit bitmaps follow the table).
 
     Legend: made at power-on by the platform; every method takes `lock` (pins change on device threads, the
     registers and EOIs on vCPU threads). Lock order: the 8259's lock, then this one; this one never calls out
     to the 8259."""
 
-    def __init__(self, deliver):
-        self.deliver = deliver
+    def __init__(self, deliver, update_tmr=lambda entries: None):
+        self.deliver, self.update_tmr = deliver, update_tmr
         self.lock = threading.RLock()
         self.reset()
 
@@ -138,6 +140,8 @@ class Vioapic:
         if not entry & TRIGGER_LEVEL:
             entry &= ~REMOTE_IRR                 # edge-triggered: remote IRR means nothing and is cleared
         self.entries[pin] = entry
+        if (old ^ entry) & ~(MASKED | POLARITY_LOW | REMOTE_IRR):
+            self.update_tmr(list(self.entries))  # bhyve's vioapic_update_tmr: which vectors are level-triggered
         if level_triggered(entry) and self.lines >> pin & 1:
             self._send(pin)                      # unmasked (or re-aimed) while asserted: delivered now
 
@@ -193,6 +197,7 @@ class Vioapic:
         with self.lock:
             self.id, self.ioregsel, self.lines = state["id"], state["ioregsel"], state["lines"]
             self.entries = list(state["entries"])
+            self.update_tmr(list(self.entries))
 
     def table(self):
         """The redirection table decoded, for views: one dict per pin."""

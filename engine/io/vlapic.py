@@ -27,8 +27,9 @@ from .. import stats as S
 from .. import tunables as T
 from ..core import ctx as C
 from ..core import kick
+from ..core import vmcs as V
 from ..core.sync import (CLOCK_GETTIME, CLOCK_MONOTONIC, SCHED_YIELD, SYSCALL, atomic_and, atomic_or, atomic_xchg,
-                         call_clock, fence, futex_wake)
+                         call_clock, fence, full_fence, futex_wake)
 from ..native import NUMBA, address, call_host, u64_ptr, u8_ptr
 
 APIC_BASE_GPA = 0xFEE00000
@@ -73,7 +74,10 @@ IB_HALT_TS = 18             # 18-19: the timespec of that sleep's absolute deadl
 IB_CONTEXT_RESTORE = 20     # uc_context_restore's address: puts IB_CONTEXT back (vmx/intr.py end_shadow)
 IB_TIMER_HZ = 21            # the timer's input clock: the profile's core crystal (CPUID.15H:ECX)
 IB_EXTINT_MSG = 22          # an ExtINT message from the I/O APIC waits for this vCPU's INTA cycle (io/vioapic.py)
-IB_SIZE = 24
+IB_EOI_EXIT = 24            # 24-27: the EOI-exit bitmap the I/O APIC's redirection table gives this vCPU
+IB_EOI_EXIT_SEQ = 28        # its sequence number: odd while the I/O APIC writes it (Vlapic.post_eoi_exit)
+IB_EOI_EXIT_SEEN = 29       # the sequence number this vCPU last copied into its VMCS (sync_eoi_exit)
+IB_SIZE = 32
 
 
 @njit(**NUMBA)
@@ -172,10 +176,13 @@ def bit_address(c, base, vector):
 
 @njit(**NUMBA)
 def accept(c, vector):
-    """vlapic_intr_accepted: IRR → ISR for the vector the CPU takes; PPR rises."""
+    """vlapic_intr_accepted: IRR → ISR for the vector the CPU takes; PPR rises. With virtual-interrupt delivery
+    this is the processor's own delivery (SDM 29.2.2): VIRR → VISR, VPPR, SVI and RVI."""
     atomic_and(bit_address(c, IRR, vector), ~(U(1) << U(vector & 31)))
     atomic_or(bit_address(c, ISR, vector), U(1) << U(vector & 31))
     update_ppr(page_of(c))
+    if c[C.APICV] & U(C.APICV_VID):
+        intr_status(c)                                   # virtual-interrupt delivery: SVI = vector, RVI next
 
 
 @njit(**NUMBA)
@@ -230,27 +237,29 @@ def set_error(c, mask):
 @njit(**NUMBA)
 def into_irr(c, vector, level):
     """A vector from 16 up into the IRR, or, with virtual-interrupt delivery, into the PIR descriptor as bhyve's
-    vmx_set_intr_ready does (the next entry moves it to the IRR): True if the target must be notified. The TMR
-    bit takes the trigger mode as the vector is accepted (SDM §10.8.4): set for a level-triggered interrupt,
-    whose EOI then goes to the I/O APIC, cleared for an edge-triggered one."""
+    vmx_set_intr_ready does (the next entry moves it to the IRR): True if the target must be notified. Without
+    it the TMR bit takes the trigger mode as the vector is accepted (SDM §10.8.4): set for a level-triggered
+    interrupt, whose EOI then goes to the I/O APIC, cleared for an edge-triggered one. With it, the TMR and the
+    EOI-exit bitmap come from the I/O APIC's redirection table, as bhyve's vioapic_update_tmr sets them."""
     regs = page_of(c)
     if not regs[SVR >> 2] & SVR_ENABLE:
         return False                                     # software-disabled: the interrupt is dropped
+    if c[C.APICV] & U(C.APICV_VID):                      # the TMR is the redirection table's (sync_eoi_exit)
+        pir = U(c[C.MEM]) + U(c[C.PIR_DESC])
+        atomic_or(pir + U(8) * U(vector >> 6), U(1) << U(vector & 63))
+        return (atomic_or(pir + U(8 * PIR_ON_WORD), U(1)) & U(1)) == 0    # notify only on 0 → 1
     if level:
         atomic_or(bit_address(c, TMR, vector), U(1) << U(vector & 31))
     elif is_level(regs, vector):
         atomic_and(bit_address(c, TMR, vector), ~(U(1) << U(vector & 31)))
-    if c[C.APICV] & U(C.APICV_VID):
-        pir = U(c[C.MEM]) + U(c[C.PIR_DESC])
-        atomic_or(pir + U(8) * U(vector >> 6), U(1) << U(vector & 63))
-        return (atomic_or(pir + U(8 * PIR_ON_WORD), U(1)) & U(1)) == 0    # notify only on 0 → 1
     atomic_or(bit_address(c, IRR, vector), U(1) << U(vector & 31))
     return True
 
 
 @njit(**NUMBA)
 def pir_to_irr(c):
-    """vmx_inject_pir: take the outstanding notification, move every PIR bit into the IRR."""
+    """vmx_inject_pir: take the outstanding notification, move every PIR bit into the IRR, and raise RVI to the
+    highest of them."""
     pir = U(c[C.MEM]) + U(c[C.PIR_DESC])
     if atomic_xchg(pir + U(8 * PIR_ON_WORD), U(0)) == 0:
         return
@@ -260,6 +269,8 @@ def pir_to_irr(c):
             part = (bits >> U(32 * half)) & U(0xFFFFFFFF)
             if part:
                 atomic_or(bit_address(c, IRR, 64 * w + 32 * half), part)
+    if c[C.APICV] & U(C.APICV_VID):
+        intr_status(c)                                   # RVI: the processor evaluates it at the entry
 
 
 @njit(**NUMBA)
@@ -321,6 +332,78 @@ def set_intr(c, vector, level):
     if set_ready(c, vector, level):
         notify(c, posted(c))
     return accepted
+
+
+# -- virtual-interrupt delivery (SDM §29.1.2, 29.1.3, 29.2): RVI, SVI and the EOI-exit bitmap ------------------
+# Where the VMCS has virtual-interrupt delivery, this page is the virtual-APIC page the processor itself delivers
+# from: the guest-interrupt status (RVI, SVI) follows VIRR and VISR, an EOI is virtualized without an exit unless
+# the EOI-exit bitmap names its vector (exit 45, trap-like), and a vector waiting for RFLAGS.IF is delivered when
+# the guest sets it, with no interrupt-window exit. bhyve fills the EOI-exit bitmap (vmx_set_tmr) from the I/O
+# APIC's redirection table (vioapic_update_tmr, a rendezvous of every vCPU when an entry changes).
+EOI_VIRTUALIZED = 2         # ctx LAPIC_STEP: 2 | vector << 8, a virtualized EOI that exits (45) after the store
+EVALUATE = 3                # ctx LAPIC_STEP: a store after which pending virtual interrupts are evaluated, no exit
+
+
+@njit(**NUMBA)
+def intr_status(c):
+    """The guest-interrupt status as the processor keeps it: RVI the highest vector in VIRR, SVI the highest in
+    VISR, 0 for none (SDM 29.1.1: "RVI = 0 if VIRR is clear")."""
+    regs = page_of(c)
+    rvi, svi = highest(regs, IRR), highest(regs, ISR)
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    vmcs[V.GUEST_INTR_STATUS] = U(max(rvi, 0)) | U(max(svi, 0)) << U(8)
+
+
+@njit(**NUMBA)
+def eoi_exits(c, vector):
+    """The EOI-exit bitmap's bit for `vector` (VMCS EOI_EXIT0-3)."""
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    return (vmcs[V.EOI_EXIT0 + (vector >> 6)] >> U(vector & 63)) & U(1) != 0
+
+
+@njit(**NUMBA)
+def eoi_virtualized(c):
+    """EOI virtualization (SDM 29.1.3): VISR's bit for SVI clears, SVI and VPPR follow; with the vector's
+    EOI-exit bit the vCPU leaves after the store (exit 45, its qualification the vector) and the I/O APIC hears
+    of it (bhyve's VM_EXITCODE_IOAPIC_EOI: vioapic_process_eoi); else pending virtual interrupts are evaluated
+    with no exit. No exit, no count: bhyve never sees a gratuitous EOI here."""
+    regs = page_of(c)
+    svi = highest(regs, ISR)
+    if svi >= 0:
+        atomic_and(bit_address(c, ISR, svi), ~(U(1) << U(svi & 31)))
+    update_ppr(regs)
+    intr_status(c)
+    if svi >= 0 and eoi_exits(c, svi):
+        c[C.LAPIC_STEP] = EOI_VIRTUALIZED | U(svi) << U(8)
+        if block(c)[IB_CALLBACK] != 0:
+            call_host(block(c)[IB_CALLBACK], c[C.VCPUID], U(CB_EOI), U(svi), U(0))
+    elif highest(regs, IRR) >= 0:
+        c[C.LAPIC_STEP] = EVALUATE
+
+
+@njit(**NUMBA)
+def sync_eoi_exit(c):
+    """At an entry: the EOI-exit bitmap the I/O APIC last gave this vCPU into its VMCS and its TMR, if it changed
+    (the end of bhyve's rendezvous, on the vCPU's own thread). The words are read between two equal, even
+    sequence numbers, so never half of one update and half of the next."""
+    ib = block(c)
+    seq = ib[IB_EOI_EXIT_SEQ]
+    if seq == ib[IB_EOI_EXIT_SEEN] or seq & U(1):
+        return
+    fence()
+    words = np.empty(4, np.uint64)
+    for w in range(4):
+        words[w] = ib[IB_EOI_EXIT + w]
+    fence()
+    if ib[IB_EOI_EXIT_SEQ] != seq:
+        return                                           # changed while read: the next entry takes it
+    vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
+    regs = page_of(c)
+    for w in range(4):
+        vmcs[V.EOI_EXIT0 + w] = words[w]
+        regs[(TMR >> 2) + 8 * w] = np.uint32(words[w] & U(0xFFFFFFFF))
+        regs[(TMR >> 2) + 8 * w + 4] = np.uint32(words[w] >> U(32))
+    ib[IB_EOI_EXIT_SEEN] = seq
 
 
 # -- the timer (SDM §10.5.4) -------------------------------------------------------------------------
@@ -604,19 +687,25 @@ def mmio_write(c, offset, size, value):
     if reg < 0:
         return
     value = merged(regs[reg >> 2], reg, offset, size, value)
-    if exits_after(c, reg, value):
+    vid = (c[C.APICV] & U(C.APICV_VID)) != 0
+    if exits_after(c, reg, value) and not (vid and (reg == EOI or reg == TPR)):
         c[C.LAPIC_STEP] = 1
         c[C.LAPIC_STEP_OFFSET] = np.uint64(offset)
     if is_read_only(reg) or reg == EOI:
         c[C.LAPIC_FIX] = reg + 1
         c[C.LAPIC_FIXVAL] = 0 if reg == EOI else regs[reg >> 2]
     if reg == EOI:
-        eoi(c)
+        if vid:
+            eoi_virtualized(c)
+        else:
+            eoi(c)
     elif reg == TPR:
         regs[TPR >> 2] = value & 0xFF
         c[C.LAPIC_FIX] = reg + 1                          # TPR virtualization clears VTPR bits 31:8 after the
         c[C.LAPIC_FIXVAL] = value & 0xFF                  # store (SDM 29.1.2)
         update_ppr(regs)
+        if vid and highest(regs, IRR) >= 0:               # and evaluates pending virtual interrupts (29.1.2)
+            c[C.LAPIC_STEP] = EVALUATE
     elif reg == ICR_LO:
         regs[ICR_LO >> 2] = value & ~(1 << 12)
         send_ipi(c, value)
@@ -701,6 +790,16 @@ class Vlapic:
         for slot in (C.TIMER_DEADLINE, C.TIMER_PERIOD, C.TIMER_START, C.INTR_WINDOW, C.NMI_WINDOW, C.LAPIC_FIX,
                      C.LAPIC_ZERO):
             c[slot] = 0
+        self.block[IB_EOI_EXIT_SEEN] = ~np.uint64(0)    # the TMR just cleared: the next entry copies the bitmap again
+
+    def post_eoi_exit(self, words):
+        """The I/O APIC's EOI-exit bitmap for this vCPU (io/apicbus.py update_tmr, under the I/O APIC's lock, so
+        one writer at a time): an odd sequence number while the words change, the next even one after."""
+        self.block[IB_EOI_EXIT_SEQ] += np.uint64(1)
+        full_fence()
+        self.block[IB_EOI_EXIT:IB_EOI_EXIT + 4] = words
+        full_fence()
+        self.block[IB_EOI_EXIT_SEQ] += np.uint64(1)
 
     def register(self, offset):
         return int(self.regs[offset >> 2])

@@ -328,7 +328,7 @@ class Platform:
         both interrupt controllers (isa_irq): the 8254 on IRQ 0 (I/O APIC pin 2), the UARTs on IRQ 4 (COM1) and
         IRQ 3 (COM2); the 8254 and the RTC on the host timer."""
         self.apic_bus = ApicBus(self, self._intr_request)
-        self.ioapic = Vioapic(self.apic_bus.deliver)
+        self.ioapic = Vioapic(self.apic_bus.deliver, self.apic_bus.update_tmr)
         self.pic = Vpic(self._extint_changed)
         self.pit = Vpit(lambda: self.isa_pulse(0))
         self.nmisc = NmiStatusControl(self.pit)

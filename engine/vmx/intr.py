@@ -31,6 +31,8 @@ from .hooks import log_exit, record_exit
 EXITCODE_INJECT = 29        # webhyve: deliver ctx[INJECT] through the guest's IDT (userspace side)
 EXITCODE_IPI = 24           # bhyve's VM_EXITCODE_IPI: INIT, SIPI or NMI for this vCPU
 EXTINT = 0x100              # ctx[INJECT]: an ExtINT, its vector from the 8259 (io/vpic.py)
+WINDOW_EXIT = 1             # ctx[INTR_WINDOW]: interrupt-window exiting, exit 7 when the window opens
+WINDOW_VIRTUAL = 2          # ctx[INTR_WINDOW]: a virtual interrupt waits for the window; no exit (SDM 29.2.1)
 RFLAGS_IF = 1 << 9
 HF_INHIBIT_IRQ = 1 << 3
 HFLAGS_OFFSET = 216         # engine/vmx/segcache.py: hflags in Unicorn 2.1.4's uc_context
@@ -59,11 +61,16 @@ def inject(c):
     pend = c[C.PENDING]
     if pend & ~np.uint64(L.PEND_NMI) or (pend & np.uint64(L.PEND_NMI) and c[C.NMI_WINDOW] == 0):
         return EXITCODE_IPI
+    vid = (c[C.APICV] & np.uint64(C.APICV_VID)) != 0
+    if vid:
+        L.sync_eoi_exit(c)
     if c[C.INTR_WINDOW] != 0:                      # vmx_inject_interrupts step 6: window already armed;
         if not can_take_interrupt(c):              # the hardware exits right after an entry with the window
             return 0                               # open, e.g. after a HLT in an STI shadow (the HLT exit
-        c[C.INTR_WINDOW] = 0                       # came first): exit 7 here, then the injection below
-        record_exit(c, E.INTERRUPT_WINDOW, 0, 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_INTR_WINDOW)
+        window = c[C.INTR_WINDOW]                  # came first): exit 7 here, then the injection below
+        c[C.INTR_WINDOW] = 0
+        if window == WINDOW_EXIT:
+            record_exit(c, E.INTERRUPT_WINDOW, 0, 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_INTR_WINDOW)
     L.timer_check(c, L.now_ns(c))
     L.pir_to_irr(c)
     regs = L.page_of(c)
@@ -78,7 +85,9 @@ def inject(c):
             return 0
         c[C.INJECT] = vector
         return EXITCODE_INJECT
-    c[C.INTR_WINDOW] = 1
+    # With virtual-interrupt delivery the processor delivers a virtual interrupt as soon as RFLAGS.IF and the
+    # shadow allow it, with no exit (SDM 29.2.1); bhyve arms interrupt-window exiting only for the 8259's ExtINT.
+    c[C.INTR_WINDOW] = WINDOW_VIRTUAL if vid and vector != EXTINT else WINDOW_EXIT
     return 0
 
 
@@ -143,16 +152,25 @@ def note_opcode(c):
 
 @njit(**NUMBA)
 def apic_write_exit(c):
-    """Exit 56 (APIC write, trap-like): the qualification is the register's offset, RIP the instruction after
-    the write's (the stepper completed it: vmx/emulate.py). bhyve counts it only in the total."""
+    """After a store to the APIC page the vCPU leaves the guest for (io/vlapic.py mmio_write), trap-like, RIP the
+    instruction after it (the stepper completed it: vmx/emulate.py): exit 56 (APIC write), its qualification
+    the register's offset; or exit 45 (virtualized EOI), its qualification the vector; or, after a virtualized
+    EOI or TPR write with requests waiting, no exit at all: the entry evaluates them (SDM 29.1.2). bhyve counts
+    exits 56 and 45 only in the total."""
+    step = c[C.LAPIC_STEP]
     c[C.LAPIC_STEP] = 0
+    if step == L.EVALUATE:
+        return
+    if step & np.uint64(3) == L.EOI_VIRTUALIZED:
+        reason, qualification = np.uint64(E.VIRTUALIZED_EOI), step >> np.uint64(8)
+    else:
+        reason, qualification = np.uint64(E.APIC_WRITE), c[C.LAPIC_STEP_OFFSET] & np.uint64(0xFFF)
     vmcs = carray(u64_ptr(c[C.VMCS]), V.NFIELDS)
     rip = c[C.RIP]
-    offset = c[C.LAPIC_STEP_OFFSET] & np.uint64(0xFFF)
-    vmcs[V.EXIT_REASON], vmcs[V.EXIT_QUALIFICATION], vmcs[V.EXIT_INSTRUCTION_LENGTH] = E.APIC_WRITE, offset, 0
+    vmcs[V.EXIT_REASON], vmcs[V.EXIT_QUALIFICATION], vmcs[V.EXIT_INSTRUCTION_LENGTH] = reason, qualification, 0
     vmcs[V.GUEST_RIP] = rip
     carray(u64_ptr(c[C.STATS]), S.NSLOTS)[S.VMEXIT_COUNT] += 1
-    log_exit(c, E.APIC_WRITE, offset, 0, rip)
+    log_exit(c, reason, qualification, 0, rip)
 
 
 @njit(**NUMBA)

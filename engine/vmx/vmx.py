@@ -183,8 +183,9 @@ def exit_process(c, err):
         if c[C.NOTIFY] != 0:                           # a notification or the host timer (vmx/intr.py)
             intr.host_interrupt(c)
         if c[C.INTR_WINDOW] != 0 and intr.window_open(c):
+            if c[C.INTR_WINDOW] == intr.WINDOW_EXIT:   # (a virtual interrupt's window is no exit: vmx/intr.py)
+                record(c, E.INTERRUPT_WINDOW, 0, 0, S.VMEXIT_INTR_WINDOW)
             c[C.INTR_WINDOW] = 0
-            record(c, E.INTERRUPT_WINDOW, 0, 0, S.VMEXIT_INTR_WINDOW)
         if c[C.NMI_WINDOW] != 0 and intr.nmi_window_open(c):
             c[C.NMI_WINDOW] = 0
             record(c, E.NMI_WINDOW, 0, 0, S.VMEXIT_NMI_WINDOW)

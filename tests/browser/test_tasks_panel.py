@@ -39,9 +39,10 @@ def test_a_running_demo_shows_its_progress_then_ok_to_a_viewer(page, browser, se
     page.goto("%s/?token=%s" % (server, CONTROL))
     page.wait_for_selector("#demos tr[data-demo=posted-interrupts] button:not([disabled])")
     page.click("#demos tr[data-demo=posted-interrupts] button")
-    bar = viewer.wait_for_selector("#tasks tr[data-kind=demo][data-state=running] progress")
+    demo = "#tasks tr[data-kind=demo][data-state=%s]:has-text('run demo posted-interrupts')"
+    bar = viewer.wait_for_selector(demo % "running" + " progress")
     assert bar.get_attribute("max") == "1"
-    viewer.wait_for_selector("#tasks tr[data-kind=demo][data-state=running] .task-status:has-text('step ')")
-    done = viewer.wait_for_selector("#tasks tr[data-kind=demo][data-state=ok]", timeout=120000)
-    assert "run demo posted-interrupts" in done.inner_text() and done.query_selector("progress") is None
+    viewer.wait_for_selector(demo % "running" + " .task-status:has-text('step ')")
+    done = viewer.wait_for_selector(demo % "ok", timeout=120000)
+    assert done.get_attribute("data-vm") == "posted_interrupts" and done.query_selector("progress") is None
     viewer.context.close()

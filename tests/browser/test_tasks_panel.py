@@ -1,16 +1,12 @@
 """The Tasks panel in headless chromium: a VM created from the page appears as a task and finishes OK, a refused
 create shows its error in red, a demo shows its progress bar while it runs, and the VM page lists its VM's tasks."""
-from tests.browser.conftest import CONTROL, VIEWER
+from tests.browser.conftest import CONTROL, VIEWER, create_from_list
 
 ROW = "#tasks tr[data-kind=%s][data-vm='%s']"
 
 
 def test_a_create_from_the_page_appears_and_finishes_ok(page, server, tmp_path):
-    page.goto("%s/?token=%s" % (server, CONTROL))
-    page.wait_for_selector("#vms tr[data-vm=demo]")
-    page.fill("#create input[name=name]", "tasked")
-    page.select_option("#create select[name=guest]", "hello")
-    page.click("#create button[type=submit]")
+    create_from_list(page, server, "tasked", "hello")
     row = page.wait_for_selector(ROW % ("create", "tasked") + "[data-state=ok]")       # pushed, not reloaded
     cells = [c.inner_text() for c in row.query_selector_all("td")]
     start, end, duration, node, who, description, status = cells

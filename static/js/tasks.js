@@ -29,14 +29,18 @@ const TASKS = {
   },
 
   row(task) {
-    return WH.el("tr", {"data-task": task.id, "data-kind": task.kind, "data-vm": task.vm || "", "data-state": task.state},
+    const attrs = {"data-task": task.id, "data-kind": task.kind, "data-vm": task.vm || "", "data-state": task.state};
+    return WH.el("tr", attrs,
       WH.el("td", {}, TASKS.when(task.started)), WH.el("td", {}, task.ended ? TASKS.when(task.ended) : ""),
-      WH.el("td", {class: "num task-duration"}, TASKS.seconds(task)), WH.el("td", {}, task.node), WH.el("td", {}, task.who),
-      WH.el("td", {title: task.id}, task.description), WH.el("td", {class: "task-status"}, TASKS.status(task)));
+      WH.el("td", {class: "num task-duration"}, TASKS.seconds(task)), WH.el("td", {}, task.node),
+      WH.el("td", {}, task.who), WH.el("td", {title: task.id}, task.description),
+      WH.el("td", {class: "task-status"}, TASKS.status(task)));
   },
 
   draw() {
-    const tasks = [...TASKS.shown.values()].sort((a, b) => b.started - a.started || (b.id > a.id ? 1 : -1)).slice(0, TASKS.limit);
+    const newest = (a, b) => b.started - a.started || (b.id > a.id ? 1 : -1);
+    const all = [...TASKS.shown.values()].sort(newest), tasks = all.slice(0, TASKS.limit);
+    all.slice(TASKS.limit).forEach((t) => TASKS.shown.delete(t.id));      // a page left open stays small
     TASKS.table.querySelector("tbody").replaceChildren(...tasks.map(TASKS.row));
     document.getElementById("no-tasks").hidden = tasks.length > 0;
   },
@@ -49,7 +53,8 @@ const TASKS = {
 
   async load() {
     try {
-      const {tasks} = await WH.api("GET", "/tasks?limit=" + TASKS.limit + (WH.vm ? "&vm=" + encodeURIComponent(WH.vm) : ""));
+      const only = WH.vm ? "&vm=" + encodeURIComponent(WH.vm) : "";
+      const {tasks} = await WH.api("GET", "/tasks?limit=" + TASKS.limit + only);
       tasks.forEach((t) => TASKS.shown.set(t.id, t));
       TASKS.draw();
     } catch (e) {

@@ -258,8 +258,9 @@ def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cl
         assert wait_for("the checksum, printed on b, in c's open console", lambda: mover.shows(want), timeout=120)
         assert {"vm": "mover", "state": "migrated", "node": "b"} in mover.viewer.states
         assert mover.phases() >= {"pre-copy", "done"}
-        task = [t for t in a.api("GET", "/tasks?vm=mover").json()["tasks"] if t["kind"] == "migrate"]
+        task = [t for t in c.api("GET", "/tasks?vm=mover").json()["tasks"] if t["kind"] == "migrate"]   # a's log, on c
         assert [(t["state"], t["node"], t["description"]) for t in task] == [("ok", "a", "migrate VM mover to node b")]
+        assert [t["kind"] for t in c.api("GET", "/tasks?vm=mover", token=VIEWER).json()["tasks"]] == ["migrate", "create"]
         assert wait_for("the task's end pushed to c", lambda: any(t["id"] == task[0]["id"] and t["state"] == "ok"
                                                                    for t in pushed))
         rounds = [t["progress"]["text"] for t in pushed if t["id"] == task[0]["id"] and t["state"] == "running"

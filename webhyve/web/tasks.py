@@ -9,6 +9,7 @@ JSON "error" text and HTTP status), and the answer itself is unchanged. A view t
 import functools
 import socket
 
+import redis
 from flask import Blueprint, current_app, g
 from werkzeug.exceptions import HTTPException
 
@@ -87,8 +88,37 @@ def who():
 def list_tasks():
     """The task log, newest first: what was started here, by whom, when, how long it took, its result or progress.
 
-    `vm` keeps one VM's tasks; `limit` the newest so many."""
-    return {"tasks": log().list(g.query["vm"], g.query["limit"])}
+    `vm` keeps one VM's tasks; `limit` the newest so many. In cluster mode every node's log, merged; a node that does
+    not answer is named in `unanswered`."""
+    vm, limit = g.query["vm"], g.query["limit"]
+    node = current_app.extensions.get("webhyve.cluster")
+    if node is None:
+        return {"tasks": log().list(vm, limit)}
+    merged, unanswered = log().list(vm, limit), []
+    for other in others(node):
+        try:
+            merged += node.forwarder.op(other, "tasks.list", "", g.role, {"vm": vm, "limit": limit})["tasks"]
+        except ApiError as problem:
+            unanswered.append({"node": other["name"], "error": problem.message})
+    merged.sort(key=lambda t: (t["started"], t["id"]), reverse=True)
+    return {"tasks": merged[:limit], "unanswered": unanswered}
+
+
+def others(node):
+    """The other nodes that are up, from the registry (none while Redis is away: this node's log is all there is)."""
+    try:
+        nodes = node.registry.nodes()
+    except redis.RedisError:
+        return []
+    return [n for name, n in sorted(nodes.items()) if name != node.name and n["up"]]
+
+
+def serve_list(tasks, sid, role, payload):
+    """The "tasks.list" cluster operation {vm, limit}: this node's part of another node's GET /tasks."""
+    vm, limit = payload.get("vm"), payload.get("limit")
+    if not (vm is None or isinstance(vm, str)) or not isinstance(limit, int) or isinstance(limit, bool):
+        raise ApiError(400, "tasks.list takes {vm: a VM name or null, limit: an integer}")
+    return {"tasks": tasks.list(vm, limit)}
 
 
 class TasksNamespace(CheckedNamespace):
@@ -105,6 +135,8 @@ def install(app, socketio, cluster):
     tasks = TaskLog(cluster.name if cluster is not None else socket.gethostname())
     tasks.listeners.append(lambda task: socketio.emit("task", task, namespace=NAMESPACE))
     socketio.on_namespace(TasksNamespace(NAMESPACE))
+    if cluster is not None:              # another node's GET /tasks asks for this node's log
+        cluster.ops["tasks.list"] = functools.partial(serve_list, tasks)
     app.extensions["webhyve.tasks"] = tasks
     app.register_blueprint(bp)
     return tasks

@@ -32,6 +32,15 @@ def browser():
         browser.close()
 
 
+def create_from_list(page, server, name, guest):
+    """On the VM list (control token): fill the create form with `name` and a bundled `guest`, and submit it."""
+    page.goto("%s/?token=%s" % (server, CONTROL))
+    page.wait_for_selector("#vms tr[data-vm=demo]")
+    page.fill("#create input[name=name]", name)
+    page.select_option("#create select[name=guest]", guest)
+    page.click("#create button[type=submit]")
+
+
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)

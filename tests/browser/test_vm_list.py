@@ -1,13 +1,9 @@
 """The VM list in headless chromium: create from a bundled guest, refuse a bad upload, destroy."""
-from tests.browser.conftest import CONTROL
+from tests.browser.conftest import CONTROL, create_from_list
 
 
 def test_create_refuse_and_destroy(page, server, tmp_path):
-    page.goto("%s/?token=%s" % (server, CONTROL))
-    page.wait_for_selector("#vms tr[data-vm=demo]")
-    page.fill("#create input[name=name]", "fromlist")
-    page.select_option("#create select[name=guest]", "hello")
-    page.click("#create button[type=submit]")
+    create_from_list(page, server, "fromlist", "hello")
     page.wait_for_selector("#vms tr[data-vm=fromlist]")
     assert "hello.elf (multiboot)" in page.inner_text("#vms tr[data-vm=fromlist]")
 

@@ -56,6 +56,21 @@ class Viewer:
         self.client.disconnect()
 
 
+class TaskPushes:
+    """The /tasks pushes a page on `node` receives (every node's tasks, through Redis), as a list."""
+
+    def __init__(self, node):
+        self.pushed, self.client = [], socketio.Client(reconnection=False)
+        self.client.on("task", self.pushed.append, namespace="/tasks")
+        self.client.connect(node.url, namespaces=["/tasks"], transports=["websocket"], auth={"token": VIEWER})
+
+    def __enter__(self):
+        return self.pushed
+
+    def __exit__(self, *exc):
+        self.client.disconnect()
+
+
 class Watched:
     """A memtouch VM made on one node, its console followed by a Viewer on another node that also collects the
     VM's `migration` events; entered once memtouch has printed its base address."""
@@ -231,7 +246,7 @@ def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cl
     stays attached and reads, from b, the checksum that proves no page was lost."""
     from tests.guests.memtouch_reference import checksum
     a, b, c = (cluster.nodes[n] for n in "abc")
-    with Watched(a, c, "mover", "pages=4096 pattern=random passes=1500") as mover:
+    with TaskPushes(c) as pushed, Watched(a, c, "mover", "pages=4096 pattern=random passes=1500") as mover:
         moved = c.api("POST", "/vms/mover/migrate", json={"node": "b"})           # c forwards it to a, the owner
         assert moved.status_code == 200, moved.text
         figures = moved.json()
@@ -243,6 +258,14 @@ def test_live_migration_of_a_guest_rewriting_its_memory_with_its_console_open(cl
         assert wait_for("the checksum, printed on b, in c's open console", lambda: mover.shows(want), timeout=120)
         assert {"vm": "mover", "state": "migrated", "node": "b"} in mover.viewer.states
         assert mover.phases() >= {"pre-copy", "done"}
+        task = [t for t in c.api("GET", "/tasks?vm=mover").json()["tasks"] if t["kind"] == "migrate"]   # a's log, on c
+        assert [(t["state"], t["node"], t["description"]) for t in task] == [("ok", "a", "migrate VM mover to node b")]
+        assert [t["kind"] for t in c.api("GET", "/tasks?vm=mover", token=VIEWER).json()["tasks"]] == ["migrate", "create"]
+        assert wait_for("the task's end pushed to c", lambda: any(t["id"] == task[0]["id"] and t["state"] == "ok"
+                                                                   for t in pushed))
+        rounds = [t["progress"]["text"] for t in pushed if t["id"] == task[0]["id"] and t["state"] == "running"
+                  and t["progress"]["text"].startswith("pre-copy round")]
+        assert rounds and rounds[0].startswith("pre-copy round 1: ")            # a's rounds, live on c's page
     assert a.api("DELETE", "/vms/mover").status_code == 200                       # forwarded to b
     assert wait_for("mover gone", lambda: vm_row(c, "mover") is None)
 

@@ -178,6 +178,7 @@ def test_one_bad_field_at_a_route_is_a_400_naming_it(served, endpoint, data, tok
                               st.sampled_from(["banana", "", "maybe", "1.5", "\uff11", "0x1" + "0" * 16]))
         assume(not (field.nullable and sent[key] in (None, "")))
         assume(not (part == "query" and sent[key] == "" and not field.required))
+        assume(not (part == "query" and accepted(schema, sent, from_text=True)))     # "banana" is a good VM name
     elif how == "missing":
         assume(schema.fields[key].required)
         del sent[key]

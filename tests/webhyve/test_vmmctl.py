@@ -311,6 +311,22 @@ def test_create_with_too_many_vcpus_is_refused(env):
     assert "many" not in [v["name"] for v in rest(env, "GET", "/api/v1/vms").json()["vms"]]
 
 
+def test_tasks_lists_the_log_newest_first(env, fresh_vm):
+    """`vmmctl tasks VM`: the VM's create, then a refused pause of it with the server's error, newest first."""
+    rest(env, "POST", "/api/v1/vms/%s/pause" % fresh_vm)
+    refused = rest(env, "POST", "/api/v1/vms/%s/pause" % fresh_vm)
+    assert refused.status_code == 409
+    done = cli(env, "tasks", fresh_vm)
+    assert done.exit_code == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["STARTED", "ENDED", "DURATION", "NODE", "WHO", "DESCRIPTION", "STATUS"]
+    assert len(rows) == 3 and "pause VM %s" % fresh_vm in rows[0] and "create VM %s" % fresh_vm in rows[2]
+    assert rows[0].endswith("error 409: " + refused.json()["error"]) and rows[1].endswith(" OK")
+    assert re.search(r"\d\.\d{3}s  \S+ +control ", rows[2])
+    assert len(cli(env, "tasks", "--limit", "1").stdout.splitlines()) == 2
+    assert cli(env, "tasks", "bad name!").exit_code == 2          # the name rule, checked before asking
+
+
 def test_screenshot_writes_a_png(env, tmp_path):
     path = tmp_path / "demo.png"
     assert cli(env, "screenshot", "demo", "-o", str(path)).exit_code == 0

@@ -1,6 +1,6 @@
 """vmmctl: bhyvectl's cousin. `vmmctl run IMAGE` boots a guest here with its serial console on this terminal;
 `vmmctl --vm=NAME --get-stats` and the other bhyvectl options, and `list`, `console`, `sysctl`,
-`screenshot`, `record`, act on the VMs of a running webhyve server (docs/vmmctl.md)."""
+`screenshot`, `record`, `tasks`, act on the VMs of a running webhyve server (docs/vmmctl.md)."""
 import contextlib
 import os
 import time
@@ -125,6 +125,7 @@ def main(ctx, url, vm_name, **options):
     vmmctl run IMAGE                     boot IMAGE here, its console on this terminal
     vmmctl --vm=NAME --get-stats         bhyvectl's options against the server's VM NAME
     vmmctl list | console VM | sysctl [NAME[=V]] | screenshot VM -o F.png | record VM -o F.cast
+    vmmctl tasks [VM]                    the task log: who started what, when, how long, the result
     vmmctl snapshot save|restore|list|delete   vmmctl demo [NAME] -o DIR
     """
     ctx.obj = {"url": url}
@@ -332,6 +333,35 @@ def print_migration(f):
             i, r["pages"], r["data_bytes"], r["seconds"], "  vCPUs throttled %d%%" % r["throttle"] if r["throttle"] else ""))
     click.echo("  stop-and-copy %4d pages" % f["final_pages"])
     click.echo("  total %12d pages sent, %d bytes on the wire" % (f["pages_sent"], f["bytes_sent"]))
+
+
+@main.command()
+@click.argument("vm", type=VM_NAME, required=False)
+@click.option("-n", "--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="The newest so many.")
+@click.pass_context
+def tasks(ctx, vm, limit):
+    """The server's task log, newest first (only VM's when given): start, end, duration, node, who, what, status."""
+    query = {"limit": limit, **({"vm": vm} if vm else {})}
+    rows = client(ctx).get("/api/v1/tasks?" + urllib.parse.urlencode(query))["tasks"]
+    click.echo("%-19s %-19s %10s  %-12s %-10s %-40s %s" % ("STARTED", "ENDED", "DURATION", "NODE", "WHO",
+                                                          "DESCRIPTION", "STATUS"))
+    for t in rows:
+        click.echo("%-19s %-19s %9.3fs  %-12s %-10s %-40s %s" % (
+            when(t["started"]), when(t["ended"]) if t["ended"] else "-", t["duration_s"], t["node"], t["who"],
+            t["description"], task_status(t)))
+
+
+def when(epoch):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def task_status(t):
+    """OK, the error the server answered (with its HTTP status), or how far a running task has got."""
+    if t["state"] == "running":
+        p = t["progress"] or {}
+        done = "" if p.get("fraction") is None else " %d%%" % round(p["fraction"] * 100)
+        return "running%s%s" % (done, ": " + p["text"] if p.get("text") else "")
+    return t["status"] if t["state"] == "ok" else "error %s: %s" % (t["http_status"], t["status"])
 
 
 @main.command()

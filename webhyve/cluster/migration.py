@@ -50,10 +50,10 @@ class Migrations:
         node.ops["vm.migrate_in"] = self.prepare_in
 
     # -- the VM's node --------------------------------------------------------------------------------------
-    def migrate(self, name, target_name, auto_converge=False):
+    def migrate(self, name, target_name, auto_converge=False, on_progress=None):
         """Move VM `name` to node `target_name`; the figures once the target runs it, or an ApiError naming the
         step that failed (the VM then runs on here). `auto_converge`: throttle a guest that dirties memory faster
-        than it is sent (engine/migration/throttle.py)."""
+        than it is sent (engine/migration/throttle.py); `on_progress(figures)` after each round (the task log)."""
         node = self.node
         session = node.fleet.get(name)
         target = self._target(name, target_name)
@@ -62,7 +62,7 @@ class Migrations:
                 raise ApiError(409, "VM %r is already being migrated" % name)
             self.active[name] = {"vm": name, "node": target_name, "phase": "connecting"}
         try:
-            return self._migrate(session, target, auto_converge)
+            return self._migrate(session, target, auto_converge, on_progress)
         finally:
             with self.lock:
                 self.active.pop(name, None)
@@ -78,7 +78,7 @@ class Migrations:
             raise ApiError(409, "node %r is down: it cannot take VM %r" % (target_name, name))
         return nodes[target_name]
 
-    def _migrate(self, session, target, auto_converge):
+    def _migrate(self, session, target, auto_converge, on_progress):
         node, name = self.node, session.name
         ident = secrets.token_hex(8)
         answer = node.forwarder.op(target, "vm.migrate_in", "", "control", {
@@ -98,7 +98,8 @@ class Migrations:
             figures = session.vm.migrate(sock, migration_key(self._secret, ident), peer="node %r" % target["name"],
                                          extra=export,
                                          before_commit=lambda: self._let_go(session),
-                                         on_progress=lambda f: self._progress(name, {**f, "node": target["name"]}),
+                                         on_progress=lambda f: self._progress(name, {**f, "node": target["name"]},
+                                                                              on_progress),
                                          auto_converge=auto_converge)
         except MigrationError as problem:
             if not problem.committed:                 # after COMMIT the target may hold it: its record stands
@@ -151,10 +152,12 @@ class Migrations:
                 log.warning("webhyve cluster: could not tell node %s that %s left VM %s: %s",
                             target["name"], sid, name, problem)
 
-    def _progress(self, name, figures):
+    def _progress(self, name, figures, also=None):
         with self.lock:
             if name in self.active:
                 self.active[name] = figures
+        if also is not None:
+            also(figures)
         self.node.emit("migration", {"vm": name, **figures}, "vm:" + name, "/console")
 
     # -- the target ---------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ from ..sessions.errors import ApiError
 from ..sessions.fleet import LIFECYCLE
 from ..sessions.recording import NAME as RECORDING_NAME
 from ..sessions.recording import list_recordings
+from ..sessions.tasks import migration_progress
 from . import devices, panels
 from .access import control_required
 from .api_schema import DEFAULT_MEM_MB, guard
+from .tasks import current, recorded
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(guard)
@@ -93,6 +95,7 @@ def list_vms():
 
 @bp.post("/vms")
 @control_required
+@recorded("create")
 def create_vm():
     """JSON {name, guest, ...} for a bundled guest, or multipart with an `image` file for an upload."""
     body = g.body
@@ -135,6 +138,7 @@ def get_vm(name):
 
 @bp.delete("/vms/<name>")
 @control_required
+@recorded("destroy")
 def destroy_vm(name):
     fleet().destroy(name)
     return {"destroyed": name}
@@ -142,17 +146,21 @@ def destroy_vm(name):
 
 @bp.post("/vms/<name>/migrate")
 @control_required
+@recorded("migrate")
 def migrate(name):
     """Live migration to another node of the cluster (webhyve/cluster/migration.py): the figures once it runs there."""
     cluster = current_app.extensions.get("webhyve.cluster")
     if cluster is None:
         raise ApiError(409, "live migration moves a VM between the nodes of a cluster; this server runs alone "
                             "(start the nodes with --redis and --cluster-secret: docs/cluster.md)")
-    return cluster.migrations.migrate(name, g.body["node"], auto_converge=g.body["auto_converge"])
+    task = current()
+    return cluster.migrations.migrate(name, g.body["node"], auto_converge=g.body["auto_converge"],
+                                      on_progress=lambda figures: task.progress(*migration_progress(figures)))
 
 
 @bp.post("/vms/<name>/<action>")
 @control_required
+@recorded("lifecycle")
 def lifecycle(name, action):
     if action not in LIFECYCLE:
         raise ApiError(404, "no action %r: use one of %s" % (action, ", ".join(LIFECYCLE)))

@@ -16,6 +16,7 @@ from ..sessions.fleet import engine_error
 from .access import control_required
 from .api import fleet
 from .api_schema import guard
+from .tasks import current, recorded
 
 bp = Blueprint("snapdemo", __name__, url_prefix="/api/v1")
 bp.before_request(guard)
@@ -48,6 +49,7 @@ def list_snapshots():
 
 @bp.post("/vms/<vm>/snapshot")
 @control_required
+@recorded("snapshot")
 def save_snapshot(vm):
     """{name, suspend?}: --checkpoint (the VM runs on) or --suspend (it is powered off after saving)."""
     body = g.body
@@ -55,6 +57,7 @@ def save_snapshot(vm):
     session = fleet().get(vm)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     started = time.perf_counter()
+    current().progress(None, "writing %s.snap" % body["name"])      # the engine does not say how far it has got
     try:
         result = session.vm.snapshot(path)
     except Exception as problem:
@@ -67,6 +70,7 @@ def save_snapshot(vm):
 
 @bp.post("/snapshots/<name>/restore")
 @control_required
+@recorded("restore")
 def restore_snapshot(name):
     """{vm?, start?}: a new VM from the snapshot (named as saved unless `vm` says otherwise)."""
     body = g.body
@@ -101,6 +105,7 @@ def list_demos():
 
 @bp.post("/demos/<name>")
 @control_required
+@recorded("demo")
 def run_demo(name):
     """Run a bundled scenario live on this server: its VM appears in the list, its recording in recordings."""
     try:
@@ -113,18 +118,21 @@ def run_demo(name):
         stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
         outdir = os.path.join(current_app.config["RECORDINGS_DIR"], "demos", "%s-%s" % (name, stamp))
         record = _runs[name] = {"state": "running", "step": 0, "steps": len(scenario["step"]), "outdir": outdir}
-    the_fleet = fleet()
+    the_fleet, task = fleet(), current().detach()
 
     def on_step(run, i, step):
         record["step"] = i
+        task.progress((i - 1) / record["steps"], "step %d of %d" % (i, record["steps"]))
 
     def work():
         try:
             summary = demo.Run(the_fleet, scenario, outdir, on_step=on_step).run()
             record.update(state="done", figures=summary["figures"], log=summary["log"],
                           files=[os.path.basename(f) for f in summary["files"]])
+            task.finish()
         except Exception as problem:
             record.update(state="failed", error=str(problem))
+            task.fail(str(problem))
 
     threading.Thread(target=work, name="demo-" + name, daemon=True).start()
     return {"name": name, "vm": scenario["name"].replace("-", "_"), "run": record}, 202

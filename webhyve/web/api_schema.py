@@ -13,6 +13,7 @@ from flask import current_app, g, request
 from engine.door.tables import DEFAULT_PROFILE, KINDS, PROFILES
 
 from ..cluster import hooks
+from ..sessions.tasks import LIMIT as TASKS_KEPT
 from .access import authenticate
 from .schema import NOTHING, Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, TextList, shown
 
@@ -90,6 +91,8 @@ ROUTES = {
     "snapdemo.delete_snapshot": Route(path={"name": SNAPSHOT}),
     "snapdemo.list_demos": Route(),
     "snapdemo.run_demo": Route(path={"name": WORD}),
+    "tasks.list_tasks": Route(query=Schema(vm=Name("VM name", default=None, nullable=True),
+                                           limit=Int(1, TASKS_KEPT, default=100))),
 }
 
 

@@ -16,7 +16,7 @@ from engine.door import Host
 
 from ..sessions.errors import ApiError
 from ..sessions.fleet import Fleet
-from . import api_ctl, api_demo, cluster_setup, logs, metrics, openapi
+from . import api_ctl, api_demo, cluster_setup, logs, metrics, openapi, tasks
 from .access import new_token
 from .api import bp as api_bp
 from .console import ConsoleNamespace
@@ -90,6 +90,7 @@ def create_app(config=None):
     app.register_blueprint(pages_bp)
     app.register_blueprint(metrics.bp)                  # /metrics for Prometheus
     app.register_blueprint(openapi.bp)                  # /api/v1/openapi.json
+    tasks.install(app, socketio, node)                  # /api/v1/tasks and the /tasks namespace
     _register_errors(app)
     inspector.start_ticker()
     if node is not None:

@@ -25,6 +25,7 @@ EVENTS = {
         "watch": Schema(vm=VM),
         "unwatch": Schema(vm=VM),
     },
+    "/tasks": {},                                 # server → page only: task {…} (web/tasks.py)
 }
 
 
@@ -57,7 +58,7 @@ class CheckedNamespace(Namespace):
         where = "%s %s" % (self.namespace, event)
         if event not in events:
             return refusal(ApiError(404, "%s has no event %r: send one of %s" % (
-                self.namespace, event, ", ".join(events))))
+                self.namespace, event, ", ".join(events) or "none (it only pushes to the page)")))
         if len(payload) != 1:
             return refusal(SchemaError("%s: send exactly one object, not %d arguments" % (where, len(payload))))
         try:

@@ -1,0 +1,71 @@
+"""The VM page's graphs over time and the stats table's rates, in headless chromium, as a user reads them."""
+import requests
+
+from tests.browser.conftest import CONTROL
+from tests.browser.test_console_ui import sideways
+from tests.browser.test_vm_page import open_vm
+
+GRAPHS = {"exits": "total", "tlb": "hit rate", "ept": "first touches", "l1d": "MSR-load list", "ipi": "sent"}
+
+
+def type_help(server):
+    requests.post(server + "/api/v1/vms/demo/console", json={"data": "help\r"},
+                  headers={"Authorization": "Bearer " + CONTROL}).raise_for_status()
+
+
+def points(page):
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('#graphs [data-graph]')].map(
+        (g) => [g.dataset.graph, Number(g.dataset.points || 0)]))""")
+
+
+def test_graphs_fill_and_agree_with_the_stats_rates(page, server):
+    """The shell answers `help`: each quantity has its chart with a time axis and points, the exits/s readout is
+    the stats table's rate of VM exits (one vCPU, the same tick), and the section fits 1280x800 and 800x600."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    open_vm(page, server)
+    page.wait_for_function("() => document.querySelectorAll('#graphs [data-graph] .uplot').length === 5")
+    assert points(page).keys() == GRAPHS.keys()
+    type_help(server)
+    # A tick whose exits the table rates too: the graph's newest exits/s is above zero and the table has a rate.
+    page.wait_for_function("""() => {
+        const g = document.querySelector('#graphs [data-graph=exits] [data-series=total]');
+        const row = [...document.querySelectorAll('#stats tr')].find((r) => r.cells[0].textContent === 'total number of vm exits');
+        return g && Number(g.dataset.value) > 0 && row && row.cells[2].dataset.rate !== '';
+    }""", timeout=30000)
+    seen = page.evaluate("""() => {
+        const g = document.querySelector('#graphs [data-graph=exits] [data-series=total]');
+        const row = [...document.querySelectorAll('#stats tr')].find((r) => r.cells[0].textContent === 'total number of vm exits');
+        return {graph: Number(g.dataset.value), graphText: g.textContent, rate: Number(row.cells[2].dataset.rate),
+                rateText: row.cells[2].textContent, total: row.cells[1].textContent};
+    }""")
+    assert seen["graph"] == seen["rate"], seen
+    assert seen["rateText"].endswith("/s") and seen["graphText"] == "total " + seen["rateText"], seen
+    assert "0x" not in seen["total"] and "0x" not in seen["rateText"]                 # counts in decimal
+    page.wait_for_function("() => [...document.querySelectorAll('#graphs [data-graph]')].every((g) => g.dataset.points >= 2)")
+    for graph, series in GRAPHS.items():
+        box = page.locator('#graphs [data-graph="%s"]' % graph)
+        assert box.locator(".u-axis").count() >= 2 and box.locator("canvas").count() >= 1, graph    # time and value axes
+        assert box.locator('[data-series="%s"]' % series).count() == 1, graph
+    for width, height in ((1280, 800), (800, 600)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_function("w => window.innerWidth === w && document.querySelector('#graphs .uplot').offsetWidth"
+                               " <= document.getElementById('graphs').clientWidth", arg=width)
+        assert sideways(page) == {"scroll": width, "inner": width, "wide": []}, width
+
+
+def test_the_graphs_start_full_and_follow_the_theme(page, server):
+    """A page opened later shows the server's history at once, not an empty chart; the charts' axes take the
+    theme's colour when the switch changes it."""
+    open_vm(page, server)
+    page.wait_for_function("() => Number(document.querySelector('#graphs [data-graph=exits]').dataset.points) >= 3")
+    before = points(page)["exits"]
+    page.reload()
+    page.wait_for_selector("#graphs [data-graph=exits][data-points]")
+    assert points(page)["exits"] >= before                  # the watch's answer carried the history
+    strokes = {}
+    for theme in ("light", "dark"):
+        page.select_option("#theme", theme)
+        page.wait_for_function("""() => Graphs.chart('exits').axes[1].stroke(Graphs.chart('exits'), 1) ===
+            getComputedStyle(document.documentElement).getPropertyValue('--muted').trim()""")
+        strokes[theme] = page.evaluate("Graphs.chart('exits').axes[1].stroke(Graphs.chart('exits'), 1)")
+    assert strokes["light"] != strokes["dark"], strokes

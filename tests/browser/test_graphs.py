@@ -69,3 +69,23 @@ def test_the_graphs_start_full_and_follow_the_theme(page, server):
             getComputedStyle(document.documentElement).getPropertyValue('--muted').trim()""")
         strokes[theme] = page.evaluate("Graphs.chart('exits').axes[1].stroke(Graphs.chart('exits'), 1)")
     assert strokes["light"] != strokes["dark"], strokes
+
+
+def test_ipis_and_first_touches_are_drawn_from_a_guest_that_makes_them(page, server):
+    """The ipi guest on two vCPUs (ping-pong IPIs between them, its loop's pages in the TLB) and the memtouch guest
+    (each page backed on its first touch): their graphs draw points above zero, as the model counted them. memtouch
+    is done within a tick or two, before its page opens: the server's history holds its first touches."""
+    made = []
+    try:
+        for name, guest, cpus, cmdline in (("pingpong", "ipi", 2, "count=300000"), ("touch", "memtouch", 1, "pages=20000 passes=3")):
+            r = requests.post(server + "/api/v1/vms", json={"name": name, "guest": guest, "cpus": cpus, "mem_mb": 128,
+                                                            "cmdline": cmdline}, headers={"Authorization": "Bearer " + CONTROL})
+            assert r.status_code == 201, r.text
+            made.append(name)
+        for name, graph, series in (("pingpong", "ipi", 1), ("pingpong", "ipi", 2), ("pingpong", "tlb", 1), ("touch", "ept", 1)):
+            page.goto("%s/vms/%s?token=%s" % (server, name, CONTROL))
+            page.wait_for_function("([g, s]) => Graphs.chart(g) && Graphs.chart(g).data[s].some((v) => v > 0)",
+                                   arg=[graph, series], timeout=60000)
+    finally:
+        for name in made:
+            requests.delete(server + "/api/v1/vms/" + name, headers={"Authorization": "Bearer " + CONTROL})

@@ -75,3 +75,19 @@ def test_a_watched_vm_s_stats_rate_is_its_graph_point(app, client, shell_vm):
         return found
     assert wait_for(consistent_update, timeout=10, step=0.25)         # a `help` per tick or so
     assert all(graph == table for graph, table in found), found
+
+
+def test_no_exit_is_lost_between_creation_and_the_ticks(client):
+    """memtouch backs its pages and stops within a tick or two of its creation: the history's exit deltas add up to
+    the VM's total, the first tick's included (the history starts from the VM's creation)."""
+    assert client.post("/api/v1/vms", json={"name": "touch", "guest": "memtouch", "mem_mb": 64,
+                                            "cmdline": "pages=4000"}).status_code == 201
+    summary = lambda: client.get("/api/v1/vms/touch").json
+    assert wait_for(lambda: summary()["state"] == "suspended", timeout=30)
+    total = summary()["exits"]
+
+    def counted():
+        return sum(s["exits"].get("VMEXIT_COUNT", 0) for s in client.get("/api/v1/vms/touch/exits").json["samples"])
+    assert wait_for(lambda: counted() == total, timeout=5), (counted(), total)
+    assert total > 4000                                  # one EPT violation per page at least
+    client.delete("/api/v1/vms/touch")

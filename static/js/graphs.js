@@ -46,9 +46,9 @@ const Graphs = (() => {
     return value.toLocaleString("en-US", {maximumFractionDigits: 1}) + (unit || "/s");
   }
 
-  // A time tick as the browser's clock writes it, to the second.
+  // A time tick as the browser's clock writes it, to the second, on 24 hours (shorter than 04:13:30 PM).
   function clock(t) {
-    return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+    return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false});
   }
 
   function themeColour(name) {

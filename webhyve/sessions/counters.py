@@ -58,30 +58,33 @@ def delta(before, after):
 
 
 class CounterHistory:
-    """Legend: `samples`, `_last`, `_vcpus` and `_vcpu_rates` are guarded by `lock`; only the ticker samples."""
+    """Legend: `samples`, `_last`, `_vcpus` and `_vcpu_rates` are guarded by `lock`; the ticker samples (and the
+    VM's session once, when it takes the VM)."""
 
     def __init__(self, window_s=WINDOW_S):
         self.window_s = window_s
         self.samples = collections.deque()
         self.lock = threading.Lock()
-        self._last = None                 # (t, {ID: VM-wide count}) of the last tick
-        self._vcpus = None                # (t, [flattened counters] per vCPU) of the last watched tick
+        self._last = None                 # (clock, {ID: VM-wide count}) of the last tick
+        self._vcpus = None                # (clock, [flattened counters] per vCPU) of the last watched tick
         self._vcpu_rates = {}             # vCPU index → [rate per row] over the last watched tick
 
-    def sample(self, t, totals, vcpus=None):
-        """One tick at wall-clock `t`: `totals` {ID: VM-wide count}; `vcpus` each vCPU's stats {ID: count} from
-        one visit (a watched VM), whose sum then replaces `totals`."""
+    def sample(self, t, totals, vcpus=None, clock=None):
+        """One tick at wall-clock `t` (the graph's time axis), `clock` seconds on a monotonic clock (for dt; `t`
+        when not given): `totals` {ID: VM-wide count}; `vcpus` each vCPU's stats {ID: count} from one visit (a
+        watched VM), whose sum then replaces `totals`."""
+        clock = t if clock is None else clock
         if vcpus is not None:
             totals = {k: sum(v[k] for v in vcpus) for k in GRAPHED}
         with self.lock:
-            if self._last is not None and t > self._last[0]:
+            if self._last is not None and clock > self._last[0]:
                 moved = delta(self._last[1], totals)
                 if moved is not None:
-                    self.samples.append({"t": round(t, 3), "dt": tick(self._last[0], t), "d": moved})
-            self._last = (t, {k: totals[k] for k in GRAPHED})
+                    self.samples.append({"t": round(t, 3), "dt": tick(self._last[0], clock), "d": moved})
+            self._last = (clock, {k: totals[k] for k in GRAPHED})
             while self.samples and self.samples[0]["t"] <= t - self.window_s:
                 self.samples.popleft()
-            self._sample_vcpus(t, vcpus)
+            self._sample_vcpus(clock, vcpus)
 
     def _sample_vcpus(self, t, vcpus):
         if vcpus is None:                 # unwatched: no visit, no per-vCPU rate; the next watch starts afresh

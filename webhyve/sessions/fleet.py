@@ -68,7 +68,8 @@ class VmSession:
         self.pump = OutputPump(vm, emit, pump_interval)
         self.recording = None
         self.stat_history = CounterHistory()       # sampled by the /inspect ticker (webhyve/web/inspector.py)
-        self.stat_history.sample(time.time(), vm.counter_totals())   # from here: a guest's first tick is counted
+        # From here: a guest's first tick is counted (a new VM's counters are zero; a restored one's go on).
+        self.stat_history.sample(time.time(), vm.counter_totals(), clock=time.monotonic())
         self.started_at = None                  # wall-clock time of the last boot, for the uptime
         self.handing_over = False               # a live migration is handing it to another node (cluster/migration.py)
 

@@ -46,10 +46,10 @@ def snapshot(session, host, node=None, sample=False):
     the VM's counters from these visits first (webhyve/sessions/counters.py)."""
     vm = session.vm
     summary = {**session.summary(), **({"node": node} if node else {})}
-    t = time.time()
+    t, clock = time.time(), time.monotonic()
     vcpus = [panels.vcpu_panels(vm, i) for i in range(vm.cpus)]
     if sample:
-        session.stat_history.sample(t, None, [p["stats"]["by_id"] for p in vcpus])
+        session.stat_history.sample(t, None, [p["stats"]["by_id"] for p in vcpus], clock)
     out = {"summary": summary, "tunables": host.tunables(), "caches": panels.caches(vm),
            "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": session.exit_history[-60:],
            "devices": panels.devices(vm), "rates": session.stat_history.latest()}
@@ -172,7 +172,7 @@ class InspectNamespace(CheckedNamespace):
             with self.lock:
                 watched = bool(self.watchers.get(session.name))
             if not watched:
-                session.stat_history.sample(time.time(), session.vm.counter_totals())
+                session.stat_history.sample(time.time(), session.vm.counter_totals(), clock=time.monotonic())
                 self.last.pop(session.name, None)
                 continue
             panels = snapshot(session, self.fleet.host, self.cluster and self.cluster.name, sample=True)

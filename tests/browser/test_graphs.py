@@ -55,20 +55,26 @@ def test_graphs_fill_and_agree_with_the_stats_rates(page, server):
 
 def test_the_graphs_start_full_and_follow_the_theme(page, server):
     """A page opened later shows the server's history at once, not an empty chart; the charts' axes take the
-    theme's colour when the switch changes it."""
+    theme's colour when the switch changes it, or, on auto, when the browser's preference does."""
     open_vm(page, server)
-    page.wait_for_function("() => Number(document.querySelector('#graphs [data-graph=exits]').dataset.points) >= 3")
+    page.wait_for_function("() => Number(document.querySelector('#graphs [data-graph=exits]')?.dataset.points) >= 3")
     before = points(page)["exits"]
     page.reload()
     page.wait_for_selector("#graphs [data-graph=exits][data-points]")
     assert points(page)["exits"] >= before                  # the watch's answer carried the history
     strokes = {}
+    themed = """() => Graphs.chart('exits').axes[1].stroke(Graphs.chart('exits'), 1) ===
+        getComputedStyle(document.documentElement).getPropertyValue('--muted').trim()"""
     for theme in ("light", "dark"):
         page.select_option("#theme", theme)
-        page.wait_for_function("""() => Graphs.chart('exits').axes[1].stroke(Graphs.chart('exits'), 1) ===
-            getComputedStyle(document.documentElement).getPropertyValue('--muted').trim()""")
+        page.wait_for_function(themed)
         strokes[theme] = page.evaluate("Graphs.chart('exits').axes[1].stroke(Graphs.chart('exits'), 1)")
     assert strokes["light"] != strokes["dark"], strokes
+    page.select_option("#theme", "")                        # auto: the browser's preference, as it changes
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        page.wait_for_function(themed)
+        assert page.evaluate("Graphs.chart('exits').axes[1].stroke(Graphs.chart('exits'), 1)") == strokes[scheme]
 
 
 def test_ipis_and_first_touches_are_drawn_from_a_guest_that_makes_them(page, server):

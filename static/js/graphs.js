@@ -16,14 +16,16 @@ const Graphs = (() => {
   const GRAPHS = [
     {id: "exits", title: "VM exits", unit: "/s", source: "VMEXIT_COUNT and the VMEXIT_* reasons counted most",
       series: (points) => [["total", per("VMEXIT_COUNT")], ...topReasons(points).map((s) => [reasonLabel(s), per(s)])]},
-    {id: "tlb", title: "TLB hit rate", unit: "%", source: "TLB_HITS / (TLB_HITS + TLB_MISSES) per tick; none without fills",
+    {id: "tlb", title: "TLB hit rate", unit: "%",
+      source: "TLB_HITS / (TLB_HITS + TLB_MISSES) per tick; none without fills",
       series: () => [["hit rate", (p) => {
         const hits = p.d.TLB_HITS || 0, fills = hits + (p.d.TLB_MISSES || 0);
         return fills ? 100 * hits / fills : null;
       }]]},
     {id: "ept", title: "EPT first touches", unit: "/s", source: "EPT_FIRST_TOUCH: guest pages backed on first touch",
       series: () => [["first touches", per("EPT_FIRST_TOUCH")]]},
-    {id: "l1d", title: "L1D flushes on VM entry", unit: "/s", source: "L1D_FLUSH_MSR (MSR-load list) and L1D_FLUSH_SW (software)",
+    {id: "l1d", title: "L1D flushes on VM entry", unit: "/s",
+      source: "L1D_FLUSH_MSR (MSR-load list) and L1D_FLUSH_SW (software)",
       series: () => [["MSR-load list", per("L1D_FLUSH_MSR")], ["software", per("L1D_FLUSH_SW")]]},
     {id: "ipi", title: "IPIs", unit: "/s", source: "VLAPIC_IPI_SEND and VLAPIC_IPI_RECV",
       series: () => [["sent", per("VLAPIC_IPI_SEND")], ["received", per("VLAPIC_IPI_RECV")]]},
@@ -48,7 +50,8 @@ const Graphs = (() => {
 
   // A time tick as the browser's clock writes it, to the second, on 24 hours (shorter than 04:13:30 PM).
   function clock(t) {
-    return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false});
+    return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit",
+      hour12: false});
   }
 
   function themeColour(name) {
@@ -60,11 +63,12 @@ const Graphs = (() => {
     const axis = {stroke: fg, grid: {stroke: grid, width: 1}, ticks: {stroke: grid, width: 1}, font: "11px sans-serif"};
     return {
       width, height: 120, legend: {show: false}, cursor: {drag: {x: false, y: false}},
-      scales: {x: {time: true}, y: {range: graph.unit === "%" ? [0, 100] : (u, min, max) => [0, Math.max(1, max * 1.1)]}},
+      scales: {x: {time: true},
+        y: {range: graph.unit === "%" ? [0, 100] : (u, min, max) => [0, Math.max(1, max * 1.1)]}},
       axes: [{...axis, space: 70, size: 30, values: (u, ticks) => ticks.map(clock)},
         {...axis, size: 56, values: (u, ticks) => ticks.map((v) => v.toLocaleString("en-US"))}],
-      series: [{}, ...labels.map((label, i) => ({label, stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: false,
-        points: {show: false}}))],
+      series: [{}, ...labels.map((label, i) => ({label, stroke: COLOURS[i % COLOURS.length], width: 1.5,
+        spanGaps: false, points: {show: false}}))],
     };
   }
 
@@ -91,13 +95,15 @@ const Graphs = (() => {
     const chart = charts[graph.id];
     if (!chart || chart.labels.join() !== labels.join()) {
       if (chart) chart.plot.destroy();
-      charts[graph.id] = {labels, plot: new uPlot(options(graph, labels, Math.max(120, plotBox.clientWidth)), data, plotBox)};
+      const width = Math.max(120, plotBox.clientWidth);
+      charts[graph.id] = {labels, plot: new uPlot(options(graph, labels, width), data, plotBox)};
     } else {
       chart.plot.setData(data, false);
     }
     // The time axis spans what the history holds: at least MIN_SPAN_S (a VM just booted), at most WINDOW_S.
     const last = x.length ? x[x.length - 1] : Date.now() / 1000, first = x.length ? x[0] : last;
-    charts[graph.id].plot.setScale("x", {min: Math.max(last - WINDOW_S, Math.min(first, last - MIN_SPAN_S)), max: last});
+    const min = Math.max(last - WINDOW_S, Math.min(first, last - MIN_SPAN_S));
+    charts[graph.id].plot.setScale("x", {min, max: last});
     readout(graph, el, series, data);
   }
 
@@ -107,7 +113,8 @@ const Graphs = (() => {
     el.dataset.points = String(points.length);
     el.querySelector(".graph-now").replaceChildren(...series.map(([label], i) => {
       const column = data[i + 1], value = column.length ? column[column.length - 1] : null;
-      return WH.el("span", {class: "graph-value", "data-series": label, "data-value": value === null ? "" : String(value)},
+      const raw = value === null ? "" : String(value);
+      return WH.el("span", {class: "graph-value", "data-series": label, "data-value": raw},
         WH.el("i", {style: "background:" + COLOURS[i % COLOURS.length]}), label + " " + rateText(value, graph.unit));
     }));
   }

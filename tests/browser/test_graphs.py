@@ -5,12 +5,12 @@ from tests.browser.conftest import CONTROL
 from tests.browser.test_console_ui import sideways
 from tests.browser.test_vm_page import open_vm
 
+AUTH = {"Authorization": "Bearer " + CONTROL}
 GRAPHS = {"exits": "total", "tlb": "hit rate", "ept": "first touches", "l1d": "MSR-load list", "ipi": "sent"}
 
 
 def type_help(server):
-    requests.post(server + "/api/v1/vms/demo/console", json={"data": "help\r"},
-                  headers={"Authorization": "Bearer " + CONTROL}).raise_for_status()
+    requests.post(server + "/api/v1/vms/demo/console", json={"data": "help\r"}, headers=AUTH).raise_for_status()
 
 
 def points(page):
@@ -25,7 +25,8 @@ def test_graphs_fill_and_agree_with_the_stats_rates(page, server):
     open_vm(page, server)
     page.wait_for_function("() => document.querySelectorAll('#graphs [data-graph] .uplot').length === 5")
     assert points(page).keys() == GRAPHS.keys()
-    exits_row = "[...document.querySelectorAll('#stats tr')].find((r) => r.cells[0].textContent === 'total number of vm exits')"
+    exits_row = ("[...document.querySelectorAll('#stats tr')]"
+                 ".find((r) => r.cells[0].textContent === 'total number of vm exits')")
     page.wait_for_function("() => (%s)?.cells[2].dataset.rate !== undefined && (%s).cells[2].dataset.rate !== ''"
                            % (exits_row, exits_row), timeout=30000)        # the page's second tick: rates from here
     type_help(server)
@@ -41,10 +42,11 @@ def test_graphs_fill_and_agree_with_the_stats_rates(page, server):
     assert seen["graph"] == seen["rate"], seen
     assert seen["rateText"].endswith("/s") and seen["graphText"] == "total " + seen["rateText"], seen
     assert "0x" not in seen["total"] and "0x" not in seen["rateText"]                 # counts in decimal
-    page.wait_for_function("() => [...document.querySelectorAll('#graphs [data-graph]')].every((g) => g.dataset.points >= 2)")
+    page.wait_for_function("() => [...document.querySelectorAll('#graphs [data-graph]')]"
+                           ".every((g) => g.dataset.points >= 2)")
     for graph, series in GRAPHS.items():
         box = page.locator('#graphs [data-graph="%s"]' % graph)
-        assert box.locator(".u-axis").count() >= 2 and box.locator("canvas").count() >= 1, graph    # time and value axes
+        assert box.locator(".u-axis").count() >= 2 and box.locator("canvas").count() >= 1, graph   # time and value
         assert box.locator('[data-series="%s"]' % series).count() == 1, graph
     for width, height in ((1280, 800), (800, 600)):
         page.set_viewport_size({"width": width, "height": height})
@@ -83,15 +85,17 @@ def test_ipis_and_first_touches_are_drawn_from_a_guest_that_makes_them(page, ser
     is done within a tick or two, before its page opens: the server's history holds its first touches."""
     made = []
     try:
-        for name, guest, cpus, cmdline in (("pingpong", "ipi", 2, "count=30000"), ("touch", "memtouch", 1, "pages=20000 passes=3")):
-            r = requests.post(server + "/api/v1/vms", json={"name": name, "guest": guest, "cpus": cpus, "mem_mb": 128,
-                                                            "cmdline": cmdline}, headers={"Authorization": "Bearer " + CONTROL})
+        for name, guest, cpus, cmdline in (("pingpong", "ipi", 2, "count=30000"),
+                                           ("touch", "memtouch", 1, "pages=20000 passes=3")):
+            r = requests.post(server + "/api/v1/vms", headers=AUTH, json={
+                "name": name, "guest": guest, "cpus": cpus, "mem_mb": 128, "cmdline": cmdline})
             assert r.status_code == 201, r.text
             made.append(name)
-        for name, graph, series in (("pingpong", "ipi", 1), ("pingpong", "ipi", 2), ("pingpong", "tlb", 1), ("touch", "ept", 1)):
+        for name, graph, series in (("pingpong", "ipi", 1), ("pingpong", "ipi", 2), ("pingpong", "tlb", 1),
+                                    ("touch", "ept", 1)):
             page.goto("%s/vms/%s?token=%s" % (server, name, CONTROL))
             page.wait_for_function("([g, s]) => Graphs.chart(g) && Graphs.chart(g).data[s].some((v) => v > 0)",
                                    arg=[graph, series], timeout=60000)
     finally:
         for name in made:
-            requests.delete(server + "/api/v1/vms/" + name, headers={"Authorization": "Bearer " + CONTROL})
+            requests.delete(server + "/api/v1/vms/" + name, headers=AUTH)

@@ -21,6 +21,7 @@ TIMING_SENSITIVE = [
     "tests/engine/test_reset.py",
     "tests/engine/debug",
     "tests/webhyve/test_namespaces.py",
+    "tests/webhyve/test_counters.py",          # the ticker's samples of running guests
     "tests/webhyve/test_polling.py",
     "tests/webhyve/test_server.py",
     "tests/webhyve/test_vmmctl.py",

@@ -81,9 +81,14 @@ const Panels = (() => {
       WH.hex(e.qualification) + (e.decoded ? "  (" + e.decoded + ")" : "");
   }
 
+  // Each stat's total and, beside it, its rate over the last tick (null: a gauge, or not measured yet).
   function renderStats(p) {
-    document.getElementById("stats").replaceChildren(...p.rows.filter((r) => r.value).map((r) =>
-      WH.el("tr", {}, WH.el("td", {}, r.description), WH.el("td", {class: "num"}, r.value.toLocaleString()))));
+    document.getElementById("stats").replaceChildren(
+      WH.el("tr", {}, WH.el("th", {}, "stat"), WH.el("th", {class: "num"}, "total"), WH.el("th", {class: "num"}, "rate")),
+      ...p.rows.filter((r) => r.value).map((r) => WH.el("tr", {}, WH.el("td", {}, r.description),
+        WH.el("td", {class: "num"}, WH.count(r.value)),
+        WH.el("td", {class: "num rate", "data-rate": r.rate === null || r.rate === undefined ? "" : String(r.rate)},
+          r.rate === null || r.rate === undefined ? "" : Graphs.rateText(r.rate)))));
   }
 
   function renderHistogram(samples) {
@@ -347,7 +352,7 @@ const Panels = (() => {
   }
 
   const RENDER = {summary: renderSummary, tunables: renderTunables, exits: renderHistogram, vga: renderVga,
-    ept: renderEpt, caches: renderCaches, devices: renderDevices};
+    ept: renderEpt, caches: renderCaches, devices: renderDevices, graphs: Graphs.reset, rates: Graphs.add};
 
   function render(changed) {
     Object.assign(panels, changed);

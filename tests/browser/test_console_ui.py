@@ -105,6 +105,14 @@ def test_viewer_typing_says_read_only(page, server):
     assert "read-only" in page.inner_text("#console-hint")
 
 
+def sideways(page):
+    """{scroll, inner, wide}: the page's scroll width, the window's width, and the first elements sticking out to the
+    right (outside the boxes that scroll on purpose)."""
+    return page.evaluate("""() => ({scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
+        wide: [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1
+            && !e.closest('.scroll, .xterm, .vga, dialog, .menu-items, .legend dl')).map((e) => e.tagName + '#' + e.id + '.' + e.className).slice(0, 5)})""")
+
+
 def test_the_vm_page_fits_the_window(page, server):
     """No sideways scrolling at 1400x900, 1280x800 or 800x600, with every panel filled; one column below 1200 px.
     One page, resized as a user drags the window."""
@@ -116,9 +124,7 @@ def test_the_vm_page_fits_the_window(page, server):
     for width, height in SIZES:
         page.set_viewport_size({"width": width, "height": height})
         page.wait_for_function("w => window.innerWidth === w", arg=width)
-        overflow = page.evaluate("""() => ({scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
-            wide: [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1
-                && !e.closest('.scroll, .xterm, .vga, dialog, .menu-items, .legend dl')).map((e) => e.tagName + '#' + e.id + '.' + e.className).slice(0, 5)})""")
+        overflow = sideways(page)
         assert overflow["scroll"] <= overflow["inner"], (width, overflow)
         assert overflow["wide"] == [], (width, overflow)
         left, right = page.locator(".left").bounding_box(), page.locator(".right").bounding_box()

@@ -1,23 +1,22 @@
-"""The web server's VMs: each engine VM with its output pump, its image (for reset) and its exit history.
+"""The web server's VMs: each engine VM with its output pump, its image (for reset) and its counter history.
 
 Everything the REST API and the namespaces do to a VM goes through here, and from here only through the
 engine's door (engine/door: Host, VmView, VcpuView). Engine refusals become ApiErrors with the engine's own
 message.
 """
-import collections
 import os
 import threading
 import time
 
-from engine.door.tables import (DEFAULT_PROFILE, STATS, ConfigError, ImageError, SnapshotError, StateError,
+from engine.door.tables import (DEFAULT_PROFILE, ConfigError, ImageError, SnapshotError, StateError,
                                 TunableError)
 
+from .counters import CounterHistory
 from .errors import ApiError
 from .pump import OutputPump
 from .recording import Recording, new_path
 
-EXIT_STATS = [ident for ident, _, n in STATS if ident.startswith("VMEXIT_") and n == 1]
-HISTORY_SAMPLES = 120
+HISTORY_SAMPLES = 120                   # the exit histogram's ticks
 LIFECYCLE = ("start", "pause", "resume", "reset", "poweroff")
 # What each lifecycle button does in each engine state; the page enables only these. A powered-off or
 # stopped VM starts again with a fresh boot (engine/vm/machine.py's start), as in Proxmox.
@@ -61,15 +60,16 @@ def engine_error(problem):
 
 
 class VmSession:
-    """A VM as the web side holds it. Legend: `recording` and `exit_history` are guarded by the pump lock."""
+    """A VM as the web side holds it. Legend: `recording` is guarded by the pump lock; `stat_history` has its own."""
 
     def __init__(self, vm, image, emit, pump_interval):
         self.vm = vm
         self.image = image                      # (bytes, filename, kind, cmdline) for reset
         self.pump = OutputPump(vm, emit, pump_interval)
         self.recording = None
-        self.exit_history = collections.deque(maxlen=HISTORY_SAMPLES)
-        self._last_exits = None
+        self.stat_history = CounterHistory()       # sampled by the /inspect ticker (webhyve/web/inspector.py)
+        # From here: a guest's first tick is counted (a new VM's counters are zero; a restored one's go on).
+        self.stat_history.sample(time.time(), vm.counter_totals(), clock=time.monotonic())
         self.started_at = None                  # wall-clock time of the last boot, for the uptime
         self.handing_over = False               # a live migration is handing it to another node (cluster/migration.py)
 
@@ -92,14 +92,11 @@ class VmSession:
                 "uptime_s": None if self.started_at is None else round(time.time() - self.started_at, 1),
                 "recording": self.recording.id if self.recording else None}
 
-    def sample_exits(self):
-        """One point of the exit-reason histogram over time: VMEXIT_* counts since the last sample."""
-        totals = self.vm.counter_totals()
-        now = {ident: totals[ident] for ident in EXIT_STATS}
-        if self._last_exits is not None:
-            delta = {k: now[k] - self._last_exits[k] for k in now if now[k] != self._last_exits[k]}
-            self.exit_history.append({"t": round(time.time(), 3), "exits": delta})
-        self._last_exits = now
+    @property
+    def exit_history(self):
+        """The exit-reason histogram over time: per tick, the VMEXIT_* counts since the tick before."""
+        return [{"t": s["t"], "exits": {k: v for k, v in s["d"].items() if k.startswith("VMEXIT_")}}
+                for s in self.stat_history.history()[-HISTORY_SAMPLES:]]
 
 
 class Fleet:

@@ -3,7 +3,9 @@
   watch   {vm}  join the VM's inspect room; the ack carries every panel now
   unwatch {vm}
 Server → browser: update {vm, panels: {name: value}} with the panels that differ from the last tick.
-One ticker thread serves every watched VM; it also samples each VM's exit counts for the histogram.
+One ticker thread serves every watched VM; it also samples each VM's counters (the graphs, the exit histogram and
+the stats' rates). The watch ack adds `graphs`: the counter history of the last minutes; each update's `rates` is
+its newest tick.
 In cluster mode a watch of a VM on another node runs there; its ticker's updates to the VM's room reach this
 node's browsers through the Redis message queue.
 
@@ -12,6 +14,7 @@ addresses (0xffffffff8ec5907b) came out rounded to 2 KiB, every disassembled lin
 """
 import json
 import threading
+import time
 
 from flask import request
 from flask_socketio import join_room, leave_room
@@ -37,16 +40,22 @@ def exact(value):
     return value
 
 
-def snapshot(session, host, node=None):
+def snapshot(session, host, node=None, sample=False):
     """Every panel of one VM as plain JSON values; each vCPU's from one visit to its thread. `node`: in cluster mode,
-    this node's name, which the summary carries as GET /vms/NAME does."""
+    this node's name, which the summary carries as GET /vms/NAME does. `sample`: the ticker's call, which samples
+    the VM's counters from these visits first (webhyve/sessions/counters.py)."""
     vm = session.vm
     summary = {**session.summary(), **({"node": node} if node else {})}
+    t, clock = time.time(), time.monotonic()
+    vcpus = [panels.vcpu_panels(vm, i) for i in range(vm.cpus)]
+    if sample:
+        session.stat_history.sample(t, None, [p["stats"]["by_id"] for p in vcpus], clock)
     out = {"summary": summary, "tunables": host.tunables(), "caches": panels.caches(vm),
-           "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": list(session.exit_history)[-60:],
-           "devices": panels.devices(vm)}
-    for i in range(vm.cpus):
-        for name, value in panels.vcpu_panels(vm, i).items():
+           "ept": panels.ept(vm), "vga": panels.vga(vm), "exits": session.exit_history[-60:],
+           "devices": panels.devices(vm), "rates": session.stat_history.latest()}
+    for i, vcpu in enumerate(vcpus):
+        panels.add_rates(vcpu["stats"], session.stat_history.vcpu_rates(i))
+        for name, value in vcpu.items():
             out["%s/%d" % (name, i)] = value
     return exact(out)
 
@@ -122,7 +131,9 @@ class InspectNamespace(CheckedNamespace):
         session = self.fleet.get(name)
         with self.lock:
             self.watchers.setdefault(name, set()).add(sid)
-        return {"panels": snapshot(session, self.fleet.host, self.cluster and self.cluster.name)}
+        answer = snapshot(session, self.fleet.host, self.cluster and self.cluster.name)
+        answer["graphs"] = session.stat_history.history()           # the last minutes, so the graphs start full
+        return {"panels": answer}
 
     def watchers_of(self, name):
         """The sids watching VM `name` (a live migration takes them along)."""
@@ -156,15 +167,15 @@ class InspectNamespace(CheckedNamespace):
                 self.socketio.server.logger.warning("inspect tick failed: %r", problem)
 
     def tick(self):
-        """Sample exit counts of every VM, then send each watched VM's changed panels to its room."""
+        """Sample the counters of every VM, then send each watched VM's changed panels to its room."""
         for session in self.fleet.list():
-            session.sample_exits()
             with self.lock:
                 watched = bool(self.watchers.get(session.name))
             if not watched:
+                session.stat_history.sample(time.time(), session.vm.counter_totals(), clock=time.monotonic())
                 self.last.pop(session.name, None)
                 continue
-            panels = snapshot(session, self.fleet.host, self.cluster and self.cluster.name)
+            panels = snapshot(session, self.fleet.host, self.cluster and self.cluster.name, sample=True)
             current = {k: json.dumps(v, sort_keys=True) for k, v in panels.items()}
             previous = self.last.get(session.name, {})
             changed = {k: panels[k] for k, v in current.items() if previous.get(k) != v}

@@ -58,6 +58,13 @@ def stats(vcpu, got):
             "by_id": table["by_id"], "text": table["text"], "exit_log": got["exit_log"][-16:]}
 
 
+def add_rates(stats_panel, rates):
+    """Each stats row's rate per second over the last tick (webhyve/sessions/counters.py), None where there is none:
+    a gauge, or no tick measured yet."""
+    for i, row in enumerate(stats_panel["rows"]):
+        row["rate"] = None if rates is None else rates[i]
+
+
 def vga(vm):
     """The 80x25 text screen: each row's text and its attribute bytes as hex (2 digits per cell)."""
     screen = vm.vga()

@@ -8,6 +8,8 @@ const WH = {
 
   async api(method, path, body) {
     const options = {method, headers: {}};
+    const csrf = document.querySelector("meta[name=csrf-token]");     // users mode: a login session's CSRF token
+    if (csrf) options.headers["X-CSRF-Token"] = csrf.content;
     if (body instanceof FormData) {
       options.body = body;
     } else if (body !== undefined) {

@@ -4,6 +4,7 @@
 
 const WH = {
   role: document.body.dataset.role,
+  admin: document.body.dataset.admin === "yes",     // host-wide things: tunables, demos, snapshot restore (policy.py)
   vm: document.body.dataset.vm,
 
   async api(method, path, body) {

@@ -10,9 +10,10 @@ import os
 import pytest
 
 from tests.webhyve.conftest import LIVE, wait_for
-from tests.webhyve.usersmode import OP_TOKEN, csrf_of, log_in, write_users
+from tests.webhyve.usersmode import OP_TOKEN, log_in, write_users
 from webhyve.web import create_app, shutdown
 from webhyve.web.events import EVENTS
+from webhyve.web.openapi import NEEDS
 
 # endpoint → (what it needs, a sample request that is valid and harmless where allowed: method, path, JSON body)
 WHAT_EACH_NEEDS = {
@@ -131,6 +132,12 @@ def test_the_table_covers_every_route_and_says_what_the_views_declare(world):
         if needs not in ("public", "page"):
             assert getattr(app.view_functions[endpoint], "needs", "read") == needs, endpoint
     assert set(EVENT_NEEDS) == {(ns, e) for ns, events in EVENTS.items() for e in events}
+    doc = app.test_client().get("/api/v1/openapi.json").json                  # the description says the same
+    said = {op["operationId"].split("_", 1)[0] + "." + op["operationId"].split("_", 1)[1]: op["x-webhyve-needs"]
+            for item in doc["paths"].values() for op in item.values() if op.get("x-webhyve-needs")}
+    for endpoint, words in said.items():
+        needs = WHAT_EACH_NEEDS[endpoint][0]
+        assert words == NEEDS.get(needs, "nothing: no token, no login"), endpoint
 
 
 @pytest.mark.parametrize("who", PRINCIPALS)
@@ -228,9 +235,11 @@ def test_the_audit_log_says_who_did_what_to_which_vm(world):
     clients["op"].post("/api/v1/vms/own/pause", headers={"X-CSRF-Token": csrf["op"]})
     clients["view"].post("/api/v1/vms/own/resume", headers={"X-CSRF-Token": csrf["view"]})
     clients["op"].post("/api/v1/vms/own/resume", headers={"X-CSRF-Token": csrf["op"]})
-    entries = clients["teacher"].get("/api/v1/audit?limit=20").json["entries"]
+    entries = clients["teacher"].get("/api/v1/audit?limit=10000").json["entries"]
     mine = [(e["user"], e["action"], e["vm"], e["status"]) for e in entries if e["action"] == "api.lifecycle"][-3:]
     assert mine == [("op", "api.lifecycle", "own", 200), ("view", "api.lifecycle", "own", 403),
                     ("op", "api.lifecycle", "own", 200)]
     assert all(e["t"].endswith("+00:00") for e in entries)
+    attaches = {(e["user"], e["vm"], e["mode"]) for e in entries if e["action"] == "console.attach"}
+    assert attaches == {("teacher", "own", "control"), ("op", "own", "control")}        # the viewer's is no control
     assert clients["op"].get("/api/v1/audit").status_code == 403

@@ -123,6 +123,7 @@ def test_a_teacher_gives_three_students_a_vm_each_and_each_sees_only_theirs(user
     assert teacher.post("/api/v1/vms", json={"name": "x", "guest": "shell", "owner": "nobody"},
                         headers={"X-CSRF-Token": csrf}).json == {"error": "POST /api/v1/vms: owner 'nobody': no such user"}
     assert {v["name"] for v in teacher.get("/api/v1/vms").json["vms"]} == {"vm-s1", "vm-s2", "vm-s3"}
+    assert 'name="owner"' in teacher.get("/").get_data(as_text=True)            # the create form offers it
     students = {}
     for i in (1, 2, 3):
         students[i] = users_app.test_client()
@@ -151,3 +152,13 @@ def test_the_quick_start_is_unchanged_without_a_users_file(client, viewer):
 
 def test_the_op_token_is_refused_by_a_quick_start_server(client):
     assert client.get("/api/v1/vms", headers={"Authorization": "Bearer " + OP_TOKEN}).status_code == 401
+
+
+def test_the_server_reads_a_toml_users_file_too(tmp_path):
+    from tests.webhyve.usersmode import CHEAP
+    path = tmp_path / "users.toml"
+    path.write_text('[users.ann]\nrole = "viewer"\npools = ["lab"]\npassword = "%s"\n' % CHEAP.hash(PASSWORD))
+    ann = UserStore(str(path)).get("ann")
+    assert (ann.role, ann.pools) == ("viewer", ("lab",)) and ann.check_password(PASSWORD)
+    written = cli(path, "del", "ann")
+    assert written.returncode == 2 and "the CLI writes JSON" in written.stderr

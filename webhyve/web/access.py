@@ -88,11 +88,6 @@ def connection_principal(auth):
     return principal_of(auth.get("token") if isinstance(auth, dict) else None)
 
 
-def connection_role(auth):
-    principal = connection_principal(auth)
-    return principal and (CONTROL if principal.grants(CONTROL_ACTION) else VIEW)
-
-
 def authenticate():
     """Set g.user (a policy.Principal) and g.role (CONTROL or VIEW, as the cluster forwards it) from the request,
     or from a request another node of the cluster forwarded and signed (a bad signature is a 403); ApiError 401

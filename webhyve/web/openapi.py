@@ -40,7 +40,7 @@ def describe(app):
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             if rule.endpoint in PUBLIC:
                 item[method.lower()] = {**operation(rule, view, PUBLIC[rule.endpoint], method), "security": [],
-                                        "x-webhyve-token": "none"}
+                                        "x-webhyve-token": "none", "x-webhyve-needs": "nothing: no token, no login"}
             else:
                 item[method.lower()] = operation(rule, view, ROUTES[rule.endpoint], method)
     return {

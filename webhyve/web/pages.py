@@ -20,6 +20,7 @@ from ..sessions.fleet import LEGEND
 from . import audit, policy
 from .access import COOKIE, CONTROL, VIEW, request_principal, role_of, users
 from .csrf import csrf_ok, csrf_token
+from .users import check_nobody
 
 bp = Blueprint("pages", __name__)
 THROTTLE_FAILURES, THROTTLE_WINDOW = 5, 60.0        # failed logins per name per minute before refusing
@@ -50,7 +51,8 @@ def _page(template, status=200, vm=None, **context):
     role = CONTROL if policy.may(principal, action, session_of) else VIEW
     g.role = role
     user = principal if principal.via == "password" else None
-    return render_template(template, role=role, user=user, vm=vm, **context), status
+    return render_template(template, role=role, user=user, vm=vm, admin=policy.may(principal, policy.ADMIN),
+                           **context), status
 
 
 def _token_to_cookie():
@@ -98,8 +100,11 @@ class Throttle:
             return 0 if len(recent) < self.limit else int(self.window - (now - recent[0])) + 1
 
     def failed(self, name):
+        now = time.monotonic()
         with self.lock:
-            self.failures.setdefault(name, []).append(time.monotonic())
+            if len(self.failures) > 10000:        # names tried once long ago: forget them, memory stays bounded
+                self.failures = {n: ts for n, ts in self.failures.items() if now - ts[-1] < self.window}
+            self.failures.setdefault(name, []).append(now)
 
     def clear(self, name):
         with self.lock:
@@ -131,7 +136,8 @@ def login():
         return render_template("login.html", next=target, name=name, error=(
             "Too many failed logins for %s: wait %d s and try again." % (name, wait))), 429
     user = users().get(name)
-    if user is None or not user.check_password(request.form.get("password", "")):
+    password = request.form.get("password", "")
+    if not (user.check_password(password) if user is not None else check_nobody(password)):
         throttle.failed(name)
         audit.record(None, "login", user_tried=name, status=401, error="wrong name or password")
         return render_template("login.html", next=target, name=name, error="Wrong name or password."), 401

@@ -63,7 +63,8 @@ def refusal(principal, action):
         return ApiError(403, "this needs the control token; the viewer token is read-only")
     needs = {CONTROL: "an operator or administrator of this VM", CREATE: "an operator or administrator",
              ADMIN: "an administrator: it concerns the whole host"}[action]
-    return ApiError(403, "%s is a %s; this needs %s" % (principal.name, principal.role, needs))
+    article = "an" if principal.role[0] in "ao" else "a"
+    return ApiError(403, "%s is %s %s; this needs %s" % (principal.name, article, principal.role, needs))
 
 
 def visible_session(principal, fleet, name):

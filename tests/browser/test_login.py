@@ -1,14 +1,19 @@
 """Users mode in the browser (issue 19): a student logs in on the login page, sees only their VM and types into
 its console; the teacher logs in and sees every VM. The real server (gunicorn) in users mode, Debian's chromium."""
+import os
+import subprocess
+import sys
+
 import pytest
 import requests
 
 from tests.browser.test_vm_page import terminal_text, wait_terminal
-from tests.webhyve.live import start_server, stop_server
+from tests.webhyve.live import ROOT, start_server, stop_server
 from tests.webhyve.usersmode import CHEAP, PASSWORD
 from webhyve.web.users import User, token_digest, write
 
 TEACHER_TOKEN = "teacher!setup=teacher-secret-for-the-browser-test"
+S1_TOKEN = "s1!cli=s1-secret-for-vmmctl"
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +23,7 @@ def classroom(tmp_path_factory):
     users = {"teacher": User("teacher", "administrator", [], CHEAP.hash(PASSWORD),
                              {"setup": token_digest(TEACHER_TOKEN.partition("=")[2])})}
     users.update({s: User(s, "operator", [], CHEAP.hash(PASSWORD)) for s in ("s1", "s2")})
+    users["s1"].tokens["cli"] = token_digest(S1_TOKEN.partition("=")[2])
     write(str(folder / "users.json"), users)
     process, url = start_server(str(folder), users=str(folder / "users.json"), token=TEACHER_TOKEN)
     try:
@@ -85,3 +91,13 @@ def test_socketio_refuses_a_connection_from_another_origin(classroom):
     probe = classroom + "/socket.io/?EIO=4&transport=polling"
     assert requests.get(probe, headers={"Origin": classroom}).status_code == 200
     assert requests.get(probe, headers={"Origin": "http://evil.example"}).status_code == 400
+
+
+def test_vmmctl_with_a_students_api_token_lists_and_types_only_into_their_vm(classroom, tmp_path):
+    env = dict(os.environ, WEBHYVE_URL=classroom, WEBHYVE_TOKEN=S1_TOKEN, XDG_CONFIG_HOME=str(tmp_path))
+    vmmctl = lambda *args: subprocess.run([sys.executable, "-m", "webhyve.cli", *args], capture_output=True, text=True,
+                                          cwd=ROOT, env=env, timeout=120)
+    listing = vmmctl("list")
+    assert listing.returncode == 0 and "vm-s1" in listing.stdout and "vm-s2" not in listing.stdout, listing
+    other = vmmctl("--vm=vm-s2", "--destroy")
+    assert other.returncode != 0 and "no VM named 'vm-s2'" in other.stderr, other

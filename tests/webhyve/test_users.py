@@ -162,3 +162,26 @@ def test_the_server_reads_a_toml_users_file_too(tmp_path):
     assert (ann.role, ann.pools) == ("viewer", ("lab",)) and ann.check_password(PASSWORD)
     written = cli(path, "del", "ann")
     assert written.returncode == 2 and "the CLI writes JSON" in written.stderr
+
+
+def test_an_open_console_of_a_user_whose_password_changed_or_token_was_revoked_ends_at_its_next_event(users_app, tmp_path):
+    teacher = users_app.test_client()
+    teacher.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + OP_TOKEN           # op's token: op owns the VM
+    assert teacher.post("/api/v1/vms", json={"name": "vm-op", "guest": "shell", "start": False}).status_code == 201
+    socketio = users_app.extensions["webhyve.socketio"]
+    browser = users_app.test_client()
+    log_in(browser, "op")
+    by_cookie = socketio.test_client(users_app, namespace="/console", flask_test_client=browser)
+    by_token = socketio.test_client(users_app, namespace="/inspect", auth={"token": OP_TOKEN})
+    assert by_cookie.emit("attach", {"vm": "vm-op"}, namespace="/console", callback=True)["role"] == "control"
+    assert by_token.emit("watch", {"vm": "vm-op"}, namespace="/inspect", callback=True)["ok"]
+    pump = users_app.extensions["webhyve.fleet"].get("vm-op").pump
+    assert len(pump.viewers) == 1
+    assert cli(tmp_path / "users.json", "passwd", "op", stdin="a-new-password\n").returncode == 0
+    assert cli(tmp_path / "users.json", "token", "del", "op", "ci").returncode == 0
+    refused = by_cookie.emit("input", {"vm": "vm-op", "data": "x"}, namespace="/console", callback=True)
+    assert refused == {"error": "your login or API token is no longer valid: log in again and reload the page",
+                       "status": 401}
+    assert not by_cookie.is_connected("/console") and len(pump.viewers) == 0
+    by_token.emit("watch", {"vm": "vm-op"}, namespace="/inspect", callback=True)
+    assert not by_token.is_connected("/inspect")

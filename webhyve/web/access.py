@@ -59,7 +59,7 @@ def principal_of(token):
         role = role_of(token)
         return policy.quickstart(role) if role else None
     user = store.by_token(token) if isinstance(token, str) and token else None
-    return user and policy.Principal(user.name, user.role, user.pools, via="token")
+    return user and policy.Principal(user.name, user.role, user.pools, via="token", credential=token)
 
 
 def session_principal():
@@ -69,7 +69,7 @@ def session_principal():
     user = store.get(name) if name else None
     if user is None or not hmac.compare_digest(session.get("mark", ""), user.session_mark()):
         return None
-    return policy.Principal(user.name, user.role, user.pools, via="password")
+    return policy.Principal(user.name, user.role, user.pools, via="password", credential=user.session_mark())
 
 
 def request_principal():
@@ -86,6 +86,22 @@ def connection_principal(auth):
     if auth is None:
         return request_principal()
     return principal_of(auth.get("token") if isinstance(auth, dict) else None)
+
+
+def still_valid(principal):
+    """A Socket.IO connection's principal as the users file says now (its role and pools may have changed), or
+    ApiError 401 when its user was deleted, its token revoked or its password changed since it connected."""
+    if users() is None or principal.via == "quickstart":
+        return principal
+    if principal.via == "token":
+        now = principal_of(principal.credential)
+    else:
+        user = users().get(principal.name)
+        now = user and hmac.compare_digest(principal.credential, user.session_mark()) and policy.Principal(
+            user.name, user.role, user.pools, via="password", credential=principal.credential)
+    if not now:
+        raise ApiError(401, "your login or API token is no longer valid: log in again and reload the page")
+    return now
 
 
 def authenticate():

@@ -13,11 +13,11 @@ In cluster mode an event for a VM on another node runs there (cluster.dispatch f
 sid); that node's pump then sends the output to the sid through the Redis message queue.
 """
 from flask import request
-from flask_socketio import join_room, leave_room
+from flask_socketio import disconnect, join_room, leave_room
 
 from ..sessions.errors import ApiError
 from . import audit, policy
-from .access import CONTROL, VIEW, connection_principal
+from .access import CONTROL, VIEW, connection_principal, still_valid
 from .events import CheckedNamespace, handler
 
 
@@ -35,11 +35,17 @@ class ConsoleNamespace(CheckedNamespace):
                                 "console.input": self.input, "console.ack": self.ack})
             cluster.forget_hooks.append(self.forget)
 
-    def run(self, op, payload, local):
+    def run(self, op, payload, local, role=None):
         """`local(sid, role, payload)` here, or on the VM's node in cluster mode; `role` is CONTROL when this sid
-        may control the VM (404 when it may not see it)."""
+        may control the VM (404 when it may not see it). A sid whose user is no longer valid is disconnected."""
         sid = request.sid
-        role = self.role_for(self.principals[sid], payload["vm"])
+        if role is None:
+            try:
+                principal = still_valid(self.principals[sid])
+            except ApiError:
+                disconnect()
+                raise
+            role = self.role_for(principal, payload["vm"])
         if self.cluster is None:
             return local(sid, role, payload)
         return self.cluster.dispatch(op, sid, role, payload, local)
@@ -59,7 +65,7 @@ class ConsoleNamespace(CheckedNamespace):
         sid = request.sid
         for name in self.attached.pop(sid, ()):
             try:
-                self.run("console.detach", {"vm": name}, self.detach)
+                self.run("console.detach", {"vm": name}, self.detach, role=VIEW)
             except ApiError:
                 pass                                  # the VM was destroyed meanwhile, or its node is gone
         self.principals.pop(sid, None)

@@ -14,12 +14,12 @@ import json
 import threading
 
 from flask import request
-from flask_socketio import join_room, leave_room
+from flask_socketio import disconnect, join_room, leave_room
 
 from . import panels, policy
 from ..cluster.migration import Handoff
 from ..sessions.errors import ApiError
-from .access import connection_principal
+from .access import connection_principal, still_valid
 from .events import CheckedNamespace, handler
 
 
@@ -96,7 +96,12 @@ class InspectNamespace(CheckedNamespace):
     @handler
     def on_watch(self, payload):
         name = payload["vm"]
-        policy.visible_session(self.principals[request.sid], self.fleet, name)     # another user's VM: 404
+        try:
+            principal = still_valid(self.principals[request.sid])
+        except ApiError:
+            disconnect()                          # a deleted user or a changed password: its streams end too
+            raise
+        policy.visible_session(principal, self.fleet, name)      # another user's VM: 404
         answer = self.run("inspect.watch", payload, self.watch)
         join_room("inspect:" + name)
         if self.cluster is not None:

@@ -27,8 +27,9 @@ class Principal:
     administrator and both quick-start tokens); `token`: the quick start's word for it ("control", "view"), None
     for a user; `via`: "password" (a session cookie: CSRF applies), "token" or "quickstart"."""
 
-    def __init__(self, name, role, pools=(), sees_all=False, token=None, via="token"):
+    def __init__(self, name, role, pools=(), sees_all=False, token=None, via="token", credential=None):
         self.name, self.role, self.pools, self.token, self.via = name, role, frozenset(pools), token, via
+        self.credential = credential       # users mode: the API token, or the session's password mark (access.py)
         self.sees_all = sees_all or role == "administrator"
 
     def grants(self, action):

@@ -185,3 +185,13 @@ def test_an_open_console_of_a_user_whose_password_changed_or_token_was_revoked_e
     assert not by_cookie.is_connected("/console") and len(pump.viewers) == 0
     by_token.emit("watch", {"vm": "vm-op"}, namespace="/inspect", callback=True)
     assert not by_token.is_connected("/inspect")
+
+
+def test_serve_refuses_a_missing_users_file_and_users_with_a_cluster(tmp_path):
+    serve = lambda *args: subprocess.run([sys.executable, "-m", "webhyve.web.serve", *args], capture_output=True,
+                                         text=True, cwd=ROOT, timeout=60)
+    missing = serve("--users", str(tmp_path / "none.json"))
+    assert missing.returncode == 2 and "no such file; make it with `python -m webhyve.web.users" in missing.stderr
+    (tmp_path / "u.json").write_text('{"users": {}}')
+    clustered = serve("--users", str(tmp_path / "u.json"), "--redis", "redis://127.0.0.1:1/0")
+    assert clustered.returncode == 2 and "--users and --redis do not combine yet" in clustered.stderr

@@ -4,10 +4,13 @@
 
 const WH = {
   role: document.body.dataset.role,
+  admin: document.body.dataset.admin === "yes",     // host-wide things: tunables, demos, snapshot restore (policy.py)
   vm: document.body.dataset.vm,
 
   async api(method, path, body) {
     const options = {method, headers: {}};
+    const csrf = document.querySelector("meta[name=csrf-token]");     // users mode: a login session's CSRF token
+    if (csrf) options.headers["X-CSRF-Token"] = csrf.content;
     if (body instanceof FormData) {
       options.body = body;
     } else if (body !== undefined) {

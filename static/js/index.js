@@ -158,7 +158,7 @@ async function refreshSnapshots() {
       }}, "restore"),
       WH.el("button", {class: "control danger", onclick: async () => await WH.confirm("Delete snapshot " + s.name + "?", "Delete")
         && snapshotAction(s.name, "DELETE", "")}, "delete")];
-    if (WH.role !== "control") buttons.forEach((b) => { b.disabled = true; });
+    if (WH.role !== "control" || !WH.admin) buttons.forEach((b) => { b.disabled = true; });
     return WH.el("tr", {"data-snapshot": s.name}, WH.el("td", {}, s.name), WH.el("td", {}, s.vm || s.error || "?"),
       WH.el("td", {}, s.mem_mb ? s.mem_mb + " MiB" : ""), WH.el("td", {}, s.cpus || ""),
       WH.el("td", {class: "num"}, s.bytes.toLocaleString()), WH.el("td", {}, buttons));
@@ -177,7 +177,7 @@ async function refreshDemos() {
     const shown = (v) => typeof v === "object" ? Object.entries(v).map(([name, n]) => name + " " + n).join(", ") : v;
     const figures = run && run.figures ? Object.entries(run.figures).map(([k, v]) => k + ": " + shown(v)).join("; ") : "";
     const button = WH.el("button", {class: "control", onclick: () => startDemo(d.name)}, "run");
-    button.disabled = WH.role !== "control" || (run && run.state === "running");
+    button.disabled = !WH.admin || (run && run.state === "running");
     return WH.el("tr", {"data-demo": d.name}, WH.el("td", {}, d.name), WH.el("td", {}, d.title),
       WH.el("td", {class: "demo-state"}, progress), WH.el("td", {class: "demo-figures"}, figures), WH.el("td", {}, button));
   }));

@@ -122,7 +122,7 @@ const Panels = (() => {
     }
     input.classList.add("control");
     input.dataset.name = t.name;
-    if (WH.role !== "control") input.disabled = true;
+    if (WH.role !== "control" || !WH.admin) input.disabled = true;     // host-wide: an administrator's
     const value = () => input.type === "checkbox" ? (input.checked ? 1 : 0) : input.value;
     input.addEventListener("change", async () => {
       try {

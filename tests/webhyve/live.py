@@ -19,14 +19,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(workdir, threads=100, access_log=False):
+def start_server(workdir, threads=100, access_log=False, users=None, token=CONTROL):
     """(process, url) once the demo shell shows its prompt; the process leads its own session so a test
     can kill the server and its worker. With `access_log`, gunicorn logs every request to
-    workdir/server.log too. Disk images for -s virtio-blk go in workdir/disks. bench/web_latency.py starts its server here too."""
+    workdir/server.log too. Disk images for -s virtio-blk go in workdir/disks. bench/web_latency.py starts its server here too.
+    `users`: a users file (users mode); then `token` is an administrator's API token to see the demo VM with."""
     port = free_port()
     env = dict(os.environ, WEBHYVE_CONTROL_TOKEN=CONTROL, WEBHYVE_VIEWER_TOKEN=VIEWER, WEBHYVE_DEMO_GUEST="shell",
                WEBHYVE_HOST_MEM_MB="512", WEBHYVE_RECORDINGS_DIR=os.path.join(workdir, "recordings"),
-               WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, "snapshots"), WEBHYVE_DISKS_DIR=os.path.join(workdir, "disks"))
+               WEBHYVE_SNAPSHOTS_DIR=os.path.join(workdir, "snapshots"), WEBHYVE_DISKS_DIR=os.path.join(workdir, "disks"),
+               **({"WEBHYVE_USERS": users} if users else {}))
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     log = open(os.path.join(workdir, "server.log"), "w+")
     logging = ["--access-logfile", "-"] if access_log else []
@@ -35,18 +37,18 @@ def start_server(workdir, threads=100, access_log=False):
                                stderr=subprocess.STDOUT, start_new_session=True)
     url = "http://127.0.0.1:%d" % port
     try:
-        return _wait_until_ready(process, url, log)
+        return _wait_until_ready(process, url, log, token)
     except BaseException:
         os.killpg(process.pid, signal.SIGKILL)     # never leave a server behind
         process.wait(10)
         raise
 
 
-def _wait_until_ready(process, url, log):
+def _wait_until_ready(process, url, log, token):
     deadline = time.monotonic() + 120            # a cold numba cache compiles the kernels first
     while time.monotonic() < deadline:
         try:
-            console = requests.get(url + "/api/v1/vms/demo/console", headers=auth(CONTROL), timeout=10)
+            console = requests.get(url + "/api/v1/vms/demo/console", headers=auth(token), timeout=10)
             if console.ok and "webhyve>" in console.json()["text"]:       # up, and the shell has its prompt
                 return process, url
         except requests.RequestException:               # not listening yet, or still booting

@@ -72,6 +72,7 @@ class VmSession:
         self.stat_history.sample(time.time(), vm.counter_totals(), clock=time.monotonic())
         self.started_at = None                  # wall-clock time of the last boot, for the uptime
         self.handing_over = False               # a live migration is handing it to another node (cluster/migration.py)
+        self.owner = self.pool = None           # users mode: the user who created it and its pool (web/policy.py)
 
     @property
     def name(self):

@@ -1,16 +1,23 @@
-"""Access tokens: a control token (type, lifecycle, tunables, uploads, recordings) and a read-only viewer token.
+"""Who is asking: the quick start's two tokens, or (users mode) a user by login session or API token.
 
-A request carries its token as `Authorization: Bearer …`, `?token=…`, or the cookie a page visit sets; a
-Socket.IO connection in its auth object (vmmctl) or the page's cookie. No token, no data.
+Quick start (no users file): a control token (type, lifecycle, tunables, uploads, recordings) and a read-only
+viewer token. A request carries its token as `Authorization: Bearer …`, `?token=…`, or the cookie a page visit
+sets; a Socket.IO connection in its auth object (vmmctl) or the page's cookie. No token, no data.
+
+Users mode (WEBHYVE_USERS / serve --users): the two tokens are off. A request carries `Authorization: Bearer
+USER!TOKENID=SECRET` (an API token, users.py) or the signed session cookie /login sets (pages.py); a
+cookie-authenticated request that changes something must carry the session's CSRF token (csrf.py). What each
+principal may do is policy.py's.
 """
-import functools
 import hmac
 import secrets
 
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 
 from ..cluster import hooks
 from ..sessions.errors import ApiError
+from . import policy
+from .policy import CONTROL as CONTROL_ACTION
 
 CONTROL, VIEW = "control", "view"
 COOKIE = "webhyve_token"
@@ -20,10 +27,15 @@ def new_token():
     return secrets.token_urlsafe(18)
 
 
+def users():
+    """The UserStore in users mode, None in the quick start."""
+    return current_app.extensions.get("webhyve.users")
+
+
 def role_of(token):
     """CONTROL, VIEW, or None for a missing or wrong token (compared in constant time, as bytes: compare_digest
-    refuses str with non-ASCII characters, and a header or cookie may carry any)."""
-    if not isinstance(token, str) or not token:
+    refuses str with non-ASCII characters, and a header or cookie may carry any). Always None in users mode."""
+    if not isinstance(token, str) or not token or users() is not None:
         return None
     given, config = token.encode("utf-8", "surrogatepass"), current_app.config
     if hmac.compare_digest(given, config["CONTROL_TOKEN"].encode()):
@@ -40,32 +52,77 @@ def request_token():
     return request.args.get("token") or request.cookies.get(COOKIE)
 
 
-def connection_role(auth):
-    """The role of a Socket.IO connection: from its auth object {"token": …} when it sends one (vmmctl), else
-    from its request (a page's cookie). A wrong token in the auth object is refused, whatever else comes along."""
+def principal_of(token):
+    """The Principal a bearer token names (a quick-start token, or a user's API token), or None."""
+    store = users()
+    if store is None:
+        role = role_of(token)
+        return policy.quickstart(role) if role else None
+    user = store.by_token(token) if isinstance(token, str) and token else None
+    return user and policy.Principal(user.name, user.role, user.pools, via="token", credential=token)
+
+
+def session_principal():
+    """Users mode: the user of the login session cookie, or None (none, deleted, or the password changed since)."""
+    store = users()
+    name = session.get("user") if store is not None else None
+    user = store.get(name) if name else None
+    if user is None or not hmac.compare_digest(session.get("mark", ""), user.session_mark()):
+        return None
+    return policy.Principal(user.name, user.role, user.pools, via="password", credential=user.session_mark())
+
+
+def request_principal():
+    """Who this HTTP request is: a bearer token wins over a session cookie, as it does over the token cookie."""
+    header = request.headers.get("Authorization", "")
+    if users() is not None and not header.startswith("Bearer "):
+        return session_principal()
+    return principal_of(request_token())
+
+
+def connection_principal(auth):
+    """The principal of a Socket.IO connection: from its auth object {"token": …} when it sends one (vmmctl),
+    else from its request (a page's cookie). A wrong token in the auth object is refused, whatever else comes along."""
     if auth is None:
-        return role_of(request_token())
-    return role_of(auth.get("token") if isinstance(auth, dict) else None)
+        return request_principal()
+    return principal_of(auth.get("token") if isinstance(auth, dict) else None)
+
+
+def still_valid(principal):
+    """A Socket.IO connection's principal as the users file says now (its role and pools may have changed), or
+    ApiError 401 when its user was deleted, its token revoked or its password changed since it connected."""
+    if users() is None or principal.via == "quickstart":
+        return principal
+    if principal.via == "token":
+        now = principal_of(principal.credential)
+    else:
+        user = users().get(principal.name)
+        now = user and hmac.compare_digest(principal.credential, user.session_mark()) and policy.Principal(
+            user.name, user.role, user.pools, via="password", credential=principal.credential)
+    if not now:
+        raise ApiError(401, "your login or API token is no longer valid: log in again and reload the page")
+    return now
 
 
 def authenticate():
-    """Set g.role from the request's token, or from a request another node of the cluster forwarded and signed
-    (a bad signature is a 403); ApiError 401 when there is none or it is wrong."""
+    """Set g.user (a policy.Principal) and g.role (CONTROL or VIEW, as the cluster forwards it) from the request,
+    or from a request another node of the cluster forwarded and signed (a bad signature is a 403); ApiError 401
+    when there is none or it is wrong. A cookie-authenticated change must carry its CSRF token (403)."""
     node = current_app.extensions.get("webhyve.cluster")
-    role = (node is not None and hooks.forwarded_role(node)) or role_of(request_token())
-    if role is None:
+    forwarded = node is not None and hooks.forwarded_role(node)
+    principal = policy.quickstart(forwarded) if forwarded else request_principal()
+    if principal is None:
+        if users() is not None:
+            raise ApiError(401, "log in at /login, or send Authorization: Bearer USER!TOKENID=SECRET (an API token "
+                                "from `python -m webhyve.web.users token add`)")
         raise ApiError(401, "a valid token is required: add ?token=… to the URL that `make run` printed, "
                             "or send Authorization: Bearer TOKEN")
-    g.role = role
-    return role
+    if principal.via == "password" and request.method not in ("GET", "HEAD", "OPTIONS"):
+        from .csrf import require_csrf          # csrf.py renders into pages, which import this module
+        require_csrf()
+    g.user = principal
+    g.role = CONTROL if principal.grants(CONTROL_ACTION) else VIEW
+    return g.role
 
 
-def control_required(view):
-    """Only the control token may change things; a viewer gets 403 and nothing changes."""
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        if g.get("role") != CONTROL:
-            raise ApiError(403, "this needs the control token; the viewer token is read-only")
-        return view(*args, **kwargs)
-    wrapper.needs_control = True                  # the OpenAPI description says which token a route needs
-    return wrapper
+control_required = policy.requires(CONTROL_ACTION)

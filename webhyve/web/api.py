@@ -12,8 +12,9 @@ from ..sessions.fleet import LIFECYCLE
 from ..sessions.recording import NAME as RECORDING_NAME
 from ..sessions.recording import list_recordings
 from ..sessions.tasks import migration_progress
-from . import devices, panels
-from .access import control_required
+from . import devices, panels, policy
+from .access import control_required, users
+from .policy import ADMIN, CREATE, requires
 from .api_schema import DEFAULT_MEM_MB, guard
 from .tasks import current, recorded
 
@@ -28,7 +29,10 @@ def fleet():
 # -- who am I ---------------------------------------------------------------------------------------
 @bp.get("/session")
 def whoami():
-    return {"role": g.role}
+    """Who the request is: its role as the quick start says it (control or view), and in users mode the user."""
+    user = g.user
+    return {"role": g.role, **({} if users() is None else {"user": user.name, "user_role": user.role,
+                                                           "pools": sorted(user.pools)})}
 
 
 # -- VMs ----------------------------------------------------------------------------------------------
@@ -89,16 +93,43 @@ def cluster():
 @bp.get("/vms")
 def list_vms():
     """The VMs; in cluster mode every node's, each with its node, and the nodes with their load."""
-    summaries = [s.summary() for s in fleet().list()]
+    summaries = [vm_summary(s) for s in policy.visible(g.user, fleet().list())]
     return {"vms": summaries} if cluster() is None else cluster().listing(summaries)
 
 
+def vm_summary(session):
+    """A VM's summary, with its owner and pool when it has them (users mode)."""
+    summary = session.summary()
+    for key in ("owner", "pool"):
+        if getattr(session, key, None) is not None:
+            summary[key] = getattr(session, key)
+    return summary
+
+
+def ownership(body):
+    """(owner, pool) of a VM this request creates: an operator's own (in one of its pools, if it names one); an
+    administrator names any user and any pool. 400/403 saying why otherwise."""
+    user, owner, pool = g.user, body.get("owner"), body.get("pool")
+    if user.token is not None:              # the quick start: nobody owns it
+        return owner, pool
+    if owner is not None and owner != user.name:
+        if user.role != "administrator":
+            raise ApiError(403, "%s is an operator: it creates VMs for itself, not for %r" % (user.name, owner))
+        if users().get(owner) is None:
+            raise ApiError(400, "POST /api/v1/vms: owner %r: no such user" % owner)
+    if pool is not None and user.role != "administrator" and pool not in user.pools:
+        raise ApiError(403, "%s is not in pool %r (its pools: %s)" % (user.name, pool, ", ".join(sorted(user.pools))
+                                                                      or "none"))
+    return owner or user.name, pool
+
+
 @bp.post("/vms")
-@control_required
+@requires(CREATE)
 @recorded("create")
 def create_vm():
     """JSON {name, guest, ...} for a bundled guest, or multipart with an `image` file for an upload."""
     body = g.body
+    owner, pool = ownership(body)
     if body["node"] is not None and cluster() is None:
         raise ApiError(400, "POST /api/v1/vms: node %r: this server runs alone (started without --redis), there "
                             "is no node to choose" % body["node"])
@@ -126,14 +157,15 @@ def create_vm():
                                  cmdline=cmdline, start=body["start"], initrd=initrd, slots=slots)
     except ApiError as problem:
         raise form_words(problem) from None
-    return session.summary(), 201
+    session.owner, session.pool = owner, pool
+    return vm_summary(session), 201
 
 
 @bp.get("/vms/<name>")
 def get_vm(name):
     session = fleet().get(name)
     where = {} if cluster() is None else {"node": cluster().name}
-    return {**session.summary(), **where, "events": session.vm.events(50)}
+    return {**vm_summary(session), **where, "events": session.vm.events(50)}
 
 
 @bp.delete("/vms/<name>")
@@ -145,7 +177,7 @@ def destroy_vm(name):
 
 
 @bp.post("/vms/<name>/migrate")
-@control_required
+@requires(ADMIN)
 @recorded("migrate")
 def migrate(name):
     """Live migration to another node of the cluster (webhyve/cluster/migration.py): the figures once it runs there."""
@@ -164,7 +196,7 @@ def migrate(name):
 def lifecycle(name, action):
     if action not in LIFECYCLE:
         raise ApiError(404, "no action %r: use one of %s" % (action, ", ".join(LIFECYCLE)))
-    return fleet().lifecycle(name, action).summary()
+    return vm_summary(fleet().lifecycle(name, action))
 
 
 # -- console --------------------------------------------------------------------------------------------
@@ -242,7 +274,7 @@ def tunables():
 
 
 @bp.put("/tunables/<name>")
-@control_required
+@requires(ADMIN)
 def set_tunable(name):
     return fleet().set_tunable(name, g.body["value"])
 
@@ -278,13 +310,24 @@ def stop_recording(name):
 
 @bp.get("/recordings")
 def recordings():
-    return {"recordings": list_recordings(fleet().recordings_dir, fleet().active_recordings())}
+    """The recordings; a user who does not see every VM, those of the VMs it sees."""
+    found = list_recordings(fleet().recordings_dir, fleet().active_recordings())
+    return {"recordings": [r for r in found if recording_visible(r["id"])]}
+
+
+def recording_visible(rid):
+    """A recording is named after its VM (NAME-STAMP-N.cast): visible with that VM. A user who does not see every
+    VM sees none of a VM that is gone."""
+    if g.user.sees_all:
+        return True
+    named = RECORDING_NAME.fullmatch(rid)
+    return named is not None and named["vm"] in {s.name for s in policy.visible(g.user, fleet().list())}
 
 
 @bp.get("/recordings/<rid>")
 def download_recording(rid):
     path = os.path.join(fleet().recordings_dir, rid)
-    if not RECORDING_NAME.fullmatch(rid) or not os.path.isfile(path):
+    if not RECORDING_NAME.fullmatch(rid) or not os.path.isfile(path) or not recording_visible(rid):
         raise ApiError(404, "no recording %r" % rid)
     return send_file(path, mimetype="application/x-asciicast", as_attachment=g.query["download"],
                      download_name=rid, max_age=0)

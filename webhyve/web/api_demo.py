@@ -13,8 +13,10 @@ from engine.door.tables import read_snapshot_header as read_header
 from ..demos import scenario as demo
 from ..sessions.errors import ApiError
 from ..sessions.fleet import engine_error
+from . import policy
 from .access import control_required
-from .api import fleet
+from .api import fleet, vm_summary
+from .policy import ADMIN, requires
 from .api_schema import guard
 from .tasks import current, recorded
 
@@ -44,6 +46,9 @@ def list_snapshots():
             except SnapshotError as problem:
                 item["error"] = str(problem)
             out.append(item)
+    if not g.user.sees_all:             # users mode: the snapshots of the VMs this user sees
+        seen = {s.name for s in policy.visible(g.user, fleet().list())}
+        out = [item for item in out if item.get("vm") in seen]
     return {"snapshots": out}
 
 
@@ -69,7 +74,7 @@ def save_snapshot(vm):
 
 
 @bp.post("/snapshots/<name>/restore")
-@control_required
+@requires(ADMIN)
 @recorded("restore")
 def restore_snapshot(name):
     """{vm?, start?}: a new VM from the snapshot (named as saved unless `vm` says otherwise)."""
@@ -82,11 +87,11 @@ def restore_snapshot(name):
         session = fleet().restore(path, body["vm"], start=body["start"])
     except SnapshotError as problem:
         raise ApiError(400, str(problem)) from None
-    return {"vm": session.summary(), "seconds": round(time.perf_counter() - started, 3)}, 201
+    return {"vm": vm_summary(session), "seconds": round(time.perf_counter() - started, 3)}, 201
 
 
 @bp.delete("/snapshots/<name>")
-@control_required
+@requires(ADMIN)
 def delete_snapshot(name):
     path = snapshot_path(name)
     if not os.path.exists(path):
@@ -104,7 +109,7 @@ def list_demos():
 
 
 @bp.post("/demos/<name>")
-@control_required
+@requires(ADMIN)
 @recorded("demo")
 def run_demo(name):
     """Run a bundled scenario live on this server: its VM appears in the list, its recording in recordings."""

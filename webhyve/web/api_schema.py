@@ -14,6 +14,7 @@ from engine.door.tables import DEFAULT_PROFILE, KINDS, PROFILES
 
 from ..cluster import hooks
 from ..sessions.tasks import LIMIT as TASKS_KEPT
+from . import policy
 from .access import authenticate
 from .schema import NOTHING, Address, Bool, Int, Invalid, Name, Schema, SchemaError, Setting, Text, TextList, shown
 
@@ -29,7 +30,9 @@ VM_CONFIG = dict(name=VM, kind=Text(choices=KINDS, default=None, nullable=True),
                  profile=Text(choices=PROFILES, default=DEFAULT_PROFILE),
                  cmdline=Text(0, 4096, default=""), start=Bool(default=True),
                  node=Name("node name", default=None, nullable=True),     # cluster mode: where to create it
-                 slots=TextList(Text(1, 1024), MAX_SLOTS, default=()))    # bhyve's -s arguments (devices.py)
+                 slots=TextList(Text(1, 1024), MAX_SLOTS, default=()),    # bhyve's -s arguments (devices.py)
+                 owner=Name("user name", default=None, nullable=True),    # users mode: whose VM (policy.py)
+                 pool=Name("pool name", default=None, nullable=True))
 
 
 class Route:
@@ -93,6 +96,7 @@ ROUTES = {
     "snapdemo.run_demo": Route(path={"name": WORD}),
     "tasks.list_tasks": Route(query=Schema(vm=Name("VM name", default=None, nullable=True),
                                            limit=Int(1, TASKS_KEPT, default=100))),
+    "audit.audit_log": Route(query=Schema(limit=Int(1, 100000, default=200))),
 }
 
 
@@ -100,9 +104,12 @@ def guard():
     """Every API blueprint's before_request: who is asking (401 without a token), then what they send."""
     authenticate()
     check_request()
+    vm_arg = vm_argument(ROUTES[request.endpoint])
+    if vm_arg is not None:               # another user's VM is a 404, as one that does not exist (policy.py)
+        policy.visible_session(g.user, current_app.extensions["webhyve.fleet"], request.view_args[vm_arg])
     node = current_app.extensions.get("webhyve.cluster")
     if node is not None:                 # cluster mode: a VM on another node is answered by that node
-        return hooks.route(node, vm_argument(ROUTES[request.endpoint]))
+        return hooks.route(node, vm_arg)
 
 
 def vm_argument(route):

@@ -16,8 +16,10 @@ from engine.door import Host
 
 from ..sessions.errors import ApiError
 from ..sessions.fleet import Fleet
-from . import api_ctl, api_demo, cluster_setup, logs, metrics, openapi, tasks
+from . import api_ctl, api_demo, audit, cluster_setup, logs, metrics, openapi, tasks
 from .access import new_token
+from .pages import Throttle
+from .users import UserStore, UsersError
 from .api import bp as api_bp
 from .console import ConsoleNamespace
 from .inspector import InspectNamespace
@@ -43,9 +45,13 @@ DEFAULTS = {
     "CLUSTER_SECRET": None,             # the key of the forwarded requests' HMAC, the same on every node
     "RESTART_ON_FAILURE": None,         # seconds between checkpoints of the running VMs (cluster/failover.py)
     "SHARED_DIR": None,                 # where the checkpoints go: a folder at the same path on every node
+    "USERS": None,                      # users mode: the users file (web/users.py); None: the two-token quick start
+    "SECRET_KEY": None,                 # signs users mode's session cookies; None: a new one each start
+    "AUDIT_LOG": None,                  # the audit log (web/audit.py); None: audit.jsonl beside RECORDINGS_DIR
 }
 ENV_KEYS = ("HOST_MEM_MB", "CONTROL_TOKEN", "VIEWER_TOKEN", "RECORDINGS_DIR", "SNAPSHOTS_DIR", "DISKS_DIR", "DEMO_GUEST",
-            "PUBLIC_URL", "REDIS", "NODE", "NODE_URL", "CLUSTER_SECRET", "RESTART_ON_FAILURE", "SHARED_DIR")
+            "PUBLIC_URL", "REDIS", "NODE", "NODE_URL", "CLUSTER_SECRET", "RESTART_ON_FAILURE", "SHARED_DIR",
+            "USERS", "SECRET_KEY", "AUDIT_LOG")
 
 
 def config_from_env():
@@ -65,6 +71,7 @@ def create_app(config=None):
     announce = not app.config["CONTROL_TOKEN"]
     app.config["CONTROL_TOKEN"] = app.config["CONTROL_TOKEN"] or new_token()
     app.config["VIEWER_TOKEN"] = app.config["VIEWER_TOKEN"] or new_token()
+    _users_mode(app)
     logs.install(app.logger)              # no log line prints a token (gunicorn's, werkzeug's, ours)
     queue = cluster_setup.queue_options(app.config)   # cluster mode: Redis carries every emit to every node
 
@@ -91,6 +98,8 @@ def create_app(config=None):
     app.register_blueprint(metrics.bp)                  # /metrics for Prometheus
     app.register_blueprint(openapi.bp)                  # /api/v1/openapi.json
     tasks.install(app, socketio, node)                  # /api/v1/tasks and the /tasks namespace
+    app.register_blueprint(audit.bp)                    # /api/v1/audit
+    audit.install(app)
     _register_errors(app)
     inspector.start_ticker()
     if node is not None:
@@ -98,11 +107,34 @@ def create_app(config=None):
     atexit.register(shutdown, app)       # vCPU threads left inside Unicorn at interpreter exit crash it
     if app.config["DEMO_GUEST"]:
         _boot_demo(app, fleet)
-    if announce:
+    if app.config["USERS"]:
+        print("webhyve: users mode (%s): log in at %s/login" % (app.config["USERS"], app.config["PUBLIC_URL"]),
+              file=sys.stderr, flush=True)
+    elif announce:
         print("webhyve: control  %s/?token=%s\nwebhyve: viewer   %s/?token=%s" % (
             app.config["PUBLIC_URL"], app.config["CONTROL_TOKEN"], app.config["PUBLIC_URL"], app.config["VIEWER_TOKEN"]),
             file=sys.stderr, flush=True)
     return app
+
+
+def _users_mode(app):
+    """Users mode when a users file is given: its store, the login throttle and the session cookie's settings.
+    Flask's session cookie is HttpOnly by default; SameSite=Lax as the token cookie; Secure behind https."""
+    app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or os.urandom(32)
+    app.config.update(SESSION_COOKIE_NAME="webhyve_session", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=app.config["PUBLIC_URL"].startswith("https:"))
+    if not app.config["USERS"]:
+        return
+    if app.config["REDIS"]:
+        raise SystemExit("webhyve: users mode and cluster mode do not combine yet (docs/cluster.md)")
+    if not os.path.isfile(app.config["USERS"]):
+        raise SystemExit("webhyve: no users file %s: make it with `python -m webhyve.web.users --file %s add NAME "
+                         "--role administrator`" % (app.config["USERS"], app.config["USERS"]))
+    try:
+        app.extensions["webhyve.users"] = UserStore(app.config["USERS"])
+    except UsersError as problem:
+        raise SystemExit("webhyve: %s" % problem) from None
+    app.extensions["webhyve.login_throttle"] = Throttle()
 
 
 def shutdown(app):

@@ -13,54 +13,71 @@ In cluster mode an event for a VM on another node runs there (cluster.dispatch f
 sid); that node's pump then sends the output to the sid through the Redis message queue.
 """
 from flask import request
-from flask_socketio import join_room, leave_room
+from flask_socketio import disconnect, join_room, leave_room
 
 from ..sessions.errors import ApiError
-from .access import CONTROL, connection_role
+from . import audit, policy
+from .access import CONTROL, VIEW, connection_principal, still_valid
 from .events import CheckedNamespace, handler
 
 
 class ConsoleNamespace(CheckedNamespace):
-    """Legend: `roles` maps a connected sid to its role; `attached` maps it to the VM names it follows."""
+    """Legend: `principals` maps a connected sid to who it is (policy.Principal); `attached` maps it to the VM
+    names it follows. Each event's VM is checked with policy.may: one the sid may not see is a 404."""
 
     def __init__(self, fleet, namespace="/console", cluster=None):
         super().__init__(namespace)
         self.fleet = fleet
-        self.roles, self.attached = {}, {}
+        self.principals, self.attached = {}, {}
         self.cluster = cluster
         if cluster is not None:
             cluster.ops.update({"console.attach": self.attach, "console.detach": self.detach,
                                 "console.input": self.input, "console.ack": self.ack})
             cluster.forget_hooks.append(self.forget)
 
-    def run(self, op, payload, local):
-        """`local(sid, role, payload)` here, or on the VM's node in cluster mode."""
+    def run(self, op, payload, local, role=None):
+        """`local(sid, role, payload)` here, or on the VM's node in cluster mode; `role` is CONTROL when this sid
+        may control the VM (404 when it may not see it). A sid whose user is no longer valid is disconnected."""
         sid = request.sid
+        if role is None:
+            try:
+                principal = still_valid(self.principals[sid])
+            except ApiError:
+                disconnect()
+                raise
+            role = self.role_for(principal, payload["vm"])
         if self.cluster is None:
-            return local(sid, self.roles[sid], payload)
-        return self.cluster.dispatch(op, sid, self.roles[sid], payload, local)
+            return local(sid, role, payload)
+        return self.cluster.dispatch(op, sid, role, payload, local)
+
+    def role_for(self, principal, name):
+        session = policy.visible_session(principal, self.fleet, name)
+        return CONTROL if policy.may(principal, policy.CONTROL, session) else VIEW
 
     def on_connect(self, auth=None):
-        role = connection_role(auth)
-        if role is None:
-            raise ConnectionRefusedError("a valid token is required")
-        self.roles[request.sid] = role
+        principal = connection_principal(auth)
+        if principal is None:
+            raise ConnectionRefusedError("a valid token or login is required")
+        self.principals[request.sid] = principal
         self.attached[request.sid] = set()
 
     def on_disconnect(self, *reason):
         sid = request.sid
         for name in self.attached.pop(sid, ()):
             try:
-                self.run("console.detach", {"vm": name}, self.detach)
+                self.run("console.detach", {"vm": name}, self.detach, role=VIEW)
             except ApiError:
                 pass                                  # the VM was destroyed meanwhile, or its node is gone
-        self.roles.pop(sid, None)
+        self.principals.pop(sid, None)
 
     @handler
     def on_attach(self, payload):
         answer = self.run("console.attach", payload, self.attach)
         join_room("vm:" + payload["vm"])
         self.attached[request.sid].add(payload["vm"])
+        principal = self.principals[request.sid]
+        if answer["role"] == CONTROL and principal.token is None:      # users mode: who may type where, once
+            audit.record(principal, "console.attach", payload["vm"], status=200, mode="control")
         return answer
 
     @handler

@@ -17,12 +17,12 @@ import threading
 import time
 
 from flask import request
-from flask_socketio import join_room, leave_room
+from flask_socketio import disconnect, join_room, leave_room
 
-from . import panels
+from . import panels, policy
 from ..cluster.migration import Handoff
 from ..sessions.errors import ApiError
-from .access import connection_role
+from .access import connection_principal, still_valid
 from .events import CheckedNamespace, handler
 
 
@@ -68,6 +68,7 @@ class InspectNamespace(CheckedNamespace):
         self.fleet, self.socketio, self.interval, self.cluster = fleet, socketio, interval, cluster
         self.watchers, self.last = {}, {}
         self.watching = {}                # sid → names of the VMs it watches, wherever they run (cluster mode)
+        self.principals = {}              # sid → who it is (policy.Principal)
         if cluster is not None:
             cluster.ops.update({"inspect.watch": self.watch, "inspect.unwatch": self.unwatch})
             cluster.forget_hooks.append(self.forget)
@@ -85,13 +86,16 @@ class InspectNamespace(CheckedNamespace):
         self._stop.set()
 
     def on_connect(self, auth=None):
-        if connection_role(auth) is None:
-            raise ConnectionRefusedError("a valid token is required")
+        principal = connection_principal(auth)
+        if principal is None:
+            raise ConnectionRefusedError("a valid token or login is required")
+        self.principals[request.sid] = principal
 
     def on_disconnect(self, *reason):
         """Forget the browser here, and on the node of every VM it watched: one it watched here may have migrated
         since, its watchers with it."""
         self.forget(request.sid)
+        self.principals.pop(request.sid, None)
         for name in self.watching.pop(request.sid, ()):
             try:
                 self.cluster.dispatch("inspect.unwatch", request.sid, "view", {"vm": name}, self.unwatch)
@@ -101,6 +105,12 @@ class InspectNamespace(CheckedNamespace):
     @handler
     def on_watch(self, payload):
         name = payload["vm"]
+        try:
+            principal = still_valid(self.principals[request.sid])
+        except ApiError:
+            disconnect()                          # a deleted user or a changed password: its streams end too
+            raise
+        policy.visible_session(principal, self.fleet, name)      # another user's VM: 404
         answer = self.run("inspect.watch", payload, self.watch)
         join_room("inspect:" + name)
         if self.cluster is not None:

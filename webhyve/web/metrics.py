@@ -9,15 +9,17 @@ browsers its panels are pushed to, wherever in the cluster they are connected. A
 visit of its thread, so one vCPU's numbers are from one moment; different vCPUs' are not (bhyvectl --get-stats
 reads them the same way).
 
-Prometheus scrapes with `Authorization: Bearer TOKEN` (either token: the stats are what a viewer sees).
+Prometheus scrapes with `Authorization: Bearer TOKEN` (either token: the stats are what a viewer sees; in users mode
+an API token, and the scrape holds the VMs that token's user sees).
 """
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from engine.door.tables import STATS
 
+from . import policy
 from .access import authenticate
 
 bp = Blueprint("metrics", __name__)
@@ -27,13 +29,14 @@ LIFECYCLE_STATES = ("running", "halted", "paused", "suspended", "idle")
 
 
 class FleetCollector:
-    """Collects from the fleet at scrape time; nothing is kept between scrapes."""
+    """Collects from the fleet at scrape time, the VMs `principal` may see (policy.py); nothing is kept between
+    scrapes."""
 
-    def __init__(self, fleet, inspector):
-        self.fleet, self.inspector = fleet, inspector
+    def __init__(self, fleet, inspector, principal):
+        self.fleet, self.inspector, self.principal = fleet, inspector, principal
 
     def collect(self):
-        sessions = self.fleet.list()
+        sessions = policy.visible(self.principal, self.fleet.list())
         yield from self._vm_families(sessions)
         per_vcpu = [(s.name, view.index, view.stats()["by_id"]) for s in sessions for view in s.vm.vcpus()]
         for ident, description, n in STATS:
@@ -87,6 +90,6 @@ def metrics():
     authenticate()
     registry = CollectorRegistry(auto_describe=False)
     extensions = current_app.extensions
-    registry.register(FleetCollector(extensions["webhyve.fleet"], extensions["webhyve.inspector"]))
+    registry.register(FleetCollector(extensions["webhyve.fleet"], extensions["webhyve.inspector"], g.user))
     encode, content_type = choose_encoder(request.headers.get("Accept"))
     return Response(encode(registry), content_type=content_type)

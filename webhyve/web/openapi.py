@@ -3,7 +3,7 @@
 Nothing here is written by hand twice: the paths and methods come from Flask's URL map, what each route
 takes from its entry in api_schema.ROUTES (the table check_request() enforces), each field's JSON Schema
 from the field itself (schema.py), the summary and description from the view's docstring, and whether it
-needs the control token from the view's `control_required` mark. So the description cannot drift from what
+needs the control token (and, in users mode, which role: x-webhyve-needs) from the view's `requires` mark. So the description cannot drift from what
 the server does; tests/webhyve/test_openapi.py holds it to the URL map and validates it as OpenAPI 3.1.
 The description is served without a token: it holds no VM's data, and tools fetch it before they have one.
 """
@@ -21,6 +21,10 @@ ERRORS = {"400": "the request is malformed: the message names the field and the 
           "401": "no token, or a wrong one", "403": "this needs the control token",
           "404": "no such VM, vCPU, snapshot, recording or tunable", "409": "not in the VM's present state",
           "413": "the upload is larger than the server takes"}
+# What each route needs in users mode (webhyve/web/policy.py), from the view's `requires` mark.
+NEEDS = {"read": "any user who sees the VM (another's VM is a 404)",
+         "control": "an operator who owns the VM or shares its pool, or an administrator",
+         "create": "an operator (who then owns the VM) or an administrator", "admin": "an administrator"}
 PUBLIC = {"openapi.openapi": Route()}          # routes without a token: this description itself
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 
@@ -36,7 +40,7 @@ def describe(app):
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             if rule.endpoint in PUBLIC:
                 item[method.lower()] = {**operation(rule, view, PUBLIC[rule.endpoint], method), "security": [],
-                                        "x-webhyve-token": "none"}
+                                        "x-webhyve-token": "none", "x-webhyve-needs": "nothing: no token, no login"}
             else:
                 item[method.lower()] = operation(rule, view, ROUTES[rule.endpoint], method)
     return {
@@ -65,7 +69,8 @@ def operation(rule, view, route, method):
           "responses": {"2XX": {"description": "done: a JSON object (a file for downloads and screenshots)"},
                         **{code: {"description": text, "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/Error"}}}} for code, text in ERRORS.items()}},
-          "x-webhyve-token": "control" if getattr(view, "needs_control", False) else "control or viewer"}
+          "x-webhyve-token": "control" if getattr(view, "needs_control", False) else "control or viewer",
+          "x-webhyve-needs": NEEDS[getattr(view, "needs", "read")]}
     if description.strip():
         op["description"] = " ".join(description.split())
     body = request_body(route)

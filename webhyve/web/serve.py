@@ -36,6 +36,9 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--demo", metavar="GUEST", help="boot this bundled guest as VM 'demo' (e.g. shell)")
     parser.add_argument("--threads", type=int, default=100, help="gunicorn threads: one per open websocket")
+    parser.add_argument("--users", metavar="PATH", default=os.environ.get("WEBHYVE_USERS"),
+                        help="users mode: accounts, roles and API tokens from this file, made with `python -m "
+                             "webhyve.web.users` (WEBHYVE_USERS); without it, the two-token quick start")
     cluster = parser.add_argument_group("cluster mode (docs/cluster.md)")
     cluster.add_argument("--redis", metavar="URL", default=os.environ.get("WEBHYVE_REDIS"),
                          help="join the cluster on this Redis: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS "
@@ -57,6 +60,13 @@ def main(argv=None):
     env.setdefault("WEBHYVE_CONTROL_TOKEN", new_token())
     env.setdefault("WEBHYVE_VIEWER_TOKEN", new_token())
     env["WEBHYVE_PUBLIC_URL"] = url
+    if args.users:
+        if args.redis:
+            parser.error("--users and --redis do not combine yet (docs/cluster.md)")
+        if not os.path.isfile(args.users):
+            parser.error("--users %s: no such file; make it with `python -m webhyve.web.users --file %s add NAME "
+                         "--role administrator`" % (args.users, args.users))
+        env["WEBHYVE_USERS"] = os.path.abspath(args.users)
     if args.redis:
         join_cluster(parser, args, env)
     if args.demo:
@@ -67,7 +77,10 @@ def main(argv=None):
                                "--bind", "%s:%d" % (args.host, args.port), "webhyve.web:create_app()"], env=env)
     signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
     try:
-        if wait_until_ready(server, url, env["WEBHYVE_CONTROL_TOKEN"], args.demo):
+        if args.users:
+            if wait_until_ready(server, url, None, None):
+                say("ready (users mode). Log in at %s/login" % url)
+        elif wait_until_ready(server, url, env["WEBHYVE_CONTROL_TOKEN"], args.demo):
             page = "/vms/demo" if args.demo else "/"
             say("ready. Open one of these (the token leaves the address bar once the page loads):")
             print("  control:    %s%s?token=%s\n  read-only:  %s%s?token=%s" % (
@@ -104,10 +117,10 @@ def join_cluster(parser, args, env):
 
 def wait_until_ready(server, url, token, demo):
     """Poll until the server answers and (with a demo) the demo VM shows its prompt, saying what it waits for;
-    False if the server exited or never came up."""
+    False if the server exited or never came up. Without a token (users mode), until it answers at all."""
     started = time.monotonic()
     phase, said = "server", 0.0
-    headers = {"Authorization": "Bearer " + token}
+    headers = {"Authorization": "Bearer " + token} if token else {}
     while time.monotonic() - started < READY_TIMEOUT:
         if server.poll() is not None:
             say("the server exited (status %s); its messages are above" % server.returncode)
@@ -115,7 +128,8 @@ def wait_until_ready(server, url, token, demo):
         elapsed = time.monotonic() - started
         try:
             if phase == "server":
-                requests.get(url + "/api/v1/session", headers=headers, timeout=5).raise_for_status()
+                requests.get(url + ("/api/v1/session" if token else "/api/v1/openapi.json"), headers=headers,
+                             timeout=5).raise_for_status()
                 phase = "demo" if demo else "done"
                 say("server up after %.0f s%s" % (elapsed, "; booting the demo VM (%s)" % demo if demo else ""))
             if phase == "demo":

@@ -10,13 +10,14 @@ import functools
 import socket
 
 import redis
-from flask import Blueprint, current_app, g
+from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..sessions.errors import ApiError
 from ..sessions.fleet import LIFECYCLE
 from ..sessions.tasks import TaskLog
-from .access import connection_role
+from . import policy
+from .access import connection_principal
 from .api_schema import guard
 from .events import CheckedNamespace
 
@@ -80,8 +81,11 @@ def recorded(kind):
 
 
 def who():
-    """The user, once accounts exist (access.py sets g.user), else the role of the token."""
-    return g.get("user") or g.get("role") or "?"
+    """The user's name in users mode (g.user, a policy.Principal), else the quick-start token's word (control)."""
+    user = g.get("user")
+    if user is not None:
+        return user.token or user.name
+    return g.get("role") or "?"
 
 
 @bp.get("/tasks")
@@ -93,7 +97,8 @@ def list_tasks():
     vm, limit = g.query["vm"], g.query["limit"]
     node = current_app.extensions.get("webhyve.cluster")
     if node is None:
-        return {"tasks": log().list(vm, limit)}
+        fleet = current_app.extensions["webhyve.fleet"]
+        return {"tasks": [t for t in log().list(vm) if seen_by(g.user, t, fleet)][:limit]}
     merged, unanswered = log().list(vm, limit), []
     for other in others(node):
         try:
@@ -102,6 +107,17 @@ def list_tasks():
             unanswered.append({"node": other["name"], "error": problem.message})
     merged.sort(key=lambda t: (t["started"], t["id"]), reverse=True)
     return {"tasks": merged[:limit], "unanswered": unanswered}
+
+
+def seen_by(principal, task, fleet):
+    """Whether a task is in the principal's view (policy.py): every task for who sees every VM; else the tasks it
+    started and those of the VMs it may see (a VM it may not see does not exist for it, nor do its tasks)."""
+    if principal.sees_all or task["who"] == principal.name:
+        return True
+    try:
+        return task["vm"] is not None and policy.may(principal, policy.READ, fleet.get(task["vm"]))
+    except ApiError:
+        return False
 
 
 def others(node):
@@ -124,17 +140,38 @@ def serve_list(tasks, sid, role, payload):
 class TasksNamespace(CheckedNamespace):
     """Pushes each task change to every connected page; a page sends nothing (any event is refused)."""
 
+    def __init__(self, namespace, socketio, fleet, users_mode):
+        super().__init__(namespace)
+        self.socketio, self.fleet, self.users_mode, self.principals = socketio, fleet, users_mode, {}
+
     def on_connect(self, auth=None):
-        if connection_role(auth) is None:
+        principal = connection_principal(auth)
+        if principal is None:
             raise ConnectionRefusedError("a valid token is required")
+        self.principals[request.sid] = principal
+
+    def on_disconnect(self, *args):
+        self.principals.pop(request.sid, None)
+
+    def push(self, task):
+        """To every page at once without users (in cluster mode through Redis to every node's); in users mode
+        (one node) to each page whose user may see the task."""
+        if not self.users_mode:                  # (pushes come from any thread: no app context to ask)
+            self.socketio.emit("task", task, namespace=NAMESPACE)
+            return
+        for sid, principal in list(self.principals.items()):
+            if seen_by(principal, task, self.fleet):
+                self.socketio.emit("task", task, to=sid, namespace=NAMESPACE)
 
 
 def install(app, socketio, cluster):
     """The app's task log, its route and namespace; every change is pushed to the /tasks namespace (in cluster
     mode through Redis to every node's pages)."""
     tasks = TaskLog(cluster.name if cluster is not None else socket.gethostname())
-    tasks.listeners.append(lambda task: socketio.emit("task", task, namespace=NAMESPACE))
-    socketio.on_namespace(TasksNamespace(NAMESPACE))
+    namespace = TasksNamespace(NAMESPACE, socketio, app.extensions["webhyve.fleet"],
+                               app.extensions.get("webhyve.users") is not None)
+    tasks.listeners.append(namespace.push)
+    socketio.on_namespace(namespace)
     if cluster is not None:              # another node's GET /tasks asks for this node's log
         cluster.ops["tasks.list"] = functools.partial(serve_list, tasks)
     app.extensions["webhyve.tasks"] = tasks

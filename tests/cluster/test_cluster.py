@@ -16,6 +16,7 @@ from webhyve.cli import main as vmmctl
 from webhyve.cluster.security import Signer
 
 from tests.cluster.conftest import CONTROL, ROOT, SECRET, VIEWER, wait_for
+from tests.console_output import OutputLog
 
 
 def vm_row(node, name):
@@ -31,14 +32,13 @@ class Viewer:
 
     def __init__(self, node, token=CONTROL):
         self.client = socketio.Client(reconnection=False)
-        self.received, self.states, self.lock = [], [], threading.Lock()
+        self.received, self.states = OutputLog(), []
         self.client.on("output", self._output, namespace="/console")
         self.client.on("vm_state", lambda message: self.states.append(message), namespace="/console")
         self.client.connect(node.url, namespaces=["/console"], transports=["websocket"], auth={"token": token})
 
     def _output(self, message):
-        with self.lock:
-            self.received.append(message["data"])
+        self.received.add(message)
         self.client.emit("ack", {"vm": self.vm, "position": message["end"]}, namespace="/console")
 
     def call(self, event, payload):
@@ -49,8 +49,7 @@ class Viewer:
         return self.call("attach", {"vm": vm})
 
     def text(self):
-        with self.lock:
-            return "".join(self.received)
+        return self.received.text()
 
     def close(self):
         self.client.disconnect()

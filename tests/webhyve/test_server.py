@@ -3,12 +3,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 import requests
 import socketio
 
+from tests.console_output import OutputLog
 from tests.webhyve.conftest import wait_for
 from tests.webhyve.live import CONTROL, VIEWER, auth, start_server, stop_server
 
@@ -29,19 +29,18 @@ def websocket_client(url, token, transports=("websocket",)):
 
 def test_type_help_over_a_real_websocket(live):
     _, url = live
-    received, lock = [], threading.Lock()
+    received = OutputLog()
     client = websocket_client(url, CONTROL)
 
     def output(message):
-        with lock:
-            received.append(message["data"])
+        received.add(message)
         client.emit("ack", {"vm": "demo", "position": message["end"]}, namespace="/console")
     client.on("output", output, namespace="/console")
     try:
         first = client.call("attach", {"vm": "demo"}, namespace="/console", timeout=10)
         assert first["ok"] and "webhyve>" in first["data"]
         assert client.call("input", {"vm": "demo", "data": "help\r"}, namespace="/console", timeout=10)["sent"] == 5
-        assert wait_for(lambda: "cpuid LEAF [SUB]" in "".join(received))
+        assert wait_for(lambda: "cpuid LEAF [SUB]" in received.text())
     finally:
         client.disconnect()
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -70,12 +69,11 @@ def test_fast_typing_over_long_polling_arrives_whole_and_in_order(live):
 
     Over long-polling, as a browser starts before it upgrades: many events arrive in one request."""
     _, url = live
-    received, lock = [], threading.Lock()
+    received = OutputLog()
     client = websocket_client(url, CONTROL, transports=("polling",))
 
     def output(message):
-        with lock:
-            received.append(message["data"])
+        received.add(message)
         client.emit("ack", {"vm": "demo", "position": message["end"]}, namespace="/console")
     client.on("output", output, namespace="/console")
     lines = ["".join("abcdefghijklmnopqrstuvwxyz0123456789"[(i * 7 + n) % 36] for i in range(100)) for n in range(5)]
@@ -83,9 +81,9 @@ def test_fast_typing_over_long_polling_arrives_whole_and_in_order(live):
         client.call("attach", {"vm": "demo"}, namespace="/console", timeout=10)
         for char in "".join("echo %s\r" % line for line in lines):
             client.emit("input", {"vm": "demo", "data": char}, namespace="/console")
-        assert wait_for(lambda: "\r\n%s\r\n" % lines[-1] in "".join(received)), "".join(received)
-        echoed = "".join(received)
-        assert all("\r\n%s\r\n" % line in echoed for line in lines)
+        assert wait_for(lambda: "\r\n%s\r\n" % lines[-1] in received.text()), received.text()
+        echoed = received.text()
+        assert [line for line in lines if "\r\n%s\r\n" % line not in echoed] == [], echoed
     finally:
         client.disconnect()
 

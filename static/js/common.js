@@ -9,7 +9,7 @@ const WH = {
 
   async api(method, path, body) {
     const options = {method, headers: {}};
-    const csrf = document.querySelector("meta[name=csrf-token]");     // users mode: a login session's CSRF token
+    const csrf = document.querySelector("meta[name=csrf-token]");     // the page session's CSRF token (csrf.py)
     if (csrf) options.headers["X-CSRF-Token"] = csrf.content;
     if (body instanceof FormData) {
       options.body = body;

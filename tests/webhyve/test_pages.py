@@ -1,4 +1,7 @@
-"""The HTML pages need a token too; ?token= moves into a cookie and out of the URL; the browser libraries are served."""
+"""The HTML pages need a token too; ?token= moves into a cookie and out of the URL; a change made with that cookie
+needs the page's CSRF token; the browser libraries are served."""
+import re
+
 from tests.webhyve.conftest import CONTROL, VIEWER
 
 
@@ -30,6 +33,26 @@ def test_token_in_url_moves_to_a_cookie_and_leaves_the_url(app):
     assert browser.get("/").status_code == 200 and browser.get("/api/v1/vms").status_code == 200
     assert browser.get("/?token=" + CONTROL).headers["Location"] == "/"
     assert b'data-role="control"' in browser.get("/").data
+
+
+def test_a_change_made_with_the_token_cookie_needs_the_pages_csrf_token(app):
+    """The token cookie is sent by the browser itself, also with a form another page of this host (another port:
+    the same site for SameSite) makes it post: a change by cookie needs the CSRF token the page carries, and is
+    refused without it, changing nothing. Bearer and ?token= requests carry no ambient credential and need none."""
+    browser = app.test_client()
+    browser.get("/?token=" + CONTROL)
+    page = browser.get("/").get_data(as_text=True)
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)">', page).group(1)
+    create = lambda name, **headers: browser.post("/api/v1/vms", json={"name": name, "guest": "hello", "start": False},
+                                                  headers=headers)
+    for headers in ({}, {"X-CSRF-Token": "wrong"}):
+        refused = create("forged", **headers)
+        assert refused.status_code == 403 and "CSRF" in refused.json["error"]
+    assert "forged" not in [vm["name"] for vm in browser.get("/api/v1/vms").json["vms"]]
+    assert create("fromthepage", **{"X-CSRF-Token": token}).status_code == 201
+    assert create("bearer", Authorization="Bearer " + CONTROL).status_code == 201
+    assert browser.post("/api/v1/vms?token=" + CONTROL, json={"name": "query", "guest": "hello",
+                                                             "start": False}).status_code == 201
 
 
 def test_a_wrong_token_in_the_url_sets_no_cookie(app):

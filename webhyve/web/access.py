@@ -104,10 +104,21 @@ def still_valid(principal):
     return now
 
 
+def ambient(principal, forwarded):
+    """Whether the request's credential is one the browser attaches by itself, which a page of another site (or of
+    another port of this host: SameSite calls that the same site) could make it send: a login session, or the
+    quick start's token cookie when neither an Authorization header nor ?token= came along."""
+    if principal.via == "password":
+        return True
+    return (principal.via == "quickstart" and not forwarded and not request.args.get("token")
+            and not request.headers.get("Authorization", "").startswith("Bearer ") and COOKIE in request.cookies)
+
+
 def authenticate():
     """Set g.user (a policy.Principal) and g.role (CONTROL or VIEW, as the cluster forwards it) from the request,
     or from a request another node of the cluster forwarded and signed (a bad signature is a 403); ApiError 401
-    when there is none or it is wrong. A cookie-authenticated change must carry its CSRF token (403)."""
+    when there is none or it is wrong. A cookie-authenticated change (a login session's, or the quick start's token
+    cookie) must carry its CSRF token (403)."""
     node = current_app.extensions.get("webhyve.cluster")
     forwarded = node is not None and hooks.forwarded_role(node)
     principal = policy.quickstart(forwarded) if forwarded else request_principal()
@@ -117,7 +128,7 @@ def authenticate():
                                 "from `python -m webhyve.web.users token add`)")
         raise ApiError(401, "a valid token is required: add ?token=… to the URL that `make run` printed, "
                             "or send Authorization: Bearer TOKEN")
-    if principal.via == "password" and request.method not in ("GET", "HEAD", "OPTIONS"):
+    if ambient(principal, forwarded) and request.method not in ("GET", "HEAD", "OPTIONS"):
         from .csrf import require_csrf          # csrf.py renders into pages, which import this module
         require_csrf()
     g.user = principal

@@ -1,8 +1,11 @@
-"""CSRF protection for users mode's login sessions: a synchroniser token kept in the signed session cookie.
+"""CSRF protection for cookie-authenticated requests (a users mode login, the quick start's token cookie): a
+synchroniser token kept in the signed session cookie.
 
 Every page gets the token (a <meta name="csrf-token"> that common.js sends as the X-CSRF-Token header on its
 fetch calls, and a hidden `csrf_token` field in each form); every cookie-authenticated POST, PUT and DELETE must
-carry it, compared in constant time. Requests with a bearer token carry no ambient credential and need none.
+carry it, compared in constant time (access.py ambient). Requests with a bearer token or ?token= carry no ambient
+credential and need none. SameSite=Lax alone is not enough: a page served from another port of the same host is
+the same site, and its form would carry the token cookie.
 Flask-WTF's CSRFProtect does the same for forms, but it would also want the token on the quick start's and the
 API tokens' requests, and the pages send JSON: the twenty lines here fit better.
 """

@@ -105,8 +105,9 @@ def guard():
     authenticate()
     check_request()
     vm_arg = vm_argument(ROUTES[request.endpoint])
+    g.vm_name = request.view_args[vm_arg] if vm_arg is not None else None     # what policy.requires checks
     if vm_arg is not None:               # another user's VM is a 404, as one that does not exist (policy.py)
-        policy.visible_session(g.user, current_app.extensions["webhyve.fleet"], request.view_args[vm_arg])
+        policy.visible_session(g.user, current_app.extensions["webhyve.fleet"], g.vm_name)
     node = current_app.extensions.get("webhyve.cluster")
     if node is not None:                 # cluster mode: a VM on another node is answered by that node
         return hooks.route(node, vm_arg)

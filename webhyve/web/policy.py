@@ -14,7 +14,7 @@ pages, both Socket.IO namespaces and /metrics all ask here.
 """
 import functools
 
-from flask import current_app, g, request
+from flask import current_app, g
 
 from ..sessions.errors import ApiError
 
@@ -99,13 +99,12 @@ def current():
 
 
 def requires(action):
-    """Mark a REST view as needing `action` on the VM its path names (if any), and check it when called. The
-    OpenAPI description reads the mark (`needs`)."""
+    """Mark a REST view as needing `action` on the VM its path names (if any: api_schema.guard has put its name in
+    g.vm_name, from the route table), and check it when called. The OpenAPI description reads the mark (`needs`)."""
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            name = next((kwargs[k] for k in ("name", "vm") if k in kwargs and names_a_vm(k)), None)
-            check(current(), action, current_app.extensions["webhyve.fleet"], name)
+            check(current(), action, current_app.extensions["webhyve.fleet"], g.get("vm_name"))
             return view(*args, **kwargs)
         wrapper.needs = action
         wrapper.needs_control = True
@@ -113,8 +112,3 @@ def requires(action):
     return decorate
 
 
-def names_a_vm(arg):
-    """Whether the path argument `arg` of the present route names a VM (api_schema's table says)."""
-    from .api_schema import ROUTES, VM         # api_schema imports access, which imports this
-    route = ROUTES.get(request.endpoint)
-    return route is not None and route.path.get(arg) is VM

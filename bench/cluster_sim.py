@@ -81,7 +81,7 @@ def main(argv=None):
     redis_process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
                                       "--appendonly", "no"], stdout=subprocess.DEVNULL)
     url = "redis://127.0.0.1:%d/0" % port
-    stop = threading.Event()
+    stop, nodes = threading.Event(), []
     try:
         client = connect(url)
         deadline = time.monotonic() + 10
@@ -93,16 +93,18 @@ def main(argv=None):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        run(client, url, args, stop)
+        run(client, url, args, stop, nodes)
     finally:
         stop.set()
+        for node in nodes:                   # every heartbeat thread ends before Redis goes
+            node.join(10)
         redis_process.kill()
         redis_process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(client, url, args, stop):
-    nodes = [SimNode(url, i, args.vms, stop) for i in range(args.nodes)]
+def run(client, url, args, stop, nodes):
+    nodes += [SimNode(url, i, args.vms, stop) for i in range(args.nodes)]
     for node in nodes:
         node.start()
     time.sleep(3.0)                                             # warm-up: every node has beaten a few times

@@ -17,7 +17,7 @@ from flask_socketio import disconnect, join_room, leave_room
 
 from ..sessions.errors import ApiError
 from . import audit, policy
-from .access import CONTROL, VIEW, connection_principal, still_valid
+from .access import CONTROL, VIEW, still_valid
 from .events import CheckedNamespace, handler
 
 
@@ -28,7 +28,7 @@ class ConsoleNamespace(CheckedNamespace):
     def __init__(self, fleet, namespace="/console", cluster=None):
         super().__init__(namespace)
         self.fleet = fleet
-        self.principals, self.attached = {}, {}
+        self.attached = {}
         self.cluster = cluster
         if cluster is not None:
             cluster.ops.update({"console.attach": self.attach, "console.detach": self.detach,
@@ -54,21 +54,15 @@ class ConsoleNamespace(CheckedNamespace):
         session = policy.visible_session(principal, self.fleet, name)
         return CONTROL if policy.may(principal, policy.CONTROL, session) else VIEW
 
-    def on_connect(self, auth=None):
-        principal = connection_principal(auth)
-        if principal is None:
-            raise ConnectionRefusedError("a valid token or login is required")
-        self.principals[request.sid] = principal
-        self.attached[request.sid] = set()
+    def connected(self, sid):
+        self.attached[sid] = set()
 
-    def on_disconnect(self, *reason):
-        sid = request.sid
+    def disconnected(self, sid):
         for name in self.attached.pop(sid, ()):
             try:
                 self.run("console.detach", {"vm": name}, self.detach, role=VIEW)
             except ApiError:
                 pass                                  # the VM was destroyed meanwhile, or its node is gone
-        self.principals.pop(sid, None)
 
     @handler
     def on_attach(self, payload):

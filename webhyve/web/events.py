@@ -5,10 +5,11 @@ Each event carries one JSON object; its entry in EVENTS says which fields and wh
 argument or a bad payload before any handler runs, answering through the event's ack with {"error",
 "status"}; a handler's own refusal (an ApiError) is answered the same way, and its result as {"ok": True, …}.
 """
-from flask import current_app
+from flask import current_app, request
 from flask_socketio import Namespace
 
 from ..sessions.errors import ApiError
+from .access import connection_principal
 from .api_schema import MAX_INPUT, VM
 from .schema import Int, Schema, SchemaError, Typed
 
@@ -48,7 +49,32 @@ def handler(method):
 
 
 class CheckedNamespace(Namespace):
-    """A namespace whose client events are checked against EVENTS[namespace] before their handler runs."""
+    """A namespace whose client events are checked against EVENTS[namespace] before their handler runs, and whose
+    connections are authenticated once: `principals` maps each connected sid to who it is (policy.Principal).
+    A subclass adds to a connection's start and end through `connected(sid)` and `disconnected(sid)`."""
+
+    def __init__(self, namespace):
+        super().__init__(namespace)
+        self.principals = {}
+
+    def on_connect(self, auth=None):
+        principal = connection_principal(auth)
+        if principal is None:
+            raise ConnectionRefusedError("a valid token or login is required")
+        self.principals[request.sid] = principal
+        self.connected(request.sid)
+
+    def on_disconnect(self, *reason):
+        try:
+            self.disconnected(request.sid)
+        finally:
+            self.principals.pop(request.sid, None)
+
+    def connected(self, sid):
+        pass
+
+    def disconnected(self, sid):
+        pass
 
     def trigger_event(self, event, *args):
         if self._from_the_server(event, args):

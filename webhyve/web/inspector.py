@@ -22,7 +22,7 @@ from flask_socketio import disconnect, join_room, leave_room
 from . import panels, policy
 from ..cluster.migration import Handoff
 from ..sessions.errors import ApiError
-from .access import connection_principal, still_valid
+from .access import still_valid
 from .events import CheckedNamespace, handler
 
 
@@ -68,7 +68,6 @@ class InspectNamespace(CheckedNamespace):
         self.fleet, self.socketio, self.interval, self.cluster = fleet, socketio, interval, cluster
         self.watchers, self.last = {}, {}
         self.watching = {}                # sid → names of the VMs it watches, wherever they run (cluster mode)
-        self.principals = {}              # sid → who it is (policy.Principal)
         if cluster is not None:
             cluster.ops.update({"inspect.watch": self.watch, "inspect.unwatch": self.unwatch})
             cluster.forget_hooks.append(self.forget)
@@ -85,20 +84,13 @@ class InspectNamespace(CheckedNamespace):
     def stop_ticker(self):
         self._stop.set()
 
-    def on_connect(self, auth=None):
-        principal = connection_principal(auth)
-        if principal is None:
-            raise ConnectionRefusedError("a valid token or login is required")
-        self.principals[request.sid] = principal
-
-    def on_disconnect(self, *reason):
+    def disconnected(self, sid):
         """Forget the browser here, and on the node of every VM it watched: one it watched here may have migrated
         since, its watchers with it."""
-        self.forget(request.sid)
-        self.principals.pop(request.sid, None)
-        for name in self.watching.pop(request.sid, ()):
+        self.forget(sid)
+        for name in self.watching.pop(sid, ()):
             try:
-                self.cluster.dispatch("inspect.unwatch", request.sid, "view", {"vm": name}, self.unwatch)
+                self.cluster.dispatch("inspect.unwatch", sid, "view", {"vm": name}, self.unwatch)
             except ApiError:
                 pass                              # the VM is gone, or its node
 

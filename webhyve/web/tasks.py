@@ -10,14 +10,13 @@ import functools
 import socket
 
 import redis
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, current_app, g
 from werkzeug.exceptions import HTTPException
 
 from ..sessions.errors import ApiError
 from ..sessions.fleet import LIFECYCLE
 from ..sessions.tasks import TaskLog
 from . import policy
-from .access import connection_principal
 from .api_schema import guard
 from .events import CheckedNamespace
 
@@ -142,16 +141,7 @@ class TasksNamespace(CheckedNamespace):
 
     def __init__(self, namespace, socketio, fleet, users_mode):
         super().__init__(namespace)
-        self.socketio, self.fleet, self.users_mode, self.principals = socketio, fleet, users_mode, {}
-
-    def on_connect(self, auth=None):
-        principal = connection_principal(auth)
-        if principal is None:
-            raise ConnectionRefusedError("a valid token is required")
-        self.principals[request.sid] = principal
-
-    def on_disconnect(self, *args):
-        self.principals.pop(request.sid, None)
+        self.socketio, self.fleet, self.users_mode = socketio, fleet, users_mode
 
     def push(self, task):
         """To every page at once without users (in cluster mode through Redis to every node's); in users mode

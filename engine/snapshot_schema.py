@@ -24,7 +24,7 @@ from .cpu import profiles, ucstate
 from .io import nmisc
 from .devices import acpi_pm as ACPI_PM
 from .io import vioapic as IOAPIC
-from .io import vlapic as L
+from .io.lapic import regs as L
 from .mmu import ept as EPT
 from .mmu import walk as W
 from .pci import config as PCI_CONFIG
@@ -196,7 +196,7 @@ def tunable_values(value, field):
 
 
 def lapic_step(value, field):
-    """ctx.LAPIC_STEP (io/vlapic.py): 0, 1 (an APIC-write exit after the store), 3 (an evaluation after it) or
+    """ctx.LAPIC_STEP (io/lapic/access.py): 0, 1 (an APIC-write exit after the store), 3 (an evaluation after it) or
     2 | vector << 8 (a virtualized-EOI exit for the vector)."""
     integer(0, 0xFFFF)(value, field)
     if not (value in (0, 1, 3) or (value & 0xFF == 2)):

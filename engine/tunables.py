@@ -86,9 +86,9 @@ TABLE = (
           "cascadelake profile); a change reaches each running vCPU's VMCS at its next entry", False,
           "vmx/controls.py", aliases=("hw.vmm.vmx.use_apic_pir",)),
     Tunable("hw.vmm.vmx.posted_interrupt_vector", "int", 0xF2, "Posted interrupts notification vector",
-            True, 32, 255, owner="io/vlapic.py"),
+            True, 32, 255, owner="io/lapic/deliver.py"),
     Tunable("hw.vmm.ipinum", "int", 0xF3, "IPI vector used for vcpu notifications", True, 32, 255,
-            owner="io/vlapic.py"),
+            owner="io/lapic/deliver.py"),
     Tunable("hw.vmm.hlt_kernel_wait_us", "int", 5000, "A HLT with interrupts enabled waits this many "
             "microseconds in the kernel loop for an interrupt before halting in userspace (webhyve; 0: never)",
             False, 0, 1000000, owner="vmx/halt.py", bhyve_boot=False),

@@ -42,7 +42,7 @@ RESCHED = 27        # [any] the host scheduler's tick: the timeslice of a shared
 WINDOW_SKIP = 31    # [k] linear address + 1 of a block in an STI/MOV-SS shadow the window check lets run once
 BLOCK_STOP = 60     # [k] 1: the block hook stopped this entry (a kick or the interrupt window), not a HLT
 LAPIC_ZERO = 30     # [k] a store that reached reserved bytes of the APIC page: offset + 1 | size << 16; they
-                    #     read as 0 again from the next access on (io/vlapic.py)
+                    #     read as 0 again from the next access on (io/lapic/access.py)
 # -- exit record [k] -------------------------------------------------------------------------------
 EXIT = 32           # what a hook asks the loop to do (X_*)
 FAULT_GLA = 33
@@ -76,11 +76,11 @@ TIMESLICE = 58      # [any] microseconds per turn when the host CPU is shared (0
 PAUSE_SKIP = 61     # [k] address + 1 of a PAUSE that exited: it runs when the vCPU is back
 CODE_PAGE = 62      # [k] the last code page hooks decoded (linear | 1), its host page, and (CODE_GEN, slot 21)
 CODE_HPA = 63       #     the EPT + TLB generations it was found under: any invalidation makes it stale
-# -- interrupts and the vLAPIC (io/vlapic.py, vmx/intr.py) -----------------------------------------
+# -- interrupts and the vLAPIC (io/lapic/, vmx/intr.py) --------------------------------------------
 APIC_PAGE = 64      # [py] host-physical address of the virtual-APIC page (0 = no local APIC); the TLB fill
                     #      maps guest-physical 0xFEE00000 there
 PIR_DESC = 65       # [py] host-physical address of the posted-interrupt descriptor (64 bytes)
-INTR = 66           # [py] address of the vCPU's interrupt block (io/vlapic.py IB_*: peers, clock, callbacks)
+INTR = 66           # [py] address of the vCPU's interrupt block (io/lapic/regs.py IB_*: peers, clock, callbacks)
 TIMER_DEADLINE = 67  # [k] CLOCK_MONOTONIC ns when the LAPIC timer fires next (0 = stopped)
 TIMER_PERIOD = 68   # [k] ns per period (0 = one-shot)
 TIMER_START = 69    # [k] ns when the current count began
@@ -90,7 +90,7 @@ NOTIFY = 72         # [any] vector of a host interrupt sent to this vCPU (a kick
 INTR_WINDOW = 73    # [k] 1: interrupt-window exiting: leave at the first block boundary where the guest can take one;
                     #     2: the same stop for a virtual interrupt (virtual-interrupt delivery), with no exit 7
 INJECT = 74         # [k] the vector the loop asks userspace to deliver
-PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/vlapic.py PEND_*)
+PENDING = 75        # [any] NMI / INIT / SIPI requests for userspace (io/lapic/regs.py PEND_*)
 LAPIC_FIX = 76      # [k] offset + 1 of a read-only APIC register a guest store overwrote, 0 = none
 LAPIC_FIXVAL = 77   # [k] its value, put back at the next access
 NMI_WINDOW = 78     # [k] NMI-window exiting: step until NMI blocking ends
@@ -101,7 +101,7 @@ LAPIC_STEP = 79     # [k] 1: an APIC write that exits after it (exit 56, trap-li
 # 47-63 EPT and the TLB model (mmu/), 64-79 interrupts and the vLAPIC (io/, vmx/inject.py),
 # 80-95 the L1D model and the cycle counter (cpu/l1d.py), 96-111 the debugger (debug/), 112-119 the TSC (cpu/tsc.py),
 # 120-127 the MMIO page served in userspace (vmx/mmio.py), 128-139 exceptions and system calls (vmx/faults.py,
-# vmx/deliver.py, vmx/syscall.py; 140-143 the bus lock, io/buslock.py), 144-151 APICv (io/vlapic.py)
+# vmx/deliver.py, vmx/syscall.py; 140-143 the bus lock, io/buslock.py), 144-151 APICv (io/lapic/)
 # -- the debugger (debug/traps.py) ----------------------------------------------------------------------
 DBG_STOP = 96       # [k] why a debug hook stopped the vCPU (traps.STOP_*); the vCPU's thread clears it
 DBG_SKIP = 97       # [py] breakpoint address + 1 to run through once (resuming from it); 0 = none
@@ -158,7 +158,7 @@ LOCKBITS = 140      # [py] address of the vCPU's LOCK map beside its exec-scan t
 CFLAGS_NEXT = 141   # [py] address of the instance's cpu->cflags_next_tb: how the next block is translated
 ATOMIC_LAST = 142   # [k] block start + 1 the translator's loop last looked up itself (a repeat: QEMU's EXCP_ATOMIC)
 ATOMIC_SERIAL = 143  # [k] locked instructions run serially after their host atomic gave up (misaligned, split)
-# -- the APICv controls the local APIC follows (io/vlapic.py), as the vCPU's VMCS has them (vmx/controls.py apicv)
+# -- the APICv controls the local APIC follows (io/lapic/apicv.py), as the vCPU's VMCS has them (vmx/controls.py apicv)
 APICV = 144         # [py] APICV_* bits; written on the vCPU's thread, read by any thread that raises an interrupt
 SIZE = 152
 APICV_VID = 1       # virtual-interrupt delivery: requests go into the PIR descriptor (bhyve's vmx_set_intr_ready)

@@ -141,7 +141,7 @@ def _common_msrs(maxphyaddr, mcg_cap, platform_ratio):
         0x10: (MSR_TSC, 0, 0, CHECK_RESERVED),
         0x17: (MSR_READONLY, 0, 0, CHECK_RESERVED),
         # bhyve's vlapic_set_apicbase: the base, the enable and x2APIC bits cannot change (#GP with strictmsr).
-        # The BSP flag (bit 8) is cleared in the APs' copies (vlapic.connect).
+        # The BSP flag (bit 8) is cleared in the APs' copies (io/lapic/vlapic.py connect).
         0x1B: (MSR_VALUE, 0xFEE00900, U64, CHECK_UNCHANGED),
         0x3A: (MSR_READONLY, 0x1, 0, CHECK_RESERVED),                      # locked, VMX off
         0x3B: (MSR_TSC_ADJUST, 0, 0, CHECK_RESERVED),

@@ -3,7 +3,7 @@ against the guest clock, the VMCS TSC offset, IA32_TSC_ADJUST, and the TSC-to-cl
 timer (SDM vol. 3B 17.17).
 
 The guest clock is CLOCK_MONOTONIC, the one the 8254 and the LAPIC timer count against (io/vpit.py,
-io/vlapic.py). The modeled host's TSC is that clock in ticks of the profile's frequency (CPUID.15H: the
+io/lapic/timer.py). The modeled host's TSC is that clock in ticks of the profile's frequency (CPUID.15H: the
 crystal times the ratio), and a vCPU's TSC is the host's plus the VMCS TSC_OFFSET (SDM 25.3, "use TSC
 offsetting"). At power-on every vCPU of a VM gets the same offset, the one that makes the TSC 0 then (RESET
 clears it, SDM 17.17; INIT does not): the vCPUs' TSCs are one clock, synchronized, and invariant (CPUID

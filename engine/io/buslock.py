@@ -35,7 +35,7 @@ from ..core import kick
 from ..core.sync import atomic_cas, atomic_xchg, call_void
 from ..mmu.access import xtab_find
 from ..native import NUMBA, u32_ptr, u64_ptr
-from . import vlapic as L
+from .lapic import regs as L
 
 SPIN_LIMIT = 1 << 22                # a holder that never releases (a bug) does not hang the others forever
 SPINS_BEFORE_YIELD = 256            # the holder's thread may be off its host CPU: give ours to it
@@ -196,7 +196,7 @@ def block_hook(uc, address, size, ud):
 
 def attach(vcpus):
     """A VM's vCPUs share the bus lock and run parallel blocks when there is more than one of them (the lock
-    word comes from vlapic.connect)."""
+    word comes from lapic/vlapic.py connect)."""
     for v in vcpus:
         v.ctx[C.LOCKBITS] = v.lockbits.ctypes.data if len(vcpus) > 1 else 0
         v.uc.ctl_flush_tb()                        # blocks translated before are serial ones

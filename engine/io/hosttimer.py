@@ -12,7 +12,7 @@ import time
 
 from ..core import ctx as C
 from ..core import kick
-from . import vlapic
+from .lapic import timer
 
 HOST_TIMER_VECTOR = 0xEF          # the modeled host's local APIC timer vector
 IDLE_WAIT = 0.05                  # seconds to sleep when no timer is armed
@@ -63,7 +63,7 @@ class HostTimer:
     def _visit(self, vcpu, now):
         """Kick or wake `vcpu` if its timer is due; returns when to look at it again."""
         c = vcpu.ctx
-        deadline = int(vlapic.timer_wakes(c)) if c[C.APIC_PAGE] else 0     # a masked timer interrupts nothing
+        deadline = int(timer.timer_wakes(c)) if c[C.APIC_PAGE] else 0      # a masked timer interrupts nothing
         if vcpu.state not in ("running", "halted"):
             return now + int(IDLE_WAIT * 1e9)            # paused, stopped or waiting for SIPI: nothing runs
         if vcpu.state == "halted" and not vcpu.halt_interruptible:

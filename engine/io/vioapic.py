@@ -17,8 +17,8 @@ Register layout and behaviour from the 82093AA datasheet (Intel, 1996), section 
 
 Pins: an edge-triggered pin delivers on a rising edge while unmasked; an edge on a masked pin is lost. A
 level-triggered pin delivers while asserted and unmasked and its remote IRR is clear; the remote IRR is set when a
-local APIC accepts the interrupt and cleared by the EOI broadcast for its vector (io/vlapic.py eoi), after which a
-pin still asserted delivers again. Writing an entry that leaves it edge-triggered clears its remote IRR (what
+local APIC accepts the interrupt and cleared by the EOI broadcast for its vector (io/lapic/deliver.py eoi), after
+which a pin still asserted delivers again. Writing an entry that leaves it edge-triggered clears its remote IRR (what
 QEMU and bhyve do, and what Linux's __eoi_ioapic_pin relies on for an I/O APIC without an EOI register); writing
 one that unmasks an asserted level-triggered pin delivers. NMI, SMI, INIT and ExtINT are edge-triggered whatever
 the trigger mode bit says (§3.2.4, delivery mode). Delivery is immediate, so delivery status always reads idle.

@@ -8,7 +8,7 @@ import time
 
 from ..core import ctx as C
 from ..core.sync import full_fence
-from ..io import vlapic as L
+from ..io.lapic import timer
 from ..vmx import halt
 from .states import HALTED, RUNNING
 
@@ -46,7 +46,7 @@ def wakes(vcpu):
 
 def timeout(vcpu):
     """Seconds until a halted vCPU's own LAPIC timer fires (vm_handle_hlt sleeps at most that long), or None."""
-    deadline = int(L.timer_wakes(vcpu.ctx)) if vcpu.ctx[C.APIC_PAGE] else 0
+    deadline = int(timer.timer_wakes(vcpu.ctx)) if vcpu.ctx[C.APIC_PAGE] else 0
     if vcpu.state != HALTED or not deadline or not vcpu.halt_interruptible:
         return None                                      # with RFLAGS.IF clear only an NMI or INIT ends HLT
     return max(deadline - time.monotonic_ns(), 0) / 1e9

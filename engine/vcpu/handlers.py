@@ -10,7 +10,7 @@ from .. import stats as S
 from ..core import ctx as C
 from ..cpu import l1tf
 from ..errors import UnsupportedByModel
-from ..io import vlapic as L
+from ..io.lapic import deliver, regs as L
 from ..mmu import access
 from ..vmx import exits as E
 from ..vmx import hooks, inject, vmx
@@ -67,7 +67,7 @@ def exit_inject(vcpu):
             vcpu.counters[S.VCPU_EXTINT_COUNT] += 1
         return
     if deliver(vcpu, inject.external_interrupt(vector)):
-        L.accept(vcpu.ctx, vector)
+        deliver.accept(vcpu.ctx, vector)
 
 
 def exit_ipi(vcpu):

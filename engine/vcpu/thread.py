@@ -20,7 +20,7 @@ from ..core import kick
 from ..core import vmcs as V
 from ..cpu import tsc
 from ..errors import StateError, UnsupportedByModel
-from ..io import vlapic as L
+from ..io.lapic import deliver, regs as L, vlapic
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..native import address, load_real_mode_segment
@@ -90,7 +90,7 @@ class Vcpu(GuestState):
         self.vpid = vpid_alloc(vm.hypervisor.vpids, index)    # vmx_vcpu_init: unique across VMs (vmx/vpid.py)
         build.make_uc(self)
         self.hostcpu.assign(self)
-        self.lapic = L.Vlapic(self, address(vm.intr_callback))
+        self.lapic = vlapic.Vlapic(self, address(vm.intr_callback))
         build.init_apic_vmcs(self, self.lapic)
         self.mmio = mmio.Window(self, vm.mmio_gpa, address(vm.mmio_callback), *vm.pci_window)  # I/O APIC, PCI BARs
 
@@ -173,7 +173,7 @@ class Vcpu(GuestState):
         wait for an interrupt in the kernel loop (vmx/halt.py)."""
         kick.kick(self.ctx)
         if int(self.ctx[C.HALT_IN_KERNEL]):
-            L.wake_halted(self.ctx)
+            deliver.wake_halted(self.ctx)
 
     def inject_nmi(self):
         """vm_inject_nmi (bhyvectl --inject-nmi): the NMI is delivered through the guest's IDT at the next

@@ -25,7 +25,8 @@ from ..devices.rtc_mc146818 import Mc146818
 from ..devices.uart_ns16550 import Uart16550
 from ..devices.vga_text import CRTC_INDEX, VgaText
 from ..errors import ConfigError, EngineError
-from ..io import buslock, vlapic
+from ..io import buslock
+from ..io.lapic import deliver, regs as L, vlapic
 from ..io.apicbus import ApicBus
 from ..io.hosttimer import HostTimer
 from ..io.nmisc import NmiStatusControl
@@ -215,7 +216,7 @@ class Platform:
 
     def _install_acpi_tables(self):
         """acpi_build: the tables for these vCPUs' local APIC IDs, into the BIOS area (acpi_tables.py)."""
-        base, tables = ACPI.build([vcpu.lapic.register(vlapic.ID) >> 24 for vcpu in self.vcpus], bool(self.pci_devices))
+        base, tables = ACPI.build([vcpu.lapic.register(L.ID) >> 24 for vcpu in self.vcpus], bool(self.pci_devices))
         self.memory_access.write(base, tables)
 
     def _guest_power(self, action, why):
@@ -396,7 +397,7 @@ class Platform:
     def _extint_changed(self, level):
         """The master 8259's INT output, wired to the bootstrap vCPU (bhyve's vatpic_notify_intr)."""
         bsp = self.vcpus[0]
-        bsp.lapic.block[vlapic.IB_EXTINT] = int(level)
+        bsp.lapic.block[L.IB_EXTINT] = int(level)
         if not level:
             return
         self.ioapic.pulse_pin(0)                   # and to I/O APIC pin 0 (virtual wire through the I/O APIC)
@@ -405,25 +406,25 @@ class Platform:
             bsp.ctx[C.NOTIFY] = self.hypervisor.tunables.get("hw.vmm.ipinum")
             kick.kick(bsp.ctx)                     # leaves at the next block; no waiting on itself
         else:
-            vlapic.notify(bsp.ctx, False)
+            deliver.notify(bsp.ctx, False)
 
     def lapic_intr(self, vcpu, vector):
         """lapic_intr_edge: raise `vector` at a vCPU's local APIC from any thread (bhyve's vm_lapic_irq)."""
         if not 0 <= vcpu < len(self.vcpus) or not 16 <= vector <= 255:
             raise ConfigError("VM %r: no vcpu%s or vector %s outside 16-255" % (self.name, vcpu, vector))
-        return vlapic.intr_edge(self.vcpus[vcpu].ctx, vector)
+        return deliver.intr_edge(self.vcpus[vcpu].ctx, vector)
 
     def _intr_request(self, vcpu_id, kind, vector, _):
         """The vLAPIC kernels' way to userspace: wake a halted vCPU, INIT/SIPI/NMI, a timer rearm."""
         target = self.vcpus[vcpu_id]
-        if kind == vlapic.CB_WAKE:
+        if kind == L.CB_WAKE:
             target.mailbox.put(("wake",))
-        elif kind == vlapic.CB_TIMER:
+        elif kind == L.CB_TIMER:
             self.host_timer.rearm()
-        elif kind == vlapic.CB_EOI:
+        elif kind == L.CB_EOI:
             self.ioapic.eoi(vector)                      # a level-triggered vector's EOI, broadcast
         else:
-            message = {vlapic.CB_INIT: ("init",), vlapic.CB_SIPI: ("sipi", vector), vlapic.CB_NMI: ("nmi",)}[kind]
+            message = {L.CB_INIT: ("init",), L.CB_SIPI: ("sipi", vector), L.CB_NMI: ("nmi",)}[kind]
             if target.thread is None:
                 target.mailbox.put(message)
             else:

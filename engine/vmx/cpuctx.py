@@ -7,7 +7,7 @@ end_reset_fields (qemu/target/i386/cpu.h), so the same offsets reach the live st
 the vCPU's CPUX86State itself (ctx CPU_ENV, found through uc->cpu when the vCPU is built), which spares a
 save and a restore of 5.6 KB per SYSCALL, SYSRET or delivery (measured: 0.63 M system calls/s with them,
 see docs/interrupts.md). Where that address could not be confirmed, they save the context into the vCPU's
-buffer (the interrupt block's IB_CONTEXT, io/vlapic.py), change it and restore it. `check()` verifies every
+buffer (the interrupt block's IB_CONTEXT, io/lapic/regs.py), change it and restore it. `check()` verifies every
 offset used here on a private instance, once per process, before any vCPU runs (vcpu/build.py); segcache.py
 is the same for Python callers.
 
@@ -27,7 +27,7 @@ from unicorn import x86_const as X
 
 from ..core import ctx as C
 from ..core.sync import call_uc_ptr
-from ..io import vlapic as L
+from ..io.lapic import regs as L
 from ..io.buslock import CF_ONE_INSN, CFLAGS_NONE
 from ..native import INLINE, NUMBA, address, u64_ptr
 

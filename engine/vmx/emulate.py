@@ -8,7 +8,7 @@ hook's range (tcg_uc_has_hookmem): with the device hooks on the vCPU's own insta
 4-5x as much. So the vCPU's instance has no memory hooks. Its TLB fill refuses a device page (X_MMIO), which
 leaves emu_start with RIP on the instruction (raise_mmu_exception restores the state); this kernel copies the
 CPU state into the stepper, runs that one instruction there (the stepper's TLB fill maps the device pages,
-its hooks serve them: io/vlapic.py, vmx/mmio.py), and copies the state back. The MOV forms, nearly every
+its hooks serve them: io/lapic/access.py, vmx/mmio.py), and copies the state back. The MOV forms, nearly every
 device access a guest makes, are decoded and served in the loop instead (vmx/vie.py): no step at all. The instruction completes before
 the guest goes on, whatever its form, as on VT-x after bhyve has emulated it or the CPU has virtualized the
 APIC access.
@@ -26,7 +26,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from ..core import ctx as C
 from ..core.regs import rd
 from ..core.sync import call_ctl2, call_uc_ptr
-from ..io import vlapic as L
+from ..io.lapic import access
 from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, NFN, NUMBA, address, call_ctl, call_emu_start, hook_add, \
     u64_ptr, u8_ptr
 from .cpuctx import UC_INVALID_ADDR
@@ -74,7 +74,7 @@ def emulate(c):
         carray(u8_ptr(buf), HFLAGS_OFFSET + 4)[HFLAGS_OFFSET] &= ~np.uint8(HF_INHIBIT_IRQ)
     call_uc_ptr(s[S_RESTORE], vcpu_uc, buf)
     if c[C.APIC_PAGE] != 0:
-        L.undo_readonly_write(c)                # what the store left in a read-only APIC register, put back now
+        access.undo_readonly_write(c)           # what the store left in a read-only APIC register, put back now
     if c[C.EXIT] == C.X_NONE:
         c[C.EXIT] = C.X_MMIO
     return err
@@ -82,7 +82,7 @@ def emulate(c):
 
 class Stepper:
     """One vCPU's second Unicorn instance over the same host memory, with the same TLB fill and exception hook,
-    and the device pages' memory hooks (added by io/vlapic.py and vmx/mmio.py through `hook`).
+    and the device pages' memory hooks (added by io/lapic/vlapic.py and vmx/mmio.py through `hook`).
 
     Legend: made by the vCPU's constructor; only the vCPU's thread runs it, inside the vcpu loop."""
 

@@ -22,7 +22,7 @@ from ..cpu import tsc
 from ..cpu.profiles import (ANY, CPUID1_ECX_OSXSAVE, CPUID1_ECX_XSAVE, CR4_OSXSAVE, EFER_LME, FLUSH_CMD_L1D,
                             MSR_FLUSH_CMD)
 from ..io import portbus
-from ..io import vlapic as L
+from ..io.lapic import timer
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
@@ -415,11 +415,11 @@ def tsc_msr(c, table, row, is_write, value):
         if not is_write:
             return table[at + M.COL_VALUE]
         tsc.write_adjust(c, table, row, value)
-    elif c[C.APIC_PAGE] != 0 and L.tsc_deadline_mode(c):
+    elif c[C.APIC_PAGE] != 0 and timer.tsc_deadline_mode(c):
         if not is_write:
             return table[at + M.COL_VALUE] if c[C.TIMER_DEADLINE] != 0 else np.uint64(0)
         table[at + M.COL_VALUE] = value
-        L.tsc_deadline_arm(c, tsc.deadline_ns(c, value) if value != 0 else np.uint64(0))
+        timer.tsc_deadline_arm(c, tsc.deadline_ns(c, value) if value != 0 else np.uint64(0))
     return np.uint64(0)
 
 

@@ -2,7 +2,7 @@
 
 bhyve's vmx_inject_interrupts runs with host interrupts disabled: the vCPU is marked as in the guest
 (RUNSTATE) before the IRR is read, so a notifier that sets a bit after the read kicks it again after
-entry (vlapic.notify). Here the LAPIC timer is checked against the host clock, posted requests move
+entry (deliver.notify). Here the LAPIC timer is checked against the host clock, posted requests move
 from the PIR to the IRR, and the highest deliverable vector goes through the guest's IDT: here in the
 common case (vmx/deliver.py), else by the userspace side (vmx/inject.py). When RFLAGS.IF is clear or
 an STI/MOV-SS shadow is in effect, interrupt-window exiting is set instead: the guest then leaves at the
@@ -21,10 +21,10 @@ from ..core import kick
 from ..core import vmcs as V
 from ..core.regs import rd, wr
 from ..core.sync import call_ctl2, call_uc_ptr
-from ..io import vlapic as L
+from ..io.lapic import apicv, deliver, regs as L, timer
 from ..mmu.access import fetch_code, pc_linear
 from ..native import NUMBA, u64_ptr, u8_ptr
-from . import deliver
+from . import deliver as D
 from . import exits as E
 from .hooks import log_exit, record_exit
 
@@ -63,7 +63,7 @@ def inject(c):
         return EXITCODE_IPI
     vid = (c[C.APICV] & np.uint64(C.APICV_VID)) != 0
     if vid:
-        L.sync_eoi_exit(c)
+        apicv.sync_eoi_exit(c)
     if c[C.INTR_WINDOW] != 0:                      # vmx_inject_interrupts step 6: window already armed;
         if not can_take_interrupt(c):              # the hardware exits right after an entry with the window
             return 0                               # open, e.g. after a HLT in an STI shadow (the HLT exit
@@ -71,17 +71,17 @@ def inject(c):
         c[C.INTR_WINDOW] = 0
         if window == WINDOW_EXIT:
             record_exit(c, E.INTERRUPT_WINDOW, 0, 0, rd(c, X.UC_X86_REG_RIP), S.VMEXIT_INTR_WINDOW)
-    L.timer_check(c, L.now_ns(c))
-    L.pir_to_irr(c)
+    timer.timer_check(c, deliver.now_ns(c))
+    apicv.pir_to_irr(c)
     regs = L.page_of(c)
-    vector = L.pending(regs)
+    vector = deliver.pending(regs)
     if vector < 0:
-        if not L.extint_pending(c, regs):
+        if not deliver.extint_pending(c, regs):
             return 0
         vector = EXTINT                            # the vector comes from the 8259's INTA cycle
     if can_take_interrupt(c):
-        if vector != EXTINT and deliver.external(c, vector):
-            L.accept(c, vector)                    # delivered as VM entry does it, in the kernel
+        if vector != EXTINT and D.external(c, vector):
+            deliver.accept(c, vector)              # delivered as VM entry does it, in the kernel
             return 0
         c[C.INJECT] = vector
         return EXITCODE_INJECT
@@ -152,16 +152,16 @@ def note_opcode(c):
 
 @njit(**NUMBA)
 def apic_write_exit(c):
-    """After a store to the APIC page the vCPU leaves the guest for (io/vlapic.py mmio_write), trap-like, RIP the
+    """After a store to the APIC page the vCPU leaves the guest for (io/lapic/access.py mmio_write), trap-like, RIP the
     instruction after it (the stepper completed it: vmx/emulate.py): exit 56 (APIC write), its qualification
     the register's offset; or exit 45 (virtualized EOI), its qualification the vector; or, after a virtualized
     EOI or TPR write with requests waiting, no exit at all: the entry evaluates them (SDM 29.1.2). bhyve counts
     exits 56 and 45 only in the total."""
     step = c[C.LAPIC_STEP]
     c[C.LAPIC_STEP] = 0
-    if step == L.EVALUATE:
+    if step == apicv.EVALUATE:
         return
-    if step & np.uint64(3) == L.EOI_VIRTUALIZED:
+    if step & np.uint64(3) == apicv.EOI_VIRTUALIZED:
         reason, qualification = np.uint64(E.VIRTUALIZED_EOI), step >> np.uint64(8)
     else:
         reason, qualification = np.uint64(E.APIC_WRITE), c[C.LAPIC_STEP_OFFSET] & np.uint64(0xFFF)

@@ -27,7 +27,7 @@ from .. import stats as S
 from ..core import ctx as C
 from ..core import vmcs as V
 from ..core.regs import rd
-from ..io.vlapic import MEM_HOOK
+from ..io.lapic.access import MEM_HOOK
 from ..native import NUMBA, call_host, u64_ptr, u8_ptr
 from . import exits as E
 from .hooks import record_exit

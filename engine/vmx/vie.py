@@ -5,7 +5,7 @@ Linux's readl/writel and their kin are plain MOVs, and so are almost all device 
 those the loop needs no second Unicorn instance: it decodes the instruction (prefixes, REX, ModRM, SIB,
 displacement, immediate; SDM vol. 2 ch. 2), computes the operand's linear address and checks it is the
 address whose TLB fill was refused, serves the access through the same device code the stepper's memory hooks
-call (io/vlapic.py, vmx/mmio.py), writes the register, and moves RIP past the instruction. Anything else (other
+call (io/lapic/access.py, vmx/mmio.py), writes the register, and moves RIP past the instruction. Anything else (other
 opcodes, LOCK/REP, 16-bit addressing, an operand that crosses a page, the trap flag set, an address that does
 not match) goes to the stepper (vmx/emulate.py), which runs any instruction.
 
@@ -18,7 +18,7 @@ from unicorn import x86_const as X
 
 from ..core import ctx as C
 from ..core.regs import rd, wr
-from ..io import vlapic as L
+from ..io.lapic import access, regs as L
 from ..mmu.access import APIC_GPA, fetch_code, pc_linear
 from ..native import NUMBA
 from . import cpuctx
@@ -269,7 +269,7 @@ def device_read(c, gpa, width):
     the userspace device through the MMIO window (an exit)."""
     offset = np.int64(gpa & np.uint64(PAGE - 1))
     if c[C.APIC_PAGE] != 0 and gpa >> np.uint64(12) == np.uint64(APIC_GPA >> 12):
-        L.mmio_read(c, offset, np.int64(width))
+        access.mmio_read(c, offset, np.int64(width))
         page = L.page_of(c).view(np.uint8)
         value = np.uint64(0)
         for i in range(width):
@@ -282,11 +282,11 @@ def device_read(c, gpa, width):
 def device_write(c, gpa, width, value):
     offset = np.int64(gpa & np.uint64(PAGE - 1))
     if c[C.APIC_PAGE] != 0 and gpa >> np.uint64(12) == np.uint64(APIC_GPA >> 12):
-        L.mmio_write(c, offset, np.int64(width), np.int64(value))
+        access.mmio_write(c, offset, np.int64(width), np.int64(value))
         page = L.page_of(c).view(np.uint8)
         for i in range(width):                      # the store lands in the page, as on the stepper
             page[offset + i] = np.uint8((value >> np.uint64(8 * i)) & np.uint64(0xFF))
-        L.undo_readonly_write(c)
+        access.undo_readonly_write(c)
         return
     mmio.device_write(c, gpa, width, value)
 

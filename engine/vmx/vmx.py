@@ -150,7 +150,7 @@ def exit_process(c, err):
     c[C.RIP] = rd(c, X.UC_X86_REG_RIP)
     mtf = procbased(c, PROCBASED_MTF) and c[C.NMI_WINDOW] == 0
     unmarked = c[C.BLOCK_STOP] == 0 and c[C.LAPIC_STEP] == 0 and c[C.NMI_WINDOW] == 0
-    if c[C.LAPIC_STEP] != 0:                           # an APIC write the guest left after (io/vlapic.py mmio_write)
+    if c[C.LAPIC_STEP] != 0:                # an APIC write the guest left after (io/lapic/access.py mmio_write)
         intr.apic_write_exit(c)
     why = c[C.EXIT]
     if why == C.X_EPT and c[C.FAULT_STATUS] == EPT.MISCONFIG:   # exit 49: no qualification (SDM 28.2.1)

@@ -52,7 +52,7 @@ ANNOUNCED = {
     (0x80000001, "edx", 27): "rdtscp",
     (0xD1, "eax", 0): "mov eax, 3\nxor edx, edx\nxsaveopt [rdi]",  # CPUID.(EAX=0DH, ECX=1):EAX[0]
 }
-# Bits the engine carries rather than Unicorn's CPU: the hypervisor bit; TSC-deadline (vmx/hooks.py, io/vlapic.py);
+# Bits the engine carries rather than Unicorn's CPU: the hypervisor bit; TSC-deadline (vmx/hooks.py, io/lapic/timer.py);
 # MCE, MTRR, MCA, PAT and TSC_ADJUST (the MSRs of cpu/msrs.py); 1-GByte pages (the TLB fill's walk)
 ENGINE = {(1, "ecx", 31), (1, "ecx", 24), (1, "edx", 7), (1, "edx", 12), (1, "edx", 14), (1, "edx", 16),
           (7, "ebx", 1), (0x80000001, "edx", 26)}

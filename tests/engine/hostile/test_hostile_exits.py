@@ -14,7 +14,7 @@ from unicorn import x86_const as X
 from engine.core import ctx as C
 from engine.cpu import msrs as MSRS
 from engine.cpu import profiles as P
-from engine.io import vlapic as L
+from engine.io.lapic import regs as L
 from engine.vmx import exits as E
 from engine.vmx import faults as fault_kinds
 from engine.vmx import hooks, intr, vmx

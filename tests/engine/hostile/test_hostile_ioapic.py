@@ -7,7 +7,7 @@ import random
 import numpy as np
 
 from engine.io import vioapic as IO
-from engine.io import vlapic as L
+from engine.io.lapic import apicv, regs as L
 from tests.engine.conftest import assemble
 from tests.engine.hostile.conftest import MEM_MB, assert_only_inside, host_outside
 from tests.engine.io.test_vlapic_guest import MAP_APIC
@@ -95,7 +95,7 @@ def test_messages_with_every_field(hv, tmp_path):
             targets = set(bus.targets(dest, physical, mode))
             accepted = bus.deliver(dest, physical, mode, vector, level)
             for i, v in enumerate(vm.vcpus):
-                L.pir_to_irr(v.ctx)
+                apicv.pir_to_irr(v.ctx)
                 irr, tmr = v.lapic.vector_set(L.IRR), v.lapic.vector_set(L.TMR)
                 v.lapic.regs[(L.IRR >> 2):(L.IRR >> 2) + 32] = 0
                 hit = i in targets and mode in (0, 1)

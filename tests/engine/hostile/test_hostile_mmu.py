@@ -8,7 +8,7 @@ import pytest
 from unicorn import x86_const as X
 
 from engine.core import ctx as C
-from engine.io import vlapic as L
+from engine.io.lapic import regs as L
 from engine.mmu import ept as EPT
 from engine.mmu import walk as W
 from engine.mmu.access import linear_to_hpa

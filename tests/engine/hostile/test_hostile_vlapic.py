@@ -2,7 +2,7 @@
 into read-only registers and reserved bytes, the undo slots at their extremes, and ICR writes in every
 delivery mode, shorthand and destination.
 
-The write hook runs before a store and Unicorn's store lands after it (io/vlapic.py); the tests play both
+The write hook runs before a store and Unicorn's store lands after it (io/lapic/access.py); the tests play both
 parts, then make the next access, and compare the page and the targets with twins written from SDM 10.4-10.6.
 """
 import random
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engine.core import ctx as C
-from engine.io import vlapic as L
+from engine.io.lapic import access, regs as L
 from tests.engine.conftest import assemble
 from tests.engine.hostile.conftest import assert_only_inside, host_outside
 
@@ -37,7 +37,7 @@ def apic_pages(vm):
 
 def store(v, offset, size, value):
     """A guest store as Unicorn does it: the write hook, then the bytes into the page."""
-    L.mmio_write(v.ctx, offset, size, int(np.uint64(value).view(np.int64)))
+    access.mmio_write(v.ctx, offset, size, int(np.uint64(value).view(np.int64)))
     page = v.lapic.regs.view(np.uint8)
     page[offset:offset + size] = np.frombuffer(value.to_bytes(8, "little")[:size], np.uint8)
 
@@ -71,7 +71,7 @@ def test_stores_at_every_offset_and_width(hv, tmp_path):
             reg = offset & ~0xF if offset & 0xF < 4 else (offset | 0xF) + 1
             old = {r: int(regs[r >> 2]) for r in FIXED | {reg} if r in REGISTERS}
             store(v, offset, size, value)
-            L.mmio_read(v.ctx, 0x20, 4)                    # the next access
+            access.mmio_read(v.ctx, 0x20, 4)               # the next access
             for r in FIXED:
                 assert regs[r >> 2] == old[r], (hex(offset), size, hex(r))
             assert not page[reserved].any(), (hex(offset), size, np.flatnonzero(page * reserved)[:4])
@@ -93,12 +93,12 @@ def test_undo_slots_at_their_extremes(hv, tmp_path):
     before = host_outside(hv, [(v.lapic.hpa, 4096)])
     for fix, dword in ((1, 0), (4096, 1023)):
         v.ctx[C.LAPIC_FIX], v.ctx[C.LAPIC_FIXVAL] = fix, 0xA5A5A5A5
-        L.undo_readonly_write(v.ctx)
+        access.undo_readonly_write(v.ctx)
         assert v.lapic.regs[dword] == 0xA5A5A5A5 and v.ctx[C.LAPIC_FIX] == 0
     for span in ((0xFFF + 1) | 8 << 16, 0xFFFF | 0xFFFF << 16, 1 | 0xFFFF << 16, 2**64 - 1):
         page[:] = 0x5A
         v.ctx[C.LAPIC_ZERO] = span
-        L.undo_readonly_write(v.ctx)
+        access.undo_readonly_write(v.ctx)
         assert v.ctx[C.LAPIC_ZERO] == 0
     assert_only_inside(hv, before, [(v.lapic.hpa, 4096)])
 
@@ -171,7 +171,7 @@ def send(vm, sender, icr, dest):
     v = vm.vcpus[sender]
     store(v, L.ICR_HI, 4, dest << 24)
     store(v, L.ICR_LO, 4, icr)
-    L.mmio_read(v.ctx, L.ID, 4)
+    access.mmio_read(v.ctx, L.ID, 4)
 
 
 def check(vm, sender, mode, vector, want):

@@ -5,9 +5,10 @@ vioapic_update_tmr and vmx_set_tmr), and no interrupt-window exit for a virtual 
 import pytest
 
 from engine import stats
+from engine.core import ctx as C
 from engine.core import vmcs as V
 from engine.io import vioapic as IO
-from engine.io import vlapic as L
+from engine.io.lapic import access, apicv, deliver, regs as L
 from engine.vmx import exits
 from tests.engine.io.test_vioapic import entry, program
 from tests.engine.io.test_vioapic_lapics import parked, requested, take
@@ -30,9 +31,9 @@ def eoi_bitmap(v):
 
 def guest_eoi(v):
     """The guest's EOI write (the write hook, then the store); what the vCPU leaves the guest for after it."""
-    v.ctx[L.C.LAPIC_STEP] = 0
-    L.mmio_write(v.ctx, L.EOI, 4, 0)
-    return int(v.ctx[L.C.LAPIC_STEP])
+    v.ctx[C.LAPIC_STEP] = 0
+    access.mmio_write(v.ctx, L.EOI, 4, 0)
+    return int(v.ctx[C.LAPIC_STEP])
 
 
 def test_the_eoi_exit_bitmap_follows_the_level_triggered_entries_and_only_they_exit(hv, tmp_path):
@@ -45,25 +46,25 @@ def test_the_eoi_exit_bitmap_follows_the_level_triggered_entries_and_only_they_e
     program(vm.ioapic, 9, IO.TRIGGER_LEVEL | IO.POLARITY_LOW | 0x50, 1 << 24)
     program(vm.ioapic, 4, 0x60, 1 << 24)                          # edge-triggered: no bit
     for v in vm.vcpus:
-        L.sync_eoi_exit(v.ctx)                                    # what each vCPU's next entry does
+        apicv.sync_eoi_exit(v.ctx)                                # what each vCPU's next entry does
     assert eoi_bitmap(v1) == [0x50] and v1.lapic.vector_set(L.TMR) == [0x50]
     assert eoi_bitmap(v0) == [] and v0.lapic.vector_set(L.TMR) == []
 
     vm.isa_irq(9, True)
     take(v1, 0x50)
     assert status(v1) == (0, 0x50)
-    assert guest_eoi(v1) == L.EOI_VIRTUALIZED | 0x50 << 8         # exit 45 after the store
+    assert guest_eoi(v1) == apicv.EOI_VIRTUALIZED | 0x50 << 8     # exit 45 after the store
     assert entry(vm.ioapic, 9) & IO.REMOTE_IRR and vm.ioapic.delivered[9] == 2     # still asserted: again
     take(v1, 0x50)
     vm.isa_irq(9, False)
-    assert guest_eoi(v1) == L.EOI_VIRTUALIZED | 0x50 << 8
+    assert guest_eoi(v1) == apicv.EOI_VIRTUALIZED | 0x50 << 8
     assert not entry(vm.ioapic, 9) & IO.REMOTE_IRR and status(v1) == (0, 0)
 
-    L.intr_edge(v1.ctx, 0x60)                                     # an edge vector: its EOI stays in the guest
-    L.intr_edge(v1.ctx, 0x30)
+    deliver.intr_edge(v1.ctx, 0x60)                               # an edge vector: its EOI stays in the guest
+    deliver.intr_edge(v1.ctx, 0x30)
     take(v1, 0x60)
     assert status(v1) == (0x30, 0x60)
-    assert guest_eoi(v1) == L.EVALUATE                            # 0x30 waits: evaluated, no exit
+    assert guest_eoi(v1) == apicv.EVALUATE                        # 0x30 waits: evaluated, no exit
     assert status(v1) == (0x30, 0)
     take(v1, 0x30)
     assert guest_eoi(v1) == 0 and guest_eoi(v1) == 0              # the second has nothing in service
@@ -71,7 +72,7 @@ def test_the_eoi_exit_bitmap_follows_the_level_triggered_entries_and_only_they_e
     assert v1.lapic.vector_set(L.TMR) == [0x50]                   # the table's, whatever the messages were
 
     program(vm.ioapic, 9, IO.POLARITY_LOW | 0x50, 1 << 24)        # edge now: out of the bitmap
-    L.sync_eoi_exit(v1.ctx)
+    apicv.sync_eoi_exit(v1.ctx)
     assert eoi_bitmap(v1) == [] and v1.lapic.vector_set(L.TMR) == []
     assert requested(vm) == [[], []]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine.io import vioapic as IO
-from engine.io import vlapic as L
+from engine.io.lapic import access, apicv, deliver, regs as L
 from tests.engine.conftest import assemble
 from tests.engine.io.test_vioapic import entry, program
 
@@ -28,7 +28,7 @@ def requested(vm):
     """Per vCPU, the vectors in its IRR once posted requests are moved there (vmx_inject_pir); cleared after."""
     out = []
     for v in vm.vcpus:
-        L.pir_to_irr(v.ctx)
+        apicv.pir_to_irr(v.ctx)
         out.append(v.lapic.vector_set(L.IRR))
         v.lapic.regs[(L.IRR >> 2):(L.IRR >> 2) + 32] = 0
     return out
@@ -72,14 +72,14 @@ def test_logical_cluster_destinations(hv, tmp_path):
 
 def eoi(v):
     """The guest's EOI write to its local APIC page (the write hook, then the store)."""
-    L.mmio_write(v.ctx, L.EOI, 4, 0)
+    access.mmio_write(v.ctx, L.EOI, 4, 0)
 
 
 def take(v, vector):
     """The vCPU takes `vector` from its IRR (vlapic_intr_accepted)."""
-    L.pir_to_irr(v.ctx)
+    apicv.pir_to_irr(v.ctx)
     assert vector in v.lapic.vector_set(L.IRR)
-    L.accept(v.ctx, vector)
+    deliver.accept(v.ctx, vector)
 
 
 def test_level_interrupt_sets_tmr_and_its_eoi_reaches_the_ioapic(hv, tmp_path):
@@ -99,7 +99,7 @@ def test_level_interrupt_sets_tmr_and_its_eoi_reaches_the_ioapic(hv, tmp_path):
     eoi(v)
     assert not entry(vm.ioapic, 9) & IO.REMOTE_IRR and vm.ioapic.delivered[9] == 2
     assert requested(vm) == [[], []]
-    L.intr_edge(v.ctx, 0x50)                               # the same vector edge-triggered (an IPI's)
+    deliver.intr_edge(v.ctx, 0x50)                         # the same vector edge-triggered (an IPI's)
     assert v.lapic.vector_set(L.TMR) == []
     take(v, 0x50)
     vm.isa_irq(9, True)                                          # the I/O APIC's next one is level again
@@ -138,11 +138,11 @@ def test_nmi_init_and_extint_messages(hv, tmp_path):
     program(vm.ioapic, 0, IO.EXTINT << 8, 2 << 24)
     v = vm.vcpus[2]
     assert v.lapic.regs[L.LVT_LINT0 >> 2] & L.LVT_MASKED
-    assert not L.extint_pending(v.ctx, v.lapic.regs)
+    assert not deliver.extint_pending(v.ctx, v.lapic.regs)
     for port, value in ((0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFE)):
         vm.pic.port_write(port >> 7, port & 1, value)               # ICW1-4, only IRQ 0 unmasked
     vm.isa_pulse(0)                                                  # the 8254's tick: 8259 IRQ 0 rises
-    assert vm.ioapic.delivered[0] == 1 and L.extint_pending(v.ctx, v.lapic.regs)
+    assert vm.ioapic.delivered[0] == 1 and deliver.extint_pending(v.ctx, v.lapic.regs)
     assert vm.pic.acknowledge() == 0x20
 
 

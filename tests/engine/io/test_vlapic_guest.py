@@ -6,7 +6,6 @@ import pytest
 
 from engine import stats
 from engine.core import ctx as C
-from engine.io import vlapic as L
 from engine.vmx import controls as K
 from engine.vmx import exits
 from tests.engine.conftest import assemble

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from engine import ConfigError, TunableError, stats
-from engine.io import vlapic as L
+from engine.io.lapic import ipi, regs as L
 from engine.native import HOST_CALLBACK, address
 from engine.tunables import VM_MAXCPU, Tunables
 from engine.core import ctx as C
@@ -118,7 +118,7 @@ def test_each_target_gets_the_ipi_exactly_once(n, posted):
         for sender in sorted({0, n - 1}):
             vcpus.clear()
             vcpus.regs(sender)[L.ICR_HI >> 2] = hi
-            L.send_ipi(vcpus.ctxs[sender], lo)
+            ipi.send_ipi(vcpus.ctxs[sender], lo)
             want = twin_targets(lo, hi, sender, ids.tolist(), ldrs.tolist(), dfrs.tolist())
             pending, received = vcpus.received(VECTOR)
             assert received == [int(i in want) for i in range(n)], (n, name, sender)
@@ -161,7 +161,7 @@ def test_a_64_vcpu_vm_broadcasts_to_each_once(hv):
         sender = vm.vcpus[63]
         for lo, hi, vector in ((FIXED | OTHERS | 0x51, 0, 0x51), (FIXED | LOGICAL | 0x52, 0xFF << 24, 0x52)):
             sender.lapic.regs[L.ICR_HI >> 2] = hi
-            L.send_ipi(sender.ctx, lo)
+            ipi.send_ipi(sender.ctx, lo)
             pir = [int(hv.memory[v.lapic.pir_hpa:v.lapic.pir_hpa + 32].view(np.uint64)[vector >> 6]) >> (vector & 63) & 1
                    for v in vm.vcpus]
             everyone = lo >> 18 & 3 == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine.core import ctx as C
-from engine.io import vlapic as L
+from engine.io.lapic import apicv, deliver, ipi, regs as L, timer
 
 CLOCKS = (1 << 27, 100000000, 25000000, 24000000)       # bhyve's bus, and the profiles' crystals (CPUID.15H:ECX)
 
@@ -75,7 +75,7 @@ def twin_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs):
 def kernel_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs):
     """ipi_targets' flags as a set, checked against the count it returns."""
     hits = np.full(len(ids), 7, np.uint8)                       # not cleared: the kernel must clear it
-    count = L.ipi_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs, len(ids), hits)
+    count = ipi.ipi_targets(icr_lo, icr_hi, me, ids, ldrs, dfrs, len(ids), hits)
     found = {i for i in range(len(ids)) if hits[i]}
     assert set(hits.tolist()) <= {0, 1} and count == len(found)
     return found
@@ -94,12 +94,12 @@ def test_divisor_and_timer_arithmetic():
     """DCR decoding for all 16 values; counts ↔ ns at each input clock for random counts and divisors."""
     rng = random.Random(4)
     for dcr in range(16):
-        assert L.divisor(dcr) == twin_divisor(dcr)
+        assert timer.divisor(dcr) == twin_divisor(dcr)
     for _ in range(2000):
         count, div, hz = rng.randrange(1 << 32), twin_divisor(rng.randrange(16)), rng.choice(CLOCKS)
-        assert L.count_to_ns(count, div, hz) == twin_count_to_ns(count, div, hz)
+        assert timer.count_to_ns(count, div, hz) == twin_count_to_ns(count, div, hz)
         ns = rng.randrange(1 << 40)
-        assert L.ns_to_count(ns, div, hz) == twin_ns_to_count(ns, div, hz)
+        assert timer.ns_to_count(ns, div, hz) == twin_ns_to_count(ns, div, hz)
 
 
 def test_highest_ppr_and_pending_on_random_register_sets():
@@ -112,7 +112,7 @@ def test_highest_ppr_and_pending_on_random_register_sets():
         regs = regs_with(irr, isr, tpr)
         assert L.highest(regs, L.IRR) == twin_highest(irr)
         assert L.compute_ppr(tpr, twin_highest(isr)) == twin_ppr(tpr, twin_highest(isr))
-        assert L.pending(regs) == twin_pending(irr, isr, tpr)
+        assert deliver.pending(regs) == twin_pending(irr, isr, tpr)
         assert L.update_ppr(regs) == regs[L.PPR >> 2] == twin_ppr(tpr, twin_highest(isr))
 
 
@@ -174,7 +174,7 @@ def test_set_ready_accept_and_eoi_against_a_twin(hv, tmp_path):
         elif what in (1, 2):
             vector, vid, level = rng.randrange(256), rng.random() < 0.5, rng.random() < 0.5
             v.ctx[C.APICV] = C.APICV_VID if vid else 0             # virtual-interrupt delivery on or off
-            L.set_ready(v.ctx, vector, level)
+            deliver.set_ready(v.ctx, vector, level)
             if vector < 16:
                 illegal = True
             elif enabled:
@@ -184,14 +184,14 @@ def test_set_ready_accept_and_eoi_against_a_twin(hv, tmp_path):
                     if level:
                         tmr.add(vector)
         elif what == 3:
-            L.pir_to_irr(v.ctx)
+            apicv.pir_to_irr(v.ctx)
             if irr:
                 vector = rng.choice(sorted(irr))
-                L.accept(v.ctx, vector)
+                deliver.accept(v.ctx, vector)
                 irr.discard(vector)
                 isr.add(vector)
         else:
-            L.eoi(v.ctx)
+            deliver.eoi(v.ctx)
             if isr:
                 vector = max(isr)
                 isr.discard(vector)
@@ -199,7 +199,7 @@ def test_set_ready_accept_and_eoi_against_a_twin(hv, tmp_path):
                     eois.append(vector)
             else:
                 gratuitous += 1
-        L.pir_to_irr(v.ctx)
+        apicv.pir_to_irr(v.ctx)
         assert (set(v.lapic.vector_set(L.IRR)), set(v.lapic.vector_set(L.ISR))) == (irr, isr)
         assert set(v.lapic.vector_set(L.TMR)) == tmr and recorder.vectors == eois
         assert bool(v.lapic.regs[L.ESR >> 2] & L.ESR_RECV_ILLEGAL) == illegal
@@ -218,4 +218,4 @@ def test_extint_pending_against_a_twin(hv, tmp_path):
         v.lapic.block[L.IB_EXTINT], v.lapic.block[L.IB_EXTINT_MSG] = line, message
         v.lapic.regs[L.SVR >> 2], v.lapic.regs[L.LVT_LINT0 >> 2] = svr, lint0
         through = not svr & 0x100 or lint0 & 0x10700 == 0x700
-        assert L.extint_pending(v.ctx, v.lapic.regs) == (bool(line) and through or bool(message))
+        assert deliver.extint_pending(v.ctx, v.lapic.regs) == (bool(line) and through or bool(message))

@@ -4,7 +4,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from engine.io import vlapic as L
+from engine.io.lapic import regs as L
 
 
 @njit(nogil=True)

@@ -185,7 +185,7 @@ def test_every_mov_form_reaches_the_device_and_the_register(hv, tmp_path):
     """Each MOV form the fast path decodes, on the I/O APIC's and the APIC's pages: the value the device gives,
     written to the register as the CPU writes it (16- and 8-bit loads keep the rest, 32-bit ones clear the upper
     half, MOVSX sign-extends), stores and immediates reaching the device, moffs and segment-override addresses."""
-    from engine.io import vlapic as L
+    from engine.io.lapic import regs as L
     from tests.engine.io.test_vlapic_guest import MAP_APIC, run
     from tests.engine.test_inject import LONG_DATA, LONG_PROLOGUE
     vm = run(hv, tmp_path, LONG_PROLOGUE + MAP_APIC + FORMS + LONG_DATA)

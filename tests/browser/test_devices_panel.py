@@ -14,7 +14,7 @@ from tests.webhyve.live import auth
 
 DISK_BYTES = 1 << 20
 HANG = 900 * 1000     # ms: a deadline for a hung boot, not a speed claim (the boot alone takes 40-70 s here)
-FIRST_PANELS = 120 * 1000   # ms: the page's first panels; with a cold numba cache the panels' kernels compile first
+FIRST_PANELS = HANG         # ms: the page's first panels, which come while the server boots Linux: a deadline too
 READ = ("for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko; done; "
         "dd if=/dev/vda of=/dev/null bs=64k; echo disk-read-done; sleep 3600")
 BLK = '#devices details[data-bdf="00:03.0"]'

@@ -86,8 +86,9 @@ def change_access(bitmap, msr, access):
 
 def vmx_init(bitmap):
     """What vmx_init and vmx_msr_guest_init leave in a VM's page. TSC_AUX stays exiting: the modeled CPUs give
-    guests neither RDPID nor RDTSCP (controls.modinit), and the x2APIC MSRs too (vmx_allow_x2apic_msrs runs only
-    with virtual interrupt delivery, which they lack)."""
+    guests neither RDPID nor RDTSCP (controls.modinit), and the x2APIC MSRs too: bhyve opens them
+    (vmx_allow_x2apic_msrs) from vmx_enable_x2apic_mode_vid, when a guest whose VMCS has virtual-interrupt delivery
+    turns its local APIC to x2APIC mode; no modeled CPU offers x2APIC (CPUID.1:ECX[21] clear), so none can."""
     initialize(bitmap)
     for msr, access in GUEST_MSRS:
         change_access(bitmap, msr, access)

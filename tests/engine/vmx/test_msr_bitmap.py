@@ -92,6 +92,21 @@ def test_the_vmcs_points_at_the_vms_page(hv, tmp_path):
     assert at not in hv.allocator.used
 
 
+def test_with_virtual_interrupt_delivery_the_x2apic_msrs_still_exit(hv):
+    """bhyve opens the x2APIC MSRs (vmx_allow_x2apic_msrs) only in vmx_enable_x2apic_mode_vid, when a guest with
+    virtual-interrupt delivery turns x2APIC mode on. cascadelake has virtual-interrupt delivery but, like every
+    modeled CPU, offers no x2APIC (CPUID.1:ECX[21]), so its page is the same as haswell's."""
+    vm = hv.create_vm("vid", mem_mb=16, profile="cascadelake")
+    leaf1 = [row for row in vm.cpuid.reshape(-1, 6) if row[0] == 1][0]
+    assert not int(leaf1[4]) & 1 << 21
+    at = vm.vcpus[0].vmcs["MSR_BITMAP"]
+    assert vm.vcpus[0].vmcs["SEC_PROC_BASED_CTLS"] & K.PROCBASED2_VIRTUAL_INTERRUPT_DELIVERY
+    assert MB.permissions(hv.memory[at:at + MB.PAGE]) == BHYVE_PAGE
+    for msr in (0x802, 0x808, 0x80B, 0x830, 0x83F):
+        assert MB.exits(hv.memory[at:at + MB.PAGE], np.uint64(msr), False)
+        assert MB.exits(hv.memory[at:at + MB.PAGE], np.uint64(msr), True)
+
+
 def exits_of(vm, reason):
     return [row for row in vm.vcpus[0].exit_log() if row["reason"] == reason]
 

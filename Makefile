@@ -40,11 +40,11 @@ run: deps $(STAMP) guests static precompile
 console: $(STAMP) guests
 	$(VENV)/bin/vmmctl run guests/build/shell.elf
 
-# Three workers on two cores, each test file on one of them (module fixtures boot their guests once): the Linux
-# boots keep a core busy while the browser, server and QEMU tests mostly wait (with two, the cores sat idle 18% of
-# the run: user+sys 27 min in 16.5 min).
+# Two workers, each test file on one of them (module fixtures boot their guests once): the Linux boots keep a
+# core busy while the browser and server tests mostly wait. Three were tried: the cores were busy 89% of pytest's
+# time with three, 88% with two, and the run no shorter.
 test: deps $(STAMP) guests linux static precompile
-	$(PY) -m pytest -q --durations=20 -n 3 --dist loadfile
+	$(PY) -m pytest -q --durations=20 -n 2 --dist loadfile
 
 # The timing-sensitive tests RUNS times under two CPU burners; prints how many runs passed (tools/stress.py).
 RUNS ?= 20

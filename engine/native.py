@@ -5,16 +5,65 @@ kernel reaches memory and libunicorn through addresses passed in as data (probes
 nb_callptr.py). One compiled kernel then serves every VM, and `cache=True` keeps the second start fast.
 """
 import ctypes
+import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import cfunc, types
 from numba.core.extending import intrinsic
 from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UcError
 from unicorn.unicorn_py3.unicorn import uclib
 
 NUMBA = dict(cache=True, nogil=True)        # the one place compiler options come from
 INLINE = dict(inline="always")              # for the small helpers of hot paths: no call between kernels
+
+# The kernels `python -m engine.precompile` compiles side by side, one process per core, before it runs guests:
+# name -> a function that compiles (or loads from the cache) that kernel. Filled as modules define them.
+AHEAD = {}
+
+
+class Hook:
+    """A Unicorn hook as a numba cfunc, compiled at the first use of its address rather than when its module loads.
+
+    A cfunc compiles when it is created, and the engine's hooks take about 100 s of CPU to compile after a
+    change of the engine's sources: at import time that is one core, in every process, before anything else
+    runs. Compiled on first use, a process that never makes a vCPU (the CLI's listing, the web server's start)
+    pays nothing, and precompile spreads the hooks over the cores (AHEAD). `cache=True` as for every kernel.
+    """
+
+    def __init__(self, signature, pyfunc):
+        self.signature, self.pyfunc = signature, pyfunc
+        self.name = "%s.%s" % (pyfunc.__module__, pyfunc.__name__)
+        self._compiled = None
+        self._lock = threading.Lock()
+        AHEAD[self.name] = self.compile
+
+    def compile(self):
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = cfunc(self.signature, **NUMBA)(self.pyfunc)
+            return self._compiled
+
+    @property
+    def address(self):
+        return self.compile().address
+
+    def __repr__(self):
+        return "<hook %s%s>" % (self.name, "" if self._compiled is None else " compiled")
+
+
+def hook(signature):
+    """@hook(signature): the function as a Unicorn hook (a Hook: a cfunc compiled at first use)."""
+    return lambda pyfunc: Hook(signature, pyfunc)
+
+
+def ahead(*signature):
+    """@ahead(argument types) over an @njit kernel: precompile compiles it for them beside the hooks (AHEAD)."""
+    def register(dispatcher):
+        AHEAD["%s.%s" % (dispatcher.py_func.__module__, dispatcher.__name__)] = lambda: dispatcher.compile(signature)
+        return dispatcher
+    return register
+
 
 _P8 = ir.IntType(8).as_pointer()
 _I32 = ir.IntType(32)

@@ -15,7 +15,7 @@ line, whether or not the simulation is on (the host's lines are in the model eit
 import numpy as np
 from capstone import CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
 from capstone import x86_const as CX
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as X
 
@@ -24,7 +24,7 @@ from .. import tunables as T
 from ..core import ctx as C
 from ..core.regs import rd
 from ..mmu.access import linear_to_hpa
-from ..native import NUMBA, hook_add, hook_del, u64_ptr
+from ..native import NUMBA, hook, hook_add, hook_del, u64_ptr
 from . import l1d
 
 U64P = types.CPointer(types.uint64)
@@ -55,17 +55,17 @@ def guest_access(c, hpa, size, load):
             c[C.CYCLES] += np.uint64(l1d.L1_MISS_CYCLES)
 
 
-@cfunc(types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, U64P))
 def mem_hook(uc, kind, address, size, value, ud):
     guest_access(carray(ud, C.SIZE), address, size, kind == UC_MEM_READ)   # addresses are host-physical
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.uint64, types.uint32, U64P))
 def insn_hook(uc, address, size, ud):
     ud[C.CYCLES] += np.uint64(1)                 # one cycle per instruction; loads add their latency
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.uint64, types.uint32, U64P))
 def clflush_hook(uc, address, size, ud):
     """CLFLUSH/CLFLUSHOPT m8 at a scanned site: the operand's line leaves this host CPU's L1D."""
     site = carray(ud, 7)

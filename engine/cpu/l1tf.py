@@ -18,7 +18,7 @@ The model, run from the #PF exit before the fault is delivered:
 - the vCPU's own registers and memory were never touched: the #PF is then delivered as usual.
 """
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_MEM_READ, UC_HOOK_TLB_FILL,
                      UC_MODE_64, UC_PROT_ALL, UC_TLB_VIRTUAL, Uc, UcError)
 from unicorn import x86_const as X
@@ -28,7 +28,7 @@ from ..core import ctx as C
 from ..core.regs import rd, rd_efer
 from ..mmu import walk as W
 from ..mmu.access import ept_views, gpa_to_hpa, views
-from ..native import NUMBA, function_table, hook_add, u64_ptr
+from ..native import NUMBA, function_table, hook, hook_add, u64_ptr
 from . import l1d
 
 WINDOW = 16                      # instructions run transiently, the faulting load included
@@ -60,7 +60,7 @@ def shadow_fill(c, vaddr, access):
     return True, np.uint64(hpa) & ~np.uint64(0xFFF), np.uint64(perms) & np.uint64(W.PROT_R | W.PROT_X)
 
 
-@cfunc(types.boolean(types.voidptr, types.uint64, types.int32, U64P, U64P), **NUMBA)
+@hook(types.boolean(types.voidptr, types.uint64, types.int32, U64P, U64P))
 def shadow_fill_hook(uc, vaddr, access, entry, ud):
     c = carray(ud, C.SIZE)
     ok, hpa, perms = shadow_fill(c, vaddr, access)
@@ -70,7 +70,7 @@ def shadow_fill_hook(uc, vaddr, access, entry, ud):
     return ok
 
 
-@cfunc(types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, U64P))
 def shadow_read_hook(uc, kind, address, size, value, ud):
     """A transient load fills the L1D like any other (the transient page itself is not a real line)."""
     c = carray(ud, C.SIZE)

@@ -23,7 +23,7 @@ import ctypes
 import time
 
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
 
@@ -32,7 +32,7 @@ from ..core import ctx as C
 from ..core import vmcs as V
 from ..core.regs import rd_msr, wr
 from ..core.sync import CLOCK_GETTIME, CLOCK_MONOTONIC, call_clock
-from ..native import NUMBA, hook_add, u64_ptr
+from ..native import NUMBA, hook, hook_add, u64_ptr
 from . import msrs as M
 
 NS = 1000000000
@@ -136,14 +136,14 @@ def give(c, value):
     wr(c, X.UC_X86_REG_RDX, value >> U(32))
 
 
-@cfunc(types.uint32(types.voidptr, U64P), **NUMBA)
+@hook(types.uint32(types.voidptr, U64P))
 def rdtsc_hook(uc, ud):
     c = carray(ud, C.SIZE)
     give(c, read(c))
     return 1                                     # skip Unicorn's own RDTSC (the host machine's counter)
 
 
-@cfunc(types.uint32(types.voidptr, U64P), **NUMBA)
+@hook(types.uint32(types.voidptr, U64P))
 def rdtscp_hook(uc, ud):
     c = carray(ud, C.SIZE)
     give(c, read(c))

@@ -9,11 +9,11 @@ monitor trap flag and a data breakpoint's #DB trap do. Memory hooks see host-phy
 the way a device does (X_USER_STOP); DBG_STOP tells the vCPU's thread it was the debugger.
 """
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 
 from ..core import ctx as C
 from ..core.regs import stop
-from ..native import INLINE, NUMBA, u64_ptr
+from ..native import INLINE, NUMBA, hook, u64_ptr
 
 U64P = types.CPointer(types.uint64)
 STOP_BREAKPOINT, STOP_STEP, STOP_WATCH = 1, 2, 3
@@ -30,7 +30,7 @@ def debug_stop(c, why, address):
     stop(c)
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.uint64, types.uint32, U64P))
 def breakpoint_hook(uc, address, size, ud):
     """A code hook on one breakpoint address: stop before the instruction (bhyve's VM_EXITCODE_BPT)."""
     c = carray(ud, C.SIZE)
@@ -42,7 +42,7 @@ def breakpoint_hook(uc, address, size, ud):
     debug_stop(c, STOP_BREAKPOINT, address)
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.uint64, types.uint32, U64P))
 def trace_hook(uc, address, size, ud):
     """Every instruction: stop at the boundary after a watched access or after the stepped instruction."""
     c = carray(ud, C.SIZE)
@@ -68,7 +68,7 @@ def watch_row(rows, n, kind, address, size):
     return np.int64(-1)
 
 
-@cfunc(types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, U64P))
 def watch_hook(uc, kind, address, size, value, ud):
     """A read or write near a watched range: note the row it overlaps; trace_hook stops after the access."""
     c = carray(ud, C.SIZE)

@@ -28,13 +28,13 @@ measured below). Two gaps of Unicorn's parallel code remain, each handled here:
   read-modify-write under the bus lock (ATOMIC_SERIAL counts them).
 """
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 
 from ..core import ctx as C
 from ..core import kick
 from ..core.sync import atomic_cas, atomic_xchg, call_void
 from ..mmu.access import xtab_find
-from ..native import NUMBA, u32_ptr, u64_ptr
+from ..native import NUMBA, hook, u32_ptr, u64_ptr
 from .lapic import regs as L
 
 SPIN_LIMIT = 1 << 22                # a holder that never releases (a bug) does not hang the others forever
@@ -184,7 +184,7 @@ def at_block(c, address, size):
             ib[L.IB_BUS_HELD] = 1
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, types.CPointer(types.uint64)), **NUMBA)
+@hook(types.void(types.voidptr, types.uint64, types.uint32, types.CPointer(types.uint64)))
 def block_hook(uc, address, size, ud):
     """Every translated block's start: a kick or an open interrupt window stops here (core/kick.py); else,
     with more than one vCPU, the bus lock (a pointer read and nothing more for one vCPU)."""

@@ -8,7 +8,7 @@ scan is done. HLT needs no hook: Unicorn runs it and emu_start returns after it 
 Each hook reaches its vCPU through the context block whose address is the hook's user data.
 """
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from unicorn import x86_const as X
 
 from .. import stats as S
@@ -27,7 +27,7 @@ from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..mmu import walk as W
 from ..mmu.access import APIC_GPA, canonical, code_to_hpa, ept_views, fetch_code, pc_linear, views, xtab_find
-from ..native import INLINE, NUMBA, u64_ptr, u8_ptr
+from ..native import INLINE, NUMBA, hook, u64_ptr, u8_ptr
 from . import exits as E
 from . import msr_bitmap as MB
 from . import syscall
@@ -224,7 +224,7 @@ def tlb_fill(c, vaddr, access):
     return True, hpa & ~np.uint64(0xFFF), perms
 
 
-@cfunc(types.boolean(types.voidptr, types.uint64, types.int32, U64P, U64P), **NUMBA)
+@hook(types.boolean(types.voidptr, types.uint64, types.int32, U64P, U64P))
 def tlb_fill_hook(uc, vaddr, access, entry, ud):
     c = carray(ud, C.SIZE)
     ok, hpa, perms = tlb_fill(c, vaddr, access)
@@ -290,7 +290,7 @@ def emulate_cpuid(table, n, leaf, subleaf, vcpu_id, params_leaf_b, cr4):
     return a, b, cc, d
 
 
-@cfunc(types.int32(types.voidptr, U64P), **NUMBA)
+@hook(types.int32(types.voidptr, U64P))
 def cpuid_hook(uc, ud):
     c = carray(ud, C.SIZE)
     rip = rd(c, X.UC_X86_REG_RIP)
@@ -355,7 +355,7 @@ def io_exit(c, port, size, is_in, value):
     return portbus.access(c, port, size, is_in, value)
 
 
-@cfunc(types.uint32(types.voidptr, types.uint32, types.int32, U64P), **NUMBA)
+@hook(types.uint32(types.voidptr, types.uint32, types.int32, U64P))
 def in_hook(uc, port, size, ud):
     c = carray(ud, C.SIZE)
     value = np.uint32(io_exit(c, np.uint64(port), np.uint64(size), True, np.uint64(0)))
@@ -364,7 +364,7 @@ def in_hook(uc, port, size, ud):
     return value
 
 
-@cfunc(types.void(types.voidptr, types.uint32, types.int32, types.uint32, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.uint32, types.int32, types.uint32, U64P))
 def out_hook(uc, port, size, value, ud):
     c = carray(ud, C.SIZE)
     io_exit(c, np.uint64(port), np.uint64(size), False, np.uint64(value))
@@ -646,7 +646,7 @@ def hooked_insn(c, address, code):
             syscall.sysexit(c, (rex & np.uint64(8)) != 0)
 
 
-@cfunc(types.void(types.voidptr, types.uint64, types.uint32, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.uint64, types.uint32, U64P))
 def code_hook(uc, address, size, ud):
     c = carray(ud, C.SIZE)
     hpa = code_to_hpa(c, address)
@@ -660,7 +660,7 @@ def code_hook(uc, address, size, ud):
 
 
 # -- exceptions and software interrupts (UC_HOOK_INTR): delivered through the guest's IDT by the loop -
-@cfunc(types.void(types.voidptr, types.uint32, U64P), **NUMBA)
+@hook(types.void(types.voidptr, types.uint32, U64P))
 def intr_hook(uc, intno, ud):
     c = carray(ud, C.SIZE)
     c[C.EXIT], c[C.VECTOR] = C.X_EXCEPTION, intno

@@ -19,7 +19,7 @@ memory window's page i (MMIO_RANGE + 4096 i), so the page of the host address sa
 access is to (PCI devices' BARs: engine/pci/device.py).
 """
 import numpy as np
-from numba import carray, cfunc, njit
+from numba import carray, njit
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as X
 
@@ -28,7 +28,7 @@ from ..core import ctx as C
 from ..core import vmcs as V
 from ..core.regs import rd
 from ..io.lapic.access import MEM_HOOK
-from ..native import NUMBA, call_host, u64_ptr, u8_ptr
+from ..native import NUMBA, call_host, hook, u64_ptr, u8_ptr
 from . import exits as E
 from .hooks import record_exit
 
@@ -96,7 +96,7 @@ def device_write(c, gpa, size, value):
     call_host(c[C.MMIO_CALLBACK], c[C.VCPUID], gpa, U(size) | U(WRITE), U(value))
 
 
-@cfunc(MEM_HOOK, **NUMBA)
+@hook(MEM_HOOK)
 def read_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
     index = np.int64(U(address) - c[C.MMIO_PAGE]) >> 12
@@ -104,7 +104,7 @@ def read_hook(uc, access, address, size, value, ud):
     fill(window_of(c, index), offset, np.int64(size), device_read(c, gpa_of(c, index, offset), size))
 
 
-@cfunc(MEM_HOOK, **NUMBA)
+@hook(MEM_HOOK)
 def write_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
     index = np.int64(U(address) - c[C.MMIO_PAGE]) >> 12

@@ -20,13 +20,13 @@ Segment caches and the CPL go through the saved CPU context (vmx/cpuctx.py); the
 of a descriptor's high dword.
 """
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from unicorn import x86_const as X
 
 from ..core import ctx as C
 from ..core.regs import rd, stop, wr
 from ..mmu.access import canonical, fetch_code
-from ..native import NUMBA
+from ..native import NUMBA, hook
 from . import cpuctx as K
 
 U = np.uint64
@@ -175,11 +175,11 @@ def sysexit(c, rex_w):
                  rex_w, rcx & mask, rd(c, X.UC_X86_REG_EFLAGS), rdx & mask)
 
 
-@cfunc(types.void(types.voidptr, U64P), **NUMBA)
+@hook(types.void(types.voidptr, U64P))
 def syscall_hook(uc, ud):
     syscall(carray(ud, C.SIZE))
 
 
-@cfunc(types.void(types.voidptr, U64P), **NUMBA)
+@hook(types.void(types.voidptr, U64P))
 def sysenter_hook(uc, ud):
     sysenter(carray(ud, C.SIZE))

@@ -19,7 +19,7 @@ from ..io import buslock
 from ..mmu import ept as EPT
 from ..mmu import tlb as TLB
 from ..mmu.access import fetch_code, pc_linear
-from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, call_ctl, call_emu_start, u64_ptr
+from ..native import CTL_TLB_FLUSH, FN_CTL, FN_EMU_START, INLINE, NFN, NUMBA, ahead, call_ctl, call_emu_start, u64_ptr
 from . import exits as E
 from . import faults, halt, intr
 from .controls import PROCBASED_HLT_EXITING, PROCBASED_MTF
@@ -242,10 +242,10 @@ def _run(c):
             return code
 
 
-# Compiled when this module is imported (an explicit signature), not at a vCPU's first entry: the whole
-# loop takes about a minute to compile on 2 cores after an engine change, and a VM's first run should not
-# (a test's deadline, a user's first boot).
-@njit(types.int64(types.Array(types.uint64, 1, "C")), **NUMBA)
+# The whole loop takes over a minute of CPU to compile after a change of the engine's sources: precompile
+# compiles it ahead (beside the hooks, on another core), so a VM's first run loads it from the cache.
+@ahead(types.Array(types.uint64, 1, "C"))
+@njit(**NUMBA)
 def vmx_run(c):
     """Run until an exit needs userspace; returns its VM_EXITCODE."""
     code = _run(c)

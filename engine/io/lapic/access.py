@@ -7,10 +7,10 @@ and the write hook acts on it, as APIC-register virtualization's trap-like APIC-
 read-only register is undone as soon as the instruction has completed.
 """
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 
 from ...core import ctx as C
-from ...native import NUMBA, call_host
+from ...native import NUMBA, call_host, hook
 from .apicv import EVALUATE, eoi_virtualized
 from .deliver import eoi, now_ns
 from .ipi import send_ipi
@@ -159,13 +159,13 @@ def mmio_write(c, offset, size, value):
 MEM_HOOK = types.void(types.voidptr, types.int32, types.uint64, types.int32, types.int64, types.CPointer(types.uint64))
 
 
-@cfunc(MEM_HOOK, **NUMBA)
+@hook(MEM_HOOK)
 def read_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
     mmio_read(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF, np.int64(size))
 
 
-@cfunc(MEM_HOOK, **NUMBA)
+@hook(MEM_HOOK)
 def write_hook(uc, access, address, size, value, ud):
     c = carray(ud, C.SIZE)
     mmio_write(c, np.int64(address - c[C.APIC_PAGE]) & 0xFFF, np.int64(size), value)

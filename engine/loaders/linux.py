@@ -114,18 +114,31 @@ def place_initrd(size, hdr, kernel, mem_size, filename):
 def load_linux(data, filename, mem_size, cmdline="", initrd=None):
     """BootImage for a bzImage: the kernel, the initrd, boot_params, the command line, entry in long mode."""
     hdr = parse_header(data, filename)
-    raw_cmdline = _cmdline(cmdline, hdr, filename)
     start = kernel_address(hdr)
-    kernel = (start, start + hdr["init_size"])
-    _check_room(hdr, kernel, mem_size, len(initrd or b""), filename)
     kernel_offset = (hdr["setup_sects"] + 1) * SECTOR
     kernel_bytes = bytes(data[kernel_offset:kernel_offset + hdr["syssize"] * 16])
+    note = (f"linux: boot protocol {hdr['version'] >> 8}.{hdr['version'] & 0xFF:02d}, {len(kernel_bytes):#x}-byte "
+            f"protected-mode kernel at {start:#x} (init_size {hdr['init_size']:#x}: up to "
+            f"{start + hdr['init_size']:#x}), entered at {start + ENTRY_64_OFFSET:#x} in long mode")
+    image = boot_linux(data, [Segment(start, kernel_bytes, name="kernel")], (start, start + hdr["init_size"]),
+                       start + ENTRY_64_OFFSET, note, filename, mem_size, cmdline, initrd, hdr)
+    tail = len(data) - kernel_offset - len(kernel_bytes)
+    if tail:
+        image.notes.append(f"linux: the {tail:#x} bytes after the kernel that syssize declares (a signature) are "
+                           "not loaded")
+    return image
+
+
+def boot_linux(header, kernel_segments, kernel, entry, note, filename, mem_size, cmdline, initrd, hdr=None):
+    """The 64-bit boot protocol around a kernel already placed (`kernel_segments` over [start, end) of `kernel`):
+    the initrd, boot_params with `header`'s setup header (the image's first HEADER_212_END bytes or more), the
+    boot area, and the registers at `entry`. Shared by bzImages and vmlinux (vmlinux.py)."""
+    hdr = hdr or {name: struct.unpack_from("<" + fmt, header, offset)[0] for name, offset, fmt in HEADER_FIELDS}
+    raw_cmdline = _cmdline(cmdline, hdr, filename)
+    _check_room(hdr, kernel, mem_size, len(initrd or b""), filename)
     area, notes = _boot_area(raw_cmdline, mem_size, filename)
-    notes.insert(0, f"linux: boot protocol {hdr['version'] >> 8}.{hdr['version'] & 0xFF:02d}, "
-                    f"{len(kernel_bytes):#x}-byte protected-mode kernel at {start:#x} (init_size "
-                    f"{hdr['init_size']:#x}: up to {kernel[1]:#x}), entered at {start + ENTRY_64_OFFSET:#x} "
-                    "in long mode")
-    segments = [Segment(start, kernel_bytes, name="kernel")] + area
+    notes.insert(0, note)
+    segments = kernel_segments + area
     initrd_addr = 0
     if initrd is not None:
         if not initrd:
@@ -134,17 +147,13 @@ def load_linux(data, filename, mem_size, cmdline="", initrd=None):
         segments.append(Segment(initrd_addr, bytes(initrd), name="initrd"))
         notes.append(f"linux: initrd of {len(initrd):#x} bytes at {initrd_addr:#x}")
     gdt, tables, cmdline_seg = area
-    params = Segment(LINUX_BOOT_BASE, build_boot_params(data, start, cmdline_seg.gpa, mem_size, initrd_addr,
+    params = Segment(LINUX_BOOT_BASE, build_boot_params(header, kernel[0], cmdline_seg.gpa, mem_size, initrd_addr,
                                                         len(initrd or b""), RSDP_ADDR), name="boot_params")
     segments.append(params)
-    tail = len(data) - kernel_offset - len(kernel_bytes)
-    if tail:
-        notes.append(f"linux: the {tail:#x} bytes after the kernel that syssize declares (a signature) are not loaded")
     check_disjoint(filename, segments)
-    regs = {"rip": start + ENTRY_64_OFFSET, "rsi": params.gpa, "rsp": params.gpa, "cr3": tables.gpa,
+    regs = {"rip": entry, "rsi": params.gpa, "rsp": params.gpa, "cr3": tables.gpa,
             "rflags": RFLAGS_RESERVED, "cs": BOOT_CS, "ds": BOOT_DS, "es": BOOT_DS, "ss": BOOT_DS}
-    return BootImage(kind="linux", mode="long64", segments=segments, regs=regs, gdt=gdt,
-                     entry=start + ENTRY_64_OFFSET, notes=notes)
+    return BootImage(kind="linux", mode="long64", segments=segments, regs=regs, gdt=gdt, entry=entry, notes=notes)
 
 
 def _check_room(hdr, kernel, mem_size, initrd_size, filename):

@@ -1,12 +1,9 @@
-"""Fixtures for the browser tests: the real server (tests/webhyve/live.py) and Debian's headless chromium."""
-import os
-
+"""Fixtures for the browser tests: the real server (tests/webhyve/live.py) and a page of Debian's headless chromium
+(the `browser` fixture, in tests/conftest.py)."""
 import pytest
-from playwright.sync_api import sync_playwright
 
 from tests.webhyve.live import CONTROL, VIEWER, start_server, stop_server
 
-CHROMIUM = "/usr/bin/chromium"
 __all__ = ["CONTROL", "VIEWER"]
 
 
@@ -21,15 +18,6 @@ def server(server_dir):
     process, url = start_server(str(server_dir), access_log=True)
     yield url
     stop_server(process)
-
-
-@pytest.fixture(scope="session")
-def browser():
-    assert os.path.exists(CHROMIUM), "browser tests need Debian's chromium: apt-get install chromium"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def create_from_list(page, server, name, guest):

@@ -294,35 +294,32 @@ def test_a_shell_migrated_there_and_back_takes_typing_and_loses_no_output(cluste
         typist.close()
 
 
-def test_the_vm_pages_migrate_button_moves_it_and_shows_the_figures(cluster):
+def test_the_vm_pages_migrate_button_moves_it_and_shows_the_figures(cluster, browser):
     """In Chromium on c's page for onb (on b): Migrate…, pick a, and the page says where it went and how it went."""
-    from playwright.sync_api import sync_playwright
     c = cluster.nodes["c"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(c.url + "/vms/onb?token=" + CONTROL)
-            page.wait_for_function("document.getElementById('state').textContent.endsWith(' on b')")
-            page.click("#migrate")
-            page.wait_for_selector("#migrate-dialog[open] select[name=node] option", state="attached")   # after GET /vms
-            options = page.locator("#migrate-dialog select[name=node] option").all_text_contents()
-            assert [o.split()[0] for o in options] == ["a", "c"] and "MiB free" in options[0]
-            page.select_option("#migrate-dialog select[name=node]", "a")
-            page.click("#migrate-dialog button[value=migrate]")
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('migrated to a in ')")
-            status = page.text_content("#status")
-            assert " rounds, " in status and "downtime" in status and " ms" in status
-            page.wait_for_function("document.getElementById('state').textContent.endsWith(' on a')")
-            page.click("#terminal")
-            page.keyboard.type("echo typed in the page after the move\n")     # the console followed the VM
-            page.wait_for_function("document.querySelector('#terminal .xterm-rows').textContent.split("
-                                   "'typed in the page after the move').length > 2")     # the echo, then the output
-            assert errors == []
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(c.url + "/vms/onb?token=" + CONTROL)
+        page.wait_for_function("document.getElementById('state').textContent.endsWith(' on b')")
+        page.click("#migrate")
+        page.wait_for_selector("#migrate-dialog[open] select[name=node] option", state="attached")   # after GET /vms
+        options = page.locator("#migrate-dialog select[name=node] option").all_text_contents()
+        assert [o.split()[0] for o in options] == ["a", "c"] and "MiB free" in options[0]
+        page.select_option("#migrate-dialog select[name=node]", "a")
+        page.click("#migrate-dialog button[value=migrate]")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('migrated to a in ')")
+        status = page.text_content("#status")
+        assert " rounds, " in status and "downtime" in status and " ms" in status
+        page.wait_for_function("document.getElementById('state').textContent.endsWith(' on a')")
+        page.click("#terminal")
+        page.keyboard.type("echo typed in the page after the move\n")     # the console followed the VM
+        page.wait_for_function("document.querySelector('#terminal .xterm-rows').textContent.split("
+                               "'typed in the page after the move').length > 2")     # the echo, then the output
+        assert errors == []
+    finally:
+        page.close()
     assert c.api("POST", "/vms/onb/migrate", json={"node": "b"}).status_code == 200   # back where the later tests want it
 
 

@@ -1,5 +1,9 @@
-"""Where `make linux` leaves the Linux guest (Debian's vmlinuz, our busybox initramfs), for the tests that boot it,
-and the ext4 disk images they attach (made with e2fsprogs as a user would)."""
+"""Where `make linux` leaves the Linux guest (Debian's vmlinuz, the vmlinux inside it, our busybox initramfs), for
+the tests that boot it, and the ext4 disk images they attach (made with e2fsprogs as a user would).
+
+A test about the kernel, its devices or its SMP boots the vmlinux: the same kernel without the 12-15 s its
+decompressor takes under emulation. The bzImage path (decompressor included) has its own tests: the main boot
+(test_linux_webhyve.py), the CLI's, the loader's and QEMU's."""
 import os
 import shutil
 import subprocess
@@ -9,6 +13,7 @@ import pytest
 
 LINUX_DIR = Path(__file__).resolve().parents[2] / "guests" / "build" / "linux"
 VMLINUZ, INITRD, VERSIONS = LINUX_DIR / "vmlinuz", LINUX_DIR / "initrd.gz", LINUX_DIR / "VERSIONS"
+KERNELS = {"vmlinuz": VMLINUZ, "vmlinux": LINUX_DIR / "vmlinux"}
 INIT_UP, INIT_DONE = b"webhyve-init: up", b"webhyve-init: done, powering off"
 # the modules a guest loads for an ext4 virtio-blk disk, in their dependency order (a subset of /lib/modules/order)
 BLK_MODULES = "virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache " \
@@ -16,13 +21,14 @@ BLK_MODULES = "virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev vi
 SBIN = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))
 
 
-def linux_images():
-    """(vmlinuz, initrd.gz) paths; the test is skipped, saying how to get them, when they were not built."""
-    missing = [p.name for p in (VMLINUZ, INITRD) if not p.exists()]
+def linux_images(kernel="vmlinuz"):
+    """(kernel, initrd.gz) paths, the kernel "vmlinuz" (the bzImage) or "vmlinux"; the test is skipped, saying how
+    to get them, when they were not built."""
+    missing = [p.name for p in (KERNELS[kernel], INITRD) if not p.exists()]
     if missing:
         pytest.skip("%s not built: `make linux` fetches Debian's kernel and busybox-static and packs the "
                     "initramfs (`make test` does it first)" % " and ".join(missing))
-    return VMLINUZ, INITRD
+    return KERNELS[kernel], INITRD
 
 
 def kernel_release():

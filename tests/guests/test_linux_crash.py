@@ -68,9 +68,9 @@ class Vmmctl:
 def test_files_synced_before_a_kill_9_of_webhyve_are_intact_and_the_file_system_is_clean(tmp_path):
     if not VMMCTL.exists():
         pytest.skip("%s is missing: `make .venv/.installed` installs vmmctl" % VMMCTL)
-    vmlinuz, initrd = linux_images()
+    kernel, initrd = linux_images("vmlinux")
     image = ext4_image(tmp_path, "16M")
-    run = Vmmctl([str(vmlinuz), "--initrd", str(initrd), "--mem", "256", "--host-mem", "512",
+    run = Vmmctl([str(kernel), "--initrd", str(initrd), "--mem", "256", "--host-mem", "512",
                   "--cmdline", 'console=ttyS0 panic=-1 whrun="%s"' % WRITE, "-s", "3,virtio-blk,%s" % image])
     try:
         run.wait_for(rb"\nbusy=%d\r?\n" % BUSY, time.monotonic() + HANG)

@@ -75,7 +75,7 @@ class QemuGuest:
 def network():
     if shutil.which(QEMU) is None:
         pytest.skip("%s not installed: `make deps` installs qemu-system-x86" % QEMU)
-    vmlinuz, initrd = linux_images()
+    kernel, initrd = linux_images("vmlinux")
     hv = Hypervisor(host_mem_mb=1024)
     a = hv.create_vm("net-a", mem_mb=256, slots=["3,virtio-net,switch0,listen=127.0.0.1:0"])
     b = hv.create_vm("net-b", mem_mb=256, slots=["3,virtio-net,switch0"])
@@ -84,9 +84,9 @@ def network():
     qemu = None
     try:
         for vm, ip, script in ((a, "10.0.0.1", RECEIVER), (b, "10.0.0.2", SENDER.format(5001))):
-            vm.load(vmlinuz.read_bytes(), "vmlinuz", cmdline=cmdline(ip, script), initrd=initrd.read_bytes())
+            vm.load(kernel.read_bytes(), "vmlinux", cmdline=cmdline(ip, script), initrd=initrd.read_bytes())
             vm.start()
-        qemu = QemuGuest(vmlinuz, initrd, cmdline("10.0.0.3", SENDER.format(5002)), port)
+        qemu = QemuGuest(linux_images()[0], initrd, cmdline("10.0.0.3", SENDER.format(5002)), port)
         state = a.wait(states=("suspended",), timeout=HANG)
         switch = host_switch(hv, "switch0").describe()
         switch["socket links"] = [dict(link.port.counts) for link in endpoint.links]   # QEMU may have gone

@@ -12,10 +12,10 @@ WHRUN = 'echo nproc=$(nproc); echo c > /proc/sysrq-trigger'
 
 
 def test_four_vcpus_boot_and_a_panic_stops_the_vm_with_its_reason():
-    vmlinuz, initrd = linux_images()
+    kernel, initrd = linux_images("vmlinux")
     hv = Hypervisor(host_mem_mb=1024)
     vm = hv.create_vm("smp", mem_mb=256, cpus=4)
-    vm.load(vmlinuz.read_bytes(), "vmlinuz", cmdline='console=ttyS0 whrun="%s"' % WHRUN, initrd=initrd.read_bytes())
+    vm.load(kernel.read_bytes(), "vmlinux", cmdline='console=ttyS0 whrun="%s"' % WHRUN, initrd=initrd.read_bytes())
     vm.start()
     try:
         state = vm.wait(states=("suspended",), timeout=HANG)

@@ -40,11 +40,11 @@ def wait_console(vm, text, deadline):
 
 
 def test_a_snapshot_taken_mid_copy_resumes_the_copy_on_another_host(tmp_path):
-    vmlinuz, initrd = linux_images()
+    kernel, initrd = linux_images("vmlinux")
     image = ext4_image(tmp_path, "16M")
     hv = Hypervisor(host_mem_mb=512)
     vm = hv.create_vm("copier", mem_mb=256, slots=["3,virtio-blk,%s" % image])
-    vm.load(vmlinuz.read_bytes(), "vmlinuz", cmdline='console=ttyS0 panic=-1 whrun="%s"' % COPY,
+    vm.load(kernel.read_bytes(), "vmlinux", cmdline='console=ttyS0 panic=-1 whrun="%s"' % COPY,
             initrd=initrd.read_bytes())
     deadline = time.monotonic() + HANG
     vm.start()

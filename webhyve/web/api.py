@@ -36,8 +36,9 @@ def whoami():
 
 
 # -- VMs ----------------------------------------------------------------------------------------------
-# Debian's own kernel with the busybox initramfs `make linux` builds (guests/linux.mk): what the VM list offers
-# as "Linux (Debian kernel + busybox)", booted as `vmmctl run vmlinuz --initrd initrd.gz --cmdline ...` would.
+# Debian's own kernel with the busybox initramfs `make linux` builds (guests/Makefile): what the VM list offers
+# as "Linux (Debian kernel + busybox)", booted as `vmmctl run vmlinux --initrd initrd.gz --cmdline ...` would: the
+# kernel's ELF that make linux takes out of Debian's vmlinuz, without the decompressor's 12-15 s (docs/linux.md).
 LINUX_GUEST = "linux"
 LINUX_CMDLINE = "console=ttyS0 panic=-1"
 LINUX_MEM_MB = 256            # the kernel's init_size above its 16 MiB load address, and room for the initramfs
@@ -54,10 +55,14 @@ def guests():
 
 
 def bundled_linux():
-    """(kernel path, initrd path) of the bundled Linux guest, or None when `make linux` has not built it."""
+    """(kernel path, initrd path) of the bundled Linux guest, or None when `make linux` has not built it; the
+    kernel is the vmlinux, or Debian's vmlinuz where there is none."""
     directory = os.path.join(current_app.config["GUESTS_DIR"], "linux")
-    kernel, initrd = os.path.join(directory, "vmlinuz"), os.path.join(directory, "initrd.gz")
-    return (kernel, initrd) if os.path.isfile(kernel) and os.path.isfile(initrd) else None
+    initrd = os.path.join(directory, "initrd.gz")
+    for kernel in (os.path.join(directory, name) for name in ("vmlinux", "vmlinuz")):
+        if os.path.isfile(kernel) and os.path.isfile(initrd):
+            return kernel, initrd
+    return None
 
 
 def bundled_guests():
@@ -137,7 +142,7 @@ def create_vm():
     if body.get("guest") == LINUX_GUEST and bundled_linux():
         kernel, ramdisk = bundled_linux()
         with open(kernel, "rb") as f, open(ramdisk, "rb") as r:
-            data, filename, kind, initrd = f.read(), "vmlinuz", "linux", r.read()
+            data, filename, kind, initrd = f.read(), os.path.basename(kernel), "linux", r.read()
         cmdline, mem_mb = cmdline or LINUX_CMDLINE, mem_mb or LINUX_MEM_MB
     elif "guest" in body:
         path, kind = bundled_guests().get(body["guest"], (None, None))

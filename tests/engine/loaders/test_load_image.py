@@ -27,7 +27,8 @@ def test_neither_points_to_flat64():
     with pytest.raises(ImageError) as info:
         load_image(b"\x90" * 600, "blob.bin", MEM)
     assert str(info.value) == ("blob.bin: neither a multiboot header in the first 8 KiB, a Linux setup header "
-                               "(\"HdrS\" at 0x202) nor a boot signature 0x55AA at offset 510 was found; --kind "
+                               "(\"HdrS\" at 0x202), a vmlinux (an x86-64 ELF with a \"Linux\" note) nor a boot "
+                               "signature 0x55AA at offset 510 was found; --kind "
                                "flat64 loads a flat 64-bit image")
 
 

@@ -42,7 +42,8 @@ def load_image(data, filename, mem_size, kind=None, cmdline="", load_addr=None, 
         raise ImageError(f"{filename}: a load address applies only to --kind flat64; a {kind} image "
                          "says where it loads")
     if initrd is not None and kind != "linux":
-        raise ImageError(f"{filename}: an initrd goes only with a Linux kernel (bzImage); this is a {kind} image")
+        raise ImageError(f"{filename}: an initrd goes only with a Linux kernel (bzImage or vmlinux); this is a {kind} "
+                         "image")
     if kind == "linux":
         if is_vmlinux(data):
             return load_vmlinux(data, filename, mem_size, cmdline, initrd)

@@ -3,7 +3,7 @@
 A bzImage (linux.py) carries the kernel compressed behind a decompressor; vmlinux is the kernel itself, as the
 build links it: PT_LOAD segments at their physical addresses (p_paddr, the kernel's LOAD_PHYSICAL_ADDR on),
 e_entry the physical address of startup_64. Loaded there, the kernel needs no relocation, and what the
-decompressor would have done is done: the decompression (12 to 15 s of a vCPU for Debian's xz-packed kernel
+decompressor would have done is done: the decompression (20 s of a 45 s boot for Debian's xz-packed kernel
 here, docs/linux.md) and KASLR, which a vmlinux boot has not. The rest is linux.py's 64-bit boot protocol:
 boot_params with a setup header made here (a vmlinux has none to copy), the E820 map, the command line, the
 initrd, the GDT and the identity map, entry in long mode with RSI = boot_params.

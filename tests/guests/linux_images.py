@@ -1,7 +1,7 @@
 """Where `make linux` leaves the Linux guest (Debian's vmlinuz, the vmlinux inside it, our busybox initramfs), for
 the tests that boot it, and the ext4 disk images they attach (made with e2fsprogs as a user would).
 
-A test about the kernel, its devices or its SMP boots the vmlinux: the same kernel without the 12-15 s its
+A test about the kernel, its devices or its SMP boots the vmlinux: the same kernel without the 20 s its
 decompressor takes under emulation. The bzImage path (decompressor included) has its own tests: the main boot
 (test_linux_webhyve.py), the CLI's, the loader's and QEMU's."""
 import os

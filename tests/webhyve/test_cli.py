@@ -76,7 +76,7 @@ def test_linux_kernel_takes_an_initrd():
     assert "vmlinuz: guest memory of 32 MiB is too small for this kernel" in small.stderr.decode()
     wrong = vmmctl("run", SHELL, "--initrd", initrd)
     assert wrong.returncode == 1
-    assert ("shell.elf: an initrd goes only with a Linux kernel (bzImage); this is a multiboot image"
+    assert ("shell.elf: an initrd goes only with a Linux kernel (bzImage or vmlinux); this is a multiboot image"
             in wrong.stderr.decode())
     booted = vmmctl("run", vmlinuz, "--initrd", initrd, "--mem", "256", "--cmdline", "console=ttyS0", "--timeout", "3")
     assert booted.returncode == 0 and "VM vmlinuz stopped: powered off" in booted.stderr.decode(), booted.stderr

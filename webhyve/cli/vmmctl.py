@@ -542,7 +542,7 @@ def stop_on_signals():
               help="A PCI device, as bhyve's -s: 2,virtio-blk,disk.img[,ro] or "
               "3,virtio-net,switch0[,mac=MAC][,listen=|connect=HOST:PORT]. Repeatable.")
 def run(image, mem_mb, cpus, cmdline, initrd, kind, load_addr, host_mem_mb, show_stats, timeout, gdb, slots):
-    """Boot IMAGE (multiboot kernel, Linux bzImage, boot sector / raw disk, or --kind flat64) with its console here.
+    """Boot IMAGE (multiboot, Linux bzImage or vmlinux, boot sector / raw disk, or --kind flat64) with its console here.
 
     On a terminal the console is raw; press Ctrl-] to power the VM off and leave. With piped stdin the
     input is typed into the guest and vmmctl waits for the VM to stop (or --timeout).

@@ -221,7 +221,7 @@ def test_refusals_name_the_problem(data, mem, kwargs, message):
 def test_initrd_only_with_linux():
     """An initrd given with any other kind of image is refused, naming the kind."""
     sector = bytes(510) + b"\x55\xaa"
-    with pytest.raises(ImageError, match=r"^boot\.img: an initrd goes only with a Linux kernel \(bzImage\); this is a "
+    with pytest.raises(ImageError, match=r"^boot\.img: an initrd goes only with a Linux kernel \(bzImage or vmlinux\); this is a "
                                          r"bootsector image"):
         load_image(sector, "boot.img", 64 * MiB, initrd=b"x")
 

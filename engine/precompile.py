@@ -160,13 +160,18 @@ def compile_ahead():
     return workers, sum(seconds.values()), ", ".join("%s %.0f s" % (name, seconds[name]) for name in slowest)
 
 
+def cache_folder():
+    """This process's numba cache folder: NUMBA_CACHE_DIR, or the one engine/__init__.py names for these sources."""
+    return os.environ.get("NUMBA_CACHE_DIR") or _numba_cache_dir()
+
+
 def ensure_ahead():
     """native.AHEAD compiled into this process's cache folder, here and one after another, unless a stamp there
     says it is done: what a test session does before its first test (tests/conftest.py), so that no test's
     deadline pays for a compile (the bounds-checked run has a cache folder of its own that precompile never
     fills). One after another: a session's tests keep the cores busy already, and side by side the kernels'
     shared callees compile twice (a cold precompile: 249 s of CPU on 2 cores, 187 s on one)."""
-    cache = os.environ.get("NUMBA_CACHE_DIR") or _numba_cache_dir()
+    cache = cache_folder()
     if any(os.path.exists(os.path.join(cache, name)) for name in (STAMP, AHEAD_STAMP)):
         return
     began = time.process_time()
@@ -181,7 +186,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m engine.precompile", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="run the guests even when the stamp says done")
     args = parser.parse_args(argv)
-    cache = os.environ.get("NUMBA_CACHE_DIR") or _numba_cache_dir()
+    cache = cache_folder()
     stamp = os.path.join(cache, STAMP)
     if os.path.exists(stamp) and not args.force:
         return 0

@@ -16,8 +16,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def pytest_sessionstart(session):
-    """The hostile run starts, then the engine's big kernels compile (on every core, before any worker starts) if
-    this source has not had `make precompile`: a test waits for its guest, never for the compiler."""
+    """The hostile run starts, then the engine's big kernels compile (before any worker starts) if this source has
+    not had `make precompile`: a test waits for its guest, never for the compiler."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     if hostile_run.wanted(session.config.args, str(session.config.rootpath)):

@@ -13,6 +13,8 @@ import struct
 from engine.errors import ImageError
 from engine.loaders.elf32 import ELF_MAGIC, ELFCLASS64, ELFDATA2LSB, ET_EXEC, PT_LOAD
 from engine.loaders.image import PAGE_SIZE, Segment
+from engine.loaders.linux import (BOOT_FLAG, HDRS_MAGIC, HEADER_212_END, HEADER_FIELDS, LOADED_HIGH, XLF_KERNEL_64,
+                                  boot_linux)
 
 EM_X86_64 = 62
 PT_NOTE = 4
@@ -23,13 +25,10 @@ _PHDR = struct.Struct("<IIQQQQQQ")             # Elf64_Phdr, 56 bytes
 _NHDR = struct.Struct("<III")                  # Elf64_Nhdr: namesz, descsz, type
 
 # The setup header a bzImage of the same kernel would carry, for the fields the kernel reads from boot_params
-# (boot.rst): "HdrS", protocol 2.15, loaded high, the initrd anywhere below 2 GiB, a 2 KiB command line.
+# (boot.rst): protocol 2.15, loaded high, the initrd anywhere below 2 GiB, a 2 KiB command line, the 64-bit entry.
 VERSION = 0x020F
-LOADED_HIGH = 1 << 0
 INITRD_ADDR_MAX = 0x7FFFFFFF
 CMDLINE_SIZE = 2047                     # COMMAND_LINE_SIZE (2048) without the NUL
-XLF_KERNEL_64 = 1 << 0
-HEADER_END = 0x268                      # after handover_offset (protocol 2.11 on)
 
 
 def _headers(data, filename):
@@ -88,21 +87,21 @@ def parse_vmlinux(data, filename):
 
 
 def setup_header(start, end):
-    """The setup header's bytes (0 to HEADER_END, only 0x1F1 on filled) for a kernel occupying [start, end)."""
-    header = bytearray(HEADER_END)
-    struct.pack_into("<H", header, 0x1FE, 0xAA55)                   # boot_flag
-    struct.pack_into("<BB4sH", header, 0x200, 0xEB, HEADER_END - 0x202, b"HdrS", VERSION)   # jump, header, version
-    struct.pack_into("<B", header, 0x211, LOADED_HIGH)              # loadflags
-    struct.pack_into("<I", header, 0x22C, INITRD_ADDR_MAX)
-    struct.pack_into("<H", header, 0x236, XLF_KERNEL_64)            # xloadflags
-    struct.pack_into("<I", header, 0x238, CMDLINE_SIZE)
-    struct.pack_into("<QI", header, 0x258, start, end - start)      # pref_address, init_size
+    """The setup header's bytes (0 to HEADER_212_END, only 0x1F1 on filled) for a kernel occupying [start, end),
+    written through linux.py's table of its fields."""
+    header = bytearray(HEADER_212_END)
+    values = {"boot_flag": BOOT_FLAG, "jump": 0xEB | (HEADER_212_END - 0x202) << 8, "header": HDRS_MAGIC,
+              "version": VERSION, "loadflags": LOADED_HIGH, "initrd_addr_max": INITRD_ADDR_MAX,
+              "xloadflags": XLF_KERNEL_64, "cmdline_size": CMDLINE_SIZE, "pref_address": start,
+              "init_size": end - start}
+    for name, offset, fmt in HEADER_FIELDS:
+        if name in values:
+            struct.pack_into("<" + fmt, header, offset, values[name])
     return bytes(header)
 
 
 def load_vmlinux(data, filename, mem_size, cmdline="", initrd=None):
     """BootImage for a vmlinux: its segments, the initrd, boot_params, the command line, entry in long mode."""
-    from engine.loaders.linux import boot_linux
     entry, loads = parse_vmlinux(data, filename)
     start = min(p for p, _, _ in loads) & ~(PAGE_SIZE - 1)
     end = max(p + m for p, _, m in loads)
